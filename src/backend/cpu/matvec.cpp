@@ -1,0 +1,325 @@
+// Dispatch, the float64 reference, row decoding and matmul for the CPU weight kernels.
+// The SIMD row kernels live in matvec_avx2.cpp / matvec_avx512.cpp.
+#include "backend/cpu/matvec.hpp"
+
+#include <algorithm>
+#include <bit>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/matvec_kernels.hpp"
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+
+namespace moeflux::cpu {
+
+static_assert(std::endian::native == std::endian::little,
+              "stored formats are little-endian; a big-endian host needs byte swaps here");
+
+namespace {
+
+constexpr size_t kMatvecRowGrain = 16;   // rows per parallel_for unit in matvec
+constexpr size_t kMatmulRowBlock = 16;   // rows decoded to float at once in matmul
+constexpr size_t kMatmulColChunk = 512;  // columns per pass over the tokens in matmul
+constexpr size_t kMatmulMinTokens = 8;   // below this, matmul runs the matvec kernel per token
+constexpr size_t kMatvecBlockRows = 64;  // rows per block in that case
+
+// The view's invariants (matvec.hpp "Common preconditions").
+void check_view(const MatrixView& W) {
+  MF_ASSERT(format_accepts_cols(W.fmt, W.cols));
+  if (W.rows == 0) return;
+  MF_ASSERT(W.data != nullptr);
+  if (W.fmt.kind == QuantKind::Q8_0) {
+    MF_ASSERT(W.fmt.group == 32);
+    MF_ASSERT(W.scales != nullptr);
+  }
+  if (W.fmt.kind == QuantKind::Affine) {
+    MF_ASSERT(W.fmt.group == 32 || W.fmt.group == 64 || W.fmt.group == 128);
+    MF_ASSERT(W.scales != nullptr && W.biases != nullptr);
+  }
+}
+
+// dequantize_row without the checks (callers have done them).
+void decode_row(const MatrixView& W, size_t r, float* out) {
+  const size_t n = W.cols;
+  const uint8_t* row = W.data + r * row_data_bytes(W.fmt, n);
+  switch (W.fmt.kind) {
+    case QuantKind::F32:
+      std::memcpy(out, row, n * sizeof(float));
+      return;
+    case QuantKind::F16:
+      for (size_t c = 0; c < n; ++c) out[c] = f16_to_f32(detail::load_u16(row + 2 * c));
+      return;
+    case QuantKind::BF16:
+      for (size_t c = 0; c < n; ++c) out[c] = bf16_to_f32(detail::load_u16(row + 2 * c));
+      return;
+    case QuantKind::Q8_0: {
+      // out[c] = q[c] * d[c / 32]
+      const uint8_t* sc = W.scales + r * row_scale_bytes(W.fmt, n);
+      for (size_t g = 0; g < n / 32; ++g) {
+        const float d = f16_to_f32(detail::load_u16(sc + 2 * g));
+        for (size_t j = 0; j < 32; ++j) {
+          out[g * 32 + j] = static_cast<float>(static_cast<int8_t>(row[g * 32 + j])) * d;
+        }
+      }
+      return;
+    }
+    case QuantKind::Affine: {
+      // out[c] = q[c] * s[g] + b[g], g = c / group. The words are little-endian, so byte k of
+      // the row holds elements 2k (low nibble) and 2k+1 (high nibble) for 4 bits, element k for
+      // 8 bits; groups are whole bytes.
+      const size_t group = static_cast<size_t>(W.fmt.group);
+      const uint8_t* sc = W.scales + r * row_scale_bytes(W.fmt, n);
+      const uint8_t* bi = W.biases + r * row_bias_bytes(W.fmt, n);
+      for (size_t g = 0; g < n / group; ++g) {
+        const float s = bf16_to_f32(detail::load_u16(sc + 2 * g));
+        const float b = bf16_to_f32(detail::load_u16(bi + 2 * g));
+        float* o = out + g * group;
+        if (W.fmt.bits == 4) {
+          const uint8_t* q = row + g * group / 2;
+          for (size_t k = 0; k < group / 2; ++k) {
+            o[2 * k] = static_cast<float>(q[k] & 0xf) * s + b;
+            o[2 * k + 1] = static_cast<float>(q[k] >> 4) * s + b;
+          }
+        } else {
+          const uint8_t* q = row + g * group;
+          for (size_t k = 0; k < group; ++k) o[k] = static_cast<float>(q[k]) * s + b;
+        }
+      }
+      return;
+    }
+  }
+}
+
+void rows_on(Isa isa, const MatrixView& W, const float* x, float* y, size_t row_begin,
+             size_t row_end) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case Isa::Avx512:
+      detail::matvec_rows_avx512(W, x, y, row_begin, row_end);
+      return;
+    case Isa::Avx2:
+      detail::matvec_rows_avx2(W, x, y, row_begin, row_end);
+      return;
+#endif
+    default:
+      matvec_scalar_rows(W, x, y, row_begin, row_end);
+      return;
+  }
+}
+
+void dot_tile_on(Isa isa, const detail::Tile& tile) {
+  switch (isa) {
+#if defined(__x86_64__)
+    case Isa::Avx512:
+      detail::dot_tile_avx512(tile);
+      return;
+    case Isa::Avx2:
+      detail::dot_tile_avx2(tile);
+      return;
+#endif
+    default:
+      detail::dot_tile_scalar(tile);
+      return;
+  }
+}
+
+Isa isa_from_env(Isa best) {
+  const char* env = std::getenv("MOEFLUX_ISA");
+  if (env == nullptr || *env == '\0') return best;
+  const std::string want(env);
+  Isa forced;
+  if (want == "scalar") {
+    forced = Isa::Scalar;
+  } else if (want == "avx2") {
+    forced = Isa::Avx2;
+  } else if (want == "avx512") {
+    forced = Isa::Avx512;
+  } else {
+    std::fprintf(stderr, "moeflux: ignoring MOEFLUX_ISA='%s' (expected scalar, avx2 or avx512)\n",
+                 env);
+    return best;
+  }
+  if (forced > best) {
+    std::fprintf(stderr, "moeflux: MOEFLUX_ISA=%s not supported by this CPU; using %s\n", env,
+                 isa_name(best));
+    return best;
+  }
+  return forced;
+}
+
+}  // namespace
+
+namespace detail {
+
+void prepare_affine_x(const float* x, size_t n, size_t group, size_t perm_block, AffineX& out) {
+  out.xsum.resize(n / group);
+  for (size_t g = 0; g < n / group; ++g) {
+    float s = 0.0f;
+    for (size_t c = g * group; c < (g + 1) * group; ++c) s += x[c];
+    out.xsum[g] = s;
+  }
+  if (perm_block == 0) return;
+  out.xp.resize(n);
+  const size_t half = perm_block / 2;
+  for (size_t b = 0; b < n; b += perm_block) {
+    for (size_t i = 0; i < half; ++i) {
+      out.xp[b + i] = x[b + 2 * i];
+      out.xp[b + half + i] = x[b + 2 * i + 1];
+    }
+  }
+}
+
+void dot_tile_scalar(const Tile& tile) {
+  for (size_t t = 0; t < tile.ntok; ++t) {
+    for (size_t i = 0; i < tile.nrows; ++i) {
+      double acc = 0.0;
+      for (size_t c = 0; c < tile.n; ++c) {
+        acc += static_cast<double>(tile.w[i * tile.ldw + c]) * tile.x[t * tile.ldx + c];
+      }
+      float& o = tile.out[t * tile.ldo + i];
+      o = tile.accumulate ? o + static_cast<float>(acc) : static_cast<float>(acc);
+    }
+  }
+}
+
+}  // namespace detail
+
+Isa cpu_isa() {
+#if defined(__x86_64__)
+  static const Isa isa = [] {
+    __builtin_cpu_init();
+    const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                      __builtin_cpu_supports("f16c");
+    const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") &&
+                        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    return avx512 ? Isa::Avx512 : avx2 ? Isa::Avx2 : Isa::Scalar;
+  }();
+  return isa;
+#else
+  return Isa::Scalar;
+#endif
+}
+
+Isa active_isa() {
+  static const Isa isa = isa_from_env(cpu_isa());
+  return isa;
+}
+
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::Avx512:
+      return "avx512";
+    case Isa::Avx2:
+      return "avx2";
+    case Isa::Scalar:
+      return "scalar";
+  }
+  return "?";
+}
+
+const char* matvec_isa() {
+  return isa_name(active_isa());
+}
+
+void dequantize_row(const MatrixView& W, size_t r, float* out) {
+  check_view(W);
+  MF_ASSERT(r < W.rows && out != nullptr);
+  decode_row(W, r, out);
+}
+
+void matvec_scalar_rows(const MatrixView& W, const float* x, float* y, size_t row_begin,
+                        size_t row_end) {
+  check_view(W);
+  MF_ASSERT(row_begin <= row_end && row_end <= W.rows);
+  if (row_begin == row_end) return;
+  MF_ASSERT(x != nullptr && y != nullptr);
+  std::vector<float> w(W.cols);
+  for (size_t r = row_begin; r < row_end; ++r) {
+    decode_row(W, r, w.data());
+    double acc = 0.0;
+    for (size_t c = 0; c < W.cols; ++c) acc += static_cast<double>(w[c]) * x[c];
+    y[r] = static_cast<float>(acc);
+  }
+}
+
+void matvec_rows_isa(Isa isa, const MatrixView& W, const float* x, float* y, size_t row_begin,
+                     size_t row_end) {
+  check_view(W);
+  MF_ASSERT(isa <= cpu_isa());
+  MF_ASSERT(row_begin <= row_end && row_end <= W.rows);
+  if (row_begin == row_end) return;
+  MF_ASSERT(x != nullptr && y != nullptr);
+  rows_on(isa, W, x, y, row_begin, row_end);
+}
+
+void matvec_rows(const MatrixView& W, const float* x, float* y, size_t row_begin, size_t row_end) {
+  matvec_rows_isa(active_isa(), W, x, y, row_begin, row_end);
+}
+
+void matvec(const MatrixView& W, const float* x, float* y, ThreadPool& pool) {
+  check_view(W);
+  if (W.rows == 0) return;
+  MF_ASSERT(x != nullptr && y != nullptr);
+  const Isa isa = active_isa();
+  pool.parallel_for(
+      W.rows, [&](size_t b, size_t e) { rows_on(isa, W, x, y, b, e); }, kMatvecRowGrain);
+}
+
+void matmul_isa(Isa isa, const MatrixView& W, const float* X, size_t n_tokens, float* Y,
+                ThreadPool& pool) {
+  check_view(W);
+  MF_ASSERT(isa <= cpu_isa());
+  if (W.rows == 0 || n_tokens == 0) return;
+  MF_ASSERT(X != nullptr && Y != nullptr);
+  const size_t rows = W.rows, cols = W.cols;
+  pool.parallel_for(
+      rows,
+      [&](size_t begin, size_t end) {
+        if (n_tokens < kMatmulMinTokens) {
+          // Too few tokens to pay for decoding: for each block of rows (cache-resident across
+          // the tokens), Y[t, block] = W[block, :] X[t, :] by the matvec kernel.
+          for (size_t r0 = begin; r0 < end; r0 += kMatvecBlockRows) {
+            const size_t r1 = std::min(end, r0 + kMatvecBlockRows);
+            for (size_t t = 0; t < n_tokens; ++t) {
+              rows_on(isa, W, X + t * cols, Y + t * rows, r0, r1);
+            }
+          }
+          return;
+        }
+        // Decode kMatmulRowBlock rows to float once (block[i, :] = W[r0 + i, :]), then
+        // Y[t, r0 + i] = Σ_chunks block[i, chunk] · X[t, chunk] in register tiles of 4 rows x 2
+        // tokens; a chunk of kMatmulColChunk columns of 4 rows stays in L1 across all tokens.
+        std::vector<float> block(kMatmulRowBlock * cols);
+        for (size_t r0 = begin; r0 < end; r0 += kMatmulRowBlock) {
+          const size_t nr = std::min(kMatmulRowBlock, end - r0);
+          for (size_t i = 0; i < nr; ++i) decode_row(W, r0 + i, block.data() + i * cols);
+          for (size_t k0 = 0; k0 < cols; k0 += kMatmulColChunk) {
+            for (size_t i = 0; i < nr; i += detail::kTileRows) {
+              for (size_t t = 0; t < n_tokens; t += detail::kTileTokens) {
+                dot_tile_on(isa, {.w = block.data() + i * cols + k0,
+                                  .ldw = cols,
+                                  .nrows = std::min(detail::kTileRows, nr - i),
+                                  .x = X + t * cols + k0,
+                                  .ldx = cols,
+                                  .ntok = std::min(detail::kTileTokens, n_tokens - t),
+                                  .n = std::min(kMatmulColChunk, cols - k0),
+                                  .out = Y + t * rows + r0 + i,
+                                  .ldo = rows,
+                                  .accumulate = k0 > 0});
+              }
+            }
+          }
+        }
+      },
+      kMatmulRowBlock);
+}
+
+void matmul(const MatrixView& W, const float* X, size_t n_tokens, float* Y, ThreadPool& pool) {
+  matmul_isa(active_isa(), W, X, n_tokens, Y, pool);
+}
+
+}  // namespace moeflux::cpu

@@ -1,0 +1,235 @@
+// AVX-512 (F, BW, VL) + FMA + F16C row kernels: y[r] = Σ_c W[r,c] · x[c], float32 fma
+// accumulation, 16 lanes. Per-function target attributes (no global -march); called only when
+// cpu_isa() == Isa::Avx512. Same structure as matvec_avx2.cpp, twice as wide.
+#if defined(__x86_64__)
+
+// GCC 12's AVX-512 intrinsics self-initialise an "undefined" vector (__Y = __Y), which
+// -Wuninitialized flags when they are enabled by a target attribute rather than -mavx512f.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "backend/cpu/matvec_kernels.hpp"
+#include "core/dtype.hpp"
+
+#define MF_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+
+namespace moeflux::cpu::detail {
+namespace {
+
+MF_AVX512 inline __m128i load128(const uint8_t* p) {
+  return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+}
+// 16 bytes -> 16 int32 lanes (unsigned widening), and signed bytes -> floats.
+MF_AVX512 inline __m512i widen_u8(const uint8_t* p) {
+  return _mm512_cvtepu8_epi32(load128(p));
+}
+MF_AVX512 inline __m512 load_i8_f32(const uint8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(load128(p)));
+}
+
+// Element loaders of the plain formats: v16(p) = elements p[0..16) as floats, s1(p) = p[0].
+struct F32Elems {
+  static constexpr size_t kBytes = 4;
+  MF_AVX512 static __m512 v16(const uint8_t* p) { return _mm512_loadu_ps(p); }
+  static float s1(const uint8_t* p) {
+    float f;
+    std::memcpy(&f, p, sizeof f);
+    return f;
+  }
+};
+struct F16Elems {
+  static constexpr size_t kBytes = 2;
+  MF_AVX512 static __m512 v16(const uint8_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
+  static float s1(const uint8_t* p) { return f16_to_f32(load_u16(p)); }
+};
+struct BF16Elems {  // bf16 -> f32: the 16 bits become the top half of the float
+  static constexpr size_t kBytes = 2;
+  MF_AVX512 static __m512 v16(const uint8_t* p) {
+    const __m512i h =
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  }
+  static float s1(const uint8_t* p) { return bf16_to_f32(load_u16(p)); }
+};
+
+// Σ_{c<n} w[c] x[c] for a plain-format row w (any n: 64-wide body, 16-wide, scalar tail).
+template <class E>
+MF_AVX512 float dot_plain(const uint8_t* w, const float* x, size_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  size_t c = 0;
+  for (; c + 64 <= n; c += 64) {
+    a0 = _mm512_fmadd_ps(E::v16(w + c * E::kBytes), _mm512_loadu_ps(x + c), a0);
+    a1 = _mm512_fmadd_ps(E::v16(w + (c + 16) * E::kBytes), _mm512_loadu_ps(x + c + 16), a1);
+    a2 = _mm512_fmadd_ps(E::v16(w + (c + 32) * E::kBytes), _mm512_loadu_ps(x + c + 32), a2);
+    a3 = _mm512_fmadd_ps(E::v16(w + (c + 48) * E::kBytes), _mm512_loadu_ps(x + c + 48), a3);
+  }
+  for (; c + 16 <= n; c += 16) {
+    a0 = _mm512_fmadd_ps(E::v16(w + c * E::kBytes), _mm512_loadu_ps(x + c), a0);
+  }
+  float s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+  for (; c < n; ++c) s += E::s1(w + c * E::kBytes) * x[c];
+  return s;
+}
+
+// Q8_0 row: Σ_g d_g · Σ_{j<32} q[32g+j] x[32g+j]  (n % 32 == 0).
+MF_AVX512 float dot_q8_0(const uint8_t* q, const uint8_t* sc, const float* x, size_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  for (size_t g = 0; g < n / 32; ++g) {
+    const uint8_t* qg = q + 32 * g;
+    const float* xg = x + 32 * g;
+    const __m512 p = _mm512_fmadd_ps(load_i8_f32(qg + 16), _mm512_loadu_ps(xg + 16),
+                                     _mm512_mul_ps(load_i8_f32(qg), _mm512_loadu_ps(xg)));
+    acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(load_u16(sc + 2 * g))), p, acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+// Affine 4-bit row, group G: Σ_g [ s_g Σ_{c∈g} q_c x_c + b_g xsum_g ]  (n % G == 0).
+// xp is x permuted in 32-blocks (prepare_affine_x, perm_block 32): 16 bytes hold 32 codes; their
+// low nibbles (elements 0,2,..,30) meet xp[0..16), the high nibbles (1,3,..,31) xp[16..32).
+template <size_t G>
+MF_AVX512 float dot_affine4(const uint8_t* q, const uint8_t* sc, const uint8_t* bi, const float* xp,
+                            const float* xsum, size_t n) {
+  static_assert(G % 32 == 0);
+  const __m512i lo4 = _mm512_set1_epi32(0xf);
+  __m512 acc = _mm512_setzero_ps();
+  float bias_acc = 0.0f;
+  for (size_t g = 0; g < n / G; ++g) {
+    const uint8_t* qg = q + g * (G / 2);
+    const float* xg = xp + g * G;
+    __m512 p0 = _mm512_setzero_ps(), p1 = p0;
+    for (size_t k = 0; k < G / 32; ++k) {
+      const __m512i b = widen_u8(qg + 16 * k);
+      p0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, lo4)),
+                           _mm512_loadu_ps(xg + 32 * k), p0);
+      p1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)),
+                           _mm512_loadu_ps(xg + 32 * k + 16), p1);
+    }
+    const __m512 s = _mm512_set1_ps(bf16_to_f32(load_u16(sc + 2 * g)));
+    acc = _mm512_fmadd_ps(s, _mm512_add_ps(p0, p1), acc);
+    bias_acc += bf16_to_f32(load_u16(bi + 2 * g)) * xsum[g];
+  }
+  return _mm512_reduce_add_ps(acc) + bias_acc;
+}
+
+// Affine 8-bit row, group G: as dot_affine4 with one byte per code, x in natural order.
+template <size_t G>
+MF_AVX512 float dot_affine8(const uint8_t* q, const uint8_t* sc, const uint8_t* bi, const float* x,
+                            const float* xsum, size_t n) {
+  static_assert(G % 32 == 0);
+  __m512 acc = _mm512_setzero_ps();
+  float bias_acc = 0.0f;
+  for (size_t g = 0; g < n / G; ++g) {
+    const uint8_t* qg = q + g * G;
+    const float* xg = x + g * G;
+    __m512 p0 = _mm512_setzero_ps(), p1 = p0;
+    for (size_t k = 0; k < G / 32; ++k) {
+      p0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(widen_u8(qg + 32 * k)), _mm512_loadu_ps(xg + 32 * k),
+                           p0);
+      p1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(widen_u8(qg + 32 * k + 16)),
+                           _mm512_loadu_ps(xg + 32 * k + 16), p1);
+    }
+    const __m512 s = _mm512_set1_ps(bf16_to_f32(load_u16(sc + 2 * g)));
+    acc = _mm512_fmadd_ps(s, _mm512_add_ps(p0, p1), acc);
+    bias_acc += bf16_to_f32(load_u16(bi + 2 * g)) * xsum[g];
+  }
+  return _mm512_reduce_add_ps(acc) + bias_acc;
+}
+
+using AffineDot = float (*)(const uint8_t*, const uint8_t*, const uint8_t*, const float*,
+                            const float*, size_t);
+
+AffineDot pick_affine(int bits, int group) {
+  switch (group) {
+    case 32:
+      return bits == 4 ? dot_affine4<32> : dot_affine8<32>;
+    case 64:
+      return bits == 4 ? dot_affine4<64> : dot_affine8<64>;
+    default:
+      return bits == 4 ? dot_affine4<128> : dot_affine8<128>;
+  }
+}
+
+template <class E>
+MF_AVX512 void rows_plain(const MatrixView& W, const float* x, float* y, size_t r0, size_t r1) {
+  const size_t stride = row_data_bytes(W.fmt, W.cols);
+  for (size_t r = r0; r < r1; ++r) y[r] = dot_plain<E>(W.data + r * stride, x, W.cols);
+}
+
+}  // namespace
+
+void matvec_rows_avx512(const MatrixView& W, const float* x, float* y, size_t row_begin,
+                        size_t row_end) {
+  const size_t n = W.cols;
+  switch (W.fmt.kind) {
+    case QuantKind::F32:
+      rows_plain<F32Elems>(W, x, y, row_begin, row_end);
+      return;
+    case QuantKind::F16:
+      rows_plain<F16Elems>(W, x, y, row_begin, row_end);
+      return;
+    case QuantKind::BF16:
+      rows_plain<BF16Elems>(W, x, y, row_begin, row_end);
+      return;
+    case QuantKind::Q8_0: {
+      const size_t ds = row_data_bytes(W.fmt, n), ss = row_scale_bytes(W.fmt, n);
+      for (size_t r = row_begin; r < row_end; ++r) {
+        y[r] = dot_q8_0(W.data + r * ds, W.scales + r * ss, x, n);
+      }
+      return;
+    }
+    case QuantKind::Affine: {
+      thread_local AffineX prepared;
+      const bool four = W.fmt.bits == 4;
+      prepare_affine_x(x, n, static_cast<size_t>(W.fmt.group), four ? 32 : 0, prepared);
+      const float* xk = four ? prepared.xp.data() : x;
+      const AffineDot dot = pick_affine(W.fmt.bits, W.fmt.group);
+      const size_t ds = row_data_bytes(W.fmt, n), ss = row_scale_bytes(W.fmt, n);
+      for (size_t r = row_begin; r < row_end; ++r) {
+        y[r] =
+            dot(W.data + r * ds, W.scales + r * ss, W.biases + r * ss, xk, prepared.xsum.data(), n);
+      }
+      return;
+    }
+  }
+}
+
+// Tile kernel (16 lanes): rows past nrows / tokens past ntok alias the last valid one and
+// their sums are dropped, so the loop body is always the full 4 x 2 tile.
+MF_AVX512 void dot_tile_avx512(const Tile& tile) {
+  const float* w[kTileRows];
+  const float* x[kTileTokens];
+  for (size_t i = 0; i < kTileRows; ++i) w[i] = tile.w + std::min(i, tile.nrows - 1) * tile.ldw;
+  for (size_t t = 0; t < kTileTokens; ++t) x[t] = tile.x + std::min(t, tile.ntok - 1) * tile.ldx;
+  __m512 acc[kTileRows][kTileTokens];
+  for (auto& row : acc) row[0] = row[1] = _mm512_setzero_ps();
+  size_t c = 0;
+  for (; c + 16 <= tile.n; c += 16) {
+    const __m512 x0 = _mm512_loadu_ps(x[0] + c), x1 = _mm512_loadu_ps(x[1] + c);
+    for (size_t i = 0; i < kTileRows; ++i) {
+      const __m512 wv = _mm512_loadu_ps(w[i] + c);
+      acc[i][0] = _mm512_fmadd_ps(wv, x0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(wv, x1, acc[i][1]);
+    }
+  }
+  for (size_t t = 0; t < tile.ntok; ++t) {
+    for (size_t i = 0; i < tile.nrows; ++i) {
+      float s = _mm512_reduce_add_ps(acc[i][t]);
+      for (size_t k = c; k < tile.n; ++k) s += w[i][k] * x[t][k];
+      float& o = tile.out[t * tile.ldo + i];
+      o = tile.accumulate ? o + s : s;
+    }
+  }
+}
+
+}  // namespace moeflux::cpu::detail
+
+#pragma GCC diagnostic pop
+
+#endif  // __x86_64__

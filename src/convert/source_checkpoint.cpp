@@ -1,0 +1,237 @@
+#include "convert/source_checkpoint.hpp"
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+
+#include "core/dtype.hpp"
+#include "core/error.hpp"
+
+namespace moeflux {
+
+using nlohmann::json;
+
+namespace {
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_vision_name(const std::string& n) {
+  return n.find("visual") != std::string::npos || n.find("vision") != std::string::npos;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+  std::string r = "[";
+  for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+  return r + "]";
+}
+
+[[noreturn]] void shape_error(const TensorInfo& t, const std::vector<int64_t>& expected) {
+  fail(t.file + ": tensor '" + t.name + "': expected shape " + shape_str(expected) + ", found " +
+       shape_str(t.shape));
+}
+
+float element_as_float(const TensorInfo& t, size_t i) {
+  switch (t.dtype) {
+    case DType::F32: {
+      float f;
+      std::memcpy(&f, t.data + 4 * i, 4);
+      return f;
+    }
+    case DType::BF16: {
+      uint16_t h;
+      std::memcpy(&h, t.data + 2 * i, 2);
+      return bf16_to_f32(h);
+    }
+    case DType::F16: {
+      uint16_t h;
+      std::memcpy(&h, t.data + 2 * i, 2);
+      return f16_to_f32(h);
+    }
+    default:
+      fail(t.file + ": tensor '" + t.name + "' has unsupported dtype " + dtype_name(t.dtype) +
+           " (supported: BF16, F16, F32)");
+  }
+}
+
+}  // namespace
+
+SourceCheckpoint SourceCheckpoint::open(const std::string& dir) {
+  SourceCheckpoint s;
+  s.dir_ = dir;
+  const std::string cpath = dir + "/config.json";
+  std::ifstream in(cpath);
+  if (!in) fail(cpath + ": cannot open (is '" + dir + "' a Hugging Face model directory?)");
+  try {
+    s.config_json_ = json::parse(in);
+  } catch (const json::exception& e) {
+    fail(cpath + ": invalid JSON: " + e.what());
+  }
+  s.config_ = ModelConfig::from_hf_json(s.config_json_, cpath);
+  s.ckpt_ = Checkpoint::open(dir);
+  s.mlx_ = s.config_json_.contains("quantization");
+
+  // The text prefix: whatever precedes the (non-vision) embed_tokens weight.
+  std::vector<std::string> embeds;
+  for (const auto& n : s.ckpt_.names())
+    if (ends_with(n, "embed_tokens.weight") && !is_vision_name(n)) embeds.push_back(n);
+  if (embeds.size() != 1)
+    fail(dir + ": expected exactly one embed_tokens.weight tensor, found " +
+         std::to_string(embeds.size()));
+  s.prefix_ = embeds[0].substr(0, embeds[0].size() - std::string("embed_tokens.weight").size());
+
+  std::vector<std::string> heads;
+  for (const auto& n : s.ckpt_.names())
+    if (ends_with(n, "lm_head.weight") && !is_vision_name(n)) heads.push_back(n);
+  if (heads.size() > 1) fail(dir + ": more than one lm_head.weight tensor");
+  if (!heads.empty()) s.lm_head_name_ = heads[0];
+  if (!s.config_.tie_word_embeddings && s.lm_head_name_.empty())
+    fail(dir + ": lm_head.weight is missing and tie_word_embeddings is false");
+  return s;
+}
+
+std::string SourceCheckpoint::full_name(const std::string& name) const {
+  if (name == "lm_head.weight") return lm_head_name_;
+  return prefix_ + name;
+}
+
+MatrixView SourceCheckpoint::view(const std::string& weight_name, const std::string& quant_base,
+                                  size_t lead, size_t n_lead, size_t total_rows, size_t cols,
+                                  size_t row0, size_t rows) const {
+  const TensorInfo& w = ckpt_.get(weight_name);
+  const TensorInfo* scales = quant_base.empty() ? nullptr : ckpt_.find(quant_base + ".scales");
+  std::vector<int64_t> lead_dims;
+  if (n_lead > 0) lead_dims.push_back(static_cast<int64_t>(n_lead));
+  auto expect = [&](int64_t last) {
+    std::vector<int64_t> e = lead_dims;
+    e.push_back(static_cast<int64_t>(total_rows));
+    e.push_back(last);
+    return e;
+  };
+  MatrixView v;
+  v.rows = rows;
+  v.cols = cols;
+  if (scales) {
+    const TensorInfo& biases = ckpt_.get(quant_base + ".biases");
+    if (w.dtype != DType::U32)
+      fail(w.file + ": quantized tensor '" + w.name + "' must be U32, found " + dtype_name(w.dtype));
+    if (w.shape.size() != lead_dims.size() + 2 || scales->shape.size() != w.shape.size())
+      shape_error(w, expect(-1));
+    const int64_t packed = w.shape.back(), groups = scales->shape.back();
+    if (packed <= 0 || groups <= 0 || (int64_t(cols) * 32) % packed != 0 || int64_t(cols) % groups != 0)
+      fail(w.file + ": tensor '" + w.name + "': shape " + shape_str(w.shape) +
+           " does not fit " + std::to_string(cols) + " columns");
+    const int bits = static_cast<int>(packed * 32 / int64_t(cols));
+    const int group = static_cast<int>(int64_t(cols) / groups);
+    v.fmt = QuantFormat::affine(bits, group);
+    if (!format_accepts_cols(v.fmt, cols) || (bits != 4 && bits != 8) ||
+        (group != 32 && group != 64 && group != 128))
+      fail(w.file + ": tensor '" + w.name + "': unsupported quantization (" + std::to_string(bits) +
+           " bits, group " + std::to_string(group) + "; supported: 4 or 8 bits, group 32/64/128)");
+    if (w.shape != expect(packed)) shape_error(w, expect(packed));
+    if (scales->shape != expect(groups)) shape_error(*scales, expect(groups));
+    if (biases.shape != expect(groups)) shape_error(biases, expect(groups));
+    for (const TensorInfo* t : {scales, &biases})
+      if (t->dtype != DType::BF16)
+        fail(t->file + ": tensor '" + t->name + "' must be BF16, found " + dtype_name(t->dtype));
+    const size_t first_row = lead * total_rows + row0;
+    v.data = w.data + first_row * row_data_bytes(v.fmt, cols);
+    v.scales = scales->data + first_row * row_scale_bytes(v.fmt, cols);
+    v.biases = biases.data + first_row * row_bias_bytes(v.fmt, cols);
+    return v;
+  }
+  switch (w.dtype) {
+    case DType::BF16: v.fmt = QuantFormat::bf16(); break;
+    case DType::F16: v.fmt = QuantFormat::f16(); break;
+    case DType::F32: v.fmt = QuantFormat::f32(); break;
+    default:
+      fail(w.file + ": tensor '" + w.name + "' has unsupported dtype " + dtype_name(w.dtype) +
+           " (supported: BF16, F16, F32, or MLX-quantized U32 with scales and biases)");
+  }
+  if (w.shape != expect(static_cast<int64_t>(cols))) shape_error(w, expect(static_cast<int64_t>(cols)));
+  v.data = w.data + (lead * total_rows + row0) * row_data_bytes(v.fmt, cols);
+  return v;
+}
+
+MatrixView SourceCheckpoint::matrix(const std::string& name, size_t rows, size_t cols) const {
+  const std::string full = full_name(name);
+  std::string base = full;
+  if (ends_with(base, ".weight")) base.resize(base.size() - 7);
+  const bool quantized = ckpt_.find(base + ".scales") != nullptr;
+  if (!ckpt_.find(full)) fail(dir_ + ": tensor '" + full + "' not found");
+  return view(full, quantized ? base : "", 0, 0, rows, cols, 0, rows);
+}
+
+std::vector<float> SourceCheckpoint::vector(const std::string& name, size_t n) const {
+  const TensorInfo& t = ckpt_.get(full_name(name));
+  if (t.shape != std::vector<int64_t>{static_cast<int64_t>(n)}) shape_error(t, {int64_t(n)});
+  std::vector<float> out(n);
+  for (size_t i = 0; i < n; ++i) out[i] = element_as_float(t, i);
+  return out;
+}
+
+std::vector<float> SourceCheckpoint::conv_weight(const std::string& name, size_t channels,
+                                                 size_t kernel) const {
+  const TensorInfo& t = ckpt_.get(full_name(name));
+  const int64_t C = channels, K = kernel;
+  const bool ok = t.shape == std::vector<int64_t>{C, 1, K} || t.shape == std::vector<int64_t>{C, K, 1} ||
+                  t.shape == std::vector<int64_t>{C, K};
+  if (!ok) shape_error(t, {C, 1, K});
+  std::vector<float> out(channels * kernel);  // all accepted layouts are [C][K] in memory
+  for (size_t i = 0; i < out.size(); ++i) out[i] = element_as_float(t, i);
+  return out;
+}
+
+MatrixView SourceCheckpoint::expert(int layer, int e, ExpertPartId part) const {
+  const ModelConfig& c = config_;
+  const size_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts;
+  const std::string mlp = prefix_ + "layers." + std::to_string(layer) + ".mlp.";
+  const char* pname = part == ExpertPartId::Gate ? "gate_proj" : part == ExpertPartId::Up ? "up_proj" : "down_proj";
+  const size_t rows = part == ExpertPartId::Down ? H : I;
+  const size_t cols = part == ExpertPartId::Down ? I : H;
+
+  // Per expert.
+  const std::string per = mlp + "experts." + std::to_string(e) + "." + pname;
+  if (ckpt_.find(per + ".weight")) {
+    const bool q = ckpt_.find(per + ".scales") != nullptr;
+    return view(per + ".weight", q ? per : "", 0, 0, rows, cols, 0, rows);
+  }
+  // MLX switch_mlp (stacked, usually quantized).
+  const std::string sw = mlp + "switch_mlp." + pname;
+  if (ckpt_.find(sw + ".weight")) {
+    const bool q = ckpt_.find(sw + ".scales") != nullptr;
+    return view(sw + ".weight", q ? sw : "", e, E, rows, cols, 0, rows);
+  }
+  // transformers 5 stacked: gate_up_proj [E, 2I, H] and down_proj [E, H, I].
+  if (part != ExpertPartId::Down && ckpt_.find(mlp + "experts.gate_up_proj")) {
+    return view(mlp + "experts.gate_up_proj", "", e, E, 2 * I, H,
+                part == ExpertPartId::Gate ? 0 : I, I);
+  }
+  if (ckpt_.find(mlp + "experts." + pname)) {  // stacked, one tensor per projection
+    return view(mlp + "experts." + pname, "", e, E, rows, cols, 0, rows);
+  }
+  fail(dir_ + ": no weights for expert " + std::to_string(e) + " of layer " + std::to_string(layer) +
+       " (looked for " + per + ".weight, " + sw + ".weight and " + mlp + "experts.gate_up_proj)");
+}
+
+QuantFormat SourceCheckpoint::expert_format(int layer) const {
+  return expert(layer, 0, ExpertPartId::Gate).fmt;
+}
+
+std::vector<std::string> SourceCheckpoint::unused_tensors(const std::vector<std::string>& used) const {
+  const std::set<std::string> u(used.begin(), used.end());
+  std::vector<std::string> out;
+  for (const auto& n : ckpt_.names()) {
+    if (n.rfind(prefix_, 0) != 0 || is_vision_name(n)) continue;
+    if (n.find(".mlp.experts.") != std::string::npos || n.find(".mlp.switch_mlp.") != std::string::npos)
+      continue;
+    std::string base = n;
+    for (const char* sfx : {".scales", ".biases"})
+      if (ends_with(base, sfx)) base = base.substr(0, base.size() - std::strlen(sfx)) + ".weight";
+    if (!u.count(base)) out.push_back(n);
+  }
+  return out;
+}
+
+}  // namespace moeflux

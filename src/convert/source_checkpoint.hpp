@@ -1,0 +1,70 @@
+// A Hugging Face (or MLX-quantized) checkpoint seen as the model's tensors: finds the text
+// model's name prefix (plain, vision-language wrapper), recognises the expert layout of each
+// MoE layer, and yields matrices as MatrixViews straight into the mapped safetensors.
+//
+// Expert layouts recognised, per MoE layer (P = the text prefix, e.g. "model." or
+// "model.language_model."):
+//   per expert : P layers.N.mlp.experts.E.{gate,up,down}_proj.weight      [I,H] [I,H] [H,I]
+//   stacked    : P layers.N.mlp.experts.gate_up_proj [E, 2I, H] (gate rows first),
+//                P layers.N.mlp.experts.down_proj    [E, H, I]           (transformers 5)
+//   MLX switch : P layers.N.mlp.switch_mlp.{gate,up,down}_proj.{weight,scales,biases}
+//                weight uint32 [E, rows, cols*bits/32], scales/biases bf16 [E, rows, cols/group]
+// Any matrix may be MLX-quantized: `X.weight` uint32 + `X.scales` + `X.biases`; its bits and
+// group size follow from the shapes (checked against the config's `quantization` block).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "core/quant_format.hpp"
+#include "formats/safetensors.hpp"
+#include "model/config.hpp"
+
+namespace moeflux {
+
+enum class ExpertPartId { Gate, Up, Down };
+
+class SourceCheckpoint {
+ public:
+  // Reads DIR/config.json and the safetensors files. Throws moeflux::Error.
+  static SourceCheckpoint open(const std::string& dir);
+
+  const std::string& dir() const { return dir_; }
+  const nlohmann::json& config_json() const { return config_json_; }
+  const ModelConfig& config() const { return config_; }
+  const std::string& prefix() const { return prefix_; }
+  bool mlx_quantized() const { return mlx_; }
+
+  // A resident matrix by its package name ("layers.0.self_attn.q_proj.weight",
+  // "lm_head.weight"), shape-checked.
+  MatrixView matrix(const std::string& name, size_t rows, size_t cols) const;
+  // A vector (any float dtype) as f32, shape-checked.
+  std::vector<float> vector(const std::string& name, size_t n) const;
+  // The depthwise conv1d weight as f32 [channels, kernel]; accepts [C,1,K], [C,K,1], [C,K].
+  std::vector<float> conv_weight(const std::string& name, size_t channels, size_t kernel) const;
+  // One matrix of routed expert `e` of layer `layer`.
+  MatrixView expert(int layer, int e, ExpertPartId part) const;
+  // The format the layer's experts are stored in.
+  QuantFormat expert_format(int layer) const;
+
+  // Tensors under the text prefix that the converter did not use (for a warning).
+  std::vector<std::string> unused_tensors(const std::vector<std::string>& used) const;
+
+ private:
+  std::string full_name(const std::string& name) const;
+  // Views rows [row0, row0 + rows) of slice `lead` of a (possibly stacked, possibly
+  // MLX-quantized) weight whose per-slice shape is [total_rows, cols].
+  MatrixView view(const std::string& weight_name, const std::string& quant_base, size_t lead,
+                  size_t n_lead, size_t total_rows, size_t cols, size_t row0, size_t rows) const;
+
+  std::string dir_;
+  nlohmann::json config_json_;
+  ModelConfig config_;
+  Checkpoint ckpt_;
+  std::string prefix_;
+  std::string lm_head_name_;  // full name of lm_head's weight, "" when tied/absent
+  bool mlx_ = false;
+};
+
+}  // namespace moeflux

@@ -1,0 +1,329 @@
+#include "model/config.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.hpp"
+
+namespace moeflux {
+
+using nlohmann::json;
+
+const char* family_name(Family f) {
+  switch (f) {
+    case Family::Qwen3Moe: return "qwen3_moe";
+    case Family::Qwen3_5Moe: return "qwen3_5_moe";
+  }
+  return "?";
+}
+
+namespace {
+
+// Typed accessors that name the file and key on error.
+struct Reader {
+  const json& j;
+  const std::string& source;
+
+  bool has(const char* key) const { return j.contains(key) && !j.at(key).is_null(); }
+
+  int get_int(const char* key) const {
+    if (!has(key)) fail(source + ": missing key '" + key + "'");
+    const json& v = j.at(key);
+    if (!v.is_number_integer()) fail(source + ": key '" + key + "' is not an integer");
+    const auto x = v.get<int64_t>();
+    if (x < 0 || x > (int64_t{1} << 30)) fail(source + ": key '" + key + "' out of range");
+    return static_cast<int>(x);
+  }
+  int get_int(const char* key, int dflt) const { return has(key) ? get_int(key) : dflt; }
+
+  double get_double(const char* key, double dflt) const {
+    if (!has(key)) return dflt;
+    const json& v = j.at(key);
+    if (!v.is_number()) fail(source + ": key '" + key + "' is not a number");
+    return v.get<double>();
+  }
+  bool get_bool(const char* key, bool dflt) const {
+    if (!has(key)) return dflt;
+    const json& v = j.at(key);
+    if (!v.is_boolean()) fail(source + ": key '" + key + "' is not a boolean");
+    return v.get<bool>();
+  }
+  std::string get_string(const char* key, const std::string& dflt) const {
+    if (!has(key)) return dflt;
+    const json& v = j.at(key);
+    if (!v.is_string()) fail(source + ": key '" + key + "' is not a string");
+    return v.get<std::string>();
+  }
+};
+
+void require(bool ok, const std::string& source, const std::string& what) {
+  if (!ok) fail(source + ": " + what);
+}
+
+// Rope settings from either spelling. 5.x: `rope_parameters` {rope_type, rope_theta, ...};
+// 4.x: top-level `rope_theta` and optional `rope_scaling` {type|rope_type, factor, ...}.
+RopeConfig parse_rope(const json& t, const std::string& source, int max_pos) {
+  const Reader top{t, source};
+  RopeConfig r;
+  const json* params = nullptr;
+  if (top.has("rope_parameters")) {
+    params = &t.at("rope_parameters");
+    require(params->is_object(), source, "'rope_parameters' is not an object");
+  } else if (top.has("rope_scaling")) {
+    params = &t.at("rope_scaling");
+    require(params->is_object(), source, "'rope_scaling' is not an object");
+  }
+  r.theta = top.get_double("rope_theta", 10000.0);
+  r.partial_rotary_factor = top.get_double("partial_rotary_factor", 1.0);
+  if (params) {
+    const Reader p{*params, source};
+    r.theta = p.get_double("rope_theta", r.theta);
+    r.partial_rotary_factor = p.get_double("partial_rotary_factor", r.partial_rotary_factor);
+    r.type = p.get_string("rope_type", p.get_string("type", "default"));
+    if (r.type == "mrope") r.type = "default";  // text positions: all mrope sections agree
+    r.factor = p.get_double("factor", 1.0);
+    r.original_max_position_embeddings = p.get_int("original_max_position_embeddings", max_pos);
+    if (r.type == "yarn" && !p.has("factor") && r.original_max_position_embeddings > 0)
+      r.factor = static_cast<double>(max_pos) / r.original_max_position_embeddings;
+    r.beta_fast = p.get_double("beta_fast", 32.0);
+    r.beta_slow = p.get_double("beta_slow", 1.0);
+    r.attention_factor = p.get_double("attention_factor", 0.0);
+    r.mscale = p.get_double("mscale", 0.0);
+    r.mscale_all_dim = p.get_double("mscale_all_dim", 0.0);
+    r.truncate = p.get_bool("truncate", true);
+  }
+  if (r.type != "default" && r.type != "linear" && r.type != "yarn")
+    fail(source + ": unsupported rope_type '" + r.type + "' (supported: default, linear, yarn)");
+  require(r.theta > 0, source, "rope_theta must be positive");
+  require(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1, source,
+          "partial_rotary_factor must be in (0, 1]");
+  require(r.factor > 0, source, "rope factor must be positive");
+  return r;
+}
+
+}  // namespace
+
+std::string hf_text_prefix(const json& config_json) {
+  return config_json.contains("text_config") ? "model.language_model." : "model.";
+}
+
+int ModelConfig::rotary_dim() const {
+  return static_cast<int>(head_dim * rope.partial_rotary_factor);
+}
+
+int ModelConfig::num_moe_layers() const {
+  return static_cast<int>(std::count(layer_is_moe.begin(), layer_is_moe.end(), true));
+}
+
+ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) {
+  require(j.is_object(), source, "not a JSON object");
+  const json* text = &j;
+  if (j.contains("text_config")) {
+    text = &j.at("text_config");
+    require(text->is_object(), source, "'text_config' is not an object");
+  }
+  const Reader outer{j, source};
+  const Reader t{*text, source};
+  ModelConfig c;
+  c.model_type = t.get_string("model_type", outer.get_string("model_type", ""));
+  const std::string outer_type = outer.get_string("model_type", c.model_type);
+  if (c.model_type == "qwen3_moe") {
+    c.family = Family::Qwen3Moe;
+  } else if (c.model_type == "qwen3_5_moe" || c.model_type == "qwen3_5_moe_text") {
+    c.family = Family::Qwen3_5Moe;
+  } else if (c.model_type == "qwen3_next" || outer_type == "qwen3_next") {
+    fail(source + ": model_type 'qwen3_next' is not supported yet (its packed in_proj_qkvz "
+                  "layout differs from qwen3_5_moe)");
+  } else {
+    fail(source + ": unsupported model_type '" + (c.model_type.empty() ? outer_type : c.model_type) +
+         "' (supported: qwen3_moe, qwen3_5_moe, qwen3_5_moe_text)");
+  }
+
+  c.vocab_size = t.get_int("vocab_size");
+  c.hidden_size = t.get_int("hidden_size");
+  c.num_layers = t.get_int("num_hidden_layers");
+  c.num_heads = t.get_int("num_attention_heads");
+  c.num_kv_heads = t.get_int("num_key_value_heads", c.num_heads);
+  require(c.num_heads > 0, source, "num_attention_heads must be positive");
+  c.head_dim = t.get_int("head_dim", c.hidden_size / c.num_heads);
+  c.rms_norm_eps = t.get_double("rms_norm_eps", 1e-6);
+  c.max_position_embeddings = t.get_int("max_position_embeddings", 32768);
+  c.attention_bias = t.get_bool("attention_bias", false);
+  c.tie_word_embeddings = t.get_bool("tie_word_embeddings", outer.get_bool("tie_word_embeddings", false));
+  c.rope = parse_rope(*text, source, c.max_position_embeddings);
+  const std::string act = t.get_string("hidden_act", "silu");
+  require(act == "silu", source, "unsupported hidden_act '" + act + "' (supported: silu)");
+
+  c.num_experts = t.get_int("num_experts");
+  c.top_k = t.get_int("num_experts_per_tok");
+  c.moe_intermediate_size = t.get_int("moe_intermediate_size");
+  c.layer_kind.assign(c.num_layers, LayerKind::FullAttention);
+  c.layer_is_moe.assign(c.num_layers, true);
+
+  if (c.family == Family::Qwen3Moe) {
+    c.norm_topk_prob = t.get_bool("norm_topk_prob", false);
+    c.intermediate_size = t.get_int("intermediate_size", 0);
+    const int step = t.get_int("decoder_sparse_step", 1);
+    std::vector<int> mlp_only;
+    if (t.has("mlp_only_layers")) {
+      const json& m = text->at("mlp_only_layers");
+      require(m.is_array(), source, "'mlp_only_layers' is not an array");
+      for (const auto& v : m) {
+        require(v.is_number_integer(), source, "'mlp_only_layers' holds a non-integer");
+        mlp_only.push_back(v.get<int>());
+      }
+    }
+    for (int i = 0; i < c.num_layers; ++i) {
+      const bool dense_listed = std::find(mlp_only.begin(), mlp_only.end(), i) != mlp_only.end();
+      c.layer_is_moe[i] = !dense_listed && c.num_experts > 0 && step > 0 && (i + 1) % step == 0;
+    }
+    if (c.num_moe_layers() < c.num_layers)
+      require(c.intermediate_size > 0, source, "dense layers need 'intermediate_size'");
+  } else {
+    c.norm_topk_prob = true;  // the qwen3_5_moe router always renormalises its top-k
+    c.shared_expert_intermediate_size = t.get_int("shared_expert_intermediate_size");
+    c.linear_conv_kernel = t.get_int("linear_conv_kernel_dim");
+    c.linear_key_head_dim = t.get_int("linear_key_head_dim");
+    c.linear_value_head_dim = t.get_int("linear_value_head_dim");
+    c.linear_num_key_heads = t.get_int("linear_num_key_heads");
+    c.linear_num_value_heads = t.get_int("linear_num_value_heads");
+    if (t.has("layer_types")) {
+      const json& lt = text->at("layer_types");
+      require(lt.is_array() && static_cast<int>(lt.size()) == c.num_layers, source,
+              "'layer_types' must list num_hidden_layers entries");
+      for (int i = 0; i < c.num_layers; ++i) {
+        const std::string s = lt[i].is_string() ? lt[i].get<std::string>() : "";
+        if (s == "full_attention") c.layer_kind[i] = LayerKind::FullAttention;
+        else if (s == "linear_attention") c.layer_kind[i] = LayerKind::LinearAttention;
+        else fail(source + ": unknown layer type '" + s + "' in 'layer_types'");
+      }
+    } else {
+      const int interval = t.get_int("full_attention_interval", 4);
+      require(interval > 0, source, "'full_attention_interval' must be positive");
+      for (int i = 0; i < c.num_layers; ++i)
+        c.layer_kind[i] = (i + 1) % interval == 0 ? LayerKind::FullAttention
+                                                  : LayerKind::LinearAttention;
+    }
+    require(c.linear_num_key_heads > 0 && c.linear_num_value_heads % c.linear_num_key_heads == 0,
+            source, "linear_num_value_heads must be a multiple of linear_num_key_heads");
+    require(c.linear_conv_kernel >= 1, source, "linear_conv_kernel_dim must be >= 1");
+  }
+
+  require(c.vocab_size > 0 && c.hidden_size > 0 && c.num_layers > 0 && c.head_dim > 0, source,
+          "vocab_size, hidden_size, num_hidden_layers and head_dim must be positive");
+  require(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0, source,
+          "num_attention_heads must be a multiple of num_key_value_heads");
+  require(c.num_experts > 0 && c.top_k > 0 && c.top_k <= c.num_experts, source,
+          "need 0 < num_experts_per_tok <= num_experts");
+  require(c.moe_intermediate_size > 0, source, "moe_intermediate_size must be positive");
+  require(c.rotary_dim() % 2 == 0 && c.rotary_dim() > 0, source,
+          "head_dim * partial_rotary_factor must be a positive even number");
+  return c;
+}
+
+json ModelConfig::to_json() const {
+  json r = {{"type", rope.type},
+            {"theta", rope.theta},
+            {"partial_rotary_factor", rope.partial_rotary_factor},
+            {"factor", rope.factor},
+            {"original_max_position_embeddings", rope.original_max_position_embeddings},
+            {"beta_fast", rope.beta_fast},
+            {"beta_slow", rope.beta_slow},
+            {"attention_factor", rope.attention_factor},
+            {"mscale", rope.mscale},
+            {"mscale_all_dim", rope.mscale_all_dim},
+            {"truncate", rope.truncate}};
+  json kinds = json::array();
+  for (auto k : layer_kind) kinds.push_back(k == LayerKind::FullAttention ? "full" : "linear");
+  return {{"family", family_name(family)},
+          {"model_type", model_type},
+          {"vocab_size", vocab_size},
+          {"hidden_size", hidden_size},
+          {"num_layers", num_layers},
+          {"num_heads", num_heads},
+          {"num_kv_heads", num_kv_heads},
+          {"head_dim", head_dim},
+          {"rms_norm_eps", rms_norm_eps},
+          {"max_position_embeddings", max_position_embeddings},
+          {"attention_bias", attention_bias},
+          {"tie_word_embeddings", tie_word_embeddings},
+          {"rope", r},
+          {"num_experts", num_experts},
+          {"top_k", top_k},
+          {"moe_intermediate_size", moe_intermediate_size},
+          {"norm_topk_prob", norm_topk_prob},
+          {"intermediate_size", intermediate_size},
+          {"shared_expert_intermediate_size", shared_expert_intermediate_size},
+          {"layer_kind", kinds},
+          {"layer_is_moe", layer_is_moe},
+          {"linear_conv_kernel", linear_conv_kernel},
+          {"linear_key_head_dim", linear_key_head_dim},
+          {"linear_value_head_dim", linear_value_head_dim},
+          {"linear_num_key_heads", linear_num_key_heads},
+          {"linear_num_value_heads", linear_num_value_heads}};
+}
+
+ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
+  try {
+    ModelConfig c;
+    const std::string fam = j.at("family").get<std::string>();
+    if (fam == "qwen3_moe") c.family = Family::Qwen3Moe;
+    else if (fam == "qwen3_5_moe") c.family = Family::Qwen3_5Moe;
+    else fail(source + ": unknown family '" + fam + "'");
+    c.model_type = j.at("model_type").get<std::string>();
+    c.vocab_size = j.at("vocab_size").get<int>();
+    c.hidden_size = j.at("hidden_size").get<int>();
+    c.num_layers = j.at("num_layers").get<int>();
+    c.num_heads = j.at("num_heads").get<int>();
+    c.num_kv_heads = j.at("num_kv_heads").get<int>();
+    c.head_dim = j.at("head_dim").get<int>();
+    c.rms_norm_eps = j.at("rms_norm_eps").get<double>();
+    c.max_position_embeddings = j.at("max_position_embeddings").get<int>();
+    c.attention_bias = j.at("attention_bias").get<bool>();
+    c.tie_word_embeddings = j.at("tie_word_embeddings").get<bool>();
+    const json& r = j.at("rope");
+    c.rope.type = r.at("type").get<std::string>();
+    c.rope.theta = r.at("theta").get<double>();
+    c.rope.partial_rotary_factor = r.at("partial_rotary_factor").get<double>();
+    c.rope.factor = r.at("factor").get<double>();
+    c.rope.original_max_position_embeddings = r.at("original_max_position_embeddings").get<int>();
+    c.rope.beta_fast = r.at("beta_fast").get<double>();
+    c.rope.beta_slow = r.at("beta_slow").get<double>();
+    c.rope.attention_factor = r.at("attention_factor").get<double>();
+    c.rope.mscale = r.at("mscale").get<double>();
+    c.rope.mscale_all_dim = r.at("mscale_all_dim").get<double>();
+    c.rope.truncate = r.at("truncate").get<bool>();
+    c.num_experts = j.at("num_experts").get<int>();
+    c.top_k = j.at("top_k").get<int>();
+    c.moe_intermediate_size = j.at("moe_intermediate_size").get<int>();
+    c.norm_topk_prob = j.at("norm_topk_prob").get<bool>();
+    c.intermediate_size = j.at("intermediate_size").get<int>();
+    c.shared_expert_intermediate_size = j.at("shared_expert_intermediate_size").get<int>();
+    for (const auto& k : j.at("layer_kind"))
+      c.layer_kind.push_back(k.get<std::string>() == "full" ? LayerKind::FullAttention
+                                                            : LayerKind::LinearAttention);
+    c.layer_is_moe = j.at("layer_is_moe").get<std::vector<bool>>();
+    c.linear_conv_kernel = j.at("linear_conv_kernel").get<int>();
+    c.linear_key_head_dim = j.at("linear_key_head_dim").get<int>();
+    c.linear_value_head_dim = j.at("linear_value_head_dim").get<int>();
+    c.linear_num_key_heads = j.at("linear_num_key_heads").get<int>();
+    c.linear_num_value_heads = j.at("linear_num_value_heads").get<int>();
+    if (static_cast<int>(c.layer_kind.size()) != c.num_layers ||
+        static_cast<int>(c.layer_is_moe.size()) != c.num_layers)
+      fail(source + ": layer lists do not match num_layers");
+    if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_layers <= 0 || c.head_dim <= 0 ||
+        c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0 ||
+        c.top_k <= 0 || c.top_k > c.num_experts || c.rotary_dim() <= 0 ||
+        c.rotary_dim() % 2 != 0 || c.rotary_dim() > c.head_dim)
+      fail(source + ": model config has invalid dimensions");
+    if (c.family == Family::Qwen3_5Moe &&
+        (c.linear_num_key_heads <= 0 || c.linear_num_value_heads % c.linear_num_key_heads != 0 ||
+         c.linear_conv_kernel <= 0))
+      fail(source + ": model config has invalid linear-attention dimensions");
+    return c;
+  } catch (const json::exception& e) {
+    fail(source + ": malformed model config: " + e.what());
+  }
+}
+
+}  // namespace moeflux

@@ -1,0 +1,88 @@
+// ModelConfig: the runtime shape of a model, read from a Hugging Face config.json.
+//
+// Config is data (DESIGN.md): every dimension comes from here at run time. Both transformers
+// spellings are accepted: 4.x (`rope_theta`, `rope_scaling`, `partial_rotary_factor` at top level)
+// and 5.x (`rope_parameters`), and vision-language wrappers (`text_config`).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace moeflux {
+
+enum class Family { Qwen3Moe, Qwen3_5Moe };
+const char* family_name(Family f);
+
+enum class LayerKind { FullAttention, LinearAttention };
+
+// Rotary position embedding. The rotated part of a head is its first `rotary_dim` dims, split
+// in halves (rotate_half convention): x' = x * cos(p * inv_freq) + rotate_half(x) * sin(...).
+struct RopeConfig {
+  std::string type = "default";  // default | linear | yarn
+  double theta = 10000.0;
+  double partial_rotary_factor = 1.0;
+  double factor = 1.0;                       // linear, yarn
+  int original_max_position_embeddings = 0;  // yarn
+  double beta_fast = 32.0, beta_slow = 1.0;  // yarn
+  double attention_factor = 0.0;             // yarn; 0 = derived from factor / mscale
+  double mscale = 0.0, mscale_all_dim = 0.0; // yarn (DeepSeek style), 0 = unset
+  bool truncate = true;                      // yarn
+};
+
+struct ModelConfig {
+  Family family = Family::Qwen3Moe;
+  std::string model_type;  // as written in config.json (the text model's)
+
+  int vocab_size = 0;
+  int hidden_size = 0;
+  int num_layers = 0;
+  int num_heads = 0;     // full attention
+  int num_kv_heads = 0;  // full attention (GQA)
+  int head_dim = 0;
+  double rms_norm_eps = 1e-6;
+  int max_position_embeddings = 0;
+  bool attention_bias = false;
+  bool tie_word_embeddings = false;
+  RopeConfig rope;
+
+  // Mixture of experts.
+  int num_experts = 0;
+  int top_k = 0;                   // num_experts_per_tok
+  int moe_intermediate_size = 0;
+  bool norm_topk_prob = true;      // renormalise the top-k probabilities to sum to 1
+  int intermediate_size = 0;       // dense MLP layers (qwen3_moe)
+  int shared_expert_intermediate_size = 0;  // 0 = no shared expert
+
+  // Per layer: attention kind and whether its MLP is a routed MoE block.
+  std::vector<LayerKind> layer_kind;
+  std::vector<bool> layer_is_moe;
+
+  // Gated DeltaNet (qwen3_5_moe linear-attention layers).
+  int linear_conv_kernel = 0;
+  int linear_key_head_dim = 0, linear_value_head_dim = 0;
+  int linear_num_key_heads = 0, linear_num_value_heads = 0;
+
+  // Derived sizes.
+  int rotary_dim() const;
+  int linear_key_dim() const { return linear_key_head_dim * linear_num_key_heads; }
+  int linear_value_dim() const { return linear_value_head_dim * linear_num_value_heads; }
+  int linear_conv_dim() const { return 2 * linear_key_dim() + linear_value_dim(); }
+  bool gated_attention() const { return family == Family::Qwen3_5Moe; }
+  bool zero_centered_norms() const { return family == Family::Qwen3_5Moe; }
+  int num_moe_layers() const;
+
+  // Parses a config.json object (a model's own or a VL wrapper's). `source` names the file in
+  // error messages. Throws moeflux::Error for an unknown model_type, missing or invalid keys.
+  static ModelConfig from_hf_json(const nlohmann::json& j, const std::string& source);
+
+  // The normalised form stored in a package manifest, and its inverse.
+  nlohmann::json to_json() const;
+  static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
+};
+
+// The part of a checkpoint's tensor names that precedes `layers.N...`, `embed_tokens`, `norm`:
+// "model.language_model." for vision-language wrappers, otherwise "model.".
+std::string hf_text_prefix(const nlohmann::json& config_json);
+
+}  // namespace moeflux

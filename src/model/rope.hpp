@@ -1,0 +1,39 @@
+// Rotary position embedding tables (transformers' default, linear and YaRN variants).
+//
+// For rotary dim d (= head_dim * partial_rotary_factor) and i in [0, d/2):
+//   default: inv_freq[i] = theta^(-2i/d)
+//   linear : inv_freq[i] = theta^(-2i/d) / factor
+//   yarn   : inv_freq[i] = interp[i] * (1 - e[i]) + extrap[i] * e[i], where extrap = theta^(-2i/d),
+//            interp = extrap / factor, e = 1 - clamp((i - low) / (high - low), 0, 1) and
+//            [low, high] is the correction range for beta_fast / beta_slow rotations over
+//            original_max_position_embeddings; cos and sin are scaled by the attention factor
+//            (0.1 ln(factor) + 1 unless given, or the mscale ratio).
+// Applied with the rotate_half convention on the first d dims of each head:
+//   x'[j]       = x[j] cos(p f_j) - x[j + d/2] sin(p f_j)
+//   x'[j + d/2] = x[j + d/2] cos(p f_j) + x[j] sin(p f_j)
+#pragma once
+
+#include <vector>
+
+#include "model/config.hpp"
+
+namespace moeflux {
+
+class Rope {
+ public:
+  explicit Rope(const ModelConfig& c);
+
+  int rotary_dim() const { return rotary_dim_; }
+  float attention_factor() const { return attention_factor_; }
+  const std::vector<float>& inv_freq() const { return inv_freq_; }
+
+  // Rotates `n_heads` heads of `head_dim` floats each, laid out contiguously, at position pos.
+  void apply(float* x, int n_heads, int head_dim, int pos) const;
+
+ private:
+  int rotary_dim_ = 0;
+  float attention_factor_ = 1.0f;
+  std::vector<float> inv_freq_;
+};
+
+}  // namespace moeflux

@@ -1,0 +1,79 @@
+#include "model/weights.hpp"
+
+#include "core/error.hpp"
+#include "model/tensor_specs.hpp"
+
+namespace moeflux {
+
+ModelWeights ModelWeights::bind(const Package& pkg) {
+  const ModelConfig& c = pkg.config();
+  const size_t H = c.hidden_size;
+  ModelWeights w;
+  w.embed = pkg.matrix("embed_tokens.weight", c.vocab_size, H);
+  w.lm_head = c.tie_word_embeddings ? w.embed : pkg.matrix("lm_head.weight", c.vocab_size, H);
+  w.final_norm = pkg.vector("norm.weight", H);
+
+  auto mlp = [&](const std::string& prefix, size_t inter) {
+    MlpWeights m;
+    m.gate = pkg.matrix(prefix + "gate_proj.weight", inter, H);
+    m.up = pkg.matrix(prefix + "up_proj.weight", inter, H);
+    m.down = pkg.matrix(prefix + "down_proj.weight", H, inter);
+    return m;
+  };
+
+  for (int i = 0; i < c.num_layers; ++i) {
+    auto L = [&](const std::string& rest) { return layer_tensor(i, rest); };
+    LayerWeights l;
+    l.kind = c.layer_kind[i];
+    l.input_norm = pkg.vector(L("input_layernorm.weight"), H);
+    l.post_norm = pkg.vector(L("post_attention_layernorm.weight"), H);
+    if (l.kind == LayerKind::FullAttention) {
+      const size_t q_rows = size_t(c.num_heads) * c.head_dim * (c.gated_attention() ? 2 : 1);
+      const size_t kv_rows = size_t(c.num_kv_heads) * c.head_dim;
+      auto& a = l.attn;
+      a.q = pkg.matrix(L("self_attn.q_proj.weight"), q_rows, H);
+      a.k = pkg.matrix(L("self_attn.k_proj.weight"), kv_rows, H);
+      a.v = pkg.matrix(L("self_attn.v_proj.weight"), kv_rows, H);
+      a.o = pkg.matrix(L("self_attn.o_proj.weight"), H, size_t(c.num_heads) * c.head_dim);
+      if (c.attention_bias) {
+        a.q_bias = pkg.vector(L("self_attn.q_proj.bias"), q_rows);
+        a.k_bias = pkg.vector(L("self_attn.k_proj.bias"), kv_rows);
+        a.v_bias = pkg.vector(L("self_attn.v_proj.bias"), kv_rows);
+        a.o_bias = pkg.vector(L("self_attn.o_proj.bias"), H);
+      }
+      a.q_norm = pkg.vector(L("self_attn.q_norm.weight"), c.head_dim);
+      a.k_norm = pkg.vector(L("self_attn.k_norm.weight"), c.head_dim);
+    } else {
+      auto& d = l.lin;
+      const size_t nv = c.linear_num_value_heads;
+      d.qkv = pkg.matrix(L("linear_attn.in_proj_qkv.weight"), c.linear_conv_dim(), H);
+      d.z = pkg.matrix(L("linear_attn.in_proj_z.weight"), c.linear_value_dim(), H);
+      d.b = pkg.matrix(L("linear_attn.in_proj_b.weight"), nv, H);
+      d.a = pkg.matrix(L("linear_attn.in_proj_a.weight"), nv, H);
+      d.out = pkg.matrix(L("linear_attn.out_proj.weight"), H, c.linear_value_dim());
+      const MatrixView conv =
+          pkg.matrix(L("linear_attn.conv1d.weight"), c.linear_conv_dim(), c.linear_conv_kernel);
+      if (conv.fmt.kind != QuantKind::F32)
+        fail(pkg.dir() + ": conv1d weight of layer " + std::to_string(i) + " must be f32");
+      d.conv = reinterpret_cast<const float*>(conv.data);
+      d.dt_bias = pkg.vector(L("linear_attn.dt_bias"), nv);
+      d.A_log = pkg.vector(L("linear_attn.A_log"), nv);
+      d.norm = pkg.vector(L("linear_attn.norm.weight"), c.linear_value_head_dim);
+    }
+    l.is_moe = c.layer_is_moe[i];
+    if (l.is_moe) {
+      l.moe.router = pkg.matrix(L("mlp.gate.weight"), c.num_experts, H);
+      if (c.shared_expert_intermediate_size > 0) {
+        l.moe.has_shared = true;
+        l.moe.shared = mlp(L("mlp.shared_expert."), c.shared_expert_intermediate_size);
+        l.moe.shared_gate = pkg.matrix(L("mlp.shared_expert_gate.weight"), 1, H);
+      }
+    } else {
+      l.dense = mlp(L("mlp."), c.intermediate_size);
+    }
+    w.layers.push_back(l);
+  }
+  return w;
+}
+
+}  // namespace moeflux
