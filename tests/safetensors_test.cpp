@@ -243,7 +243,7 @@ TEST_F(SafetensorsTest, ScalarAndZeroSizeTensors) {
     "z": {"dtype": "BF16", "shape": [0, 5], "data_offsets": [4, 4]},
     "z_inside": {"dtype": "F32", "shape": [3, 0], "data_offsets": [2, 2]},
     "z_end": {"dtype": "F64", "shape": [)" +
-                             std::to_string(kHuge) + ", 0, " + std::to_string(kHuge) +
+                             std::to_string(kHuge) + ", " + std::to_string(kHuge) + ", 0" +
                              R"(], "data_offsets": [4, 4]},
     "z_rank1": {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}})";
   const float one = 1.0f;

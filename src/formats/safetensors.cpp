@@ -171,7 +171,10 @@ bool parse_dtype(const std::string& s, DType* out) {
 }
 
 size_t TensorInfo::numel() const {
-  // Validated at open(): the product fits in size_t (an empty product is 1: a scalar).
+  // Validated at open(): with no zero dim, the product fits in size_t (an empty product is 1: a
+  // scalar). With a zero dim the other dims may be huge, so the product isn't formed at all.
+  for (const int64_t d : shape)
+    if (d == 0) return 0;
   size_t n = 1;
   for (const int64_t d : shape) n *= static_cast<size_t>(d);
   return n;

@@ -37,13 +37,16 @@ void matvec(const MatrixView& W, const float* x, float* y, ThreadPool& pool);
 void matvec_scalar_rows(const MatrixView& W, const float* x, float* y, size_t row_begin,
                         size_t row_end);
 
-// out[c] = W[r,c] as float, c in [0, W.cols); exact (every format's value is representable in
-// float32: q·s has ≤ 16 significant bits). Precondition: r < W.rows. Used for embedding rows.
+// out[c] = W[r,c] as float, c in [0, W.cols). Exact for F32/F16/BF16 and Q8_0 (q·d has ≤ 18
+// significant bits); Affine is float(q)·s (exact, ≤ 16 bits) + b, rounded once to float.
+// Precondition: r < W.rows. Used for embedding rows.
 void dequantize_row(const MatrixView& W, size_t r, float* out);
 
 // Y[t, r] = Σ_c W[r,c] · X[t, c]  for t < n_tokens, r < W.rows. X row-major [n_tokens, W.cols],
-// Y row-major [n_tokens, W.rows]. Blocks of rows are decoded once to float and dotted with every
-// token; row blocks are split across `pool`. Accuracy as matvec (float32 accumulation).
+// Y row-major [n_tokens, W.rows]. Row blocks are split across `pool`; from 8 tokens up each block
+// of 16 rows is decoded once to float and dotted with every token in 4-row x 2-token register
+// tiles, below that the matvec kernel runs per token on cache-resident row blocks. Accuracy as
+// matvec (float32 accumulation).
 void matmul(const MatrixView& W, const float* X, size_t n_tokens, float* Y, ThreadPool& pool);
 
 // The instruction set dispatch picked: "avx512", "avx2" or "scalar".

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian packages moeflux needs to build and test. Idempotent: does nothing (and
+# needs no network) when they are all present. Run as root or with sudo available.
+set -euo pipefail
+
+packages=(
+  build-essential cmake ninja-build pkg-config
+  nlohmann-json3-dev   # JSON (config.json, safetensors headers, manifests)
+  libcli11-dev         # command-line parsing
+  libgtest-dev libgmock-dev  # tests
+  python3              # fixture checks in the test suite
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+echo "[setup] installing: ${missing[*]}" >&2
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,195 @@
+// Bad input through the command line: every case must end with exit code 1, exactly one line
+// on stderr that names the offending file or argument, and no partial output left behind.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+
+#include "test_util.hpp"
+
+namespace moeflux::test {
+namespace {
+
+const char* kFixture = "qwen3_moe_sharded";
+
+void expect_clean_failure(const CommandResult& r, const std::string& must_mention) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(must_mention), std::string::npos) << "expected '" << must_mention << "' in: " << r.err;
+}
+
+// A writable copy of the fixture's checkpoint.
+std::string copy_checkpoint(const TempDir& tmp) {
+  const std::string dst = tmp / "hf";
+  fs::copy(fixture_dir(kFixture) + "/hf", dst, fs::copy_options::recursive);
+  return dst;
+}
+
+std::string first_shard(const std::string& dir) {
+  std::vector<std::string> shards;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".safetensors") shards.push_back(e.path().string());
+  std::sort(shards.begin(), shards.end());
+  return shards.at(0);
+}
+
+void expect_no_package(const TempDir& tmp) {
+  for (const auto& e : fs::directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().filename().string().find("pkg"), std::string::npos)
+        << "left behind: " << e.path();
+}
+
+TEST(ConvertErrors, MissingDirectory) {
+  TempDir tmp;
+  expect_clean_failure(run_moeflux({"convert", tmp / "nope", tmp / "pkg", "-q"}), tmp / "nope");
+  expect_no_package(tmp);
+}
+
+TEST(ConvertErrors, TruncatedSafetensors) {
+  TempDir tmp;
+  const std::string hf = copy_checkpoint(tmp);
+  const std::string shard = first_shard(hf);
+  fs::resize_file(shard, fs::file_size(shard) / 2);
+  expect_clean_failure(run_moeflux({"convert", hf, tmp / "pkg", "-q"}), shard);
+  expect_no_package(tmp);
+}
+
+TEST(ConvertErrors, HeaderOffsetsLie) {
+  TempDir tmp;
+  const std::string hf = copy_checkpoint(tmp);
+  const std::string shard = first_shard(hf);
+  std::string bytes = read_text(shard);
+  // Change the first digit of the first tensor's end offset: the header keeps its length, but
+  // the range no longer matches the tensor's size (or leaves the file).
+  const size_t p = bytes.find("\"data_offsets\":[");
+  ASSERT_NE(p, std::string::npos);
+  const size_t comma = bytes.find(',', p);
+  ASSERT_NE(comma, std::string::npos);
+  bytes[comma + 1] = bytes[comma + 1] == '9' ? '1' : '9';  // first digit of the end offset
+  std::ofstream(shard, std::ios::binary | std::ios::trunc) << bytes;
+  expect_clean_failure(run_moeflux({"convert", hf, tmp / "pkg", "-q"}), shard);
+  expect_no_package(tmp);
+}
+
+TEST(ConvertErrors, UnknownModelType) {
+  TempDir tmp;
+  const std::string hf = copy_checkpoint(tmp);
+  auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
+  cfg["model_type"] = "llama";
+  std::ofstream(hf + "/config.json", std::ios::trunc) << cfg.dump();
+  const CommandResult r = run_moeflux({"convert", hf, tmp / "pkg", "-q"});
+  expect_clean_failure(r, "config.json");
+  EXPECT_NE(r.err.find("llama"), std::string::npos);
+  expect_no_package(tmp);
+}
+
+TEST(ConvertErrors, MissingTensor) {
+  TempDir tmp;
+  const std::string hf = copy_checkpoint(tmp);
+  auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
+  cfg["num_hidden_layers"] = cfg["num_hidden_layers"].get<int>() + 1;  // a layer that isn't there
+  std::ofstream(hf + "/config.json", std::ios::trunc) << cfg.dump();
+  expect_clean_failure(run_moeflux({"convert", hf, tmp / "pkg", "-q"}), "not found");
+  expect_no_package(tmp);
+}
+
+TEST(ConvertErrors, ExistingOutputNeedsForce) {
+  TempDir tmp;
+  fs::create_directories(tmp / "pkg");
+  expect_clean_failure(run_moeflux({"convert", fixture_dir(kFixture) + "/hf", tmp / "pkg", "-q"}),
+                       "--force");
+}
+
+class LogitsErrors : public testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    tmp_ = new TempDir;
+    const CommandResult r = run_moeflux({"convert", fixture_dir(kFixture) + "/hf", *tmp_ / "pkg", "-q"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
+  static void TearDownTestSuite() { delete tmp_; }
+  // A private copy of the converted package.
+  std::string package_copy(const TempDir& t) {
+    fs::copy(*tmp_ / "pkg", t / "pkg", fs::copy_options::recursive);
+    return t / "pkg";
+  }
+  static TempDir* tmp_;
+};
+TempDir* LogitsErrors::tmp_ = nullptr;
+
+TEST_F(LogitsErrors, TokenOutOfRange) {
+  TempDir t;
+  const CommandResult r =
+      run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,99999999", "--out", t / "o.npy"});
+  expect_clean_failure(r, "--tokens");
+  EXPECT_FALSE(fs::exists(t / "o.npy"));
+}
+
+TEST_F(LogitsErrors, MalformedTokenList) {
+  TempDir t;
+  expect_clean_failure(run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,x", "--out", t / "o.npy"}),
+                       "--tokens");
+  EXPECT_FALSE(fs::exists(t / "o.npy"));
+}
+
+TEST_F(LogitsErrors, MissingPackage) {
+  TempDir t;
+  expect_clean_failure(run_moeflux({"logits", "-m", t / "none", "--tokens", "1", "--out", t / "o.npy"}),
+                       t / "none");
+}
+
+TEST_F(LogitsErrors, TruncatedExpertFile) {
+  TempDir t;
+  const std::string pkg = package_copy(t);
+  std::string layer;
+  for (const auto& e : fs::directory_iterator(pkg + "/experts")) layer = e.path().string();
+  ASSERT_FALSE(layer.empty());
+  fs::resize_file(layer, fs::file_size(layer) - 4096);
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1,2", "--out", t / "o.npy"}), layer);
+  EXPECT_FALSE(fs::exists(t / "o.npy"));
+}
+
+TEST_F(LogitsErrors, TruncatedResidentFile) {
+  TempDir t;
+  const std::string pkg = package_copy(t);
+  fs::resize_file(pkg + "/resident.bin", fs::file_size(pkg + "/resident.bin") / 2);
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}),
+                       "resident.bin");
+}
+
+TEST_F(LogitsErrors, CorruptManifest) {
+  TempDir t;
+  const std::string pkg = package_copy(t);
+  std::ofstream(pkg + "/manifest.json", std::ios::trunc) << "{\"format\": \"moeflux-package\", \"version\": 1,";
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}),
+                       "manifest.json");
+}
+
+TEST_F(LogitsErrors, ManifestShapeLies) {
+  TempDir t;
+  const std::string pkg = package_copy(t);
+  auto m = nlohmann::json::parse(read_text(pkg + "/manifest.json"));
+  for (auto& tensor : m["resident"]["tensors"])
+    if (tensor["name"] == "norm.weight") tensor["shape"] = {12345};
+  std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}), "norm.weight");
+}
+
+TEST_F(LogitsErrors, FutureVersion) {
+  TempDir t;
+  const std::string pkg = package_copy(t);
+  auto m = nlohmann::json::parse(read_text(pkg + "/manifest.json"));
+  m["version"] = 99;
+  std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}), "version");
+}
+
+TEST_F(LogitsErrors, TooManyExperts) {
+  TempDir t;
+  expect_clean_failure(
+      run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1", "--k", "100000", "--out", t / "o.npy"}),
+      "--k");
+}
+
+}  // namespace
+}  // namespace moeflux::test
