@@ -272,7 +272,7 @@ TEST_P(MatvecTest, MatmulMatchesPerTokenReference) {
       {1, u}, {19, 3 * u}, {45, 1024}, {16, 5 * u}, {7, u == 1 ? 1001 : 9 * u}};
   for (const Shape& s : shapes) {
     RandomMatrix m(GetParam(), s.rows, s.cols, rng);
-    for (size_t n_tokens : {1, 3, 8, 9, 17}) {  // both matmul paths, odd token tails
+    for (size_t n_tokens : {1, 3, 9, 16, 17}) {  // both matmul paths, odd token tails
       const std::vector<float> X = random_vector(n_tokens * s.cols, rng);
       std::vector<Reference> refs;
       for (size_t t = 0; t < n_tokens; ++t)

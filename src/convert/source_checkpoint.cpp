@@ -81,6 +81,18 @@ SourceCheckpoint SourceCheckpoint::open(const std::string& dir) {
          std::to_string(embeds.size()));
   s.prefix_ = embeds[0].substr(0, embeds[0].size() - std::string("embed_tokens.weight").size());
 
+  // mlx-lm's sanitize() turns the Gated DeltaNet conv weight from [C, 1, K] into MLX's [C, K, 1]
+  // and, in the same step, adds 1 to every zero-centred norm weight. A [C, K, 1] conv weight is
+  // therefore the mark of a sanitized checkpoint (the test mlx-lm itself uses).
+  if (s.config_.family == Family::Qwen3_5Moe) {
+    for (const auto& n : s.ckpt_.names()) {
+      if (!ends_with(n, "linear_attn.conv1d.weight")) continue;
+      const auto& shape = s.ckpt_.get(n).shape;
+      if (shape.size() == 3 && shape[2] == 1 && shape[1] > 1) s.mlx_shifted_norms_ = true;
+      break;
+    }
+  }
+
   std::vector<std::string> heads;
   for (const auto& n : s.ckpt_.names())
     if (ends_with(n, "lm_head.weight") && !is_vision_name(n)) heads.push_back(n);
@@ -89,6 +101,13 @@ SourceCheckpoint SourceCheckpoint::open(const std::string& dir) {
   if (!s.config_.tie_word_embeddings && s.lm_head_name_.empty())
     fail(dir + ": lm_head.weight is missing and tie_word_embeddings is false");
   return s;
+}
+
+bool SourceCheckpoint::is_zero_centered_norm(const std::string& name) const {
+  if (config_.family != Family::Qwen3_5Moe) return false;
+  return name == "norm.weight" || ends_with(name, "input_layernorm.weight") ||
+         ends_with(name, "post_attention_layernorm.weight") || ends_with(name, "self_attn.q_norm.weight") ||
+         ends_with(name, "self_attn.k_norm.weight");
 }
 
 std::string SourceCheckpoint::full_name(const std::string& name) const {
@@ -129,6 +148,7 @@ MatrixView SourceCheckpoint::view(const std::string& weight_name, const std::str
         (group != 32 && group != 64 && group != 128))
       fail(w.file + ": tensor '" + w.name + "': unsupported quantization (" + std::to_string(bits) +
            " bits, group " + std::to_string(group) + "; supported: 4 or 8 bits, group 32/64/128)");
+    check_quantization_block(quant_base, bits, group);
     if (w.shape != expect(packed)) shape_error(w, expect(packed));
     if (scales->shape != expect(groups)) shape_error(*scales, expect(groups));
     if (biases.shape != expect(groups)) shape_error(biases, expect(groups));
@@ -154,6 +174,30 @@ MatrixView SourceCheckpoint::view(const std::string& weight_name, const std::str
   return v;
 }
 
+void SourceCheckpoint::check_quantization_block(const std::string& base, int bits, int group) const {
+  // MLX's config.json: "quantization": {"group_size": 64, "bits": 4, "<module path>": {...}, ...}
+  // where a module entry overrides the default (e.g. an 8-bit router). The shapes decide; the
+  // block must agree with them.
+  const json* q = nullptr;
+  for (const char* key : {"quantization", "quantization_config"})
+    if (config_json_.contains(key) && config_json_.at(key).is_object()) {
+      q = &config_json_.at(key);
+      break;
+    }
+  if (!q) return;
+  const std::string mode = q->value("mode", std::string("affine"));
+  if (mode != "affine")
+    fail(dir_ + "/config.json: MLX quantization mode '" + mode + "' is not supported (only affine)");
+  const json* entry = q;
+  if (q->contains(base) && q->at(base).is_object()) entry = &q->at(base);
+  const int want_bits = entry->value("bits", q->value("bits", bits));
+  const int want_group = entry->value("group_size", q->value("group_size", group));
+  if (want_bits != bits || want_group != group)
+    fail(dir_ + "/config.json: quantization block says " + std::to_string(want_bits) + " bits, group " +
+         std::to_string(want_group) + " for '" + base + "', but its tensors hold " +
+         std::to_string(bits) + " bits, group " + std::to_string(group));
+}
+
 MatrixView SourceCheckpoint::matrix(const std::string& name, size_t rows, size_t cols) const {
   const std::string full = full_name(name);
   std::string base = full;
@@ -167,7 +211,10 @@ std::vector<float> SourceCheckpoint::vector(const std::string& name, size_t n) c
   const TensorInfo& t = ckpt_.get(full_name(name));
   if (t.shape != std::vector<int64_t>{static_cast<int64_t>(n)}) shape_error(t, {int64_t(n)});
   std::vector<float> out(n);
-  for (size_t i = 0; i < n; ++i) out[i] = element_as_float(t, i);
+  // mlx-lm stores qwen3_5 zero-centred norm weights as 1 + w (its RMSNorm multiplies by the
+  // weight); undo that so the package holds transformers' w.
+  const float shift = mlx_shifted_norms_ && is_zero_centered_norm(name) ? 1.0f : 0.0f;
+  for (size_t i = 0; i < n; ++i) out[i] = element_as_float(t, i) - shift;
   return out;
 }
 

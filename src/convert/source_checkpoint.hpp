@@ -53,6 +53,11 @@ class SourceCheckpoint {
 
  private:
   std::string full_name(const std::string& name) const;
+  // The qwen3_5 norms computed as x * (1 + w) (not the DeltaNet's gated norm).
+  bool is_zero_centered_norm(const std::string& name) const;
+  // Throws when the config's MLX quantization block disagrees with the bits / group size the
+  // tensor shapes imply for module `base`.
+  void check_quantization_block(const std::string& base, int bits, int group) const;
   // Views rows [row0, row0 + rows) of slice `lead` of a (possibly stacked, possibly
   // MLX-quantized) weight whose per-slice shape is [total_rows, cols].
   MatrixView view(const std::string& weight_name, const std::string& quant_base, size_t lead,
@@ -65,6 +70,7 @@ class SourceCheckpoint {
   std::string prefix_;
   std::string lm_head_name_;  // full name of lm_head's weight, "" when tied/absent
   bool mlx_ = false;
+  bool mlx_shifted_norms_ = false;  // mlx-lm sanitized qwen3_5: zero-centred norms hold 1 + w
 };
 
 }  // namespace moeflux

@@ -24,7 +24,7 @@ namespace {
 constexpr size_t kMatvecRowGrain = 16;   // rows per parallel_for unit in matvec
 constexpr size_t kMatmulRowBlock = 16;   // rows decoded to float at once in matmul
 constexpr size_t kMatmulColChunk = 512;  // columns per pass over the tokens in matmul
-constexpr size_t kMatmulMinTokens = 8;   // below this, matmul runs the matvec kernel per token
+constexpr size_t kMatmulMinTokens = 16;  // below this, matmul runs the matvec kernel per token
 constexpr size_t kMatvecBlockRows = 64;  // rows per block in that case
 
 // The view's invariants (matvec.hpp "Common preconditions").

@@ -43,7 +43,7 @@ void matvec_scalar_rows(const MatrixView& W, const float* x, float* y, size_t ro
 void dequantize_row(const MatrixView& W, size_t r, float* out);
 
 // Y[t, r] = Σ_c W[r,c] · X[t, c]  for t < n_tokens, r < W.rows. X row-major [n_tokens, W.cols],
-// Y row-major [n_tokens, W.rows]. Row blocks are split across `pool`; from 8 tokens up each block
+// Y row-major [n_tokens, W.rows]. Row blocks are split across `pool`; from 16 tokens up each block
 // of 16 rows is decoded once to float and dotted with every token in 4-row x 2-token register
 // tiles, below that the matvec kernel runs per token on cache-resident row blocks. Accuracy as
 // matvec (float32 accumulation).
