@@ -98,7 +98,7 @@ std::vector<ParityCase> cases() {
     v.push_back({fx, "q4", "logits_q4.npy"});
   }
   v.push_back({"qwen3_moe_mlx4", "", "logits_bf16.npy"});
-  if (fs::exists(fixture_dir("qwen3_5_moe_mlx4"))) v.push_back({"qwen3_5_moe_mlx4", "", "logits_bf16.npy"});
+  v.push_back({"qwen3_5_moe_mlx4", "", "logits_bf16.npy"});
   return v;
 }
 
