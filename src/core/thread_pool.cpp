@@ -2,35 +2,67 @@
 
 #include <algorithm>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace moeflux {
 
-ThreadPool::ThreadPool(size_t n_threads) {
-  if (n_threads == 0) n_threads = std::max(1u, std::thread::hardware_concurrency());
+namespace {
+
+constexpr int kSpinIterations = 20000;  // ~50 µs of pause instructions before sleeping
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  _mm_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(size_t n_threads, bool spin) {
+  const size_t hw = std::max(1u, std::thread::hardware_concurrency());
+  if (n_threads == 0) n_threads = hw;
+  spin_iterations_ = spin && n_threads <= hw ? kSpinIterations : 0;
+  ranges_.assign(n_threads, {0, 0});
   for (size_t i = 0; i + 1 < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
 
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
+    stop_.store(true, std::memory_order_release);
   }
-  start_cv_.notify_all();
+  wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
 void ThreadPool::worker_loop(size_t index) {
-  size_t seen = 0;
+  uint64_t seen = 0;
   for (;;) {
-    std::unique_lock<std::mutex> lock(mu_);
-    start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-    if (stop_) return;
-    seen = generation_;
+    uint64_t g = generation_.load(std::memory_order_acquire);
+    for (int spin = 0; g == seen && !stop_.load(std::memory_order_acquire); ++spin) {
+      if (spin < spin_iterations_) {
+        cpu_relax();
+      } else {
+        std::unique_lock<std::mutex> lock(mu_);
+        wake_.wait(lock, [&] {
+          return generation_.load(std::memory_order_acquire) != seen ||
+                 stop_.load(std::memory_order_acquire);
+        });
+      }
+      g = generation_.load(std::memory_order_acquire);
+    }
+    if (stop_.load(std::memory_order_acquire)) return;
+    seen = g;
     const auto range = ranges_[index];
-    const auto* job = job_;
-    lock.unlock();
-    if (range.first < range.second) (*job)(range.first, range.second);
-    lock.lock();
-    if (--pending_ == 0) done_cv_.notify_one();
+    if (range.first < range.second) (*job_)(range.first, range.second);
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lock(mu_);  // pairs with the caller's predicate check
+      done_.notify_one();
+    }
   }
 }
 
@@ -44,29 +76,31 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)
     fn(0, n);
     return;
   }
-  // Balanced split in units of `grain`.
-  std::vector<std::pair<size_t, size_t>> ranges(size(), {0, 0});
+  // Balanced split in units of `grain`; workers 0..parts-2 and the caller (last slot) run one
+  // range each, the other workers get empty ranges.
+  std::fill(ranges_.begin(), ranges_.end(), std::pair<size_t, size_t>{0, 0});
   size_t begin = 0;
   for (size_t p = 0; p < parts; ++p) {
     const size_t my_chunks = chunks / parts + (p < chunks % parts ? 1 : 0);
     const size_t end = std::min(n, begin + my_chunks * grain);
-    ranges[p] = {begin, end};
+    ranges_[p + 1 == parts ? size() - 1 : p] = {begin, end};
     begin = end;
   }
-  // Worker i runs ranges[i] for i < workers; the caller runs the last slot.
-  std::swap(ranges[parts - 1], ranges[size() - 1]);
+  job_ = &fn;
+  pending_.store(workers_.size(), std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    ranges_ = ranges;
-    job_ = &fn;
-    pending_ = workers_.size();
-    ++generation_;
+    generation_.fetch_add(1, std::memory_order_acq_rel);
   }
-  start_cv_.notify_all();
+  wake_.notify_all();
   const auto mine = ranges_.back();
   if (mine.first < mine.second) fn(mine.first, mine.second);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  for (int spin = 0; spin < spin_iterations_ && pending_.load(std::memory_order_acquire) != 0; ++spin)
+    cpu_relax();
+  if (pending_.load(std::memory_order_acquire) != 0) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
+  }
 }
 
 }  // namespace moeflux

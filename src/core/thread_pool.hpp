@@ -1,10 +1,16 @@
 // A fixed pool of worker threads running data-parallel loops.
 //
-// parallel_for(n, fn) calls fn(begin, end) on disjoint ranges covering [0, n) and returns when
-// all have finished. The calling thread takes part. Calls must not nest (a fn must not call
-// parallel_for on the same pool); the pool is driven by one thread at a time.
+// parallel_for(n, fn, grain) calls fn(begin, end) on disjoint ranges covering [0, n) and returns
+// when all have finished. The calling thread takes part. Calls must not nest (a fn must not call
+// parallel_for on the same pool), the pool is driven by one thread at a time, and fn must not
+// throw (collect errors and report them after the call).
+//
+// Decode issues hundreds of short loops per token, so hand-off latency matters more than idle
+// CPU: workers spin on an atomic generation counter for a while (~50 µs) before sleeping on a
+// condition variable, and the caller spins for completion before sleeping.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <functional>
@@ -17,7 +23,10 @@ namespace moeflux {
 class ThreadPool {
  public:
   // n_threads counts the caller: 1 means no workers (everything runs inline). 0 = hardware.
-  explicit ThreadPool(size_t n_threads = 0);
+  // `spin`: hand-offs spin before sleeping (compute pools). It is turned off when the pool has
+  // more threads than the machine has hardware threads, and should be off for pools whose jobs
+  // block (I/O).
+  explicit ThreadPool(size_t n_threads = 0, bool spin = true);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -25,19 +34,22 @@ class ThreadPool {
   size_t size() const { return workers_.size() + 1; }
 
   // Splits [0, n) into at most size() ranges, each a multiple of `grain` long (but the last).
+  // A loop of at most `grain` items runs inline on the caller.
   void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn, size_t grain = 1);
 
  private:
   void worker_loop(size_t index);
 
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable start_cv_, done_cv_;
+  std::mutex mu_;                 // guards sleeping; generation_ changes under it too
+  std::condition_variable wake_;  // workers sleep here after spinning
+  std::condition_variable done_;  // the caller sleeps here after spinning
+  int spin_iterations_ = 0;
   const std::function<void(size_t, size_t)>* job_ = nullptr;
   std::vector<std::pair<size_t, size_t>> ranges_;  // ranges_[i] for worker i; last is the caller's
-  size_t generation_ = 0;
-  size_t pending_ = 0;
-  bool stop_ = false;
+  std::atomic<uint64_t> generation_{0};            // bumped (release) to publish a job
+  std::atomic<size_t> pending_{0};                 // workers still running the current job
+  std::atomic<bool> stop_{false};
 };
 
 }  // namespace moeflux

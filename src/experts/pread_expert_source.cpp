@@ -17,7 +17,7 @@ class PreadExpertSource final : public ExpertSource {
   PreadExpertSource(const Package& pkg, size_t io_threads)
       : record_bytes_(pkg.manifest().experts.record_bytes),
         num_experts_(pkg.config().num_experts),
-        pool_(io_threads) {
+        pool_(io_threads, /*spin=*/false) {
     const int n = pkg.config().num_layers;
     fds_.assign(n, -1);
     paths_.resize(n);

@@ -1,5 +1,6 @@
 #include "model/blocks.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 #include "backend/cpu/matvec.hpp"
@@ -55,6 +56,8 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, KvCac
   const int group = nh / nkv;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   std::vector<float> attn(q_dim, 0.0f);
+  // Heads in tasks of at least ~16K multiply-adds (scores + weighted sum).
+  const size_t head_grain = std::max<size_t>(1, 16384 / (size_t(T) * hd * 2 + 1));
   ctx.pool.parallel_for(nh, [&](size_t hb, size_t he) {
     std::vector<float> scores(T);
     for (size_t h = hb; h < he; ++h) {
@@ -71,7 +74,7 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, KvCac
       for (int t = 0; t < T; ++t)
         cpu::axpy(scores[t], cache.v.data() + size_t(t) * kv_dim + kvh * hd, oh, hd);
     }
-  });
+  }, head_grain);
   if (gated)
     for (size_t i = 0; i < q_dim; ++i) attn[i] *= cpu::sigmoid(gate[i]);
   cpu::matvec(w.o, attn.data(), out, ctx.pool);
@@ -155,7 +158,7 @@ void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, DeltaNe
       cpu::rmsnorm(oh, w.norm, oh, dv, eps, /*zero_centered=*/false);
       for (int j = 0; j < dv; ++j) oh[j] *= cpu::silu(z[h * dv + j]);
     }
-  });
+  }, std::max<size_t>(1, 16384 / (size_t(dk) * dv * 4)));  // >= ~16K flops per task
   cpu::matvec(w.out, o.data(), out, ctx.pool);
 }
 

@@ -265,8 +265,13 @@ void matvec(const MatrixView& W, const float* x, float* y, ThreadPool& pool) {
   if (W.rows == 0) return;
   MF_ASSERT(x != nullptr && y != nullptr);
   const Isa isa = active_isa();
+  // Give each task at least ~32K weights: below that, hand-off costs more than the work.
+  constexpr size_t kMinWeightsPerTask = size_t{1} << 15;
+  const size_t min_rows = (kMinWeightsPerTask / W.cols + kMatvecRowGrain - 1) / kMatvecRowGrain *
+                          kMatvecRowGrain;
   pool.parallel_for(
-      W.rows, [&](size_t b, size_t e) { rows_on(isa, W, x, y, b, e); }, kMatvecRowGrain);
+      W.rows, [&](size_t b, size_t e) { rows_on(isa, W, x, y, b, e); },
+      std::max(kMatvecRowGrain, min_rows));
 }
 
 void matmul_isa(Isa isa, const MatrixView& W, const float* X, size_t n_tokens, float* Y,
