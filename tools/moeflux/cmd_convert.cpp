@@ -6,6 +6,8 @@
 
 namespace moeflux::tool {
 
+namespace {
+
 Runner add_convert(CLI::App& app) {
   auto* cmd = app.add_subcommand("convert", "Convert a Hugging Face or MLX checkpoint into a moeflux package");
   struct Args {
@@ -35,5 +37,9 @@ Runner add_convert(CLI::App& app) {
     return 0;
   };
 }
+
+const CommandRegistration registration(10, add_convert);
+
+}  // namespace
 
 }  // namespace moeflux::tool

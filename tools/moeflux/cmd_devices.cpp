@@ -8,6 +8,8 @@
 
 namespace moeflux::tool {
 
+namespace {
+
 Runner add_devices(CLI::App& app) {
   app.add_subcommand("devices", "List the compute backends and devices this build can use");
   return [] {
@@ -25,5 +27,9 @@ Runner add_devices(CLI::App& app) {
     return 0;
   };
 }
+
+const CommandRegistration registration(90, add_devices);
+
+}  // namespace
 
 }  // namespace moeflux::tool

@@ -6,6 +6,8 @@
 
 namespace moeflux::tool {
 
+namespace {
+
 Runner add_inspect(CLI::App& app) {
   auto* cmd = app.add_subcommand("inspect", "Describe a moeflux package: shapes, formats, bytes per token");
   auto dir = std::make_shared<std::string>();
@@ -62,5 +64,9 @@ Runner add_inspect(CLI::App& app) {
     return 0;
   };
 }
+
+const CommandRegistration registration(20, add_inspect);
+
+}  // namespace
 
 }  // namespace moeflux::tool

@@ -8,6 +8,8 @@
 
 namespace moeflux::tool {
 
+namespace {
+
 Runner add_logits(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "logits", "Evaluate token ids in order; write float32 logits [n_tokens, vocab] as .npy");
@@ -46,5 +48,9 @@ Runner add_logits(CLI::App& app) {
     return 0;
   };
 }
+
+const CommandRegistration registration(30, add_logits);
+
+}  // namespace
 
 }  // namespace moeflux::tool

@@ -11,11 +11,18 @@
 namespace moeflux::tool {
 
 using Runner = std::function<int()>;
+using AddCommand = Runner (*)(CLI::App& app);
 
-Runner add_convert(CLI::App& app);
-Runner add_inspect(CLI::App& app);
-Runner add_logits(CLI::App& app);
-Runner add_devices(CLI::App& app);
+// Each cmd_*.cpp registers its subcommand with a static CommandRegistration; `order` sets the
+// position in --help (lower first).
+struct CommandRegistration {
+  CommandRegistration(int order, AddCommand add);
+};
+struct RegisteredCommand {
+  int order;
+  AddCommand add;
+};
+std::vector<RegisteredCommand>& command_registry();
 
 // "1,2,3" -> {1,2,3}; throws moeflux::Error naming `what` on a malformed list.
 std::vector<int> parse_int_list(const std::string& s, const std::string& what);

@@ -1,4 +1,5 @@
 // moeflux: convert, inspect and run Mixture-of-Experts models with streamed experts.
+#include <algorithm>
 #include <cstdio>
 #include <exception>
 #include <map>
@@ -11,15 +12,14 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", "moeflux 0.1.0");
   std::map<CLI::App*, moeflux::tool::Runner> runners;
-  auto reg = [&](moeflux::tool::Runner (*add)(CLI::App&)) {
+  auto registry = moeflux::tool::command_registry();
+  std::sort(registry.begin(), registry.end(),
+            [](const auto& a, const auto& b) { return a.order < b.order; });
+  for (const auto& cmd : registry) {
     const size_t before = app.get_subcommands({}).size();
-    moeflux::tool::Runner r = add(app);
+    moeflux::tool::Runner r = cmd.add(app);
     runners[app.get_subcommands({})[before]] = std::move(r);
-  };
-  reg(moeflux::tool::add_convert);
-  reg(moeflux::tool::add_inspect);
-  reg(moeflux::tool::add_logits);
-  reg(moeflux::tool::add_devices);
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -6,6 +6,15 @@
 
 namespace moeflux::tool {
 
+std::vector<RegisteredCommand>& command_registry() {
+  static std::vector<RegisteredCommand> registry;
+  return registry;
+}
+
+CommandRegistration::CommandRegistration(int order, AddCommand add) {
+  command_registry().push_back({order, add});
+}
+
 std::vector<int> parse_int_list(const std::string& s, const std::string& what) {
   std::vector<int> out;
   std::stringstream ss(s);
