@@ -7,6 +7,9 @@ packages=(
   build-essential cmake ninja-build pkg-config
   nlohmann-json3-dev   # JSON (config.json, safetensors headers, manifests)
   libcli11-dev         # command-line parsing
+  libpcre2-dev         # tokenizer regexes (Unicode classes, look-ahead)
+  libicu-dev           # Unicode normalization
+  libreadline-dev      # line editing and history in `moeflux chat`
   libgtest-dev libgmock-dev  # tests
   python3              # fixture checks in the test suite
 )
