@@ -10,6 +10,7 @@ packages=(
   libpcre2-dev         # tokenizer regexes (Unicode classes, look-ahead)
   libicu-dev           # Unicode normalization
   libreadline-dev      # line editing and history in `moeflux chat`
+  liburing-dev         # io_uring expert reads
   libgtest-dev libgmock-dev  # tests
   python3              # fixture checks in the test suite
 )
