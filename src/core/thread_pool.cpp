@@ -1,6 +1,7 @@
 #include "core/thread_pool.hpp"
 
 #include <algorithm>
+#include <chrono>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -10,7 +11,9 @@ namespace moeflux {
 
 namespace {
 
-constexpr int kSpinIterations = 20000;  // ~50 µs of pause instructions before sleeping
+// Spin for at most this long before sleeping. Measured in time, not iterations: one pause
+// instruction costs from ~10 to ~140 cycles depending on the CPU generation.
+constexpr std::chrono::microseconds kSpinTime{30};
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -20,12 +23,27 @@ inline void cpu_relax() {
 #endif
 }
 
+// True while less than kSpinTime has passed since construction (the clock is read every 64
+// iterations).
+class SpinClock {
+ public:
+  SpinClock() : start_(std::chrono::steady_clock::now()) {}
+  bool spinning(int iteration) {
+    if (iteration % 64 == 0) done_ = std::chrono::steady_clock::now() - start_ > kSpinTime;
+    return !done_;
+  }
+
+ private:
+  std::chrono::steady_clock::time_point start_;
+  bool done_ = false;
+};
+
 }  // namespace
 
 ThreadPool::ThreadPool(size_t n_threads, bool spin) {
   const size_t hw = std::max(1u, std::thread::hardware_concurrency());
   if (n_threads == 0) n_threads = hw;
-  spin_iterations_ = spin && n_threads <= hw ? kSpinIterations : 0;
+  spin_ = spin && n_threads <= hw;
   ranges_.assign(n_threads, {0, 0});
   for (size_t i = 0; i + 1 < n_threads; ++i) workers_.emplace_back([this, i] { worker_loop(i); });
 }
@@ -43,8 +61,9 @@ void ThreadPool::worker_loop(size_t index) {
   uint64_t seen = 0;
   for (;;) {
     uint64_t g = generation_.load(std::memory_order_acquire);
+    SpinClock clock;
     for (int spin = 0; g == seen && !stop_.load(std::memory_order_acquire); ++spin) {
-      if (spin < spin_iterations_) {
+      if (spin_ && clock.spinning(spin)) {
         cpu_relax();
       } else {
         std::unique_lock<std::mutex> lock(mu_);
@@ -95,7 +114,8 @@ void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)
   wake_.notify_all();
   const auto mine = ranges_.back();
   if (mine.first < mine.second) fn(mine.first, mine.second);
-  for (int spin = 0; spin < spin_iterations_ && pending_.load(std::memory_order_acquire) != 0; ++spin)
+  SpinClock clock;
+  for (int spin = 0; spin_ && pending_.load(std::memory_order_acquire) != 0 && clock.spinning(spin); ++spin)
     cpu_relax();
   if (pending_.load(std::memory_order_acquire) != 0) {
     std::unique_lock<std::mutex> lock(mu_);

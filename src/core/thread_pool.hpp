@@ -6,7 +6,7 @@
 // throw (collect errors and report them after the call).
 //
 // Decode issues hundreds of short loops per token, so hand-off latency matters more than idle
-// CPU: workers spin on an atomic generation counter for a while (~50 µs) before sleeping on a
+// CPU: workers spin on an atomic generation counter for a while (~30 µs) before sleeping on a
 // condition variable, and the caller spins for completion before sleeping.
 #pragma once
 
@@ -44,7 +44,7 @@ class ThreadPool {
   std::mutex mu_;                 // guards sleeping; generation_ changes under it too
   std::condition_variable wake_;  // workers sleep here after spinning
   std::condition_variable done_;  // the caller sleeps here after spinning
-  int spin_iterations_ = 0;
+  bool spin_ = false;
   const std::function<void(size_t, size_t)>* job_ = nullptr;
   std::vector<std::pair<size_t, size_t>> ranges_;  // ranges_[i] for worker i; last is the caller's
   std::atomic<uint64_t> generation_{0};            // bumped (release) to publish a job

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <span>
 
 #include "backend/cpu/matvec.hpp"
 #include "backend/cpu/ops.hpp"
@@ -162,55 +163,112 @@ void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, DeltaNe
   cpu::matvec(w.out, o.data(), out, ctx.pool);
 }
 
-void mlp_block(const ForwardContext& ctx, const MlpWeights& w, size_t intermediate,
-               const float* x, float* out) {
-  std::vector<float> g(intermediate), u(intermediate);
-  cpu::matvec(w.gate, x, g.data(), ctx.pool);
-  cpu::matvec(w.up, x, u.data(), ctx.pool);
-  cpu::silu_mul(g.data(), u.data(), intermediate);
-  cpu::matvec(w.down, g.data(), out, ctx.pool);
+void mlp_batch(const ForwardContext& ctx, const MlpWeights& w, size_t intermediate, const float* X,
+               size_t T, float* Y) {
+  std::vector<float> g(T * intermediate), u(T * intermediate);
+  cpu::matmul(w.gate, X, T, g.data(), ctx.pool);
+  cpu::matmul(w.up, X, T, u.data(), ctx.pool);
+  cpu::silu_mul(g.data(), u.data(), g.size());
+  cpu::matmul(w.down, g.data(), T, Y, ctx.pool);
 }
 
-void moe_block(const ForwardContext& ctx, const MoeWeights& w, int layer, const float* x,
-               float* out, RoutingRecord* routing) {
+namespace {
+
+// Softmax router + top-K (+ renormalisation): the experts and weights for one token.
+RoutingRecord route(const ForwardContext& ctx, const MoeWeights& w, const float* x) {
   const ModelConfig& c = ctx.config;
-  const size_t H = c.hidden_size, I = c.moe_intermediate_size;
   std::vector<float> probs(c.num_experts);
   cpu::matvec(w.router, x, probs.data(), ctx.pool);
   cpu::softmax(probs.data(), probs.size());
-  const std::vector<int> sel = cpu::top_k(probs.data(), probs.size(), ctx.active_experts);
-  std::vector<float> weights(sel.size());
+  RoutingRecord r;
+  r.experts = cpu::top_k(probs.data(), probs.size(), ctx.active_experts);
   float sum = 0;
-  for (size_t i = 0; i < sel.size(); ++i) sum += (weights[i] = probs[sel[i]]);
-  if (c.norm_topk_prob)
-    for (float& wt : weights) wt /= sum;
+  for (int e : r.experts) sum += probs[e];
+  for (int e : r.experts) r.weights.push_back(c.norm_topk_prob ? probs[e] / sum : probs[e]);
+  return r;
+}
 
-  std::vector<uint8_t*> dst(sel.size());
-  for (size_t i = 0; i < sel.size(); ++i) dst[i] = ctx.expert_bufs[i].data();
-  ctx.experts.read(layer, sel, dst);
+}  // namespace
 
-  std::fill(out, out + H, 0.0f);
+std::vector<int> route_only(const ForwardContext& ctx, const MoeWeights& w, const float* x) {
+  return route(ctx, w, x).experts;
+}
+
+void moe_batch(const ForwardContext& ctx, const MoeWeights& w, int layer, const float* X, size_t T,
+               float* Y, std::vector<RoutingRecord>* routing) {
+  const ModelConfig& c = ctx.config;
+  const size_t H = c.hidden_size, I = c.moe_intermediate_size;
+  std::vector<RoutingRecord> routes(T);
+  {
+    ScopedTimer timer(ctx.timer(layer, &LayerTimes::router));
+    for (size_t t = 0; t < T; ++t) routes[t] = route(ctx, w, X + t * H);
+  }
+  ScopedTimer expert_timer(ctx.timer(layer, &LayerTimes::experts));
+  // Tokens per expert, experts in increasing id (the order of accumulation into Y, fixed so
+  // that results do not depend on caching).
+  std::vector<std::vector<std::pair<size_t, float>>> users(c.num_experts);
+  for (size_t t = 0; t < T; ++t)
+    for (size_t i = 0; i < routes[t].experts.size(); ++i)
+      users[routes[t].experts[i]].emplace_back(t, routes[t].weights[i]);
+  std::vector<int> wanted;
+  for (int e = 0; e < c.num_experts; ++e)
+    if (!users[e].empty()) wanted.push_back(e);
+
+  std::fill(Y, Y + T * H, 0.0f);
   const ExpertLayout& el = ctx.expert_layout;
-  std::vector<float> y(H);
-  for (size_t i = 0; i < sel.size(); ++i) {
-    const uint8_t* rec = dst[i];
-    MlpWeights e;
-    e.gate = MatrixView::from_record(el.fmt, el.gate.rows, el.gate.cols, rec + el.gate.offset);
-    e.up = MatrixView::from_record(el.fmt, el.up.rows, el.up.cols, rec + el.up.offset);
-    e.down = MatrixView::from_record(el.fmt, el.down.rows, el.down.cols, rec + el.down.offset);
-    mlp_block(ctx, e, I, x, y.data());
-    cpu::axpy(weights[i], y.data(), out, H);
+  std::vector<const uint8_t*> records;
+  std::vector<float> Xe, Ye;
+  for (size_t b = 0; b < wanted.size(); b += ctx.active_experts) {
+    const std::span<const int> batch(wanted.data() + b,
+                                     std::min<size_t>(ctx.active_experts, wanted.size() - b));
+    {
+      const double before = ctx.streamer.stats().layers[layer].io_wait_seconds;
+      ctx.streamer.acquire(layer, batch, records);
+      if (ctx.timings) {  // move the blocked time from "experts" to "io_wait"
+        const double waited = ctx.streamer.stats().layers[layer].io_wait_seconds - before;
+        ctx.timings->layers[layer].io_wait += waited;
+        ctx.timings->layers[layer].experts -= waited;
+      }
+    }
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const auto& u = users[batch[i]];
+      const uint8_t* rec = records[i];
+      MlpWeights e;
+      e.gate = MatrixView::from_record(el.fmt, el.gate.rows, el.gate.cols, rec + el.gate.offset);
+      e.up = MatrixView::from_record(el.fmt, el.up.rows, el.up.cols, rec + el.up.offset);
+      e.down = MatrixView::from_record(el.fmt, el.down.rows, el.down.cols, rec + el.down.offset);
+      Xe.resize(u.size() * H);
+      Ye.resize(u.size() * H);
+      for (size_t j = 0; j < u.size(); ++j) std::copy_n(X + u[j].first * H, H, &Xe[j * H]);
+      mlp_batch(ctx, e, I, Xe.data(), u.size(), Ye.data());
+      for (size_t j = 0; j < u.size(); ++j) cpu::axpy(u[j].second, &Ye[j * H], Y + u[j].first * H, H);
+    }
+    ctx.streamer.release();
   }
   if (w.has_shared) {
-    float gate_logit = 0;
-    cpu::matvec(w.shared_gate, x, &gate_logit, ctx.pool);
-    mlp_block(ctx, w.shared, c.shared_expert_intermediate_size, x, y.data());
-    cpu::axpy(cpu::sigmoid(gate_logit), y.data(), out, H);
+    std::vector<float> gate_logit(T), shared(T * H);
+    cpu::matmul(w.shared_gate, X, T, gate_logit.data(), ctx.pool);
+    mlp_batch(ctx, w.shared, c.shared_expert_intermediate_size, X, T, shared.data());
+    for (size_t t = 0; t < T; ++t) cpu::axpy(cpu::sigmoid(gate_logit[t]), &shared[t * H], Y + t * H, H);
   }
-  if (routing) {
-    routing->experts = sel;
-    routing->weights = weights;
+  if (routing) *routing = std::move(routes);
+}
+
+void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, float* H, size_t T,
+                  std::vector<RoutingRecord>* routing) {
+  const ModelConfig& c = ctx.config;
+  const size_t D = c.hidden_size;
+  std::vector<float> X(T * D), Y(T * D);
+  for (size_t t = 0; t < T; ++t)
+    cpu::rmsnorm(H + t * D, w.post_norm, &X[t * D], D, static_cast<float>(c.rms_norm_eps),
+                 c.zero_centered_norms());
+  if (w.is_moe) {
+    moe_batch(ctx, w.moe, layer, X.data(), T, Y.data(), routing);
+  } else {
+    ScopedTimer timer(ctx.timer(layer, &LayerTimes::experts));
+    mlp_batch(ctx, w.dense, c.intermediate_size, X.data(), T, Y.data());
   }
+  for (size_t i = 0; i < T * D; ++i) H[i] += Y[i];
 }
 
 }  // namespace moeflux

@@ -1,5 +1,4 @@
-// Building blocks shared by the families' decoder layers. Each takes the normalised hidden
-// state x[hidden] and writes its contribution out[hidden] (the caller adds the residual).
+// Building blocks shared by the families' decoder layers.
 #pragma once
 
 #include "model/forward_context.hpp"
@@ -11,6 +10,7 @@ namespace moeflux {
 // token at position `pos` (appended to the cache). With `gated`, q_proj yields per head
 // [query | gate] and the attention output is multiplied by sigmoid(gate) before o_proj.
 //   o_h = softmax_t(q_h · k_t / sqrt(head_dim)) v_t   (t = 0..pos, kv head = h / (heads / kv_heads))
+// x: the normalised hidden state [hidden]; writes out[hidden].
 void attention_block(const ForwardContext& ctx, const AttentionWeights& w, KvCache& cache,
                      const float* x, float* out, int pos, bool gated);
 
@@ -23,15 +23,25 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, KvCac
 void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, DeltaNetState& state,
                     const float* x, float* out);
 
-// out = down (silu(gate x) * up x)
-void mlp_block(const ForwardContext& ctx, const MlpWeights& w, size_t intermediate,
-               const float* x, float* out);
+// Y[t] = down (silu(gate X[t]) * up X[t]) for T tokens (X, Y row-major [T, hidden]).
+void mlp_batch(const ForwardContext& ctx, const MlpWeights& w, size_t intermediate, const float* X,
+               size_t T, float* Y);
 
-// Routed experts (+ shared expert): p = softmax(router x); top-K of p; weights renormalised to
-// sum 1 when norm_topk_prob; out = sum_e w_e expert_e(x) [+ sigmoid(shared_gate x) shared(x)].
-// Expert records of MoE layer `layer` come from ctx.experts.
-void moe_block(const ForwardContext& ctx, const MoeWeights& w, int layer, const float* x,
-               float* out, RoutingRecord* routing);
+// Routed experts (+ shared expert) for T tokens: p = softmax(router x); top-K of p; weights
+// renormalised to sum 1 when norm_topk_prob; y = sum_e w_e expert_e(x)
+// [+ sigmoid(shared_gate x) shared(x)]. Each expert any of the T tokens selected is fetched once
+// (in batches of K) and run over all its tokens as a small matrix product.
+// routing (optional) receives each token's choice.
+void moe_batch(const ForwardContext& ctx, const MoeWeights& w, int layer, const float* X, size_t T,
+               float* Y, std::vector<RoutingRecord>* routing);
+
+// The top-K experts the router of `w` picks for the normalised hidden state x (no weights):
+// the look-ahead prediction.
+std::vector<int> route_only(const ForwardContext& ctx, const MoeWeights& w, const float* x);
+
+// The MLP half of a decoder layer for T tokens: H[t] += mlp(norm_post(H[t])).
+void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, float* H, size_t T,
+                  std::vector<RoutingRecord>* routing);
 
 // A fresh state for a model's layer.
 DeltaNetState make_deltanet_state(const ModelConfig& c);

@@ -1,5 +1,6 @@
-// One decoder layer of each family, mirroring its transformers module:
-//   h <- h + mixer(norm_in(h));  h <- h + mlp(norm_post(h))
+// The token-mixer half of one decoder layer of each family, mirroring its transformers module:
+//   h <- h + mixer(norm_in(h))
+// The MLP half (h <- h + mlp(norm_post(h))) is shared: mlp_sublayer in blocks.hpp.
 #pragma once
 
 #include "model/blocks.hpp"
@@ -12,13 +13,13 @@ struct LayerState {
   DeltaNetState delta;
 };
 
-// Qwen3MoeDecoderLayer: attention (q/k RMSNorm, RoPE) + sparse MoE block or dense MLP.
-void qwen3_moe_layer(const ForwardContext& ctx, const LayerWeights& w, int layer,
-                     LayerState& state, float* h, int pos, RoutingRecord* routing);
+// Qwen3MoeDecoderLayer: RMSNorm (x * w), attention with q/k RMSNorm and RoPE.
+void qwen3_moe_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer, LayerState& state,
+                     float* h, int pos);
 
-// Qwen3_5MoeDecoderLayer: Gated DeltaNet or gated full attention + MoE with shared expert;
-// zero-centred RMSNorms (x * (1 + w)).
-void qwen3_5_moe_layer(const ForwardContext& ctx, const LayerWeights& w, int layer,
-                       LayerState& state, float* h, int pos, RoutingRecord* routing);
+// Qwen3_5MoeDecoderLayer: zero-centred RMSNorm (x * (1 + w)), then Gated DeltaNet or gated full
+// attention.
+void qwen3_5_moe_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer,
+                       LayerState& state, float* h, int pos);
 
 }  // namespace moeflux

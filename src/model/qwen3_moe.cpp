@@ -1,26 +1,18 @@
-// qwen3_moe: transformers' Qwen3MoeDecoderLayer.
+// qwen3_moe: transformers' Qwen3MoeDecoderLayer (the MLP half is mlp_sublayer: a sparse MoE
+// block, or a dense MLP on `mlp_only_layers` / off the `decoder_sparse_step`).
 #include "backend/cpu/ops.hpp"
 #include "model/family.hpp"
 
 namespace moeflux {
 
-void qwen3_moe_layer(const ForwardContext& ctx, const LayerWeights& w, int layer,
-                     LayerState& state, float* h, int pos, RoutingRecord* routing) {
+void qwen3_moe_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer, LayerState& state,
+                     float* h, int pos) {
+  ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
   const ModelConfig& c = ctx.config;
   const size_t H = c.hidden_size;
-  const float eps = static_cast<float>(c.rms_norm_eps);
   std::vector<float> x(H), y(H);
-
-  cpu::rmsnorm(h, w.input_norm, x.data(), H, eps, /*zero_centered=*/false);
+  cpu::rmsnorm(h, w.input_norm, x.data(), H, static_cast<float>(c.rms_norm_eps), false);
   attention_block(ctx, w.attn, state.kv, x.data(), y.data(), pos, /*gated=*/false);
-  cpu::axpy(1.0f, y.data(), h, H);
-
-  cpu::rmsnorm(h, w.post_norm, x.data(), H, eps, /*zero_centered=*/false);
-  if (w.is_moe) {
-    moe_block(ctx, w.moe, layer, x.data(), y.data(), routing);
-  } else {
-    mlp_block(ctx, w.dense, c.intermediate_size, x.data(), y.data());
-  }
   cpu::axpy(1.0f, y.data(), h, H);
 }
 

@@ -260,18 +260,26 @@ void matvec_rows(const MatrixView& W, const float* x, float* y, size_t row_begin
   matvec_rows_isa(active_isa(), W, x, y, row_begin, row_end);
 }
 
+namespace {
+
+// Rows per task so that each task does at least ~32K multiply-adds (rows x cols x tokens):
+// below that, handing work to another thread costs more than doing it. A multiple of 16.
+size_t min_task_rows(size_t cols, size_t n_tokens) {
+  constexpr size_t kMinMacsPerTask = size_t{1} << 15;
+  const size_t rows = kMinMacsPerTask / std::max<size_t>(1, cols * n_tokens);
+  return (rows + 15) / 16 * 16;
+}
+
+}  // namespace
+
 void matvec(const MatrixView& W, const float* x, float* y, ThreadPool& pool) {
   check_view(W);
   if (W.rows == 0) return;
   MF_ASSERT(x != nullptr && y != nullptr);
   const Isa isa = active_isa();
-  // Give each task at least ~32K weights: below that, hand-off costs more than the work.
-  constexpr size_t kMinWeightsPerTask = size_t{1} << 15;
-  const size_t min_rows = (kMinWeightsPerTask / W.cols + kMatvecRowGrain - 1) / kMatvecRowGrain *
-                          kMatvecRowGrain;
   pool.parallel_for(
       W.rows, [&](size_t b, size_t e) { rows_on(isa, W, x, y, b, e); },
-      std::max(kMatvecRowGrain, min_rows));
+      std::max(kMatvecRowGrain, min_task_rows(W.cols, 1)));
 }
 
 void matmul_isa(Isa isa, const MatrixView& W, const float* X, size_t n_tokens, float* Y,
@@ -320,7 +328,7 @@ void matmul_isa(Isa isa, const MatrixView& W, const float* X, size_t n_tokens, f
           }
         }
       },
-      kMatmulRowBlock);
+      std::max(kMatmulRowBlock, min_task_rows(cols, n_tokens)));
 }
 
 void matmul(const MatrixView& W, const float* X, size_t n_tokens, float* Y, ThreadPool& pool) {

@@ -1,0 +1,190 @@
+// The streaming engine must not change results: logits are bit-identical whatever the RAM cache
+// budget, eviction policy, hot set, prefetch mode, I/O mode and backend. Read failures surface
+// as errors from the evaluation call and leave the session usable after clear().
+#include <gtest/gtest.h>
+
+#include <cstring>
+
+#include "core/error.hpp"
+#include "experts/fault_injecting_reader.hpp"
+#include "runtime/session.hpp"
+#include "test_util.hpp"
+
+namespace moeflux::test {
+namespace {
+
+class Streaming : public testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const CommandResult r = run_moeflux({"convert", fixture_dir(GetParam()) + "/hf", tmp_ / "pkg", "-q"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    model_ = Model::open(tmp_ / "pkg");
+    tokens_ = fixture_tokens(GetParam());
+    // Repeat the prompt so that later tokens meet cached and prefetched experts.
+    const auto first = tokens_;
+    tokens_.insert(tokens_.end(), first.begin(), first.end());
+  }
+
+  // Logits of every position: token by token (the decode path, where prefetch runs) or chunked.
+  std::vector<float> logits(EngineOptions o, size_t chunk) {
+    o.threads = 2;
+    o.prefill_chunk = chunk;
+    Session s(*model_, o);
+    std::vector<float> all;
+    s.eval_prompt(tokens_, &all);
+    const LayerStreamStats t = s.streamer().stats().total();
+    EXPECT_EQ(t.requests, t.ram_hits + t.prefetch_hits + t.misses);
+    if (o.stream.ram_cache_bytes == 0 && o.stream.prefetch == PrefetchMode::None) {
+      EXPECT_EQ(t.ram_hits, 0u) << "no cache, yet cache hits";
+    }
+    return all;
+  }
+
+  size_t all_experts_bytes() const {
+    const auto& m = model_->package().manifest();
+    return m.experts.record_bytes * model_->config().num_experts * model_->config().num_moe_layers();
+  }
+
+  TempDir tmp_;
+  std::unique_ptr<Model> model_;
+  std::vector<int> tokens_;
+};
+
+void expect_identical(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << what << " changed the logits";
+}
+
+TEST_P(Streaming, ResultsDoNotDependOnCachingOrPrefetch) {
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  for (size_t chunk : {size_t{1}, size_t{256}}) {
+    EngineOptions base;  // no cache, no prefetch, threads backend, page cache
+    const std::vector<float> ref = logits(base, chunk);
+    for (size_t budget : {rec, 5 * rec, all_experts_bytes()}) {
+      for (const char* policy : {"lru", "slru", "lfu"}) {
+        EngineOptions o;
+        o.stream.ram_cache_bytes = budget;
+        o.stream.policy = policy;
+        expect_identical(ref, logits(o, chunk), std::string("cache ") + std::to_string(budget) + " " + policy);
+      }
+    }
+    EngineOptions hot;
+    hot.stream.ram_cache_bytes = 8 * rec;
+    hot.stream.hot_per_layer = 2;
+    expect_identical(ref, logits(hot, chunk), "hot set");
+    for (auto mode : {PrefetchMode::Temporal, PrefetchMode::Lookahead, PrefetchMode::Both}) {
+      for (size_t budget : {size_t{0}, 6 * rec}) {
+        EngineOptions o;
+        o.stream.prefetch = mode;
+        o.stream.ram_cache_bytes = budget;
+        expect_identical(ref, logits(o, chunk), std::string("prefetch ") + prefetch_mode_name(mode));
+      }
+    }
+    for (auto backend : {IoBackend::Threads, IoBackend::IoUring}) {
+      for (auto mode : {IoMode::PageCache, IoMode::Direct}) {
+        EngineOptions o;
+        o.stream.io.backend = backend;
+        o.stream.io.mode = mode;
+        o.stream.prefetch = PrefetchMode::Both;
+        try {
+          expect_identical(ref, logits(o, chunk), std::string(io_backend_name(backend)) + " " + io_mode_name(mode));
+        } catch (const Error& e) {
+          // Only an environment that refuses the mode may skip it, and it says why.
+          const std::string why = e.what();
+          ASSERT_TRUE(why.find("O_DIRECT not supported") != std::string::npos ||
+                      why.find("io_uring unavailable") != std::string::npos)
+              << why;
+          std::printf("[streaming] %s %s skipped here: %s\n", io_backend_name(backend), io_mode_name(mode), e.what());
+        }
+      }
+    }
+  }
+}
+
+TEST_P(Streaming, PrefetchAndCacheCountersMakeSense) {
+  EngineOptions o;
+  o.stream.prefetch = PrefetchMode::Both;
+  o.stream.ram_cache_bytes = all_experts_bytes();
+  o.prefill_chunk = 1;
+  Session s(*model_, o);
+  s.eval_prompt(tokens_);
+  const StreamStats& st = s.streamer().stats();
+  const LayerStreamStats t = st.total();
+  const size_t moe_layers = model_->config().num_moe_layers();
+  EXPECT_EQ(t.requests, tokens_.size() * moe_layers * model_->config().top_k);
+  EXPECT_GT(t.ram_hits + t.prefetch_hits, 0u);  // the prompt repeats: experts come back
+  // Everything fits: each expert is read from storage at most once.
+  EXPECT_LE(st.storage_reads, static_cast<uint64_t>(model_->config().num_experts) * moe_layers);
+  for (const auto& p : st.prefetch) {
+    EXPECT_LE(p.correct, p.predictions);
+    EXPECT_LE(p.wasted_reads, p.reads);
+  }
+  EXPECT_GT(st.prefetch[static_cast<int>(PrefetchKind::Temporal)].predictions, 0u);
+  EXPECT_GT(st.prefetch[static_cast<int>(PrefetchKind::Lookahead)].predictions, 0u);
+}
+
+TEST_P(Streaming, ReadFailureMidTokenIsAnErrorAndTheSessionRecovers) {
+  FaultInjectingReader* faults = nullptr;
+  EngineOptions o;
+  o.threads = 2;
+  o.prefill_chunk = 1;
+  o.stream.prefetch = PrefetchMode::Both;
+  o.stream.ram_cache_bytes = 4 * model_->package().manifest().experts.record_bytes;
+  o.stream.reader_factory = [&](const Package& pkg, const ReaderOptions& ro) {
+    auto r = std::make_unique<FaultInjectingReader>(make_expert_reader(pkg, ro));
+    faults = r.get();
+    return r;
+  };
+  Session s(*model_, o);
+  const std::vector<float> clean_first = std::vector<float>(s.eval_token(tokens_[0]));
+  ASSERT_NE(faults, nullptr);
+  const int last_moe = [&] {
+    int l = 0;
+    for (int i = 0; i < model_->config().num_layers; ++i)
+      if (model_->config().layer_is_moe[i]) l = i;
+    return l;
+  }();
+  faults->fail_record(last_moe, -1, InjectedFault{InjectedFault::Fail, "disk on fire", 0});
+  try {
+    s.eval_token(tokens_[1]);
+    FAIL() << "a failed expert read did not surface";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("disk on fire"), std::string::npos) << e.what();
+  }
+  faults->clear();
+  s.clear();
+  const std::vector<float>& again = s.eval_token(tokens_[0]);
+  expect_identical(clean_first, again, "after a read failure and clear()");
+}
+
+TEST_P(Streaming, ShortReadIsAnError) {
+  FaultInjectingReader* faults = nullptr;
+  EngineOptions o;
+  o.stream.reader_factory = [&](const Package& pkg, const ReaderOptions& ro) {
+    auto r = std::make_unique<FaultInjectingReader>(make_expert_reader(pkg, ro));
+    faults = r.get();
+    return r;
+  };
+  Session s(*model_, o);
+  faults->fail_nth(2, InjectedFault{InjectedFault::Truncate, "", 100});
+  EXPECT_THROW(s.eval_token(tokens_[0]), Error);
+}
+
+TEST_P(Streaming, LayerFileTruncatedAfterOpen) {
+  Session s(*model_, EngineOptions{});
+  s.eval_token(tokens_[0]);
+  for (const auto& e : fs::directory_iterator(tmp_ / "pkg/experts")) fs::resize_file(e.path(), 4096);
+  s.clear();
+  try {
+    s.eval_token(tokens_[3]);
+    FAIL() << "truncated layer file not detected";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layer_"), std::string::npos) << e.what();
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, Streaming, testing::Values("qwen3_moe_sharded", "qwen3_5_moe_vl"));
+
+}  // namespace
+}  // namespace moeflux::test

@@ -1,0 +1,89 @@
+#include "engine_options.hpp"
+
+#include <cstdio>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+
+namespace moeflux::tool {
+
+void add_engine_options(CLI::App* cmd, EngineArgs* a) {
+  cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all)");
+  cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--ram-cache", a->ram_cache, "RAM expert cache budget, e.g. 0, 512M, 4G (default 0 = none)");
+  cmd->add_option("--cache-policy", a->cache_policy, "Eviction: lru, slru or lfu (default lru)")
+      ->check(CLI::IsMember({"lru", "slru", "lfu"}));
+  cmd->add_option("--hot", a->hot, "Keep each layer's N most used experts resident in the RAM cache");
+  cmd->add_option("--io", a->io, "Expert reads: page-cache (buffered) or direct (O_DIRECT)")
+      ->check(CLI::IsMember({"page-cache", "direct"}));
+  cmd->add_option("--io-backend", a->io_backend, "threads (pread pool) or io_uring")
+      ->check(CLI::IsMember({"threads", "io_uring"}));
+  cmd->add_option("--io-threads", a->io_threads, "Reads in flight (threads backend; default 8)")
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--prefetch", a->prefetch, "none, temporal, lookahead or both (default none)")
+      ->check(CLI::IsMember({"none", "temporal", "lookahead", "both"}));
+  cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per chunk (default 256)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_flag("--timing", a->timing, "Print a per-layer time breakdown");
+}
+
+EngineOptions EngineArgs::to_options() const {
+  EngineOptions o;
+  o.threads = threads;
+  o.active_experts = k;
+  o.prefill_chunk = prefill_chunk;
+  o.timing = timing;
+  o.stream.ram_cache_bytes = parse_byte_size(ram_cache, "--ram-cache");
+  o.stream.policy = cache_policy;
+  o.stream.hot_per_layer = hot;
+  o.stream.prefetch = parse_prefetch_mode(prefetch);
+  o.stream.io.mode = parse_io_mode(io);
+  o.stream.io.backend = parse_io_backend(io_backend);
+  o.stream.io.threads = io_threads;
+  if (hot > 0 && o.stream.ram_cache_bytes == 0) fail("--hot needs a --ram-cache budget to keep experts in");
+  return o;
+}
+
+void print_timings(const Session& s) {
+  const ForwardTimings& t = s.timings();
+  if (t.tokens == 0) return;
+  const double n = static_cast<double>(t.tokens);
+  std::fprintf(stderr, "[timing] per token, ms (over %llu tokens)\n", static_cast<unsigned long long>(t.tokens));
+  std::fprintf(stderr, "[timing] layer  attention   router  io-wait  experts prefetch    total\n");
+  LayerTimes sum;
+  for (size_t l = 0; l < t.layers.size(); ++l) {
+    const LayerTimes& x = t.layers[l];
+    const double tot = x.attention + x.router + x.io_wait + x.experts + x.prefetch;
+    std::fprintf(stderr, "[timing] %5zu %10.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", l, 1e3 * x.attention / n,
+                 1e3 * x.router / n, 1e3 * x.io_wait / n, 1e3 * x.experts / n, 1e3 * x.prefetch / n, 1e3 * tot / n);
+    sum.attention += x.attention;
+    sum.router += x.router;
+    sum.io_wait += x.io_wait;
+    sum.experts += x.experts;
+    sum.prefetch += x.prefetch;
+  }
+  const double tot = sum.attention + sum.router + sum.io_wait + sum.experts + sum.prefetch;
+  std::fprintf(stderr, "[timing]   all %10.3f %8.3f %8.3f %8.3f %8.3f %8.3f   (+ embed %.3f, head %.3f)\n",
+               1e3 * sum.attention / n, 1e3 * sum.router / n, 1e3 * sum.io_wait / n, 1e3 * sum.experts / n,
+               1e3 * sum.prefetch / n, 1e3 * tot / n, 1e3 * t.embed / n, 1e3 * t.head / n);
+}
+
+std::string streaming_summary(const Session& s, double seconds, uint64_t tokens) {
+  const ExpertStreamer& st = s.streamer();
+  const LayerStreamStats tot = st.stats().total();
+  const double rb = static_cast<double>(st.record_bytes());
+  const double req = std::max<double>(1, tot.requests);
+  const ReaderStats rs = st.reader().stats();
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "experts/token %.2f MiB: RAM cache %.0f%%, prefetched %.0f%%, storage %.0f%% | "
+                "storage %.2f MiB/token at %.2f GB/s (%s)",
+                tot.requests * rb / std::max<double>(1, tokens) / 1048576.0, 100.0 * tot.ram_hits / req,
+                100.0 * tot.prefetch_hits / req, 100.0 * tot.misses / req,
+                st.stats().storage_reads * rb / std::max<double>(1, tokens) / 1048576.0,
+                rs.busy_seconds > 0 ? rs.bytes / rs.busy_seconds / 1e9 : 0.0, st.reader().describe());
+  (void)seconds;
+  return buf;
+}
+
+}  // namespace moeflux::tool

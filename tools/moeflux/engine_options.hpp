@@ -1,0 +1,40 @@
+// The options every evaluating command shares (logits, run, chat, perplexity, bench):
+// --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --prefetch
+// --prefill-chunk --timing.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <string>
+
+#include "runtime/session.hpp"
+
+namespace moeflux::tool {
+
+struct EngineArgs {
+  size_t threads = 0;
+  int k = 0;
+  std::string ram_cache = "0";
+  std::string cache_policy = "lru";
+  size_t hot = 0;
+  std::string io = "page-cache";
+  std::string io_backend = "threads";
+  size_t io_threads = 8;
+  std::string prefetch = "none";
+  size_t prefill_chunk = 256;
+  bool timing = false;
+
+  // Validated options (throws moeflux::Error naming the bad option).
+  EngineOptions to_options() const;
+};
+
+// Registers the options on `cmd`; values land in *args.
+void add_engine_options(CLI::App* cmd, EngineArgs* args);
+
+// The --timing report: per-layer table and per-token totals, to stderr.
+void print_timings(const Session& s);
+
+// One line: where expert bytes came from (RAM cache / storage), hit rates, prefetch accuracy.
+std::string streaming_summary(const Session& s, double seconds, uint64_t tokens);
+
+}  // namespace moeflux::tool
