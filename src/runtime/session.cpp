@@ -103,7 +103,10 @@ void Session::eval_chunk(std::span<const int> tokens, std::vector<float>* all_lo
       streamer_->prefetch(l + 1, route_only(ctx, w.layers[l + 1].moe, x.data()), PrefetchKind::Lookahead);
     }
     mlp_sublayer(ctx, lw, l, hidden_.data(), T, lw.is_moe ? &routes : nullptr);
-    if (lw.is_moe) routing_[l] = routes.back();
+    if (lw.is_moe) {
+      routing_[l] = routes.back();
+      if (opts_.on_routing) opts_.on_routing(l, pos_, routes);
+    }
   }
 
   ScopedTimer timer(timings ? &timings->head : nullptr);

@@ -1,6 +1,7 @@
 // Model (immutable, shareable) and Session (one sequence's state and evaluation).
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -21,6 +22,9 @@ struct EngineOptions {
   size_t prefill_chunk = 256;   // prompt tokens evaluated together (experts loaded once per chunk)
   bool timing = false;          // collect per-layer timings (--timing)
   StreamOptions stream;         // RAM cache, I/O, prefetch (max_active is set from --k)
+  // Called after each MoE layer of each evaluated chunk with the routing of its tokens
+  // (positions first_pos, first_pos + 1, ...): routing traces.
+  std::function<void(int layer, int first_pos, const std::vector<RoutingRecord>&)> on_routing;
 };
 
 class Model {

@@ -4,6 +4,7 @@
 #include "commands.hpp"
 #include "engine_options.hpp"
 #include "core/error.hpp"
+#include "experts/routing_trace.hpp"
 #include "formats/npy.hpp"
 #include "runtime/session.hpp"
 
@@ -15,13 +16,14 @@ Runner add_logits(CLI::App& app) {
   auto* cmd = app.add_subcommand(
       "logits", "Evaluate token ids in order; write float32 logits [n_tokens, vocab] as .npy");
   struct Args {
-    std::string model, tokens, out;
+    std::string model, tokens, out, trace;
     EngineArgs engine;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("-m,--model", a->model, "Package directory")->required();
   cmd->add_option("--tokens", a->tokens, "Comma-separated token ids, e.g. 1,2,3")->required();
   cmd->add_option("--out", a->out, "Output .npy file")->required();
+  cmd->add_option("--routing-trace", a->trace, "Also write the experts each token chose, per layer (JSONL)");
   add_engine_options(cmd, &a->engine);
   return [a] {
     const std::vector<int> tokens = parse_int_list(a->tokens, "--tokens");
@@ -31,7 +33,17 @@ Runner add_logits(CLI::App& app) {
       if (t >= c.vocab_size)
         fail("--tokens: token id " + std::to_string(t) + " is out of range (vocabulary size " +
              std::to_string(c.vocab_size) + ")");
-    Session session(*model, a->engine.to_options());
+    EngineOptions opts = a->engine.to_options();
+    RoutingTrace trace;
+    trace.num_layers = c.num_layers;
+    trace.num_experts = c.num_experts;
+    trace.tokens.assign(tokens.size(), std::vector<std::vector<int>>(c.num_layers));
+    if (!a->trace.empty())
+      opts.on_routing = [&](int layer, int first_pos, const std::vector<RoutingRecord>& routes) {
+        for (size_t i = 0; i < routes.size(); ++i) trace.tokens[first_pos + i][layer] = routes[i].experts;
+      };
+    Session session(*model, opts);
+    trace.top_k = session.active_experts();
     std::vector<float> all;
     const auto t0 = std::chrono::steady_clock::now();
     session.eval_prompt(tokens, &all);
@@ -41,6 +53,7 @@ Runner add_logits(CLI::App& app) {
                  tokens.size(), sec, tokens.size() / sec, session.active_experts(), a->out.c_str());
     std::fprintf(stderr, "[logits] %s\n", streaming_summary(session, sec, tokens.size()).c_str());
     if (a->engine.timing) print_timings(session);
+    if (!a->trace.empty()) trace.save(a->trace);
     return 0;
   };
 }
