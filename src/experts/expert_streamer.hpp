@@ -39,7 +39,7 @@ size_t parse_byte_size(const std::string& s, const std::string& what);
 
 struct StreamOptions {
   size_t ram_cache_bytes = 0;     // --ram-cache
-  std::string policy = "lru";     // --cache-policy
+  std::string policy = "lfu";     // --cache-policy (default chosen by measurement, docs/PERF.md)
   PrefetchMode prefetch = PrefetchMode::None;
   ReaderOptions io;
   int max_active = 8;             // experts per token (K); sizes the working slots

@@ -11,7 +11,7 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a) {
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all)");
   cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--ram-cache", a->ram_cache, "RAM expert cache budget, e.g. 0, 512M, 4G (default 0 = none)");
-  cmd->add_option("--cache-policy", a->cache_policy, "Eviction: lru, slru or lfu (default lru)")
+  cmd->add_option("--cache-policy", a->cache_policy, "Eviction: lru, slru or lfu (default lfu)")
       ->check(CLI::IsMember({"lru", "slru", "lfu"}));
   cmd->add_option("--hot", a->hot, "Keep each layer's N most used experts resident in the RAM cache");
   cmd->add_option("--io", a->io, "Expert reads: page-cache (buffered) or direct (O_DIRECT)")

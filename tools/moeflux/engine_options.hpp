@@ -15,7 +15,7 @@ struct EngineArgs {
   size_t threads = 0;
   int k = 0;
   std::string ram_cache = "0";
-  std::string cache_policy = "lru";
+  std::string cache_policy = "lfu";  // chosen on the bundled model's routing (docs/PERF.md)
   size_t hot = 0;
   std::string io = "page-cache";
   std::string io_backend = "threads";

@@ -1,0 +1,233 @@
+// moeflux bench: prefill and decode speed of a package with the streaming options, where the
+// expert bytes came from, cache and prefetch hit rates, and the achieved bandwidth against the
+// ceilings measured on this machine.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+#include "engine_options.hpp"
+#include "experts/ceilings.hpp"
+
+namespace moeflux::tool {
+
+namespace {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+struct RunResult {
+  double prefill_tok_s = 0, decode_tok_s = 0;
+  json stream;  // decode-phase streaming counters
+};
+
+json layer_stats_json(const StreamStats& st, size_t record_bytes, uint64_t tokens) {
+  json layers = json::array();
+  for (size_t l = 0; l < st.layers.size(); ++l) {
+    const LayerStreamStats& s = st.layers[l];
+    if (s.requests == 0) continue;
+    layers.push_back({{"layer", l},
+                      {"requests", s.requests},
+                      {"ram_hit_rate", double(s.ram_hits) / s.requests},
+                      {"prefetch_hit_rate", double(s.prefetch_hits) / s.requests},
+                      {"miss_rate", double(s.misses) / s.requests},
+                      {"io_wait_ms_per_token", 1e3 * s.io_wait_seconds / std::max<uint64_t>(tokens, 1)}});
+  }
+  const LayerStreamStats t = st.total();
+  const double req = std::max<double>(1, t.requests);
+  const double per_tok = 1.0 / std::max<uint64_t>(tokens, 1);
+  json prefetch = json::object();
+  const char* names[2] = {"temporal", "lookahead"};
+  for (int k = 0; k < 2; ++k) {
+    const PrefetchStats& p = st.prefetch[k];
+    prefetch[names[k]] = {{"predictions", p.predictions},
+                          {"correct", p.correct},
+                          {"accuracy", p.predictions ? double(p.correct) / p.predictions : 0.0},
+                          {"reads", p.reads},
+                          {"wasted_reads", p.wasted_reads},
+                          {"wasted_bytes_per_token", double(p.wasted_reads) * record_bytes * per_tok}};
+  }
+  return {{"tokens", tokens},
+          {"requests", t.requests},
+          {"hit_rate", {{"ram", t.ram_hits / req}, {"prefetch", t.prefetch_hits / req}, {"miss", t.misses / req}}},
+          {"bytes_per_token",
+           {{"requested", double(t.requests) * record_bytes * per_tok},
+            {"ram_cache", double(t.ram_hits) * record_bytes * per_tok},
+            {"prefetched", double(t.prefetch_hits) * record_bytes * per_tok},
+            {"storage", double(st.storage_reads) * record_bytes * per_tok}}},
+          {"io_wait_ms_per_token", 1e3 * t.io_wait_seconds * per_tok},
+          {"evictions", st.evictions},
+          {"prefetch", prefetch},
+          {"layers", layers}};
+}
+
+Runner add_bench(CLI::App& app) {
+  auto* cmd = app.add_subcommand("bench", "Measure prefill/decode speed, expert traffic per tier, hit rates, GB/s vs ceilings");
+  struct Args {
+    std::string model, json_out;
+    int prompt_len = 128, gen_len = 64, repeat = 3;
+    uint64_t seed = 1;
+    bool no_ceilings = false;
+    EngineArgs engine;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("-m,--model", a->model, "Package directory")->required();
+  cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens (default 128)")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--gen-len", a->gen_len, "Decoded tokens (default 64)")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--repeat", a->repeat, "Repeats; medians are reported (default 3)")->check(CLI::Range(1, 1000));
+  cmd->add_option("--seed", a->seed, "Seed of the random token ids (default 1)");
+  cmd->add_option("--json", a->json_out, "Write the full report as JSON");
+  cmd->add_flag("--no-ceilings", a->no_ceilings, "Skip measuring the storage and memory ceilings");
+  add_engine_options(cmd, &a->engine);
+  return [a] {
+    const EngineOptions opts = a->engine.to_options();
+    auto model = Model::open(a->model);
+    const ModelConfig& c = model->config();
+    if (a->prompt_len + a->gen_len > c.max_position_embeddings)
+      fail("--prompt-len + --gen-len exceed the model's " + std::to_string(c.max_position_embeddings) + " positions");
+    std::mt19937_64 rng(a->seed);
+    std::uniform_int_distribution<int> id(0, c.vocab_size - 1);
+    std::vector<int> prompt(a->prompt_len);
+    for (int& t : prompt) t = id(rng);
+
+    std::vector<double> prefill, decode;
+    json last_stream;
+    double last_decode_seconds = 0;
+    uint64_t storage_bytes = 0;
+    double reader_busy = 0;
+    for (int r = 0; r < a->repeat; ++r) {
+      Session s(*model, opts);
+      auto t0 = Clock::now();
+      const std::vector<float>* logits = &s.eval_prompt(prompt);
+      const double tp = std::chrono::duration<double>(Clock::now() - t0).count();
+      s.streamer().reset_stats();
+      const ReaderStats before = s.streamer().reader().stats();
+      t0 = Clock::now();
+      for (int g = 0; g < a->gen_len; ++g) {  // greedy: the model's own continuation
+        const int next = static_cast<int>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+        logits = &s.eval_token(next);
+      }
+      const double td = std::chrono::duration<double>(Clock::now() - t0).count();
+      prefill.push_back(a->prompt_len / tp);
+      decode.push_back(a->gen_len / td);
+      std::fprintf(stderr, "[bench] run %d/%d: prefill %.1f tok/s, decode %.2f tok/s\n", r + 1, a->repeat,
+                   prefill.back(), decode.back());
+      last_stream = layer_stats_json(s.streamer().stats(), s.streamer().record_bytes(), a->gen_len);
+      const ReaderStats after = s.streamer().reader().stats();
+      storage_bytes = after.bytes - before.bytes;
+      reader_busy = after.busy_seconds - before.busy_seconds;
+      last_decode_seconds = td;
+      if (r + 1 == a->repeat && opts.timing) print_timings(s);
+    }
+
+    json report;
+    report["model"] = a->model;
+    report["family"] = family_name(c.family);
+    report["options"] = {{"threads", opts.threads},
+                         {"k", a->engine.k ? a->engine.k : c.top_k},
+                         {"ram_cache_bytes", opts.stream.ram_cache_bytes},
+                         {"cache_policy", opts.stream.policy},
+                         {"hot", opts.stream.hot_per_layer},
+                         {"io", a->engine.io},
+                         {"io_backend", a->engine.io_backend},
+                         {"io_threads", opts.stream.io.threads},
+                         {"prefetch", a->engine.prefetch},
+                         {"prompt_len", a->prompt_len},
+                         {"gen_len", a->gen_len},
+                         {"repeat", a->repeat}};
+    report["prefill_tok_s"] = {{"median", median(prefill)}, {"runs", prefill}};
+    report["decode_tok_s"] = {{"median", median(decode)}, {"runs", decode}};
+    report["decode_streaming"] = last_stream;
+    // Achieved storage bandwidth during the last decode: over its wall time (what the token
+    // rate needs) and over the time reads were actually outstanding (what the device gave).
+    const double wall_gbs = storage_bytes / std::max(last_decode_seconds, 1e-12) / 1e9;
+    // ...and while compute was blocked on them (the rate the reads ran at when they mattered).
+    const double waited = last_stream["io_wait_ms_per_token"].get<double>() * a->gen_len / 1e3;
+    const double wait_gbs = waited > 0 ? storage_bytes / waited / 1e9 : 0.0;
+    report["storage"] = {{"bytes", storage_bytes},
+                         {"gb_s_over_decode_wall", wall_gbs},
+                         {"gb_s_while_waiting", wait_gbs},
+                         {"reader_busy_seconds", reader_busy}};
+    if (!a->no_ceilings) {
+      std::fprintf(stderr, "[bench] measuring ceilings...\n");
+      const std::vector<std::string> files = package_expert_files(model->package());
+      CeilingOptions co;
+      co.threads = static_cast<int>(std::max<size_t>(opts.stream.io.threads, 1));
+      const Ceiling direct = measure_direct_read(files, co);
+      const Ceiling warm = measure_page_cache_read(files, co);
+      CeilingOptions one = co;
+      one.threads = 1;
+      const Ceiling copy1 = measure_memcpy(one);
+      CeilingOptions all = co;
+      all.threads = 0;
+      const Ceiling copyn = measure_memcpy(all);
+      auto cj = [](const Ceiling& c) {
+        return json{{"measured", c.measured}, {"gb_s", c.gb_per_s}, {"bytes", c.bytes}, {"seconds", c.seconds},
+                    {"threads", c.threads}, {"note", c.note}};
+      };
+      report["ceilings"] = {{"direct_read", cj(direct)},
+                            {"page_cache_read", cj(warm)},
+                            {"memcpy_1_thread", cj(copy1)},
+                            {"memcpy_all_threads", cj(copyn)},
+                            {"memcpy_gb_s", copyn.gb_per_s}};
+      const bool is_direct = opts.stream.io.mode == IoMode::Direct;
+      const Ceiling& ceiling = is_direct ? direct : warm;
+      report["storage"]["ceiling_gb_s"] = ceiling.gb_per_s;
+      report["storage"]["ceiling_name"] = is_direct ? "direct sequential read" : "page-cache read";
+      report["storage"]["ratio_to_ceiling"] = ceiling.gb_per_s > 0 ? wall_gbs / ceiling.gb_per_s : 0.0;
+      report["storage"]["ratio_while_waiting_to_ceiling"] = ceiling.gb_per_s > 0 ? wait_gbs / ceiling.gb_per_s : 0.0;
+      report["storage"]["ratio_while_waiting_to_memcpy"] = copyn.gb_per_s > 0 ? wait_gbs / copyn.gb_per_s : 0.0;
+      std::fprintf(stderr, "[bench] ceilings: direct %s; page cache %s; memcpy %s / %s\n", describe(direct).c_str(),
+                   describe(warm).c_str(), describe(copy1).c_str(), describe(copyn).c_str());
+    }
+
+    const json& bpt = last_stream["bytes_per_token"];
+    std::printf("decode   %.2f tok/s (median of %d), prefill %.1f tok/s\n", median(decode), a->repeat, median(prefill));
+    std::printf("experts  %.2f MiB/token requested: RAM cache %.2f, prefetched %.2f, storage %.2f MiB/token\n",
+                bpt["requested"].get<double>() / 1048576, bpt["ram_cache"].get<double>() / 1048576,
+                bpt["prefetched"].get<double>() / 1048576, bpt["storage"].get<double>() / 1048576);
+    std::printf("hits     RAM %.1f%%, prefetch %.1f%%, miss %.1f%%; io wait %.3f ms/token\n",
+                100 * last_stream["hit_rate"]["ram"].get<double>(), 100 * last_stream["hit_rate"]["prefetch"].get<double>(),
+                100 * last_stream["hit_rate"]["miss"].get<double>(), last_stream["io_wait_ms_per_token"].get<double>());
+    for (const char* k : {"temporal", "lookahead"}) {
+      const json& p = last_stream["prefetch"][k];
+      if (p["predictions"].get<uint64_t>() == 0) continue;
+      std::printf("prefetch %-9s accuracy %.1f%%, %llu reads, %llu wasted\n", k, 100 * p["accuracy"].get<double>(),
+                  static_cast<unsigned long long>(p["reads"].get<uint64_t>()),
+                  static_cast<unsigned long long>(p["wasted_reads"].get<uint64_t>()));
+    }
+    std::printf("storage  %.2f GB/s over decode, %.2f GB/s while compute waited", wall_gbs, wait_gbs);
+    if (report.contains("ceilings"))
+      std::printf(" = %.1f%% of the %s ceiling %.2f GB/s (memcpy %.1f GB/s)", 100 * report["storage"]["ratio_to_ceiling"].get<double>(),
+                  report["storage"]["ceiling_name"].get<std::string>().c_str(), report["storage"]["ceiling_gb_s"].get<double>(),
+                  report["ceilings"]["memcpy_gb_s"].get<double>());
+    std::printf("\n");
+    if (!a->json_out.empty()) {
+      const std::string tmp = a->json_out + ".tmp-" + std::to_string(::getpid());
+      {
+        std::ofstream out(tmp);
+        out << report.dump(2) << "\n";
+        if (!out.flush()) fail(a->json_out + ": write failed");
+      }
+      if (std::rename(tmp.c_str(), a->json_out.c_str()) != 0) throw_errno(a->json_out);
+    }
+    return 0;
+  };
+}
+
+const CommandRegistration registration(60, add_bench);
+
+}  // namespace
+
+}  // namespace moeflux::tool
