@@ -178,6 +178,20 @@ ExpertStreamer::Slot* ExpertStreamer::take_slot() {
   return s;
 }
 
+void ExpertStreamer::claim(Slot& s, int layer, int expert) {
+  const uint64_t key = expert_key(layer, expert);
+  s.key = key;
+  s.occupied = true;
+  s.op.layer = layer;
+  s.op.expert = expert;
+  s.op.dst = s.data;
+  s.op.error.clear();
+  s.op.state.store(ReadOp::Pending, std::memory_order_relaxed);
+  s.read_in_flight = true;
+  index_[key] = &s;
+  policy_->on_insert(key);
+}
+
 void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchKind kind) {
   const int k = static_cast<int>(kind);
   predicted_[layer][k].assign(experts.begin(), experts.end());
@@ -191,18 +205,9 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
     }
     Slot* s = take_slot();
     if (!s) break;  // every slot busy: skip the rest of this prediction
-    s->key = key;
-    s->occupied = true;
+    claim(*s, layer, e);
     s->prefetched = true;
     s->prefetch_kinds = static_cast<uint8_t>(1 << k);
-    s->op.layer = layer;
-    s->op.expert = e;
-    s->op.dst = s->data;
-    s->op.error.clear();
-    s->op.state.store(ReadOp::Pending, std::memory_order_relaxed);
-    s->read_in_flight = true;
-    index_[key] = s;
-    policy_->on_insert(key);
     ops.push_back(&s->op);
     ++stats_.prefetch[k].reads;
   }
@@ -285,16 +290,7 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
         busy->read_in_flight = false;
         if (busy->op.state.load(std::memory_order_acquire) == ReadOp::Failed) drop(*busy);
       }
-      s->key = key;
-      s->occupied = true;
-      s->op.layer = layer;
-      s->op.expert = e;
-      s->op.dst = s->data;
-      s->op.error.clear();
-      s->op.state.store(ReadOp::Pending, std::memory_order_relaxed);
-      s->read_in_flight = true;
-      index_[key] = s;
-      policy_->on_insert(key);
+      claim(*s, layer, e);
       misses.push_back(&s->op);
       ++ls.misses;
     }

@@ -114,6 +114,8 @@ class ExpertStreamer {
   // A free slot, evicting if needed; nullptr if every slot is pinned or in flight.
   Slot* take_slot();
   void drop(Slot& s);  // forget the key (slot becomes free)
+  // Gives a free slot to (layer, expert) and prepares its read (the caller submits it).
+  void claim(Slot& s, int layer, int expert);
   bool in_flight(Slot& s);
   bool is_hot(int layer, int expert) const;
   void count_use(int layer, int expert);

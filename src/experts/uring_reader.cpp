@@ -152,6 +152,11 @@ class UringReader final : public ExpertReader {
     io_uring_prep_read(sqe, files_.fd(op.layer), op.dst + s.done, static_cast<unsigned>(n),
                        files_.offset(op.expert) + s.done);
     io_uring_sqe_set_data64(sqe, i);
+    // A buffered read that hits the page cache would otherwise be copied inline by
+    // io_uring_submit, in the submitting thread and under mu_: one copy at a time, and submit()
+    // would not return at once. IOSQE_ASYNC hands it to the kernel's io-wq workers instead.
+    // O_DIRECT reads are asynchronous by themselves.
+    if (files_.mode() == IoMode::PageCache) io_uring_sqe_set_flags(sqe, IOSQE_ASYNC);
   }
 
   // Moves pending ops into free slots and submits. mu_ held.
