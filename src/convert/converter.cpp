@@ -1,20 +1,16 @@
 #include "convert/converter.hpp"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 
 #include "backend/cpu/matvec.hpp"
 #include "backend/cpu/quantize.hpp"
 #include "convert/source_checkpoint.hpp"
-#include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
 #include "core/thread_pool.hpp"
 #include "formats/package.hpp"
+#include "formats/package_writer.hpp"
 #include "model/tensor_specs.hpp"
 
 namespace fs = std::filesystem;
@@ -24,49 +20,9 @@ namespace moeflux {
 namespace {
 
 // Tokenizer and generation files copied verbatim into PKG/tokenizer/ when present.
-const char* const kTokenizerFiles[] = {"tokenizer.json",        "tokenizer_config.json",
-                                       "special_tokens_map.json", "vocab.json",
-                                       "merges.txt",            "generation_config.json",
-                                       "chat_template.jinja",   "chat_template.json"};
-
-// A file written with write(2), fsync'ed on close.
-class OutFile {
- public:
-  explicit OutFile(const std::string& path) : path_(path) {
-    fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) throw_errno(path);
-  }
-  ~OutFile() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  void write(const void* p, size_t n) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    while (n > 0) {
-      const ssize_t w = ::write(fd_, b, n);
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        throw_errno(path_ + ": write");
-      }
-      b += w;
-      n -= static_cast<size_t>(w);
-      offset_ += static_cast<uint64_t>(w);
-    }
-  }
-  void pad_to(size_t alignment) {
-    static const uint8_t zeros[4096] = {};
-    while (offset_ % alignment) write(zeros, std::min<size_t>(alignment - offset_ % alignment, sizeof zeros));
-  }
-  uint64_t offset() const { return offset_; }
-  void close() {
-    if (::fsync(fd_) != 0) throw_errno(path_ + ": fsync");
-    if (::close(std::exchange(fd_, -1)) != 0) throw_errno(path_ + ": close");
-  }
-
- private:
-  std::string path_;
-  int fd_ = -1;
-  uint64_t offset_ = 0;
-};
+const char* const kTokenizerFiles[] = {
+    "tokenizer.json", "tokenizer_config.json",  "special_tokens_map.json", "vocab.json",
+    "merges.txt",     "generation_config.json", "chat_template.jinja",     "chat_template.json"};
 
 // Writes matrix `src` in format `fmt` into `out` (matrix_layout(fmt, rows, cols) bytes):
 // a plain copy when the formats agree, else dequantize and quantize row by row.
@@ -84,11 +40,14 @@ void write_matrix(const MatrixView& src, QuantFormat fmt, uint8_t* out) {
   for (size_t r = 0; r < src.rows; ++r) {
     cpu::dequantize_row(src, r, row.data());
     cpu::quantize_matrix(fmt, row.data(), 1, src.cols, rec.data());
-    std::memcpy(out + dl.data_offset + r * rl.data_bytes, rec.data() + rl.data_offset, rl.data_bytes);
+    std::memcpy(out + dl.data_offset + r * rl.data_bytes, rec.data() + rl.data_offset,
+                rl.data_bytes);
     if (rl.scales_bytes)
-      std::memcpy(out + dl.scales_offset + r * rl.scales_bytes, rec.data() + rl.scales_offset, rl.scales_bytes);
+      std::memcpy(out + dl.scales_offset + r * rl.scales_bytes, rec.data() + rl.scales_offset,
+                  rl.scales_bytes);
     if (rl.biases_bytes)
-      std::memcpy(out + dl.biases_offset + r * rl.biases_bytes, rec.data() + rl.biases_offset, rl.biases_bytes);
+      std::memcpy(out + dl.biases_offset + r * rl.biases_bytes, rec.data() + rl.biases_offset,
+                  rl.biases_bytes);
   }
 }
 
@@ -106,8 +65,8 @@ std::string human_bytes(double b) {
 
 class Converter {
  public:
-  Converter(const SourceCheckpoint& src, const std::string& dir, const ConvertOptions& opts)
-      : src_(src), dir_(dir), opts_(opts), pool_(opts.threads) {}
+  Converter(const SourceCheckpoint& src, PackageWriter& out, const ConvertOptions& opts)
+      : src_(src), out_(out), opts_(opts), pool_(opts.threads) {}
 
   ConvertSummary run() {
     const auto t0 = std::chrono::steady_clock::now();
@@ -131,17 +90,13 @@ class Converter {
 
     ConvertSummary s;
     s.resident_bytes = write_resident(m);
-    fs::create_directories(dir_ + "/experts");
     for (int l = 0; l < c.num_layers; ++l) {
-      if (!c.layer_is_moe[l]) {
-        m.expert_files.emplace_back();
-        continue;
-      }
-      m.expert_files.push_back(expert_file_name(l));
-      s.expert_bytes += write_expert_layer(m.experts, l, dir_ + "/" + m.expert_files.back());
+      if (!c.layer_is_moe[l]) continue;
+      s.expert_bytes += write_expert_layer(m.experts, l);
       ++s.moe_layers;
       if (opts_.progress) {
-        const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        const double sec =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::fprintf(stderr, "\r[convert] experts: layer %d/%d  %s written  %.0f MB/s   ", l + 1,
                      c.num_layers, human_bytes(double(s.expert_bytes)).c_str(),
                      s.expert_bytes / 1e6 / std::max(sec, 1e-9));
@@ -151,32 +106,22 @@ class Converter {
     if (opts_.progress) std::fprintf(stderr, "\n");
     copy_tokenizer(m);
 
-    // The manifest is written last: a package without one is never taken for whole.
-    const std::string mpath = dir_ + "/" + kManifestName;
-    {
-      std::ofstream out(mpath);
-      out << m.to_json().dump(1) << "\n";
-      if (!out.flush()) fail(mpath + ": write failed");
-    }
+    out_.finish(m);  // manifest last, then the rename
     s.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return s;
   }
 
  private:
-  uint64_t write_resident(PackageManifest& m) {
-    OutFile out(dir_ + "/" + kResidentName);
+  uint64_t write_resident(const PackageManifest& m) {
     std::vector<std::string> used;
-    uint64_t total = 0;
     for (const TensorSpec& spec : resident_tensor_specs(m.config)) {
       used.push_back(src_.prefix() + spec.name);
       if (spec.name == "lm_head.weight") used.pop_back();
-      ResidentTensor t;
-      t.name = spec.name;
-      t.shape = spec.shape;
+      QuantFormat fmt;
       std::vector<uint8_t> bytes;
       if (spec.role == TensorRole::Matrix) {
         const MatrixView v = src_.matrix(spec.name, spec.shape[0], spec.shape[1]);
-        t.fmt = v.fmt;
+        fmt = v.fmt;
         bytes.resize(matrix_layout(v.fmt, v.rows, v.cols).total_bytes);
         write_matrix(v, v.fmt, bytes.data());
       } else {
@@ -184,62 +129,42 @@ class Converter {
             spec.role == TensorRole::Vector
                 ? src_.vector(spec.name, spec.shape[0])
                 : src_.conv_weight(spec.name, spec.shape[0], spec.shape[1]);
-        t.fmt = QuantFormat::f32();
+        fmt = QuantFormat::f32();
         bytes.resize(f.size() * sizeof(float));
         std::memcpy(bytes.data(), f.data(), bytes.size());
       }
-      out.pad_to(kResidentAlignment);
-      t.offset = out.offset();
-      t.bytes = bytes.size();
-      out.write(bytes.data(), bytes.size());
-      total += t.bytes;
-      m.resident.push_back(std::move(t));
+      out_.add_resident(spec.name, fmt, spec.shape, bytes);
     }
-    out.close();
     const auto unused = src_.unused_tensors(used);
     if (!unused.empty() && opts_.progress) {
       std::fprintf(stderr, "[convert] warning: %zu checkpoint tensors not used (first: %s)\n",
                    unused.size(), unused.front().c_str());
     }
-    return total;
+    return out_.resident_bytes();
   }
 
-  // Builds records in batches (parallel), writes them in order.
-  uint64_t write_expert_layer(const ExpertLayout& el, int layer, const std::string& path) {
-    const int E = src_.config().num_experts;
-    const int batch = static_cast<int>(std::max<size_t>(pool_.size() * 2, 1));
-    AlignedBuffer buf(el.record_bytes * batch, kExpertAlignment);
-    OutFile out(path);
-    for (int e0 = 0; e0 < E; e0 += batch) {
-      const int n = std::min(batch, E - e0);
-      std::memset(buf.data(), 0, el.record_bytes * n);
-      pool_.parallel_for(static_cast<size_t>(n), [&](size_t b, size_t end) {
-        for (size_t i = b; i < end; ++i) {
-          uint8_t* rec = buf.data() + i * el.record_bytes;
-          const int e = e0 + static_cast<int>(i);
+  // Records are built in parallel batches and written in order (PackageWriter).
+  uint64_t write_expert_layer(const ExpertLayout& el, int layer) {
+    return out_.write_expert_layer(
+        layer, el, src_.config().num_experts, pool_, [&](int e, uint8_t* rec) {
           write_matrix(src_.expert(layer, e, ExpertPartId::Gate), el.fmt, rec + el.gate.offset);
           write_matrix(src_.expert(layer, e, ExpertPartId::Up), el.fmt, rec + el.up.offset);
           write_matrix(src_.expert(layer, e, ExpertPartId::Down), el.fmt, rec + el.down.offset);
-        }
-      });
-      out.write(buf.data(), el.record_bytes * n);
-    }
-    out.close();
-    return static_cast<uint64_t>(E) * el.record_bytes;
+        });
   }
 
   void copy_tokenizer(PackageManifest& m) {
     for (const char* name : kTokenizerFiles) {
       const fs::path from = fs::path(src_.dir()) / name;
       if (!fs::exists(from)) continue;
-      fs::create_directories(dir_ + "/tokenizer");
-      fs::copy_file(from, fs::path(dir_) / "tokenizer" / name);
-      m.tokenizer_files.push_back(std::string("tokenizer/") + name);
+      const std::string rel = std::string("tokenizer/") + name;
+      out_.copy_file(from.string(), rel);
+      m.tokenizer_files.push_back(rel);
     }
   }
 
   const SourceCheckpoint& src_;
-  std::string dir_;
+  PackageWriter& out_;
   const ConvertOptions& opts_;
   ThreadPool pool_;
 };
@@ -249,32 +174,13 @@ class Converter {
 ConvertSummary convert_checkpoint(const std::string& hf_dir, const std::string& out_dir,
                                   const ConvertOptions& opts) {
   const SourceCheckpoint src = SourceCheckpoint::open(hf_dir);
-  std::string target = out_dir;
-  while (target.size() > 1 && target.back() == '/') target.pop_back();
-  if (fs::exists(target) && !opts.force)
-    fail(target + ": already exists (pass --force to replace it)");
-  const std::string tmp = target + ".partial-" + std::to_string(::getpid());
-  fs::remove_all(tmp);
+  // The writer refuses an existing out_dir without --force, writes "<out_dir>.partial-<pid>"
+  // and removes it on any error (its destructor), so a failed conversion leaves nothing.
   try {
-    fs::create_directories(tmp);
-    ConvertSummary s = Converter(src, tmp, opts).run();
-    if (fs::exists(target)) {
-      const std::string old = target + ".old-" + std::to_string(::getpid());
-      fs::rename(target, old);
-      fs::rename(tmp, target);
-      fs::remove_all(old);
-    } else {
-      fs::rename(tmp, target);
-    }
-    return s;
+    PackageWriter out(out_dir, opts.force);
+    return Converter(src, out, opts).run();
   } catch (const fs::filesystem_error& e) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
     fail(std::string("convert: ") + e.what());
-  } catch (...) {
-    std::error_code ec;
-    fs::remove_all(tmp, ec);
-    throw;
   }
 }
 

@@ -155,10 +155,24 @@ std::unique_ptr<ChatFormat> make() {
   return std::make_unique<F>();
 }
 
+// Recognisers read the template's source text, where "\n" is written as backslash + n.
+// Qwen3 (hybrid thinking): the enable_thinking switch that appends an empty thought.
+// Templates whose generation prompt always opens <think> (Qwen3.5, QwQ, Qwen3-*-Thinking-2507)
+// render differently and are not recognised: they get a format of their own when verified.
+bool is_qwen3(std::string_view t) {
+  return contains(t, kImStart) &&
+         contains(t, "enable_thinking is defined and enable_thinking is false") &&
+         contains(t, R"('<think>\n\n</think>\n\n')") &&
+         !contains(t, R"(<|im_start|>assistant\n<think>\n)");
+}
+// Plain ChatML: ChatML turns and no thinking at all.
+bool is_chatml(std::string_view t) {
+  return contains(t, kImStart) && !contains(t, kThinkOpen);
+}
+
 const ChatFormatEntry kRegistry[] = {
-    {"qwen3", [](std::string_view t) { return contains(t, kImStart) && contains(t, kThinkOpen); },
-     make<Qwen3Format>},
-    {"chatml", [](std::string_view t) { return contains(t, kImStart); }, make<ChatMLFormat>},
+    {"qwen3", is_qwen3, make<Qwen3Format>}, {"chatml", is_chatml, make<ChatMLFormat>},
+    // {"deepseek_v3", is_deepseek_v3, make<DeepSeekV3Format>} comes with the deepseek_v3 family.
 };
 
 }  // namespace

@@ -7,7 +7,7 @@
 //   chatml  plain ChatML (the bundled model):
 //             for each message: <|im_start|>{role}\n{content}<|im_end|>\n
 //             generation prompt: <|im_start|>assistant\n
-//   qwen3   ChatML with Qwen3 thinking blocks (the Qwen3 / Qwen3.5 template, without tools):
+//   qwen3   ChatML with Qwen3's hybrid thinking blocks (the Qwen3 template, without tools):
 //             - a leading system message, user messages, later system messages: as chatml;
 //             - assistant reasoning is `reasoning_content`, else the text before the first
 //               </think> (after the last <think> in it), and the content is the text after the
@@ -18,6 +18,10 @@
 //             - consecutive `tool` messages are one user turn of <tool_response> blocks;
 //             - enable_thinking == false appends <think>\n\n</think>\n\n to the generation
 //               prompt (an empty thought: the model answers directly).
+//
+// Templates are recognised strictly (chat_format_registry()): one that no entry recognises is an
+// error, never rendered approximately. Not recognised today: templates whose generation prompt
+// always opens <think> (Qwen3.5, QwQ, Qwen3 Thinking-2507).
 //
 // Extension point: a new family (DeepSeek-V3's <｜User｜>/<｜Assistant｜> format comes with that
 // model family) adds a ChatFormat subclass and one entry in chat_format_registry() (name, a

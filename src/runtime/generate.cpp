@@ -1,0 +1,234 @@
+#include "runtime/generate.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "core/error.hpp"
+
+namespace moeflux {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// eos_token_id: an int, a list of ints, or absent / null.
+void collect_ids(const nlohmann::json& j, const char* key, std::vector<int>& out) {
+  if (!j.is_object() || !j.contains(key)) return;
+  const auto& v = j.at(key);
+  if (v.is_number_integer()) out.push_back(v.get<int>());
+  if (v.is_array())
+    for (const auto& e : v)
+      if (e.is_number_integer()) out.push_back(e.get<int>());
+}
+
+// Length of the longest suffix of `text` that is a proper prefix of one of `stops`: text that
+// may still become a stop string and must be held back.
+size_t partial_stop_suffix(std::string_view text, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  for (const auto& s : stops)
+    for (size_t n = std::min(text.size(), s.size() - 1); n > hold; --n)
+      if (text.substr(text.size() - n) == std::string_view(s).substr(0, n)) {
+        hold = n;
+        break;
+      }
+  return hold;
+}
+
+// Earliest occurrence of any stop string in `text`, npos if none.
+size_t find_stop(std::string_view text, const std::vector<std::string>& stops) {
+  size_t best = std::string_view::npos;
+  for (const auto& s : stops) best = std::min(best, text.find(s));
+  return best;
+}
+
+}  // namespace
+
+const char* stop_reason_name(StopReason r) {
+  switch (r) {
+    case StopReason::Length:
+      return "length";
+    case StopReason::EndToken:
+      return "eos";
+    case StopReason::StopString:
+      return "stop string";
+    case StopReason::ContextFull:
+      return "context full";
+  }
+  return "?";
+}
+
+std::vector<int> end_token_ids(const Package& pkg, const Tokenizer& tok) {
+  std::vector<int> ids;
+  const nlohmann::json& cfg = pkg.manifest().source_config;
+  collect_ids(cfg, "eos_token_id", ids);
+  if (cfg.is_object() && cfg.contains("text_config"))
+    collect_ids(cfg.at("text_config"), "eos_token_id", ids);
+  for (const auto& f : pkg.manifest().tokenizer_files) {
+    if (std::filesystem::path(f).filename() != "generation_config.json") continue;
+    const std::string path = (std::filesystem::path(pkg.dir()) / f).string();
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail(path + ": cannot open");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(ss.str());
+    } catch (const nlohmann::json::exception& e) {
+      fail(path + ": invalid JSON (" + e.what() + ")");
+    }
+    collect_ids(j, "eos_token_id", ids);
+  }
+  for (const char* name : {"<|im_end|>", "<|endoftext|>"})
+    if (auto id = tok.token_id(name)) ids.push_back(*id);
+  const int vocab = pkg.config().vocab_size;
+  std::erase_if(ids, [&](int id) { return id < 0 || id >= vocab; });
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
+Generator::Generator(Session& session, const Tokenizer& tok, const SamplerOptions& sampling,
+                     GenerateOptions opts)
+    : session_(session), tok_(tok), sampler_(sampling), opts_(std::move(opts)) {
+  std::erase_if(opts_.stop, [](const std::string& s) { return s.empty(); });
+}
+
+int Generator::position() const {
+  return session_.position() + (pending_ ? 1 : 0);
+}
+
+void Generator::clear() {
+  session_.clear();
+  sequence_.clear();
+  pending_.reset();
+}
+
+void Generator::check(std::span<const int> prompt) const {
+  const ModelConfig& c = session_.model().config();
+  const size_t n = prompt.size() + (pending_ ? 1 : 0), max_pos = size_t(c.max_position_embeddings);
+  if (n == 0) fail("nothing to evaluate: the prompt is empty");
+  for (int t : prompt)
+    if (t < 0 || t >= c.vocab_size)
+      fail("token id " + std::to_string(t) + " is out of range (vocabulary size " +
+           std::to_string(c.vocab_size) + ")");
+  if (size_t(session_.position()) + n > max_pos) {
+    if (session_.position() == 0)
+      fail("the prompt has " + std::to_string(n) + " tokens, more than the model's context of " +
+           std::to_string(max_pos) + " positions");
+    fail("the conversation (" + std::to_string(session_.position()) + " tokens) and the new " +
+         std::to_string(n) + " tokens exceed the model's context of " + std::to_string(max_pos) +
+         " positions");
+  }
+}
+
+GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink) {
+  check(prompt);
+  const size_t max_pos = size_t(session_.model().config().max_position_embeddings);
+  GenerateResult r;
+  if (pending_) r.prompt.push_back(*pending_);
+  r.prompt.insert(r.prompt.end(), prompt.begin(), prompt.end());
+  const ExpertReader& reader = session_.streamer().reader();
+
+  // Prompt: one chunked evaluation.
+  const ReaderStats s0 = reader.stats();
+  auto t0 = Clock::now();
+  const std::vector<float>* logits = &session_.eval_prompt(r.prompt);
+  r.prompt_seconds = since(t0);
+  const ReaderStats s1 = reader.stats();
+  r.prompt_expert_bytes = s1.bytes - s0.bytes;
+  pending_.reset();
+  sequence_.insert(sequence_.end(), prompt.begin(), prompt.end());
+
+  // Think state from the sequence so far: inside iff the last <think> follows the last </think>.
+  bool inside_think = false;
+  int think_tokens = 0;
+  if (opts_.think_open_id && opts_.think_close_id)
+    for (int t : sequence_) {
+      if (t == *opts_.think_open_id)
+        inside_think = true, think_tokens = 0;
+      else if (t == *opts_.think_close_id)
+        inside_think = false;
+      else if (inside_think)
+        ++think_tokens;
+    }
+
+  StreamingDetokenizer detok(tok_);
+  std::string held;  // decoded, not yet emitted (may be the start of a stop string)
+  auto emit = [&](std::string_view s) {
+    if (s.empty()) return;
+    r.text.append(s);
+    if (sink) sink(s);
+  };
+  // Emits what cannot be part of a stop string; true when a stop string was found.
+  auto push_text = [&](std::string piece, bool final) {
+    held += piece;
+    const size_t at = find_stop(held, opts_.stop);
+    if (at != std::string::npos) {
+      emit(std::string_view(held).substr(0, at));
+      held.clear();
+      return true;
+    }
+    const size_t keep = final ? 0 : partial_stop_suffix(held, opts_.stop);
+    emit(std::string_view(held).substr(0, held.size() - keep));
+    held.erase(0, held.size() - keep);
+    return false;
+  };
+
+  t0 = Clock::now();
+  r.reason = StopReason::Length;
+  bool stopped_by_string = false;
+  while (r.generated.size() < size_t(std::max(0, opts_.max_tokens))) {
+    int t;
+    if (inside_think && opts_.think_close_id && opts_.think_budget >= 0 &&
+        think_tokens >= opts_.think_budget) {
+      t = *opts_.think_close_id;  // budget spent: close the thought
+      ++r.forced_think_close;
+    } else {
+      t = sampler_.sample(*logits, sequence_);
+    }
+    if (std::find(opts_.end_tokens.begin(), opts_.end_tokens.end(), t) != opts_.end_tokens.end()) {
+      r.reason = StopReason::EndToken;
+      break;
+    }
+    sequence_.push_back(t);
+    r.generated.push_back(t);
+    pending_ = t;
+    if (opts_.think_open_id && t == *opts_.think_open_id) {
+      inside_think = true;
+      think_tokens = 0;
+    } else if (opts_.think_close_id && t == *opts_.think_close_id) {
+      inside_think = false;
+    } else if (inside_think) {
+      ++think_tokens;
+    }
+    if (push_text(detok.push(t), false)) {
+      r.reason = StopReason::StopString;
+      stopped_by_string = true;
+      break;
+    }
+    if (r.generated.size() >= size_t(opts_.max_tokens)) break;  // Length; t stays pending
+    if (size_t(session_.position()) >= max_pos) {
+      r.reason = StopReason::ContextFull;
+      break;
+    }
+    logits = &session_.eval_token(t);
+    pending_.reset();
+    ++r.decode_evals;
+  }
+  if (!stopped_by_string && push_text(detok.flush(), true)) r.reason = StopReason::StopString;
+  r.generate_seconds = since(t0);
+  const ReaderStats s2 = reader.stats();
+  r.generate_expert_bytes = s2.bytes - s1.bytes;
+  r.generate_read_seconds = s2.busy_seconds - s1.busy_seconds;
+  return r;
+}
+
+}  // namespace moeflux

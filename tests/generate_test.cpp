@@ -1,0 +1,551 @@
+// Text in, text out: the generation loop (runtime/generate.hpp) and the run / chat / perplexity
+// commands.
+//
+// Most tests use a fixture package made on the fly: the qwen3_5_moe_vl checkpoint (vocabulary
+// 256; context cut to 64 positions so the context limits are reachable) with the byte tokenizer
+// of tests/fixtures/bytes_tokenizer (token id b = byte b, so text and ids correspond one to one),
+// converted with `moeflux convert`. Its config's eos_token_id is 2.
+// The last tests use the bundled model (models/moeflux-tiny-kjv) and compare with the greedy
+// samples and held-out perplexity transformers recorded there; they are skipped without it.
+#include "runtime/generate.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "core/error.hpp"
+#include "formats/npy.hpp"
+#include "test_util.hpp"
+
+namespace moeflux::test {
+namespace {
+
+constexpr int kContext = 64;
+constexpr int kEos = 2;  // text_config.eos_token_id of the fixture
+
+struct PackageSpec {
+  bool tokenizer = true;
+  std::string generation_config;  // JSON text of generation_config.json, "" = none
+};
+
+// Converts the fixture checkpoint with the byte tokenizer into `tmp/name`.
+std::string make_package(const TempDir& tmp, const PackageSpec& spec = {},
+                         const std::string& name = "pkg") {
+  const std::string hf = tmp / (name + "-hf");
+  fs::copy(fixture_dir("qwen3_5_moe_vl/hf"), hf, fs::copy_options::recursive);
+  auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
+  cfg["text_config"]["max_position_embeddings"] = kContext;
+  std::ofstream(hf + "/config.json") << cfg.dump(2);
+  if (spec.tokenizer)
+    for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+      fs::copy_file(fixture_dir("bytes_tokenizer/") + f, hf + "/" + f);
+  if (!spec.generation_config.empty())
+    std::ofstream(hf + "/generation_config.json") << spec.generation_config;
+  const CommandResult c = run_moeflux({"convert", hf, tmp / name, "-q"});
+  EXPECT_EQ(c.exit_code, 0) << c.err;
+  return tmp / name;
+}
+
+// Runs moeflux with extra environment assignments and `input` on standard input.
+CommandResult run_with(const std::vector<std::string>& args, const std::string& env,
+                       const std::string& input) {
+  TempDir io;
+  std::ofstream(io / "in", std::ios::binary) << input;
+  std::string cmd = env + " " + shell_quote(MOEFLUX_BINARY);
+  for (const auto& a : args) cmd += " " + shell_quote(a);
+  cmd += " <" + shell_quote(io / "in") + " >" + shell_quote(io / "out") + " 2>" +
+         shell_quote(io / "err");
+  const int status = std::system(cmd.c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_text(io / "out");
+  r.err = read_text(io / "err");
+  return r;
+}
+
+void expect_clean_failure(const CommandResult& r, const std::string& must_mention) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(must_mention), std::string::npos)
+      << "expected '" << must_mention << "' in: " << r.err;
+}
+
+std::vector<int> bytes_of(const std::string& s) {
+  std::vector<int> v;
+  for (unsigned char c : s) v.push_back(c);
+  return v;
+}
+
+nlohmann::json run_json(const std::string& pkg, const TempDir& tmp, std::vector<std::string> args) {
+  std::vector<std::string> all = {"run", "-m", pkg, "--json", tmp / "run.json"};
+  all.insert(all.end(), args.begin(), args.end());
+  const CommandResult r = run_moeflux(all);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(read_text(tmp / "run.json"));
+  EXPECT_EQ(j.at("text").get<std::string>(), r.out);
+  return j;
+}
+
+// Logits [n, vocab] of `tokens` evaluated in order, by `moeflux logits`.
+NpyArray logits_of(const std::string& pkg, const TempDir& tmp, const std::vector<int>& tokens) {
+  const CommandResult l =
+      run_moeflux({"logits", "-m", pkg, "--tokens", join_ints(tokens), "--out", tmp / "l.npy"});
+  EXPECT_EQ(l.exit_code, 0) << l.err;
+  return read_npy(tmp / "l.npy");
+}
+
+size_t argmax_row(const NpyArray& a, size_t row) {
+  const size_t V = a.shape[1];
+  const double* r = &a.values[row * V];
+  return size_t(std::max_element(r, r + V) - r);
+}
+
+// --- run ---------------------------------------------------------------------------------------
+
+TEST(RunCommand, SameSeedSameTextAndOneSummaryLine) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const std::vector<std::string> args = {"run", "-m", pkg,      "-p", "In the beginning",
+                                         "-n",  "5",  "--seed", "1"};
+  const CommandResult a = run_moeflux(args), b = run_moeflux(args);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_EQ(a.out, b.out);
+  EXPECT_EQ(std::count(a.err.begin(), a.err.end(), '\n'), 1) << a.err;
+  for (const char* part : {"[run] prompt 16 tok", "tok/s", "generated", "per token: resident",
+                           "read from storage", "GB/s", "seed 1"})
+    EXPECT_NE(a.err.find(part), std::string::npos) << part << " missing in " << a.err;
+  // Another seed draws another sequence (of 5 tokens from 256: equal by chance ~never).
+  const auto j1 = run_json(pkg, tmp, {"-p", "In the beginning", "-n", "5", "--seed", "1"});
+  const auto j2 = run_json(pkg, tmp, {"-p", "In the beginning", "-n", "5", "--seed", "2"});
+  EXPECT_NE(j1.at("tokens"), j2.at("tokens"));
+  EXPECT_EQ(j1.at("seed").get<uint64_t>(), 1u);
+}
+
+TEST(RunCommand, GreedyIsArgmaxOfLogits) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const std::string prompt = "And God said";
+  const auto j = run_json(pkg, tmp, {"-p", prompt, "-n", "12", "--temp", "0"});
+  const auto prompt_ids = j.at("prompt_tokens").get<std::vector<int>>();
+  const auto gen = j.at("tokens").get<std::vector<int>>();
+  EXPECT_EQ(prompt_ids, bytes_of(prompt));
+  std::vector<int> seq = prompt_ids;
+  seq.insert(seq.end(), gen.begin(), gen.end());
+  const NpyArray l = logits_of(pkg, tmp, seq);
+  for (size_t i = 0; i < gen.size(); ++i)
+    EXPECT_EQ(argmax_row(l, prompt_ids.size() - 1 + i), size_t(gen[i])) << "token " << i;
+  if (j.at("stop_reason") == "eos")
+    EXPECT_EQ(argmax_row(l, seq.size() - 1), size_t(kEos));
+  else
+    EXPECT_EQ(gen.size(), 12u);
+}
+
+TEST(RunCommand, SamplingDefaultsComeFromGenerationConfig) {
+  TempDir tmp;
+  // do_sample false: greedy unless the command line says otherwise.
+  const std::string pkg =
+      make_package(tmp, {.tokenizer = true, .generation_config = R"({"do_sample": false})"});
+  const auto implicit = run_json(pkg, tmp, {"-p", "Seed", "-n", "8", "--seed", "1"});
+  const auto greedy = run_json(pkg, tmp, {"-p", "Seed", "-n", "8", "--temp", "0"});
+  const auto sampled = run_json(pkg, tmp, {"-p", "Seed", "-n", "8", "--temp", "1", "--seed", "1"});
+  EXPECT_EQ(implicit.at("tokens"), greedy.at("tokens"));
+  EXPECT_NE(sampled.at("tokens"), greedy.at("tokens"));
+}
+
+TEST(RunCommand, StopStringEndsTheTextAndIsNotPrinted) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const auto full = run_json(pkg, tmp, {"-p", "Light", "-n", "24", "--temp", "0"});
+  const std::string text = full.at("text").get<std::string>();
+  ASSERT_GE(text.size(), 8u) << "the fixture's greedy text is too short for this test";
+  const std::string stop = text.substr(text.size() / 2, 3);
+  const size_t at = text.find(stop);
+  const CommandResult r =
+      run_moeflux({"run", "-m", pkg, "-p", "Light", "-n", "24", "--temp", "0", "--stop",
+                   "never-in-this-text", "--stop", stop, "--json", tmp / "stop.json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, text.substr(0, at));
+  const auto j = nlohmann::json::parse(read_text(tmp / "stop.json"));
+  EXPECT_EQ(j.at("stop_reason"), "stop string");
+  EXPECT_NE(r.err.find("stop string"), std::string::npos) << r.err;
+}
+
+TEST(RunCommand, StopsWhenTheContextIsFull) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const std::string prompt(60, 'a');
+  const auto j = run_json(pkg, tmp, {"-p", prompt, "-n", "10", "--temp", "0"});
+  if (j.at("stop_reason") == "eos") GTEST_SKIP() << "greedy text ended before the context did";
+  EXPECT_EQ(j.at("stop_reason"), "context full");
+  // 60 evaluated + 4 generated-and-evaluated fill 64 positions; the 5th is sampled from the last.
+  EXPECT_EQ(j.at("tokens").size(), 5u);
+}
+
+TEST(RunCommand, InvalidUtf8InThePromptIsReplaced) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const auto j = run_json(pkg, tmp,
+                          {"-p",
+                           "\xff\xfe"
+                           "abc",
+                           "-n", "1"});
+  // Each maximal invalid subsequence becomes U+FFFD (EF BF BD), as Tokenizer::encode documents.
+  EXPECT_EQ(j.at("prompt_tokens").get<std::vector<int>>(),
+            (std::vector<int>{0xEF, 0xBF, 0xBD, 0xEF, 0xBF, 0xBD, 'a', 'b', 'c'}));
+}
+
+TEST(RunCommand, ChatWrapsThePromptWithTheTemplate) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const auto j = run_json(pkg, tmp, {"-p", "Hi", "--chat", "-n", "1"});
+  EXPECT_EQ(j.at("prompt_tokens").get<std::vector<int>>(),
+            bytes_of("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+}
+
+TEST(RunCommand, ModelFromTheEnvironment) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const CommandResult r = run_with({"run", "-p", "x", "-n", "2", "--seed", "3"},
+                                   "MOEFLUX_MODEL=" + shell_quote(pkg), "");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const CommandResult m =
+      run_with({"run", "-p", "x"}, "MOEFLUX_MODEL=" + shell_quote(tmp / "none"), "");
+  expect_clean_failure(m, tmp / "none");
+}
+
+TEST(RunCommand, BadInput) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", ""}), "-p: the prompt is empty");
+  expect_clean_failure(run_moeflux({"run", "-m", tmp / "missing", "-p", "x"}), tmp / "missing");
+  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", std::string(kContext + 1, 'a')}),
+                       "more than the model's context of 64");
+  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--no-think"}), "needs --chat");
+  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--think-budget", "4"}),
+                       "no <think> / </think> tokens");
+  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--top-p", "1.5"}), "--top-p");
+  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--temp", "-1"}), "--temp");
+  const std::string bare = make_package(tmp, {.tokenizer = false, .generation_config = ""}, "bare");
+  expect_clean_failure(run_moeflux({"run", "-m", bare, "-p", "x"}), "has no tokenizer");
+  expect_clean_failure(run_moeflux({"perplexity", "-m", bare, "-f", fixture_dir("chat/README.md")}),
+                       "has no tokenizer");
+}
+
+// --- perplexity --------------------------------------------------------------------------------
+
+// exp(mean NLL) over windows, from `moeflux logits` of each window.
+double reference_ppl(const std::string& pkg, const TempDir& tmp, const std::vector<int>& ids,
+                     size_t ctx, size_t* scored) {
+  double nll = 0;
+  *scored = 0;
+  for (size_t b = 0; b + ctx <= ids.size(); b += ctx) {
+    const std::vector<int> w(ids.begin() + long(b), ids.begin() + long(b + ctx));
+    const NpyArray l = logits_of(pkg, tmp, w);
+    const size_t V = l.shape[1];
+    for (size_t i = 0; i + 1 < ctx; ++i) {
+      const double* r = &l.values[i * V];
+      const double mx = *std::max_element(r, r + V);
+      double s = 0;
+      for (size_t v = 0; v < V; ++v) s += std::exp(r[v] - mx);
+      nll += mx + std::log(s) - r[size_t(w[i + 1])];
+      ++*scored;
+    }
+  }
+  return std::exp(nll / double(*scored));
+}
+
+TEST(PerplexityCommand, EqualsExpMeanNllFromLogits) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const std::string text = "In the beginning God created the heaven and the earth.";  // 55 bytes
+  std::ofstream(tmp / "t.txt") << text;
+  const CommandResult r = run_moeflux(
+      {"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "16", "--json", tmp / "p.json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  size_t scored = 0;
+  const double ref = reference_ppl(pkg, tmp, bytes_of(text), 16, &scored);
+  EXPECT_EQ(scored, 45u);  // 3 full windows of 16 (the last 7 bytes dropped), 15 predictions each
+  const auto j = nlohmann::json::parse(read_text(tmp / "p.json"));
+  EXPECT_NEAR(j.at("ppl").get<double>(), ref, 1e-6 * ref);
+  EXPECT_NEAR(j.at("nll").get<double>(), std::log(ref), 1e-6);
+  EXPECT_EQ(j.at("n_tokens"), 45);
+  EXPECT_EQ(j.at("n_windows"), 3);
+  EXPECT_EQ(j.at("ctx"), 16);
+  char line[128];
+  std::snprintf(line, sizeof line, "ppl = %.6f (45 tokens, 3 windows)\n",
+                j.at("ppl").get<double>());
+  EXPECT_EQ(r.out, line);
+  EXPECT_NE(r.err.find("window 3/3"), std::string::npos) << r.err;
+
+  // A file shorter than --ctx is one window.
+  std::ofstream(tmp / "short.txt") << "Let there be";
+  const CommandResult s =
+      run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "short.txt", "--json", tmp / "s.json"});
+  ASSERT_EQ(s.exit_code, 0) << s.err;
+  const double ref_short = reference_ppl(pkg, tmp, bytes_of("Let there be"), 12, &scored);
+  const auto js = nlohmann::json::parse(read_text(tmp / "s.json"));
+  EXPECT_NEAR(js.at("ppl").get<double>(), ref_short, 1e-6 * ref_short);
+  EXPECT_EQ(js.at("n_tokens"), 11);
+}
+
+TEST(PerplexityCommand, BadInput) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "nope.txt"}),
+                       "-f: cannot read " + tmp / "nope.txt");
+  expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp.path().string()}),
+                       "-f: cannot read");
+  std::ofstream(tmp / "one.txt") << "x";
+  expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "one.txt"}),
+                       "needs at least 2");
+  std::ofstream(tmp / "t.txt") << "some text";
+  expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "65"}),
+                       "--ctx 65 exceeds the model's context of 64");
+}
+
+// --- chat --------------------------------------------------------------------------------------
+
+TEST(ChatCommand, ScriptedConversation) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const CommandResult r = run_with({"chat", "-m", pkg, "--temp", "0", "-n", "6"}, "",
+                                   "Hello\n\n/clear\nHello\n/nonsense\n/quit\nnot read\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // Greedy from a cleared state: the two replies are equal, each followed by a newline.
+  ASSERT_EQ(r.out.size() % 2, 0u);
+  const std::string reply = r.out.substr(0, r.out.size() / 2);
+  ASSERT_FALSE(reply.empty());
+  EXPECT_EQ(reply.back(), '\n');
+  EXPECT_EQ(r.out, reply + reply);
+  EXPECT_NE(r.err.find("[chat] cleared"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("unknown command /nonsense"), std::string::npos) << r.err;
+  // End of input ends the chat too.
+  EXPECT_EQ(run_with({"chat", "-m", pkg, "-n", "2"}, "", "Hi\n").exit_code, 0);
+  // A turn that does not fit is refused, and the conversation goes on.
+  const CommandResult big =
+      run_with({"chat", "-m", pkg, "-n", "2"}, "", std::string(80, 'a') + "\nHi\n");
+  EXPECT_EQ(big.exit_code, 0) << big.err;
+  EXPECT_NE(big.err.find("context of 64"), std::string::npos) << big.err;
+}
+
+// --- Generator ---------------------------------------------------------------------------------
+
+struct Loaded {
+  std::unique_ptr<Model> model;
+  Tokenizer tok;
+};
+
+Loaded load(const std::string& pkg) {
+  return {Model::open(pkg), Tokenizer::from_file(pkg + "/tokenizer/tokenizer.json")};
+}
+
+SamplerOptions greedy() {
+  SamplerOptions o;
+  o.temperature = 0;
+  return o;
+}
+
+TEST(Generator, EndTokensFromTheConfigs) {
+  TempDir tmp;
+  const std::string pkg = make_package(
+      tmp, {.generation_config = R"({"eos_token_id": [5, 300, 7], "bos_token_id": 1})"});
+  const Loaded m = load(pkg);
+  EXPECT_EQ(end_token_ids(m.model->package(), m.tok), (std::vector<int>{2, 5, 7}));
+}
+
+// Appending turns to a live session equals evaluating the whole sequence from scratch.
+TEST(Generator, NextRunContinuesTheSequence) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const Loaded m = load(pkg);
+  const std::vector<int> p1 = bytes_of("First turn. "), p2 = bytes_of("Second: ");
+  GenerateOptions go;
+  go.max_tokens = 4;  // no end tokens: always 4
+  Session s1(*m.model, EngineOptions{});
+  Generator g(s1, m.tok, greedy(), go);
+  const GenerateResult r1 = g.run(p1, nullptr);
+  ASSERT_EQ(r1.generated.size(), 4u);
+  EXPECT_EQ(g.position(), int(p1.size() + 4));  // the 4th token is pending
+  const GenerateResult r2 = g.run(p2, nullptr);
+  EXPECT_EQ(r2.prompt.front(), r1.generated.back());  // pending evaluated first
+  std::vector<int> all = p1;
+  all.insert(all.end(), r1.generated.begin(), r1.generated.end());
+  all.insert(all.end(), p2.begin(), p2.end());
+  Session s2(*m.model, EngineOptions{});
+  Generator h(s2, m.tok, greedy(), go);
+  const GenerateResult r = h.run(all, nullptr);
+  EXPECT_EQ(r.generated, r2.generated);
+  all.insert(all.end(), r2.generated.begin(), r2.generated.end());
+  EXPECT_EQ(g.sequence(), all);
+  g.clear();
+  EXPECT_EQ(g.position(), 0);
+  EXPECT_TRUE(g.sequence().empty());
+}
+
+TEST(Generator, ThinkBudgetForcesTheClosingToken) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const Loaded m = load(pkg);
+  constexpr int kOpen = 1, kClose = 3;
+  for (int budget : {0, 2, 5}) {
+    GenerateOptions go;
+    go.max_tokens = 8;
+    go.think_open_id = kOpen;
+    go.think_close_id = kClose;
+    go.think_budget = budget;
+    Session s(*m.model, EngineOptions{});
+    Generator g(s, m.tok, greedy(), go);
+    std::vector<int> prompt = bytes_of("Think: ");
+    prompt.push_back(kOpen);  // the prompt opens the thought
+    const GenerateResult r = g.run(prompt, nullptr);
+    // Inside the thought until the model closes it: the budget-th token must be the close.
+    size_t closed_at = r.generated.size();
+    for (size_t i = 0; i < r.generated.size(); ++i)
+      if (r.generated[i] == kClose || r.generated[i] == kOpen) {
+        closed_at = i;
+        break;
+      }
+    ASSERT_GT(r.generated.size(), size_t(budget)) << "budget " << budget;
+    EXPECT_EQ(closed_at, size_t(budget)) << "budget " << budget;
+    EXPECT_EQ(r.generated[size_t(budget)], kClose);
+    EXPECT_EQ(r.forced_think_close, 1);
+  }
+  // Off (< 0): nothing forced.
+  GenerateOptions go;
+  go.max_tokens = 8;
+  go.think_open_id = kOpen;
+  go.think_close_id = kClose;
+  Session s(*m.model, EngineOptions{});
+  Generator g(s, m.tok, greedy(), go);
+  EXPECT_EQ(g.run(std::vector<int>{'a', kOpen}, nullptr).forced_think_close, 0);
+}
+
+TEST(Generator, StreamedPiecesNeverShowTheStopString) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const Loaded m = load(pkg);
+  const std::vector<int> prompt = bytes_of("Stream");
+  GenerateOptions go;
+  go.max_tokens = 30;
+  std::string full;
+  {
+    Session s(*m.model, EngineOptions{});
+    full = Generator(s, m.tok, greedy(), go).run(prompt, nullptr).text;
+  }
+  ASSERT_GE(full.size(), 12u);
+  // A stop string spanning several tokens (bytes), and one that only starts to match.
+  const std::string stop = full.substr(6, 4);
+  go.stop = {stop, full.substr(2, 2) + "\x01\x01 never"};
+  Session s(*m.model, EngineOptions{});
+  Generator g(s, m.tok, greedy(), go);
+  std::vector<std::string> pieces;
+  const GenerateResult r = g.run(prompt, [&](std::string_view p) { pieces.emplace_back(p); });
+  EXPECT_EQ(r.reason, StopReason::StopString);
+  EXPECT_EQ(r.text, full.substr(0, full.find(stop)));
+  std::string joined;
+  for (const auto& p : pieces) {
+    EXPECT_FALSE(p.empty());
+    joined += p;
+  }
+  EXPECT_EQ(joined, r.text);
+}
+
+TEST(Generator, RefusesPromptsThatDoNotFitBeforeEvaluating) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const Loaded m = load(pkg);
+  Session s(*m.model, EngineOptions{});
+  GenerateOptions go;
+  go.max_tokens = 1;
+  Generator g(s, m.tok, greedy(), go);
+  EXPECT_THROW(g.run(std::vector<int>(kContext + 1, 'a'), nullptr), Error);
+  EXPECT_THROW(g.run(std::vector<int>{}, nullptr), Error);
+  EXPECT_THROW(g.run(std::vector<int>{256}, nullptr), Error);
+  EXPECT_EQ(s.position(), 0);
+  g.run(std::vector<int>(40, 'a'), nullptr);
+  EXPECT_THROW(g.check(std::vector<int>(24, 'a')), Error);  // 40 + 1 pending + 24 > 64
+  EXPECT_NO_THROW(g.check(std::vector<int>(23, 'a')));
+}
+
+// --- the bundled model -------------------------------------------------------------------------
+
+std::string bundled() {
+  return fixture_dir("../../models/moeflux-tiny-kjv");
+}
+
+TEST(BundledModel, GreedySamplesMatchTransformers) {
+  if (!fs::exists(bundled() + "/manifest.json")) GTEST_SKIP() << "no bundled model";
+  TempDir tmp;
+  const auto samples = nlohmann::json::parse(read_text(bundled() + "/samples.json"));
+  bool first = true;
+  for (const auto& s : samples.at("samples")) {
+    std::vector<std::string> args = {"run", "-p",     s.at("prompt").get<std::string>(),
+                                     "-n",  "60",     "--temp",
+                                     "0",   "--json", tmp / "s.json"};
+    if (s.at("kind") == "chat") {
+      // The sample's prompt is the rendered template of one user turn.
+      const std::string p = s.at("prompt").get<std::string>();
+      const std::string open = "<|im_start|>user\n";
+      args[2] = p.substr(open.size(), p.find("<|im_end|>") - open.size());
+      args.push_back("--chat");
+    }
+    if (!first) args.insert(args.end(), {"-m", bundled()});  // the first uses the default model
+    first = false;
+    const CommandResult r = run_with(args, "MOEFLUX_MODEL=", "");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const auto j = nlohmann::json::parse(read_text(tmp / "s.json"));
+    EXPECT_EQ(j.at("prompt_tokens"), s.at("prompt_ids")) << s.at("prompt");
+    auto expected = s.at("new_ids").get<std::vector<int>>();
+    if (s.at("kind") == "chat") {
+      ASSERT_EQ(expected.back(), 8189);  // <|im_end|>: ends the reply, not printed
+      expected.pop_back();
+      EXPECT_EQ(j.at("stop_reason"), "eos");
+    }
+    EXPECT_EQ(j.at("tokens").get<std::vector<int>>(), expected) << s.at("prompt");
+    std::string text = s.at("text").get<std::string>();
+    if (s.at("kind") == "chat") text = text.substr(0, text.find("<|im_end|>"));
+    EXPECT_EQ(r.out, text);
+  }
+}
+
+TEST(BundledModel, PerplexityMatchesTransformers) {
+  if (!fs::exists(bundled() + "/manifest.json")) GTEST_SKIP() << "no bundled model";
+  // The first 8 of the 81 held-out windows transformers scored (heldout_eval.json).
+  const auto ev = nlohmann::json::parse(read_text(bundled() + "/heldout_eval.json"));
+  const auto ids = ev.at("token_ids").get<std::vector<int>>();
+  const auto per_window = ev.at("per_window_nll").get<std::vector<double>>();
+  ASSERT_EQ(ev.at("context"), 256);
+  const size_t n = 8, ctx = 256;
+  const Tokenizer tok = Tokenizer::from_file(bundled() + "/tokenizer/tokenizer.json");
+  const std::vector<int> part(ids.begin(), ids.begin() + long(n * ctx));
+  const std::string text = tok.decode(part);
+  ASSERT_EQ(tok.encode(text), part) << "the decoded windows do not re-encode to the same ids";
+  TempDir tmp;
+  std::ofstream(tmp / "heldout.txt", std::ios::binary) << text;
+  const CommandResult r = run_moeflux(
+      {"perplexity", "-m", bundled(), "-f", tmp / "heldout.txt", "--json", tmp / "p.json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  double mean = 0;
+  for (size_t i = 0; i < n; ++i) mean += per_window[i] / double(n);
+  const auto j = nlohmann::json::parse(read_text(tmp / "p.json"));
+  EXPECT_EQ(j.at("n_windows"), n);
+  EXPECT_EQ(j.at("n_tokens"), n * (ctx - 1));
+  EXPECT_NEAR(j.at("nll").get<double>(), mean, 1e-5);  // float32 engine vs float32 transformers
+}
+
+TEST(BundledModel, ChatAndThinkBudget) {
+  if (!fs::exists(bundled() + "/manifest.json")) GTEST_SKIP() << "no bundled model";
+  const CommandResult r = run_with({"chat", "-m", bundled(), "--seed", "7", "-n", "16",
+                                    "--think-budget", "4", "--system", "Answer from scripture."},
+                                   "", "Blessed are the meek\nAnd the merciful\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("chatml format"), std::string::npos) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n') >= 2, true) << r.out;
+}
+
+}  // namespace
+}  // namespace moeflux::test

@@ -1,0 +1,147 @@
+// moeflux chat: an interactive conversation (GNU readline: line editing and history).
+//
+// The session keeps its state across turns: each turn evaluates only the new tokens (the end of
+// the previous reply, the user's turn and the generation prompt; ChatFormat::continue_after_reply).
+// Commands: /clear (new conversation), /quit; end of input (Ctrl-D) exits. When standard input
+// is not a terminal, lines are read plainly (no prompt, no echo), so a script can drive it.
+#include <readline/history.h>
+#include <readline/readline.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+#include "engine_options.hpp"
+#include "text_model.hpp"
+
+namespace moeflux::tool {
+
+namespace {
+
+// One line of input without its newline; nullopt at end of input.
+std::optional<std::string> read_line(bool interactive) {
+  if (interactive) {
+    char* l = ::readline("> ");
+    if (!l) return std::nullopt;
+    std::string s(l);
+    std::free(l);
+    return s;
+  }
+  std::string s;
+  if (!std::getline(std::cin, s)) return std::nullopt;
+  return s;
+}
+
+std::string trim(const std::string& s) {
+  const size_t b = s.find_first_not_of(" \t\r\n");
+  if (b == std::string::npos) return "";
+  return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+Runner add_chat(CLI::App& app) {
+  auto* cmd = app.add_subcommand("chat", "Interactive chat with the model's chat template");
+  struct Args {
+    std::string model, system;
+    int n = 4096;
+    std::vector<std::string> stop;
+    bool no_think = false;
+    int think_budget = -1;
+    EngineArgs engine;
+    SamplerArgs sampling;
+  };
+  auto a = std::make_shared<Args>();
+  cmd->add_option("-m,--model", a->model,
+                  "Package directory (default: $MOEFLUX_MODEL, else the bundled model)");
+  cmd->add_option("--system", a->system, "System message");
+  cmd->add_option("-n,--n-predict", a->n, "Tokens per reply at most (default 4096)")
+      ->check(CLI::Range(1, 1 << 30));
+  cmd->add_option("--stop", a->stop, "End a reply when its text contains this string (repeatable)");
+  cmd->add_flag("--no-think", a->no_think, "Answer without a thinking block");
+  cmd->add_option("--think-budget", a->think_budget,
+                  "Force </think> after N tokens of thinking (default: no limit)")
+      ->check(CLI::Range(0, 1 << 30));
+  add_sampler_options(cmd, &a->sampling);
+  add_engine_options(cmd, &a->engine);
+  return [a] {
+    const EngineOptions engine = a->engine.to_options();
+    const TextModel tm = TextModel::open(a->model);
+    const SamplerOptions sampling = a->sampling.resolve(tm);
+    const std::unique_ptr<ChatFormat> chat = tm.chat_format();
+    Session session(*tm.model, engine);
+    Generator gen(session, *tm.tokenizer, sampling,
+                  tm.generate_options(a->n, a->stop, a->think_budget, chat.get()));
+    ChatOptions co;
+    if (a->no_think) co.enable_thinking = false;
+    const bool interactive = ::isatty(STDIN_FILENO);
+    std::fprintf(stderr,
+                 "[chat] %s (%s format, context %d, seed %llu): /clear starts over, /quit or "
+                 "Ctrl-D exits\n",
+                 tm.dir.c_str(), std::string(chat->name()).c_str(),
+                 tm.model->config().max_position_embeddings,
+                 static_cast<unsigned long long>(sampling.seed));
+    bool fresh = true;  // nothing evaluated since the start or /clear
+    while (auto raw = read_line(interactive)) {
+      const std::string line = trim(*raw);
+      if (line.empty()) continue;
+      if (interactive) ::add_history(raw->c_str());
+      if (line == "/quit" || line == "/exit") break;
+      if (line == "/clear") {
+        gen.clear();
+        fresh = true;
+        std::fprintf(stderr, "[chat] cleared\n");
+        continue;
+      }
+      if (line[0] == '/' && line.find(' ') == std::string::npos) {
+        std::fprintf(stderr, "[chat] unknown command %s (/clear, /quit)\n", line.c_str());
+        continue;
+      }
+      const ChatMessage user{"user", *raw, {}};
+      std::string text;
+      if (fresh) {
+        std::vector<ChatMessage> messages;
+        if (!a->system.empty()) messages.push_back({"system", a->system, {}});
+        messages.push_back(user);
+        text = chat->render(messages, co);
+      } else {
+        text = chat->continue_after_reply(std::span(&user, 1), co, /*reply_closed=*/false);
+      }
+      const std::vector<int> ids = tm.tokenizer->encode(text);
+      try {
+        gen.check(ids);  // nothing evaluated yet: the conversation stays as it was
+      } catch (const Error& e) {
+        std::fprintf(stderr, "[chat] %s; /clear starts a new conversation\n", e.what());
+        continue;
+      }
+      GenerateResult r;
+      try {
+        r = gen.run(ids, [](std::string_view s) {
+          std::fwrite(s.data(), 1, s.size(), stdout);
+          std::fflush(stdout);
+        });
+      } catch (const Error& e) {
+        // Failed while evaluating: the state is unknown, so the conversation starts over.
+        gen.clear();
+        fresh = true;
+        std::fprintf(stderr, "\n[chat] error: %s; the conversation was cleared\n", e.what());
+        continue;
+      }
+      fresh = false;
+      std::fputc('\n', stdout);
+      std::fflush(stdout);
+      std::fprintf(
+          stderr, "[chat] %zu tokens, %.2f tok/s (%s); context %d/%d\n", r.generated.size(),
+          r.generate_seconds > 0 ? double(r.generated.size()) / r.generate_seconds : 0.0,
+          stop_reason_name(r.reason), gen.position(), tm.model->config().max_position_embeddings);
+    }
+    return 0;
+  };
+}
+
+const CommandRegistration registration(45, add_chat);
+
+}  // namespace
+
+}  // namespace moeflux::tool

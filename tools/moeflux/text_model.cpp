@@ -1,0 +1,235 @@
+#include "text_model.hpp"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+
+#include "commands.hpp"
+#include "core/error.hpp"
+
+#ifndef MOEFLUX_DEFAULT_MODEL
+#define MOEFLUX_DEFAULT_MODEL "models/moeflux-tiny-kjv"
+#endif
+
+namespace fs = std::filesystem;
+
+namespace moeflux::tool {
+
+namespace {
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(path + ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+nlohmann::json read_json(const std::string& path) {
+  try {
+    return nlohmann::json::parse(read_file(path));
+  } catch (const nlohmann::json::exception& e) {
+    fail(path + ": invalid JSON (" + e.what() + ")");
+  }
+}
+
+// The path of a package's tokenizer file `name` if the manifest lists it, else "".
+std::string tokenizer_file(const Package& pkg, const std::string& name) {
+  for (const auto& f : pkg.manifest().tokenizer_files)
+    if (fs::path(f).filename() == name) return (fs::path(pkg.dir()) / f).string();
+  return "";
+}
+
+// The Jinja chat template text of a package, "" if none.
+std::string chat_template_text(const Package& pkg) {
+  if (auto p = tokenizer_file(pkg, "chat_template.jinja"); !p.empty()) return read_file(p);
+  if (auto p = tokenizer_file(pkg, "chat_template.json"); !p.empty()) {
+    const auto j = read_json(p);
+    if (j.is_object() && j.contains("chat_template") && j.at("chat_template").is_string())
+      return j.at("chat_template").get<std::string>();
+  }
+  if (auto p = tokenizer_file(pkg, "tokenizer_config.json"); !p.empty()) {
+    const auto j = read_json(p);
+    if (j.is_object() && j.contains("chat_template")) {
+      const auto& t = j.at("chat_template");
+      if (t.is_string()) return t.get<std::string>();
+      // A list of named templates: the one called "default".
+      if (t.is_array())
+        for (const auto& e : t)
+          if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
+              e.at("template").is_string())
+            return e.at("template").get<std::string>();
+    }
+  }
+  return "";
+}
+
+}  // namespace
+
+std::string resolve_model_dir(const std::string& arg) {
+  if (!arg.empty()) return arg;
+  if (const char* env = std::getenv("MOEFLUX_MODEL"); env && *env) return env;
+  const std::string bundled = MOEFLUX_DEFAULT_MODEL;
+  if (!fs::exists(fs::path(bundled) / kManifestName))
+    fail("no model given and the bundled model at " + bundled +
+         " is missing (pass -m PKG or set MOEFLUX_MODEL)");
+  return bundled;
+}
+
+TextModel TextModel::open(const std::string& model_arg) {
+  TextModel t;
+  t.dir = resolve_model_dir(model_arg);
+  t.model = Model::open(t.dir);
+  const Package& pkg = t.model->package();
+  const std::string tok = tokenizer_file(pkg, "tokenizer.json");
+  if (tok.empty())
+    fail(t.dir + ": the package has no tokenizer (tokenizer/tokenizer.json); convert it from a " +
+         "checkpoint directory that holds tokenizer.json");
+  t.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tok));
+  t.end_tokens = end_token_ids(pkg, *t.tokenizer);
+  if (auto g = tokenizer_file(pkg, "generation_config.json"); !g.empty())
+    t.generation_config = read_json(g);
+  return t;
+}
+
+std::unique_ptr<ChatFormat> TextModel::chat_format() const {
+  const std::string text = chat_template_text(model->package());
+  if (!text.empty()) {
+    try {
+      return chat_format_for_template(text);
+    } catch (const Error& e) {
+      fail(dir + ": " + e.what());
+    }
+  }
+  if (tokenizer->token_id("<|im_start|>")) return chat_format_by_name("chatml");
+  fail(dir + ": the package has no chat template (tokenizer_config.json chat_template or " +
+       "chat_template.jinja) and no <|im_start|> token");
+}
+
+GenerateOptions TextModel::generate_options(int max_tokens, std::vector<std::string> stop,
+                                            int think_budget, const ChatFormat* chat) const {
+  GenerateOptions g;
+  g.max_tokens = max_tokens;
+  g.end_tokens = end_tokens;
+  g.stop = std::move(stop);
+  g.think_budget = think_budget;
+  const std::string open =
+      chat && !chat->think_open().empty() ? std::string(chat->think_open()) : "<think>";
+  const std::string close =
+      chat && !chat->think_close().empty() ? std::string(chat->think_close()) : "</think>";
+  g.think_open_id = tokenizer->token_id(open);
+  g.think_close_id = tokenizer->token_id(close);
+  if (think_budget >= 0 && !(g.think_open_id && g.think_close_id))
+    fail("--think-budget: the model's vocabulary has no " + open + " / " + close + " tokens");
+  return g;
+}
+
+SamplerOptions SamplerArgs::resolve(const TextModel& tm) const {
+  SamplerOptions o = opts;
+  const nlohmann::json& g = tm.generation_config;
+  // A recommendation of the model's generation_config.json, if the command line did not say.
+  auto from_config = [&](CLI::Option* given, const char* key, auto& field) {
+    if ((given && given->count() > 0) || !g.is_object() || !g.contains(key)) return;
+    if (g.at(key).is_number()) field = g.at(key).get<std::decay_t<decltype(field)>>();
+  };
+  from_config(temp, "temperature", o.temperature);
+  from_config(top_k, "top_k", o.top_k);
+  from_config(top_p, "top_p", o.top_p);
+  from_config(min_p, "min_p", o.min_p);
+  from_config(repeat, "repetition_penalty", o.repetition_penalty);
+  // do_sample false: greedy decoding (transformers' rule), unless --temp asks otherwise.
+  if (!(temp && temp->count() > 0) && g.is_object() && g.contains("do_sample") &&
+      g.at("do_sample").is_boolean() && !g.at("do_sample").get<bool>())
+    o.temperature = 0;
+  o.seed = seed ? *seed : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
+  o.validate();
+  return o;
+}
+
+void add_sampler_options(CLI::App* cmd, SamplerArgs* a) {
+  const SamplerOptions d;
+  auto def = [](double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", v);
+    return std::string(buf);
+  };
+  a->temp = cmd->add_option(
+      "--temp", a->opts.temperature,
+      "Temperature; 0 = greedy (default: generation_config.json, else " + def(d.temperature) + ")");
+  cmd->add_option("--top-k", a->opts.top_k,
+                  "Keep the k most likely tokens; 0 = off (default: generation_config.json, else " +
+                      std::to_string(d.top_k) + ")");
+  cmd->add_option("--top-p", a->opts.top_p,
+                  "Nucleus: smallest set with this probability mass; 1 = off (default: "
+                  "generation_config.json, else " +
+                      def(d.top_p) + ")");
+  a->min_p =
+      cmd->add_option("--min-p", a->opts.min_p,
+                      "Drop tokens below this fraction of the top probability; 0 = off (default: "
+                      "generation_config.json, else " +
+                          def(d.min_p) + ")");
+  a->repeat =
+      cmd->add_option("--repeat-penalty", a->opts.repetition_penalty,
+                      "Repetition penalty over seen tokens (HF semantics); 1 = off (default: "
+                      "generation_config.json, else 1)");
+  cmd->add_option("--repeat-last-n", a->opts.penalty_last_n,
+                  "Penalties look at the last N tokens; 0 = the whole sequence (default 0)");
+  cmd->add_option("--presence-penalty", a->opts.presence_penalty,
+                  "Subtracted from each seen token's logit; 0 = off (default 0)");
+  cmd->add_option("--seed", a->seed,
+                  "Random seed: same seed, same text (default: random, reported)");
+}
+
+void write_text_file(const std::string& path, const std::string& text, const std::string& what) {
+  const std::string tmp = path + ".partial-" + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail(what + ": cannot write " + path);
+    out << text;
+    out.close();
+    if (!out) {
+      std::error_code ec;
+      fs::remove(tmp, ec);
+      fail(what + ": cannot write " + path);
+    }
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) {
+    fs::remove(tmp, ec);
+    fail(what + ": cannot write " + path);
+  }
+}
+
+std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes) {
+  const double n_prompt = double(r.prompt.size()), n_gen = double(r.generated.size());
+  const double mib = 1024.0 * 1024.0;
+  const ModelConfig& c = s.model().config();
+  // Bytes per decoded token (one forward): the resident weights once, K expert records per MoE
+  // layer (from the RAM cache or storage); storage = expert bytes read / decode forwards.
+  const double requested = double(s.active_experts()) * c.num_moe_layers() *
+                           double(s.model().package().manifest().experts.record_bytes);
+  const double storage =
+      r.decode_evals > 0 ? double(r.generate_expert_bytes) / double(r.decode_evals) : 0.0;
+  char buf[640];
+  std::snprintf(
+      buf, sizeof buf,
+      "prompt %.0f tok in %.3f s (%.1f tok/s) | generated %.0f tok in %.3f s (%.2f tok/s, "
+      "%s) | per token: resident %.2f MiB, experts %.2f MiB (K=%d), %.2f MiB read from "
+      "storage at %.2f GB/s",
+      n_prompt, r.prompt_seconds, r.prompt_seconds > 0 ? n_prompt / r.prompt_seconds : 0.0, n_gen,
+      r.generate_seconds, r.generate_seconds > 0 ? n_gen / r.generate_seconds : 0.0,
+      stop_reason_name(r.reason), double(resident_bytes) / mib, requested / mib, s.active_experts(),
+      storage / mib,
+      r.generate_read_seconds > 0 ? double(r.generate_expert_bytes) / r.generate_read_seconds / 1e9
+                                  : 0.0);
+  return buf;
+}
+
+}  // namespace moeflux::tool

@@ -1,0 +1,68 @@
+// What the text commands (run, chat, perplexity) share: which package to open when -m is
+// omitted, the package's tokenizer, end tokens and chat format, and the sampling options.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "runtime/generate.hpp"
+#include "runtime/session.hpp"
+#include "sample/sampler.hpp"
+#include "text/chat_format.hpp"
+#include "text/tokenizer.hpp"
+
+namespace moeflux::tool {
+
+// The package directory: `arg` (-m) if given, else $MOEFLUX_MODEL, else the bundled model
+// (MOEFLUX_DEFAULT_MODEL, set at build time). Throws moeflux::Error if the bundled model is
+// needed and missing.
+std::string resolve_model_dir(const std::string& arg);
+
+// A package opened for text: the model, its tokenizer (PKG/tokenizer/tokenizer.json) and end
+// tokens. Throws moeflux::Error for a package without a tokenizer.
+struct TextModel {
+  std::string dir;
+  std::unique_ptr<Model> model;
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int> end_tokens;
+  nlohmann::json generation_config;  // tokenizer/generation_config.json, {} if absent
+
+  static TextModel open(const std::string& model_arg);
+
+  // The chat format of the package's template (tokenizer_config.json "chat_template" or
+  // chat_template.jinja); without a template, ChatML if the vocabulary has <|im_start|>.
+  // Throws moeflux::Error when there is none.
+  std::unique_ptr<ChatFormat> chat_format() const;
+
+  // Generation options with the package's end tokens and, for a format with thinking, the
+  // <think> / </think> ids (think_budget >= 0 needs them: error otherwise).
+  GenerateOptions generate_options(int max_tokens, std::vector<std::string> stop, int think_budget,
+                                   const ChatFormat* chat) const;
+};
+
+// --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n --presence-penalty --seed.
+// Precedence: the command line, then the package's generation_config.json (do_sample,
+// temperature, top_k, top_p, min_p, repetition_penalty: what the model's authors recommend),
+// then SamplerOptions' defaults.
+struct SamplerArgs {
+  SamplerOptions opts;
+  std::optional<uint64_t> seed;  // unset: a random seed (reported, so the run can be repeated)
+  CLI::Option *temp = nullptr, *top_k = nullptr, *top_p = nullptr, *min_p = nullptr,
+              *repeat = nullptr;
+
+  // Validated options with the seed filled in; `tm` supplies generation_config.json.
+  SamplerOptions resolve(const TextModel& tm) const;
+};
+void add_sampler_options(CLI::App* cmd, SamplerArgs* args);
+
+// Writes `text` to `path` atomically (temp file + rename). Throws moeflux::Error naming `what`.
+void write_text_file(const std::string& path, const std::string& text, const std::string& what);
+
+// The bytes-per-token model of a generation: one line (no newline) for the summary.
+std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes);
+
+}  // namespace moeflux::tool
