@@ -185,7 +185,10 @@ double cached_fraction(const std::vector<int>& fds, const std::vector<uint64_t>&
 
 std::string gib(double b) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(uint64_t{1} << 30));
+  if (b >= double(uint64_t{1} << 30))
+    std::snprintf(buf, sizeof buf, "%.2f GiB", b / double(uint64_t{1} << 30));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f MiB", b / double(uint64_t{1} << 20));
   return buf;
 }
 

@@ -53,10 +53,12 @@ OutFile::OutFile(const std::string& path, bool direct) : path_(path) {
   }
   if (fd_ < 0) fd_ = ::open(path.c_str(), flags, 0644);
   if (fd_ < 0) throw_errno(path);
-  if (direct_) staging_ = AlignedBuffer(kStagingBytes, kExpertAlignment);
+  if (direct_)
+    for (AlignedBuffer& b : staging_) b = AlignedBuffer(kStagingBytes, kExpertAlignment);
 }
 
 OutFile::~OutFile() {
+  if (inflight_.valid()) inflight_.wait();  // never let a write outlive the descriptor
   if (fd_ >= 0) ::close(fd_);
 }
 
@@ -82,15 +84,24 @@ void OutFile::write_at(const uint8_t* p, size_t n, uint64_t at) {
   }
 }
 
+void OutFile::wait_inflight() {
+  if (inflight_.valid()) inflight_.get();
+}
+
 void OutFile::flush_staging() {
   MF_ASSERT(staged_ % kExpertAlignment == 0);
-  write_at(staging_.data(), staged_, offset_ - staged_);
+  wait_inflight();  // the other buffer is free again
+  const uint8_t* p = staging_[which_].data();
+  const size_t n = staged_;
+  const uint64_t at = offset_ - staged_;
+  inflight_ = std::async(std::launch::async, [this, p, n, at] { write_at(p, n, at); });
+  which_ ^= 1;
   staged_ = 0;
 }
 
 void OutFile::write(const void* p, size_t n) {
   const auto* b = static_cast<const uint8_t*>(p);
-  if (staging_.size() == 0) {  // buffered
+  if (staging_[0].size() == 0) {  // buffered
     write_at(b, n, offset_);
     offset_ += n;
     return;
@@ -101,19 +112,21 @@ void OutFile::write(const void* p, size_t n) {
     if (staged_ == 0 && reinterpret_cast<uintptr_t>(b) % kExpertAlignment == 0 &&
         n >= kExpertAlignment) {
       const size_t m = n / kExpertAlignment * kExpertAlignment;
+      wait_inflight();  // one write at a time (write_at may switch the descriptor's mode)
       write_at(b, m, offset_);
       b += m;
       n -= m;
       offset_ += m;
       continue;
     }
-    const size_t m = std::min(n, staging_.size() - staged_);
-    std::memcpy(staging_.data() + staged_, b, m);
+    AlignedBuffer& stage = staging_[which_];
+    const size_t m = std::min(n, stage.size() - staged_);
+    std::memcpy(stage.data() + staged_, b, m);
     staged_ += m;
     offset_ += m;
     b += m;
     n -= m;
-    if (staged_ == staging_.size()) flush_staging();
+    if (staged_ == stage.size()) flush_staging();
   }
 }
 
@@ -124,7 +137,7 @@ void OutFile::pad_to(size_t alignment) {
 }
 
 void OutFile::start_writeback() {
-  if (staging_.size() != 0 || offset_ == writeback_from_) return;
+  if (staging_[0].size() != 0 || offset_ == writeback_from_) return;
 #ifdef SYNC_FILE_RANGE_WRITE
   // Advisory: a file system without support only loses the early start.
   (void)::sync_file_range(fd_, static_cast<off_t>(writeback_from_),
@@ -136,14 +149,16 @@ void OutFile::start_writeback() {
 void OutFile::close() {
   if (staged_ > 0) {  // the tail: padded to a whole block, then the padding truncated away
     const size_t padded = (staged_ + kExpertAlignment - 1) / kExpertAlignment * kExpertAlignment;
-    std::memset(staging_.data() + staged_, 0, padded - staged_);
+    std::memset(staging_[which_].data() + staged_, 0, padded - staged_);
     const uint64_t end = offset_;
     offset_ += padded - staged_;
     staged_ = padded;
     flush_staging();
+    wait_inflight();
     offset_ = end;
     if (::ftruncate(fd_, static_cast<off_t>(end)) != 0) throw_errno(path_ + ": truncate");
   }
+  wait_inflight();
   if (::fsync(fd_) != 0) throw_errno(path_ + ": fsync");
   if (::close(std::exchange(fd_, -1)) != 0) throw_errno(path_ + ": close");
 }

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <future>
 #include <memory>
 #include <span>
 #include <string>
@@ -33,10 +34,12 @@ namespace moeflux {
 // Direct mode writes with O_DIRECT (no copy into the page cache, which on some machines costs
 // more CPU than generating the data, and no page-cache pollution by files of hundreds of GB):
 // 4096-aligned writes from 4096-aligned memory go straight to the device, anything else is
-// gathered in an aligned staging buffer. Invariant: the staging buffer always starts at a
-// 4096-aligned file offset; close() writes its tail padded to 4096 and truncates the padding
-// away, so the file's bytes are exactly those written, as in buffered mode. A file system that
-// refuses O_DIRECT (tmpfs: EINVAL) gets buffered writes instead.
+// gathered in two aligned staging buffers (one is filled while the other is written by a flusher
+// thread, so the device never waits on the copy). Invariant: the buffer being filled always
+// starts at a 4096-aligned file offset, and at most one write is in flight; close() writes its tail
+// padded to 4096 and truncates the padding away, so the file's bytes are exactly those written, as
+// in buffered mode. A file system that refuses O_DIRECT (tmpfs: EINVAL) gets buffered writes
+// instead.
 class OutFile {
  public:
   explicit OutFile(const std::string& path, bool direct = false);
@@ -58,22 +61,28 @@ class OutFile {
 
  private:
   void write_at(const uint8_t* p, size_t n, uint64_t at);  // all of it, at file offset `at`
-  void flush_staging();                                    // staging_ holds a multiple of 4096
+  // Starts writing the current staging buffer (a multiple of 4096 bytes) on a flusher thread
+  // and switches to the other one, so copying in overlaps the device write.
+  void flush_staging();
+  void wait_inflight();  // the flusher's write done; rethrows its error
 
   std::string path_;
   int fd_ = -1;
   uint64_t offset_ = 0;          // bytes written so far (staged ones included)
   uint64_t writeback_from_ = 0;  // buffered: bytes before this have had write-back started
   bool direct_ = false;
-  AlignedBuffer staging_;  // direct mode only
-  size_t staged_ = 0;      // bytes in staging_; they start at file offset offset_ - staged_
+  AlignedBuffer staging_[2];  // direct mode only; staging_[which_] is being filled
+  int which_ = 0;
+  size_t staged_ = 0;  // bytes in staging_[which_]; they start at file offset offset_ - staged_
+  std::future<void> inflight_;  // the flusher's write of the other buffer
 };
 
 class PackageWriter {
  public:
   // Refuses an existing out_dir unless `force` ("<out_dir>: already exists (pass --force to
-  // replace it)"); creates the partial directory (and missing parents). Throws moeflux::Error,
-  // or std::filesystem::filesystem_error from the file system (callers add their context).
+  // replace it)"); creates the partial directory (and missing parents). Every method throws
+  // moeflux::Error, or std::filesystem::filesystem_error from the file system (callers add
+  // their context); after any exception the writer is only good for destruction.
   PackageWriter(const std::string& out_dir, bool force);
   ~PackageWriter();  // removes the partial directory unless finish() succeeded
   PackageWriter(const PackageWriter&) = delete;
