@@ -8,6 +8,7 @@
 #include "backend/cpu/quantize.hpp"
 #include "convert/source_checkpoint.hpp"
 #include "core/error.hpp"
+#include "core/human_bytes.hpp"
 #include "core/thread_pool.hpp"
 #include "formats/package.hpp"
 #include "formats/package_writer.hpp"
@@ -51,18 +52,6 @@ void write_matrix(const MatrixView& src, QuantFormat fmt, uint8_t* out) {
   }
 }
 
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.1f %s" : "%.0f %s", b, units[u]);
-  return buf;
-}
-
 class Converter {
  public:
   Converter(const SourceCheckpoint& src, PackageWriter& out, const ConvertOptions& opts)
@@ -98,7 +87,7 @@ class Converter {
         const double sec =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         std::fprintf(stderr, "\r[convert] experts: layer %d/%d  %s written  %.0f MB/s   ", l + 1,
-                     c.num_layers, human_bytes(double(s.expert_bytes)).c_str(),
+                     c.num_layers, human_bytes(double(s.expert_bytes), 1).c_str(),
                      s.expert_bytes / 1e6 / std::max(sec, 1e-9));
         std::fflush(stderr);
       }

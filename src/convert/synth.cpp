@@ -11,6 +11,7 @@
 
 #include "backend/cpu/quantize.hpp"
 #include "core/error.hpp"
+#include "core/human_bytes.hpp"
 #include "core/thread_pool.hpp"
 #include "formats/package.hpp"
 #include "formats/package_writer.hpp"
@@ -436,18 +437,6 @@ void write_resident(PackageWriter& out, ThreadPool& pool, const ModelConfig& c,
 
 // ---------------------------------------------------------------------------------------------
 // Progress.
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", b, units[u]);
-  return buf;
-}
 
 class Progress {
  public:

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
+
+#include "core/human_bytes.hpp"
 #include <functional>
 #include <string>
 #include <vector>
@@ -26,6 +28,6 @@ std::vector<RegisteredCommand>& command_registry();
 
 // "1,2,3" -> {1,2,3}; throws moeflux::Error naming `what` on a malformed list.
 std::vector<int> parse_int_list(const std::string& s, const std::string& what);
-std::string human_bytes(double bytes);
+using moeflux::human_bytes;
 
 }  // namespace moeflux::tool

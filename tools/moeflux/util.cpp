@@ -3,6 +3,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "core/human_bytes.hpp"
 
 namespace moeflux::tool {
 
@@ -36,18 +37,6 @@ std::vector<int> parse_int_list(const std::string& s, const std::string& what) {
   }
   if (out.empty()) fail(what + ": empty list");
   return out;
-}
-
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) {
-    b /= 1024;
-    ++u;
-  }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, u ? "%.2f %s" : "%.0f %s", b, units[u]);
-  return buf;
 }
 
 }  // namespace moeflux::tool
