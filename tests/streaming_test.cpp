@@ -8,52 +8,12 @@
 #include "core/error.hpp"
 #include "experts/fault_injecting_reader.hpp"
 #include "runtime/session.hpp"
-#include "test_util.hpp"
+#include "streaming_fixture.hpp"
 
 namespace moeflux::test {
 namespace {
 
-class Streaming : public testing::TestWithParam<std::string> {
- protected:
-  void SetUp() override {
-    const CommandResult r = run_moeflux({"convert", fixture_dir(GetParam()) + "/hf", tmp_ / "pkg", "-q"});
-    ASSERT_EQ(r.exit_code, 0) << r.err;
-    model_ = Model::open(tmp_ / "pkg");
-    tokens_ = fixture_tokens(GetParam());
-    // Repeat the prompt so that later tokens meet cached and prefetched experts.
-    const auto first = tokens_;
-    tokens_.insert(tokens_.end(), first.begin(), first.end());
-  }
-
-  // Logits of every position: token by token (the decode path, where prefetch runs) or chunked.
-  std::vector<float> logits(EngineOptions o, size_t chunk) {
-    o.threads = 2;
-    o.prefill_chunk = chunk;
-    Session s(*model_, o);
-    std::vector<float> all;
-    s.eval_prompt(tokens_, &all);
-    const LayerStreamStats t = s.streamer().stats().total();
-    EXPECT_EQ(t.requests, t.ram_hits + t.prefetch_hits + t.misses);
-    if (o.stream.ram_cache_bytes == 0 && o.stream.prefetch == PrefetchMode::None) {
-      EXPECT_EQ(t.ram_hits, 0u) << "no cache, yet cache hits";
-    }
-    return all;
-  }
-
-  size_t all_experts_bytes() const {
-    const auto& m = model_->package().manifest();
-    return m.experts.record_bytes * model_->config().num_experts * model_->config().num_moe_layers();
-  }
-
-  TempDir tmp_;
-  std::unique_ptr<Model> model_;
-  std::vector<int> tokens_;
-};
-
-void expect_identical(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * sizeof(float)), 0) << what << " changed the logits";
-}
+using Streaming = StreamingFixture;
 
 TEST_P(Streaming, ResultsDoNotDependOnCachingOrPrefetch) {
   const size_t rec = model_->package().manifest().experts.record_bytes;
@@ -65,7 +25,8 @@ TEST_P(Streaming, ResultsDoNotDependOnCachingOrPrefetch) {
         EngineOptions o;
         o.stream.ram_cache_bytes = budget;
         o.stream.policy = policy;
-        expect_identical(ref, logits(o, chunk), std::string("cache ") + std::to_string(budget) + " " + policy);
+        expect_identical(ref, logits(o, chunk),
+                         std::string("cache ") + std::to_string(budget) + " " + policy);
       }
     }
     EngineOptions hot;
@@ -77,7 +38,8 @@ TEST_P(Streaming, ResultsDoNotDependOnCachingOrPrefetch) {
         EngineOptions o;
         o.stream.prefetch = mode;
         o.stream.ram_cache_bytes = budget;
-        expect_identical(ref, logits(o, chunk), std::string("prefetch ") + prefetch_mode_name(mode));
+        expect_identical(ref, logits(o, chunk),
+                         std::string("prefetch ") + prefetch_mode_name(mode));
       }
     }
     for (auto backend : {IoBackend::Threads, IoBackend::IoUring}) {
@@ -87,14 +49,16 @@ TEST_P(Streaming, ResultsDoNotDependOnCachingOrPrefetch) {
         o.stream.io.mode = mode;
         o.stream.prefetch = PrefetchMode::Both;
         try {
-          expect_identical(ref, logits(o, chunk), std::string(io_backend_name(backend)) + " " + io_mode_name(mode));
+          expect_identical(ref, logits(o, chunk),
+                           std::string(io_backend_name(backend)) + " " + io_mode_name(mode));
         } catch (const Error& e) {
           // Only an environment that refuses the mode may skip it, and it says why.
           const std::string why = e.what();
           ASSERT_TRUE(why.find("O_DIRECT not supported") != std::string::npos ||
                       why.find("io_uring unavailable") != std::string::npos)
               << why;
-          std::printf("[streaming] %s %s skipped here: %s\n", io_backend_name(backend), io_mode_name(mode), e.what());
+          std::printf("[streaming] %s %s skipped here: %s\n", io_backend_name(backend),
+                      io_mode_name(mode), e.what());
         }
       }
     }
@@ -112,7 +76,7 @@ TEST_P(Streaming, PrefetchAndCacheCountersMakeSense) {
   const LayerStreamStats t = st.total();
   const size_t moe_layers = model_->config().num_moe_layers();
   EXPECT_EQ(t.requests, tokens_.size() * moe_layers * model_->config().top_k);
-  EXPECT_GT(t.ram_hits + t.prefetch_hits, 0u);  // the prompt repeats: experts come back
+  EXPECT_GT(t.cache_hits() + t.prefetch_hits, 0u);  // the prompt repeats: experts come back
   // Everything fits: each expert is read from storage at most once.
   EXPECT_LE(st.storage_reads, static_cast<uint64_t>(model_->config().num_experts) * moe_layers);
   for (const auto& p : st.prefetch) {
@@ -138,12 +102,7 @@ TEST_P(Streaming, ReadFailureMidTokenIsAnErrorAndTheSessionRecovers) {
   Session s(*model_, o);
   const std::vector<float> clean_first = std::vector<float>(s.eval_token(tokens_[0]));
   ASSERT_NE(faults, nullptr);
-  const int last_moe = [&] {
-    int l = 0;
-    for (int i = 0; i < model_->config().num_layers; ++i)
-      if (model_->config().layer_is_moe[i]) l = i;
-    return l;
-  }();
+  const int last_moe = last_moe_layer();
   faults->fail_record(last_moe, -1, InjectedFault{InjectedFault::Fail, "disk on fire", 0});
   try {
     s.eval_token(tokens_[1]);
@@ -173,7 +132,8 @@ TEST_P(Streaming, ShortReadIsAnError) {
 TEST_P(Streaming, LayerFileTruncatedAfterOpen) {
   Session s(*model_, EngineOptions{});
   s.eval_token(tokens_[0]);
-  for (const auto& e : fs::directory_iterator(tmp_ / "pkg/experts")) fs::resize_file(e.path(), 4096);
+  for (const auto& e : fs::directory_iterator(tmp_ / "pkg/experts"))
+    fs::resize_file(e.path(), 4096);
   s.clear();
   try {
     s.eval_token(tokens_[3]);
@@ -184,7 +144,8 @@ TEST_P(Streaming, LayerFileTruncatedAfterOpen) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, Streaming, testing::Values("qwen3_moe_sharded", "qwen3_5_moe_vl"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, Streaming,
+                         testing::Values("qwen3_moe_sharded", "qwen3_5_moe_vl"));
 
 }  // namespace
 }  // namespace moeflux::test

@@ -62,11 +62,17 @@ size_t parse_byte_size(const std::string& s, const std::string& what) {
   return static_cast<size_t>(bytes);
 }
 
+uint64_t LayerStreamStats::cache_hits() const {
+  uint64_t n = 0;
+  for (uint64_t h : tier_hits) n += h;
+  return n;
+}
+
 LayerStreamStats StreamStats::total() const {
   LayerStreamStats t;
   for (const auto& l : layers) {
     t.requests += l.requests;
-    t.ram_hits += l.ram_hits;
+    for (size_t i = 0; i < kMaxCacheTiers; ++i) t.tier_hits[i] += l.tier_hits[i];
     t.prefetch_hits += l.prefetch_hits;
     t.misses += l.misses;
     t.io_wait_seconds += l.io_wait_seconds;
@@ -78,32 +84,38 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
     : opts_(opts), record_bytes_(pkg.manifest().experts.record_bytes) {
   const ModelConfig& c = pkg.config();
   MF_ASSERT(opts.max_active > 0);
-  cache_slots_ = opts.ram_cache_bytes / record_bytes_;
+  if (opts.upper_tiers.size() + 1 > kMaxCacheTiers)
+    fail("at most " + std::to_string(kMaxCacheTiers - 1) + " cache tiers above the RAM cache");
+  // Working slots: the K records one acquire pins, plus 2K for prefetches in flight.
   const size_t work = 3 * static_cast<size_t>(opts.max_active);
-  const size_t n = cache_slots_ + work;
-  reader_ = opts.reader_factory ? opts.reader_factory(pkg, opts.io) : make_expert_reader(pkg, opts.io);
-  try {
-    arena_ = AlignedBuffer(n * record_bytes_, kExpertAlignment);
-  } catch (const std::bad_alloc&) {
-    fail("--ram-cache: cannot allocate " + std::to_string(n * record_bytes_ >> 20) + " MiB for " +
-         std::to_string(n) + " expert records");
-  }
-  for (size_t i = 0; i < n; ++i) {
-    auto s = std::make_unique<Slot>();
-    s->data = arena_.data() + i * record_bytes_;
-    slots_.push_back(std::move(s));
-  }
-  index_.reserve(n * 2);
-  policy_ = make_eviction_policy(opts.policy, n);
+  auto add_tier = [&](const std::string& name, size_t budget_bytes, const std::string& policy,
+                      const TierSpec* spec) {
+    const size_t budget = budget_bytes / record_bytes_;
+    const size_t slots = budget + work;
+    const std::string what = name == "ram" ? "--ram-cache" : name + " cache tier";
+    std::unique_ptr<TierMemory> mem =
+        spec && spec->make_memory ? spec->make_memory(slots, record_bytes_)
+                                  : make_host_tier_memory(slots, record_bytes_, what.c_str());
+    tiers_.push_back(std::make_unique<CacheTier>(name, budget, work, std::move(mem), policy));
+  };
+  for (const TierSpec& t : opts.upper_tiers) add_tier(t.name, t.budget_bytes, t.policy, &t);
+  add_tier("ram", opts.ram_cache_bytes, opts.policy, nullptr);
+  for (size_t i = 1; i < tiers_.size(); ++i)
+    if (!tiers_[i]->memory().host_accessible())
+      fail("cache tier '" + tiers_[i]->name() +
+           "' is not host memory: only the fastest tier may be");
+  reader_ =
+      opts.reader_factory ? opts.reader_factory(pkg, opts.io) : make_expert_reader(pkg, opts.io);
+  spare_hot_ = [this](uint64_t k) { return is_hot(key_layer(k), key_expert(k)); };
   predicted_.resize(c.num_layers);
   use_counts_.assign(c.num_layers, std::vector<uint32_t>(c.num_experts, 0));
   hot_threshold_.assign(c.num_layers, 0);
-  stats_.layers.resize(c.num_layers);
+  reset_stats();
 }
 
 ExpertStreamer::~ExpertStreamer() {
-  // Reads in flight write into the arena: let them finish before anything is freed.
-  for (auto& s : slots_)
+  // Reads in flight write into the RAM tier: let them finish before anything is freed.
+  for (const auto& s : tiers_.back()->slots())
     if (s->read_in_flight) {
       try {
         reader_->wait(s->op);
@@ -114,29 +126,15 @@ ExpertStreamer::~ExpertStreamer() {
 }
 
 void ExpertStreamer::reset_stats() {
-  const size_t n = stats_.layers.size();
   stats_ = StreamStats{};
-  stats_.layers.resize(n);
+  stats_.layers.resize(predicted_.size());
+  stats_.tiers.resize(tiers_.size());
+  for (auto& t : tiers_) t->stats = TierStats{};
 }
 
-ExpertStreamer::Slot* ExpertStreamer::find(uint64_t key) {
-  auto it = index_.find(key);
-  return it == index_.end() ? nullptr : it->second;
-}
-
-bool ExpertStreamer::in_flight(Slot& s) {
-  if (s.read_in_flight && s.op.state.load(std::memory_order_acquire) != ReadOp::Pending)
-    s.read_in_flight = false;
-  return s.read_in_flight;
-}
-
-void ExpertStreamer::drop(Slot& s) {
-  MF_ASSERT(s.occupied && s.pins == 0 && !s.read_in_flight);
-  index_.erase(s.key);
-  policy_->on_erase(s.key);
-  s.occupied = false;
-  s.prefetched = false;
-  s.prefetch_kinds = 0;
+const StreamStats& ExpertStreamer::stats() const {
+  for (size_t i = 0; i < tiers_.size(); ++i) stats_.tiers[i] = tiers_[i]->stats;
+  return stats_;
 }
 
 bool ExpertStreamer::is_hot(int layer, int expert) const {
@@ -156,40 +154,44 @@ void ExpertStreamer::count_use(int layer, int expert) {
   }
 }
 
-ExpertStreamer::Slot* ExpertStreamer::take_slot() {
-  for (auto& s : slots_)
-    if (!s->occupied) return s.get();
-  uint64_t key = 0;
-  auto evictable = [&](uint64_t k, bool spare_hot) {
-    Slot* s = index_.at(k);
-    return s->pins == 0 && !in_flight(*s) && !(spare_hot && is_hot(key_layer(k), key_expert(k)));
-  };
-  if (!policy_->victim([&](uint64_t k) { return evictable(k, true); }, &key) &&
-      !policy_->victim([&](uint64_t k) { return evictable(k, false); }, &key))
-    return nullptr;
-  Slot* s = index_.at(key);
-  if (s->prefetched) {  // evicted before anyone used it
+int ExpertStreamer::locate(uint64_t key, TierSlot** slot) {
+  for (size_t t = 0; t < tiers_.size(); ++t)
+    if ((*slot = tiers_[t]->find(key))) return static_cast<int>(t);
+  return -1;
+}
+
+TierSlot* ExpertStreamer::take_ram_slot() {
+  CacheTier& ram = *tiers_.back();
+  auto count_waste = [this](TierSlot& s) {  // evicted before anyone used it
+    if (!s.prefetched) return;
     for (int k = 0; k < 2; ++k)
-      if (s->prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_reads;
-    s->prefetched = false;
+      if (s.prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_reads;
+  };
+  TierSlot* s;
+  while (!(s = ram.take_free(spare_hot_, count_waste))) {
+    // Every slot is pinned or loading: wait for some unpinned read to land.
+    TierSlot* busy = nullptr;
+    for (const auto& c : ram.slots())
+      if (c->occupied && c->pins == 0 && c->read_in_flight) busy = c.get();
+    MF_ASSERT(busy != nullptr);  // slots >= 3K and one acquire pins K
+    try {
+      reader_->wait(busy->op);
+    } catch (const Error&) {
+    }
+    busy->read_in_flight = false;
+    if (busy->op.state.load(std::memory_order_acquire) == ReadOp::Failed) ram.drop(*busy);
   }
-  drop(*s);
-  ++stats_.evictions;
   return s;
 }
 
-void ExpertStreamer::claim(Slot& s, int layer, int expert) {
-  const uint64_t key = expert_key(layer, expert);
-  s.key = key;
-  s.occupied = true;
+void ExpertStreamer::claim_read(TierSlot& s, int layer, int expert) {
+  tiers_.back()->insert(s, expert_key(layer, expert));
   s.op.layer = layer;
   s.op.expert = expert;
   s.op.dst = s.data;
   s.op.error.clear();
   s.op.state.store(ReadOp::Pending, std::memory_order_relaxed);
   s.read_in_flight = true;
-  index_[key] = &s;
-  policy_->on_insert(key);
 }
 
 void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchKind kind) {
@@ -198,14 +200,18 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
   stats_.prefetch[k].predictions += experts.size();
   std::vector<ReadOp*> ops;
   for (int e : experts) {
-    const uint64_t key = expert_key(layer, e);
-    if (Slot* s = find(key)) {
+    TierSlot* s = nullptr;
+    if (locate(expert_key(layer, e), &s) >= 0) {  // already cached somewhere, or on its way
       if (s->prefetched) s->prefetch_kinds |= static_cast<uint8_t>(1 << k);
       continue;
     }
-    Slot* s = take_slot();
+    s = tiers_.back()->take_free(spare_hot_, [this](TierSlot& v) {
+      if (v.prefetched)
+        for (int j = 0; j < 2; ++j)
+          if (v.prefetch_kinds & (1 << j)) ++stats_.prefetch[j].wasted_reads;
+    });
     if (!s) break;  // every slot busy: skip the rest of this prediction
-    claim(*s, layer, e);
+    claim_read(*s, layer, e);
     s->prefetched = true;
     s->prefetch_kinds = static_cast<uint8_t>(1 << k);
     ops.push_back(&s->op);
@@ -215,88 +221,115 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
   if (!ops.empty()) reader_->submit(ops);
 }
 
-void ExpertStreamer::wait_for(Slot& s, int layer) {
-  if (!in_flight(s)) {
+void ExpertStreamer::wait_for(TierSlot& s, int layer) {
+  CacheTier& ram = *tiers_.back();
+  if (!ram.loading(s)) {
     if (s.op.state.load(std::memory_order_acquire) == ReadOp::Failed) throw Error(s.op.error);
     return;
   }
   const auto t0 = std::chrono::steady_clock::now();
-  try {
-    reader_->wait(s.op);
-  } catch (...) {
+  auto account = [&] {
     s.read_in_flight = false;
     stats_.layers[layer].io_wait_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  };
+  try {
+    reader_->wait(s.op);
+  } catch (...) {
+    account();
     throw;
   }
-  s.read_in_flight = false;
-  stats_.layers[layer].io_wait_seconds +=
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  account();
 }
 
-void ExpertStreamer::acquire(int layer, std::span<const int> experts,
-                             std::vector<const uint8_t*>& out) {
-  MF_ASSERT(pinned_.empty());
-  LayerStreamStats& ls = stats_.layers[layer];
-  // Score the predictions made for this layer.
+void ExpertStreamer::score_predictions(int layer, std::span<const int> experts) {
+  CacheTier& ram = *tiers_.back();
   for (int k = 0; k < 2; ++k) {
     auto& pred = predicted_[layer][k];
     for (int e : pred) {
       const bool used = std::find(experts.begin(), experts.end(), e) != experts.end();
       if (used) {
         ++stats_.prefetch[k].correct;
-      } else if (Slot* s = find(expert_key(layer, e)); s && s->prefetched) {
+      } else if (TierSlot* s = ram.find(expert_key(layer, e)); s && s->prefetched) {
         if (s->prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_reads;
         s->prefetch_kinds &= static_cast<uint8_t>(~(1 << k));
         if (s->prefetch_kinds == 0) {
           s->prefetched = false;
           // Without a cache budget a mispredicted record is not kept (unless still loading;
           // then it lingers until evicted and may still serve a later request).
-          if (cache_slots_ == 0 && s->pins == 0 && !in_flight(*s)) drop(*s);
+          if (!ram.keeps_records() && s->pins == 0 && !ram.loading(*s)) ram.drop(*s);
         }
       }
     }
     pred.clear();
   }
+}
 
-  std::vector<Slot*> slot_of(experts.size());
+TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier) {
+  TierSlot* fastest = &src;
+  for (size_t t = src_tier; t-- > 0;) {
+    CacheTier& dst_tier = *tiers_[t];
+    if (t > 0 && !dst_tier.keeps_records()) continue;  // would be dropped at once
+    TierSlot* dst = dst_tier.take_free(spare_hot_, nullptr);
+    MF_ASSERT(dst != nullptr);  // nothing loads in an upper tier, and one acquire pins K < 3K
+    const auto t0 = std::chrono::steady_clock::now();
+    dst_tier.memory().copy_in(dst->data, src.data, record_bytes_);
+    dst_tier.stats.copy_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    dst_tier.insert(*dst, key);
+    fastest = dst;
+  }
+  return fastest;
+}
+
+void ExpertStreamer::unpin(const Pin& p) {
+  CacheTier& tier = *tiers_[p.tier];
+  TierSlot& s = *p.slot;
+  --s.pins;
+  // A tier without a budget keeps nothing for reuse (prefetched records stay until used).
+  if (!tier.keeps_records() && s.occupied && s.pins == 0 && !tier.loading(s) && !s.prefetched)
+    tier.drop(s);
+}
+
+void ExpertStreamer::acquire(int layer, std::span<const int> experts,
+                             std::vector<const uint8_t*>& out) {
+  MF_ASSERT(pinned_.empty());
+  LayerStreamStats& ls = stats_.layers[layer];
+  score_predictions(layer, experts);
+  const size_t ram_tier = tiers_.size() - 1;
+
+  // Find each record in the fastest tier that has it, or start reading it into the RAM tier.
+  std::vector<TierSlot*> found(experts.size());
+  std::vector<size_t> found_tier(experts.size());
   std::vector<ReadOp*> misses;
   for (size_t i = 0; i < experts.size(); ++i) {
     const int e = experts[i];
     const uint64_t key = expert_key(layer, e);
     count_use(layer, e);
     ++ls.requests;
-    Slot* s = find(key);
-    if (s) {
-      if (s->prefetched) {
+    TierSlot* s = nullptr;
+    const int t = locate(key, &s);
+    if (t >= 0) {
+      if (s->prefetched) {  // only RAM-tier records are ever prefetched
         ++ls.prefetch_hits;
         s->prefetched = false;
         s->prefetch_kinds = 0;
       } else {
-        ++ls.ram_hits;
+        ++ls.tier_hits[t];
       }
-      policy_->on_hit(key);
+      ++tiers_[t]->stats.hits;
+      tiers_[t]->touch(key);
+      found_tier[i] = static_cast<size_t>(t);
     } else {
-      while (!(s = take_slot())) {
-        // Every slot is pinned or loading: wait for some unpinned read to land.
-        Slot* busy = nullptr;
-        for (auto& c : slots_)
-          if (c->occupied && c->pins == 0 && c->read_in_flight) busy = c.get();
-        MF_ASSERT(busy != nullptr);  // slots >= 3K, so they cannot all be pinned
-        try {
-          reader_->wait(busy->op);
-        } catch (const Error&) {
-        }
-        busy->read_in_flight = false;
-        if (busy->op.state.load(std::memory_order_acquire) == ReadOp::Failed) drop(*busy);
-      }
-      claim(*s, layer, e);
+      s = take_ram_slot();
+      claim_read(*s, layer, e);
       misses.push_back(&s->op);
       ++ls.misses;
+      found_tier[i] = ram_tier;
     }
     ++s->pins;
-    pinned_.push_back(s);
-    slot_of[i] = s;
+    pinned_.push_back({found_tier[i], s});
+    found[i] = s;
   }
   stats_.storage_reads += misses.size();
   if (!misses.empty()) reader_->submit(misses);
@@ -304,27 +337,38 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
   out.resize(experts.size());
   try {
     for (size_t i = 0; i < experts.size(); ++i) {
-      Slot* s = slot_of[i];
-      try {
-        wait_for(*s, layer);
-      } catch (const Error&) {
-        // A failed prefetch read is retried once as a demand read; a failed demand read fails.
-        const bool was_demand = std::find(misses.begin(), misses.end(), &s->op) != misses.end();
-        if (was_demand) throw;
-        s->op.error.clear();
-        s->op.state.store(ReadOp::Pending, std::memory_order_relaxed);
-        s->read_in_flight = true;
-        ReadOp* op = &s->op;
-        reader_->submit(std::span<ReadOp* const>(&op, 1));
-        ++stats_.storage_reads;
-        wait_for(*s, layer);
+      TierSlot* s = found[i];
+      if (found_tier[i] == ram_tier) {
+        try {
+          wait_for(*s, layer);
+        } catch (const Error&) {
+          // A failed prefetch read is retried once as a demand read; a failed demand read fails.
+          const bool was_demand = std::find(misses.begin(), misses.end(), &s->op) != misses.end();
+          if (was_demand) throw;
+          s->op.error.clear();
+          s->op.state.store(ReadOp::Pending, std::memory_order_relaxed);
+          s->read_in_flight = true;
+          ReadOp* op = &s->op;
+          reader_->submit(std::span<ReadOp* const>(&op, 1));
+          ++stats_.storage_reads;
+          wait_for(*s, layer);
+        }
+      }
+      if (found_tier[i] > 0) {
+        TierSlot* top = promote(expert_key(layer, experts[i]), *s, found_tier[i]);
+        ++top->pins;
+        pinned_.push_back({0, top});
+        s = top;
       }
       out[i] = s->data;
     }
+    if (tiers_.size() > 1) tiers_.front()->memory().fence();
   } catch (...) {
     // Leave the streamer usable: wait out this call's reads, drop what failed, unpin.
-    for (Slot* s : slot_of) {
-      if (s->read_in_flight) {
+    CacheTier& ram = *tiers_.back();
+    for (size_t i = 0; i < found.size(); ++i) {
+      TierSlot* s = found[i];
+      if (found_tier[i] == ram_tier && s->read_in_flight) {
         try {
           reader_->wait(s->op);
         } catch (const Error&) {
@@ -332,21 +376,18 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
         s->read_in_flight = false;
       }
     }
-    for (Slot* s : pinned_) --s->pins;
-    for (Slot* s : pinned_)
-      if (s->occupied && s->pins == 0 && s->op.state.load() == ReadOp::Failed) drop(*s);
+    for (const Pin& p : pinned_) --p.slot->pins;
+    for (const Pin& p : pinned_)
+      if (p.tier == ram_tier && p.slot->occupied && p.slot->pins == 0 &&
+          p.slot->op.state.load() == ReadOp::Failed)
+        ram.drop(*p.slot);
     pinned_.clear();
     throw;
   }
 }
 
 void ExpertStreamer::release() {
-  for (Slot* s : pinned_) {
-    --s->pins;
-    // Without a cache budget nothing is kept for reuse (prefetched records stay until used).
-    if (cache_slots_ == 0 && s->occupied && s->pins == 0 && !in_flight(*s) && !s->prefetched)
-      drop(*s);
-  }
+  for (const Pin& p : pinned_) unpin(p);
   pinned_.clear();
 }
 

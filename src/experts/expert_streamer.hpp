@@ -1,10 +1,13 @@
-// The expert path of DESIGN.md, host side: a RAM cache of expert records over the storage
+// The expert path of DESIGN.md, host side: a hierarchy of expert caches over the storage
 // (page cache / NVMe), prefetch, and the counters that explain where every byte came from.
 //
-// Tiers, fastest first: [GPU slots (CUDA issue)] <- RAM cache (this) <- page cache <- device.
-// The RAM cache holds whole records in one 4096-aligned arena of slots. Besides the budgeted
-// cache slots there are 3*K working slots (the records being computed on plus prefetches in
-// flight), so a budget of 0 still streams: records are then dropped as soon as they are used.
+// Tiers, fastest first: [upper tiers, e.g. GPU slots] <- RAM cache <- page cache <- device.
+// Each cache tier (CacheTier) has its own byte budget, eviction policy and working slots.
+// Storage reads land in the RAM tier (the last one); a record used by compute is promoted —
+// copied into every faster tier that keeps records, and always into the fastest (the compute
+// tier), where it stays pinned until release(). Tiers are neither inclusive nor exclusive:
+// records are read-only, so evicting a copy from one tier never touches the others.
+// Prefetch reads into the RAM tier; promotion happens when compute asks.
 //
 // Single-threaded use: one session thread calls prefetch / acquire / release; reads complete
 // on the reader's threads and only touch their ReadOp.
@@ -15,11 +18,9 @@
 #include <memory>
 #include <span>
 #include <string>
-#include <unordered_map>
 #include <vector>
 
-#include "core/aligned_buffer.hpp"
-#include "experts/cache_policy.hpp"
+#include "experts/cache_tier.hpp"
 #include "experts/expert_reader.hpp"
 #include "formats/package.hpp"
 
@@ -37,37 +38,53 @@ inline bool uses(PrefetchMode m, PrefetchKind k) {
 // "4G", "512M", "100k", "0", plain bytes; binary units. Throws moeflux::Error naming `what`.
 size_t parse_byte_size(const std::string& s, const std::string& what);
 
+// A cache tier above the RAM cache (the CUDA backend's GPU slots; tests use host tiers).
+struct TierSpec {
+  std::string name;         // for reports: "gpu", ...
+  size_t budget_bytes = 0;  // records kept for reuse, besides the working slots
+  std::string policy = "lfu";
+  // Allocates the tier's slots; empty = host memory. Every tier but the fastest must be
+  // host-accessible (promotions copy from it).
+  std::function<std::unique_ptr<TierMemory>(size_t slots, size_t record_bytes)> make_memory;
+};
+
+inline constexpr size_t kMaxCacheTiers = 4;  // upper tiers + the RAM tier
+
 struct StreamOptions {
-  size_t ram_cache_bytes = 0;     // --ram-cache
-  std::string policy = "lfu";     // --cache-policy (default chosen by measurement, docs/PERF.md)
+  std::vector<TierSpec> upper_tiers;  // above the RAM cache, fastest first
+  size_t ram_cache_bytes = 0;         // --ram-cache
+  std::string policy = "lfu";  // --cache-policy (default chosen by measurement, docs/PERF.md)
   PrefetchMode prefetch = PrefetchMode::None;
   ReaderOptions io;
-  int max_active = 8;             // experts per token (K); sizes the working slots
-  size_t hot_per_layer = 0;       // --hot N: keep each layer's N most used experts resident
+  int max_active = 8;        // experts per token (K); sizes the working slots
+  size_t hot_per_layer = 0;  // --hot N: keep each layer's N most used experts resident
   // Tests: builds the reader instead of make_expert_reader (e.g. a fault-injecting one).
   std::function<std::unique_ptr<ExpertReader>(const Package&, const ReaderOptions&)> reader_factory;
 };
 
 struct LayerStreamStats {
-  uint64_t requests = 0;       // expert records asked for by compute
-  uint64_t ram_hits = 0;       // found ready in the RAM cache (not brought by prefetch)
+  uint64_t requests = 0;  // expert records asked for by compute
+  // Found in cache tier t (fastest first; the last is the RAM tier), not brought by prefetch.
+  std::array<uint64_t, kMaxCacheTiers> tier_hits{};
   uint64_t prefetch_hits = 0;  // brought (or being brought) by a prefetch
   uint64_t misses = 0;         // read on demand
   double io_wait_seconds = 0;  // compute blocked on reads
+
+  uint64_t cache_hits() const;  // sum of tier_hits
 };
 
 struct PrefetchStats {
-  uint64_t predictions = 0;  // experts predicted
-  uint64_t correct = 0;      // predicted experts that the next request of that layer used
-  uint64_t reads = 0;        // records read because of a prediction
-  uint64_t wasted_reads = 0; // of those, not used by the next request of that layer
+  uint64_t predictions = 0;   // experts predicted
+  uint64_t correct = 0;       // predicted experts that the next request of that layer used
+  uint64_t reads = 0;         // records read because of a prediction
+  uint64_t wasted_reads = 0;  // of those, not used by the next request of that layer
 };
 
 struct StreamStats {
   std::vector<LayerStreamStats> layers;
   std::array<PrefetchStats, 2> prefetch;  // by PrefetchKind
-  uint64_t storage_reads = 0;  // records read from the layer files (demand + prefetch)
-  uint64_t evictions = 0;
+  std::vector<TierStats> tiers;           // fastest first, as the streamer's tiers
+  uint64_t storage_reads = 0;             // records read from the layer files (demand + prefetch)
 
   LayerStreamStats total() const;
 };
@@ -90,52 +107,48 @@ class ExpertStreamer {
   void acquire(int layer, std::span<const int> experts, std::vector<const uint8_t*>& out);
   void release();
 
-  const StreamStats& stats() const { return stats_; }
+  const StreamStats& stats() const;  // tier counters refreshed on each call
   void reset_stats();
   size_t record_bytes() const { return record_bytes_; }
-  size_t cache_slots() const { return cache_slots_; }
-  size_t total_slots() const { return slots_.size(); }
+  size_t tier_count() const { return tiers_.size(); }
+  const CacheTier& tier(size_t i) const { return *tiers_[i]; }
+  size_t ram_tier() const { return tiers_.size() - 1; }  // where storage reads land
   const ExpertReader& reader() const { return *reader_; }
   const StreamOptions& options() const { return opts_; }
 
  private:
-  struct Slot {
-    uint64_t key = 0;
-    bool occupied = false;
-    uint8_t* data = nullptr;
-    int pins = 0;
-    bool read_in_flight = false;  // op submitted, completion not yet observed
-    bool prefetched = false;      // brought by a prefetch and not yet used
-    uint8_t prefetch_kinds = 0;   // bit k: PrefetchKind k asked for it
-    ReadOp op;
+  struct Pin {
+    size_t tier;
+    TierSlot* slot;
   };
 
-  Slot* find(uint64_t key);
-  // A free slot, evicting if needed; nullptr if every slot is pinned or in flight.
-  Slot* take_slot();
-  void drop(Slot& s);  // forget the key (slot becomes free)
-  // Gives a free slot to (layer, expert) and prepares its read (the caller submits it).
-  void claim(Slot& s, int layer, int expert);
-  bool in_flight(Slot& s);
+  // The fastest tier holding `key` (its slot in *slot), or -1.
+  int locate(uint64_t key, TierSlot** slot);
+  // A free RAM-tier slot, evicting if needed and, if every slot is pinned or loading, waiting
+  // for a read in flight to land.
+  TierSlot* take_ram_slot();
+  // Gives a free RAM-tier slot to (layer, expert) and prepares its read (the caller submits).
+  void claim_read(TierSlot& s, int layer, int expert);
+  // Copies the record in `src` (tier src_tier) into the faster tiers; returns the fastest copy.
+  TierSlot* promote(uint64_t key, TierSlot& src, size_t src_tier);
+  void score_predictions(int layer, std::span<const int> experts);
   bool is_hot(int layer, int expert) const;
   void count_use(int layer, int expert);
-  void wait_for(Slot& s, int layer);
+  void wait_for(TierSlot& s, int layer);
+  void unpin(const Pin& p);
 
   StreamOptions opts_;
   size_t record_bytes_;
-  size_t cache_slots_;
   std::unique_ptr<ExpertReader> reader_;
-  AlignedBuffer arena_;
-  std::vector<std::unique_ptr<Slot>> slots_;
-  std::unordered_map<uint64_t, Slot*> index_;
-  std::unique_ptr<EvictionPolicy> policy_;
-  std::vector<Slot*> pinned_;
+  std::vector<std::unique_ptr<CacheTier>> tiers_;  // fastest first; back() is the RAM tier
+  std::function<bool(uint64_t)> spare_hot_;
+  std::vector<Pin> pinned_;
   // Last prediction per layer and kind, scored at the layer's next acquire.
   std::vector<std::array<std::vector<int>, 2>> predicted_;
   std::vector<std::vector<uint32_t>> use_counts_;  // [layer][expert], for the hot set
   std::vector<uint32_t> hot_threshold_;            // per layer: use count to be hot
   uint64_t acquires_ = 0;
-  StreamStats stats_;
+  mutable StreamStats stats_;
 };
 
 }  // namespace moeflux

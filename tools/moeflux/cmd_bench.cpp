@@ -32,17 +32,25 @@ struct RunResult {
   json stream;  // decode-phase streaming counters
 };
 
-json layer_stats_json(const StreamStats& st, size_t record_bytes, uint64_t tokens) {
+json layer_stats_json(const ExpertStreamer& streamer, uint64_t tokens) {
+  const StreamStats& st = streamer.stats();
+  const double record_bytes = static_cast<double>(streamer.record_bytes());
+  const size_t n_tiers = streamer.tier_count();
   json layers = json::array();
   for (size_t l = 0; l < st.layers.size(); ++l) {
     const LayerStreamStats& s = st.layers[l];
     if (s.requests == 0) continue;
-    layers.push_back({{"layer", l},
-                      {"requests", s.requests},
-                      {"ram_hit_rate", double(s.ram_hits) / s.requests},
-                      {"prefetch_hit_rate", double(s.prefetch_hits) / s.requests},
-                      {"miss_rate", double(s.misses) / s.requests},
-                      {"io_wait_ms_per_token", 1e3 * s.io_wait_seconds / std::max<uint64_t>(tokens, 1)}});
+    json tier_rates = json::object();
+    for (size_t t = 0; t < n_tiers; ++t)
+      tier_rates[streamer.tier(t).name()] = double(s.tier_hits[t]) / s.requests;
+    layers.push_back(
+        {{"layer", l},
+         {"requests", s.requests},
+         {"cache_hit_rate", double(s.cache_hits()) / s.requests},
+         {"tier_hit_rate", tier_rates},
+         {"prefetch_hit_rate", double(s.prefetch_hits) / s.requests},
+         {"miss_rate", double(s.misses) / s.requests},
+         {"io_wait_ms_per_token", 1e3 * s.io_wait_seconds / std::max<uint64_t>(tokens, 1)}});
   }
   const LayerStreamStats t = st.total();
   const double req = std::max<double>(1, t.requests);
@@ -51,29 +59,51 @@ json layer_stats_json(const StreamStats& st, size_t record_bytes, uint64_t token
   const char* names[2] = {"temporal", "lookahead"};
   for (int k = 0; k < 2; ++k) {
     const PrefetchStats& p = st.prefetch[k];
-    prefetch[names[k]] = {{"predictions", p.predictions},
-                          {"correct", p.correct},
-                          {"accuracy", p.predictions ? double(p.correct) / p.predictions : 0.0},
-                          {"reads", p.reads},
-                          {"wasted_reads", p.wasted_reads},
-                          {"wasted_bytes_per_token", double(p.wasted_reads) * record_bytes * per_tok}};
+    prefetch[names[k]] = {
+        {"predictions", p.predictions},
+        {"correct", p.correct},
+        {"accuracy", p.predictions ? double(p.correct) / p.predictions : 0.0},
+        {"reads", p.reads},
+        {"wasted_reads", p.wasted_reads},
+        {"wasted_bytes_per_token", double(p.wasted_reads) * record_bytes * per_tok}};
   }
+  json hit_rate = json::object(), bytes = json::object(), tiers = json::array();
+  bytes["requested"] = double(t.requests) * record_bytes * per_tok;
+  for (size_t i = 0; i < n_tiers; ++i) {
+    const CacheTier& tier = streamer.tier(i);
+    const TierStats& ts = st.tiers[i];
+    hit_rate[tier.name()] = t.tier_hits[i] / req;
+    bytes[tier.name() + "_cache"] = double(t.tier_hits[i]) * record_bytes * per_tok;
+    const double promoted = i + 1 < n_tiers ? double(ts.fills) * record_bytes : 0.0;
+    tiers.push_back(
+        {{"name", tier.name()},
+         {"memory", tier.memory().kind()},
+         {"budget_bytes", double(tier.budget_slots()) * record_bytes},
+         {"slots", tier.total_slots()},
+         {"hits", ts.hits},
+         {"fills", ts.fills},
+         {"evictions", ts.evictions},
+         {"promoted_bytes_per_token", promoted * per_tok},
+         {"promotion_gb_s", ts.copy_seconds > 0 ? promoted / ts.copy_seconds / 1e9 : 0.0}});
+  }
+  hit_rate["prefetch"] = t.prefetch_hits / req;
+  hit_rate["miss"] = t.misses / req;
+  bytes["prefetched"] = double(t.prefetch_hits) * record_bytes * per_tok;
+  bytes["storage"] = double(st.storage_reads) * record_bytes * per_tok;
   return {{"tokens", tokens},
           {"requests", t.requests},
-          {"hit_rate", {{"ram", t.ram_hits / req}, {"prefetch", t.prefetch_hits / req}, {"miss", t.misses / req}}},
-          {"bytes_per_token",
-           {{"requested", double(t.requests) * record_bytes * per_tok},
-            {"ram_cache", double(t.ram_hits) * record_bytes * per_tok},
-            {"prefetched", double(t.prefetch_hits) * record_bytes * per_tok},
-            {"storage", double(st.storage_reads) * record_bytes * per_tok}}},
+          {"hit_rate", hit_rate},
+          {"bytes_per_token", bytes},
           {"io_wait_ms_per_token", 1e3 * t.io_wait_seconds * per_tok},
-          {"evictions", st.evictions},
+          {"tiers", tiers},
           {"prefetch", prefetch},
           {"layers", layers}};
 }
 
 Runner add_bench(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bench", "Measure prefill/decode speed, expert traffic per tier, hit rates, GB/s vs ceilings");
+  auto* cmd = app.add_subcommand(
+      "bench",
+      "Measure prefill/decode speed, expert traffic per tier, hit rates, GB/s vs ceilings");
   struct Args {
     std::string model, json_out;
     int prompt_len = 128, gen_len = 64, repeat = 3;
@@ -83,9 +113,12 @@ Runner add_bench(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("-m,--model", a->model, "Package directory")->required();
-  cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens (default 128)")->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--gen-len", a->gen_len, "Decoded tokens (default 64)")->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--repeat", a->repeat, "Repeats; medians are reported (default 3)")->check(CLI::Range(1, 1000));
+  cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens (default 128)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--gen-len", a->gen_len, "Decoded tokens (default 64)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--repeat", a->repeat, "Repeats; medians are reported (default 3)")
+      ->check(CLI::Range(1, 1000));
   cmd->add_option("--seed", a->seed, "Seed of the random token ids (default 1)");
   cmd->add_option("--json", a->json_out, "Write the full report as JSON");
   cmd->add_flag("--no-ceilings", a->no_ceilings, "Skip measuring the storage and memory ceilings");
@@ -95,7 +128,8 @@ Runner add_bench(CLI::App& app) {
     auto model = Model::open(a->model);
     const ModelConfig& c = model->config();
     if (a->prompt_len + a->gen_len > c.max_position_embeddings)
-      fail("--prompt-len + --gen-len exceed the model's " + std::to_string(c.max_position_embeddings) + " positions");
+      fail("--prompt-len + --gen-len exceed the model's " +
+           std::to_string(c.max_position_embeddings) + " positions");
     std::mt19937_64 rng(a->seed);
     std::uniform_int_distribution<int> id(0, c.vocab_size - 1);
     std::vector<int> prompt(a->prompt_len);
@@ -115,15 +149,16 @@ Runner add_bench(CLI::App& app) {
       const ReaderStats before = s.streamer().reader().stats();
       t0 = Clock::now();
       for (int g = 0; g < a->gen_len; ++g) {  // greedy: the model's own continuation
-        const int next = static_cast<int>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+        const int next =
+            static_cast<int>(std::max_element(logits->begin(), logits->end()) - logits->begin());
         logits = &s.eval_token(next);
       }
       const double td = std::chrono::duration<double>(Clock::now() - t0).count();
       prefill.push_back(a->prompt_len / tp);
       decode.push_back(a->gen_len / td);
-      std::fprintf(stderr, "[bench] run %d/%d: prefill %.1f tok/s, decode %.2f tok/s\n", r + 1, a->repeat,
-                   prefill.back(), decode.back());
-      last_stream = layer_stats_json(s.streamer().stats(), s.streamer().record_bytes(), a->gen_len);
+      std::fprintf(stderr, "[bench] run %d/%d: prefill %.1f tok/s, decode %.2f tok/s\n", r + 1,
+                   a->repeat, prefill.back(), decode.back());
+      last_stream = layer_stats_json(s.streamer(), a->gen_len);
       const ReaderStats after = s.streamer().reader().stats();
       storage_bytes = after.bytes - before.bytes;
       reader_busy = after.busy_seconds - before.busy_seconds;
@@ -173,8 +208,8 @@ Runner add_bench(CLI::App& app) {
       all.threads = 0;
       const Ceiling copyn = measure_memcpy(all);
       auto cj = [](const Ceiling& c) {
-        return json{{"measured", c.measured}, {"gb_s", c.gb_per_s}, {"bytes", c.bytes}, {"seconds", c.seconds},
-                    {"threads", c.threads}, {"note", c.note}};
+        return json{{"measured", c.measured}, {"gb_s", c.gb_per_s},   {"bytes", c.bytes},
+                    {"seconds", c.seconds},   {"threads", c.threads}, {"note", c.note}};
       };
       report["ceilings"] = {{"direct_read", cj(direct)},
                             {"page_cache_read", cj(warm)},
@@ -185,32 +220,51 @@ Runner add_bench(CLI::App& app) {
       const Ceiling& ceiling = is_direct ? direct : warm;
       report["storage"]["ceiling_gb_s"] = ceiling.gb_per_s;
       report["storage"]["ceiling_name"] = is_direct ? "direct sequential read" : "page-cache read";
-      report["storage"]["ratio_to_ceiling"] = ceiling.gb_per_s > 0 ? wall_gbs / ceiling.gb_per_s : 0.0;
-      report["storage"]["ratio_while_waiting_to_ceiling"] = ceiling.gb_per_s > 0 ? wait_gbs / ceiling.gb_per_s : 0.0;
-      report["storage"]["ratio_while_waiting_to_memcpy"] = copyn.gb_per_s > 0 ? wait_gbs / copyn.gb_per_s : 0.0;
-      std::fprintf(stderr, "[bench] ceilings: direct %s; page cache %s; memcpy %s / %s\n", describe(direct).c_str(),
-                   describe(warm).c_str(), describe(copy1).c_str(), describe(copyn).c_str());
+      report["storage"]["ratio_to_ceiling"] =
+          ceiling.gb_per_s > 0 ? wall_gbs / ceiling.gb_per_s : 0.0;
+      report["storage"]["ratio_while_waiting_to_ceiling"] =
+          ceiling.gb_per_s > 0 ? wait_gbs / ceiling.gb_per_s : 0.0;
+      report["storage"]["ratio_while_waiting_to_memcpy"] =
+          copyn.gb_per_s > 0 ? wait_gbs / copyn.gb_per_s : 0.0;
+      std::fprintf(stderr, "[bench] ceilings: direct %s; page cache %s; memcpy %s / %s\n",
+                   describe(direct).c_str(), describe(warm).c_str(), describe(copy1).c_str(),
+                   describe(copyn).c_str());
     }
 
     const json& bpt = last_stream["bytes_per_token"];
-    std::printf("decode   %.2f tok/s (median of %d), prefill %.1f tok/s\n", median(decode), a->repeat, median(prefill));
-    std::printf("experts  %.2f MiB/token requested: RAM cache %.2f, prefetched %.2f, storage %.2f MiB/token\n",
-                bpt["requested"].get<double>() / 1048576, bpt["ram_cache"].get<double>() / 1048576,
+    std::printf("decode   %.2f tok/s (median of %d), prefill %.1f tok/s\n", median(decode),
+                a->repeat, median(prefill));
+    std::printf("experts  %.2f MiB/token requested:", bpt["requested"].get<double>() / 1048576);
+    std::string hits;
+    for (const json& tier : last_stream["tiers"]) {
+      const std::string name = tier["name"].get<std::string>();
+      std::printf(" %s cache %.2f,", name.c_str(), bpt[name + "_cache"].get<double>() / 1048576);
+      char rate[96];
+      std::snprintf(rate, sizeof rate, "%s %.1f%%, ", name.c_str(),
+                    100 * last_stream["hit_rate"][name].get<double>());
+      hits += rate;
+    }
+    std::printf(" prefetched %.2f, storage %.2f MiB/token\n",
                 bpt["prefetched"].get<double>() / 1048576, bpt["storage"].get<double>() / 1048576);
-    std::printf("hits     RAM %.1f%%, prefetch %.1f%%, miss %.1f%%; io wait %.3f ms/token\n",
-                100 * last_stream["hit_rate"]["ram"].get<double>(), 100 * last_stream["hit_rate"]["prefetch"].get<double>(),
-                100 * last_stream["hit_rate"]["miss"].get<double>(), last_stream["io_wait_ms_per_token"].get<double>());
+    std::printf("hits     %sprefetch %.1f%%, miss %.1f%%; io wait %.3f ms/token\n", hits.c_str(),
+                100 * last_stream["hit_rate"]["prefetch"].get<double>(),
+                100 * last_stream["hit_rate"]["miss"].get<double>(),
+                last_stream["io_wait_ms_per_token"].get<double>());
     for (const char* k : {"temporal", "lookahead"}) {
       const json& p = last_stream["prefetch"][k];
       if (p["predictions"].get<uint64_t>() == 0) continue;
-      std::printf("prefetch %-9s accuracy %.1f%%, %llu reads, %llu wasted\n", k, 100 * p["accuracy"].get<double>(),
+      std::printf("prefetch %-9s accuracy %.1f%%, %llu reads, %llu wasted\n", k,
+                  100 * p["accuracy"].get<double>(),
                   static_cast<unsigned long long>(p["reads"].get<uint64_t>()),
                   static_cast<unsigned long long>(p["wasted_reads"].get<uint64_t>()));
     }
-    std::printf("storage  %.2f GB/s over decode, %.2f GB/s while compute waited", wall_gbs, wait_gbs);
+    std::printf("storage  %.2f GB/s over decode, %.2f GB/s while compute waited", wall_gbs,
+                wait_gbs);
     if (report.contains("ceilings"))
-      std::printf(" = %.1f%% of the %s ceiling %.2f GB/s (memcpy %.1f GB/s)", 100 * report["storage"]["ratio_to_ceiling"].get<double>(),
-                  report["storage"]["ceiling_name"].get<std::string>().c_str(), report["storage"]["ceiling_gb_s"].get<double>(),
+      std::printf(" = %.1f%% of the %s ceiling %.2f GB/s (memcpy %.1f GB/s)",
+                  100 * report["storage"]["ratio_to_ceiling"].get<double>(),
+                  report["storage"]["ceiling_name"].get<std::string>().c_str(),
+                  report["storage"]["ceiling_gb_s"].get<double>(),
                   report["ceilings"]["memcpy_gb_s"].get<double>());
     std::printf("\n");
     if (!a->json_out.empty()) {

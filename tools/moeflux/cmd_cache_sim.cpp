@@ -61,7 +61,7 @@ SimResult simulate(const Package& pkg, const RoutingTrace& trace, size_t budget,
   }
   const LayerStreamStats t = s.stats().total();
   SimResult r;
-  r.hit_rate = double(t.ram_hits + t.prefetch_hits) / std::max<uint64_t>(1, t.requests);
+  r.hit_rate = double(t.cache_hits() + t.prefetch_hits) / std::max<uint64_t>(1, t.requests);
   r.storage_per_token = double(s.stats().storage_reads) / std::max<size_t>(1, trace.tokens.size());
   const PrefetchStats& p = s.stats().prefetch[0];
   r.prefetch_accuracy = p.predictions ? double(p.correct) / p.predictions : 0;

@@ -78,7 +78,7 @@ std::string streaming_summary(const Session& s, double seconds, uint64_t tokens)
   std::snprintf(buf, sizeof buf,
                 "experts/token %.2f MiB: RAM cache %.0f%%, prefetched %.0f%%, storage %.0f%% | "
                 "storage %.2f MiB/token at %.2f GB/s (%s)",
-                tot.requests * rb / std::max<double>(1, tokens) / 1048576.0, 100.0 * tot.ram_hits / req,
+                tot.requests * rb / std::max<double>(1, tokens) / 1048576.0, 100.0 * tot.cache_hits() / req,
                 100.0 * tot.prefetch_hits / req, 100.0 * tot.misses / req,
                 st.stats().storage_reads * rb / std::max<double>(1, tokens) / 1048576.0,
                 rs.busy_seconds > 0 ? rs.bytes / rs.busy_seconds / 1e9 : 0.0, st.reader().describe());

@@ -1,0 +1,35 @@
+// Where a cache tier keeps its expert records, and how records get into it.
+//
+// A tier's memory is an arena of equal slots, one record each (record_bytes, 4096-aligned).
+// Records enter a tier either from storage (the RAM tier: reads land there directly) or by a
+// copy from a slower tier's slot (promotion). A copy may be asynchronous (a GPU tier queues
+// host->device copies); the records copied in are valid for compute once fence() returns.
+//
+// Invariant the streamer relies on: every tier except the fastest is host-accessible, because
+// promotions copy *from* host memory. The fastest tier may be device memory (CUDA backend).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+namespace moeflux {
+
+class TierMemory {
+ public:
+  virtual ~TierMemory() = default;
+  virtual uint8_t* slot_data(size_t slot) = 0;
+  // Copies `bytes` from host memory into `dst` (a slot of this tier). May return before the
+  // copy is done; fence() waits for every copy issued so far.
+  virtual void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) = 0;
+  virtual void fence() = 0;
+  virtual bool host_accessible() const = 0;  // the CPU can read (and copy from) the slots
+  virtual const char* kind() const = 0;      // "host", "cuda", ...
+};
+
+// `slots` records of `record_bytes` in one 4096-aligned host allocation; copies are memcpy.
+// Throws moeflux::Error (naming `what`, e.g. "--ram-cache") if the memory cannot be had.
+std::unique_ptr<TierMemory> make_host_tier_memory(size_t slots, size_t record_bytes,
+                                                  const char* what);
+
+}  // namespace moeflux

@@ -1,0 +1,246 @@
+// The cache hierarchy: tiers above the RAM cache (the GPU tier's place) with their own budgets
+// and policies. Results are bit-identical whatever the tiers; records are promoted into the
+// faster tiers and served from the fastest that holds them; asynchronous copies are fenced
+// before compute; only the fastest tier may be non-host memory.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "core/aligned_buffer.hpp"
+#include "core/error.hpp"
+#include "experts/fault_injecting_reader.hpp"
+#include "streaming_fixture.hpp"
+
+namespace moeflux::test {
+namespace {
+
+using CacheTiers = StreamingFixture;
+
+// Host memory whose copies land only at fence() (like a GPU's async host->device copies), and
+// whose slots start poisoned, so that a missing fence or a stale slot changes the logits.
+class DeferredCopyMemory final : public TierMemory {
+ public:
+  DeferredCopyMemory(size_t slots, size_t record_bytes, bool host_accessible = true)
+      : arena_(slots * record_bytes, 4096), record_bytes_(record_bytes), host_(host_accessible) {
+    std::memset(arena_.data(), 0xff, arena_.size());  // NaN in every float format
+  }
+  uint8_t* slot_data(size_t slot) override { return arena_.data() + slot * record_bytes_; }
+  void copy_in(uint8_t* dst, const uint8_t* src, size_t bytes) override {
+    std::memset(dst, 0xff, bytes);  // the old contents are gone; the new ones not yet there
+    queued_.push_back({dst, src, bytes});
+  }
+  void fence() override {
+    for (const Copy& c : queued_) std::memcpy(c.dst, c.src, c.bytes);
+    fences += queued_.empty() ? 0 : 1;
+    queued_.clear();
+  }
+  bool host_accessible() const override { return host_; }
+  const char* kind() const override { return "test-deferred"; }
+  size_t fences = 0;
+
+ private:
+  struct Copy {
+    uint8_t* dst;
+    const uint8_t* src;
+    size_t bytes;
+  };
+  AlignedBuffer arena_;
+  size_t record_bytes_;
+  bool host_;
+  std::vector<Copy> queued_;
+};
+
+TierSpec host_tier(const char* name, size_t budget, const char* policy = "lfu") {
+  TierSpec t;
+  t.name = name;
+  t.budget_bytes = budget;
+  t.policy = policy;
+  return t;
+}
+
+TierSpec deferred_tier(const char* name, size_t budget) {
+  TierSpec t = host_tier(name, budget);
+  t.make_memory = [](size_t slots, size_t record_bytes) {
+    return std::make_unique<DeferredCopyMemory>(slots, record_bytes);
+  };
+  return t;
+}
+
+TEST_P(CacheTiers, ResultsDoNotDependOnTiers) {
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  for (size_t chunk : {size_t{1}, size_t{256}}) {
+    const std::vector<float> ref = logits(EngineOptions{}, chunk);
+    struct Case {
+      const char* what;
+      std::vector<TierSpec> upper;
+      size_t ram;
+      PrefetchMode prefetch;
+    };
+    const std::vector<Case> cases = {
+        {"fast 0 over ram 0", {host_tier("fast", 0)}, 0, PrefetchMode::None},
+        {"fast 1 over ram 0", {host_tier("fast", rec)}, 0, PrefetchMode::None},
+        {"fast 5 lru over ram 3", {host_tier("fast", 5 * rec, "lru")}, 3 * rec, PrefetchMode::None},
+        {"fast all over ram 0", {host_tier("fast", all_experts_bytes())}, 0, PrefetchMode::None},
+        {"fast 2 over ram all",
+         {host_tier("fast", 2 * rec)},
+         all_experts_bytes(),
+         PrefetchMode::None},
+        {"fast 2 over mid 6 over ram 4",
+         {host_tier("fast", 2 * rec), host_tier("mid", 6 * rec, "slru")},
+         4 * rec,
+         PrefetchMode::None},
+        {"fast 3 over ram 6, prefetch both",
+         {host_tier("fast", 3 * rec)},
+         6 * rec,
+         PrefetchMode::Both},
+        {"fast 0 over ram 0, prefetch temporal", {host_tier("fast", 0)}, 0, PrefetchMode::Temporal},
+        {"deferred 4 over ram 2, prefetch lookahead",
+         {deferred_tier("gpu-like", 4 * rec)},
+         2 * rec,
+         PrefetchMode::Lookahead},
+        {"deferred 0 over ram 0", {deferred_tier("gpu-like", 0)}, 0, PrefetchMode::None},
+    };
+    for (const Case& c : cases) {
+      EngineOptions o;
+      o.stream.upper_tiers = c.upper;
+      o.stream.ram_cache_bytes = c.ram;
+      o.stream.prefetch = c.prefetch;
+      expect_identical(ref, logits(o, chunk), c.what);
+    }
+    EngineOptions hot;
+    hot.stream.upper_tiers = {host_tier("fast", 4 * rec)};
+    hot.stream.ram_cache_bytes = 8 * rec;
+    hot.stream.hot_per_layer = 2;
+    expect_identical(ref, logits(hot, chunk), "hot set with an upper tier");
+  }
+}
+
+TEST_P(CacheTiers, RecordsArePromotedAndServedFromTheFastestTier) {
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  const ModelConfig& c = model_->config();
+  const uint64_t distinct_max = static_cast<uint64_t>(c.num_experts) * c.num_moe_layers();
+  EngineOptions o;
+  o.threads = 2;
+  o.prefill_chunk = 1;
+  // A fast tier of 2 records over a RAM tier that holds everything: the fast tier churns,
+  // the RAM tier serves what it lost, storage is read once per expert.
+  o.stream.upper_tiers = {host_tier("fast", 2 * rec)};
+  o.stream.ram_cache_bytes = all_experts_bytes();
+  Session s(*model_, o);
+  s.eval_prompt(tokens_);
+  const StreamStats& st = s.streamer().stats();
+  const LayerStreamStats t = st.total();
+  ASSERT_EQ(s.streamer().tier_count(), 2u);
+  EXPECT_EQ(s.streamer().tier(0).name(), "fast");
+  EXPECT_EQ(s.streamer().tier(1).name(), "ram");
+  EXPECT_EQ(t.requests, t.tier_hits[0] + t.tier_hits[1] + t.prefetch_hits + t.misses);
+  EXPECT_GT(t.tier_hits[0], 0u) << "the fast tier never served a request";
+  EXPECT_GT(t.tier_hits[1], 0u) << "records evicted from the fast tier were not found in RAM";
+  EXPECT_GT(st.tiers[0].evictions, 0u);
+  EXPECT_EQ(st.tiers[1].evictions, 0u);
+  EXPECT_LE(st.storage_reads, distinct_max);
+  EXPECT_EQ(st.storage_reads, t.misses);
+  // Every request not served by the fast tier was promoted into it.
+  EXPECT_EQ(st.tiers[0].fills, t.requests - t.tier_hits[0]);
+  EXPECT_EQ(st.tiers[1].fills, st.storage_reads);
+  EXPECT_EQ(st.tiers[0].hits, t.tier_hits[0]);
+}
+
+TEST_P(CacheTiers, IntermediateTiersAreFilledOnTheWayUp) {
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  EngineOptions o;
+  o.threads = 2;
+  o.prefill_chunk = 1;
+  o.stream.upper_tiers = {host_tier("fast", rec), host_tier("mid", all_experts_bytes())};
+  o.stream.ram_cache_bytes = 0;
+  Session s(*model_, o);
+  s.eval_prompt(tokens_);
+  const StreamStats& st = s.streamer().stats();
+  const LayerStreamStats t = st.total();
+  // Without a RAM budget, the middle tier is what keeps records: the repeated prompt finds them.
+  EXPECT_GT(t.tier_hits[1], 0u);
+  EXPECT_EQ(t.tier_hits[2], 0u);
+  EXPECT_EQ(st.tiers[1].fills, t.misses);  // each storage read was copied into the middle tier
+  EXPECT_EQ(st.tiers[1].evictions, 0u);
+}
+
+TEST_P(CacheTiers, AsynchronousCopiesAreFencedBeforeCompute) {
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  DeferredCopyMemory* mem = nullptr;
+  EngineOptions o;
+  o.threads = 2;
+  TierSpec t = host_tier("gpu-like", 2 * rec);
+  t.make_memory = [&](size_t slots, size_t record_bytes) {
+    auto m = std::make_unique<DeferredCopyMemory>(slots, record_bytes);
+    mem = m.get();
+    return m;
+  };
+  o.stream.upper_tiers = {t};
+  const std::vector<float> ref = logits(EngineOptions{}, 1);
+  EXPECT_EQ(std::memcmp(ref.data(), logits(o, 1).data(), ref.size() * sizeof(float)), 0);
+  Session s(*model_, o);
+  s.eval_token(tokens_[0]);
+  ASSERT_NE(mem, nullptr);
+  EXPECT_GT(mem->fences, 0u);
+}
+
+TEST_P(CacheTiers, OnlyTheFastestTierMayBeDeviceMemory) {
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  TierSpec device = host_tier("device", 2 * rec);
+  device.make_memory = [](size_t slots, size_t record_bytes) {
+    return std::make_unique<DeferredCopyMemory>(slots, record_bytes, /*host_accessible=*/false);
+  };
+  EngineOptions fastest;
+  fastest.stream.upper_tiers = {device};
+  EXPECT_NO_THROW(ExpertStreamer(model_->package(), fastest.stream));
+  EngineOptions middle;
+  middle.stream.upper_tiers = {host_tier("fast", rec), device};
+  try {
+    ExpertStreamer st(model_->package(), middle.stream);
+    FAIL() << "a device-memory tier below the fastest was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("'device' is not host memory"), std::string::npos)
+        << e.what();
+  }
+  EngineOptions too_many;
+  too_many.stream.upper_tiers = {host_tier("a", 0), host_tier("b", 0), host_tier("c", 0),
+                                 host_tier("d", 0)};
+  EXPECT_THROW(ExpertStreamer(model_->package(), too_many.stream), Error);
+}
+
+TEST_P(CacheTiers, ReadFailureWithUpperTiersLeavesTheSessionUsable) {
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  FaultInjectingReader* faults = nullptr;
+  EngineOptions o;
+  o.threads = 2;
+  o.prefill_chunk = 1;
+  o.stream.prefetch = PrefetchMode::Both;
+  o.stream.upper_tiers = {deferred_tier("gpu-like", 3 * rec)};
+  o.stream.ram_cache_bytes = 2 * rec;
+  o.stream.reader_factory = [&](const Package& pkg, const ReaderOptions& ro) {
+    auto r = std::make_unique<FaultInjectingReader>(make_expert_reader(pkg, ro));
+    faults = r.get();
+    return r;
+  };
+  Session s(*model_, o);
+  const std::vector<float> clean_first = std::vector<float>(s.eval_token(tokens_[0]));
+  ASSERT_NE(faults, nullptr);
+  faults->fail_record(last_moe_layer(), -1,
+                      InjectedFault{InjectedFault::Fail, "controller reset", 0});
+  try {
+    s.eval_token(tokens_[1]);
+    FAIL() << "a failed expert read did not surface";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("controller reset"), std::string::npos) << e.what();
+  }
+  faults->clear();
+  s.clear();
+  expect_identical(clean_first, s.eval_token(tokens_[0]), "after a read failure with upper tiers");
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CacheTiers,
+                         testing::Values("qwen3_moe_sharded", "qwen3_5_moe_vl"));
+
+}  // namespace
+}  // namespace moeflux::test
