@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CPU-backend streaming benchmark on a bigger machine (the GPU host: 16 cores, NVMe, 128 GiB).
-# Usage: bench/device_bench.sh MOEFLUX_BINARY OUT_DIR [LAYERS]
+# CPU-backend streaming benchmark of a qwen3-30b-a3b-shaped package (the dev machine, or the GPU
+# host: 16 cores, NVMe, 128 GiB).
+# Usage: [PKG_DIR=dir] [THREADS=n] bench/device_bench.sh MOEFLUX_BINARY OUT_DIR [LAYERS]
 # Synthesizes a qwen3-30b-a3b-shaped q4 package cut to LAYERS layers, then runs `moeflux bench`
 # miss-bound (O_DIRECT, no cache), warm page cache, with a RAM cache of 25% of the expert bytes,
 # and each prefetch mode; every run's JSON lands in OUT_DIR, a summary table on stdout.
@@ -34,16 +35,27 @@ run direct-ram25-both --io direct --ram-cache "$quarter" --prefetch both --no-ce
 python3 - "$OUT" <<'PY'
 import json, os, sys
 out = sys.argv[1]
-rows = []
+runs = {}
 for f in sorted(os.listdir(out)):
-    if not f.endswith(".json"): continue
-    r = json.load(open(os.path.join(out, f)))
+    if f.endswith(".json"): runs[f[:-5]] = json.load(open(os.path.join(out, f)))
+for name, r in runs.items():
+    if "ceilings" in r: print("ceilings:", json.dumps({k: v["gb_s"] for k, v in r["ceilings"].items() if isinstance(v, dict)}))
+# I/O hidden by prefetch = 1 - wait(mode) / wait(same I/O and cache, no prefetch).
+def baseline(name):
+    for suffix in ("-temporal", "-lookahead", "-both"):
+        if name.endswith(suffix): return name[: -len(suffix)] + ("-none" if name.count("-") == 1 else "")
+    return None
+print("%-20s %9s %9s %10s %7s %9s %8s %9s %6s %6s %8s" % ("run", "dec t/s", "pre t/s", "MiB/tok", "hit%", "wait ms",
+      "GB/s", "wait GB/s", "tp%", "la%", "hidden%"))
+for name, r in runs.items():
     s = r["decode_streaming"]; st = r["storage"]
-    rows.append((f[:-5], r["decode_tok_s"]["median"], r["prefill_tok_s"]["median"],
-                 s["bytes_per_token"]["storage"] / 2**20, 100 * (s["hit_rate"]["ram"] + s["hit_rate"]["prefetch"]),
-                 s["io_wait_ms_per_token"], st["gb_s_over_decode_wall"],
-                 s["prefetch"]["temporal"]["accuracy"] * 100, s["prefetch"]["lookahead"]["accuracy"] * 100))
-    if "ceilings" in r: print("ceilings:", json.dumps(r["ceilings"]))
-print("%-20s %9s %9s %10s %7s %9s %8s %6s %6s" % ("run", "dec t/s", "pre t/s", "MiB/tok", "hit%", "wait ms", "GB/s", "tp%", "la%"))
-for row in rows: print("%-20s %9.2f %9.1f %10.1f %7.1f %9.2f %8.2f %6.1f %6.1f" % row)
+    hit = sum(v for k, v in s["hit_rate"].items() if k != "miss")
+    base = runs.get(baseline(name) or "", None)
+    hidden = ""
+    if base and base["decode_streaming"]["io_wait_ms_per_token"] > 0:
+        hidden = "%.0f" % (100 * (1 - s["io_wait_ms_per_token"] / base["decode_streaming"]["io_wait_ms_per_token"]))
+    print("%-20s %9.2f %9.1f %10.1f %7.1f %9.2f %8.2f %9.2f %6.1f %6.1f %8s" % (name, r["decode_tok_s"]["median"],
+          r["prefill_tok_s"]["median"], s["bytes_per_token"]["storage"] / 2**20, 100 * hit, s["io_wait_ms_per_token"],
+          st["gb_s_over_decode_wall"], st["gb_s_while_waiting"], s["prefetch"]["temporal"]["accuracy"] * 100,
+          s["prefetch"]["lookahead"]["accuracy"] * 100, hidden))
 PY

@@ -6,7 +6,10 @@
 //                     block_bytes per read, `threads` readers taking blocks in file order;
 //   page-cache read : the same files read once to warm them, then timed buffered reads of that
 //                     (memory-sized) set, looping over it (the OS page cache -> user memory);
-//   memcpy          : large buffers (beyond the last-level cache), each thread copying its own.
+//   memcpy          : large buffers (beyond the last-level cache), each thread copying its own;
+//   expert batches  : decode's access pattern without compute — K distinct random records of one
+//                     layer read at once through the engine's ExpertReader, layer after layer,
+//                     each batch starting when the previous one has landed.
 //
 // GB/s are 1e9 bytes per second of payload: bytes read into user buffers, or bytes copied (a
 // copy reads and writes each byte: DRAM traffic is about 2x, 3x with write-allocate).
@@ -16,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "experts/expert_reader.hpp"
 #include "formats/package.hpp"
 
 namespace moeflux {
@@ -47,6 +51,10 @@ std::vector<std::string> package_expert_files(const Package& pkg);
 Ceiling measure_direct_read(const std::vector<std::string>& files, const CeilingOptions& opts);
 Ceiling measure_page_cache_read(const std::vector<std::string>& files, const CeilingOptions& opts);
 Ceiling measure_memcpy(const CeilingOptions& opts);
+// With the reader options of a run (`io.mode`, backend, threads); opts.threads is not used.
+// An O_DIRECT refusal is reported as measured = false with a note.
+Ceiling measure_expert_batches(const Package& pkg, const ReaderOptions& io, int k,
+                               const CeilingOptions& opts);
 
 // "1.83 GB/s (7.3 GB in 4.00 s, 4 threads)" or "not measured: <note>".
 std::string describe(const Ceiling& c);

@@ -221,6 +221,11 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
   if (!ops.empty()) reader_->submit(ops);
 }
 
+void ExpertStreamer::prefetch_after_next_demand(int layer, std::span<const int> experts,
+                                                PrefetchKind kind) {
+  deferred_.push_back({layer, std::vector<int>(experts.begin(), experts.end()), kind});
+}
+
 void ExpertStreamer::wait_for(TierSlot& s, int layer) {
   CacheTier& ram = *tiers_.back();
   if (!ram.loading(s)) {
@@ -332,7 +337,18 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
     found[i] = s;
   }
   stats_.storage_reads += misses.size();
-  if (!misses.empty()) reader_->submit(misses);
+  if (!misses.empty()) {
+    // Submitting is part of the time compute is blocked on I/O: on a machine with fewer cores
+    // than reader threads, the woken readers may run (and copy) before submit() returns.
+    const auto t0 = std::chrono::steady_clock::now();
+    reader_->submit(misses);
+    ls.io_wait_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+  // Guesses about later layers queue behind this layer's demand reads.
+  std::vector<DeferredPrefetch> deferred;
+  deferred.swap(deferred_);
+  for (const DeferredPrefetch& d : deferred) prefetch(d.layer, d.experts, d.kind);
 
   out.resize(experts.size());
   try {

@@ -99,6 +99,10 @@ class ExpertStreamer {
   // Starts reading `experts` of `layer` that are not already present (fire and forget).
   // Skipped for experts no slot can be freed for.
   void prefetch(int layer, std::span<const int> experts, PrefetchKind kind);
+  // The same, issued by the next acquire() right after it has submitted its own misses: the
+  // reader serves requests in order, so a guess about the next layer never delays the reads
+  // this layer is about to wait for, and it runs while those finish and while compute runs.
+  void prefetch_after_next_demand(int layer, std::span<const int> experts, PrefetchKind kind);
 
   // Makes the records available and pinned until release(): out[i] points at the record of
   // experts[i]. All misses are submitted at once; waits only for reads still in flight.
@@ -143,6 +147,12 @@ class ExpertStreamer {
   std::vector<std::unique_ptr<CacheTier>> tiers_;  // fastest first; back() is the RAM tier
   std::function<bool(uint64_t)> spare_hot_;
   std::vector<Pin> pinned_;
+  struct DeferredPrefetch {
+    int layer = -1;
+    std::vector<int> experts;
+    PrefetchKind kind = PrefetchKind::Lookahead;
+  };
+  std::vector<DeferredPrefetch> deferred_;  // issued by the next acquire
   // Last prediction per layer and kind, scored at the layer's next acquire.
   std::vector<std::array<std::vector<int>, 2>> predicted_;
   std::vector<std::vector<uint32_t>> use_counts_;  // [layer][expert], for the hot set

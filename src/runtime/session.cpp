@@ -67,15 +67,21 @@ void Session::eval_chunk(std::span<const int> tokens, std::vector<float>* all_lo
   const ModelWeights& w = model_.weights();
   const size_t H = c.hidden_size, T = tokens.size();
   ForwardTimings* timings = opts_.timing ? &timings_ : nullptr;
-  ForwardContext ctx{c,     model_.package().manifest().experts, model_.rope(), pool_, *streamer_,
-                     active_experts_, timings};
+  ForwardContext ctx{c,
+                     model_.package().manifest().experts,
+                     model_.rope(),
+                     pool_,
+                     *streamer_,
+                     active_experts_,
+                     timings};
   const PrefetchMode pf = opts_.stream.prefetch;
   const bool decode = T == 1;  // prefetch predicts the next token's experts: decode only
 
   hidden_.resize(T * H);
   {
     ScopedTimer timer(timings ? &timings->embed : nullptr);
-    for (size_t t = 0; t < T; ++t) cpu::dequantize_row(w.embed, static_cast<size_t>(tokens[t]), &hidden_[t * H]);
+    for (size_t t = 0; t < T; ++t)
+      cpu::dequantize_row(w.embed, static_cast<size_t>(tokens[t]), &hidden_[t * H]);
   }
   std::vector<RoutingRecord> routes;
   std::vector<float> x(H);
@@ -90,17 +96,26 @@ void Session::eval_chunk(std::span<const int> tokens, std::vector<float>* all_lo
       float* h = &hidden_[t * H];
       const int pos = pos_ + static_cast<int>(t);
       switch (c.family) {
-        case Family::Qwen3Moe: qwen3_moe_mixer(ctx, lw, l, states_[l], h, pos); break;
-        case Family::Qwen3_5Moe: qwen3_5_moe_mixer(ctx, lw, l, states_[l], h, pos); break;
+        case Family::Qwen3Moe:
+          qwen3_moe_mixer(ctx, lw, l, states_[l], h, pos);
+          break;
+        case Family::Qwen3_5Moe:
+          qwen3_5_moe_mixer(ctx, lw, l, states_[l], h, pos);
+          break;
       }
     }
     // Look-ahead prefetch: layer l+1's router on this layer's post-attention state, issued
-    // before this layer's experts run.
-    if (decode && l + 1 < c.num_layers && w.layers[l + 1].is_moe && uses(pf, PrefetchKind::Lookahead)) {
+    // right after this layer's own expert reads (before them, the guesses would delay them).
+    if (decode && l + 1 < c.num_layers && w.layers[l + 1].is_moe &&
+        uses(pf, PrefetchKind::Lookahead)) {
       ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
       cpu::rmsnorm(hidden_.data(), w.layers[l + 1].post_norm, x.data(), H,
                    static_cast<float>(c.rms_norm_eps), c.zero_centered_norms());
-      streamer_->prefetch(l + 1, route_only(ctx, w.layers[l + 1].moe, x.data()), PrefetchKind::Lookahead);
+      const std::vector<int> guess = route_only(ctx, w.layers[l + 1].moe, x.data());
+      if (lw.is_moe)
+        streamer_->prefetch_after_next_demand(l + 1, guess, PrefetchKind::Lookahead);
+      else
+        streamer_->prefetch(l + 1, guess, PrefetchKind::Lookahead);
     }
     mlp_sublayer(ctx, lw, l, hidden_.data(), T, lw.is_moe ? &routes : nullptr);
     if (lw.is_moe) {
