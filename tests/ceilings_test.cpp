@@ -61,6 +61,30 @@ TEST(Ceilings, PositiveOnTinyPackage) {
   expect_positive(measure_memcpy(quick()));
 }
 
+TEST(Ceilings, ExpertBatchesReadWholeBatchesOfDistinctRecords) {
+  TempDir tmp;
+  tiny_package_files(tmp);
+  const Package pkg = Package::open(tmp / "pkg");
+  ReaderOptions io;
+  io.threads = 2;
+  const size_t record = pkg.manifest().experts.record_bytes;
+  const int k = pkg.config().top_k;
+  const Ceiling cached = measure_expert_batches(pkg, io, k, quick());
+  expect_positive(cached);
+  EXPECT_EQ(cached.bytes % (record * k), 0u) << "a partial batch was counted";
+  EXPECT_NE(cached.note.find("batches of " + std::to_string(k)), std::string::npos) << cached.note;
+  // K beyond the expert count reads every expert once per batch.
+  const Ceiling all = measure_expert_batches(pkg, io, 1 << 20, quick());
+  EXPECT_EQ(all.bytes % (record * pkg.config().num_experts), 0u);
+  io.mode = IoMode::Direct;
+  const Ceiling direct = measure_expert_batches(pkg, io, k, quick());
+  if (direct.measured) {
+    EXPECT_EQ(direct.bytes % (record * k), 0u);
+  } else {  // tmpfs: no O_DIRECT, and the note says so
+    EXPECT_NE(direct.note.find("O_DIRECT"), std::string::npos) << direct.note;
+  }
+}
+
 TEST(Ceilings, MissingFileIsAnError) {
   TempDir tmp;
   try {

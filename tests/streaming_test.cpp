@@ -65,6 +65,55 @@ TEST_P(Streaming, ResultsDoNotDependOnCachingOrPrefetch) {
   }
 }
 
+// Passes reads through, noting the order in which they were submitted.
+class RecordingReader final : public ExpertReader {
+ public:
+  explicit RecordingReader(std::unique_ptr<ExpertReader> inner) : inner_(std::move(inner)) {
+    record_bytes_ = inner_->record_bytes();
+  }
+  void submit(std::span<ReadOp* const> ops) override {
+    for (const ReadOp* op : ops) order.emplace_back(op->layer, op->expert);
+    inner_->submit(ops);
+  }
+  void wait(ReadOp& op) override { inner_->wait(op); }
+  const char* describe() const override { return inner_->describe(); }
+  ReaderStats stats() const override { return inner_->stats(); }
+  std::vector<std::pair<int, int>> order;
+
+ private:
+  std::unique_ptr<ExpertReader> inner_;
+};
+
+TEST_P(Streaming, DeferredPrefetchQueuesBehindTheDemandReads) {
+  std::vector<int> moe;
+  for (int l = 0; l < model_->config().num_layers; ++l)
+    if (model_->config().layer_is_moe[l]) moe.push_back(l);
+  ASSERT_GE(moe.size(), 2u);
+  RecordingReader* rec = nullptr;
+  StreamOptions o;
+  o.max_active = 2;
+  o.reader_factory = [&](const Package& pkg, const ReaderOptions& ro) {
+    auto r = std::make_unique<RecordingReader>(make_expert_reader(pkg, ro));
+    rec = r.get();
+    return r;
+  };
+  ExpertStreamer st(model_->package(), o);
+  const int next[2] = {2, 3}, now[2] = {0, 1};
+  st.prefetch_after_next_demand(moe[1], next, PrefetchKind::Lookahead);
+  ASSERT_TRUE(rec->order.empty()) << "a deferred prefetch was issued at once";
+  std::vector<const uint8_t*> out;
+  st.acquire(moe[0], now, out);
+  st.release();
+  const std::vector<std::pair<int, int>> expected = {
+      {moe[0], 0}, {moe[0], 1}, {moe[1], 2}, {moe[1], 3}};
+  EXPECT_EQ(rec->order, expected);
+  st.acquire(moe[1], next, out);
+  st.release();
+  EXPECT_EQ(st.stats().total().prefetch_hits, 2u);
+  EXPECT_EQ(st.stats().prefetch[static_cast<int>(PrefetchKind::Lookahead)].correct, 2u);
+  EXPECT_EQ(rec->order.size(), 4u) << "prefetched records were read again";
+}
+
 TEST_P(Streaming, PrefetchAndCacheCountersMakeSense) {
   EngineOptions o;
   o.stream.prefetch = PrefetchMode::Both;
