@@ -211,32 +211,11 @@ TEST_P(CacheTiers, OnlyTheFastestTierMayBeDeviceMemory) {
 
 TEST_P(CacheTiers, ReadFailureWithUpperTiersLeavesTheSessionUsable) {
   const size_t rec = model_->package().manifest().experts.record_bytes;
-  FaultInjectingReader* faults = nullptr;
   EngineOptions o;
-  o.threads = 2;
-  o.prefill_chunk = 1;
   o.stream.prefetch = PrefetchMode::Both;
   o.stream.upper_tiers = {deferred_tier("gpu-like", 3 * rec)};
   o.stream.ram_cache_bytes = 2 * rec;
-  o.stream.reader_factory = [&](const Package& pkg, const ReaderOptions& ro) {
-    auto r = std::make_unique<FaultInjectingReader>(make_expert_reader(pkg, ro));
-    faults = r.get();
-    return r;
-  };
-  Session s(*model_, o);
-  const std::vector<float> clean_first = std::vector<float>(s.eval_token(tokens_[0]));
-  ASSERT_NE(faults, nullptr);
-  faults->fail_record(last_moe_layer(), -1,
-                      InjectedFault{InjectedFault::Fail, "controller reset", 0});
-  try {
-    s.eval_token(tokens_[1]);
-    FAIL() << "a failed expert read did not surface";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("controller reset"), std::string::npos) << e.what();
-  }
-  faults->clear();
-  s.clear();
-  expect_identical(clean_first, s.eval_token(tokens_[0]), "after a read failure with upper tiers");
+  expect_read_failure_surfaces_and_recovers(o, "controller reset");
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CacheTiers,

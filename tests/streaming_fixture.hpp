@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "core/error.hpp"
+#include "experts/fault_injecting_reader.hpp"
 #include "runtime/session.hpp"
 #include "test_util.hpp"
 
@@ -47,6 +49,36 @@ class StreamingFixture : public testing::TestWithParam<std::string> {
     const auto& m = model_->package().manifest();
     return m.experts.record_bytes * model_->config().num_experts *
            model_->config().num_moe_layers();
+  }
+
+  // Decodes a token cleanly, then makes every read of the last MoE layer fail with `message`:
+  // the next token must fail with that message, and after clear() the session must give the
+  // clean logits again.
+  void expect_read_failure_surfaces_and_recovers(EngineOptions o, const std::string& message) {
+    FaultInjectingReader* faults = nullptr;
+    o.threads = 2;
+    o.prefill_chunk = 1;
+    o.stream.reader_factory = [&](const Package& pkg, const ReaderOptions& ro) {
+      auto r = std::make_unique<FaultInjectingReader>(make_expert_reader(pkg, ro));
+      faults = r.get();
+      return r;
+    };
+    Session s(*model_, o);
+    const std::vector<float> clean_first = std::vector<float>(s.eval_token(tokens_[0]));
+    ASSERT_NE(faults, nullptr);
+    faults->fail_record(last_moe_layer(), -1, InjectedFault{InjectedFault::Fail, message, 0});
+    try {
+      s.eval_token(tokens_[1]);
+      FAIL() << "a failed expert read did not surface";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+    faults->clear();
+    s.clear();
+    const std::vector<float>& again = s.eval_token(tokens_[0]);
+    ASSERT_EQ(clean_first.size(), again.size());
+    EXPECT_EQ(std::memcmp(clean_first.data(), again.data(), again.size() * sizeof(float)), 0)
+        << "logits changed after a read failure and clear()";
   }
 
   int last_moe_layer() const {

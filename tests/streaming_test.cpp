@@ -137,32 +137,10 @@ TEST_P(Streaming, PrefetchAndCacheCountersMakeSense) {
 }
 
 TEST_P(Streaming, ReadFailureMidTokenIsAnErrorAndTheSessionRecovers) {
-  FaultInjectingReader* faults = nullptr;
   EngineOptions o;
-  o.threads = 2;
-  o.prefill_chunk = 1;
   o.stream.prefetch = PrefetchMode::Both;
   o.stream.ram_cache_bytes = 4 * model_->package().manifest().experts.record_bytes;
-  o.stream.reader_factory = [&](const Package& pkg, const ReaderOptions& ro) {
-    auto r = std::make_unique<FaultInjectingReader>(make_expert_reader(pkg, ro));
-    faults = r.get();
-    return r;
-  };
-  Session s(*model_, o);
-  const std::vector<float> clean_first = std::vector<float>(s.eval_token(tokens_[0]));
-  ASSERT_NE(faults, nullptr);
-  const int last_moe = last_moe_layer();
-  faults->fail_record(last_moe, -1, InjectedFault{InjectedFault::Fail, "disk on fire", 0});
-  try {
-    s.eval_token(tokens_[1]);
-    FAIL() << "a failed expert read did not surface";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("disk on fire"), std::string::npos) << e.what();
-  }
-  faults->clear();
-  s.clear();
-  const std::vector<float>& again = s.eval_token(tokens_[0]);
-  expect_identical(clean_first, again, "after a read failure and clear()");
+  expect_read_failure_surfaces_and_recovers(o, "disk on fire");
 }
 
 TEST_P(Streaming, ShortReadIsAnError) {
