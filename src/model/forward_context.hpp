@@ -37,6 +37,7 @@ struct LayerTimes {
   double io_wait = 0;    // blocked on expert reads
   double experts = 0;    // routed + shared expert FFNs (excluding io_wait)
   double prefetch = 0;   // issuing predictions (lookahead router)
+  double wall = 0;       // the whole layer; wall - the above = other (residual adds, copies, ...)
 };
 
 struct ForwardTimings {
@@ -52,7 +53,8 @@ class ScopedTimer {
     if (slot_) t0_ = std::chrono::steady_clock::now();
   }
   ~ScopedTimer() {
-    if (slot_) *slot_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    if (slot_)
+      *slot_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
   }
   ScopedTimer(const ScopedTimer&) = delete;
   ScopedTimer& operator=(const ScopedTimer&) = delete;
@@ -68,8 +70,8 @@ struct ForwardContext {
   const Rope& rope;
   ThreadPool& pool;
   ExpertStreamer& streamer;
-  int active_experts;        // K actually run per token (--k), <= num_experts
-  ForwardTimings* timings;   // null unless --timing
+  int active_experts;       // K actually run per token (--k), <= num_experts
+  ForwardTimings* timings;  // null unless --timing
 
   double* timer(int layer, double LayerTimes::*field) const {
     return timings ? &(timings->layers[layer].*field) : nullptr;

@@ -86,6 +86,7 @@ void Session::eval_chunk(std::span<const int> tokens, std::vector<float>* all_lo
   std::vector<RoutingRecord> routes;
   std::vector<float> x(H);
   for (int l = 0; l < c.num_layers; ++l) {
+    ScopedTimer layer_timer(ctx.timer(l, &LayerTimes::wall));
     const LayerWeights& lw = w.layers[l];
     // Temporal prefetch: the previous token's experts of this layer, read while the mixer runs.
     if (decode && lw.is_moe && uses(pf, PrefetchKind::Temporal) && !routing_[l].experts.empty()) {

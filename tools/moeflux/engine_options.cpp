@@ -1,6 +1,8 @@
 #include "engine_options.hpp"
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
 
 #include "commands.hpp"
 #include "core/error.hpp"
@@ -9,11 +11,14 @@ namespace moeflux::tool {
 
 void add_engine_options(CLI::App* cmd, EngineArgs* a) {
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all)");
-  cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--ram-cache", a->ram_cache, "RAM expert cache budget, e.g. 0, 512M, 4G (default 0 = none)");
+  cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--ram-cache", a->ram_cache,
+                  "RAM expert cache budget, e.g. 0, 512M, 4G (default 0 = none)");
   cmd->add_option("--cache-policy", a->cache_policy, "Eviction: lru, slru or lfu (default lfu)")
       ->check(CLI::IsMember({"lru", "slru", "lfu"}));
-  cmd->add_option("--hot", a->hot, "Keep each layer's N most used experts resident in the RAM cache");
+  cmd->add_option("--hot", a->hot,
+                  "Keep each layer's N most used experts resident in the RAM cache");
   cmd->add_option("--io", a->io, "Expert reads: page-cache (buffered) or direct (O_DIRECT)")
       ->check(CLI::IsMember({"page-cache", "direct"}));
   cmd->add_option("--io-backend", a->io_backend, "threads (pread pool) or io_uring")
@@ -40,32 +45,39 @@ EngineOptions EngineArgs::to_options() const {
   o.stream.io.mode = parse_io_mode(io);
   o.stream.io.backend = parse_io_backend(io_backend);
   o.stream.io.threads = io_threads;
-  if (hot > 0 && o.stream.ram_cache_bytes == 0) fail("--hot needs a --ram-cache budget to keep experts in");
+  if (hot > 0 && o.stream.ram_cache_bytes == 0)
+    fail("--hot needs a --ram-cache budget to keep experts in");
   return o;
 }
 
 void print_timings(const Session& s) {
   const ForwardTimings& t = s.timings();
   if (t.tokens == 0) return;
-  const double n = static_cast<double>(t.tokens);
-  std::fprintf(stderr, "[timing] per token, ms (over %llu tokens)\n", static_cast<unsigned long long>(t.tokens));
-  std::fprintf(stderr, "[timing] layer  attention   router  io-wait  experts prefetch    total\n");
+  const double ms = 1e3 / static_cast<double>(t.tokens);  // seconds in all -> ms per token
+  std::fprintf(stderr, "[timing] per token, ms (over %llu tokens)\n",
+               static_cast<unsigned long long>(t.tokens));
+  std::fprintf(stderr,
+               "[timing] layer  attention   router  io-wait  experts prefetch    other    total\n");
+  auto row = [&](const char* label, const LayerTimes& x) {
+    const double other = x.wall - (x.attention + x.router + x.io_wait + x.experts + x.prefetch);
+    std::fprintf(stderr, "[timing] %5s %10.3f %8.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", label,
+                 ms * x.attention, ms * x.router, ms * x.io_wait, ms * x.experts, ms * x.prefetch,
+                 ms * std::max(other, 0.0), ms * x.wall);
+  };
   LayerTimes sum;
   for (size_t l = 0; l < t.layers.size(); ++l) {
     const LayerTimes& x = t.layers[l];
-    const double tot = x.attention + x.router + x.io_wait + x.experts + x.prefetch;
-    std::fprintf(stderr, "[timing] %5zu %10.3f %8.3f %8.3f %8.3f %8.3f %8.3f\n", l, 1e3 * x.attention / n,
-                 1e3 * x.router / n, 1e3 * x.io_wait / n, 1e3 * x.experts / n, 1e3 * x.prefetch / n, 1e3 * tot / n);
+    row(std::to_string(l).c_str(), x);
     sum.attention += x.attention;
     sum.router += x.router;
     sum.io_wait += x.io_wait;
     sum.experts += x.experts;
     sum.prefetch += x.prefetch;
+    sum.wall += x.wall;
   }
-  const double tot = sum.attention + sum.router + sum.io_wait + sum.experts + sum.prefetch;
-  std::fprintf(stderr, "[timing]   all %10.3f %8.3f %8.3f %8.3f %8.3f %8.3f   (+ embed %.3f, head %.3f)\n",
-               1e3 * sum.attention / n, 1e3 * sum.router / n, 1e3 * sum.io_wait / n, 1e3 * sum.experts / n,
-               1e3 * sum.prefetch / n, 1e3 * tot / n, 1e3 * t.embed / n, 1e3 * t.head / n);
+  row("all", sum);
+  std::fprintf(stderr, "[timing] + embed %.3f, final norm + LM head %.3f = %.3f ms per token\n",
+               ms * t.embed, ms * t.head, ms * (sum.wall + t.embed + t.head));
 }
 
 std::string streaming_summary(const Session& s, double seconds, uint64_t tokens) {
@@ -75,13 +87,14 @@ std::string streaming_summary(const Session& s, double seconds, uint64_t tokens)
   const double req = std::max<double>(1, tot.requests);
   const ReaderStats rs = st.reader().stats();
   char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "experts/token %.2f MiB: RAM cache %.0f%%, prefetched %.0f%%, storage %.0f%% | "
-                "storage %.2f MiB/token at %.2f GB/s (%s)",
-                tot.requests * rb / std::max<double>(1, tokens) / 1048576.0, 100.0 * tot.cache_hits() / req,
-                100.0 * tot.prefetch_hits / req, 100.0 * tot.misses / req,
-                st.stats().storage_reads * rb / std::max<double>(1, tokens) / 1048576.0,
-                rs.busy_seconds > 0 ? rs.bytes / rs.busy_seconds / 1e9 : 0.0, st.reader().describe());
+  std::snprintf(
+      buf, sizeof buf,
+      "experts/token %.2f MiB: RAM cache %.0f%%, prefetched %.0f%%, storage %.0f%% | "
+      "storage %.2f MiB/token at %.2f GB/s (%s)",
+      tot.requests * rb / std::max<double>(1, tokens) / 1048576.0, 100.0 * tot.cache_hits() / req,
+      100.0 * tot.prefetch_hits / req, 100.0 * tot.misses / req,
+      st.stats().storage_reads * rb / std::max<double>(1, tokens) / 1048576.0,
+      rs.busy_seconds > 0 ? rs.bytes / rs.busy_seconds / 1e9 : 0.0, st.reader().describe());
   (void)seconds;
   return buf;
 }
