@@ -110,9 +110,9 @@ class Converter {
       std::vector<uint8_t> bytes;
       if (spec.role == TensorRole::Matrix) {
         const MatrixView v = src_.matrix(spec.name, spec.shape[0], spec.shape[1]);
-        fmt = v.fmt;
-        bytes.resize(matrix_layout(v.fmt, v.rows, v.cols).total_bytes);
-        write_matrix(v, v.fmt, bytes.data());
+        fmt = resident_matrix_format(spec, v.fmt, opts_.resident_format);
+        bytes.resize(matrix_layout(fmt, v.rows, v.cols).total_bytes);
+        write_matrix(v, fmt, bytes.data());
       } else {
         const std::vector<float> f =
             spec.role == TensorRole::Vector

@@ -11,6 +11,10 @@ namespace moeflux {
 struct ConvertOptions {
   // Format of routed experts; empty = keep the checkpoint's (bf16 stays bf16, MLX q4 stays q4).
   std::optional<QuantFormat> experts_format;
+  // Format of the other matrices (attention, shared expert, dense MLPs, embedding, LM head);
+  // empty = keep the checkpoint's. Routing matrices and matrices whose width the format cannot
+  // split into blocks keep theirs.
+  std::optional<QuantFormat> resident_format;
   bool force = false;    // replace an existing OUT_DIR
   bool progress = true;  // progress lines on stderr
   size_t threads = 0;    // quantization threads (0 = hardware)

@@ -410,15 +410,23 @@ void write_random_bf16(PackageWriter& out, ThreadPool& pool, const TensorSpec& s
   });
 }
 
-// Writes one resident tensor: matrices bf16 (streamed), vectors and conv weights f32.
+// Writes one resident tensor: matrices in `fmt` (bf16 streamed; a quantized one is built whole
+// in memory: at most ~1 GiB, the q8_0 embedding of the largest preset), vectors and conv
+// weights f32. The random values do not depend on the format.
 void write_resident(PackageWriter& out, ThreadPool& pool, const ModelConfig& c,
-                    const TensorSpec& spec, uint64_t key,
+                    const TensorSpec& spec, QuantFormat fmt, uint64_t key,
                     const std::function<void(uint64_t)>& on_bytes) {
   if (spec.role == TensorRole::Matrix) {
     const float sigma = spec.name == "embed_tokens.weight"
                             ? 1.0f
                             : 1.0f / std::sqrt(static_cast<float>(spec.shape[1]));
-    write_random_bf16(out, pool, spec, sigma, key, on_bytes);
+    if (fmt == QuantFormat::bf16()) return write_random_bf16(out, pool, spec, sigma, key, on_bytes);
+    const size_t rows = static_cast<size_t>(spec.shape[0]),
+                 cols = static_cast<size_t>(spec.shape[1]);
+    std::vector<uint8_t> rec(matrix_layout(fmt, rows, cols).total_bytes);
+    random_matrix(pool, fmt, rows, cols, sigma, key, rec.data());
+    out.add_resident(spec.name, fmt, spec.shape, rec);
+    on_bytes(rec.size());
     return;
   }
   std::vector<float> f;
@@ -548,9 +556,12 @@ SynthSummary synthesize_package(const std::string& out_dir, const SynthOptions& 
 
   uint64_t resident_total = 0;
   for (const TensorSpec& s : specs)
-    resident_total += s.role == TensorRole::Matrix
-                          ? matrix_layout(QuantFormat::bf16(), s.shape[0], s.shape[1]).total_bytes
-                          : uint64_t(s.shape[0]) * (s.shape.size() == 2 ? s.shape[1] : 1) * 4;
+    resident_total +=
+        s.role == TensorRole::Matrix
+            ? matrix_layout(resident_matrix_format(s, QuantFormat::bf16(), opts.resident),
+                            s.shape[0], s.shape[1])
+                  .total_bytes
+            : uint64_t(s.shape[0]) * (s.shape.size() == 2 ? s.shape[1] : 1) * 4;
   const int moe_layers = c.num_moe_layers();
   const uint64_t layer_bytes = uint64_t(c.num_experts) * m.experts.record_bytes;
   Progress progress(opts.progress, resident_total + layer_bytes * moe_layers);
@@ -574,7 +585,9 @@ SynthSummary synthesize_package(const std::string& out_dir, const SynthOptions& 
   try {
     PackageWriter out(out_dir, opts.force);
     for (const TensorSpec& spec : specs)
-      write_resident(out, pool, c, spec, subkey(resident_root, fnv1a(spec.name)),
+      write_resident(out, pool, c, spec,
+                     resident_matrix_format(spec, QuantFormat::bf16(), opts.resident),
+                     subkey(resident_root, fnv1a(spec.name)),
                      [&](uint64_t n) { progress.add(n, "resident"); });
     sum.resident_bytes = out.resident_bytes();
 

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,8 @@ struct SynthOptions {
   std::string preset;
   int layers = 0;  // keep the first N layers; 0 = all
   QuantFormat experts = QuantFormat::q4();
+  // Non-expert matrices (routers stay bf16); empty = bf16, as the published checkpoints.
+  std::optional<QuantFormat> resident;
   uint64_t seed = 1;
   bool quantize_each = false;  // quantize every expert from fresh floats (CPU-bound, slower)
   bool force = false;          // replace an existing OUT_DIR

@@ -12,7 +12,12 @@ std::vector<TensorSpec> resident_tensor_specs(const ModelConfig& c) {
   auto mat = [&](std::string n, int64_t rows, int64_t cols) {
     s.push_back({std::move(n), {rows, cols}, TensorRole::Matrix});
   };
-  auto vec = [&](std::string n, int64_t len) { s.push_back({std::move(n), {len}, TensorRole::Vector}); };
+  auto routing = [&](std::string n, int64_t rows, int64_t cols) {
+    s.push_back({std::move(n), {rows, cols}, TensorRole::Matrix, /*routing=*/true});
+  };
+  auto vec = [&](std::string n, int64_t len) {
+    s.push_back({std::move(n), {len}, TensorRole::Vector});
+  };
 
   mat("embed_tokens.weight", c.vocab_size, H);
   vec("norm.weight", H);
@@ -52,13 +57,13 @@ std::vector<TensorSpec> resident_tensor_specs(const ModelConfig& c) {
       mat(L("linear_attn.out_proj.weight"), H, vdim);
     }
     if (c.layer_is_moe[i]) {
-      mat(L("mlp.gate.weight"), c.num_experts, H);
+      routing(L("mlp.gate.weight"), c.num_experts, H);
       if (c.shared_expert_intermediate_size > 0) {
         const int64_t S = c.shared_expert_intermediate_size;
         mat(L("mlp.shared_expert.gate_proj.weight"), S, H);
         mat(L("mlp.shared_expert.up_proj.weight"), S, H);
         mat(L("mlp.shared_expert.down_proj.weight"), H, S);
-        mat(L("mlp.shared_expert_gate.weight"), 1, H);
+        routing(L("mlp.shared_expert_gate.weight"), 1, H);
       }
     } else {
       const int64_t I = c.intermediate_size;
@@ -68,6 +73,13 @@ std::vector<TensorSpec> resident_tensor_specs(const ModelConfig& c) {
     }
   }
   return s;
+}
+
+QuantFormat resident_matrix_format(const TensorSpec& spec, QuantFormat source,
+                                   std::optional<QuantFormat> wanted) {
+  if (!wanted || spec.routing || spec.role != TensorRole::Matrix) return source;
+  if (!format_accepts_cols(*wanted, static_cast<size_t>(spec.shape[1]))) return source;
+  return *wanted;
 }
 
 }  // namespace moeflux

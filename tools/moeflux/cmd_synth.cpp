@@ -26,7 +26,7 @@ Runner add_synth(CLI::App& app) {
       "synth", "Write a random-weight package with the published shapes of a model");
   cmd->footer("Presets:" + presets);
   struct Args {
-    std::string family, preset, out, experts = "q4";
+    std::string family, preset, out, experts = "q4", resident;
     int layers = 0;
     uint64_t seed = 1;
     bool force = false, quiet = false, quantize_each = false;
@@ -42,6 +42,10 @@ Runner add_synth(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--experts", a->experts, "Routed-expert format: q4 (default), q8_0 or bf16")
       ->check(CLI::IsMember({"bf16", "q8_0", "q4"}));
+  cmd->add_option(
+         "--resident", a->resident,
+         "Non-expert matrices: bf16 (default, as published), q8_0 or q4 (routers stay bf16)")
+      ->check(CLI::IsMember({"bf16", "q8_0", "q4"}));
   cmd->add_option("--seed", a->seed, "Random seed (default 1); same seed, same bytes");
   cmd->add_flag("--quantize-each", a->quantize_each,
                 "Quantize every expert from fresh random floats (CPU-bound; default: random "
@@ -55,6 +59,7 @@ Runner add_synth(CLI::App& app) {
     o.preset = a->preset;
     o.layers = a->layers;
     o.experts = parse_format(a->experts);
+    if (!a->resident.empty()) o.resident = parse_format(a->resident);
     o.seed = a->seed;
     o.quantize_each = a->quantize_each;
     o.force = a->force;
