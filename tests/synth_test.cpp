@@ -162,6 +162,26 @@ TEST(Synth, Qwen3MoePackageLoadsAndRuns) {
   expect_finite_logits(tmp / "pkg", tmp);
 }
 
+TEST(Synth, ResidentFormatRequantizesAllButRouters) {
+  TempDir tmp;
+  synth_ok(with(kTinyQwen35, {"--resident", "q8_0"}), tmp / "q8");
+  synth_ok(kTinyQwen35, tmp / "bf16");
+  const Package q8 = Package::open(tmp / "q8"), bf16 = Package::open(tmp / "bf16");
+  EXPECT_LT(q8.resident_bytes(), bf16.resident_bytes());
+  int requantized = 0;
+  for (const auto& t : q8.manifest().resident) {
+    if (t.shape.size() == 1) continue;
+    const bool router = t.name.find("mlp.gate.weight") != std::string::npos ||
+                        t.name.find("shared_expert_gate") != std::string::npos;
+    const std::string want = router || t.shape[1] % 32 != 0 ? "bf16" : "q8_0";
+    if (t.name.find("conv1d") != std::string::npos) continue;  // f32 conv weights
+    EXPECT_EQ(format_name(t.fmt), want) << t.name;
+    requantized += want == "q8_0";
+  }
+  EXPECT_GT(requantized, 0);
+  expect_finite_logits(tmp / "q8", tmp);
+}
+
 TEST(Synth, Qwen35MoePackageLoadsAndRuns) {
   for (const char* fmt : {"q4", "q8_0", "bf16"}) {
     SCOPED_TRACE(fmt);
