@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 
 #include "test_util.hpp"
 
@@ -15,7 +16,8 @@ void expect_clean_failure(const CommandResult& r, const std::string& must_mentio
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(must_mention), std::string::npos) << "expected '" << must_mention << "' in: " << r.err;
+  EXPECT_NE(r.err.find(must_mention), std::string::npos)
+      << "expected '" << must_mention << "' in: " << r.err;
 }
 
 // A writable copy of the fixture's checkpoint.
@@ -104,7 +106,8 @@ class LogitsErrors : public testing::Test {
  protected:
   static void SetUpTestSuite() {
     tmp_ = new TempDir;
-    const CommandResult r = run_moeflux({"convert", fixture_dir(kFixture) + "/hf", *tmp_ / "pkg", "-q"});
+    const CommandResult r =
+        run_moeflux({"convert", fixture_dir(kFixture) + "/hf", *tmp_ / "pkg", "-q"});
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
   static void TearDownTestSuite() { delete tmp_; }
@@ -127,15 +130,16 @@ TEST_F(LogitsErrors, TokenOutOfRange) {
 
 TEST_F(LogitsErrors, MalformedTokenList) {
   TempDir t;
-  expect_clean_failure(run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,x", "--out", t / "o.npy"}),
-                       "--tokens");
+  expect_clean_failure(
+      run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,x", "--out", t / "o.npy"}),
+      "--tokens");
   EXPECT_FALSE(fs::exists(t / "o.npy"));
 }
 
 TEST_F(LogitsErrors, MissingPackage) {
   TempDir t;
-  expect_clean_failure(run_moeflux({"logits", "-m", t / "none", "--tokens", "1", "--out", t / "o.npy"}),
-                       t / "none");
+  expect_clean_failure(
+      run_moeflux({"logits", "-m", t / "none", "--tokens", "1", "--out", t / "o.npy"}), t / "none");
 }
 
 TEST_F(LogitsErrors, TruncatedExpertFile) {
@@ -145,7 +149,8 @@ TEST_F(LogitsErrors, TruncatedExpertFile) {
   for (const auto& e : fs::directory_iterator(pkg + "/experts")) layer = e.path().string();
   ASSERT_FALSE(layer.empty());
   fs::resize_file(layer, fs::file_size(layer) - 4096);
-  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1,2", "--out", t / "o.npy"}), layer);
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1,2", "--out", t / "o.npy"}),
+                       layer);
   EXPECT_FALSE(fs::exists(t / "o.npy"));
 }
 
@@ -160,7 +165,8 @@ TEST_F(LogitsErrors, TruncatedResidentFile) {
 TEST_F(LogitsErrors, CorruptManifest) {
   TempDir t;
   const std::string pkg = package_copy(t);
-  std::ofstream(pkg + "/manifest.json", std::ios::trunc) << "{\"format\": \"moeflux-package\", \"version\": 1,";
+  std::ofstream(pkg + "/manifest.json", std::ios::trunc)
+      << "{\"format\": \"moeflux-package\", \"version\": 1,";
   expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}),
                        "manifest.json");
 }
@@ -172,7 +178,52 @@ TEST_F(LogitsErrors, ManifestShapeLies) {
   for (auto& tensor : m["resident"]["tensors"])
     if (tensor["name"] == "norm.weight") tensor["shape"] = {12345};
   std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
-  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}), "norm.weight");
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}),
+                       "norm.weight");
+}
+
+// Manifests that lie in ways the fuzzer found or that could point the reader elsewhere: each is
+// refused with a message naming the field, never undefined behaviour or a read outside the
+// package.
+TEST_F(LogitsErrors, ManifestFieldLies) {
+  struct Lie {
+    const char* what;
+    std::function<void(nlohmann::json&)> edit;
+    const char* message;
+  };
+  const std::vector<Lie> lies = {
+      {"float size", [](nlohmann::json& m) { m["config"]["hidden_size"] = 3.14e126; },
+       "hidden_size"},
+      {"negative size", [](nlohmann::json& m) { m["config"]["num_experts"] = -4; }, "num_experts"},
+      {"string size", [](nlohmann::json& m) { m["config"]["vocab_size"] = "many"; }, "vocab_size"},
+      {"eps a string", [](nlohmann::json& m) { m["config"]["rms_norm_eps"] = "tiny"; },
+       "rms_norm_eps"},
+      {"float offset", [](nlohmann::json& m) { m["resident"]["tensors"][0]["offset"] = 1.5; },
+       "offset"},
+      {"huge shape",
+       [](nlohmann::json& m) {
+         m["resident"]["tensors"][0]["shape"] = {int64_t{1} << 31, int64_t{1} << 31};
+       },
+       "large"},
+      {"expert file outside the package",
+       [](nlohmann::json& m) {
+         for (auto& f : m["experts"]["files"])
+           if (!f.get<std::string>().empty()) f = "../../../etc/passwd";
+       },
+       "must be 'experts/layer_"},
+      {"format not a string", [](nlohmann::json& m) { m["format"] = 7; }, "not a moeflux package"},
+      {"version a string", [](nlohmann::json& m) { m["version"] = "1"; }, "version"},
+  };
+  for (const Lie& lie : lies) {
+    SCOPED_TRACE(lie.what);
+    TempDir t;
+    const std::string pkg = package_copy(t);
+    auto m = nlohmann::json::parse(read_text(pkg + "/manifest.json"));
+    lie.edit(m);
+    std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
+    expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}),
+                         lie.message);
+  }
 }
 
 TEST_F(LogitsErrors, FutureVersion) {
@@ -181,14 +232,15 @@ TEST_F(LogitsErrors, FutureVersion) {
   auto m = nlohmann::json::parse(read_text(pkg + "/manifest.json"));
   m["version"] = 99;
   std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
-  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}), "version");
+  expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}),
+                       "version");
 }
 
 TEST_F(LogitsErrors, TooManyExperts) {
   TempDir t;
-  expect_clean_failure(
-      run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1", "--k", "100000", "--out", t / "o.npy"}),
-      "--k");
+  expect_clean_failure(run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1", "--k", "100000",
+                                    "--out", t / "o.npy"}),
+                       "--k");
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "core/error.hpp"
+#include "core/json_fields.hpp"
 
 namespace moeflux {
 
@@ -15,7 +16,9 @@ using nlohmann::json;
 
 namespace {
 
-size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+size_t align_up(size_t x, size_t a) {
+  return (x + a - 1) / a * a;
+}
 
 ExpertPart make_part(QuantFormat fmt, size_t rows, size_t cols, size_t offset) {
   ExpertPart p;
@@ -30,12 +33,15 @@ json part_json(const ExpertPart& p) {
   return {{"rows", p.rows}, {"cols", p.cols}, {"offset", p.offset}, {"bytes", p.bytes}};
 }
 
-ExpertPart part_from_json(const json& j) {
+// Manifest byte counts and offsets above this are lies (1 PiB).
+constexpr uint64_t kMaxBytes = uint64_t{1} << 50;
+
+ExpertPart part_from_json(const json& j, const std::string& what) {
   ExpertPart p;
-  p.rows = j.at("rows").get<size_t>();
-  p.cols = j.at("cols").get<size_t>();
-  p.offset = j.at("offset").get<size_t>();
-  p.bytes = j.at("bytes").get<size_t>();
+  p.rows = json_uint(j.at("rows"), what + " rows", kMaxBytes);
+  p.cols = json_uint(j.at("cols"), what + " cols", kMaxBytes);
+  p.offset = json_uint(j.at("offset"), what + " offset", kMaxBytes);
+  p.bytes = json_uint(j.at("bytes"), what + " bytes", kMaxBytes);
   return p;
 }
 
@@ -50,7 +56,7 @@ std::string shape_str(const std::vector<int64_t>& s) {
 }
 
 uint64_t file_size_or_fail(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw_errno(path);
   return static_cast<uint64_t>(st.st_size);
 }
@@ -99,15 +105,17 @@ json PackageManifest::to_json() const {
 }
 
 PackageManifest PackageManifest::from_json(const json& j, const std::string& source) {
-  if (!j.is_object() || j.value("format", "") != "moeflux-package")
+  if (!j.is_object() || !j.contains("format") || j["format"] != "moeflux-package")
     fail(source + ": not a moeflux package manifest");
-  const int version = j.value("version", -1);
-  if (version != kPackageVersion)
-    fail(source + ": package version " + std::to_string(version) + " is not supported (this build reads version " +
-         std::to_string(kPackageVersion) + "); convert the model again");
+  const json version = j.contains("version") ? j["version"] : json();
+  if (!version.is_number_integer() || version != kPackageVersion)
+    fail(source + ": package version " +
+         (version.is_null() ? std::string("(none)") : version.dump()) +
+         " is not supported (this build reads version " + std::to_string(kPackageVersion) +
+         "); convert the model again");
   PackageManifest m;
   try {
-    m.version = version;
+    m.version = kPackageVersion;
     m.source = j.value("source", "");
     m.config = ModelConfig::from_json(j.at("config"), source);
     m.source_config = j.value("source_config", json::object());
@@ -115,19 +123,31 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
       ResidentTensor r;
       r.name = t.at("name").get<std::string>();
       r.fmt = parse_format(t.at("format").get<std::string>());
-      r.shape = t.at("shape").get<std::vector<int64_t>>();
-      r.offset = t.at("offset").get<uint64_t>();
-      r.bytes = t.at("bytes").get<uint64_t>();
+      const std::string what = source + ": tensor '" + r.name + "'";
+      const json& shape = t.at("shape");
+      if (!shape.is_array() || shape.empty() || shape.size() > 2)
+        fail(what + ": shape must be [n] or [rows, cols]");
+      for (const json& d : shape)
+        r.shape.push_back(json_int(d, what + " shape", 1, int64_t{1} << 31));
+      r.offset = json_uint(t.at("offset"), what + " offset", kMaxBytes);
+      r.bytes = json_uint(t.at("bytes"), what + " bytes", kMaxBytes);
       m.resident.push_back(std::move(r));
     }
     const json& e = j.at("experts");
     const QuantFormat fmt = parse_format(e.at("format").get<std::string>());
     const ModelConfig& c = m.config;
+    if (!format_accepts_cols(fmt, static_cast<size_t>(c.hidden_size)) ||
+        !format_accepts_cols(fmt, static_cast<size_t>(c.moe_intermediate_size)))
+      fail(source + ": expert format " + format_name(fmt) + " cannot hold the model's matrices");
     m.experts = ExpertLayout::make(fmt, c.hidden_size, c.moe_intermediate_size);
-    if (e.at("record_bytes").get<size_t>() != m.experts.record_bytes ||
-        !same_part(part_from_json(e.at("gate")), m.experts.gate) ||
-        !same_part(part_from_json(e.at("up")), m.experts.up) ||
-        !same_part(part_from_json(e.at("down")), m.experts.down))
+    if (m.experts.record_bytes > kMaxBytes / std::max(1, c.num_experts))
+      fail(source + ": expert layer files would exceed " + std::to_string(kMaxBytes >> 50) +
+           " PiB");
+    if (json_uint(e.at("record_bytes"), source + ": record_bytes", kMaxBytes) !=
+            m.experts.record_bytes ||
+        !same_part(part_from_json(e.at("gate"), source + ": gate"), m.experts.gate) ||
+        !same_part(part_from_json(e.at("up"), source + ": up"), m.experts.up) ||
+        !same_part(part_from_json(e.at("down"), source + ": down"), m.experts.down))
       fail(source + ": expert record layout does not match the model config and format " +
            format_name(fmt));
     m.expert_files = e.at("files").get<std::vector<std::string>>();
@@ -140,9 +160,15 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
   if (static_cast<int>(m.expert_files.size()) != m.config.num_layers)
     fail(source + ": expert file list has " + std::to_string(m.expert_files.size()) +
          " entries, the model has " + std::to_string(m.config.num_layers) + " layers");
-  for (int l = 0; l < m.config.num_layers; ++l)
+  for (int l = 0; l < m.config.num_layers; ++l) {
     if (m.config.layer_is_moe[l] == m.expert_files[l].empty())
-      fail(source + ": expert file list disagrees with the MoE layers at layer " + std::to_string(l));
+      fail(source + ": expert file list disagrees with the MoE layers at layer " +
+           std::to_string(l));
+    // The writer's names only: a manifest cannot point the reader outside the package.
+    if (m.config.layer_is_moe[l] && m.expert_files[l] != expert_file_name(l))
+      fail(source + ": expert file of layer " + std::to_string(l) + " must be '" +
+           expert_file_name(l) + "'");
+  }
   return m;
 }
 
@@ -152,7 +178,7 @@ Package Package::open(const std::string& dir) {
   const std::string mpath = dir + "/" + kManifestName;
   std::ifstream in(mpath);
   if (!in) {
-    struct stat st{};
+    struct stat st {};
     if (::stat(dir.c_str(), &st) != 0) fail(dir + ": no such package directory");
     fail(mpath + ": missing (not a moeflux package, or an unfinished conversion)");
   }
@@ -176,6 +202,8 @@ Package Package::open(const std::string& dir) {
       if (t.fmt.kind != QuantKind::F32) fail(mpath + ": vector '" + t.name + "' must be f32");
       expect = static_cast<uint64_t>(t.shape[0]) * 4;
     } else if (t.shape.size() == 2 && t.shape[0] > 0 && t.shape[1] > 0) {
+      if (t.shape[0] * t.shape[1] > (int64_t{1} << 42))  // each <= 2^31 (from_json)
+        fail(mpath + ": tensor '" + t.name + "' is implausibly large " + shape_str(t.shape));
       if (!format_accepts_cols(t.fmt, static_cast<size_t>(t.shape[1])))
         fail(mpath + ": tensor '" + t.name + "' has " + std::to_string(t.shape[1]) +
              " columns, not valid for format " + format_name(t.fmt));

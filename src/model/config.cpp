@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/error.hpp"
+#include "core/json_fields.hpp"
 
 namespace moeflux {
 
@@ -11,8 +12,10 @@ using nlohmann::json;
 
 const char* family_name(Family f) {
   switch (f) {
-    case Family::Qwen3Moe: return "qwen3_moe";
-    case Family::Qwen3_5Moe: return "qwen3_5_moe";
+    case Family::Qwen3Moe:
+      return "qwen3_moe";
+    case Family::Qwen3_5Moe:
+      return "qwen3_5_moe";
   }
   return "?";
 }
@@ -132,10 +135,12 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   } else if (c.model_type == "qwen3_5_moe" || c.model_type == "qwen3_5_moe_text") {
     c.family = Family::Qwen3_5Moe;
   } else if (c.model_type == "qwen3_next" || outer_type == "qwen3_next") {
-    fail(source + ": model_type 'qwen3_next' is not supported yet (its packed in_proj_qkvz "
-                  "layout differs from qwen3_5_moe)");
+    fail(source +
+         ": model_type 'qwen3_next' is not supported yet (its packed in_proj_qkvz "
+         "layout differs from qwen3_5_moe)");
   } else {
-    fail(source + ": unsupported model_type '" + (c.model_type.empty() ? outer_type : c.model_type) +
+    fail(source + ": unsupported model_type '" +
+         (c.model_type.empty() ? outer_type : c.model_type) +
          "' (supported: qwen3_moe, qwen3_5_moe, qwen3_5_moe_text)");
   }
 
@@ -149,7 +154,8 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   c.rms_norm_eps = t.get_double("rms_norm_eps", 1e-6);
   c.max_position_embeddings = t.get_int("max_position_embeddings", 32768);
   c.attention_bias = t.get_bool("attention_bias", false);
-  c.tie_word_embeddings = t.get_bool("tie_word_embeddings", outer.get_bool("tie_word_embeddings", false));
+  c.tie_word_embeddings =
+      t.get_bool("tie_word_embeddings", outer.get_bool("tie_word_embeddings", false));
   c.rope = parse_rope(*text, source, c.max_position_embeddings);
   const std::string act = t.get_string("hidden_act", "silu");
   require(act == "silu", source, "unsupported hidden_act '" + act + "' (supported: silu)");
@@ -193,16 +199,19 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
               "'layer_types' must list num_hidden_layers entries");
       for (int i = 0; i < c.num_layers; ++i) {
         const std::string s = lt[i].is_string() ? lt[i].get<std::string>() : "";
-        if (s == "full_attention") c.layer_kind[i] = LayerKind::FullAttention;
-        else if (s == "linear_attention") c.layer_kind[i] = LayerKind::LinearAttention;
-        else fail(source + ": unknown layer type '" + s + "' in 'layer_types'");
+        if (s == "full_attention")
+          c.layer_kind[i] = LayerKind::FullAttention;
+        else if (s == "linear_attention")
+          c.layer_kind[i] = LayerKind::LinearAttention;
+        else
+          fail(source + ": unknown layer type '" + s + "' in 'layer_types'");
       }
     } else {
       const int interval = t.get_int("full_attention_interval", 4);
       require(interval > 0, source, "'full_attention_interval' must be positive");
       for (int i = 0; i < c.num_layers; ++i)
-        c.layer_kind[i] = (i + 1) % interval == 0 ? LayerKind::FullAttention
-                                                  : LayerKind::LinearAttention;
+        c.layer_kind[i] =
+            (i + 1) % interval == 0 ? LayerKind::FullAttention : LayerKind::LinearAttention;
     }
     require(c.linear_num_key_heads > 0 && c.linear_num_value_heads % c.linear_num_key_heads == 0,
             source, "linear_num_value_heads must be a multiple of linear_num_key_heads");
@@ -266,55 +275,66 @@ json ModelConfig::to_json() const {
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   try {
     ModelConfig c;
+    // Sizes are bounded like from_hf_json's (2^30) so that products of two fit in 64 bits.
+    auto count = [&](const json& o, const char* key) {
+      return static_cast<int>(
+          json_int(o.at(key), source + ": config key '" + key + "'", 0, int64_t{1} << 30));
+    };
+    auto real = [&](const json& o, const char* key) {
+      return json_finite(o.at(key), source + ": config key '" + key + "'");
+    };
     const std::string fam = j.at("family").get<std::string>();
-    if (fam == "qwen3_moe") c.family = Family::Qwen3Moe;
-    else if (fam == "qwen3_5_moe") c.family = Family::Qwen3_5Moe;
-    else fail(source + ": unknown family '" + fam + "'");
+    if (fam == "qwen3_moe")
+      c.family = Family::Qwen3Moe;
+    else if (fam == "qwen3_5_moe")
+      c.family = Family::Qwen3_5Moe;
+    else
+      fail(source + ": unknown family '" + fam + "'");
     c.model_type = j.at("model_type").get<std::string>();
-    c.vocab_size = j.at("vocab_size").get<int>();
-    c.hidden_size = j.at("hidden_size").get<int>();
-    c.num_layers = j.at("num_layers").get<int>();
-    c.num_heads = j.at("num_heads").get<int>();
-    c.num_kv_heads = j.at("num_kv_heads").get<int>();
-    c.head_dim = j.at("head_dim").get<int>();
-    c.rms_norm_eps = j.at("rms_norm_eps").get<double>();
-    c.max_position_embeddings = j.at("max_position_embeddings").get<int>();
+    c.vocab_size = count(j, "vocab_size");
+    c.hidden_size = count(j, "hidden_size");
+    c.num_layers = count(j, "num_layers");
+    c.num_heads = count(j, "num_heads");
+    c.num_kv_heads = count(j, "num_kv_heads");
+    c.head_dim = count(j, "head_dim");
+    c.rms_norm_eps = real(j, "rms_norm_eps");
+    c.max_position_embeddings = count(j, "max_position_embeddings");
     c.attention_bias = j.at("attention_bias").get<bool>();
     c.tie_word_embeddings = j.at("tie_word_embeddings").get<bool>();
     const json& r = j.at("rope");
     c.rope.type = r.at("type").get<std::string>();
-    c.rope.theta = r.at("theta").get<double>();
-    c.rope.partial_rotary_factor = r.at("partial_rotary_factor").get<double>();
-    c.rope.factor = r.at("factor").get<double>();
-    c.rope.original_max_position_embeddings = r.at("original_max_position_embeddings").get<int>();
-    c.rope.beta_fast = r.at("beta_fast").get<double>();
-    c.rope.beta_slow = r.at("beta_slow").get<double>();
-    c.rope.attention_factor = r.at("attention_factor").get<double>();
-    c.rope.mscale = r.at("mscale").get<double>();
-    c.rope.mscale_all_dim = r.at("mscale_all_dim").get<double>();
+    c.rope.theta = real(r, "theta");
+    c.rope.partial_rotary_factor = real(r, "partial_rotary_factor");
+    c.rope.factor = real(r, "factor");
+    c.rope.original_max_position_embeddings = count(r, "original_max_position_embeddings");
+    c.rope.beta_fast = real(r, "beta_fast");
+    c.rope.beta_slow = real(r, "beta_slow");
+    c.rope.attention_factor = real(r, "attention_factor");
+    c.rope.mscale = real(r, "mscale");
+    c.rope.mscale_all_dim = real(r, "mscale_all_dim");
     c.rope.truncate = r.at("truncate").get<bool>();
-    c.num_experts = j.at("num_experts").get<int>();
-    c.top_k = j.at("top_k").get<int>();
-    c.moe_intermediate_size = j.at("moe_intermediate_size").get<int>();
+    c.num_experts = count(j, "num_experts");
+    c.top_k = count(j, "top_k");
+    c.moe_intermediate_size = count(j, "moe_intermediate_size");
     c.norm_topk_prob = j.at("norm_topk_prob").get<bool>();
-    c.intermediate_size = j.at("intermediate_size").get<int>();
-    c.shared_expert_intermediate_size = j.at("shared_expert_intermediate_size").get<int>();
+    c.intermediate_size = count(j, "intermediate_size");
+    c.shared_expert_intermediate_size = count(j, "shared_expert_intermediate_size");
     for (const auto& k : j.at("layer_kind"))
       c.layer_kind.push_back(k.get<std::string>() == "full" ? LayerKind::FullAttention
                                                             : LayerKind::LinearAttention);
     c.layer_is_moe = j.at("layer_is_moe").get<std::vector<bool>>();
-    c.linear_conv_kernel = j.at("linear_conv_kernel").get<int>();
-    c.linear_key_head_dim = j.at("linear_key_head_dim").get<int>();
-    c.linear_value_head_dim = j.at("linear_value_head_dim").get<int>();
-    c.linear_num_key_heads = j.at("linear_num_key_heads").get<int>();
-    c.linear_num_value_heads = j.at("linear_num_value_heads").get<int>();
+    c.linear_conv_kernel = count(j, "linear_conv_kernel");
+    c.linear_key_head_dim = count(j, "linear_key_head_dim");
+    c.linear_value_head_dim = count(j, "linear_value_head_dim");
+    c.linear_num_key_heads = count(j, "linear_num_key_heads");
+    c.linear_num_value_heads = count(j, "linear_num_value_heads");
     if (static_cast<int>(c.layer_kind.size()) != c.num_layers ||
         static_cast<int>(c.layer_is_moe.size()) != c.num_layers)
       fail(source + ": layer lists do not match num_layers");
     if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_layers <= 0 || c.head_dim <= 0 ||
         c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0 ||
-        c.top_k <= 0 || c.top_k > c.num_experts || c.rotary_dim() <= 0 ||
-        c.rotary_dim() % 2 != 0 || c.rotary_dim() > c.head_dim)
+        c.top_k <= 0 || c.top_k > c.num_experts || c.rotary_dim() <= 0 || c.rotary_dim() % 2 != 0 ||
+        c.rotary_dim() > c.head_dim)
       fail(source + ": model config has invalid dimensions");
     if (c.family == Family::Qwen3_5Moe &&
         (c.linear_num_key_heads <= 0 || c.linear_num_value_heads % c.linear_num_key_heads != 0 ||
