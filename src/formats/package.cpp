@@ -110,7 +110,7 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
   const json version = j.contains("version") ? j["version"] : json();
   if (!version.is_number_integer() || version != kPackageVersion)
     fail(source + ": package version " +
-         (version.is_null() ? std::string("(none)") : version.dump()) +
+         (version.is_null() ? std::string("(none)") : printable(version.dump())) +
          " is not supported (this build reads version " + std::to_string(kPackageVersion) +
          "); convert the model again");
   PackageManifest m;
@@ -123,7 +123,7 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
       ResidentTensor r;
       r.name = t.at("name").get<std::string>();
       r.fmt = parse_format(t.at("format").get<std::string>());
-      const std::string what = source + ": tensor '" + r.name + "'";
+      const std::string what = source + ": tensor '" + printable(r.name) + "'";
       const json& shape = t.at("shape");
       if (!shape.is_array() || shape.empty() || shape.size() > 2)
         fail(what + ": shape must be [n] or [rows, cols]");
@@ -196,27 +196,29 @@ Package Package::open(const std::string& dir) {
   std::vector<std::pair<uint64_t, uint64_t>> ranges;
   std::map<std::string, int> seen;
   for (const auto& t : p.manifest_.resident) {
-    if (seen[t.name]++) fail(mpath + ": duplicate resident tensor '" + t.name + "'");
+    if (seen[t.name]++) fail(mpath + ": duplicate resident tensor '" + printable(t.name) + "'");
     uint64_t expect = 0;
     if (t.shape.size() == 1 && t.shape[0] > 0) {
-      if (t.fmt.kind != QuantKind::F32) fail(mpath + ": vector '" + t.name + "' must be f32");
+      if (t.fmt.kind != QuantKind::F32)
+        fail(mpath + ": vector '" + printable(t.name) + "' must be f32");
       expect = static_cast<uint64_t>(t.shape[0]) * 4;
     } else if (t.shape.size() == 2 && t.shape[0] > 0 && t.shape[1] > 0) {
       if (t.shape[0] * t.shape[1] > (int64_t{1} << 42))  // each <= 2^31 (from_json)
-        fail(mpath + ": tensor '" + t.name + "' is implausibly large " + shape_str(t.shape));
+        fail(mpath + ": tensor '" + printable(t.name) + "' is implausibly large " +
+             shape_str(t.shape));
       if (!format_accepts_cols(t.fmt, static_cast<size_t>(t.shape[1])))
-        fail(mpath + ": tensor '" + t.name + "' has " + std::to_string(t.shape[1]) +
+        fail(mpath + ": tensor '" + printable(t.name) + "' has " + std::to_string(t.shape[1]) +
              " columns, not valid for format " + format_name(t.fmt));
       expect = matrix_layout(t.fmt, t.shape[0], t.shape[1]).total_bytes;
     } else {
-      fail(mpath + ": tensor '" + t.name + "' has invalid shape " + shape_str(t.shape));
+      fail(mpath + ": tensor '" + printable(t.name) + "' has invalid shape " + shape_str(t.shape));
     }
     if (t.bytes != expect)
-      fail(mpath + ": tensor '" + t.name + "' claims " + std::to_string(t.bytes) +
+      fail(mpath + ": tensor '" + printable(t.name) + "' claims " + std::to_string(t.bytes) +
            " bytes, its shape and format need " + std::to_string(expect));
     if (t.offset > p.resident_.size() || t.bytes > p.resident_.size() - t.offset)
-      fail(rpath + ": truncated: tensor '" + t.name + "' ends past the end of the file");
-    if (t.offset % 4 != 0) fail(mpath + ": tensor '" + t.name + "' is misaligned");
+      fail(rpath + ": truncated: tensor '" + printable(t.name) + "' ends past the end of the file");
+    if (t.offset % 4 != 0) fail(mpath + ": tensor '" + printable(t.name) + "' is misaligned");
     ranges.emplace_back(t.offset, t.offset + t.bytes);
   }
   std::sort(ranges.begin(), ranges.end());
@@ -244,20 +246,20 @@ const ResidentTensor* Package::find(const std::string& name) const {
 
 MatrixView Package::matrix(const std::string& name, size_t rows, size_t cols) const {
   const ResidentTensor* t = find(name);
-  if (!t) fail(dir_ + ": package lacks tensor '" + name + "'");
+  if (!t) fail(dir_ + ": package lacks tensor '" + printable(name) + "'");
   if (t->shape.size() != 2 || static_cast<size_t>(t->shape[0]) != rows ||
       static_cast<size_t>(t->shape[1]) != cols)
-    fail(dir_ + ": tensor '" + name + "': expected shape [" + std::to_string(rows) + ", " +
-         std::to_string(cols) + "], found " + shape_str(t->shape));
+    fail(dir_ + ": tensor '" + printable(name) + "': expected shape [" + std::to_string(rows) +
+         ", " + std::to_string(cols) + "], found " + shape_str(t->shape));
   return MatrixView::from_record(t->fmt, rows, cols, resident_.data() + t->offset);
 }
 
 const float* Package::vector(const std::string& name, size_t n) const {
   const ResidentTensor* t = find(name);
-  if (!t) fail(dir_ + ": package lacks tensor '" + name + "'");
+  if (!t) fail(dir_ + ": package lacks tensor '" + printable(name) + "'");
   if (t->shape.size() != 1 || static_cast<size_t>(t->shape[0]) != n)
-    fail(dir_ + ": tensor '" + name + "': expected shape [" + std::to_string(n) + "], found " +
-         shape_str(t->shape));
+    fail(dir_ + ": tensor '" + printable(name) + "': expected shape [" + std::to_string(n) +
+         "], found " + shape_str(t->shape));
   return reinterpret_cast<const float*>(resident_.data() + t->offset);
 }
 

@@ -42,8 +42,7 @@ struct Reader {
   double get_double(const char* key, double dflt) const {
     if (!has(key)) return dflt;
     const json& v = j.at(key);
-    if (!v.is_number()) fail(source + ": key '" + key + "' is not a number");
-    return v.get<double>();
+    return json_finite(v, source + ": key '" + key + "'");
   }
   bool get_bool(const char* key, bool dflt) const {
     if (!has(key)) return dflt;
@@ -96,7 +95,8 @@ RopeConfig parse_rope(const json& t, const std::string& source, int max_pos) {
     r.truncate = p.get_bool("truncate", true);
   }
   if (r.type != "default" && r.type != "linear" && r.type != "yarn")
-    fail(source + ": unsupported rope_type '" + r.type + "' (supported: default, linear, yarn)");
+    fail(source + ": unsupported rope_type '" + printable(r.type) +
+         "' (supported: default, linear, yarn)");
   require(r.theta > 0, source, "rope_theta must be positive");
   require(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1, source,
           "partial_rotary_factor must be in (0, 1]");
@@ -140,7 +140,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
          "layout differs from qwen3_5_moe)");
   } else {
     fail(source + ": unsupported model_type '" +
-         (c.model_type.empty() ? outer_type : c.model_type) +
+         printable(c.model_type.empty() ? outer_type : c.model_type) +
          "' (supported: qwen3_moe, qwen3_5_moe, qwen3_5_moe_text)");
   }
 
@@ -158,7 +158,8 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
       t.get_bool("tie_word_embeddings", outer.get_bool("tie_word_embeddings", false));
   c.rope = parse_rope(*text, source, c.max_position_embeddings);
   const std::string act = t.get_string("hidden_act", "silu");
-  require(act == "silu", source, "unsupported hidden_act '" + act + "' (supported: silu)");
+  require(act == "silu", source,
+          "unsupported hidden_act '" + printable(act) + "' (supported: silu)");
 
   c.num_experts = t.get_int("num_experts");
   c.top_k = t.get_int("num_experts_per_tok");
@@ -204,7 +205,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
         else if (s == "linear_attention")
           c.layer_kind[i] = LayerKind::LinearAttention;
         else
-          fail(source + ": unknown layer type '" + s + "' in 'layer_types'");
+          fail(source + ": unknown layer type '" + printable(s) + "' in 'layer_types'");
       }
     } else {
       const int interval = t.get_int("full_attention_interval", 4);
@@ -289,7 +290,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     else if (fam == "qwen3_5_moe")
       c.family = Family::Qwen3_5Moe;
     else
-      fail(source + ": unknown family '" + fam + "'");
+      fail(source + ": unknown family '" + printable(fam) + "'");
     c.model_type = j.at("model_type").get<std::string>();
     c.vocab_size = count(j, "vocab_size");
     c.hidden_size = count(j, "hidden_size");
