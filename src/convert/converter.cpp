@@ -52,6 +52,13 @@ void write_matrix(const MatrixView& src, QuantFormat fmt, uint8_t* out) {
   }
 }
 
+// "/data/models/Qwen3-30B-A3B/" -> "Qwen3-30B-A3B".
+std::string checkpoint_name(const std::string& dir) {
+  fs::path p = fs::absolute(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  return p.filename().string();
+}
+
 class Converter {
  public:
   Converter(const SourceCheckpoint& src, PackageWriter& out, const ConvertOptions& opts)
@@ -63,7 +70,9 @@ class Converter {
     PackageManifest m;
     m.config = c;
     m.source_config = src_.config_json();
-    m.source = fs::absolute(src_.dir()).lexically_normal().string();
+    // The checkpoint directory's name only: a package shared with others should not carry the
+    // converting machine's directory layout.
+    m.source = checkpoint_name(src_.dir());
 
     // Expert format: the checkpoint's unless asked otherwise; one format for all layers.
     int first_moe = -1;
