@@ -100,6 +100,10 @@ TEST_P(CacheTiers, ResultsDoNotDependOnTiers) {
          2 * rec,
          PrefetchMode::Lookahead},
         {"deferred 0 over ram 0", {deferred_tier("gpu-like", 0)}, 0, PrefetchMode::None},
+        {"fast 2 over deferred mid 6 over ram 2, prefetch both",
+         {host_tier("fast", 2 * rec), deferred_tier("mid", 6 * rec)},
+         2 * rec,
+         PrefetchMode::Both},
     };
     for (const Case& c : cases) {
       EngineOptions o;

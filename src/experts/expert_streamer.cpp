@@ -287,6 +287,10 @@ TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier) 
   return fastest;
 }
 
+void ExpertStreamer::fence_upper_tiers() {
+  for (size_t t = 0; t + 1 < tiers_.size(); ++t) tiers_[t]->memory().fence();
+}
+
 void ExpertStreamer::unpin(const Pin& p) {
   CacheTier& tier = *tiers_[p.tier];
   TierSlot& s = *p.slot;
@@ -378,9 +382,11 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
       }
       out[i] = s->data;
     }
-    if (tiers_.size() > 1) tiers_.front()->memory().fence();
+    fence_upper_tiers();
   } catch (...) {
-    // Leave the streamer usable: wait out this call's reads, drop what failed, unpin.
+    // Leave the streamer usable: let the copies already issued land (their sources must not be
+    // reused before), wait out this call's reads, drop what failed, unpin.
+    fence_upper_tiers();
     CacheTier& ram = *tiers_.back();
     for (size_t i = 0; i < found.size(); ++i) {
       TierSlot* s = found[i];

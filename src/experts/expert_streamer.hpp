@@ -140,6 +140,8 @@ class ExpertStreamer {
   void count_use(int layer, int expert);
   void wait_for(TierSlot& s, int layer);
   void unpin(const Pin& p);
+  // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous).
+  void fence_upper_tiers();
 
   StreamOptions opts_;
   size_t record_bytes_;
