@@ -103,6 +103,8 @@ class ExpertStreamer {
   // reader serves requests in order, so a guess about the next layer never delays the reads
   // this layer is about to wait for, and it runs while those finish and while compute runs.
   void prefetch_after_next_demand(int layer, std::span<const int> experts, PrefetchKind kind);
+  // Forgets deferred prefetches not issued yet (the evaluation they belonged to was abandoned).
+  void cancel_deferred_prefetches() { deferred_.clear(); }
 
   // Makes the records available and pinned until release(): out[i] points at the record of
   // experts[i]. All misses are submitted at once; waits only for reads still in flight.

@@ -34,6 +34,7 @@ void Session::clear() {
   for (int l = 0; l < c.num_layers; ++l)
     if (c.layer_kind[l] == LayerKind::LinearAttention) states_[l].delta = make_deltanet_state(c);
   routing_.assign(c.num_layers, RoutingRecord{});
+  streamer_->cancel_deferred_prefetches();
   pos_ = 0;
 }
 
