@@ -5,8 +5,12 @@
 namespace moeflux {
 
 CacheTier::CacheTier(std::string name, size_t budget_slots, size_t working_slots,
-                     std::unique_ptr<TierMemory> memory, const std::string& policy)
-    : name_(std::move(name)), budget_slots_(budget_slots), memory_(std::move(memory)) {
+                     std::unique_ptr<TierMemory> memory, const std::string& policy,
+                     TierStats& stats)
+    : stats(stats),
+      name_(std::move(name)),
+      budget_slots_(budget_slots),
+      memory_(std::move(memory)) {
   const size_t n = budget_slots + working_slots;
   MF_ASSERT(working_slots > 0 && memory_ != nullptr);
   slots_.reserve(n);

@@ -44,8 +44,9 @@ struct TierStats {
 
 class CacheTier {
  public:
+  // `stats` is where this tier counts (owned by the caller, outliving the tier).
   CacheTier(std::string name, size_t budget_slots, size_t working_slots,
-            std::unique_ptr<TierMemory> memory, const std::string& policy);
+            std::unique_ptr<TierMemory> memory, const std::string& policy, TierStats& stats);
   CacheTier(const CacheTier&) = delete;
   CacheTier& operator=(const CacheTier&) = delete;
 
@@ -69,7 +70,7 @@ class CacheTier {
   void touch(uint64_t key) { policy_->on_hit(key); }
   void drop(TierSlot& s);  // forget s's record; s becomes free
 
-  TierStats stats;
+  TierStats& stats;
 
  private:
   std::string name_;

@@ -88,6 +88,9 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
     fail("at most " + std::to_string(kMaxCacheTiers - 1) + " cache tiers above the RAM cache");
   // Working slots: the K records one acquire pins, plus 2K for prefetches in flight.
   const size_t work = 3 * static_cast<size_t>(opts.max_active);
+  // Tier counters live in stats_.tiers (sized once here, never reallocated): each tier updates
+  // its own entry.
+  stats_.tiers.resize(opts.upper_tiers.size() + 1);
   auto add_tier = [&](const std::string& name, size_t budget_bytes, const std::string& policy,
                       const TierSpec* spec) {
     const size_t budget = budget_bytes / record_bytes_;
@@ -96,7 +99,8 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
     std::unique_ptr<TierMemory> mem =
         spec && spec->make_memory ? spec->make_memory(slots, record_bytes_)
                                   : make_host_tier_memory(slots, record_bytes_, what.c_str());
-    tiers_.push_back(std::make_unique<CacheTier>(name, budget, work, std::move(mem), policy));
+    tiers_.push_back(std::make_unique<CacheTier>(name, budget, work, std::move(mem), policy,
+                                                 stats_.tiers[tiers_.size()]));
   };
   for (const TierSpec& t : opts.upper_tiers) add_tier(t.name, t.budget_bytes, t.policy, &t);
   add_tier("ram", opts.ram_cache_bytes, opts.policy, nullptr);
@@ -107,10 +111,11 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
   reader_ =
       opts.reader_factory ? opts.reader_factory(pkg, opts.io) : make_expert_reader(pkg, opts.io);
   spare_hot_ = [this](uint64_t k) { return is_hot(key_layer(k), key_expert(k)); };
+  evicted_from_ram_ = [this](TierSlot& v) { count_wasted_prefetch(v); };  // evicted unused
   predicted_.resize(c.num_layers);
   use_counts_.assign(c.num_layers, std::vector<uint32_t>(c.num_experts, 0));
   hot_threshold_.assign(c.num_layers, 0);
-  reset_stats();
+  stats_.layers.resize(c.num_layers);
 }
 
 ExpertStreamer::~ExpertStreamer() {
@@ -126,15 +131,16 @@ ExpertStreamer::~ExpertStreamer() {
 }
 
 void ExpertStreamer::reset_stats() {
-  stats_ = StreamStats{};
-  stats_.layers.resize(predicted_.size());
-  stats_.tiers.resize(tiers_.size());
-  for (auto& t : tiers_) t->stats = TierStats{};
+  for (auto& l : stats_.layers) l = LayerStreamStats{};
+  for (auto& t : stats_.tiers) t = TierStats{};  // in place: the tiers hold references
+  stats_.prefetch = {};
+  stats_.storage_reads = 0;
 }
 
-const StreamStats& ExpertStreamer::stats() const {
-  for (size_t i = 0; i < tiers_.size(); ++i) stats_.tiers[i] = tiers_[i]->stats;
-  return stats_;
+void ExpertStreamer::count_wasted_prefetch(const TierSlot& s) {
+  if (!s.prefetched) return;
+  for (int k = 0; k < 2; ++k)
+    if (s.prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_reads;
 }
 
 bool ExpertStreamer::is_hot(int layer, int expert) const {
@@ -162,13 +168,8 @@ int ExpertStreamer::locate(uint64_t key, TierSlot** slot) {
 
 TierSlot* ExpertStreamer::take_ram_slot() {
   CacheTier& ram = *tiers_.back();
-  auto count_waste = [this](TierSlot& s) {  // evicted before anyone used it
-    if (!s.prefetched) return;
-    for (int k = 0; k < 2; ++k)
-      if (s.prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_reads;
-  };
   TierSlot* s;
-  while (!(s = ram.take_free(spare_hot_, count_waste))) {
+  while (!(s = ram.take_free(spare_hot_, evicted_from_ram_))) {
     // Every slot is pinned or loading: wait for some unpinned read to land.
     TierSlot* busy = nullptr;
     for (const auto& c : ram.slots())
@@ -205,11 +206,7 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
       if (s->prefetched) s->prefetch_kinds |= static_cast<uint8_t>(1 << k);
       continue;
     }
-    s = tiers_.back()->take_free(spare_hot_, [this](TierSlot& v) {
-      if (v.prefetched)
-        for (int j = 0; j < 2; ++j)
-          if (v.prefetch_kinds & (1 << j)) ++stats_.prefetch[j].wasted_reads;
-    });
+    s = tiers_.back()->take_free(spare_hot_, evicted_from_ram_);
     if (!s) break;  // every slot busy: skip the rest of this prediction
     claim_read(*s, layer, e);
     s->prefetched = true;

@@ -113,7 +113,7 @@ class ExpertStreamer {
   void acquire(int layer, std::span<const int> experts, std::vector<const uint8_t*>& out);
   void release();
 
-  const StreamStats& stats() const;  // tier counters refreshed on each call
+  const StreamStats& stats() const { return stats_; }
   void reset_stats();
   size_t record_bytes() const { return record_bytes_; }
   size_t tier_count() const { return tiers_.size(); }
@@ -141,6 +141,8 @@ class ExpertStreamer {
   bool is_hot(int layer, int expert) const;
   void count_use(int layer, int expert);
   void wait_for(TierSlot& s, int layer);
+  // A RAM-tier record dropped before any acquire used it: its prefetch reads were wasted.
+  void count_wasted_prefetch(const TierSlot& s);
   void unpin(const Pin& p);
   // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous).
   void fence_upper_tiers();
@@ -150,6 +152,7 @@ class ExpertStreamer {
   std::unique_ptr<ExpertReader> reader_;
   std::vector<std::unique_ptr<CacheTier>> tiers_;  // fastest first; back() is the RAM tier
   std::function<bool(uint64_t)> spare_hot_;
+  std::function<void(TierSlot&)> evicted_from_ram_;
   std::vector<Pin> pinned_;
   struct DeferredPrefetch {
     int layer = -1;
@@ -162,7 +165,7 @@ class ExpertStreamer {
   std::vector<std::vector<uint32_t>> use_counts_;  // [layer][expert], for the hot set
   std::vector<uint32_t> hot_threshold_;            // per layer: use count to be hot
   uint64_t acquires_ = 0;
-  mutable StreamStats stats_;
+  StreamStats stats_;
 };
 
 }  // namespace moeflux
