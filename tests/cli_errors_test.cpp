@@ -12,14 +12,6 @@ namespace {
 
 const char* kFixture = "qwen3_moe_sharded";
 
-void expect_clean_failure(const CommandResult& r, const std::string& must_mention) {
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(must_mention), std::string::npos)
-      << "expected '" << must_mention << "' in: " << r.err;
-}
-
 // A writable copy of the fixture's checkpoint.
 std::string copy_checkpoint(const TempDir& tmp) {
   const std::string dst = tmp / "hf";

@@ -475,10 +475,18 @@ constexpr uint32_t kAuditArch = 0;
 
 constexpr int kNoSeccomp = 77;
 
-// Runs `body` in a forked child under the seccomp filter; returns the child's exit code and its
-// message (or kNoSeccomp where filters cannot be installed).
-std::pair<int, std::string> run_filtered(std::vector<sock_filter> filter,
+// Runs `body` in a forked child under a seccomp filter made of a fixed preamble (allow other
+// architectures; load the syscall number) followed by `rules`; returns the child's exit code and
+// its message (or kNoSeccomp where filters cannot be installed).
+std::pair<int, std::string> run_filtered(const std::vector<sock_filter>& rules,
                                          const std::function<std::string()>& body) {
+  std::vector<sock_filter> filter = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kAuditArch, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+  };
+  filter.insert(filter.end(), rules.begin(), rules.end());
   int pipefd[2];
   if (::pipe(pipefd) != 0) std::abort();
   const pid_t pid = ::fork();
@@ -519,16 +527,12 @@ std::string reader_error(const Package& pkg, IoBackend b, IoMode m) {
 TEST(ExpertReader, IoUringRefusedBySeccomp) {
   const Package pkg = Package::open(shared_package());
   // io_uring_setup -> ENOSYS, as under Docker's default seccomp profile.
-  std::vector<sock_filter> f = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kAuditArch, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+  const std::vector<sock_filter> rules = {
       BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOSYS),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
-  const auto [code, msg] = run_filtered(f, [&] {
+  const auto [code, msg] = run_filtered(rules, [&] {
     return reader_error(pkg, IoBackend::IoUring, IoMode::PageCache) + "|" +
            reader_error(pkg, IoBackend::Threads, IoMode::PageCache);
   });
@@ -541,18 +545,14 @@ TEST(ExpertReader, IoUringRefusedBySeccomp) {
 TEST(ExpertReader, ODirectRefusedBySeccomp) {
   const Package pkg = Package::open(shared_package());
   // openat with O_DIRECT -> EINVAL, what open(2) says on a filesystem without O_DIRECT.
-  std::vector<sock_filter> f = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kAuditArch, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+  const std::vector<sock_filter> rules = {
       BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 0, 3),
       BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, args) + 2 * sizeof(uint64_t)),
       BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, O_DIRECT, 0, 1),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EINVAL),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
   };
-  const auto [code, msg] = run_filtered(f, [&] {
+  const auto [code, msg] = run_filtered(rules, [&] {
     return reader_error(pkg, IoBackend::Threads, IoMode::Direct) + "|" +
            reader_error(pkg, IoBackend::Threads, IoMode::PageCache);
   });

@@ -48,31 +48,6 @@ std::string make_package(const TempDir& tmp, const PackageSpec& spec = {},
   return tmp / name;
 }
 
-// Runs moeflux with extra environment assignments and `input` on standard input.
-CommandResult run_with(const std::vector<std::string>& args, const std::string& env,
-                       const std::string& input) {
-  TempDir io;
-  std::ofstream(io / "in", std::ios::binary) << input;
-  std::string cmd = env + " " + shell_quote(MOEFLUX_BINARY);
-  for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " <" + shell_quote(io / "in") + " >" + shell_quote(io / "out") + " 2>" +
-         shell_quote(io / "err");
-  const int status = std::system(cmd.c_str());
-  CommandResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_text(io / "out");
-  r.err = read_text(io / "err");
-  return r;
-}
-
-void expect_clean_failure(const CommandResult& r, const std::string& must_mention) {
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(must_mention), std::string::npos)
-      << "expected '" << must_mention << "' in: " << r.err;
-}
-
 std::vector<int> bytes_of(const std::string& s) {
   std::vector<int> v;
   for (unsigned char c : s) v.push_back(c);
@@ -209,11 +184,11 @@ TEST(RunCommand, ChatWrapsThePromptWithTheTemplate) {
 TEST(RunCommand, ModelFromTheEnvironment) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
-  const CommandResult r = run_with({"run", "-p", "x", "-n", "2", "--seed", "3"},
-                                   "MOEFLUX_MODEL=" + shell_quote(pkg), "");
+  const CommandResult r = run_moeflux_with({"run", "-p", "x", "-n", "2", "--seed", "3"},
+                                           "MOEFLUX_MODEL=" + shell_quote(pkg), "");
   EXPECT_EQ(r.exit_code, 0) << r.err;
   const CommandResult m =
-      run_with({"run", "-p", "x"}, "MOEFLUX_MODEL=" + shell_quote(tmp / "none"), "");
+      run_moeflux_with({"run", "-p", "x"}, "MOEFLUX_MODEL=" + shell_quote(tmp / "none"), "");
   expect_clean_failure(m, tmp / "none");
 }
 
@@ -312,8 +287,8 @@ TEST(PerplexityCommand, BadInput) {
 TEST(ChatCommand, ScriptedConversation) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
-  const CommandResult r = run_with({"chat", "-m", pkg, "--temp", "0", "-n", "6"}, "",
-                                   "Hello\n\n/clear\nHello\n/nonsense\n/quit\nnot read\n");
+  const CommandResult r = run_moeflux_with({"chat", "-m", pkg, "--temp", "0", "-n", "6"}, "",
+                                           "Hello\n\n/clear\nHello\n/nonsense\n/quit\nnot read\n");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   // Greedy from a cleared state: the two replies are equal, each followed by a newline.
   ASSERT_EQ(r.out.size() % 2, 0u);
@@ -324,10 +299,10 @@ TEST(ChatCommand, ScriptedConversation) {
   EXPECT_NE(r.err.find("[chat] cleared"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("unknown command /nonsense"), std::string::npos) << r.err;
   // End of input ends the chat too.
-  EXPECT_EQ(run_with({"chat", "-m", pkg, "-n", "2"}, "", "Hi\n").exit_code, 0);
+  EXPECT_EQ(run_moeflux_with({"chat", "-m", pkg, "-n", "2"}, "", "Hi\n").exit_code, 0);
   // A turn that does not fit is refused, and the conversation goes on.
   const CommandResult big =
-      run_with({"chat", "-m", pkg, "-n", "2"}, "", std::string(80, 'a') + "\nHi\n");
+      run_moeflux_with({"chat", "-m", pkg, "-n", "2"}, "", std::string(80, 'a') + "\nHi\n");
   EXPECT_EQ(big.exit_code, 0) << big.err;
   EXPECT_NE(big.err.find("context of 64"), std::string::npos) << big.err;
 }
@@ -495,7 +470,7 @@ TEST(BundledModel, GreedySamplesMatchTransformers) {
     }
     if (!first) args.insert(args.end(), {"-m", bundled()});  // the first uses the default model
     first = false;
-    const CommandResult r = run_with(args, "MOEFLUX_MODEL=", "");
+    const CommandResult r = run_moeflux_with(args, "MOEFLUX_MODEL=", "");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     const auto j = nlohmann::json::parse(read_text(tmp / "s.json"));
     EXPECT_EQ(j.at("prompt_tokens"), s.at("prompt_ids")) << s.at("prompt");
@@ -539,9 +514,10 @@ TEST(BundledModel, PerplexityMatchesTransformers) {
 
 TEST(BundledModel, ChatAndThinkBudget) {
   if (!fs::exists(bundled() + "/manifest.json")) GTEST_SKIP() << "no bundled model";
-  const CommandResult r = run_with({"chat", "-m", bundled(), "--seed", "7", "-n", "16",
-                                    "--think-budget", "4", "--system", "Answer from scripture."},
-                                   "", "Blessed are the meek\nAnd the merciful\n");
+  const CommandResult r =
+      run_moeflux_with({"chat", "-m", bundled(), "--seed", "7", "-n", "16", "--think-budget", "4",
+                        "--system", "Answer from scripture."},
+                       "", "Blessed are the meek\nAnd the merciful\n");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("chatml format"), std::string::npos) << r.err;
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n') >= 2, true) << r.out;

@@ -51,14 +51,6 @@ void expect_only(const TempDir& tmp, const std::set<std::string>& allowed) {
     EXPECT_TRUE(allowed.count(e.path().filename().string())) << "left behind: " << e.path();
 }
 
-void expect_clean_failure(const CommandResult& r, const std::string& must_mention) {
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(must_mention), std::string::npos)
-      << "expected '" << must_mention << "' in: " << r.err;
-}
-
 // Evaluates tokens with `moeflux logits` and checks every logit is finite and not all equal.
 void expect_finite_logits(const std::string& pkg, const TempDir& tmp) {
   const CommandResult r = run_moeflux(

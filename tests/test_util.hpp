@@ -1,9 +1,11 @@
 // Helpers shared by the tests: temporary directories, running the moeflux binary, fixtures.
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -55,17 +57,36 @@ inline std::string shell_quote(const std::string& s) {
 }
 
 // Runs `moeflux <args>` and captures its exit code, stdout and stderr.
-inline CommandResult run_moeflux(const std::vector<std::string>& args) {
+// Runs moeflux with `env` assignments ("A=1 B=2", may be empty) in front and `input` on standard
+// input; captures stdout and stderr.
+inline CommandResult run_moeflux_with(const std::vector<std::string>& args, const std::string& env,
+                                      const std::string& input) {
   TempDir io;
-  std::string cmd = shell_quote(MOEFLUX_BINARY);
+  std::ofstream(io / "in", std::ios::binary) << input;
+  std::string cmd = env + " " + shell_quote(MOEFLUX_BINARY);
   for (const auto& a : args) cmd += " " + shell_quote(a);
-  cmd += " >" + shell_quote(io / "out") + " 2>" + shell_quote(io / "err") + " </dev/null";
+  cmd += " <" + shell_quote(io / "in") + " >" + shell_quote(io / "out") + " 2>" +
+         shell_quote(io / "err");
   const int status = std::system(cmd.c_str());
   CommandResult r;
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   r.out = read_text(io / "out");
   r.err = read_text(io / "err");
   return r;
+}
+
+inline CommandResult run_moeflux(const std::vector<std::string>& args) {
+  return run_moeflux_with(args, "", "");
+}
+
+// A failed command the way users must see it: exit code 1, one line "moeflux: error: ..." that
+// mentions `must_mention`.
+inline void expect_clean_failure(const CommandResult& r, const std::string& must_mention) {
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(must_mention), std::string::npos)
+      << "expected '" << must_mention << "' in: " << r.err;
 }
 
 inline std::string fixture_dir(const std::string& name) {

@@ -415,15 +415,8 @@ TEST(TokenizerErrors, MissingFile) {
 
 // ---- the command ------------------------------------------------------------------------------
 
+using test::expect_clean_failure;
 using test::run_moeflux;
-
-void expect_clean_failure(const test::CommandResult& r, const std::string& must_mention) {
-  EXPECT_EQ(r.exit_code, 1) << r.err;
-  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
-  EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find(must_mention), std::string::npos)
-      << "wanted " << must_mention << " in: " << r.err;
-}
 
 TEST(TokenizeCommand, EncodeAndDecode) {
   const json& cases = expected().at("tokenizers").at("qwen2").at("cases");
