@@ -89,4 +89,13 @@ MatrixView MatrixView::from_record(QuantFormat fmt, size_t rows, size_t cols, co
   return v;
 }
 
+MatrixView MatrixView::row_slice(size_t begin, size_t n) const {
+  MatrixView v = *this;
+  v.rows = n;
+  v.data = data + begin * row_data_bytes(fmt, cols);
+  if (scales) v.scales = scales + begin * row_scale_bytes(fmt, cols);
+  if (biases) v.biases = biases + begin * row_bias_bytes(fmt, cols);
+  return v;
+}
+
 }  // namespace moeflux

@@ -72,6 +72,8 @@ struct MatrixView {
 
   // Views a contiguous record laid out by matrix_layout().
   static MatrixView from_record(QuantFormat fmt, size_t rows, size_t cols, const uint8_t* base);
+  // Rows [begin, begin + n) as a matrix of their own (the caller keeps begin + n <= rows).
+  MatrixView row_slice(size_t begin, size_t n) const;
 };
 
 }  // namespace moeflux

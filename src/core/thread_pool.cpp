@@ -85,8 +85,7 @@ void ThreadPool::worker_loop(size_t index) {
   }
 }
 
-void ThreadPool::parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn,
-                              size_t grain) {
+void ThreadPool::parallel_for(size_t n, FunctionRef<void(size_t, size_t)> fn, size_t grain) {
   if (n == 0) return;
   grain = std::max<size_t>(grain, 1);
   const size_t chunks = (n + grain - 1) / grain;

@@ -3,7 +3,7 @@
 // parallel_for(n, fn, grain) calls fn(begin, end) on disjoint ranges covering [0, n) and returns
 // when all have finished. The calling thread takes part. Calls must not nest (a fn must not call
 // parallel_for on the same pool), the pool is driven by one thread at a time, and fn must not
-// throw (collect errors and report them after the call).
+// throw (collect errors and report them after the call). It never allocates.
 //
 // Decode issues hundreds of short loops per token, so hand-off latency matters more than idle
 // CPU: workers spin on an atomic generation counter for a while (~30 µs) before sleeping on a
@@ -13,10 +13,11 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
+
+#include "core/function_ref.hpp"
 
 namespace moeflux {
 
@@ -35,7 +36,7 @@ class ThreadPool {
 
   // Splits [0, n) into at most size() ranges, each a multiple of `grain` long (but the last).
   // A loop of at most `grain` items runs inline on the caller.
-  void parallel_for(size_t n, const std::function<void(size_t, size_t)>& fn, size_t grain = 1);
+  void parallel_for(size_t n, FunctionRef<void(size_t, size_t)> fn, size_t grain = 1);
 
  private:
   void worker_loop(size_t index);
@@ -45,7 +46,7 @@ class ThreadPool {
   std::condition_variable wake_;  // workers sleep here after spinning
   std::condition_variable done_;  // the caller sleeps here after spinning
   bool spin_ = false;
-  const std::function<void(size_t, size_t)>* job_ = nullptr;
+  const FunctionRef<void(size_t, size_t)>* job_ = nullptr;
   std::vector<std::pair<size_t, size_t>> ranges_;  // ranges_[i] for worker i; last is the caller's
   std::atomic<uint64_t> generation_{0};            // bumped (release) to publish a job
   std::atomic<size_t> pending_{0};                 // workers still running the current job

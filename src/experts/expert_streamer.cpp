@@ -153,7 +153,8 @@ void ExpertStreamer::count_use(int layer, int expert) {
   if (opts_.hot_per_layer == 0 || ++acquires_ % 256 != 0) return;
   // Re-rank: the hot set of a layer is its hot_per_layer most used experts so far.
   for (size_t l = 0; l < use_counts_.size(); ++l) {
-    std::vector<uint32_t> c = use_counts_[l];
+    rank_scratch_.assign(use_counts_[l].begin(), use_counts_[l].end());
+    std::vector<uint32_t>& c = rank_scratch_;
     const size_t n = std::min(opts_.hot_per_layer, c.size());
     std::nth_element(c.begin(), c.begin() + (n - 1), c.end(), std::greater<>());
     hot_threshold_[l] = c[n - 1];
@@ -199,7 +200,8 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
   const int k = static_cast<int>(kind);
   predicted_[layer][k].assign(experts.begin(), experts.end());
   stats_.prefetch[k].predictions += experts.size();
-  std::vector<ReadOp*> ops;
+  std::vector<ReadOp*>& ops = reads_;
+  ops.clear();
   for (int e : experts) {
     TierSlot* s = nullptr;
     if (locate(expert_key(layer, e), &s) >= 0) {  // already cached somewhere, or on its way
@@ -220,7 +222,11 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
 
 void ExpertStreamer::prefetch_after_next_demand(int layer, std::span<const int> experts,
                                                 PrefetchKind kind) {
-  deferred_.push_back({layer, std::vector<int>(experts.begin(), experts.end()), kind});
+  if (n_deferred_ == deferred_.size()) deferred_.emplace_back();
+  DeferredPrefetch& d = deferred_[n_deferred_++];
+  d.layer = layer;
+  d.experts.assign(experts.begin(), experts.end());
+  d.kind = kind;
 }
 
 void ExpertStreamer::wait_for(TierSlot& s, int layer) {
@@ -297,22 +303,24 @@ void ExpertStreamer::unpin(const Pin& p) {
     tier.drop(s);
 }
 
-void ExpertStreamer::acquire(int layer, std::span<const int> experts,
-                             std::vector<const uint8_t*>& out) {
-  MF_ASSERT(pinned_.empty());
+int ExpertStreamer::request(int layer, std::span<const int> experts) {
+  const int ticket = next_ticket_++;
   LayerStreamStats& ls = stats_.layers[layer];
   score_predictions(layer, experts);
   const size_t ram_tier = tiers_.size() - 1;
 
   // Find each record in the fastest tier that has it, or start reading it into the RAM tier.
-  std::vector<TierSlot*> found(experts.size());
-  std::vector<size_t> found_tier(experts.size());
-  std::vector<ReadOp*> misses;
+  reads_.clear();
   for (size_t i = 0; i < experts.size(); ++i) {
     const int e = experts[i];
     const uint64_t key = expert_key(layer, e);
     count_use(layer, e);
     ++ls.requests;
+    Entry en;
+    en.ticket = ticket;
+    en.layer = layer;
+    en.expert = e;
+    en.index = i;
     TierSlot* s = nullptr;
     const int t = locate(key, &s);
     if (t >= 0) {
@@ -325,89 +333,144 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
       }
       ++tiers_[t]->stats.hits;
       tiers_[t]->touch(key);
-      found_tier[i] = static_cast<size_t>(t);
+      en.tier = static_cast<size_t>(t);
     } else {
       s = take_ram_slot();
       claim_read(*s, layer, e);
-      misses.push_back(&s->op);
+      reads_.push_back(&s->op);
       ++ls.misses;
-      found_tier[i] = ram_tier;
+      en.tier = ram_tier;
+      en.demand_read = true;
     }
+    en.slot = s;
     ++s->pins;
-    pinned_.push_back({found_tier[i], s});
-    found[i] = s;
+    pinned_.push_back({en.tier, s, ticket});
+    entries_.push_back(en);
   }
-  stats_.storage_reads += misses.size();
-  if (!misses.empty()) {
+  stats_.storage_reads += reads_.size();
+  if (!reads_.empty()) {
     // Submitting is part of the time compute is blocked on I/O: on a machine with fewer cores
     // than reader threads, the woken readers may run (and copy) before submit() returns.
     const auto t0 = std::chrono::steady_clock::now();
-    reader_->submit(misses);
+    reader_->submit(reads_);
     ls.io_wait_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   // Guesses about later layers queue behind this layer's demand reads.
-  std::vector<DeferredPrefetch> deferred;
-  deferred.swap(deferred_);
-  for (const DeferredPrefetch& d : deferred) prefetch(d.layer, d.experts, d.kind);
+  const size_t n = n_deferred_;
+  n_deferred_ = 0;
+  for (size_t i = 0; i < n; ++i) prefetch(deferred_[i].layer, deferred_[i].experts, deferred_[i].kind);
+  return ticket;
+}
 
-  out.resize(experts.size());
+bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
+  TierSlot* s = e.slot;
+  const size_t ram_tier = tiers_.size() - 1;
+  if (e.tier == ram_tier) {
+    CacheTier& ram = *tiers_.back();
+    if (ram.loading(*s)) return false;
+    if (s->op.state.load(std::memory_order_acquire) == ReadOp::Failed) {
+      // A failed prefetch read is retried once as a demand read; a failed demand read fails.
+      if (e.demand_read) throw Error(s->op.error);
+      e.demand_read = true;
+      s->op.error.clear();
+      s->op.state.store(ReadOp::Pending, std::memory_order_relaxed);
+      s->read_in_flight = true;
+      ReadOp* op = &s->op;
+      reader_->submit(std::span<ReadOp* const>(&op, 1));
+      ++stats_.storage_reads;
+      return false;
+    }
+  }
+  if (e.tier > 0) {
+    TierSlot* top = promote(expert_key(e.layer, e.expert), *s, e.tier);
+    ++top->pins;
+    pinned_.push_back({0, top, e.ticket});
+    s = top;
+  }
+  e.taken = true;
+  ready.push_back({e.index, e.expert, s->data, nullptr});
+  return true;
+}
+
+bool ExpertStreamer::take_ready(int ticket, std::vector<ExpertHandle>& ready) {
+  ready.clear();
   try {
-    for (size_t i = 0; i < experts.size(); ++i) {
-      TierSlot* s = found[i];
-      if (found_tier[i] == ram_tier) {
-        try {
-          wait_for(*s, layer);
-        } catch (const Error&) {
-          // A failed prefetch read is retried once as a demand read; a failed demand read fails.
-          const bool was_demand = std::find(misses.begin(), misses.end(), &s->op) != misses.end();
-          if (was_demand) throw;
-          s->op.error.clear();
-          s->op.state.store(ReadOp::Pending, std::memory_order_relaxed);
-          s->read_in_flight = true;
-          ReadOp* op = &s->op;
-          reader_->submit(std::span<ReadOp* const>(&op, 1));
-          ++stats_.storage_reads;
-          wait_for(*s, layer);
-        }
+    for (;;) {
+      Entry* first_pending = nullptr;
+      for (Entry& e : entries_) {
+        if (e.ticket != ticket || e.taken) continue;
+        if (!try_take(e, ready) && !first_pending) first_pending = &e;
       }
-      if (found_tier[i] > 0) {
-        TierSlot* top = promote(expert_key(layer, experts[i]), *s, found_tier[i]);
-        ++top->pins;
-        pinned_.push_back({0, top});
-        s = top;
+      if (!ready.empty() || !first_pending) break;
+      // Nothing usable yet: wait for the earliest outstanding read of this ticket (the reader
+      // serves requests in order), then look again.
+      try {
+        wait_for(*first_pending->slot, first_pending->layer);
+      } catch (const Error&) {
+        // try_take decides: retry a failed prefetch read, or fail.
       }
-      out[i] = s->data;
     }
     fence_upper_tiers();
   } catch (...) {
-    // Leave the streamer usable: let the copies already issued land (their sources must not be
-    // reused before), wait out this call's reads, drop what failed, unpin.
-    fence_upper_tiers();
-    CacheTier& ram = *tiers_.back();
-    for (size_t i = 0; i < found.size(); ++i) {
-      TierSlot* s = found[i];
-      if (found_tier[i] == ram_tier && s->read_in_flight) {
-        try {
-          reader_->wait(s->op);
-        } catch (const Error&) {
-        }
-        s->read_in_flight = false;
-      }
-    }
-    for (const Pin& p : pinned_) --p.slot->pins;
-    for (const Pin& p : pinned_)
-      if (p.tier == ram_tier && p.slot->occupied && p.slot->pins == 0 &&
-          p.slot->op.state.load() == ReadOp::Failed)
-        ram.drop(*p.slot);
-    pinned_.clear();
+    abandon_all();
     throw;
   }
+  return !ready.empty();
+}
+
+void ExpertStreamer::abandon_all() {
+  // Let the copies already issued land (their sources must not be reused before), wait out
+  // the outstanding reads, drop what failed, unpin.
+  fence_upper_tiers();
+  CacheTier& ram = *tiers_.back();
+  const size_t ram_tier = tiers_.size() - 1;
+  for (Entry& e : entries_) {
+    TierSlot* s = e.slot;
+    if (e.tier == ram_tier && s->read_in_flight) {
+      try {
+        reader_->wait(s->op);
+      } catch (const Error&) {
+      }
+      s->read_in_flight = false;
+    }
+  }
+  for (const Pin& p : pinned_) --p.slot->pins;
+  for (const Pin& p : pinned_)
+    if (p.tier == ram_tier && p.slot->occupied && p.slot->pins == 0 &&
+        p.slot->op.state.load() == ReadOp::Failed)
+      ram.drop(*p.slot);
+  pinned_.clear();
+  entries_.clear();
+}
+
+void ExpertStreamer::release(int ticket) {
+  size_t kept = 0;
+  for (const Pin& p : pinned_) {
+    if (p.ticket == ticket)
+      unpin(p);
+    else
+      pinned_[kept++] = p;
+  }
+  pinned_.resize(kept);
+  kept = 0;
+  for (const Entry& e : entries_)
+    if (e.ticket != ticket) entries_[kept++] = e;
+  entries_.resize(kept);
+}
+
+void ExpertStreamer::acquire(int layer, std::span<const int> experts,
+                             std::vector<const uint8_t*>& out) {
+  const int ticket = request(layer, experts);
+  out.assign(experts.size(), nullptr);
+  while (take_ready(ticket, handles_))
+    for (const ExpertHandle& h : handles_) out[h.index] = h.record;
 }
 
 void ExpertStreamer::release() {
   for (const Pin& p : pinned_) unpin(p);
   pinned_.clear();
+  entries_.clear();
 }
 
 }  // namespace moeflux

@@ -9,8 +9,15 @@
 // records are read-only, so evicting a copy from one tier never touches the others.
 // Prefetch reads into the RAM tier; promotion happens when compute asks.
 //
-// Single-threaded use: one session thread calls prefetch / acquire / release; reads complete
-// on the reader's threads and only touch their ReadOp.
+// Per-record readiness: request() pins a set of records and starts every miss at once;
+// take_ready() hands records out as they become usable (cache hits at once, misses as their
+// reads land), so compute can start on the first expert while others are still arriving, and a
+// second request() issued before the first set is consumed overlaps its reads with that
+// compute (prompt evaluation). At most two requests are outstanding.
+//
+// Single-threaded use: one thread at a time calls prefetch / request / take_ready / release
+// (the Engine serialises forward passes); reads complete on the reader's threads and only touch
+// their ReadOp. After warm-up no call allocates (scratch vectors keep their capacity).
 #pragma once
 
 #include <array>
@@ -89,6 +96,14 @@ struct StreamStats {
   LayerStreamStats total() const;
 };
 
+// A record handed out by take_ready: experts[index] of its request.
+struct ExpertHandle {
+  size_t index = 0;
+  int expert = 0;
+  const uint8_t* record = nullptr;  // in the fastest tier's memory
+  const void* ready = nullptr;      // readiness event of an asynchronous copy; null = usable now
+};
+
 class ExpertStreamer {
  public:
   ExpertStreamer(const Package& pkg, const StreamOptions& opts);
@@ -104,14 +119,25 @@ class ExpertStreamer {
   // this layer is about to wait for, and it runs while those finish and while compute runs.
   void prefetch_after_next_demand(int layer, std::span<const int> experts, PrefetchKind kind);
   // Forgets deferred prefetches not issued yet (the evaluation they belonged to was abandoned).
-  void cancel_deferred_prefetches() { deferred_.clear(); }
+  void cancel_deferred_prefetches() { n_deferred_ = 0; }
 
-  // Makes the records available and pinned until release(): out[i] points at the record of
-  // experts[i]. All misses are submitted at once; waits only for reads still in flight.
-  // Throws moeflux::Error if a read fails; the streamer stays usable (failed entries are
-  // dropped, pins released).
+  // Pins the records of `experts` of `layer` (found in a tier, or read into the RAM tier: every
+  // miss submitted at once) and returns a ticket for take_ready / release. Waits for nothing.
+  // At most two tickets may be outstanding; together they pin at most 2 * max_active records.
+  int request(int layer, std::span<const int> experts);
+  // Hands out (appends to `ready`, cleared first) every record of `ticket` not handed out yet
+  // that is usable now, promoted into the fastest tier; if none is, first waits for the next
+  // read of the ticket to land. Returns false, with `ready` empty, once all were handed out.
+  // Throws moeflux::Error if a read fails; the streamer stays usable (every outstanding ticket
+  // is dropped: failed records forgotten, pins released).
+  bool take_ready(int ticket, std::vector<ExpertHandle>& ready);
+  // Unpins the records of `ticket` (they stay cached as the tiers' budgets allow).
+  void release(int ticket);
+
+  // request + take_ready until done: out[i] points at the record of experts[i]; release() ends
+  // the pin. For tools and tests that want a whole set at once.
   void acquire(int layer, std::span<const int> experts, std::vector<const uint8_t*>& out);
-  void release();
+  void release();  // every outstanding ticket
 
   const StreamStats& stats() const { return stats_; }
   void reset_stats();
@@ -126,6 +152,17 @@ class ExpertStreamer {
   struct Pin {
     size_t tier;
     TierSlot* slot;
+    int ticket;
+  };
+  // One requested record of an outstanding ticket.
+  struct Entry {
+    int ticket = 0;
+    int layer = 0, expert = 0;
+    size_t index = 0;           // in its request
+    size_t tier = 0;            // where it was found (the RAM tier for misses)
+    TierSlot* slot = nullptr;
+    bool demand_read = false;   // this request submitted the read (a failure is final)
+    bool taken = false;
   };
 
   // The fastest tier holding `key` (its slot in *slot), or -1.
@@ -146,6 +183,11 @@ class ExpertStreamer {
   void unpin(const Pin& p);
   // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous).
   void fence_upper_tiers();
+  // Hands out entry e: checks its read, retries a failed prefetch read once, promotes it.
+  // Returns false if its read is still in flight.
+  bool try_take(Entry& e, std::vector<ExpertHandle>& ready);
+  // After a failure: waits out every outstanding read, drops failed records, unpins all.
+  void abandon_all();
 
   StreamOptions opts_;
   size_t record_bytes_;
@@ -154,12 +196,19 @@ class ExpertStreamer {
   std::function<bool(uint64_t)> spare_hot_;
   std::function<void(TierSlot&)> evicted_from_ram_;
   std::vector<Pin> pinned_;
+  std::vector<Entry> entries_;  // of the outstanding tickets
+  std::vector<ReadOp*> reads_;  // scratch: reads to submit
+  std::vector<ExpertHandle> handles_;     // scratch of acquire()
+  std::vector<uint32_t> rank_scratch_;    // scratch of the hot-set ranking
+  int next_ticket_ = 0;
   struct DeferredPrefetch {
     int layer = -1;
     std::vector<int> experts;
     PrefetchKind kind = PrefetchKind::Lookahead;
   };
-  std::vector<DeferredPrefetch> deferred_;  // issued by the next acquire
+  // deferred_[0, n_deferred_) are issued by the next request (entries are reused).
+  std::vector<DeferredPrefetch> deferred_;
+  size_t n_deferred_ = 0;
   // Last prediction per layer and kind, scored at the layer's next acquire.
   std::vector<std::array<std::vector<int>, 2>> predicted_;
   std::vector<std::vector<uint32_t>> use_counts_;  // [layer][expert], for the hot set

@@ -1,25 +1,35 @@
-// The token-mixer half of one decoder layer of each family, mirroring its transformers module:
-//   h <- h + mixer(norm_in(h))
-// The MLP half (h <- h + mlp(norm_post(h))) is shared: mlp_sublayer in blocks.hpp.
+// The model families: each supplies, as data, what differs between families — its token mixer
+// per layer kind, its router, its norm convention and the layer kinds it can have. The session
+// and the shared layer blocks (layers.hpp) never switch on the family; adding a family adds
+// its own file (a FamilyDef) and the backend ops it needs, and one line in family.cpp.
 #pragma once
 
-#include "model/blocks.hpp"
+#include <span>
+
+#include "backend/backend.hpp"
+#include "model/forward_context.hpp"
+#include "model/weights.hpp"
 
 namespace moeflux {
 
-// Per-layer state of a session: a KV cache (full attention) or a DeltaNet state (linear).
-struct LayerState {
-  KvCache kv;
-  DeltaNetState delta;
+struct FamilyDef {
+  Family family;
+  // h <- h + mixer(norm_in(h)) for all rows of the batch (the layer's kind picks the mixer).
+  void (*mixer)(const ForwardContext& ctx, const LayerWeights& w, int layer);
+  // The router of a MoE layer, for `active` experts per token.
+  RouterSpec (*router)(const ModelConfig& c, int active);
+  // Decoder norms (input, post-attention, q/k, final): x·(1 + w) instead of x·w.
+  bool zero_centered_norms;
+  std::span<const LayerKind> layer_kinds;  // kinds this family's layers may have
 };
 
-// Qwen3MoeDecoderLayer: RMSNorm (x * w), attention with q/k RMSNorm and RoPE.
-void qwen3_moe_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer, LayerState& state,
-                     float* h, int pos);
+// The definition of `f`. Every Family has one.
+const FamilyDef& family_def(Family f);
 
-// Qwen3_5MoeDecoderLayer: zero-centred RMSNorm (x * (1 + w)), then Gated DeltaNet or gated full
-// attention.
-void qwen3_5_moe_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer,
-                       LayerState& state, float* h, int pos);
+// Throws moeflux::Error (naming `source`) if a layer of `c` has a kind its family lacks.
+void check_layer_kinds(const ModelConfig& c, const std::string& source);
+
+extern const FamilyDef kQwen3MoeFamily;
+extern const FamilyDef kQwen3_5MoeFamily;
 
 }  // namespace moeflux

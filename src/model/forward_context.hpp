@@ -1,27 +1,33 @@
-// What a layer's forward pass needs besides its weights: config, thread pool, the expert
-// streamer, rope table, per-layer timers, and the per-session state it reads and updates.
+// What a forward pass over one batch needs besides the weights: the config, the family, the
+// backend and its preallocated workspace, the expert streamer, the rope table, the batch's
+// sequences, timers and routing sinks.
+//
+// A batch is T rows (tokens) in one workspace. Its rows belong to one or more sequences
+// (SequenceChunk): a prompt chunk is one sequence's consecutive tokens; batched decode is one
+// row per sequence. Row-wise work (projections, norms, MoE) runs over all T rows at once; the
+// mixers' sequence-dependent parts (KV cache, recurrent state, positions) run per chunk.
 #pragma once
 
 #include <chrono>
+#include <functional>
+#include <span>
 #include <vector>
 
-#include "core/thread_pool.hpp"
+#include "backend/backend.hpp"
 #include "experts/expert_streamer.hpp"
 #include "formats/package.hpp"
 #include "model/config.hpp"
-#include "model/rope.hpp"
 
 namespace moeflux {
 
-// Keys and values of one full-attention layer for positions [0, length).
-struct KvCache {
-  std::vector<float> k, v;  // [length, num_kv_heads * head_dim]
-};
+struct FamilyDef;
+struct Workspace;
+struct MoeScratch;
 
-// Recurrent state of one Gated DeltaNet layer.
-struct DeltaNetState {
-  std::vector<float> conv;  // [conv_dim, kernel - 1]: the last kernel-1 inputs, oldest first
-  std::vector<float> S;     // [v_heads, key_head_dim, value_head_dim]
+// Per-layer state of one sequence: a KV cache (full attention) or a DeltaNet state (linear).
+struct LayerState {
+  KvCache kv;
+  DeltaNetState delta;
 };
 
 // Routing decisions of one MoE layer for one token (exposed for tracing and tests).
@@ -30,12 +36,26 @@ struct RoutingRecord {
   std::vector<float> weights;
 };
 
+// One sequence's state: its layers' states, in backend memory (owned by its Session), and the
+// routing of its last evaluated token per layer (empty for dense layers; temporal prefetch).
+struct SequenceState {
+  std::vector<LayerState> layers;
+  std::vector<RoutingRecord> last_routing;
+};
+
+// Rows [row0, row0 + rows) of a batch: tokens of `state`'s sequence at positions pos0, pos0+1...
+struct SequenceChunk {
+  SequenceState* state = nullptr;
+  int pos0 = 0;
+  size_t row0 = 0, rows = 0;
+};
+
 // Wall time per layer, split as in flash-moe's --timing, summed over the tokens evaluated.
 struct LayerTimes {
   double attention = 0;  // token mixer: attention or Gated DeltaNet (incl. its input norm)
-  double router = 0;     // router matvec, softmax, top-k (incl. post-attention norm)
+  double router = 0;     // router matmul, softmax, top-k (incl. post-attention norm)
   double io_wait = 0;    // blocked on expert reads
-  double experts = 0;    // routed + shared expert FFNs (excluding io_wait)
+  double experts = 0;    // routed + shared expert FFNs and the combine (excluding io_wait)
   double prefetch = 0;   // issuing predictions (lookahead router)
   double wall = 0;       // the whole layer; wall - the above = other (residual adds, copies, ...)
 };
@@ -64,14 +84,25 @@ class ScopedTimer {
   std::chrono::steady_clock::time_point t0_;
 };
 
+// Called after each MoE layer of each batch with the routing of a sequence chunk's tokens
+// (positions first_pos, first_pos + 1, ...).
+using RoutingSink =
+    std::function<void(int layer, int first_pos, const std::vector<RoutingRecord>&)>;
+
 struct ForwardContext {
   const ModelConfig& config;
+  const FamilyDef& family;
   const ExpertLayout& expert_layout;
-  const Rope& rope;
-  ThreadPool& pool;
+  Backend& be;
+  Workspace& ws;
+  MoeScratch& moe;
   ExpertStreamer& streamer;
+  const RopeTable& rope;
   int active_experts;       // K actually run per token (--k), <= num_experts
+  size_t rows;              // T: rows of this batch
+  std::span<const SequenceChunk> seqs;
   ForwardTimings* timings;  // null unless --timing
+  const RoutingSink* on_routing;  // null unless tracing
 
   double* timer(int layer, double LayerTimes::*field) const {
     return timings ? &(timings->layers[layer].*field) : nullptr;

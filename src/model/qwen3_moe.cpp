@@ -1,19 +1,28 @@
-// qwen3_moe: transformers' Qwen3MoeDecoderLayer (the MLP half is mlp_sublayer: a sparse MoE
-// block, or a dense MLP on `mlp_only_layers` / off the `decoder_sparse_step`).
-#include "backend/cpu/ops.hpp"
+// qwen3_moe: transformers' Qwen3MoeDecoderLayer. The mixer is RMSNorm (x·w) then attention with
+// per-head q/k RMSNorm and RoPE; the MLP half (mlp_sublayer) is a sparse MoE block with a
+// softmax top-k router, or a dense MLP on `mlp_only_layers` / off the `decoder_sparse_step`.
 #include "model/family.hpp"
+#include "model/layers.hpp"
 
 namespace moeflux {
 
-void qwen3_moe_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer, LayerState& state,
-                     float* h, int pos) {
+namespace {
+
+void mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
   ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
-  const ModelConfig& c = ctx.config;
-  const size_t H = c.hidden_size;
-  std::vector<float> x(H), y(H);
-  cpu::rmsnorm(h, w.input_norm, x.data(), H, static_cast<float>(c.rms_norm_eps), false);
-  attention_block(ctx, w.attn, state.kv, x.data(), y.data(), pos, /*gated=*/false);
-  cpu::axpy(1.0f, y.data(), h, H);
+  input_norm(ctx, w.input_norm, /*zero_centered=*/false);
+  attention_block(ctx, w.attn, layer, /*gated=*/false, /*zero_centered=*/false);
 }
+
+RouterSpec router(const ModelConfig& c, int active) {
+  return {RouterKind::SoftmaxTopK, active, c.norm_topk_prob};
+}
+
+constexpr LayerKind kKinds[] = {LayerKind::FullAttention};
+
+}  // namespace
+
+const FamilyDef kQwen3MoeFamily{Family::Qwen3Moe, mixer, router, /*zero_centered_norms=*/false,
+                                kKinds};
 
 }  // namespace moeflux

@@ -62,6 +62,16 @@ Rope::Rope(const ModelConfig& c) : rotary_dim_(c.rotary_dim()) {
   }
 }
 
+void Rope::fill_table(size_t positions, float* cs, float* sn) const {
+  const size_t half = static_cast<size_t>(rotary_dim_ / 2);
+  for (size_t p = 0; p < positions; ++p)
+    for (size_t i = 0; i < half; ++i) {
+      const float angle = static_cast<float>(p) * inv_freq_[i];
+      cs[p * half + i] = std::cos(angle) * attention_factor_;
+      sn[p * half + i] = std::sin(angle) * attention_factor_;
+    }
+}
+
 void Rope::apply(float* x, int n_heads, int head_dim, int pos) const {
   const int half = rotary_dim_ / 2;
   std::vector<float> cs(half), sn(half);

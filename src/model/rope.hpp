@@ -30,6 +30,10 @@ class Rope {
   // Rotates `n_heads` heads of `head_dim` floats each, laid out contiguously, at position pos.
   void apply(float* x, int n_heads, int head_dim, int pos) const;
 
+  // The table of positions [0, positions): cos[p * half + i] = cos(p · inv_freq[i]) · factor,
+  // sin likewise (half = rotary_dim / 2), with apply()'s float32 arithmetic.
+  void fill_table(size_t positions, float* cos, float* sin) const;
+
  private:
   int rotary_dim_ = 0;
   float attention_factor_ = 1.0f;

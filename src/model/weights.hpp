@@ -5,6 +5,7 @@
 
 #include <vector>
 
+#include "backend/backend.hpp"
 #include "core/quant_format.hpp"
 #include "formats/package.hpp"
 
@@ -27,10 +28,6 @@ struct DeltaNetWeights {
   const float* dt_bias = nullptr;
   const float* A_log = nullptr;
   const float* norm = nullptr;  // [value_head_dim], plain (not zero-centred) weight
-};
-
-struct MlpWeights {
-  MatrixView gate, up, down;  // y = down (silu(gate x) * up x)
 };
 
 struct MoeWeights {

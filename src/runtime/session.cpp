@@ -1,52 +1,42 @@
 #include "runtime/session.hpp"
 
-#include "backend/cpu/matvec.hpp"
-#include "backend/cpu/ops.hpp"
 #include "core/error.hpp"
 
 namespace moeflux {
 
-Model::Model(Package pkg)
-    : pkg_(std::move(pkg)), weights_(ModelWeights::bind(pkg_)), rope_(pkg_.config()) {}
-
-std::unique_ptr<Model> Model::open(const std::string& dir) {
-  return std::unique_ptr<Model>(new Model(Package::open(dir)));
+Session::Session(Engine& engine, size_t context)
+    : engine_(engine), context_(context > 0 ? context : engine.context()) {
+  state_ = engine_.new_sequence(context_, &state_buffer_);
+  logits_.assign(engine_.config().vocab_size, 0.0f);
+  dst_.reserve(engine_.max_rows());
 }
 
 Session::Session(const Model& model, const EngineOptions& opts)
-    : model_(model), opts_(opts), pool_(opts.threads) {
-  const ModelConfig& c = model.config();
-  active_experts_ = opts.active_experts > 0 ? opts.active_experts : c.top_k;
-  if (active_experts_ > c.num_experts)
-    fail("--k " + std::to_string(active_experts_) + " exceeds the model's " +
-         std::to_string(c.num_experts) + " experts");
-  if (opts_.prefill_chunk == 0) opts_.prefill_chunk = 1;
-  StreamOptions so = opts.stream;
-  so.max_active = active_experts_;
-  streamer_ = std::make_unique<ExpertStreamer>(model.package(), so);
-  if (opts.timing) timings_.layers.resize(c.num_layers);
-  clear();
+    : own_engine_(std::make_unique<Engine>(model, opts)),
+      engine_(*own_engine_),
+      context_(engine_.context()) {
+  state_ = engine_.new_sequence(context_, &state_buffer_);
+  logits_.assign(engine_.config().vocab_size, 0.0f);
+  dst_.reserve(engine_.max_rows());
 }
 
+Session::~Session() = default;
+
 void Session::clear() {
-  const ModelConfig& c = model_.config();
-  states_.assign(c.num_layers, LayerState{});
-  for (int l = 0; l < c.num_layers; ++l)
-    if (c.layer_kind[l] == LayerKind::LinearAttention) states_[l].delta = make_deltanet_state(c);
-  routing_.assign(c.num_layers, RoutingRecord{});
-  streamer_->cancel_deferred_prefetches();
+  engine_.reset_sequence(state_);
+  engine_.cancel_prefetches();
   pos_ = 0;
 }
 
 void Session::check_tokens(std::span<const int> tokens) const {
-  const ModelConfig& c = model_.config();
+  const ModelConfig& c = engine_.config();
   for (int token : tokens)
     if (token < 0 || token >= c.vocab_size)
       fail("token id " + std::to_string(token) + " is out of range (vocabulary size " +
            std::to_string(c.vocab_size) + ")");
-  if (static_cast<size_t>(pos_) + tokens.size() > static_cast<size_t>(c.max_position_embeddings))
+  if (static_cast<size_t>(pos_) + tokens.size() > context_)
     fail("context is full: " + std::to_string(pos_) + " + " + std::to_string(tokens.size()) +
-         " tokens exceed the model's " + std::to_string(c.max_position_embeddings) + " positions");
+         " tokens exceed the " + std::to_string(context_) + " positions of this session (--ctx)");
 }
 
 const std::vector<float>& Session::eval_token(int token) {
@@ -57,86 +47,48 @@ const std::vector<float>& Session::eval_token(int token) {
 const std::vector<float>& Session::eval_prompt(std::span<const int> tokens,
                                                std::vector<float>* all_logits) {
   check_tokens(tokens);
-  if (all_logits) all_logits->clear();
-  for (size_t b = 0; b < tokens.size(); b += opts_.prefill_chunk)
-    eval_chunk(tokens.subspan(b, std::min(opts_.prefill_chunk, tokens.size() - b)), all_logits);
+  const size_t V = engine_.config().vocab_size, chunk = engine_.max_rows();
+  if (all_logits) all_logits->assign(tokens.size() * V, 0.0f);
+  for (size_t b = 0; b < tokens.size(); b += chunk) {
+    const std::span<const int> part = tokens.subspan(b, std::min(chunk, tokens.size() - b));
+    const size_t T = part.size();
+    const SequenceChunk seq{&state_, pos_, 0, T};
+    dst_.clear();
+    size_t first = T - 1;
+    if (all_logits) {
+      first = 0;
+      for (size_t t = 0; t < T; ++t) dst_.push_back(all_logits->data() + (b + t) * V);
+    } else if (b + T == tokens.size()) {
+      dst_.push_back(logits_.data());
+    }
+    engine_.forward(part, {&seq, 1}, first, dst_);
+    pos_ += static_cast<int>(T);
+  }
+  if (all_logits && !tokens.empty())
+    std::copy_n(all_logits->data() + (tokens.size() - 1) * V, V, logits_.data());
   return logits_;
 }
 
-void Session::eval_chunk(std::span<const int> tokens, std::vector<float>* all_logits) {
-  const ModelConfig& c = model_.config();
-  const ModelWeights& w = model_.weights();
-  const size_t H = c.hidden_size, T = tokens.size();
-  ForwardTimings* timings = opts_.timing ? &timings_ : nullptr;
-  ForwardContext ctx{c,
-                     model_.package().manifest().experts,
-                     model_.rope(),
-                     pool_,
-                     *streamer_,
-                     active_experts_,
-                     timings};
-  const PrefetchMode pf = opts_.stream.prefetch;
-  const bool decode = T == 1;  // prefetch predicts the next token's experts: decode only
-
-  hidden_.resize(T * H);
-  {
-    ScopedTimer timer(timings ? &timings->embed : nullptr);
-    for (size_t t = 0; t < T; ++t)
-      cpu::dequantize_row(w.embed, static_cast<size_t>(tokens[t]), &hidden_[t * H]);
+void eval_batch(std::span<Session* const> sessions, std::span<const int> tokens) {
+  MF_ASSERT(sessions.size() == tokens.size());
+  if (sessions.empty()) return;
+  Engine& engine = sessions[0]->engine_;
+  if (sessions.size() > engine.max_rows())
+    fail("a batch of " + std::to_string(sessions.size()) + " sessions exceeds the engine's " +
+         std::to_string(engine.max_rows()) + " rows");
+  std::vector<SequenceChunk> seqs(sessions.size());
+  std::vector<float*> dst(sessions.size());
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    Session& s = *sessions[i];
+    if (&s.engine_ != &engine) fail("eval_batch: the sessions do not share one engine");
+    for (size_t j = 0; j < i; ++j)
+      if (sessions[j] == &s) fail("eval_batch: a session appears twice in one batch");
+    s.check_tokens(tokens.subspan(i, 1));
+    seqs[i] = {&s.state_, s.pos_, i, 1};
+    dst[i] = s.logits_.data();
   }
-  std::vector<RoutingRecord> routes;
-  std::vector<float> x(H);
-  for (int l = 0; l < c.num_layers; ++l) {
-    ScopedTimer layer_timer(ctx.timer(l, &LayerTimes::wall));
-    const LayerWeights& lw = w.layers[l];
-    // Temporal prefetch: the previous token's experts of this layer, read while the mixer runs.
-    if (decode && lw.is_moe && uses(pf, PrefetchKind::Temporal) && !routing_[l].experts.empty()) {
-      ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
-      streamer_->prefetch(l, routing_[l].experts, PrefetchKind::Temporal);
-    }
-    for (size_t t = 0; t < T; ++t) {
-      float* h = &hidden_[t * H];
-      const int pos = pos_ + static_cast<int>(t);
-      switch (c.family) {
-        case Family::Qwen3Moe:
-          qwen3_moe_mixer(ctx, lw, l, states_[l], h, pos);
-          break;
-        case Family::Qwen3_5Moe:
-          qwen3_5_moe_mixer(ctx, lw, l, states_[l], h, pos);
-          break;
-      }
-    }
-    // Look-ahead prefetch: layer l+1's router on this layer's post-attention state, issued
-    // right after this layer's own expert reads (before them, the guesses would delay them).
-    if (decode && l + 1 < c.num_layers && w.layers[l + 1].is_moe &&
-        uses(pf, PrefetchKind::Lookahead)) {
-      ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
-      cpu::rmsnorm(hidden_.data(), w.layers[l + 1].post_norm, x.data(), H,
-                   static_cast<float>(c.rms_norm_eps), c.zero_centered_norms());
-      const std::vector<int> guess = route_only(ctx, w.layers[l + 1].moe, x.data());
-      if (lw.is_moe)
-        streamer_->prefetch_after_next_demand(l + 1, guess, PrefetchKind::Lookahead);
-      else
-        streamer_->prefetch(l + 1, guess, PrefetchKind::Lookahead);
-    }
-    mlp_sublayer(ctx, lw, l, hidden_.data(), T, lw.is_moe ? &routes : nullptr);
-    if (lw.is_moe) {
-      routing_[l] = routes.back();
-      if (opts_.on_routing) opts_.on_routing(l, pos_, routes);
-    }
-  }
-
-  ScopedTimer timer(timings ? &timings->head : nullptr);
-  logits_.resize(c.vocab_size);
-  const size_t first = all_logits ? 0 : T - 1;
-  for (size_t t = first; t < T; ++t) {
-    cpu::rmsnorm(&hidden_[t * H], w.final_norm, x.data(), H, static_cast<float>(c.rms_norm_eps),
-                 c.zero_centered_norms());
-    cpu::matvec(w.lm_head, x.data(), logits_.data(), pool_);
-    if (all_logits) all_logits->insert(all_logits->end(), logits_.begin(), logits_.end());
-  }
-  if (timings) timings->tokens += T;
-  pos_ += static_cast<int>(T);
+  engine.forward(tokens, seqs, 0, dst);
+  for (Session* s : sessions) ++s->pos_;
 }
 
 }  // namespace moeflux

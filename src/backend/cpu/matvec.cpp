@@ -282,53 +282,69 @@ void matvec(const MatrixView& W, const float* x, float* y, ThreadPool& pool) {
       std::max(kMatvecRowGrain, min_task_rows(W.cols, 1)));
 }
 
+void matmul_rows_isa(Isa isa, const MatrixView& W, const float* X, size_t ldx, size_t n_tokens,
+                     float* Y, size_t ldy, size_t row_begin, size_t row_end) {
+  check_view(W);
+  MF_ASSERT(isa <= cpu_isa());
+  MF_ASSERT(row_begin <= row_end && row_end <= W.rows);
+  if (row_begin == row_end || n_tokens == 0) return;
+  MF_ASSERT(X != nullptr && Y != nullptr && ldx >= W.cols);
+  const size_t cols = W.cols;
+  if (n_tokens < kMatmulMinTokens) {
+    // Too few tokens to pay for decoding: for each block of rows (cache-resident across the
+    // tokens), Y[t, block] = W[block, :] X[t, :] by the matvec kernel.
+    for (size_t r0 = row_begin; r0 < row_end; r0 += kMatvecBlockRows) {
+      const size_t r1 = std::min(row_end, r0 + kMatvecBlockRows);
+      for (size_t t = 0; t < n_tokens; ++t) rows_on(isa, W, X + t * ldx, Y + t * ldy, r0, r1);
+    }
+    return;
+  }
+  // Decode kMatmulRowBlock rows to float once (block[i, :] = W[r0 + i, :]), then
+  // Y[t, r0 + i] = Σ_chunks block[i, chunk] · X[t, chunk] in register tiles of 4 rows x 2
+  // tokens; a chunk of kMatmulColChunk columns of 4 rows stays in L1 across all tokens.
+  thread_local std::vector<float> block;  // grows to the widest matrix once per thread
+  if (block.size() < kMatmulRowBlock * cols) block.resize(kMatmulRowBlock * cols);
+  for (size_t r0 = row_begin; r0 < row_end; r0 += kMatmulRowBlock) {
+    const size_t nr = std::min(kMatmulRowBlock, row_end - r0);
+    for (size_t i = 0; i < nr; ++i) decode_row(W, r0 + i, block.data() + i * cols);
+    for (size_t k0 = 0; k0 < cols; k0 += kMatmulColChunk) {
+      for (size_t i = 0; i < nr; i += detail::kTileRows) {
+        for (size_t t = 0; t < n_tokens; t += detail::kTileTokens) {
+          dot_tile_on(isa, {.w = block.data() + i * cols + k0,
+                            .ldw = cols,
+                            .nrows = std::min(detail::kTileRows, nr - i),
+                            .x = X + t * ldx + k0,
+                            .ldx = ldx,
+                            .ntok = std::min(detail::kTileTokens, n_tokens - t),
+                            .n = std::min(kMatmulColChunk, cols - k0),
+                            .out = Y + t * ldy + r0 + i,
+                            .ldo = ldy,
+                            .accumulate = k0 > 0});
+        }
+      }
+    }
+  }
+}
+
+void matmul_rows(const MatrixView& W, const float* X, size_t ldx, size_t n_tokens, float* Y,
+                 size_t ldy, size_t row_begin, size_t row_end) {
+  matmul_rows_isa(active_isa(), W, X, ldx, n_tokens, Y, ldy, row_begin, row_end);
+}
+
+size_t matmul_task_rows(size_t cols, size_t n_tokens) {
+  return std::max(kMatmulRowBlock, min_task_rows(cols, n_tokens));
+}
+
 void matmul_isa(Isa isa, const MatrixView& W, const float* X, size_t n_tokens, float* Y,
                 ThreadPool& pool) {
   check_view(W);
-  MF_ASSERT(isa <= cpu_isa());
   if (W.rows == 0 || n_tokens == 0) return;
-  MF_ASSERT(X != nullptr && Y != nullptr);
-  const size_t rows = W.rows, cols = W.cols;
   pool.parallel_for(
-      rows,
+      W.rows,
       [&](size_t begin, size_t end) {
-        if (n_tokens < kMatmulMinTokens) {
-          // Too few tokens to pay for decoding: for each block of rows (cache-resident across
-          // the tokens), Y[t, block] = W[block, :] X[t, :] by the matvec kernel.
-          for (size_t r0 = begin; r0 < end; r0 += kMatvecBlockRows) {
-            const size_t r1 = std::min(end, r0 + kMatvecBlockRows);
-            for (size_t t = 0; t < n_tokens; ++t) {
-              rows_on(isa, W, X + t * cols, Y + t * rows, r0, r1);
-            }
-          }
-          return;
-        }
-        // Decode kMatmulRowBlock rows to float once (block[i, :] = W[r0 + i, :]), then
-        // Y[t, r0 + i] = Σ_chunks block[i, chunk] · X[t, chunk] in register tiles of 4 rows x 2
-        // tokens; a chunk of kMatmulColChunk columns of 4 rows stays in L1 across all tokens.
-        std::vector<float> block(kMatmulRowBlock * cols);
-        for (size_t r0 = begin; r0 < end; r0 += kMatmulRowBlock) {
-          const size_t nr = std::min(kMatmulRowBlock, end - r0);
-          for (size_t i = 0; i < nr; ++i) decode_row(W, r0 + i, block.data() + i * cols);
-          for (size_t k0 = 0; k0 < cols; k0 += kMatmulColChunk) {
-            for (size_t i = 0; i < nr; i += detail::kTileRows) {
-              for (size_t t = 0; t < n_tokens; t += detail::kTileTokens) {
-                dot_tile_on(isa, {.w = block.data() + i * cols + k0,
-                                  .ldw = cols,
-                                  .nrows = std::min(detail::kTileRows, nr - i),
-                                  .x = X + t * cols + k0,
-                                  .ldx = cols,
-                                  .ntok = std::min(detail::kTileTokens, n_tokens - t),
-                                  .n = std::min(kMatmulColChunk, cols - k0),
-                                  .out = Y + t * rows + r0 + i,
-                                  .ldo = rows,
-                                  .accumulate = k0 > 0});
-              }
-            }
-          }
-        }
+        matmul_rows_isa(isa, W, X, W.cols, n_tokens, Y, W.rows, begin, end);
       },
-      std::max(kMatmulRowBlock, min_task_rows(cols, n_tokens)));
+      matmul_task_rows(W.cols, n_tokens));
 }
 
 void matmul(const MatrixView& W, const float* X, size_t n_tokens, float* Y, ThreadPool& pool) {

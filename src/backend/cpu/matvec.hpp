@@ -49,6 +49,15 @@ void dequantize_row(const MatrixView& W, size_t r, float* out);
 // matvec (float32 accumulation).
 void matmul(const MatrixView& W, const float* X, size_t n_tokens, float* Y, ThreadPool& pool);
 
+// Y[t, r] = Σ_c W[r,c] · X[t, c]  for t < n_tokens, r in [row_begin, row_end), single thread:
+// X rows `ldx` floats apart, Y rows `ldy` apart (only columns [row_begin, row_end) written).
+// The building block of every parallel matrix product (same paths and accuracy as matmul).
+void matmul_rows(const MatrixView& W, const float* X, size_t ldx, size_t n_tokens, float* Y,
+                 size_t ldy, size_t row_begin, size_t row_end);
+// Rows per parallel task for a product of `cols`-wide rows over n_tokens tokens: a multiple of
+// 16 large enough (~32K multiply-adds) that handing the task to another thread pays.
+size_t matmul_task_rows(size_t cols, size_t n_tokens);
+
 // The instruction set dispatch picked: "avx512", "avx2" or "scalar".
 const char* matvec_isa();
 
@@ -67,5 +76,7 @@ void matvec_rows_isa(Isa isa, const MatrixView& W, const float* x, float* y, siz
                      size_t row_end);
 void matmul_isa(Isa isa, const MatrixView& W, const float* X, size_t n_tokens, float* Y,
                 ThreadPool& pool);
+void matmul_rows_isa(Isa isa, const MatrixView& W, const float* X, size_t ldx, size_t n_tokens,
+                     float* Y, size_t ldy, size_t row_begin, size_t row_end);
 
 }  // namespace moeflux::cpu

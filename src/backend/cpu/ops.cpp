@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <numeric>
 
 namespace moeflux::cpu {
 
@@ -45,18 +44,20 @@ void softmax(float* x, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] *= inv;
 }
 
-std::vector<int> top_k(const float* x, size_t n, size_t k) {
-  std::vector<int> idx(n);
-  std::iota(idx.begin(), idx.end(), 0);
-  k = std::min(k, n);
-  std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
-                    [&](int a, int b) { return x[a] > x[b] || (x[a] == x[b] && a < b); });
-  idx.resize(k);
-  return idx;
-}
-
-void axpy(float a, const float* x, float* y, size_t n) {
-  for (size_t i = 0; i < n; ++i) y[i] += a * x[i];
+void top_k(const float* x, size_t n, size_t k, int32_t* out) {
+  // Insertion into a sorted list of the best k so far: k is small (the experts per token).
+  if (k == 0) return;
+  size_t have = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    if (have == k && !(v > x[out[k - 1]])) continue;  // not better than the worst kept
+    size_t j = have < k ? have++ : k - 1;
+    while (j > 0 && v > x[out[j - 1]]) {
+      out[j] = out[j - 1];
+      --j;
+    }
+    out[j] = static_cast<int32_t>(i);
+  }
 }
 
 }  // namespace moeflux::cpu

@@ -2,7 +2,7 @@
 #pragma once
 
 #include <cstddef>
-#include <vector>
+#include <cstdint>
 
 namespace moeflux::cpu {
 
@@ -23,10 +23,8 @@ void l2norm(float* x, size_t n, float eps);
 // In place softmax over n values (max-subtracted).
 void softmax(float* x, size_t n);
 
-// Indices of the k largest values, largest first; ties broken by the lower index.
-std::vector<int> top_k(const float* x, size_t n, size_t k);
-
-// y += a * x
-void axpy(float a, const float* x, float* y, size_t n);
+// The k largest values' indices, largest first, ties broken by the lower index, into out[k]
+// (k <= n). No allocation.
+void top_k(const float* x, size_t n, size_t k, int32_t* out);
 
 }  // namespace moeflux::cpu

@@ -1,0 +1,201 @@
+// The compute seam: the operations a forward pass needs, implemented once per processor kind.
+//
+// Model code (src/model/) calls only these operations, on Tensors and weight views in the
+// backend's memory (backend/tensor.hpp); it never touches a kernel of a particular processor.
+// The CPU backend (backend/cpu/cpu_backend.hpp) is the reference every other backend is tested
+// against, op by op, on fresh random inputs.
+//
+// Execution model: ops are issued in order on the backend's one compute stream and may run
+// asynchronously; host-visible outputs (routing choices) are valid after synchronize(). The CPU
+// backend runs each op to completion before returning, on its thread pool. A backend is driven
+// by one thread at a time (the Engine serialises forward passes).
+//
+// Shapes use T for the tokens of a chunk (rows), H for the hidden size. Every op states what it
+// computes; preconditions are asserted (MF_ASSERT, on in release builds).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+
+#include "backend/tensor.hpp"
+#include "core/quant_format.hpp"
+
+namespace moeflux {
+
+// Memory owned by a backend (host RAM for the CPU backend, device memory for a GPU backend).
+class BackendBuffer {
+ public:
+  virtual ~BackendBuffer() = default;
+  virtual void* data() = 0;
+  virtual size_t bytes() const = 0;
+};
+
+// Rotary embedding table for positions [0, positions): cos/sin of p * inv_freq[i], times the
+// attention factor, i < rotary_dim / 2 (rope.hpp has the variants that make inv_freq).
+struct RopeTable {
+  Tensor cos, sin;  // [positions, rotary_dim / 2]
+  int rotary_dim = 0;
+};
+
+// Keys and values of one full-attention layer of one sequence, preallocated for `capacity`
+// positions; positions [0, length) are valid.
+struct KvCache {
+  Tensor k, v;  // [capacity, kv_heads * head_dim]
+};
+
+// Recurrent state of one Gated DeltaNet layer of one sequence.
+struct DeltaNetState {
+  Tensor conv;  // [conv_dim, kernel - 1]: the last kernel-1 inputs per channel, oldest first
+  Tensor S;     // [value_heads, key_head_dim * value_head_dim]: S_h[i][j], i keys, j values
+};
+
+// One output of a matmul over a shared input X: Y (+)= X W^T (+ bias).
+struct Projection {
+  const MatrixView* w = nullptr;  // [rows, X.cols]
+  Tensor y;                       // [T, rows]
+  const float* bias = nullptr;    // [rows] or null
+  bool accumulate = false;        // add to y instead of overwriting it
+};
+
+struct AttentionArgs {
+  Tensor q;              // [T, heads, head_dim], already normalised and rotated
+  Tensor k, v;           // [T, kv_heads, head_dim]: this chunk's keys and values (k rotated)
+  Tensor gate;           // [T, heads, head_dim], or empty: output *= sigmoid(gate)
+  KvCache* cache = nullptr;
+  int pos0 = 0;          // position of row 0; the cache holds [0, pos0) of this sequence
+  float scale = 1.0f;    // softmax scale (1/sqrt(head_dim) for plain attention)
+  Tensor out;            // [T, heads * head_dim]
+};
+
+// Gated DeltaNet recurrence over a chunk (transformers' chunk_gated_delta_rule /
+// recurrent_gated_delta_rule with l2-normalised q, k). For each token t and value head h (key
+// head kh = h / (value_heads / key_heads)), with q, k l2-normalised (eps 1e-6) and q scaled by
+// 1/sqrt(dk):
+//   g = -exp(A_log[h]) softplus(a[t,h] + dt_bias[h]),  beta = sigmoid(b[t,h])
+//   S_h <- exp(g) S_h;  S_h <- S_h + k (beta (v - S_h^T k))^T;  out[t,h] = S_h^T q
+struct DeltaRuleArgs {
+  Tensor q, k;        // [T, key_heads, dk]  (normalised in place)
+  Tensor v;           // [T, value_heads, dv]
+  Tensor a, b;        // [T, value_heads]
+  const float* A_log = nullptr;
+  const float* dt_bias = nullptr;
+  DeltaNetState* state = nullptr;
+  Tensor out;         // [T, value_heads, dv]
+};
+
+// How a router's logits become experts and weights.
+enum class RouterKind {
+  // p = softmax(logits); top-k of p; weights p_e (renormalised to sum 1 if norm_topk_prob).
+  SoftmaxTopK,
+};
+struct RouterSpec {
+  RouterKind kind = RouterKind::SoftmaxTopK;
+  int top_k = 0;
+  bool norm_topk_prob = true;
+};
+
+// Routing decisions for T tokens: ids[t * k + i], weights[t * k + i], i < k, best first. Host
+// memory the host reads after synchronize() (a GPU backend keeps a device copy besides).
+struct RouteOutput {
+  int32_t* ids = nullptr;
+  float* weights = nullptr;
+  size_t k = 0;
+};
+
+struct MlpWeights {
+  MatrixView gate, up, down;  // y = down (silu(gate x) * up x)
+};
+
+// One expert's FFN over some rows of X, written to some rows of the slot tensor:
+//   out[out_rows[j]] = down (silu(gate X[in_rows[j]]) * up X[in_rows[j]]),  j < n.
+struct ExpertTask {
+  MlpWeights w;
+  size_t intermediate = 0;
+  const int32_t* in_rows = nullptr;   // host memory
+  const int32_t* out_rows = nullptr;  // host memory
+  size_t n = 0;
+  // Readiness of the weights (an event of the backend's copy stream); null = ready now.
+  const void* ready = nullptr;
+};
+
+// out[t] += Σ_{s<S} w[t,s] · slots[t*S + s]  for t < T, where w[t,s] = routed[t*K + s] for s < K
+// and, for the extra slots s >= K (shared expert, dense MLP), sigmoid(gate[t]) if gate is
+// given, else 1. The sum runs in slot order.
+struct CombineArgs {
+  Tensor slots;                     // [T * S, H]
+  size_t slots_per_token = 0;       // S
+  const float* routed = nullptr;    // [T, K] or null when K = 0
+  size_t k = 0;                     // K
+  Tensor gate;                      // [T, 1] logits, or empty
+  Tensor out;                       // [T, H]
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char* name() const = 0;  // "cpu", "cuda"
+  virtual Memory memory() const = 0;     // where its tensors live
+  virtual size_t threads() const = 0;    // compute threads (CPU) or 1
+
+  // --- memory -----------------------------------------------------------------------------
+  // `bytes` of backend memory, 64-byte aligned, contents unspecified. Throws moeflux::Error
+  // naming `what` when the memory cannot be had.
+  virtual std::unique_ptr<BackendBuffer> allocate(size_t bytes, const char* what) = 0;
+  // The resident weights (a host mapping of `bytes` bytes) in backend memory: the CPU backend
+  // uses the mapping itself; a GPU backend copies it once. Valid while the backend lives.
+  virtual const uint8_t* resident(const uint8_t* host, size_t bytes) = 0;
+  // Copies between host memory and a tensor (same shape; rows may have different pitches).
+  virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
+  virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
+  virtual void fill(const Tensor& t, float value) = 0;
+  // Waits for every op issued so far.
+  virtual void synchronize() = 0;
+
+  // --- ops --------------------------------------------------------------------------------
+  // X[t] = E[tokens[t]] (any weight format, decoded to float32).
+  virtual void embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) = 0;
+
+  // y[v] = x[v] / sqrt(mean(x[v]^2) + eps) * (zero_centered ? 1 + w : w) for every innermost
+  // vector v of x (rank 2: rows; rank 3: heads). y may alias x.
+  virtual void rmsnorm(const Tensor& x, const float* w, const Tensor& y, float eps,
+                       bool zero_centered) = 0;
+
+  // Every projection p: Y_p[t] (+)= W_p X[t] (+ b_p), t < T — one pass, all outputs together.
+  // T = 1 is the matrix-vector product of decode.
+  virtual void matmul(const Tensor& X, std::span<const Projection> proj) = 0;
+
+  // Rotates each vector of x [T, heads, dim] in place, row t at position pos0 + t, on its first
+  // rotary_dim dims (rotate_half convention, rope.hpp).
+  virtual void rope(const Tensor& x, const RopeTable& table, int pos0) = 0;
+
+  // Appends k, v at positions [pos0, pos0 + T) of the cache, then causal attention with GQA
+  // (kv head = h / (heads / kv_heads)) over positions [0, pos0 + t] for row t:
+  //   out[t,h] = Σ_s softmax_s(scale · q[t,h]·k[s]) v[s]  (· sigmoid(gate[t,h]) if gated)
+  virtual void attention(const AttentionArgs& a) = 0;
+
+  // Causal depthwise conv1d over [state | x] then SiLU, per channel c (kernel K = w's width):
+  //   y[t,c] = silu(Σ_j w[c,j] · u[t+j,c]),  u = the K-1 state inputs followed by x's rows;
+  // the state becomes the last K-1 inputs. x, y: [T, C]; w: [C, K] (float32).
+  virtual void conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
+                           const Tensor& y) = 0;
+
+  virtual void gated_delta_rule(const DeltaRuleArgs& a) = 0;
+
+  // y[t,h] = rmsnorm(x[t,h]) · w · silu(z[t,h])  over x, z, y: [T, heads, dim]; w: [dim].
+  virtual void rmsnorm_gated(const Tensor& x, const Tensor& z, const float* w, float eps,
+                             const Tensor& y) = 0;
+
+  // Experts (and weights) for each row of logits [T, experts]; see RouterKind.
+  virtual void route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) = 0;
+
+  // Runs every task (ExpertTask) on rows of X [T, H] into rows of slots [rows, H]; tasks may
+  // share input rows, never output rows.
+  virtual void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
+                          const Tensor& slots) = 0;
+
+  virtual void combine(const CombineArgs& a) = 0;
+};
+
+}  // namespace moeflux

@@ -1,0 +1,61 @@
+// CpuBackend::attention: causal attention with GQA over a preallocated KV cache.
+//
+// For each query row t (position p = pos0 + t) and head h (kv head g = h / (heads / kv_heads)):
+//   s_j = scale · q[t,h] · K[j,g]  (j <= p),  w = softmax(s),  out[t,h] = Σ_j w_j V[j,g]
+// and out[t,h] *= sigmoid(gate[t,h]) when gated. The chunk's own keys and values are written
+// into the cache first, so a row sees the rows before it in the chunk (causal) and the
+// sequence's earlier positions. Units of work are (row, head) pairs across the pool.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/ops.hpp"
+#include "backend/cpu/vec.hpp"
+
+namespace moeflux {
+
+void CpuBackend::attention(const AttentionArgs& a) {
+  MF_ASSERT(a.q.rank == 3 && a.k.rank == 3 && a.v.rank == 3 && a.cache != nullptr);
+  const size_t T = a.q.shape[0], nh = a.q.shape[1], hd = a.q.shape[2], nkv = a.k.shape[1];
+  MF_ASSERT(a.k.shape == a.v.shape && a.k.shape[0] == T && a.k.shape[2] == hd);
+  MF_ASSERT(nkv > 0 && nh % nkv == 0 && a.pos0 >= 0);
+  MF_ASSERT(a.out.rank == 2 && a.out.rows() == T && a.out.shape[1] == nh * hd);
+  MF_ASSERT(a.gate.empty() || (a.gate.rank == 3 && a.gate.shape == a.q.shape));
+  KvCache& c = *a.cache;
+  const size_t pos0 = static_cast<size_t>(a.pos0);
+  MF_ASSERT(c.k.shape[1] == nkv * hd && c.v.shape[1] == nkv * hd && pos0 + T <= c.k.rows());
+
+  for (size_t t = 0; t < T; ++t)
+    for (size_t g = 0; g < nkv; ++g) {
+      std::memcpy(c.k.row(pos0 + t) + g * hd, a.k.vec(t, g), hd * sizeof(float));
+      std::memcpy(c.v.row(pos0 + t) + g * hd, a.v.vec(t, g), hd * sizeof(float));
+    }
+
+  const size_t group = nh / nkv;
+  const size_t capacity = c.k.rows();
+  const size_t grain = std::max<size_t>(1, 16384 / ((pos0 + T) * hd * 2));
+  pool_.parallel_for(
+      T * nh,
+      [&](size_t ub, size_t ue) {
+        thread_local std::vector<float> scores;  // sized once to the cache's capacity
+        if (scores.size() < capacity) scores.resize(capacity);
+        for (size_t u = ub; u < ue; ++u) {
+          const size_t t = u / nh, h = u % nh, g = h / group;
+          const size_t len = pos0 + t + 1;
+          const float* q = a.q.vec(t, h);
+          for (size_t j = 0; j < len; ++j) scores[j] = cpu::dot(q, c.k.row(j) + g * hd, hd) * a.scale;
+          cpu::softmax(scores.data(), len);
+          float* o = a.out.row(t) + h * hd;
+          std::fill(o, o + hd, 0.0f);
+          for (size_t j = 0; j < len; ++j) cpu::axpy(scores[j], c.v.row(j) + g * hd, o, hd);
+          if (!a.gate.empty()) {
+            const float* gt = a.gate.vec(t, h);
+            for (size_t d = 0; d < hd; ++d) o[d] *= cpu::sigmoid(gt[d]);
+          }
+        }
+      },
+      grain);
+}
+
+}  // namespace moeflux

@@ -1,0 +1,58 @@
+// The CPU backend: the Backend ops (backend.hpp) on host memory, run to completion on a
+// thread pool. The reference implementation every other backend is tested against.
+//
+// Files: cpu_backend.cpp (memory, embedding, norms, matmul, rope), cpu_attention.cpp,
+// cpu_deltanet.cpp, cpu_moe.cpp (routing, grouped expert FFN, combine). Kernels they build on:
+// matvec.hpp (weight formats, ISA dispatch), vec.hpp, ops.hpp.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.hpp"
+#include "core/thread_pool.hpp"
+
+namespace moeflux {
+
+class CpuBackend final : public Backend {
+ public:
+  // threads: compute threads (0 = all hardware threads).
+  explicit CpuBackend(size_t threads);
+
+  const char* name() const override { return "cpu"; }
+  Memory memory() const override { return Memory::Host; }
+  size_t threads() const override { return pool_.size(); }
+  ThreadPool& pool() { return pool_; }
+
+  std::unique_ptr<BackendBuffer> allocate(size_t bytes, const char* what) override;
+  const uint8_t* resident(const uint8_t* host, size_t) override { return host; }
+  void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
+  void download(const Tensor& src, float* host, size_t host_pitch) override;
+  void fill(const Tensor& t, float value) override;
+  void synchronize() override {}
+
+  void embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) override;
+  void rmsnorm(const Tensor& x, const float* w, const Tensor& y, float eps,
+               bool zero_centered) override;
+  void matmul(const Tensor& X, std::span<const Projection> proj) override;
+  void rope(const Tensor& x, const RopeTable& table, int pos0) override;
+  void attention(const AttentionArgs& a) override;
+  void conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
+                   const Tensor& y) override;
+  void gated_delta_rule(const DeltaRuleArgs& a) override;
+  void rmsnorm_gated(const Tensor& x, const Tensor& z, const float* w, float eps,
+                     const Tensor& y) override;
+  void route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) override;
+  void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
+                  const Tensor& slots) override;
+  void combine(const CombineArgs& a) override;
+
+ private:
+  ThreadPool pool_;
+};
+
+// Host memory for `bytes` bytes, 64-byte aligned; large blocks are anonymous mappings whose
+// pages are committed on first touch (a KV cache sized for a long context costs only what is
+// used). Throws moeflux::Error naming `what`.
+std::unique_ptr<BackendBuffer> allocate_host_buffer(size_t bytes, const char* what);
+
+}  // namespace moeflux

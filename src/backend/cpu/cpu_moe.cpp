@@ -1,0 +1,172 @@
+// CpuBackend: routing, the grouped expert FFN and the weighted combine of the MoE block.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.hpp"
+#include "backend/cpu/matvec.hpp"
+#include "backend/cpu/ops.hpp"
+#include "backend/cpu/vec.hpp"
+
+namespace moeflux {
+
+void CpuBackend::route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) {
+  MF_ASSERT(logits.rank == 2 && spec.top_k > 0 && out.k == static_cast<size_t>(spec.top_k));
+  const size_t T = logits.rows(), E = logits.shape[1], k = out.k;
+  MF_ASSERT(k <= E && out.ids && out.weights);
+  MF_ASSERT(spec.kind == RouterKind::SoftmaxTopK);
+  pool_.parallel_for(
+      T,
+      [&](size_t b, size_t e) {
+        thread_local std::vector<float> probs;
+        if (probs.size() < E) probs.resize(E);
+        for (size_t t = b; t < e; ++t) {
+          std::copy_n(logits.row(t), E, probs.data());
+          cpu::softmax(probs.data(), E);
+          int32_t* ids = out.ids + t * k;
+          float* w = out.weights + t * k;
+          cpu::top_k(probs.data(), E, k, ids);
+          float sum = 0;
+          for (size_t i = 0; i < k; ++i) sum += probs[ids[i]];
+          for (size_t i = 0; i < k; ++i)
+            w[i] = spec.norm_topk_prob ? probs[ids[i]] / sum : probs[ids[i]];
+        }
+      },
+      std::max<size_t>(1, 16384 / (E * 8)));
+}
+
+// The grouped expert FFN in three parallel passes over all tasks together (one hand-off to the
+// pool per pass, whatever the number of experts):
+//   0. gather: a task's input rows, when it has more than one, copied together;
+//   1. h = silu(gate x) * up x for blocks of intermediate rows of every task;
+//   2. y = down h for blocks of output rows of every task, written to its slot rows.
+void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
+                            const Tensor& slots) {
+  MF_ASSERT(X.rank == 2 && slots.rank == 2 && slots.shape[1] == X.shape[1]);
+  const size_t H = X.shape[1], n_tasks = tasks.size();
+  if (n_tasks == 0) return;
+  // Per task: where its gathered inputs and its h rows live, and its units in passes 1 and 2.
+  thread_local struct Plan {
+    std::vector<size_t> x_off, h_off, first1, rows1, first2, rows2;
+    std::vector<float> xg, h;
+  } plan;
+  Plan& p = plan;
+  p.x_off.resize(n_tasks + 1);
+  p.h_off.resize(n_tasks + 1);
+  p.first1.resize(n_tasks + 1);
+  p.first2.resize(n_tasks + 1);
+  p.rows1.resize(n_tasks);
+  p.rows2.resize(n_tasks);
+  p.x_off[0] = p.h_off[0] = p.first1[0] = p.first2[0] = 0;
+  for (size_t j = 0; j < n_tasks; ++j) {
+    const ExpertTask& t = tasks[j];
+    const size_t I = t.intermediate;
+    MF_ASSERT(t.ready == nullptr && t.n > 0 && t.in_rows && t.out_rows);
+    MF_ASSERT(t.w.gate.rows == I && t.w.up.rows == I && t.w.gate.cols == H &&
+              t.w.up.cols == H && t.w.down.rows == H && t.w.down.cols == I);
+    p.x_off[j + 1] = p.x_off[j] + (t.n > 1 ? t.n * H : 0);
+    p.h_off[j + 1] = p.h_off[j] + t.n * I;
+    p.rows1[j] = cpu::matmul_task_rows(H, t.n);
+    p.rows2[j] = cpu::matmul_task_rows(I, t.n);
+    p.first1[j + 1] = p.first1[j] + (I + p.rows1[j] - 1) / p.rows1[j];
+    p.first2[j + 1] = p.first2[j] + (H + p.rows2[j] - 1) / p.rows2[j];
+  }
+  if (p.xg.size() < p.x_off[n_tasks]) p.xg.resize(p.x_off[n_tasks]);
+  if (p.h.size() < p.h_off[n_tasks]) p.h.resize(p.h_off[n_tasks]);
+  float* xg = p.xg.data();
+  float* hbuf = p.h.data();
+
+  // The inputs of task j: rows of X (one row: X itself), `ld` floats apart.
+  auto input = [&](size_t j, size_t* ld) -> const float* {
+    const ExpertTask& t = tasks[j];
+    *ld = H;
+    if (t.n == 1) return X.row(static_cast<size_t>(t.in_rows[0]));
+    return xg + p.x_off[j];
+  };
+  // Maps a unit number to its task (units are numbered task after task).
+  auto task_of = [&](const std::vector<size_t>& first, size_t u, size_t j) {
+    while (u >= first[j + 1]) ++j;
+    return j;
+  };
+
+  pool_.parallel_for(n_tasks, [&](size_t b, size_t e) {
+    for (size_t j = b; j < e; ++j) {
+      const ExpertTask& t = tasks[j];
+      if (t.n == 1) continue;
+      for (size_t r = 0; r < t.n; ++r)
+        std::memcpy(xg + p.x_off[j] + r * H, X.row(static_cast<size_t>(t.in_rows[r])),
+                    H * sizeof(float));
+    }
+  });
+
+  pool_.parallel_for(p.first1[n_tasks], [&](size_t ub, size_t ue) {
+    thread_local std::vector<float> g, u;
+    size_t j = 0;
+    for (size_t unit = ub; unit < ue; ++unit) {
+      j = task_of(p.first1, unit, j);
+      const ExpertTask& t = tasks[j];
+      const size_t I = t.intermediate;
+      const size_t r0 = (unit - p.first1[j]) * p.rows1[j];
+      const size_t nr = std::min(I, r0 + p.rows1[j]) - r0;
+      if (g.size() < t.n * nr) {
+        g.resize(t.n * nr);
+        u.resize(t.n * nr);
+      }
+      size_t ld;
+      const float* x = input(j, &ld);
+      cpu::matmul_rows(t.w.gate.row_slice(r0, nr), x, ld, t.n, g.data(), nr, 0, nr);
+      cpu::matmul_rows(t.w.up.row_slice(r0, nr), x, ld, t.n, u.data(), nr, 0, nr);
+      for (size_t r = 0; r < t.n; ++r) {
+        float* h = hbuf + p.h_off[j] + r * I + r0;
+        for (size_t i = 0; i < nr; ++i) h[i] = cpu::silu(g[r * nr + i]) * u[r * nr + i];
+      }
+    }
+  });
+
+  pool_.parallel_for(p.first2[n_tasks], [&](size_t ub, size_t ue) {
+    thread_local std::vector<float> y;
+    size_t j = 0;
+    for (size_t unit = ub; unit < ue; ++unit) {
+      j = task_of(p.first2, unit, j);
+      const ExpertTask& t = tasks[j];
+      const size_t I = t.intermediate;
+      const size_t r0 = (unit - p.first2[j]) * p.rows2[j];
+      const size_t nr = std::min(H, r0 + p.rows2[j]) - r0;
+      const MatrixView down = t.w.down.row_slice(r0, nr);
+      const float* h = hbuf + p.h_off[j];
+      if (t.n == 1) {
+        cpu::matmul_rows(down, h, I, 1, slots.row(static_cast<size_t>(t.out_rows[0])) + r0, nr, 0,
+                         nr);
+        continue;
+      }
+      if (y.size() < t.n * nr) y.resize(t.n * nr);
+      cpu::matmul_rows(down, h, I, t.n, y.data(), nr, 0, nr);
+      for (size_t r = 0; r < t.n; ++r)
+        std::memcpy(slots.row(static_cast<size_t>(t.out_rows[r])) + r0, y.data() + r * nr,
+                    nr * sizeof(float));
+    }
+  });
+}
+
+void CpuBackend::combine(const CombineArgs& a) {
+  const size_t S = a.slots_per_token, K = a.k;
+  MF_ASSERT(a.out.rank == 2 && a.slots.rank == 2 && S >= K && S > 0);
+  const size_t T = a.out.rows(), H = a.out.shape[1];
+  MF_ASSERT(a.slots.rows() >= T * S && a.slots.shape[1] == H && (K == 0 || a.routed));
+  MF_ASSERT(a.gate.empty() || (a.gate.rank == 2 && a.gate.rows() == T));
+  pool_.parallel_for(
+      T,
+      [&](size_t b, size_t e) {
+        for (size_t t = b; t < e; ++t) {
+          float* o = a.out.row(t);
+          for (size_t s = 0; s < S; ++s) {
+            const float w = s < K ? a.routed[t * K + s]
+                                  : (a.gate.empty() ? 1.0f : cpu::sigmoid(a.gate.row(t)[0]));
+            cpu::axpy(w, a.slots.row(t * S + s), o, H);
+          }
+        }
+      },
+      std::max<size_t>(1, 16384 / (S * H)));
+}
+
+}  // namespace moeflux

@@ -1,0 +1,43 @@
+#include "model/forward.hpp"
+
+#include "model/family.hpp"
+#include "model/layers.hpp"
+#include "model/workspace.hpp"
+
+namespace moeflux {
+
+void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
+             PrefetchMode pf, size_t logits_row, std::span<float* const> logits) {
+  const ModelConfig& c = ctx.config;
+  const size_t T = tokens.size();
+  MF_ASSERT(T == ctx.rows && T > 0 && T <= ctx.ws.max_rows);
+  const bool zc = ctx.family.zero_centered_norms;
+  {
+    ScopedTimer timer(ctx.timings ? &ctx.timings->embed : nullptr);
+    ctx.be.embed(w.embed, tokens, ctx.ws.h.rows_view(0, T));
+  }
+  const bool decode = ctx.seqs.size() == T;  // one row per sequence
+  for (int l = 0; l < c.num_layers; ++l) {
+    ScopedTimer layer_timer(ctx.timer(l, &LayerTimes::wall));
+    const LayerWeights& lw = w.layers[l];
+    if (decode && lw.is_moe && uses(pf, PrefetchKind::Temporal)) {
+      ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
+      for (const SequenceChunk& s : ctx.seqs)
+        if (!s.state->last_routing[l].experts.empty())
+          ctx.streamer.prefetch(l, s.state->last_routing[l].experts, PrefetchKind::Temporal);
+    }
+    ctx.family.mixer(ctx, lw, l);
+    if (decode && l + 1 < c.num_layers && w.layers[l + 1].is_moe &&
+        uses(pf, PrefetchKind::Lookahead)) {
+      ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
+      lookahead_prefetch(ctx, w.layers[l + 1], l + 1, zc, /*after_demand=*/lw.is_moe);
+    }
+    mlp_sublayer(ctx, lw, l, zc);
+  }
+  ScopedTimer timer(ctx.timings ? &ctx.timings->head : nullptr);
+  if (!logits.empty()) final_logits(ctx, w, zc, logits_row, logits);
+  ctx.be.synchronize();
+  if (ctx.timings) ctx.timings->tokens += T;
+}
+
+}  // namespace moeflux

@@ -1,0 +1,42 @@
+// The decoder-layer blocks the families share, written on backend ops only (backend.hpp).
+// Each works on the batch's rows in the workspace: the mixers and the MLP half read the
+// normalised input ws.xn and add their output into the residual stream ws.h.
+#pragma once
+
+#include <span>
+
+#include "model/family.hpp"
+#include "model/workspace.hpp"
+
+namespace moeflux {
+
+// ws.xn = rmsnorm(ws.h) with the family's norm convention (x·w or x·(1 + w)).
+void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered);
+
+// Multi-head attention with GQA, per-head q/k RMSNorm and RoPE over each sequence's KV cache;
+// with `gated`, q_proj yields per head [query | gate] and the output is multiplied by
+// sigmoid(gate) before o_proj:  h += W_o attn(q, k, v) (+ bias).
+void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int layer, bool gated,
+                     bool zero_centered);
+
+// Gated DeltaNet (qwen3_5_moe linear attention): projections, causal conv1d + SiLU, the gated
+// delta rule over each sequence's state, gated RMSNorm, out_proj:  h += W_out o.
+void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, int layer);
+
+// The MLP half: h += mlp(rmsnorm(h, post_norm)) — the routed MoE block (router, experts
+// streamed per record, shared expert, combine) or a dense MLP. Updates each sequence's
+// last_routing for its last row and reports routing to ctx.on_routing.
+void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered);
+
+// Look-ahead prefetch: the router of MoE layer `next` applied to the current hidden state of
+// the batch's last row (normalised with that layer's post-attention norm); its top-K experts
+// are prefetched, queued behind the current layer's own reads when `after_demand`.
+void lookahead_prefetch(const ForwardContext& ctx, const LayerWeights& next_w, int next,
+                        bool zero_centered, bool after_demand);
+
+// logits of rows [first_row, first_row + dst.size()): final norm and LM head, in blocks of
+// Workspace::kLogitRows rows, each row downloaded to its host destination dst[i] ([vocab]).
+void final_logits(const ForwardContext& ctx, const ModelWeights& w, bool zero_centered,
+                  size_t first_row, std::span<float* const> dst);
+
+}  // namespace moeflux

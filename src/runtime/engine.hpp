@@ -1,0 +1,104 @@
+// Model (an opened package: immutable, shareable), Engine (what sessions share: the backend
+// and its threads, resident weights in backend memory, the expert cache tiers and readers, the
+// forward workspace) and the options that configure an engine.
+//
+// Threading: any number of Sessions on one Engine, from any threads. Forward passes are
+// serialised by the engine (one batch at a time owns the backend, the workspace and the
+// streamer); a server gets throughput by batching sessions into one forward (eval_batch in
+// session.hpp), where each MoE layer fetches the union of their experts once.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+
+#include "backend/backend.hpp"
+#include "experts/expert_streamer.hpp"
+#include "formats/package.hpp"
+#include "model/family.hpp"
+#include "model/forward_context.hpp"
+#include "model/rope.hpp"
+#include "model/weights.hpp"
+#include "model/workspace.hpp"
+
+namespace moeflux {
+
+struct EngineOptions {
+  size_t threads = 0;           // compute threads (0 = all hardware threads)
+  int active_experts = 0;       // experts run per token (--k); 0 = the model's top_k
+  size_t prefill_chunk = 256;   // rows per forward pass (prompt chunk; batched decode width)
+  size_t context = 0;           // --ctx: positions a session can hold; 0 = the model's maximum
+  bool timing = false;          // collect per-layer timings (--timing)
+  StreamOptions stream;         // RAM cache, I/O, prefetch (max_active is set from --k)
+  RoutingSink on_routing;       // routing traces (null: none)
+};
+
+class Model {
+ public:
+  // Opens and validates a package, binds its resident weights. Throws moeflux::Error.
+  static std::unique_ptr<Model> open(const std::string& dir);
+
+  const Package& package() const { return pkg_; }
+  const ModelConfig& config() const { return pkg_.config(); }
+  const ModelWeights& weights() const { return weights_; }
+
+ private:
+  explicit Model(Package pkg);
+  Package pkg_;
+  ModelWeights weights_;
+};
+
+class Engine {
+ public:
+  // Creates the backend (CPU), its workspace, rope table and the expert streamer. Throws
+  // moeflux::Error for options the model cannot take (--k above its experts, a context above
+  // its positions).
+  Engine(const Model& model, const EngineOptions& opts);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  const Model& model() const { return model_; }
+  const ModelConfig& config() const { return model_.config(); }
+  const EngineOptions& options() const { return opts_; }
+  Backend& backend() { return *backend_; }
+  int active_experts() const { return active_experts_; }
+  size_t context() const { return context_; }    // positions a session may hold at most
+  size_t max_rows() const { return ws_.max_rows; }  // rows of one forward pass
+
+  // The streamer and timings are shared by every session; read them while no forward runs.
+  ExpertStreamer& streamer() { return *streamer_; }
+  const ExpertStreamer& streamer() const { return *streamer_; }
+  const ForwardTimings& timings() const { return timings_; }
+
+  // Runs one batch (forward.hpp) under the engine's lock: rows `tokens`, sequences `seqs`,
+  // logits of rows [logits_row, logits_row + logits.size()) into the host buffers `logits`.
+  void forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs,
+               size_t logits_row, std::span<float* const> logits);
+
+  // A fresh sequence state with room for `context` positions (0: the engine's), in backend
+  // memory; `*buffer` receives its memory. Throws moeflux::Error naming --ctx when the machine
+  // cannot hold it.
+  SequenceState new_sequence(size_t context, std::unique_ptr<BackendBuffer>* buffer);
+  // Resets a state to position 0 (recurrent state zeroed).
+  void reset_sequence(SequenceState& s);
+  // Drops deferred prefetches of an abandoned evaluation (Session::clear).
+  void cancel_prefetches();
+
+ private:
+  const Model& model_;
+  EngineOptions opts_;
+  int active_experts_ = 0;
+  size_t context_ = 0;
+  std::unique_ptr<Backend> backend_;
+  Workspace ws_;
+  MoeScratch moe_;
+  std::unique_ptr<BackendBuffer> rope_buffer_;
+  RopeTable rope_;
+  std::unique_ptr<ExpertStreamer> streamer_;
+  ForwardTimings timings_;
+  std::mutex mu_;
+};
+
+}  // namespace moeflux
