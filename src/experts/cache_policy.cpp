@@ -129,7 +129,12 @@ class LfuPolicy final : public EvictionPolicy {
   }
   void set(uint64_t k, uint64_t count) {
     auto it = entries_.find(k);
-    if (it != entries_.end()) order_.erase(it->second.pos);
+    if (it != entries_.end()) {  // re-rank in place: no allocation on a hit
+      auto node = order_.extract(it->second.pos);
+      node.key() = Rank{count, ++clock_};
+      it->second = {count, order_.insert(std::move(node))};
+      return;
+    }
     entries_[k] = {count, order_.emplace(Rank{count, ++clock_}, k)};
   }
   void age() {  // halve every count, resident or remembered

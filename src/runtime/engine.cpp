@@ -56,7 +56,7 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
          " positions");
   if (opts_.prefill_chunk == 0) opts_.prefill_chunk = 1;
 
-  backend_ = std::make_unique<CpuBackend>(opts.threads);
+  backend_ = std::make_unique<CpuBackend>(opts.threads, opts.int16_dot);
   ws_ = Workspace::create(*backend_, c, opts_.prefill_chunk, active_experts_);
   moe_.reserve(c, opts_.prefill_chunk, active_experts_);
 
@@ -135,6 +135,13 @@ void Engine::reset_sequence(SequenceState& s) {
     r.experts.clear();
     r.weights.clear();
   }
+}
+
+void Engine::reset_timings() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (LayerTimes& l : timings_.layers) l = LayerTimes{};
+  timings_.embed = timings_.head = 0;
+  timings_.tokens = 0;
 }
 
 void Engine::cancel_prefetches() {

@@ -30,6 +30,7 @@ struct EngineOptions {
   size_t prefill_chunk = 256;   // rows per forward pass (prompt chunk; batched decode width)
   size_t context = 0;           // --ctx: positions a session can hold; 0 = the model's maximum
   bool timing = false;          // collect per-layer timings (--timing)
+  bool int16_dot = false;       // --int16-dot: int16 inputs for Q8_0 / 4-bit products (CpuBackend)
   StreamOptions stream;         // RAM cache, I/O, prefetch (max_active is set from --k)
   RoutingSink on_routing;       // routing traces (null: none)
 };
@@ -71,6 +72,7 @@ class Engine {
   ExpertStreamer& streamer() { return *streamer_; }
   const ExpertStreamer& streamer() const { return *streamer_; }
   const ForwardTimings& timings() const { return timings_; }
+  void reset_timings();
 
   // Runs one batch (forward.hpp) under the engine's lock: rows `tokens`, sequences `seqs`,
   // logits of rows [logits_row, logits_row + logits.size()) into the host buffers `logits`.

@@ -145,6 +145,8 @@ Runner add_bench(CLI::App& app) {
       auto t0 = Clock::now();
       const std::vector<float>* logits = &s.eval_prompt(prompt);
       const double tp = std::chrono::duration<double>(Clock::now() - t0).count();
+      if (r + 1 == a->repeat && opts.timing) print_timings(s, "prefill");
+      s.engine().reset_timings();
       s.streamer().reset_stats();
       const ReaderStats before = s.streamer().reader().stats();
       t0 = Clock::now();
@@ -163,7 +165,7 @@ Runner add_bench(CLI::App& app) {
       storage_bytes = after.bytes - before.bytes;
       reader_busy = after.busy_seconds - before.busy_seconds;
       last_decode_seconds = td;
-      if (r + 1 == a->repeat && opts.timing) print_timings(s);
+      if (r + 1 == a->repeat && opts.timing) print_timings(s, "decode");
     }
 
     json report;

@@ -59,10 +59,10 @@ Runner add_perplexity(CLI::App& app) {
       ->check(CLI::Range(2, 1 << 30));
   cmd->add_option("--json", a->json,
                   "Also write {ppl, nll, n_tokens, n_windows, ctx} to this file");
-  add_engine_options(cmd, &a->engine);
+  add_engine_options(cmd, &a->engine, /*context_option=*/false);
   return [a] {
     const std::string text = read_text_file(a->file);
-    const EngineOptions engine = a->engine.to_options();
+    EngineOptions engine = a->engine.to_options();
     const TextModel tm = TextModel::open(a->model);
     const ModelConfig& c = tm.model->config();
     const int want = a->ctx > 0 ? a->ctx : std::min(256, c.max_position_embeddings);
@@ -77,6 +77,7 @@ Runner add_perplexity(CLI::App& app) {
     const size_t V = size_t(c.vocab_size);
     const size_t ctx = std::min(size_t(want), ids.size());
     const size_t n_windows = ids.size() / ctx;
+    engine.context = ctx;  // a window is the most a session holds
     Session session(*tm.model, engine);
     std::vector<float> logits;
     double nll = 0;

@@ -9,7 +9,7 @@
 
 namespace moeflux::tool {
 
-void add_engine_options(CLI::App* cmd, EngineArgs* a) {
+void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all)");
   cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")
       ->check(CLI::Range(1, 1 << 20));
@@ -29,7 +29,15 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a) {
       ->check(CLI::IsMember({"none", "temporal", "lookahead", "both"}));
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per chunk (default 256)")
       ->check(CLI::Range(1, 1 << 20));
+  if (context_option)
+    cmd->add_option("--ctx", a->ctx,
+                    "Positions the session can hold; its KV cache is allocated for them "
+                    "(default: the model's context)")
+        ->check(CLI::Range(1, 1 << 30));
   cmd->add_flag("--timing", a->timing, "Print a per-layer time breakdown");
+  cmd->add_flag("--int16-dot", a->int16_dot,
+                "Round the inputs of q4 / q8_0 products to int16 (integer dot products: faster "
+                "prompts; logits move by ~1e-4..1e-3)");
 }
 
 EngineOptions EngineArgs::to_options() const {
@@ -37,7 +45,9 @@ EngineOptions EngineArgs::to_options() const {
   o.threads = threads;
   o.active_experts = k;
   o.prefill_chunk = prefill_chunk;
+  o.context = ctx;
   o.timing = timing;
+  o.int16_dot = int16_dot;
   o.stream.ram_cache_bytes = parse_byte_size(ram_cache, "--ram-cache");
   o.stream.policy = cache_policy;
   o.stream.hot_per_layer = hot;
@@ -50,11 +60,11 @@ EngineOptions EngineArgs::to_options() const {
   return o;
 }
 
-void print_timings(const Session& s) {
+void print_timings(const Session& s, const char* what) {
   const ForwardTimings& t = s.timings();
   if (t.tokens == 0) return;
   const double ms = 1e3 / static_cast<double>(t.tokens);  // seconds in all -> ms per token
-  std::fprintf(stderr, "[timing] per token, ms (over %llu tokens)\n",
+  std::fprintf(stderr, "[timing] %s%sper token, ms (over %llu tokens)\n", what, *what ? ": " : "",
                static_cast<unsigned long long>(t.tokens));
   std::fprintf(stderr,
                "[timing] layer  attention   router  io-wait  experts prefetch    other    total\n");

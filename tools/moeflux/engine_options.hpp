@@ -1,6 +1,6 @@
 // The options every evaluating command shares (logits, run, chat, perplexity, bench):
 // --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --prefetch
-// --prefill-chunk --timing.
+// --prefill-chunk --ctx --timing.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -22,17 +22,21 @@ struct EngineArgs {
   size_t io_threads = 8;
   std::string prefetch = "none";
   size_t prefill_chunk = 256;
+  size_t ctx = 0;  // --ctx: 0 = the model's context
   bool timing = false;
+  bool int16_dot = false;
 
   // Validated options (throws moeflux::Error naming the bad option).
   EngineOptions to_options() const;
 };
 
-// Registers the options on `cmd`; values land in *args.
-void add_engine_options(CLI::App* cmd, EngineArgs* args);
+// Registers the options on `cmd`; values land in *args. Without `context_option` the command
+// sets EngineOptions::context itself (perplexity: its window).
+void add_engine_options(CLI::App* cmd, EngineArgs* args, bool context_option = true);
 
 // The --timing report: per-layer table and per-token totals, to stderr.
-void print_timings(const Session& s);
+// `what` names the phase measured ("prefill", "decode", or "" for all).
+void print_timings(const Session& s, const char* what = "");
 
 // One line: where expert bytes came from (RAM cache / storage), hit rates, prefetch accuracy.
 std::string streaming_summary(const Session& s, double seconds, uint64_t tokens);

@@ -68,7 +68,8 @@ std::unique_ptr<BackendBuffer> allocate_host_buffer(size_t bytes, const char* wh
   return std::make_unique<HostBuffer>(p, n, false);
 }
 
-CpuBackend::CpuBackend(size_t threads) : pool_(threads) {}
+CpuBackend::CpuBackend(size_t threads, bool int16_inputs)
+    : pool_(threads), int16_inputs_(int16_inputs) {}
 
 std::unique_ptr<BackendBuffer> CpuBackend::allocate(size_t bytes, const char* what) {
   return allocate_host_buffer(bytes, what);
@@ -117,31 +118,52 @@ void CpuBackend::rmsnorm(const Tensor& x, const float* w, const Tensor& y, float
 void CpuBackend::matmul(const Tensor& X, std::span<const Projection> proj) {
   constexpr size_t kMaxProjections = 8;
   MF_ASSERT(X.rank == 2 && proj.size() <= kMaxProjections);
-  const size_t T = X.rows();
+  const size_t T = X.rows(), cols = X.shape[1];
   if (T == 0 || proj.empty()) return;
-  // Work units: blocks of unit_rows[p] rows of each projection p (each unit >= ~32K
-  // multiply-adds), numbered projection after projection; first_unit[p] is p's first.
+  // X prepared once per distinct weight format among the projections (quantized rows for the
+  // integer path), then work units: blocks of unit_rows[p] rows of each projection p (each
+  // unit >= ~32K multiply-adds), numbered projection after projection from first_unit[p].
+  // (Thread-local to the caller; the workers reach it through this reference.)
+  thread_local std::array<cpu::PreparedX, kMaxProjections> prepared_storage;
+  std::array<cpu::PreparedX, kMaxProjections>& prepared = prepared_storage;
+  std::array<QuantFormat, kMaxProjections> prep_fmt{};
+  std::array<size_t, kMaxProjections> prep_of{};
+  size_t n_prep = 0;
   std::array<size_t, kMaxProjections + 1> first_unit{};
   std::array<size_t, kMaxProjections> unit_rows{};
   for (size_t p = 0; p < proj.size(); ++p) {
     const Projection& pr = proj[p];
-    MF_ASSERT(pr.w && pr.w->cols == X.shape[1]);
+    MF_ASSERT(pr.w && pr.w->cols == cols);
     MF_ASSERT(pr.y.rank == 2 && pr.y.rows() == T && pr.y.shape[1] == pr.w->rows);
-    unit_rows[p] = cpu::matmul_task_rows(pr.w->cols, T);
+    size_t i = 0;
+    while (i < n_prep && !(prep_fmt[i] == pr.w->fmt)) ++i;
+    if (i == n_prep) {
+      prep_fmt[n_prep++] = pr.w->fmt;
+      cpu::prepare_begin(pr.w->fmt, X.f32(), X.pitch(), T, cols, prepared[i], int16_inputs_);
+    }
+    prep_of[p] = i;
+    unit_rows[p] = cpu::matmul_task_rows(cols, T);
     first_unit[p + 1] = first_unit[p] + (pr.w->rows + unit_rows[p] - 1) / unit_rows[p];
   }
+  pool_.parallel_for(
+      n_prep * T,
+      [&](size_t b, size_t e) {
+        for (size_t u = b; u < e; ++u) cpu::prepare_rows(prepared[u / T], u % T, u % T + 1);
+      },
+      std::max<size_t>(1, 16384 / cols));
   pool_.parallel_for(first_unit[proj.size()], [&](size_t ub, size_t ue) {
     thread_local std::vector<float> tmp;  // accumulating projections: [T, unit rows]
     size_t p = 0;
     for (size_t u = ub; u < ue; ++u) {
       while (u >= first_unit[p + 1]) ++p;
       const Projection& pr = proj[p];
+      const cpu::PreparedX& x = prepared[prep_of[p]];
       const size_t r0 = (u - first_unit[p]) * unit_rows[p];
       const size_t r1 = std::min(pr.w->rows, r0 + unit_rows[p]);
       float* Y = pr.y.f32();
       const size_t ldy = pr.y.pitch();
       if (!pr.accumulate) {
-        cpu::matmul_rows(*pr.w, X.f32(), X.pitch(), T, Y, ldy, r0, r1);
+        cpu::matmul_rows_prepared(*pr.w, x, Y, ldy, r0, r1);
         if (pr.bias)
           for (size_t t = 0; t < T; ++t)
             for (size_t r = r0; r < r1; ++r) Y[t * ldy + r] += pr.bias[r];
@@ -150,7 +172,7 @@ void CpuBackend::matmul(const Tensor& X, std::span<const Projection> proj) {
       // Y[t, r0:r1] += (X W^T)[t, r0:r1] (+ b): computed into tmp (columns r0.. as 0..).
       const size_t n = r1 - r0;
       if (tmp.size() < T * n) tmp.resize(T * n);
-      cpu::matmul_rows(pr.w->row_slice(r0, n), X.f32(), X.pitch(), T, tmp.data(), n, 0, n);
+      cpu::matmul_rows_prepared(pr.w->row_slice(r0, n), x, tmp.data(), n, 0, n);
       for (size_t t = 0; t < T; ++t) {
         float* y = Y + t * ldy + r0;
         const float* s = tmp.data() + t * n;

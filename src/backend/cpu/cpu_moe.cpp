@@ -35,11 +35,13 @@ void CpuBackend::route(const Tensor& logits, const RouterSpec& spec, const Route
       std::max<size_t>(1, 16384 / (E * 8)));
 }
 
-// The grouped expert FFN in three parallel passes over all tasks together (one hand-off to the
+// The grouped expert FFN in four parallel passes over all tasks together (one hand-off to the
 // pool per pass, whatever the number of experts):
-//   0. gather: a task's input rows, when it has more than one, copied together;
+//   0. gather: a task's input rows, when it has more than one, copied together, and prepared
+//      for its weights' format (cpu::PreparedX: int16 rows for the integer path);
 //   1. h = silu(gate x) * up x for blocks of intermediate rows of every task;
-//   2. y = down h for blocks of output rows of every task, written to its slot rows.
+//   2. each task's h rows prepared for its down projection's format;
+//   3. y = down h for blocks of output rows of every task, written to its slot rows.
 void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
                             const Tensor& slots) {
   MF_ASSERT(X.rank == 2 && slots.rank == 2 && slots.shape[1] == X.shape[1]);
@@ -49,6 +51,7 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
   thread_local struct Plan {
     std::vector<size_t> x_off, h_off, first1, rows1, first2, rows2;
     std::vector<float> xg, h;
+    std::vector<cpu::PreparedX> px, ph;  // per task: its input, its h rows
   } plan;
   Plan& p = plan;
   p.x_off.resize(n_tasks + 1);
@@ -57,6 +60,10 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
   p.first2.resize(n_tasks + 1);
   p.rows1.resize(n_tasks);
   p.rows2.resize(n_tasks);
+  if (p.px.size() < n_tasks) {
+    p.px.resize(n_tasks);
+    p.ph.resize(n_tasks);
+  }
   p.x_off[0] = p.h_off[0] = p.first1[0] = p.first2[0] = 0;
   for (size_t j = 0; j < n_tasks; ++j) {
     const ExpertTask& t = tasks[j];
@@ -64,6 +71,7 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     MF_ASSERT(t.ready == nullptr && t.n > 0 && t.in_rows && t.out_rows);
     MF_ASSERT(t.w.gate.rows == I && t.w.up.rows == I && t.w.gate.cols == H &&
               t.w.up.cols == H && t.w.down.rows == H && t.w.down.cols == I);
+    MF_ASSERT(t.w.gate.fmt == t.w.up.fmt);
     p.x_off[j + 1] = p.x_off[j] + (t.n > 1 ? t.n * H : 0);
     p.h_off[j + 1] = p.h_off[j] + t.n * I;
     p.rows1[j] = cpu::matmul_task_rows(H, t.n);
@@ -92,10 +100,14 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
   pool_.parallel_for(n_tasks, [&](size_t b, size_t e) {
     for (size_t j = b; j < e; ++j) {
       const ExpertTask& t = tasks[j];
-      if (t.n == 1) continue;
-      for (size_t r = 0; r < t.n; ++r)
-        std::memcpy(xg + p.x_off[j] + r * H, X.row(static_cast<size_t>(t.in_rows[r])),
-                    H * sizeof(float));
+      if (t.n > 1)
+        for (size_t r = 0; r < t.n; ++r)
+          std::memcpy(xg + p.x_off[j] + r * H, X.row(static_cast<size_t>(t.in_rows[r])),
+                      H * sizeof(float));
+      size_t ld;
+      const float* x = input(j, &ld);
+      cpu::prepare_begin(t.w.gate.fmt, x, ld, t.n, H, p.px[j], int16_inputs_);
+      cpu::prepare_rows(p.px[j], 0, t.n);
     }
   });
 
@@ -112,14 +124,21 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
         g.resize(t.n * nr);
         u.resize(t.n * nr);
       }
-      size_t ld;
-      const float* x = input(j, &ld);
-      cpu::matmul_rows(t.w.gate.row_slice(r0, nr), x, ld, t.n, g.data(), nr, 0, nr);
-      cpu::matmul_rows(t.w.up.row_slice(r0, nr), x, ld, t.n, u.data(), nr, 0, nr);
+      cpu::matmul_rows_prepared(t.w.gate.row_slice(r0, nr), p.px[j], g.data(), nr, 0, nr);
+      cpu::matmul_rows_prepared(t.w.up.row_slice(r0, nr), p.px[j], u.data(), nr, 0, nr);
       for (size_t r = 0; r < t.n; ++r) {
         float* h = hbuf + p.h_off[j] + r * I + r0;
         for (size_t i = 0; i < nr; ++i) h[i] = cpu::silu(g[r * nr + i]) * u[r * nr + i];
       }
+    }
+  });
+
+  pool_.parallel_for(n_tasks, [&](size_t b, size_t e) {
+    for (size_t j = b; j < e; ++j) {
+      const ExpertTask& t = tasks[j];
+      cpu::prepare_begin(t.w.down.fmt, hbuf + p.h_off[j], t.intermediate, t.n, t.intermediate,
+                         p.ph[j], int16_inputs_);
+      cpu::prepare_rows(p.ph[j], 0, t.n);
     }
   });
 
@@ -129,18 +148,16 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     for (size_t unit = ub; unit < ue; ++unit) {
       j = task_of(p.first2, unit, j);
       const ExpertTask& t = tasks[j];
-      const size_t I = t.intermediate;
       const size_t r0 = (unit - p.first2[j]) * p.rows2[j];
       const size_t nr = std::min(H, r0 + p.rows2[j]) - r0;
       const MatrixView down = t.w.down.row_slice(r0, nr);
-      const float* h = hbuf + p.h_off[j];
       if (t.n == 1) {
-        cpu::matmul_rows(down, h, I, 1, slots.row(static_cast<size_t>(t.out_rows[0])) + r0, nr, 0,
-                         nr);
+        cpu::matmul_rows_prepared(down, p.ph[j],
+                                  slots.row(static_cast<size_t>(t.out_rows[0])) + r0, nr, 0, nr);
         continue;
       }
       if (y.size() < t.n * nr) y.resize(t.n * nr);
-      cpu::matmul_rows(down, h, I, t.n, y.data(), nr, 0, nr);
+      cpu::matmul_rows_prepared(down, p.ph[j], y.data(), nr, 0, nr);
       for (size_t r = 0; r < t.n; ++r)
         std::memcpy(slots.row(static_cast<size_t>(t.out_rows[r])) + r0, y.data() + r * nr,
                     nr * sizeof(float));

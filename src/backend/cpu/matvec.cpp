@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "backend/cpu/matvec_kernels.hpp"
+#include "backend/cpu/qdot.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 
@@ -155,22 +156,27 @@ Isa isa_from_env(Isa best) {
 
 namespace detail {
 
-void prepare_affine_x(const float* x, size_t n, size_t group, size_t perm_block, AffineX& out) {
-  out.xsum.resize(n / group);
+void prepare_affine_rows(const float* x, size_t n, size_t group, size_t perm_block, float* xp,
+                         float* xsum) {
   for (size_t g = 0; g < n / group; ++g) {
     float s = 0.0f;
     for (size_t c = g * group; c < (g + 1) * group; ++c) s += x[c];
-    out.xsum[g] = s;
+    xsum[g] = s;
   }
   if (perm_block == 0) return;
-  out.xp.resize(n);
   const size_t half = perm_block / 2;
   for (size_t b = 0; b < n; b += perm_block) {
     for (size_t i = 0; i < half; ++i) {
-      out.xp[b + i] = x[b + 2 * i];
-      out.xp[b + half + i] = x[b + 2 * i + 1];
+      xp[b + i] = x[b + 2 * i];
+      xp[b + half + i] = x[b + 2 * i + 1];
     }
   }
+}
+
+void prepare_affine_x(const float* x, size_t n, size_t group, size_t perm_block, AffineX& out) {
+  out.xsum.resize(n / group);
+  if (perm_block) out.xp.resize(n);
+  prepare_affine_rows(x, n, group, perm_block, out.xp.data(), out.xsum.data());
 }
 
 void dot_tile_scalar(const Tile& tile) {
@@ -248,12 +254,7 @@ void matvec_scalar_rows(const MatrixView& W, const float* x, float* y, size_t ro
 
 void matvec_rows_isa(Isa isa, const MatrixView& W, const float* x, float* y, size_t row_begin,
                      size_t row_end) {
-  check_view(W);
-  MF_ASSERT(isa <= cpu_isa());
-  MF_ASSERT(row_begin <= row_end && row_end <= W.rows);
-  if (row_begin == row_end) return;
-  MF_ASSERT(x != nullptr && y != nullptr);
-  rows_on(isa, W, x, y, row_begin, row_end);
+  matmul_rows_isa(isa, W, x, W.cols, 1, y, W.rows, row_begin, row_end);
 }
 
 void matvec_rows(const MatrixView& W, const float* x, float* y, size_t row_begin, size_t row_end) {
@@ -276,9 +277,12 @@ void matvec(const MatrixView& W, const float* x, float* y, ThreadPool& pool) {
   check_view(W);
   if (W.rows == 0) return;
   MF_ASSERT(x != nullptr && y != nullptr);
-  const Isa isa = active_isa();
+  thread_local PreparedX prepared;
+  PreparedX& px = prepared;  // the workers reach the caller's through this reference
+  prepare_begin(W.fmt, x, W.cols, 1, W.cols, px);
+  prepare_rows(px, 0, 1);
   pool.parallel_for(
-      W.rows, [&](size_t b, size_t e) { rows_on(isa, W, x, y, b, e); },
+      W.rows, [&](size_t b, size_t e) { matmul_rows_prepared(W, px, y, W.rows, b, e); },
       std::max(kMatvecRowGrain, min_task_rows(W.cols, 1)));
 }
 
@@ -290,9 +294,11 @@ void matmul_rows_isa(Isa isa, const MatrixView& W, const float* X, size_t ldx, s
   if (row_begin == row_end || n_tokens == 0) return;
   MF_ASSERT(X != nullptr && Y != nullptr && ldx >= W.cols);
   const size_t cols = W.cols;
-  if (n_tokens < kMatmulMinTokens) {
-    // Too few tokens to pay for decoding: for each block of rows (cache-resident across the
-    // tokens), Y[t, block] = W[block, :] X[t, :] by the matvec kernel.
+  const bool quantized = W.fmt.kind == QuantKind::Q8_0 || W.fmt.kind == QuantKind::Affine;
+  if (n_tokens < kMatmulMinTokens || (quantized && isa != Isa::Scalar)) {
+    // Few tokens (too few to pay for decoding rows to float), or quantized weights (whose SIMD
+    // kernels unpack faster than decode_row): for each block of rows (cache-resident across
+    // the tokens), Y[t, block] = W[block, :] X[t, :] by the matvec kernel.
     for (size_t r0 = row_begin; r0 < row_end; r0 += kMatvecBlockRows) {
       const size_t r1 = std::min(row_end, r0 + kMatvecBlockRows);
       for (size_t t = 0; t < n_tokens; ++t) rows_on(isa, W, X + t * ldx, Y + t * ldy, r0, r1);
@@ -349,6 +355,69 @@ void matmul_isa(Isa isa, const MatrixView& W, const float* X, size_t n_tokens, f
 
 void matmul(const MatrixView& W, const float* X, size_t n_tokens, float* Y, ThreadPool& pool) {
   matmul_isa(active_isa(), W, X, n_tokens, Y, pool);
+}
+
+
+
+void prepare_begin(QuantFormat fmt, const float* X, size_t ldx, size_t tokens, size_t n,
+                   PreparedX& out, bool allow_int16) {
+  const Isa isa = active_isa();
+  out.isa = isa;
+  out.X = X;
+  out.ldx = ldx;
+  out.tokens = tokens;
+  out.n = n;
+  out.quantized = allow_int16 && uses_quantized_input(fmt, isa);
+  out.affine = !out.quantized && fmt.kind == QuantKind::Affine && isa != Isa::Scalar;
+  if (out.quantized) out.q.reset(fmt, isa, tokens, n);
+  if (out.affine) {
+    out.group = static_cast<size_t>(fmt.group);
+    out.perm = detail::affine_perm_block(static_cast<int>(isa), fmt.bits);
+    if (out.perm && out.xp.size() < tokens * n) out.xp.resize(tokens * n);
+    if (out.xsum.size() < tokens * (n / out.group)) out.xsum.resize(tokens * (n / out.group));
+  }
+}
+
+void prepare_rows(PreparedX& out, size_t t_begin, size_t t_end) {
+  if (out.quantized) quantize_input_rows(out.X, out.ldx, t_begin, t_end, out.q);
+  if (out.affine)
+    for (size_t t = t_begin; t < t_end; ++t)
+      detail::prepare_affine_rows(out.X + t * out.ldx, out.n, out.group, out.perm,
+                                  out.perm ? out.xp.data() + t * out.n : nullptr,
+                                  out.xsum.data() + t * (out.n / out.group));
+}
+
+void matmul_rows_prepared(const MatrixView& W, const PreparedX& x, float* Y, size_t ldy,
+                          size_t row_begin, size_t row_end) {
+  check_view(W);
+  MF_ASSERT(row_begin <= row_end && row_end <= W.rows && x.n == W.cols);
+  if (x.quantized) {
+    qmatmul_rows(W, x.q, Y, ldy, row_begin, row_end);
+    return;
+  }
+  if (!x.affine) {
+    matmul_rows_isa(x.isa, W, x.X, x.ldx, x.tokens, Y, ldy, row_begin, row_end);
+    return;
+  }
+  MF_ASSERT(W.fmt.kind == QuantKind::Affine && x.group == static_cast<size_t>(W.fmt.group));
+  // Blocks of rows cache-resident across the tokens, each token's prepared x (matvec kernels).
+  const size_t ng = x.n / x.group;
+  for (size_t r0 = row_begin; r0 < row_end; r0 += kMatvecBlockRows) {
+    const size_t r1 = std::min(row_end, r0 + kMatvecBlockRows);
+    for (size_t t = 0; t < x.tokens; ++t) {
+      const float* xk = x.perm ? x.xp.data() + t * x.n : x.X + t * x.ldx;
+      const float* xsum = x.xsum.data() + t * ng;
+#if defined(__x86_64__)
+      if (x.isa == Isa::Avx512)
+        detail::matvec_rows_affine_avx512(W, xk, xsum, Y + t * ldy, r0, r1);
+      else
+        detail::matvec_rows_affine_avx2(W, xk, xsum, Y + t * ldy, r0, r1);
+#else
+      (void)xk;
+      (void)xsum;
+#endif
+    }
+  }
 }
 
 }  // namespace moeflux::cpu

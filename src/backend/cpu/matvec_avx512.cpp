@@ -188,16 +188,20 @@ void matvec_rows_avx512(const MatrixView& W, const float* x, float* y, size_t ro
       thread_local AffineX prepared;
       const bool four = W.fmt.bits == 4;
       prepare_affine_x(x, n, static_cast<size_t>(W.fmt.group), four ? 32 : 0, prepared);
-      const float* xk = four ? prepared.xp.data() : x;
-      const AffineDot dot = pick_affine(W.fmt.bits, W.fmt.group);
-      const size_t ds = row_data_bytes(W.fmt, n), ss = row_scale_bytes(W.fmt, n);
-      for (size_t r = row_begin; r < row_end; ++r) {
-        y[r] =
-            dot(W.data + r * ds, W.scales + r * ss, W.biases + r * ss, xk, prepared.xsum.data(), n);
-      }
+      matvec_rows_affine_avx512(W, four ? prepared.xp.data() : x, prepared.xsum.data(), y,
+                               row_begin, row_end);
       return;
     }
   }
+}
+
+void matvec_rows_affine_avx512(const MatrixView& W, const float* xk, const float* xsum, float* y,
+                           size_t row_begin, size_t row_end) {
+  const size_t n = W.cols;
+  const AffineDot dot = pick_affine(W.fmt.bits, W.fmt.group);
+  const size_t ds = row_data_bytes(W.fmt, n), ss = row_scale_bytes(W.fmt, n);
+  for (size_t r = row_begin; r < row_end; ++r)
+    y[r] = dot(W.data + r * ds, W.scales + r * ss, W.biases + r * ss, xk, xsum, n);
 }
 
 // Tile kernel (16 lanes): rows past nrows / tokens past ntok alias the last valid one and

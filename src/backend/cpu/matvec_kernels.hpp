@@ -29,6 +29,9 @@ struct AffineX {
   std::vector<float> xp, xsum;
 };
 void prepare_affine_x(const float* x, size_t n, size_t group, size_t perm_block, AffineX& out);
+// The same into caller memory: xsum[n / group], and xp[n] when perm_block > 0.
+void prepare_affine_rows(const float* x, size_t n, size_t group, size_t perm_block, float* xp,
+                         float* xsum);
 
 // Row kernels: y[r] = Σ_c W[r,c] · x[c] for r in [row_begin, row_end), float32 fma accumulation.
 // Defined only on x86-64; called only when cpu_isa() reaches their level.
@@ -36,6 +39,17 @@ void matvec_rows_avx2(const MatrixView& W, const float* x, float* y, size_t row_
                       size_t row_end);
 void matvec_rows_avx512(const MatrixView& W, const float* x, float* y, size_t row_begin,
                         size_t row_end);
+
+// The Affine rows of the above with x prepared by the caller (prepare_affine_x with
+// affine_perm_block): xk = the permuted x for 4-bit codes (x itself for 8-bit), xsum per group.
+void matvec_rows_affine_avx2(const MatrixView& W, const float* xk, const float* xsum, float* y,
+                             size_t row_begin, size_t row_end);
+void matvec_rows_affine_avx512(const MatrixView& W, const float* xk, const float* xsum, float* y,
+                               size_t row_begin, size_t row_end);
+// The permutation block those kernels expect for `bits`-bit codes (0: none).
+inline size_t affine_perm_block(int isa_level, int bits) {
+  return bits != 4 ? 0 : isa_level >= 2 ? 32 : 16;
+}
 
 // A register tile of matmul on decoded float rows:
 //   out[t * ldo + i] (+)= Σ_{c<n} w[i * ldw + c] · x[t * ldx + c]   for i < nrows ≤ 4, t < ntok ≤ 2
