@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 # The tests' fixture and binary paths are compiled in: peer.sh recreates them on the device.
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLUX_CUDA=OFF \
+cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLUX_CUDA=OFF -DMOEFLUX_TESTS=ON \
   -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
 ninja -C build-device -j "$(nproc)" moeflux moeflux_tests
 rm -rf .devbuild && mkdir -p .devbuild/stage/lib

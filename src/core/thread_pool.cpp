@@ -122,4 +122,23 @@ void ThreadPool::parallel_for(size_t n, FunctionRef<void(size_t, size_t)> fn, si
   }
 }
 
+void ThreadPool::parallel_for_dynamic(size_t n, FunctionRef<void(size_t, size_t)> fn,
+                                      size_t chunk) {
+  chunk = std::max<size_t>(chunk, 1);
+  const size_t chunks = (n + chunk - 1) / chunk;
+  if (chunks <= 1) {
+    if (n > 0) fn(0, n);
+    return;
+  }
+  std::atomic<size_t> next{0};
+  auto take = [&](size_t, size_t) {
+    for (;;) {
+      const size_t b = next.fetch_add(chunk, std::memory_order_relaxed);
+      if (b >= n) return;
+      fn(b, std::min(n, b + chunk));
+    }
+  };
+  parallel_for(std::min(size(), chunks), take, 1);
+}
+
 }  // namespace moeflux

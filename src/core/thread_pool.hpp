@@ -38,6 +38,11 @@ class ThreadPool {
   // A loop of at most `grain` items runs inline on the caller.
   void parallel_for(size_t n, FunctionRef<void(size_t, size_t)> fn, size_t grain = 1);
 
+  // The same with dynamic scheduling: participants take chunks of `chunk` items from a shared
+  // counter until none are left (for items of uneven cost). A loop of at most `chunk` items
+  // runs inline.
+  void parallel_for_dynamic(size_t n, FunctionRef<void(size_t, size_t)> fn, size_t chunk = 1);
+
  private:
   void worker_loop(size_t index);
 

@@ -4,7 +4,7 @@
 //   s_j = scale · q[t,h] · K[j,g]  (j <= p),  w = softmax(s),  out[t,h] = Σ_j w_j V[j,g]
 // and out[t,h] *= sigmoid(gate[t,h]) when gated. The chunk's own keys and values are written
 // into the cache first, so a row sees the rows before it in the chunk (causal) and the
-// sequence's earlier positions. Units of work are (row, head) pairs across the pool.
+// sequence's earlier positions.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -32,30 +32,36 @@ void CpuBackend::attention(const AttentionArgs& a) {
       std::memcpy(c.v.row(pos0 + t) + g * hd, a.v.vec(t, g), hd * sizeof(float));
     }
 
+  // Units: (row, kv head, block of hb query heads sharing it): the block's heads read the kv
+  // head's keys and values while they are in cache. hb is the group unless that leaves threads
+  // idle (decode: one row). Rows late in a causal chunk cost more: dynamic scheduling.
   const size_t group = nh / nkv;
+  const size_t want = std::max<size_t>(1, threads() / std::max<size_t>(1, T * nkv));
+  const size_t hb = std::max<size_t>(1, group / std::min(want, group));
+  const size_t blocks = (group + hb - 1) / hb;
   const size_t capacity = c.k.rows();
-  const size_t grain = std::max<size_t>(1, 16384 / ((pos0 + T) * hd * 2));
-  pool_.parallel_for(
-      T * nh,
-      [&](size_t ub, size_t ue) {
-        thread_local std::vector<float> scores;  // sized once to the cache's capacity
-        if (scores.size() < capacity) scores.resize(capacity);
-        for (size_t u = ub; u < ue; ++u) {
-          const size_t t = u / nh, h = u % nh, g = h / group;
-          const size_t len = pos0 + t + 1;
-          const float* q = a.q.vec(t, h);
-          for (size_t j = 0; j < len; ++j) scores[j] = cpu::dot(q, c.k.row(j) + g * hd, hd) * a.scale;
-          cpu::softmax(scores.data(), len);
-          float* o = a.out.row(t) + h * hd;
-          std::fill(o, o + hd, 0.0f);
-          for (size_t j = 0; j < len; ++j) cpu::axpy(scores[j], c.v.row(j) + g * hd, o, hd);
-          if (!a.gate.empty()) {
-            const float* gt = a.gate.vec(t, h);
-            for (size_t d = 0; d < hd; ++d) o[d] *= cpu::sigmoid(gt[d]);
-          }
+  const size_t kv_stride = c.k.pitch();
+  pool_.parallel_for_dynamic(T * nkv * blocks, [&](size_t ub, size_t ue) {
+    thread_local std::vector<float> scores;  // sized once to the cache's capacity
+    if (scores.size() < capacity) scores.resize(capacity);
+    for (size_t u = ub; u < ue; ++u) {
+      const size_t t = u / (nkv * blocks), g = (u / blocks) % nkv, b = u % blocks;
+      const size_t len = pos0 + t + 1;
+      const float* K = c.k.row(0) + g * hd;
+      const float* V = c.v.row(0) + g * hd;
+      for (size_t h = g * group + b * hb; h < std::min(g * group + (b + 1) * hb, (g + 1) * group);
+           ++h) {
+        cpu::dot_rows(a.q.vec(t, h), K, kv_stride, len, hd, a.scale, scores.data());
+        cpu::softmax(scores.data(), len);
+        float* o = a.out.row(t) + h * hd;
+        cpu::weighted_rows(scores.data(), V, kv_stride, len, hd, o);
+        if (!a.gate.empty()) {
+          const float* gt = a.gate.vec(t, h);
+          for (size_t d = 0; d < hd; ++d) o[d] *= cpu::sigmoid(gt[d]);
         }
-      },
-      grain);
+      }
+    }
+  });
 }
 
 }  // namespace moeflux

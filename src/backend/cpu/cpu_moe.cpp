@@ -79,6 +79,13 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     p.first1[j + 1] = p.first1[j] + (I + p.rows1[j] - 1) / p.rows1[j];
     p.first2[j + 1] = p.first2[j] + (H + p.rows2[j] - 1) / p.rows2[j];
   }
+  size_t total_rows = 0;
+  for (const ExpertTask& t : tasks) total_rows += t.n;
+  // Passes 0 and 2 copy and prepare rows: inline when that is little work (decode).
+  const size_t prep_grain = total_rows * H < (size_t{1} << 16) ? n_tasks : 1;
+  // Passes 1 and 3: units of uneven cost (tasks have different row counts) taken dynamically.
+  const size_t chunk1 = std::max<size_t>(1, p.first1[n_tasks] / (4 * threads()));
+  const size_t chunk2 = std::max<size_t>(1, p.first2[n_tasks] / (4 * threads()));
   if (p.xg.size() < p.x_off[n_tasks]) p.xg.resize(p.x_off[n_tasks]);
   if (p.h.size() < p.h_off[n_tasks]) p.h.resize(p.h_off[n_tasks]);
   float* xg = p.xg.data();
@@ -109,9 +116,9 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
       cpu::prepare_begin(t.w.gate.fmt, x, ld, t.n, H, p.px[j], int16_inputs_);
       cpu::prepare_rows(p.px[j], 0, t.n);
     }
-  });
+  }, prep_grain);
 
-  pool_.parallel_for(p.first1[n_tasks], [&](size_t ub, size_t ue) {
+  pool_.parallel_for_dynamic(p.first1[n_tasks], [&](size_t ub, size_t ue) {
     thread_local std::vector<float> g, u;
     size_t j = 0;
     for (size_t unit = ub; unit < ue; ++unit) {
@@ -131,7 +138,7 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
         for (size_t i = 0; i < nr; ++i) h[i] = cpu::silu(g[r * nr + i]) * u[r * nr + i];
       }
     }
-  });
+  }, chunk1);
 
   pool_.parallel_for(n_tasks, [&](size_t b, size_t e) {
     for (size_t j = b; j < e; ++j) {
@@ -140,9 +147,9 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
                          p.ph[j], int16_inputs_);
       cpu::prepare_rows(p.ph[j], 0, t.n);
     }
-  });
+  }, prep_grain);
 
-  pool_.parallel_for(p.first2[n_tasks], [&](size_t ub, size_t ue) {
+  pool_.parallel_for_dynamic(p.first2[n_tasks], [&](size_t ub, size_t ue) {
     thread_local std::vector<float> y;
     size_t j = 0;
     for (size_t unit = ub; unit < ue; ++unit) {
@@ -162,7 +169,7 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
         std::memcpy(slots.row(static_cast<size_t>(t.out_rows[r])) + r0, y.data() + r * nr,
                     nr * sizeof(float));
     }
-  });
+  }, chunk2);
 }
 
 void CpuBackend::combine(const CombineArgs& a) {

@@ -400,23 +400,24 @@ void matmul_rows_prepared(const MatrixView& W, const PreparedX& x, float* Y, siz
     return;
   }
   MF_ASSERT(W.fmt.kind == QuantKind::Affine && x.group == static_cast<size_t>(W.fmt.group));
-  // Blocks of rows cache-resident across the tokens, each token's prepared x (matvec kernels).
+  // Tokens in fours (each weight unpacked once per four), rows of the range inside (cache
+  // resident across the passes).
   const size_t ng = x.n / x.group;
-  for (size_t r0 = row_begin; r0 < row_end; r0 += kMatvecBlockRows) {
-    const size_t r1 = std::min(row_end, r0 + kMatvecBlockRows);
-    for (size_t t = 0; t < x.tokens; ++t) {
-      const float* xk = x.perm ? x.xp.data() + t * x.n : x.X + t * x.ldx;
-      const float* xsum = x.xsum.data() + t * ng;
-#if defined(__x86_64__)
-      if (x.isa == Isa::Avx512)
-        detail::matvec_rows_affine_avx512(W, xk, xsum, Y + t * ldy, r0, r1);
-      else
-        detail::matvec_rows_affine_avx2(W, xk, xsum, Y + t * ldy, r0, r1);
-#else
-      (void)xk;
-      (void)xsum;
-#endif
+  constexpr size_t kTokens = 4;
+  for (size_t t0 = 0; t0 < x.tokens; t0 += kTokens) {
+    const size_t nt = std::min(kTokens, x.tokens - t0);
+    const float* xk[kTokens];
+    const float* xsum[kTokens];
+    for (size_t t = 0; t < nt; ++t) {
+      xk[t] = x.perm ? x.xp.data() + (t0 + t) * x.n : x.X + (t0 + t) * x.ldx;
+      xsum[t] = x.xsum.data() + (t0 + t) * ng;
     }
+#if defined(__x86_64__)
+    if (x.isa == Isa::Avx512)
+      detail::matmul_affine_avx512(W, xk, xsum, nt, Y + t0 * ldy, ldy, row_begin, row_end);
+    else
+      detail::matmul_affine_avx2(W, xk, xsum, nt, Y + t0 * ldy, ldy, row_begin, row_end);
+#endif
   }
 }
 

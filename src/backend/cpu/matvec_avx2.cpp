@@ -94,69 +94,78 @@ MF_AVX2 float dot_q8_0(const uint8_t* q, const uint8_t* sc, const float* x, size
   return hsum(acc);
 }
 
-// Affine 4-bit row, group G: Σ_g [ s_g Σ_{c∈g} q_c x_c + b_g xsum_g ]  (n % G == 0).
-// xp is x permuted in 16-blocks (prepare_affine_x, perm_block 16): 8 bytes hold 16 codes; their
-// low nibbles (elements 0,2,..,14) meet xp[0..8), the high nibbles (1,3,..,15) xp[8..16).
-template <size_t G>
-MF_AVX2 float dot_affine4(const uint8_t* q, const uint8_t* sc, const uint8_t* bi, const float* xp,
-                          const float* xsum, size_t n) {
+// Affine rows for NT <= 4 tokens at once, group G: for each token t
+//   out[t] = Σ_g [ s_g Σ_{c∈g} q_c x_t[c] + b_g xsum_t[g] ]  (n % G == 0),
+// each weight unpacked once for all NT tokens; per token the operations (and so the result) are
+// the same whatever NT. 4-bit: xk[t] is x_t permuted in 16-blocks (prepare_affine_x, perm_block
+// 16): 8 bytes hold 16 codes; their low nibbles (elements 0,2,..,14) meet xk[0..8), the high
+// nibbles (1,3,..,15) xk[8..16). 8-bit: one byte per code, x in natural order.
+template <size_t G, int BITS, size_t NT>
+MF_AVX2 void dot_affine(const uint8_t* q, const uint8_t* sc, const uint8_t* bi,
+                        const float* const* xk, const float* const* xsum, size_t n, float* out,
+                        size_t ldo) {
   static_assert(G % 16 == 0);
   const __m256i lo4 = _mm256_set1_epi32(0xf);
-  __m256 acc = _mm256_setzero_ps();
-  float bias_acc = 0.0f;
+  __m256 acc[NT];
+  float bias_acc[NT];
+  for (size_t t = 0; t < NT; ++t) {
+    acc[t] = _mm256_setzero_ps();
+    bias_acc[t] = 0.0f;
+  }
   for (size_t g = 0; g < n / G; ++g) {
-    const uint8_t* qg = q + g * (G / 2);
-    const float* xg = xp + g * G;
-    __m256 p0 = _mm256_setzero_ps(), p1 = p0;
+    __m256 p0[NT], p1[NT];
+    for (size_t t = 0; t < NT; ++t) p0[t] = p1[t] = _mm256_setzero_ps();
     for (size_t k = 0; k < G / 16; ++k) {
-      const __m256i b = widen_u8(qg + 8 * k);
-      p0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, lo4)),
-                           _mm256_loadu_ps(xg + 16 * k), p0);
-      p1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)),
-                           _mm256_loadu_ps(xg + 16 * k + 8), p1);
+      __m256 w0, w1;
+      if constexpr (BITS == 4) {
+        const __m256i b = widen_u8(q + g * (G / 2) + 8 * k);
+        w0 = _mm256_cvtepi32_ps(_mm256_and_si256(b, lo4));
+        w1 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+      } else {
+        w0 = _mm256_cvtepi32_ps(widen_u8(q + g * G + 16 * k));
+        w1 = _mm256_cvtepi32_ps(widen_u8(q + g * G + 16 * k + 8));
+      }
+      for (size_t t = 0; t < NT; ++t) {
+        const float* xg = xk[t] + g * G + 16 * k;
+        p0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xg), p0[t]);
+        p1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xg + 8), p1[t]);
+      }
     }
     const __m256 s = _mm256_set1_ps(bf16_to_f32(load_u16(sc + 2 * g)));
-    acc = _mm256_fmadd_ps(s, _mm256_add_ps(p0, p1), acc);
-    bias_acc += bf16_to_f32(load_u16(bi + 2 * g)) * xsum[g];
-  }
-  return hsum(acc) + bias_acc;
-}
-
-// Affine 8-bit row, group G: as dot_affine4 with one byte per code, x in natural order.
-template <size_t G>
-MF_AVX2 float dot_affine8(const uint8_t* q, const uint8_t* sc, const uint8_t* bi, const float* x,
-                          const float* xsum, size_t n) {
-  static_assert(G % 16 == 0);
-  __m256 acc = _mm256_setzero_ps();
-  float bias_acc = 0.0f;
-  for (size_t g = 0; g < n / G; ++g) {
-    const uint8_t* qg = q + g * G;
-    const float* xg = x + g * G;
-    __m256 p0 = _mm256_setzero_ps(), p1 = p0;
-    for (size_t k = 0; k < G / 16; ++k) {
-      p0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen_u8(qg + 16 * k)), _mm256_loadu_ps(xg + 16 * k),
-                           p0);
-      p1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen_u8(qg + 16 * k + 8)),
-                           _mm256_loadu_ps(xg + 16 * k + 8), p1);
+    const float b = bf16_to_f32(load_u16(bi + 2 * g));
+    for (size_t t = 0; t < NT; ++t) {
+      acc[t] = _mm256_fmadd_ps(s, _mm256_add_ps(p0[t], p1[t]), acc[t]);
+      bias_acc[t] += b * xsum[t][g];
     }
-    const __m256 s = _mm256_set1_ps(bf16_to_f32(load_u16(sc + 2 * g)));
-    acc = _mm256_fmadd_ps(s, _mm256_add_ps(p0, p1), acc);
-    bias_acc += bf16_to_f32(load_u16(bi + 2 * g)) * xsum[g];
   }
-  return hsum(acc) + bias_acc;
+  for (size_t t = 0; t < NT; ++t) out[t * ldo] = hsum(acc[t]) + bias_acc[t];
 }
 
-using AffineDot = float (*)(const uint8_t*, const uint8_t*, const uint8_t*, const float*,
-                            const float*, size_t);
+using AffineRows = void (*)(const uint8_t*, const uint8_t*, const uint8_t*, const float* const*,
+                            const float* const*, size_t, float*, size_t);
 
-AffineDot pick_affine(int bits, int group) {
+template <size_t G, int BITS>
+AffineRows pick_nt(size_t nt) {
+  switch (nt) {
+    case 1:
+      return dot_affine<G, BITS, 1>;
+    case 2:
+      return dot_affine<G, BITS, 2>;
+    case 3:
+      return dot_affine<G, BITS, 3>;
+    default:
+      return dot_affine<G, BITS, 4>;
+  }
+}
+
+AffineRows pick_affine(int bits, int group, size_t nt) {
   switch (group) {
     case 32:
-      return bits == 4 ? dot_affine4<32> : dot_affine8<32>;
+      return bits == 4 ? pick_nt<32, 4>(nt) : pick_nt<32, 8>(nt);
     case 64:
-      return bits == 4 ? dot_affine4<64> : dot_affine8<64>;
+      return bits == 4 ? pick_nt<64, 4>(nt) : pick_nt<64, 8>(nt);
     default:
-      return bits == 4 ? dot_affine4<128> : dot_affine8<128>;
+      return bits == 4 ? pick_nt<128, 4>(nt) : pick_nt<128, 8>(nt);
   }
 }
 
@@ -200,12 +209,17 @@ void matvec_rows_avx2(const MatrixView& W, const float* x, float* y, size_t row_
 }
 
 void matvec_rows_affine_avx2(const MatrixView& W, const float* xk, const float* xsum, float* y,
-                           size_t row_begin, size_t row_end) {
+                             size_t row_begin, size_t row_end) {
+  matmul_affine_avx2(W, &xk, &xsum, 1, y, 0, row_begin, row_end);
+}
+
+void matmul_affine_avx2(const MatrixView& W, const float* const* xk, const float* const* xsum,
+                        size_t nt, float* Y, size_t ldy, size_t row_begin, size_t row_end) {
   const size_t n = W.cols;
-  const AffineDot dot = pick_affine(W.fmt.bits, W.fmt.group);
+  const AffineRows rows = pick_affine(W.fmt.bits, W.fmt.group, nt);
   const size_t ds = row_data_bytes(W.fmt, n), ss = row_scale_bytes(W.fmt, n);
   for (size_t r = row_begin; r < row_end; ++r)
-    y[r] = dot(W.data + r * ds, W.scales + r * ss, W.biases + r * ss, xk, xsum, n);
+    rows(W.data + r * ds, W.scales + r * ss, W.biases + r * ss, xk, xsum, n, Y + r, ldy);
 }
 
 // Tile kernel (8 lanes): rows past nrows / tokens past ntok alias the last valid one and

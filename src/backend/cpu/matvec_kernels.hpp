@@ -46,6 +46,13 @@ void matvec_rows_affine_avx2(const MatrixView& W, const float* xk, const float* 
                              size_t row_begin, size_t row_end);
 void matvec_rows_affine_avx512(const MatrixView& W, const float* xk, const float* xsum, float* y,
                                size_t row_begin, size_t row_end);
+// Y[t * ldy + r] for nt <= 4 tokens at once (xk[t], xsum[t] prepared as above): each weight
+// unpacked once for all of them; a token's result does not depend on nt.
+void matmul_affine_avx2(const MatrixView& W, const float* const* xk, const float* const* xsum,
+                        size_t nt, float* Y, size_t ldy, size_t row_begin, size_t row_end);
+void matmul_affine_avx512(const MatrixView& W, const float* const* xk, const float* const* xsum,
+                          size_t nt, float* Y, size_t ldy, size_t row_begin, size_t row_end);
+
 // The permutation block those kernels expect for `bits`-bit codes (0: none).
 inline size_t affine_perm_block(int isa_level, int bits) {
   return bits != 4 ? 0 : isa_level >= 2 ? 32 : 16;

@@ -14,4 +14,12 @@ void axpy(float s, const float* x, float* y, size_t n);
 // y[i] = s · y[i]
 void scale(float s, float* y, size_t n);
 
+// Attention's two products over rows[j] = base + j * stride (j < n, dim floats each):
+//   out[j] = s · Σ_d q[d] rows[j][d]           (dot_rows)
+//   o[d]   = Σ_j w[j] rows[j][d]               (weighted_rows; o overwritten)
+void dot_rows(const float* q, const float* base, size_t stride, size_t n, size_t dim, float s,
+              float* out);
+void weighted_rows(const float* w, const float* base, size_t stride, size_t n, size_t dim,
+                   float* o);
+
 }  // namespace moeflux::cpu
