@@ -203,6 +203,16 @@ TEST_F(LogitsErrors, ManifestFieldLies) {
            if (!f.get<std::string>().empty()) f = "../../../etc/passwd";
        },
        "must be 'experts/layer_"},
+      {"tokenizer file outside the package",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"../../../etc/passwd"}; },
+       "tokenizer file '../../../etc/passwd' is not a file name under tokenizer/"},
+      {"tokenizer file absolute",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"/etc/passwd"}; }, "tokenizer file"},
+      {"tokenizer file escaping its directory",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"tokenizer/../../x/tokenizer.json"}; },
+       "tokenizer file"},
+      {"tokenizer file dot-dot",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"tokenizer/.."}; }, "tokenizer file"},
       {"format not a string", [](nlohmann::json& m) { m["format"] = 7; }, "not a moeflux package"},
       {"version a string", [](nlohmann::json& m) { m["version"] = "1"; }, "version"},
   };

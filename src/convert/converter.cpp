@@ -155,7 +155,7 @@ class Converter {
     for (const char* name : kTokenizerFiles) {
       const fs::path from = fs::path(src_.dir()) / name;
       if (!fs::exists(from)) continue;
-      const std::string rel = std::string("tokenizer/") + name;
+      const std::string rel = std::string(kTokenizerDir) + "/" + name;
       out_.copy_file(from.string(), rel);
       m.tokenizer_files.push_back(rel);
     }

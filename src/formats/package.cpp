@@ -63,6 +63,15 @@ uint64_t file_size_or_fail(const std::string& path) {
 
 }  // namespace
 
+bool is_tokenizer_file_name(const std::string& rel) {
+  const std::string dir = kTokenizerDir;
+  if (rel.size() <= dir.size() + 1 || rel.compare(0, dir.size(), dir) != 0 || rel[dir.size()] != '/')
+    return false;
+  const std::string name = rel.substr(dir.size() + 1);
+  return name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
 std::string expert_file_name(int layer) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "experts/layer_%03d.bin", layer);
@@ -152,6 +161,12 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
            format_name(fmt));
     m.expert_files = e.at("files").get<std::vector<std::string>>();
     m.tokenizer_files = j.value("tokenizer_files", std::vector<std::string>{});
+    // The writer's names only ("tokenizer/<file name>"), as for expert files: a manifest cannot
+    // point a reader at a file outside the package.
+    for (const std::string& f : m.tokenizer_files)
+      if (!is_tokenizer_file_name(f))
+        fail(source + ": tokenizer file '" + printable(f) +
+             "' is not a file name under tokenizer/ inside the package");
   } catch (const json::exception& ex) {
     fail(source + ": malformed manifest: " + ex.what());
   } catch (const Error& ex) {

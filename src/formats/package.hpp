@@ -101,5 +101,9 @@ class Package {
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kResidentName = "resident.bin";
 std::string expert_file_name(int layer);  // "experts/layer_NNN.bin"
+inline constexpr const char* kTokenizerDir = "tokenizer";
+// True for "tokenizer/<name>" with <name> a plain file name (no '/', not "." or ".."): the only
+// tokenizer paths a manifest may list.
+bool is_tokenizer_file_name(const std::string& rel);
 
 }  // namespace moeflux
