@@ -1,5 +1,5 @@
 // The options every evaluating command shares (logits, run, chat, perplexity, bench):
-// --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --prefetch
+// --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --no-verify --prefetch
 // --prefill-chunk --timing.
 #pragma once
 
@@ -20,6 +20,7 @@ struct EngineArgs {
   std::string io = "page-cache";
   std::string io_backend = "threads";
   size_t io_threads = 8;
+  bool no_verify = false;
   std::string prefetch = "none";
   size_t prefill_chunk = 256;
   bool timing = false;
