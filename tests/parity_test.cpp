@@ -108,6 +108,9 @@ std::vector<ParityCase> cases() {
   }
   v.push_back({"qwen3_moe_mlx4", "", "logits_bf16.npy"});
   v.push_back({"qwen3_5_moe_mlx4", "", "logits_bf16.npy"});
+  // config.json exactly as transformers' own save_pretrained() writes it (5.x spelling).
+  v.push_back({"qwen3_moe_saved", "", "logits_bf16.npy"});
+  v.push_back({"qwen3_5_moe_saved", "", "logits_bf16.npy"});
   const size_t chunked = v.size();
   for (size_t i = 0; i < chunked; ++i) {
     v.push_back(v[i]);
