@@ -39,8 +39,8 @@ TEST(Crc32c, ImplementationsAgreeWithDefinition) {
   for (auto& b : buf) b = static_cast<uint8_t>(rng());
   std::vector<size_t> lengths;
   for (size_t n = 0; n < 70; ++n) lengths.push_back(n);
-  for (size_t n : {size_t{65535}, size_t{65536}, size_t{65537}, size_t{65536 + 7},
-                   size_t{196608}, size_t{196611}, size_t{3} << 17})
+  for (size_t n : {size_t{65535}, size_t{65536}, size_t{65537}, size_t{65536 + 7}, size_t{196608},
+                   size_t{196611}, size_t{3} << 17})
     lengths.push_back(n);
   const bool hw = std::string(crc32c_implementation()) == "sse4.2";
   for (size_t n : lengths) {

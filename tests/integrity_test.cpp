@@ -65,8 +65,7 @@ TEST_F(Integrity, ConvertRecordsChecksumsThatVerify) {
   const int l = last_moe_layer();
   const std::string file = read_text(pkg() + "/" + m["experts"]["files"][l].get<std::string>());
   const uint64_t rb = record_bytes();
-  EXPECT_EQ(m["experts"]["record_crc32c"][l][3].get<uint32_t>(),
-            crc32c(file.data() + 3 * rb, rb));
+  EXPECT_EQ(m["experts"]["record_crc32c"][l][3].get<uint32_t>(), crc32c(file.data() + 3 * rb, rb));
 
   const CommandResult r = run_moeflux({"verify", pkg()});
   EXPECT_EQ(r.exit_code, 0) << r.err;

@@ -123,9 +123,9 @@ class MlxImport : public testing::Test {
     return run_moeflux(args);
   }
   std::vector<double> logits(const std::string& pkg) {
-    const CommandResult r = run_moeflux({"logits", "-m", pkg, "--tokens",
-                                         join_ints(fixture_tokens("qwen3_moe_mlx4")), "--out",
-                                         tmp_ / "l.npy"});
+    const CommandResult r =
+        run_moeflux({"logits", "-m", pkg, "--tokens", join_ints(fixture_tokens("qwen3_moe_mlx4")),
+                     "--out", tmp_ / "l.npy"});
     EXPECT_EQ(r.exit_code, 0) << r.err;
     return read_npy(tmp_ / "l.npy").values;
   }
@@ -167,9 +167,11 @@ TEST_F(MlxImport, PerModuleEntriesWithNullGroupSize) {
 
 TEST_F(MlxImport, QuantizationBlockStillChecked) {
   set_quant("model.layers.0.self_attn.q_proj", {{"group_size", 32}, {"bits", 4}});
-  expect_clean_failure(convert({"-q"}), "says 4 bits, group 32 for 'model.layers.0.self_attn.q_proj'");
+  expect_clean_failure(convert({"-q"}),
+                       "says 4 bits, group 32 for 'model.layers.0.self_attn.q_proj'");
   set_quant("model.layers.0.self_attn.q_proj", {{"group_size", 64}, {"bits", "four"}});
-  expect_clean_failure(convert({"-q"}), "'bits' of 'model.layers.0.self_attn.q_proj' is not an integer");
+  expect_clean_failure(convert({"-q"}),
+                       "'bits' of 'model.layers.0.self_attn.q_proj' is not an integer");
   set_quant("model.layers.0.self_attn.q_proj", false);
   expect_clean_failure(convert({"-q"}), "says 'model.layers.0.self_attn.q_proj' is not quantized");
 }
@@ -177,8 +179,9 @@ TEST_F(MlxImport, QuantizationBlockStillChecked) {
 // 6-bit modules (mlx-community publishes 6-bit MoE checkpoints) and a mixed-bit recipe (layer 0's
 // experts 6-bit, the others 4-bit): imported by exact re-encoding at 8 bits, with a note.
 TEST_F(MlxImport, SixBitLayersImportExactly) {
-  for (const char* m : {"model.layers.0.mlp.switch_mlp.gate_proj", "model.layers.0.mlp.switch_mlp.up_proj",
-                        "model.layers.0.mlp.switch_mlp.down_proj", "model.layers.0.self_attn.o_proj"}) {
+  for (const char* m :
+       {"model.layers.0.mlp.switch_mlp.gate_proj", "model.layers.0.mlp.switch_mlp.up_proj",
+        "model.layers.0.mlp.switch_mlp.down_proj", "model.layers.0.self_attn.o_proj"}) {
     reencode(tensors_, m, 6);
     set_quant(m, {{"group_size", 64}, {"bits", 6}});
   }
@@ -221,8 +224,10 @@ TEST_F(MlxImport, ModuleLeftUnquantized) {
       uint16_t sh, bh;
       std::memcpy(&sh, s.data() + 2 * g, 2);
       std::memcpy(&bh, b.data() + 2 * g, 2);
-      const float v = static_cast<float>(get_code(w.substr(row * cols / 2, cols / 2), i % cols, 4)) *
-                          bf16_to_f32(sh) + bf16_to_f32(bh);
+      const float v =
+          static_cast<float>(get_code(w.substr(row * cols / 2, cols / 2), i % cols, 4)) *
+              bf16_to_f32(sh) +
+          bf16_to_f32(bh);
       const uint16_t h = f32_to_bf16(v);
       std::memcpy(out.data() + 2 * i, &h, 2);
     }

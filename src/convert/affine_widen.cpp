@@ -38,8 +38,8 @@ QuantFormat widened_format(QuantFormat src) {
 
 bool widens_exactly(QuantFormat src, QuantFormat dst) {
   return src.kind == QuantKind::Affine && dst.kind == QuantKind::Affine &&
-         is_mlx_affine_bits(src.bits) && (dst.bits == 4 || dst.bits == 8) &&
-         dst.bits >= src.bits && dst.group > 0 && src.group % dst.group == 0;
+         is_mlx_affine_bits(src.bits) && (dst.bits == 4 || dst.bits == 8) && dst.bits >= src.bits &&
+         dst.group > 0 && src.group % dst.group == 0;
 }
 
 void widen_affine(const MatrixView& src, QuantFormat dst, uint8_t* out) {

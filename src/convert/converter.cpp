@@ -84,8 +84,7 @@ class Converter {
     // converting machine's directory layout.
     m.source = checkpoint_name(src_.dir());
 
-    m.experts =
-        ExpertLayout::make(expert_format(), c.hidden_size, c.moe_intermediate_size);
+    m.experts = ExpertLayout::make(expert_format(), c.hidden_size, c.moe_intermediate_size);
 
     ConvertSummary s;
     s.resident_bytes = write_resident(m);
@@ -149,11 +148,10 @@ class Converter {
       return *opts_.experts_format;
     }
     const QuantFormat first = parts[0].fmt;
-    const bool same = std::all_of(parts.begin(), parts.end(),
-                                  [&](const Part& p) { return p.fmt == first; });
-    const bool all_affine = std::all_of(parts.begin(), parts.end(), [](const Part& p) {
-      return p.fmt.kind == QuantKind::Affine;
-    });
+    const bool same =
+        std::all_of(parts.begin(), parts.end(), [&](const Part& p) { return p.fmt == first; });
+    const bool all_affine = std::all_of(
+        parts.begin(), parts.end(), [](const Part& p) { return p.fmt.kind == QuantKind::Affine; });
     QuantFormat fmt = first;
     if (all_affine) {
       int bits = 0, group = first.group;
@@ -164,8 +162,9 @@ class Converter {
       fmt = QuantFormat::affine(bits, group);
       for (const Part& p : parts)
         if (!widens_exactly(p.fmt, fmt) && p.fmt != fmt)
-          fail(src_.dir() + ": expert matrices of groups " + std::to_string(first.group) +
-               " and " + std::to_string(p.fmt.group) + " cannot share one format; convert with "
+          fail(src_.dir() + ": expert matrices of groups " + std::to_string(first.group) + " and " +
+               std::to_string(p.fmt.group) +
+               " cannot share one format; convert with "
                "--experts q8_0 or --experts bf16");
       if (!same || fmt != first)
         note("the checkpoint's expert matrices (" + format_name(first) +
@@ -174,13 +173,12 @@ class Converter {
     } else if (!same) {
       // Typically mlx-lm leaving one matrix unquantized (its width is not a multiple of the
       // group size) beside quantized siblings: no one format holds both without a choice.
-      const auto odd = std::find_if(parts.begin(), parts.end(),
-                                    [&](const Part& p) { return p.fmt != first; });
+      const auto odd =
+          std::find_if(parts.begin(), parts.end(), [&](const Part& p) { return p.fmt != first; });
       fail(src_.dir() + ": routed expert matrices come in different formats ('" +
            src_.expert_tensor_name(parts[0].layer, parts[0].id) + "' " + format_name(first) +
-           ", '" + src_.expert_tensor_name(odd->layer, odd->id) + "' " +
-           format_name(odd->fmt) + "); choose one with --experts (bf16, or q8_0 / q4 where " +
-           "the widths allow)");
+           ", '" + src_.expert_tensor_name(odd->layer, odd->id) + "' " + format_name(odd->fmt) +
+           "); choose one with --experts (bf16, or q8_0 / q4 where " + "the widths allow)");
     }
     for (const Part& p : parts)
       if (!format_accepts_cols(fmt, p.cols)) refuse(src_.dir(), p, fmt);

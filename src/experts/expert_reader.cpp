@@ -80,8 +80,8 @@ LayerFiles LayerFiles::from_package(const Package& pkg, IoMode mode, bool verify
   std::vector<std::string> paths(n);
   for (int l = 0; l < n; ++l)
     if (pkg.config().layer_is_moe[l]) paths[l] = pkg.expert_file_path(l);
-  LayerFiles files(std::move(paths), pkg.manifest().experts.record_bytes,
-                   pkg.config().num_experts, mode);
+  LayerFiles files(std::move(paths), pkg.manifest().experts.record_bytes, pkg.config().num_experts,
+                   mode);
   if (verify && pkg.manifest().has_checksums()) files.set_checksums(pkg.manifest().record_crc32c);
   return files;
 }

@@ -90,10 +90,11 @@ class PreadReader final : public ExpertReader {
                          std::memory_order_relaxed);
       if (err.empty() && files_.verifies()) {
         err = files_.verify(*op);
-        verify_ns_.fetch_add(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                       std::chrono::steady_clock::now() - t1)
-                                                       .count()),
-                             std::memory_order_relaxed);
+        verify_ns_.fetch_add(
+            static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                      std::chrono::steady_clock::now() - t1)
+                                      .count()),
+            std::memory_order_relaxed);
         verified_.fetch_add(1, std::memory_order_relaxed);
       }
       if (err.empty()) {

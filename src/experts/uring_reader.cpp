@@ -239,11 +239,10 @@ class UringReader final : public ExpertReader {
         if (f.error.empty() && files_.verifies()) {
           const auto t0 = Clock::now();
           f.error = files_.verify(*f.op);
-          verify_ns_.fetch_add(static_cast<uint64_t>(
-                                   std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                       Clock::now() - t0)
-                                       .count()),
-                               std::memory_order_relaxed);
+          verify_ns_.fetch_add(
+              static_cast<uint64_t>(
+                  std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0).count()),
+              std::memory_order_relaxed);
           verified_.fetch_add(1, std::memory_order_relaxed);
         }
         completion_.complete(*f.op, std::move(f.error));

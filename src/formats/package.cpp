@@ -66,7 +66,8 @@ uint64_t file_size_or_fail(const std::string& path) {
 
 bool is_tokenizer_file_name(const std::string& rel) {
   const std::string dir = kTokenizerDir;
-  if (rel.size() <= dir.size() + 1 || rel.compare(0, dir.size(), dir) != 0 || rel[dir.size()] != '/')
+  if (rel.size() <= dir.size() + 1 || rel.compare(0, dir.size(), dir) != 0 ||
+      rel[dir.size()] != '/')
     return false;
   const std::string name = rel.substr(dir.size() + 1);
   return name != "." && name != ".." && name.find('/') == std::string::npos &&
@@ -100,20 +101,20 @@ json PackageManifest::to_json() const {
     if (has_checksums()) res.back()["crc32c"] = t.crc32c;
   }
   json out = {{"format", "moeflux-package"},
-          {"version", version},
-          {"source", source},
-          {"config", config.to_json()},
-          {"source_config", source_config},
-          {"resident", {{"file", kResidentName}, {"tensors", res}}},
-          {"experts",
-           {{"format", format_name(experts.fmt)},
-            {"alignment", kExpertAlignment},
-            {"record_bytes", experts.record_bytes},
-            {"gate", part_json(experts.gate)},
-            {"up", part_json(experts.up)},
-            {"down", part_json(experts.down)},
-            {"files", expert_files}}},
-          {"tokenizer_files", tokenizer_files}};
+              {"version", version},
+              {"source", source},
+              {"config", config.to_json()},
+              {"source_config", source_config},
+              {"resident", {{"file", kResidentName}, {"tensors", res}}},
+              {"experts",
+               {{"format", format_name(experts.fmt)},
+                {"alignment", kExpertAlignment},
+                {"record_bytes", experts.record_bytes},
+                {"gate", part_json(experts.gate)},
+                {"up", part_json(experts.up)},
+                {"down", part_json(experts.down)},
+                {"files", expert_files}}},
+              {"tokenizer_files", tokenizer_files}};
   if (has_checksums()) {
     out["checksum"] = "crc32c";
     out["experts"]["record_crc32c"] = record_crc32c;
@@ -185,8 +186,8 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
         std::vector<uint32_t> v;
         v.reserve(want);
         for (const json& x : layer)
-          v.push_back(static_cast<uint32_t>(json_uint(
-              x, source + ": a checksum of layer " + std::to_string(l), 0xFFFFFFFFu)));
+          v.push_back(static_cast<uint32_t>(
+              json_uint(x, source + ": a checksum of layer " + std::to_string(l), 0xFFFFFFFFu)));
         m.record_crc32c.push_back(std::move(v));
       }
     }

@@ -122,8 +122,9 @@ std::string read_fully(const CheckFile& f, uint8_t* dst, size_t n, uint64_t off,
     if (r == 0) return what + ": truncated";
     got += static_cast<size_t>(r);
   }
-  if (!f.direct) (void)::posix_fadvise(f.fd, static_cast<off_t>(off), static_cast<off_t>(n),
-                                       POSIX_FADV_DONTNEED);
+  if (!f.direct)
+    (void)::posix_fadvise(f.fd, static_cast<off_t>(off), static_cast<off_t>(n),
+                          POSIX_FADV_DONTNEED);
   return "";
 }
 

@@ -58,9 +58,7 @@ struct Reader {
 
   bool has(const char* key) const { return present(spelling(key)); }
   const json& at(const char* key) const { return j.at(spelling(key)); }
-  std::string what(const char* key) const {
-    return source + ": key '" + spelling(key) + "'";
-  }
+  std::string what(const char* key) const { return source + ": key '" + spelling(key) + "'"; }
 
   int get_int(const char* key) const {
     if (!has(key)) fail(source + ": missing key '" + key + "'");
@@ -173,9 +171,8 @@ void validate(const ModelConfig& c, const std::string& source,
   };
   multiple("num_attention_heads", c.num_heads, "num_key_value_heads", c.num_kv_heads);
   if (c.top_k > c.num_experts)
-    bad("num_experts_per_tok", "(" + std::to_string(c.top_k) + ") exceeds " +
-                                   names("num_experts") + " (" + std::to_string(c.num_experts) +
-                                   ")");
+    bad("num_experts_per_tok", "(" + std::to_string(c.top_k) + ") exceeds " + names("num_experts") +
+                                   " (" + std::to_string(c.num_experts) + ")");
   if (!(c.rms_norm_eps > 0 && c.rms_norm_eps <= 1 && static_cast<float>(c.rms_norm_eps) > 0))
     bad("rms_norm_eps", "must be in (0, 1] (found " + num(c.rms_norm_eps) + ")");
   const RopeConfig& r = c.rope;

@@ -82,13 +82,13 @@ Runner add_verify(CLI::App& app) {
       throw;
     }
     bar.finish();
-    const double s =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("%s: ok: %zu resident tensors and %llu expert records (%s) match their checksums "
-                "(%.1f s, %.2f GB/s)\n",
-                a->dir.c_str(), m.resident.size(), static_cast<unsigned long long>(records),
-                human_bytes(static_cast<double>(resident + experts)).c_str(), s,
-                (resident + experts) / 1e9 / std::max(s, 1e-9));
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    std::printf(
+        "%s: ok: %zu resident tensors and %llu expert records (%s) match their checksums "
+        "(%.1f s, %.2f GB/s)\n",
+        a->dir.c_str(), m.resident.size(), static_cast<unsigned long long>(records),
+        human_bytes(static_cast<double>(resident + experts)).c_str(), s,
+        (resident + experts) / 1e9 / std::max(s, 1e-9));
     return 0;
   };
 }
