@@ -83,7 +83,8 @@ TEST(ConvertErrors, MissingTensor) {
   auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
   cfg["num_hidden_layers"] = cfg["num_hidden_layers"].get<int>() + 1;  // a layer that isn't there
   std::ofstream(hf + "/config.json", std::ios::trunc) << cfg.dump();
-  expect_clean_failure(run_moeflux({"convert", hf, tmp / "pkg", "-q"}), "not found");
+  // Whichever tensor of the missing layer is looked for first, the error names it.
+  expect_clean_failure(run_moeflux({"convert", hf, tmp / "pkg", "-q"}), "model.layers.4.");
   expect_no_package(tmp);
 }
 
@@ -203,6 +204,16 @@ TEST_F(LogitsErrors, ManifestFieldLies) {
            if (!f.get<std::string>().empty()) f = "../../../etc/passwd";
        },
        "must be 'experts/layer_"},
+      {"tokenizer file outside the package",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"../../../etc/passwd"}; },
+       "tokenizer file '../../../etc/passwd' is not a file name under tokenizer/"},
+      {"tokenizer file absolute",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"/etc/passwd"}; }, "tokenizer file"},
+      {"tokenizer file escaping its directory",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"tokenizer/../../x/tokenizer.json"}; },
+       "tokenizer file"},
+      {"tokenizer file dot-dot",
+       [](nlohmann::json& m) { m["tokenizer_files"] = {"tokenizer/.."}; }, "tokenizer file"},
       {"format not a string", [](nlohmann::json& m) { m["format"] = 7; }, "not a moeflux package"},
       {"version a string", [](nlohmann::json& m) { m["version"] = "1"; }, "version"},
   };

@@ -145,5 +145,148 @@ TEST(Config, ClearErrors) {
   expect_error(j, "layer_types");
 }
 
+// What transformers 5.x's save_pretrained() writes for a Qwen3MoeConfig: the attribute_map
+// spelling `num_local_experts`, `rope_parameters`, `dtype`, and the always-written defaults.
+TEST(Config, Qwen3MoeTransformers5SavePretrainedSpelling) {
+  json j = qwen3_moe_base();
+  j.erase("num_experts");
+  j.erase("rope_theta");
+  j["num_local_experts"] = 8;
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}};
+  j["dtype"] = "bfloat16";
+  j["mlp_only_layers"] = json::array();
+  j["sliding_window"] = nullptr;
+  j["use_sliding_window"] = false;
+  j["architectures"] = {"Qwen3MoeForCausalLM"};
+  j["transformers_version"] = "5.0.0";
+  const ModelConfig c = ModelConfig::from_hf_json(j, "config.json");
+  EXPECT_EQ(c.num_experts, 8);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 1e6);
+  EXPECT_EQ(c.num_moe_layers(), 4);
+  // Both spellings: fine when they agree, refused when they do not.
+  j["num_experts"] = 8;
+  EXPECT_EQ(ModelConfig::from_hf_json(j, "config.json").num_experts, 8);
+  j["num_experts"] = 16;
+  expect_error(j, "keys 'num_experts' and 'num_local_experts' disagree");
+  // The alias is the spelling named in errors.
+  j.erase("num_experts");
+  j["num_experts_per_tok"] = 9;
+  expect_error(j, "'num_experts_per_tok' (9) exceeds num_local_experts (8)");
+}
+
+TEST(Config, Qwen3_5Transformers5Spelling) {
+  json text = qwen3_5_text_base();
+  text["layer_types"] = {"linear_attention", "linear_attention", "linear_attention", "full_attention",
+                         "mamba",            "mamba",            "mamba",            "attention"};
+  text["dtype"] = "bfloat16";
+  // Per-layer-type rope parameters: the full-attention layers' entry applies.
+  text["rope_parameters"] = {
+      {"full_attention", {{"rope_type", "default"}, {"rope_theta", 5e6}, {"partial_rotary_factor", 0.5}}}};
+  json j = {{"model_type", "qwen3_5_moe"}, {"text_config", text}, {"dtype", "bfloat16"}};
+  const ModelConfig c = ModelConfig::from_hf_json(j, "config.json");
+  EXPECT_DOUBLE_EQ(c.rope.theta, 5e6);
+  EXPECT_EQ(c.rotary_dim(), 16);
+  EXPECT_EQ(c.layer_kind[3], LayerKind::FullAttention);
+  EXPECT_EQ(c.layer_kind[4], LayerKind::LinearAttention);
+  EXPECT_EQ(c.layer_kind[7], LayerKind::FullAttention);
+}
+
+TEST(Config, TorchDtypeAndNullsOf4x) {
+  json j = qwen3_moe_base();
+  j["torch_dtype"] = "bfloat16";
+  j["rope_scaling"] = nullptr;
+  j["head_dim"] = nullptr;  // falls back to hidden_size / num_attention_heads
+  j["mlp_only_layers"] = nullptr;
+  const ModelConfig c = ModelConfig::from_hf_json(j, "config.json");
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.rope.type, "default");
+}
+
+// Values a model cannot run with are refused at load, naming the key.
+TEST(Config, NonsenseValuesRefused) {
+  struct Case {
+    const char* key;
+    json value;
+    const char* needle;
+  };
+  const Case moe_cases[] = {
+      {"rope_theta", 0, "'rope_theta' must be a positive float32 number (found 0)"},
+      {"rope_theta", -5.0, "'rope_theta' must be a positive"},
+      {"rope_theta", 1e39, "'rope_theta' must be a positive float32 number"},
+      {"rope_theta", {{"__float__", "NaN"}}, "key 'rope_theta' is not finite"},
+      {"rope_theta", "1e6", "key 'rope_theta' is not a number"},
+      {"rms_norm_eps", -1, "'rms_norm_eps' must be in (0, 1] (found -1)"},
+      {"rms_norm_eps", 0, "'rms_norm_eps' must be in (0, 1]"},
+      {"rms_norm_eps", 1e-60, "'rms_norm_eps' must be in (0, 1]"},
+      {"rms_norm_eps", {{"__float__", "Infinity"}}, "key 'rms_norm_eps' is not finite"},
+      {"num_attention_heads", 0, "'num_attention_heads' must be positive"},
+      {"num_key_value_heads", 0, "'num_key_value_heads' must be positive"},
+      {"num_key_value_heads", 3, "'num_attention_heads' (4) must be a multiple of num_key_value_heads (3)"},
+      {"hidden_size", -64, "key 'hidden_size' is -64, below the minimum 0"},
+      {"vocab_size", 0, "'vocab_size' must be positive"},
+      {"head_dim", 0, "'head_dim' must be positive"},
+      {"head_dim", 15, "times head_dim must be a positive even number"},
+      {"num_experts", 0, "'num_experts' must be positive"},
+      {"num_experts_per_tok", 0, "'num_experts_per_tok' must be positive"},
+      {"moe_intermediate_size", 0, "'moe_intermediate_size' must be positive"},
+      {"max_position_embeddings", 0, "'max_position_embeddings' must be positive"},
+      {"decoder_sparse_step", 0, "'decoder_sparse_step' must be positive"},
+      {"partial_rotary_factor", 1.5, "'partial_rotary_factor' must be in (0, 1]"},
+      {"num_hidden_layers", 1e300, "key 'num_hidden_layers' is not an integer"},
+  };
+  for (const Case& k : moe_cases) {
+    json j = qwen3_moe_base();
+    j[k.key] = k.value;
+    expect_error(j, k.needle);
+  }
+  json j = qwen3_moe_base();
+  j["mlp_only_layers"] = {1};
+  j.erase("intermediate_size");
+  expect_error(j, "'intermediate_size' must be positive: the model has dense MLP layers");
+  j = qwen3_moe_base();
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1.0}, {"factor", 4.0}};
+  expect_error(j, "'rope_theta' must exceed 1 for yarn");
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e4}, {"factor", -4.0}};
+  expect_error(j, "'factor' (rope) must be positive");
+  j["rope_parameters"] = {{"rope_type", "yarn"}, {"rope_theta", 1e4}, {"factor", "x"}};
+  expect_error(j, "'rope_parameters': key 'factor' is not a number");
+
+  const Case linear_cases[] = {
+      {"linear_num_key_heads", 0, "'linear_num_key_heads' must be positive"},
+      {"linear_num_key_heads", 3, "'linear_num_value_heads' (4) must be a multiple of linear_num_key_heads (3)"},
+      {"linear_conv_kernel_dim", 0, "'linear_conv_kernel_dim' must be positive"},
+      {"linear_key_head_dim", 0, "'linear_key_head_dim' must be positive"},
+      {"full_attention_interval", 0, "'full_attention_interval' must be positive"},
+  };
+  for (const Case& k : linear_cases) {
+    json t = qwen3_5_text_base();
+    t[k.key] = k.value;
+    expect_error(t, k.needle);
+  }
+}
+
+// A package manifest's config goes through the same checks (a hand-edited manifest cannot bring
+// a value the converter would have refused).
+TEST(Config, ManifestConfigValidated) {
+  const json good = ModelConfig::from_hf_json(qwen3_moe_base(), "config.json").to_json();
+  auto expect_manifest_error = [](const json& m, const std::string& needle) {
+    try {
+      ModelConfig::from_json(m, "pkg/manifest.json");
+      FAIL() << "no error for " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  json m = good;
+  m["rope"]["theta"] = 0.0;
+  expect_manifest_error(m, "'rope_theta' must be a positive");
+  m = good;
+  m["rms_norm_eps"] = -1.0;
+  expect_manifest_error(m, "'rms_norm_eps' must be in (0, 1]");
+  m = good;
+  m["top_k"] = 9;
+  expect_manifest_error(m, "exceeds num_experts");
+}
+
 }  // namespace
 }  // namespace moeflux

@@ -6,6 +6,9 @@
 //   relative L2 error ||ours_t - ref_t|| / ||ref_t|| <= tolerance, and
 //   argmax(ours_t) == argmax(ref_t) wherever the reference's top-2 margin is clear
 //   (> 1% of the row's standard deviation).
+// Every case runs twice: chunked (the prompt path: matrix-matrix kernels, attention over a chunk,
+// the chunked DeltaNet) and token by token (`--prefill-chunk 1`, the decode path: matrix-vector
+// kernels, one KV-cache append and one DeltaNet state step per token).
 // Tolerance: 1e-3 (DESIGN.md) for every format. The quantized references (logits_q8_0 /
 // logits_q4) were computed by transformers from expert weights quantized and dequantized with the
 // same algorithm as ours (tests/fixtures/README.md), so the only differences left are float32 vs
@@ -25,14 +28,17 @@ struct ParityCase {
   std::string fixture;
   std::string format;  // "" = keep the checkpoint's format
   std::string reference;
+  bool decode = false;  // token by token (--prefill-chunk 1)
 };
 
 void PrintTo(const ParityCase& c, std::ostream* os) {
-  *os << c.fixture << " (" << (c.format.empty() ? "native" : c.format) << ")";
+  *os << c.fixture << " (" << (c.format.empty() ? "native" : c.format)
+      << (c.decode ? ", token by token" : ", chunked") << ")";
 }
 
 std::string case_name(const testing::TestParamInfo<ParityCase>& info) {
-  return info.param.fixture + "_" + (info.param.format.empty() ? "native" : info.param.format);
+  return info.param.fixture + "_" + (info.param.format.empty() ? "native" : info.param.format) +
+         (info.param.decode ? "_decode" : "");
 }
 
 class Parity : public testing::TestWithParam<ParityCase> {};
@@ -48,8 +54,10 @@ TEST_P(Parity, MatchesTransformers) {
   ASSERT_EQ(c.exit_code, 0) << c.err;
 
   const std::vector<int> tokens = fixture_tokens(pc.fixture);
-  const CommandResult l = run_moeflux(
-      {"logits", "-m", tmp / "pkg", "--tokens", join_ints(tokens), "--out", tmp / "logits.npy"});
+  std::vector<std::string> args = {"logits",   "-m",  tmp / "pkg", "--tokens",
+                                   join_ints(tokens), "--out", tmp / "logits.npy"};
+  if (pc.decode) args.insert(args.end(), {"--prefill-chunk", "1"});
+  const CommandResult l = run_moeflux(args);
   ASSERT_EQ(l.exit_code, 0) << l.err;
 
   const NpyArray ours = read_npy(tmp / "logits.npy");
@@ -86,8 +94,9 @@ TEST_P(Parity, MatchesTransformers) {
     }
   }
   EXPECT_GT(clear_positions, 0);
-  std::printf("[parity] %s %s: worst relative L2 error %.3g over %zu positions\n", pc.fixture.c_str(),
-              pc.format.empty() ? "native" : pc.format.c_str(), worst, tokens.size());
+  std::printf("[parity] %s %s %s: worst relative L2 error %.3g over %zu positions\n",
+              pc.fixture.c_str(), pc.format.empty() ? "native" : pc.format.c_str(),
+              pc.decode ? "token by token" : "chunked", worst, tokens.size());
 }
 
 std::vector<ParityCase> cases() {
@@ -99,6 +108,14 @@ std::vector<ParityCase> cases() {
   }
   v.push_back({"qwen3_moe_mlx4", "", "logits_bf16.npy"});
   v.push_back({"qwen3_5_moe_mlx4", "", "logits_bf16.npy"});
+  // config.json exactly as transformers' own save_pretrained() writes it (5.x spelling).
+  v.push_back({"qwen3_moe_saved", "", "logits_bf16.npy"});
+  v.push_back({"qwen3_5_moe_saved", "", "logits_bf16.npy"});
+  const size_t chunked = v.size();
+  for (size_t i = 0; i < chunked; ++i) {
+    v.push_back(v[i]);
+    v.back().decode = true;
+  }
   return v;
 }
 

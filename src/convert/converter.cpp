@@ -1,11 +1,13 @@
 #include "convert/converter.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 
 #include "backend/cpu/matvec.hpp"
 #include "backend/cpu/quantize.hpp"
+#include "convert/affine_widen.hpp"
 #include "convert/source_checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/human_bytes.hpp"
@@ -28,6 +30,14 @@ const char* const kTokenizerFiles[] = {
 // Writes matrix `src` in format `fmt` into `out` (matrix_layout(fmt, rows, cols) bytes):
 // a plain copy when the formats agree, else dequantize and quantize row by row.
 void write_matrix(const MatrixView& src, QuantFormat fmt, uint8_t* out) {
+  if (src.fmt != fmt && widens_exactly(src.fmt, fmt)) return widen_affine(src, fmt, out);
+  if (src.fmt.kind == QuantKind::Affine && src.fmt.bits != 4 && src.fmt.bits != 8) {
+    // MLX 2/3/5/6-bit codes: re-encoded exactly at 4/8 bits first (what dequantize_row reads).
+    const QuantFormat w = widened_format(src.fmt);
+    std::vector<uint8_t> tmp(matrix_layout(w, src.rows, src.cols).total_bytes);
+    widen_affine(src, w, tmp.data());
+    return write_matrix(MatrixView::from_record(w, src.rows, src.cols, tmp.data()), fmt, out);
+  }
   const MatrixLayout dl = matrix_layout(fmt, src.rows, src.cols);
   if (src.fmt == fmt) {
     std::memcpy(out + dl.data_offset, src.data, dl.data_bytes);
@@ -74,17 +84,7 @@ class Converter {
     // converting machine's directory layout.
     m.source = checkpoint_name(src_.dir());
 
-    // Expert format: the checkpoint's unless asked otherwise; one format for all layers.
-    int first_moe = -1;
-    for (int l = 0; l < c.num_layers && first_moe < 0; ++l)
-      if (c.layer_is_moe[l]) first_moe = l;
-    if (first_moe < 0) fail(src_.dir() + ": the model has no MoE layers");
-    const QuantFormat fmt = opts_.experts_format.value_or(src_.expert_format(first_moe));
-    for (size_t cols : {size_t(c.hidden_size), size_t(c.moe_intermediate_size)})
-      if (!format_accepts_cols(fmt, cols))
-        fail("--experts " + format_name(fmt) + ": expert matrices have " + std::to_string(cols) +
-             " columns, which this format cannot hold (needs a multiple of its group size)");
-    m.experts = ExpertLayout::make(fmt, c.hidden_size, c.moe_intermediate_size);
+    m.experts = ExpertLayout::make(expert_format(), c.hidden_size, c.moe_intermediate_size);
 
     ConvertSummary s;
     s.resident_bytes = write_resident(m);
@@ -110,8 +110,84 @@ class Converter {
   }
 
  private:
+  void note(const std::string& what) const {
+    if (opts_.progress) std::fprintf(stderr, "[convert] note: %s\n", what.c_str());
+  }
+
+  // One format for every routed expert of every layer: --experts, else the checkpoint's. MLX
+  // checkpoints may mix widths across layers (mixed-bit recipes) or use widths the package does
+  // not store (2, 3, 5, 6 bits): those become the narrowest of 4 / 8 bits that holds them all,
+  // with the smallest group, re-encoded exactly (affine_widen.hpp). A matrix whose width the
+  // format cannot hold is refused, naming its tensor.
+  QuantFormat expert_format() const {
+    const ModelConfig& c = src_.config();
+    struct Part {
+      int layer;
+      ExpertPartId id;
+      size_t cols;
+      QuantFormat fmt;
+    };
+    std::vector<Part> parts;
+    for (int l = 0; l < c.num_layers; ++l) {
+      if (!c.layer_is_moe[l]) continue;
+      for (ExpertPartId id : {ExpertPartId::Gate, ExpertPartId::Up, ExpertPartId::Down})
+        parts.push_back({l, id,
+                         size_t(id == ExpertPartId::Down ? c.moe_intermediate_size : c.hidden_size),
+                         src_.expert(l, 0, id).fmt});
+    }
+    if (parts.empty()) fail(src_.dir() + ": the model has no MoE layers");
+    auto refuse = [&](const std::string& head, const Part& p, QuantFormat fmt) {
+      fail(head + ": '" + src_.expert_tensor_name(p.layer, p.id) + "' has " +
+           std::to_string(p.cols) + " columns, which " + format_name(fmt) +
+           " cannot hold (needs a multiple of its group size)");
+    };
+    if (opts_.experts_format) {
+      for (const Part& p : parts)
+        if (!format_accepts_cols(*opts_.experts_format, p.cols))
+          refuse("--experts " + format_name(*opts_.experts_format), p, *opts_.experts_format);
+      return *opts_.experts_format;
+    }
+    const QuantFormat first = parts[0].fmt;
+    const bool same =
+        std::all_of(parts.begin(), parts.end(), [&](const Part& p) { return p.fmt == first; });
+    const bool all_affine = std::all_of(
+        parts.begin(), parts.end(), [](const Part& p) { return p.fmt.kind == QuantKind::Affine; });
+    QuantFormat fmt = first;
+    if (all_affine) {
+      int bits = 0, group = first.group;
+      for (const Part& p : parts) {
+        bits = std::max(bits, widened_format(p.fmt).bits);
+        group = std::min(group, p.fmt.group);
+      }
+      fmt = QuantFormat::affine(bits, group);
+      for (const Part& p : parts)
+        if (!widens_exactly(p.fmt, fmt) && p.fmt != fmt)
+          fail(src_.dir() + ": expert matrices of groups " + std::to_string(first.group) + " and " +
+               std::to_string(p.fmt.group) +
+               " cannot share one format; convert with "
+               "--experts q8_0 or --experts bf16");
+      if (!same || fmt != first)
+        note("the checkpoint's expert matrices (" + format_name(first) +
+             (same ? "" : " and others") + ") are stored as " + format_name(fmt) +
+             ", re-encoded exactly");
+    } else if (!same) {
+      // Typically mlx-lm leaving one matrix unquantized (its width is not a multiple of the
+      // group size) beside quantized siblings: no one format holds both without a choice.
+      const auto odd =
+          std::find_if(parts.begin(), parts.end(), [&](const Part& p) { return p.fmt != first; });
+      fail(src_.dir() + ": routed expert matrices come in different formats ('" +
+           src_.expert_tensor_name(parts[0].layer, parts[0].id) + "' " + format_name(first) +
+           ", '" + src_.expert_tensor_name(odd->layer, odd->id) + "' " + format_name(odd->fmt) +
+           "); choose one with --experts (bf16, or q8_0 / q4 where " + "the widths allow)");
+    }
+    for (const Part& p : parts)
+      if (!format_accepts_cols(fmt, p.cols)) refuse(src_.dir(), p, fmt);
+    return fmt;
+  }
+
   uint64_t write_resident(const PackageManifest& m) {
     std::vector<std::string> used;
+    int widened = 0;
     for (const TensorSpec& spec : resident_tensor_specs(m.config)) {
       used.push_back(src_.prefix() + spec.name);
       if (spec.name == "lm_head.weight") used.pop_back();
@@ -120,6 +196,10 @@ class Converter {
       if (spec.role == TensorRole::Matrix) {
         const MatrixView v = src_.matrix(spec.name, spec.shape[0], spec.shape[1]);
         fmt = resident_matrix_format(spec, v.fmt, opts_.resident_format);
+        if (fmt.kind == QuantKind::Affine && fmt.bits != 4 && fmt.bits != 8) {
+          fmt = widened_format(fmt);  // MLX 2/3/5/6 bits: the package stores 4 or 8
+          ++widened;
+        }
         bytes.resize(matrix_layout(fmt, v.rows, v.cols).total_bytes);
         write_matrix(v, fmt, bytes.data());
       } else {
@@ -133,6 +213,10 @@ class Converter {
       }
       out_.add_resident(spec.name, fmt, spec.shape, bytes);
     }
+    if (widened > 0)
+      note(std::to_string(widened) +
+           " resident matrices with 2, 3, 5 or 6-bit codes stored at 4 or 8 bits, re-encoded "
+           "exactly");
     const auto unused = src_.unused_tensors(used);
     if (!unused.empty() && opts_.progress) {
       std::fprintf(stderr, "[convert] warning: %zu checkpoint tensors not used (first: %s)\n",
@@ -155,7 +239,7 @@ class Converter {
     for (const char* name : kTokenizerFiles) {
       const fs::path from = fs::path(src_.dir()) / name;
       if (!fs::exists(from)) continue;
-      const std::string rel = std::string("tokenizer/") + name;
+      const std::string rel = std::string(kTokenizerDir) + "/" + name;
       out_.copy_file(from.string(), rel);
       m.tokenizer_files.push_back(rel);
     }

@@ -2,10 +2,13 @@
 
 #include <algorithm>
 #include <fstream>
+#include <optional>
 #include <set>
 
+#include "convert/affine_widen.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
+#include "core/json_fields.hpp"
 
 namespace moeflux {
 
@@ -138,16 +141,20 @@ MatrixView SourceCheckpoint::view(const std::string& weight_name, const std::str
     if (w.shape.size() != lead_dims.size() + 2 || scales->shape.size() != w.shape.size())
       shape_error(w, expect(-1));
     const int64_t packed = w.shape.back(), groups = scales->shape.back();
-    if (packed <= 0 || groups <= 0 || (int64_t(cols) * 32) % packed != 0 || int64_t(cols) % groups != 0)
+    if (packed <= 0 || groups <= 0 || (packed * 32) % int64_t(cols) != 0 ||
+        int64_t(cols) % groups != 0)
       fail(w.file + ": tensor '" + w.name + "': shape " + shape_str(w.shape) +
            " does not fit " + std::to_string(cols) + " columns");
-    const int bits = static_cast<int>(packed * 32 / int64_t(cols));
+    const int64_t bits64 = packed * 32 / int64_t(cols);
     const int group = static_cast<int>(int64_t(cols) / groups);
-    v.fmt = QuantFormat::affine(bits, group);
-    if (!format_accepts_cols(v.fmt, cols) || (bits != 4 && bits != 8) ||
+    if (!is_mlx_affine_bits(static_cast<int>(std::min<int64_t>(bits64, 64))) ||
         (group != 32 && group != 64 && group != 128))
-      fail(w.file + ": tensor '" + w.name + "': unsupported quantization (" + std::to_string(bits) +
-           " bits, group " + std::to_string(group) + "; supported: 4 or 8 bits, group 32/64/128)");
+      fail(w.file + ": tensor '" + w.name + "': unsupported quantization (" +
+           std::to_string(bits64) + " bits, group " + std::to_string(group) +
+           "; supported: 2, 3, 4, 5, 6 or 8 bits, group 32/64/128)");
+    const int bits = static_cast<int>(bits64);
+    // 2, 3, 5 and 6 bits: a source format only; the converter re-encodes it (affine_widen.hpp).
+    v.fmt = QuantFormat::affine(bits, group);
     check_quantization_block(quant_base, bits, group);
     if (w.shape != expect(packed)) shape_error(w, expect(packed));
     if (scales->shape != expect(groups)) shape_error(*scales, expect(groups));
@@ -185,17 +192,39 @@ void SourceCheckpoint::check_quantization_block(const std::string& base, int bit
       break;
     }
   if (!q) return;
-  const std::string mode = q->value("mode", std::string("affine"));
-  if (mode != "affine")
-    fail(dir_ + "/config.json: MLX quantization mode '" + mode + "' is not supported (only affine)");
-  const json* entry = q;
-  if (q->contains(base) && q->at(base).is_object()) entry = &q->at(base);
-  const int want_bits = entry->value("bits", q->value("bits", bits));
-  const int want_group = entry->value("group_size", q->value("group_size", group));
-  if (want_bits != bits || want_group != group)
-    fail(dir_ + "/config.json: quantization block says " + std::to_string(want_bits) + " bits, group " +
-         std::to_string(want_group) + " for '" + base + "', but its tensors hold " +
-         std::to_string(bits) + " bits, group " + std::to_string(group));
+  const std::string where = dir_ + "/config.json: quantization";
+  const json* mode = q->contains("mode") ? &q->at("mode") : nullptr;
+  if (mode && !mode->is_null() && (!mode->is_string() || mode->get<std::string>() != "affine"))
+    fail(where + " mode " + printable(mode->dump()) + " is not supported (only affine)");
+  // A module's entry: an object overriding bits / group_size (mlx-lm's mixed-bit recipes write
+  // null for "the default"), or false for a module left unquantized.
+  const json* entry = nullptr;
+  if (q->contains(base)) {
+    const json& e = q->at(base);
+    if (e.is_boolean() && !e.get<bool>())
+      fail(where + " says '" + base + "' is not quantized, but its tensors hold " +
+           std::to_string(bits) + "-bit codes");
+    if (e.is_object()) entry = &e;
+  }
+  // The integer under `key`: the module's, else the block's default; absent or null: none.
+  auto setting = [&](const char* key) -> std::optional<int> {
+    for (const json* o : {entry, q}) {
+      if (!o || !o->contains(key) || o->at(key).is_null()) continue;
+      const json& v = o->at(key);
+      if (!v.is_number_integer())
+        fail(where + " '" + key + "'" + (o == entry ? " of '" + base + "'" : std::string()) +
+             " is not an integer");
+      return static_cast<int>(json_int(v, where + " '" + key + "'", 0, 1 << 20));
+    }
+    return std::nullopt;
+  };
+  const std::optional<int> want_bits = setting("bits"), want_group = setting("group_size");
+  // The shapes decide; a block that states something else is a sign of a broken checkpoint.
+  if (want_bits.value_or(bits) != bits || want_group.value_or(group) != group)
+    fail(where + " says " + std::to_string(want_bits.value_or(bits)) + " bits, group " +
+         std::to_string(want_group.value_or(group)) + " for '" + base +
+         "', but its tensors hold " + std::to_string(bits) + " bits, group " +
+         std::to_string(group));
 }
 
 MatrixView SourceCheckpoint::matrix(const std::string& name, size_t rows, size_t cols) const {
@@ -230,7 +259,8 @@ std::vector<float> SourceCheckpoint::conv_weight(const std::string& name, size_t
   return out;
 }
 
-MatrixView SourceCheckpoint::expert(int layer, int e, ExpertPartId part) const {
+SourceCheckpoint::ExpertSource SourceCheckpoint::locate_expert(int layer, int e,
+                                                              ExpertPartId part) const {
   const ModelConfig& c = config_;
   const size_t H = c.hidden_size, I = c.moe_intermediate_size, E = c.num_experts;
   const std::string mlp = prefix_ + "layers." + std::to_string(layer) + ".mlp.";
@@ -242,24 +272,33 @@ MatrixView SourceCheckpoint::expert(int layer, int e, ExpertPartId part) const {
   const std::string per = mlp + "experts." + std::to_string(e) + "." + pname;
   if (ckpt_.find(per + ".weight")) {
     const bool q = ckpt_.find(per + ".scales") != nullptr;
-    return view(per + ".weight", q ? per : "", 0, 0, rows, cols, 0, rows);
+    return {per + ".weight", q ? per : "", 0, 0, rows, cols, 0, rows};
   }
   // MLX switch_mlp (stacked, usually quantized).
   const std::string sw = mlp + "switch_mlp." + pname;
   if (ckpt_.find(sw + ".weight")) {
     const bool q = ckpt_.find(sw + ".scales") != nullptr;
-    return view(sw + ".weight", q ? sw : "", e, E, rows, cols, 0, rows);
+    return {sw + ".weight", q ? sw : "", size_t(e), E, rows, cols, 0, rows};
   }
   // transformers 5 stacked: gate_up_proj [E, 2I, H] and down_proj [E, H, I].
   if (part != ExpertPartId::Down && ckpt_.find(mlp + "experts.gate_up_proj")) {
-    return view(mlp + "experts.gate_up_proj", "", e, E, 2 * I, H,
-                part == ExpertPartId::Gate ? 0 : I, I);
+    return {mlp + "experts.gate_up_proj", "", size_t(e), E, 2 * I, H,
+            part == ExpertPartId::Gate ? 0 : I, I};
   }
   if (ckpt_.find(mlp + "experts." + pname)) {  // stacked, one tensor per projection
-    return view(mlp + "experts." + pname, "", e, E, rows, cols, 0, rows);
+    return {mlp + "experts." + pname, "", size_t(e), E, rows, cols, 0, rows};
   }
   fail(dir_ + ": no weights for expert " + std::to_string(e) + " of layer " + std::to_string(layer) +
        " (looked for " + per + ".weight, " + sw + ".weight and " + mlp + "experts.gate_up_proj)");
+}
+
+MatrixView SourceCheckpoint::expert(int layer, int e, ExpertPartId part) const {
+  const ExpertSource s = locate_expert(layer, e, part);
+  return view(s.weight, s.quant_base, s.lead, s.n_lead, s.total_rows, s.cols, s.row0, s.rows);
+}
+
+std::string SourceCheckpoint::expert_tensor_name(int layer, ExpertPartId part) const {
+  return locate_expert(layer, 0, part).weight;
 }
 
 QuantFormat SourceCheckpoint::expert_format(int layer) const {

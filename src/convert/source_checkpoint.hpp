@@ -9,8 +9,9 @@
 //                P layers.N.mlp.experts.down_proj    [E, H, I]           (transformers 5)
 //   MLX switch : P layers.N.mlp.switch_mlp.{gate,up,down}_proj.{weight,scales,biases}
 //                weight uint32 [E, rows, cols*bits/32], scales/biases bf16 [E, rows, cols/group]
-// Any matrix may be MLX-quantized: `X.weight` uint32 + `X.scales` + `X.biases`; its bits and
-// group size follow from the shapes (checked against the config's `quantization` block).
+// Any matrix may be MLX-quantized: `X.weight` uint32 + `X.scales` + `X.biases`; its bits (2, 3, 4,
+// 5, 6 or 8) and group size follow from the shapes (checked against the config's `quantization`
+// block, whose per-module entries may hold null for "the default" or false for "unquantized").
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -43,15 +44,25 @@ class SourceCheckpoint {
   std::vector<float> vector(const std::string& name, size_t n) const;
   // The depthwise conv1d weight as f32 [channels, kernel]; accepts [C,1,K], [C,K,1], [C,K].
   std::vector<float> conv_weight(const std::string& name, size_t channels, size_t kernel) const;
-  // One matrix of routed expert `e` of layer `layer`.
+  // One matrix of routed expert `e` of layer `layer`. MLX codes of 2, 3, 5 or 6 bits come as
+  // Affine views of that width, which only convert/affine_widen.hpp reads.
   MatrixView expert(int layer, int e, ExpertPartId part) const;
-  // The format the layer's experts are stored in.
+  // The format the layer's experts are stored in (its expert 0's gate).
   QuantFormat expert_format(int layer) const;
+  // The checkpoint tensor that holds the layer's `part` matrices (for messages).
+  std::string expert_tensor_name(int layer, ExpertPartId part) const;
 
   // Tensors under the text prefix that the converter did not use (for a warning).
   std::vector<std::string> unused_tensors(const std::vector<std::string>& used) const;
 
  private:
+  // Where a routed expert's matrix lives: slice `lead` of `n_lead` (0: not stacked) of tensor
+  // `weight` (per-slice shape [total_rows, cols]), rows [row0, row0 + rows).
+  struct ExpertSource {
+    std::string weight, quant_base;
+    size_t lead, n_lead, total_rows, cols, row0, rows;
+  };
+  ExpertSource locate_expert(int layer, int e, ExpertPartId part) const;
   std::string full_name(const std::string& name) const;
   // The qwen3_5 norms computed as x * (1 + w) (not the DeltaNet's gated norm).
   bool is_zero_centered_norm(const std::string& name) const;

@@ -21,7 +21,8 @@ inline int64_t json_int(const nlohmann::json& v, const std::string& what, int64_
     return static_cast<int64_t>(u);
   }
   const int64_t x = v.get<int64_t>();
-  if (x < lo || x > hi) fail(what + " is out of range");
+  if (x < lo) fail(what + " is " + std::to_string(x) + ", below the minimum " + std::to_string(lo));
+  if (x > hi) fail(what + " is out of range");
   return x;
 }
 
@@ -34,8 +35,11 @@ inline uint64_t json_uint(const nlohmann::json& v, const std::string& what, uint
   return u;
 }
 
-// A finite number.
+// A finite number. transformers 5 writes non-finite floats as {"__float__": "NaN"} (or
+// "Infinity", "-Infinity"); those are refused as not finite.
 inline double json_finite(const nlohmann::json& v, const std::string& what) {
+  if (v.is_object() && v.size() == 1 && v.contains("__float__"))
+    fail(what + " is not finite (" + printable(v.at("__float__").dump()) + ")");
   if (!v.is_number()) fail(what + " is not a number");
   const double x = v.get<double>();
   if (!std::isfinite(x)) fail(what + " is not finite");

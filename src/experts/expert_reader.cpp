@@ -7,7 +7,9 @@
 
 #include <utility>
 
+#include "core/crc32c.hpp"
 #include "core/error.hpp"
+#include "formats/package_verify.hpp"
 
 namespace moeflux {
 
@@ -73,13 +75,23 @@ LayerFiles::LayerFiles(std::vector<std::string> paths, size_t record_bytes, int 
   }
 }
 
-LayerFiles LayerFiles::from_package(const Package& pkg, IoMode mode) {
+LayerFiles LayerFiles::from_package(const Package& pkg, IoMode mode, bool verify) {
   const int n = pkg.config().num_layers;
   std::vector<std::string> paths(n);
   for (int l = 0; l < n; ++l)
     if (pkg.config().layer_is_moe[l]) paths[l] = pkg.expert_file_path(l);
-  return LayerFiles(std::move(paths), pkg.manifest().experts.record_bytes, pkg.config().num_experts,
-                    mode);
+  LayerFiles files(std::move(paths), pkg.manifest().experts.record_bytes, pkg.config().num_experts,
+                   mode);
+  if (verify && pkg.manifest().has_checksums()) files.set_checksums(pkg.manifest().record_crc32c);
+  return files;
+}
+
+std::string LayerFiles::verify(const ReadOp& op) const {
+  if (crcs_.empty()) return "";
+  const uint32_t want = crcs_[op.layer][op.expert];
+  const uint32_t got = crc32c(op.dst, record_bytes_);
+  if (got == want) return "";
+  return corrupt_record_error(paths_[op.layer], op.layer, op.expert, got, want);
 }
 
 LayerFiles::~LayerFiles() {
@@ -92,6 +104,7 @@ LayerFiles::LayerFiles(LayerFiles&& o) noexcept
       record_bytes_(o.record_bytes_),
       num_experts_(o.num_experts_),
       mode_(o.mode_) {
+  crcs_ = std::move(o.crcs_);
   o.fds_.clear();  // the moved-from object owns no descriptor
 }
 
@@ -155,7 +168,7 @@ std::unique_ptr<ExpertReader> make_expert_reader(LayerFiles files, const ReaderO
 }
 
 std::unique_ptr<ExpertReader> make_expert_reader(const Package& pkg, const ReaderOptions& opts) {
-  return make_expert_reader(LayerFiles::from_package(pkg, opts.mode), opts);
+  return make_expert_reader(LayerFiles::from_package(pkg, opts.mode, opts.verify), opts);
 }
 
 }  // namespace moeflux

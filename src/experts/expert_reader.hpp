@@ -60,6 +60,8 @@ struct ReaderStats {
   uint64_t reads = 0;       // records read
   uint64_t bytes = 0;       // bytes read
   double busy_seconds = 0;  // summed wall time of individual reads (for achieved GB/s)
+  uint64_t verified = 0;      // records checked against their checksum
+  double verify_seconds = 0;  // summed time of those checks (on the reader threads)
 };
 
 class ExpertReader {
@@ -87,6 +89,11 @@ struct ReaderOptions {
   IoBackend backend = IoBackend::Threads;
   size_t threads = 8;   // Threads backend: reads in flight
   unsigned depth = 64;  // IoUring backend: submission queue depth (1..32768)
+  // Check every record read against the package's CRC-32C (packages of format version 2 on):
+  // on the reader threads, as it lands; a mismatch fails the op with an error naming the file,
+  // layer and expert. (The threads backend checks on its workers, in parallel; io_uring on its
+  // one reaper thread.)
+  bool verify = true;
 };
 
 // The files a reader reads from: one per model layer ("" for a dense layer, which has none),
@@ -98,8 +105,9 @@ class LayerFiles {
   // moeflux::Error naming the file: "<file>: O_DIRECT not supported by this filesystem (use
   // --io page-cache)" where the filesystem refuses O_DIRECT, else "<file>: <strerror>".
   LayerFiles(std::vector<std::string> paths, size_t record_bytes, int num_experts, IoMode mode);
-  // Every MoE layer file of the package.
-  static LayerFiles from_package(const Package& pkg, IoMode mode);
+  // Every MoE layer file of the package; with `verify`, the package's record checksums (if it
+  // has them) for verify().
+  static LayerFiles from_package(const Package& pkg, IoMode mode, bool verify = false);
   ~LayerFiles();
   LayerFiles(LayerFiles&& o) noexcept;
   LayerFiles& operator=(LayerFiles&&) = delete;
@@ -123,10 +131,18 @@ class LayerFiles {
   std::string errno_error(const ReadOp& op, int err) const;
   std::string closed_error(const ReadOp& op) const;
 
+  // Expected CRC-32C of each record, [layer][expert] (empty: reads are not checked).
+  void set_checksums(std::vector<std::vector<uint32_t>> crcs) { crcs_ = std::move(crcs); }
+  bool verifies() const { return !crcs_.empty(); }
+  // After a complete read of op's record into op.dst: "" if it matches its checksum (or nothing
+  // is checked), else the error naming file, layer and expert.
+  std::string verify(const ReadOp& op) const;
+
  private:
   void close_all();
   std::vector<int> fds_;  // -1 for dense layers
   std::vector<std::string> paths_;
+  std::vector<std::vector<uint32_t>> crcs_;
   size_t record_bytes_ = 0;
   int num_experts_ = 0;
   IoMode mode_ = IoMode::PageCache;

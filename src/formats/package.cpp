@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "core/json_fields.hpp"
+#include "formats/package_verify.hpp"
 
 namespace moeflux {
 
@@ -63,6 +64,16 @@ uint64_t file_size_or_fail(const std::string& path) {
 
 }  // namespace
 
+bool is_tokenizer_file_name(const std::string& rel) {
+  const std::string dir = kTokenizerDir;
+  if (rel.size() <= dir.size() + 1 || rel.compare(0, dir.size(), dir) != 0 ||
+      rel[dir.size()] != '/')
+    return false;
+  const std::string name = rel.substr(dir.size() + 1);
+  return name != "." && name != ".." && name.find('/') == std::string::npos &&
+         name.find('\0') == std::string::npos;
+}
+
 std::string expert_file_name(int layer) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "experts/layer_%03d.bin", layer);
@@ -81,41 +92,50 @@ ExpertLayout ExpertLayout::make(QuantFormat fmt, size_t hidden, size_t intermedi
 
 json PackageManifest::to_json() const {
   json res = json::array();
-  for (const auto& t : resident)
+  for (const auto& t : resident) {
     res.push_back({{"name", t.name},
                    {"format", format_name(t.fmt)},
                    {"shape", t.shape},
                    {"offset", t.offset},
                    {"bytes", t.bytes}});
-  return {{"format", "moeflux-package"},
-          {"version", version},
-          {"source", source},
-          {"config", config.to_json()},
-          {"source_config", source_config},
-          {"resident", {{"file", kResidentName}, {"tensors", res}}},
-          {"experts",
-           {{"format", format_name(experts.fmt)},
-            {"alignment", kExpertAlignment},
-            {"record_bytes", experts.record_bytes},
-            {"gate", part_json(experts.gate)},
-            {"up", part_json(experts.up)},
-            {"down", part_json(experts.down)},
-            {"files", expert_files}}},
-          {"tokenizer_files", tokenizer_files}};
+    if (has_checksums()) res.back()["crc32c"] = t.crc32c;
+  }
+  json out = {{"format", "moeflux-package"},
+              {"version", version},
+              {"source", source},
+              {"config", config.to_json()},
+              {"source_config", source_config},
+              {"resident", {{"file", kResidentName}, {"tensors", res}}},
+              {"experts",
+               {{"format", format_name(experts.fmt)},
+                {"alignment", kExpertAlignment},
+                {"record_bytes", experts.record_bytes},
+                {"gate", part_json(experts.gate)},
+                {"up", part_json(experts.up)},
+                {"down", part_json(experts.down)},
+                {"files", expert_files}}},
+              {"tokenizer_files", tokenizer_files}};
+  if (has_checksums()) {
+    out["checksum"] = "crc32c";
+    out["experts"]["record_crc32c"] = record_crc32c;
+  }
+  return out;
 }
 
 PackageManifest PackageManifest::from_json(const json& j, const std::string& source) {
   if (!j.is_object() || !j.contains("format") || j["format"] != "moeflux-package")
     fail(source + ": not a moeflux package manifest");
   const json version = j.contains("version") ? j["version"] : json();
-  if (!version.is_number_integer() || version != kPackageVersion)
+  if (!version.is_number_integer() || version < kOldestPackageVersion || version > kPackageVersion)
     fail(source + ": package version " +
          (version.is_null() ? std::string("(none)") : printable(version.dump())) +
-         " is not supported (this build reads version " + std::to_string(kPackageVersion) +
-         "); convert the model again");
+         " is not supported (this build reads versions " + std::to_string(kOldestPackageVersion) +
+         " to " + std::to_string(kPackageVersion) + "); convert the model again");
   PackageManifest m;
   try {
-    m.version = kPackageVersion;
+    m.version = version.get<int>();
+    if (m.has_checksums() && j.value("checksum", std::string()) != "crc32c")
+      fail(source + ": 'checksum' must be \"crc32c\"");
     m.source = j.value("source", "");
     m.config = ModelConfig::from_json(j.at("config"), source);
     m.source_config = j.value("source_config", json::object());
@@ -131,6 +151,8 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
         r.shape.push_back(json_int(d, what + " shape", 1, int64_t{1} << 31));
       r.offset = json_uint(t.at("offset"), what + " offset", kMaxBytes);
       r.bytes = json_uint(t.at("bytes"), what + " bytes", kMaxBytes);
+      if (m.has_checksums())
+        r.crc32c = static_cast<uint32_t>(json_uint(t.at("crc32c"), what + " crc32c", 0xFFFFFFFFu));
       m.resident.push_back(std::move(r));
     }
     const json& e = j.at("experts");
@@ -151,7 +173,31 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
       fail(source + ": expert record layout does not match the model config and format " +
            format_name(fmt));
     m.expert_files = e.at("files").get<std::vector<std::string>>();
+    if (m.has_checksums()) {
+      const json& crcs = e.at("record_crc32c");
+      if (!crcs.is_array() || static_cast<int>(crcs.size()) != c.num_layers)
+        fail(source + ": 'record_crc32c' must list one array per layer");
+      for (int l = 0; l < c.num_layers; ++l) {
+        const json& layer = crcs[l];
+        const size_t want = c.layer_is_moe[l] ? static_cast<size_t>(c.num_experts) : 0;
+        if (!layer.is_array() || layer.size() != want)
+          fail(source + ": 'record_crc32c' of layer " + std::to_string(l) + " must hold " +
+               std::to_string(want) + " checksums");
+        std::vector<uint32_t> v;
+        v.reserve(want);
+        for (const json& x : layer)
+          v.push_back(static_cast<uint32_t>(
+              json_uint(x, source + ": a checksum of layer " + std::to_string(l), 0xFFFFFFFFu)));
+        m.record_crc32c.push_back(std::move(v));
+      }
+    }
     m.tokenizer_files = j.value("tokenizer_files", std::vector<std::string>{});
+    // The writer's names only ("tokenizer/<file name>"), as for expert files: a manifest cannot
+    // point a reader at a file outside the package.
+    for (const std::string& f : m.tokenizer_files)
+      if (!is_tokenizer_file_name(f))
+        fail(source + ": tokenizer file '" + printable(f) +
+             "' is not a file name under tokenizer/ inside the package");
   } catch (const json::exception& ex) {
     fail(source + ": malformed manifest: " + ex.what());
   } catch (const Error& ex) {
@@ -172,7 +218,7 @@ PackageManifest PackageManifest::from_json(const json& j, const std::string& sou
   return m;
 }
 
-Package Package::open(const std::string& dir) {
+Package Package::open(const std::string& dir, const PackageOpenOptions& opts) {
   Package p;
   p.dir_ = dir;
   const std::string mpath = dir + "/" + kManifestName;
@@ -234,6 +280,15 @@ Package Package::open(const std::string& dir) {
     if (have != need)
       fail(path + ": " + (have < need ? "truncated" : "oversized") + " expert file (" +
            std::to_string(have) + " bytes, expected " + std::to_string(need) + ")");
+  }
+  if (!m.has_checksums()) {
+    if (opts.warn_unverified)
+      std::fprintf(stderr,
+                   "moeflux: warning: %s: package format version %d has no checksums, its data "
+                   "is not verified (convert it again to add them)\n",
+                   dir.c_str(), m.version);
+  } else if (opts.verify_resident) {
+    verify_resident(p);
   }
   return p;
 }

@@ -27,7 +27,10 @@
 
 namespace moeflux {
 
-inline constexpr int kPackageVersion = 1;
+// Version 2 added CRC-32C checksums of every resident tensor and expert record. Version 1
+// packages still open (with a warning), unverified.
+inline constexpr int kPackageVersion = 2;
+inline constexpr int kOldestPackageVersion = 1;
 inline constexpr size_t kExpertAlignment = 4096;
 inline constexpr size_t kResidentAlignment = 64;
 
@@ -37,6 +40,7 @@ struct ResidentTensor {
   std::vector<int64_t> shape;  // [n] for vectors, [rows, cols] for matrices
   uint64_t offset = 0;         // into resident.bin
   uint64_t bytes = 0;
+  uint32_t crc32c = 0;  // of its `bytes` bytes (version 2 on)
 };
 
 // One matrix inside an expert record.
@@ -66,16 +70,27 @@ struct PackageManifest {
   ExpertLayout experts;
   std::vector<std::string> expert_files;  // per layer, relative path; "" for dense layers
   std::vector<std::string> tokenizer_files;
+  // Version 2 on: record_crc32c[layer][expert] is the CRC-32C (core/crc32c.hpp) of the whole
+  // record (record_bytes, padding included); empty for dense layers. Version 1: empty.
+  std::vector<std::vector<uint32_t>> record_crc32c;
 
+  bool has_checksums() const { return version >= 2; }
   nlohmann::json to_json() const;
   static PackageManifest from_json(const nlohmann::json& j, const std::string& source);
 };
 
+struct PackageOpenOptions {
+  // Check every resident tensor against its checksum (a corrupt one is an error naming it).
+  bool verify_resident = true;
+  // Print a one-line warning on stderr when the package has no checksums (version 1).
+  bool warn_unverified = true;
+};
+
 // A package opened for reading: manifest validated against the files on disk, resident.bin
-// mapped. Throws moeflux::Error naming the file and the problem.
+// mapped (and verified, by default). Throws moeflux::Error naming the file and the problem.
 class Package {
  public:
-  static Package open(const std::string& dir);
+  static Package open(const std::string& dir, const PackageOpenOptions& opts = {});
 
   const std::string& dir() const { return dir_; }
   const PackageManifest& manifest() const { return manifest_; }
@@ -90,6 +105,8 @@ class Package {
 
   std::string expert_file_path(int layer) const;
   uint64_t resident_bytes() const;
+  // The bytes of resident tensor t (t.bytes of them).
+  const uint8_t* resident_data(const ResidentTensor& t) const { return resident_.data() + t.offset; }
 
  private:
   std::string dir_;
@@ -101,5 +118,9 @@ class Package {
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kResidentName = "resident.bin";
 std::string expert_file_name(int layer);  // "experts/layer_NNN.bin"
+inline constexpr const char* kTokenizerDir = "tokenizer";
+// True for "tokenizer/<name>" with <name> a plain file name (no '/', not "." or ".."): the only
+// tokenizer paths a manifest may list.
+bool is_tokenizer_file_name(const std::string& rel);
 
 }  // namespace moeflux

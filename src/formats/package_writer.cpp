@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "core/aligned_buffer.hpp"
+#include "core/crc32c.hpp"
 #include "core/error.hpp"
 
 namespace fs = std::filesystem;
@@ -241,8 +242,9 @@ ResidentTensor& PackageWriter::begin_resident(const std::string& name, QuantForm
 void PackageWriter::add_resident(const std::string& name, QuantFormat fmt,
                                  const std::vector<int64_t>& shape,
                                  std::span<const uint8_t> bytes) {
-  const ResidentTensor& t = begin_resident(name, fmt, shape);
+  ResidentTensor& t = begin_resident(name, fmt, shape);
   MF_ASSERT(bytes.size() == t.bytes);
+  t.crc32c = crc32c(bytes.data(), bytes.size());
   OutFile& out = resident_file();
   out.write(bytes.data(), bytes.size());
   out.start_writeback();
@@ -253,6 +255,8 @@ void PackageWriter::add_resident(const std::string& name, QuantFormat fmt,
                                  const ChunkProducer& produce) {
   MF_ASSERT(unit > 0);
   const uint64_t total = begin_resident(name, fmt, shape).bytes;
+  const size_t index = resident_tensors_.size() - 1;
+  uint32_t crc = 0;  // of the chunks written so far, updated by the (one at a time) writer
   const size_t chunk = std::max<size_t>(unit, kMinBatchBytes / unit * unit);
   for (AlignedBuffer& b : chunks_)
     if (b.size() < chunk) b = AlignedBuffer(chunk, kExpertAlignment);
@@ -271,12 +275,14 @@ void PackageWriter::add_resident(const std::string& name, QuantFormat fmt,
     }
     if (pending.valid()) pending.get();  // frees the other buffer; rethrows a write error
     if (error) std::rethrow_exception(error);
-    pending = std::async(std::launch::async, [&out, buf, len] {
+    pending = std::async(std::launch::async, [&out, &crc, buf, len] {
+      crc = crc32c(buf, len, crc);
       out.write(buf, len);
       out.start_writeback();
     });
   }
   if (pending.valid()) pending.get();
+  resident_tensors_[index].crc32c = crc;
 }
 
 uint64_t PackageWriter::write_expert_layer(int layer, const ExpertLayout& el, int num_experts,
@@ -293,6 +299,7 @@ uint64_t PackageWriter::write_expert_layer(int layer, const ExpertLayout& el, in
   AlignedBuffer bufs[2] = {AlignedBuffer(rb * batch, kExpertAlignment),
                            AlignedBuffer(rb * batch, kExpertAlignment)};
   OutFile out(tmp_ + "/" + expert_file_name(layer), /*direct=*/true);
+  std::vector<uint32_t> crcs(static_cast<size_t>(num_experts));
   std::future<void> pending;  // the write of the previous batch
   int which = 0;
   for (int e0 = 0; e0 < num_experts; e0 += batch, which ^= 1) {
@@ -307,6 +314,7 @@ uint64_t PackageWriter::write_expert_layer(int layer, const ExpertLayout& el, in
       for (size_t i = b; i < end; ++i) {
         try {
           fill(e0 + static_cast<int>(i), buf + i * rb);
+          crcs[e0 + i] = crc32c(buf + i * rb, rb);
         } catch (...) {
           std::lock_guard<std::mutex> lock(error_mu);
           if (!error) error = std::current_exception();
@@ -324,6 +332,7 @@ uint64_t PackageWriter::write_expert_layer(int layer, const ExpertLayout& el, in
   if (pending.valid()) pending.get();
   out.close();
   layers_written_.push_back(layer);
+  record_crcs_[layer] = std::move(crcs);
   return static_cast<uint64_t>(num_experts) * rb;
 }
 
@@ -339,8 +348,10 @@ void PackageWriter::finish(PackageManifest& m) {
   MF_ASSERT(!finished_);
   check_cancel();
   const ModelConfig& c = m.config;
+  m.version = kPackageVersion;
   m.resident = resident_tensors_;
   m.expert_files.clear();
+  m.record_crc32c.assign(c.num_layers, {});
   for (int l = 0; l < c.num_layers; ++l) {
     if (!c.layer_is_moe[l]) {
       m.expert_files.emplace_back();
@@ -349,6 +360,7 @@ void PackageWriter::finish(PackageManifest& m) {
     MF_ASSERT(std::find(layers_written_.begin(), layers_written_.end(), l) !=
               layers_written_.end());
     m.expert_files.push_back(expert_file_name(l));
+    m.record_crc32c[l] = record_crcs_.at(l);
   }
   resident_file().close();  // an empty resident.bin still exists (the reader maps it)
   resident_.reset();

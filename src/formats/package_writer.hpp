@@ -11,13 +11,16 @@
 //     which no command opens as a package (it has no manifest, or not under the package name);
 //   - resident.bin holds tensors in add_resident() order, each at a multiple of
 //     kResidentAlignment; experts/layer_NNN.bin holds num_experts records of record_bytes, record
-//     e at e * record_bytes, each zero-padded.
+//     e at e * record_bytes, each zero-padded;
+//   - the manifest (format version kPackageVersion) holds the CRC-32C of every tensor and of every
+//     whole record (padding included), computed from the bytes as they are handed to the file.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
 #include <functional>
 #include <future>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -144,6 +147,7 @@ class PackageWriter {
   AlignedBuffer chunks_[2];  // add_resident(..., produce): produced while the other is written
   uint64_t resident_bytes_ = 0;
   std::vector<int> layers_written_;
+  std::map<int, std::vector<uint32_t>> record_crcs_;  // per layer written: CRC-32C per record
 };
 
 }  // namespace moeflux

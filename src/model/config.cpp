@@ -2,6 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
 
 #include "core/error.hpp"
 #include "core/json_fields.hpp"
@@ -22,39 +26,58 @@ const char* family_name(Family f) {
 
 namespace {
 
-// Typed accessors that name the file and key on error.
+// Other spellings of one attribute that a released transformers writes (a config class's
+// `attribute_map`): 5.x's Qwen3MoeConfig maps `num_experts` to `num_local_experts`, so its
+// save_pretrained() writes the latter; 4.x and Qwen3.5 write `num_experts`.
+struct Alias {
+  const char* key;
+  const char* other;
+};
+constexpr Alias kAliases[] = {{"num_experts", "num_local_experts"}};
+
+// Typed accessors that name the file and key on error. A key is looked up under each of its
+// spellings (kAliases); two spellings with different values are refused.
 struct Reader {
   const json& j;
   const std::string& source;
 
-  bool has(const char* key) const { return j.contains(key) && !j.at(key).is_null(); }
+  bool present(const char* key) const { return j.contains(key) && !j.at(key).is_null(); }
+
+  // The spelling of `key` this file uses (`key` itself when it has none).
+  const char* spelling(const char* key) const {
+    const char* found = nullptr;
+    for (const Alias& a : kAliases) {
+      if (std::strcmp(a.key, key) != 0) continue;
+      if (present(a.key) && present(a.other) && j.at(a.key) != j.at(a.other))
+        fail(source + ": keys '" + a.key + "' and '" + a.other + "' disagree (" +
+             printable(j.at(a.key).dump()) + " vs " + printable(j.at(a.other).dump()) + ")");
+      if (!present(a.key) && present(a.other)) found = a.other;
+    }
+    return found ? found : key;
+  }
+
+  bool has(const char* key) const { return present(spelling(key)); }
+  const json& at(const char* key) const { return j.at(spelling(key)); }
+  std::string what(const char* key) const { return source + ": key '" + spelling(key) + "'"; }
 
   int get_int(const char* key) const {
     if (!has(key)) fail(source + ": missing key '" + key + "'");
-    const json& v = j.at(key);
-    if (!v.is_number_integer()) fail(source + ": key '" + key + "' is not an integer");
-    const auto x = v.get<int64_t>();
-    if (x < 0 || x > (int64_t{1} << 30)) fail(source + ": key '" + key + "' out of range");
-    return static_cast<int>(x);
+    return static_cast<int>(json_int(at(key), what(key), 0, int64_t{1} << 30));
   }
   int get_int(const char* key, int dflt) const { return has(key) ? get_int(key) : dflt; }
 
   double get_double(const char* key, double dflt) const {
-    if (!has(key)) return dflt;
-    const json& v = j.at(key);
-    return json_finite(v, source + ": key '" + key + "'");
+    return has(key) ? json_finite(at(key), what(key)) : dflt;
   }
   bool get_bool(const char* key, bool dflt) const {
     if (!has(key)) return dflt;
-    const json& v = j.at(key);
-    if (!v.is_boolean()) fail(source + ": key '" + key + "' is not a boolean");
-    return v.get<bool>();
+    if (!at(key).is_boolean()) fail(what(key) + " is not a boolean");
+    return at(key).get<bool>();
   }
   std::string get_string(const char* key, const std::string& dflt) const {
     if (!has(key)) return dflt;
-    const json& v = j.at(key);
-    if (!v.is_string()) fail(source + ": key '" + key + "' is not a string");
-    return v.get<std::string>();
+    if (!at(key).is_string()) fail(what(key) + " is not a string");
+    return at(key).get<std::string>();
   }
 };
 
@@ -62,23 +85,33 @@ void require(bool ok, const std::string& source, const std::string& what) {
   if (!ok) fail(source + ": " + what);
 }
 
-// Rope settings from either spelling. 5.x: `rope_parameters` {rope_type, rope_theta, ...};
-// 4.x: top-level `rope_theta` and optional `rope_scaling` {type|rope_type, factor, ...}.
+// Rope settings from either spelling. 5.x: `rope_parameters` {rope_type, rope_theta,
+// partial_rotary_factor, ...}, possibly per layer type ({"full_attention": {...}, ...}: the
+// full-attention entry applies, the only layers with rope); 4.x: top-level `rope_theta` and
+// `partial_rotary_factor`, optional `rope_scaling` {type|rope_type, factor, ...}.
 RopeConfig parse_rope(const json& t, const std::string& source, int max_pos) {
   const Reader top{t, source};
   RopeConfig r;
   const json* params = nullptr;
-  if (top.has("rope_parameters")) {
-    params = &t.at("rope_parameters");
-    require(params->is_object(), source, "'rope_parameters' is not an object");
-  } else if (top.has("rope_scaling")) {
-    params = &t.at("rope_scaling");
-    require(params->is_object(), source, "'rope_scaling' is not an object");
+  std::string params_name;
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!top.has(key)) continue;
+    params = &t.at(key);
+    params_name = key;
+    require(params->is_object(), source, "'" + params_name + "' is not an object");
+    break;
+  }
+  if (params && !params->contains("rope_type") && !params->contains("type") &&
+      !params->contains("rope_theta") && params->contains("full_attention")) {
+    params = &params->at("full_attention");
+    params_name += ".full_attention";
+    require(params->is_object(), source, "'" + params_name + "' is not an object");
   }
   r.theta = top.get_double("rope_theta", 10000.0);
   r.partial_rotary_factor = top.get_double("partial_rotary_factor", 1.0);
   if (params) {
-    const Reader p{*params, source};
+    const std::string where = source + ": '" + params_name + "'";
+    const Reader p{*params, where};
     r.theta = p.get_double("rope_theta", r.theta);
     r.partial_rotary_factor = p.get_double("partial_rotary_factor", r.partial_rotary_factor);
     r.type = p.get_string("rope_type", p.get_string("type", "default"));
@@ -97,11 +130,84 @@ RopeConfig parse_rope(const json& t, const std::string& source, int max_pos) {
   if (r.type != "default" && r.type != "linear" && r.type != "yarn")
     fail(source + ": unsupported rope_type '" + printable(r.type) +
          "' (supported: default, linear, yarn)");
-  require(r.theta > 0, source, "rope_theta must be positive");
-  require(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1, source,
-          "partial_rotary_factor must be in (0, 1]");
-  require(r.factor > 0, source, "rope factor must be positive");
   return r;
+}
+
+std::string num(double x) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", x);
+  return buf;
+}
+
+// Values a model cannot run with, refused with the transformers key's name (`names` gives the
+// spelling the file used). Both parsers (config.json, package manifest) apply it, so a manifest
+// edited by hand cannot bring such a value in either. The bounds are what the arithmetic needs:
+// RMSNorm divides by sqrt(mean + eps) (eps > 0, and still > 0 as float), rope raises theta to
+// powers in float (0 < theta < FLT_MAX; yarn takes log(theta), so theta > 1), GQA shares each
+// kv head among num_heads / num_kv_heads query heads, the router picks top_k of num_experts.
+void validate(const ModelConfig& c, const std::string& source,
+              const std::function<std::string(const char*)>& names) {
+  auto bad = [&](const char* key, const std::string& why) {
+    fail(source + ": '" + names(key) + "' " + why);
+  };
+  auto positive = [&](const char* key, long long v) {
+    if (v <= 0) bad(key, "must be positive (found " + std::to_string(v) + ")");
+  };
+  positive("vocab_size", c.vocab_size);
+  positive("hidden_size", c.hidden_size);
+  positive("num_hidden_layers", c.num_layers);
+  positive("num_attention_heads", c.num_heads);
+  positive("num_key_value_heads", c.num_kv_heads);
+  positive("head_dim", c.head_dim);
+  positive("max_position_embeddings", c.max_position_embeddings);
+  positive("num_experts", c.num_experts);
+  positive("num_experts_per_tok", c.top_k);
+  positive("moe_intermediate_size", c.moe_intermediate_size);
+  // key's value `a` must be a multiple of other's `b` (b > 0, checked above).
+  auto multiple = [&](const char* key, int a, const char* other, int b) {
+    if (a % b != 0)
+      bad(key, "(" + std::to_string(a) + ") must be a multiple of " + names(other) + " (" +
+                   std::to_string(b) + ")");
+  };
+  multiple("num_attention_heads", c.num_heads, "num_key_value_heads", c.num_kv_heads);
+  if (c.top_k > c.num_experts)
+    bad("num_experts_per_tok", "(" + std::to_string(c.top_k) + ") exceeds " + names("num_experts") +
+                                   " (" + std::to_string(c.num_experts) + ")");
+  if (!(c.rms_norm_eps > 0 && c.rms_norm_eps <= 1 && static_cast<float>(c.rms_norm_eps) > 0))
+    bad("rms_norm_eps", "must be in (0, 1] (found " + num(c.rms_norm_eps) + ")");
+  const RopeConfig& r = c.rope;
+  if (!(r.theta > 0 && r.theta <= std::numeric_limits<float>::max()))
+    bad("rope_theta", "must be a positive float32 number (found " + num(r.theta) + ")");
+  if (r.type == "yarn" && r.theta <= 1)
+    bad("rope_theta", "must exceed 1 for yarn (found " + num(r.theta) + ")");
+  if (!(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1))
+    bad("partial_rotary_factor", "must be in (0, 1] (found " + num(r.partial_rotary_factor) + ")");
+  if (c.rotary_dim() <= 0 || c.rotary_dim() % 2 != 0)
+    bad("partial_rotary_factor", "times head_dim must be a positive even number (found " +
+                                     std::to_string(c.rotary_dim()) + ")");
+  if (r.type != "default" && !(r.factor > 0))
+    bad("factor", "(rope) must be positive (found " + num(r.factor) + ")");
+  if (r.type == "yarn") {
+    positive("original_max_position_embeddings", r.original_max_position_embeddings);
+    if (!(r.beta_fast > 0 && r.beta_slow > 0))
+      bad("beta_fast", "and beta_slow (yarn) must be positive");
+    if (r.attention_factor < 0) bad("attention_factor", "(yarn) must not be negative");
+  }
+  if (c.num_moe_layers() < c.num_layers && c.intermediate_size <= 0)
+    bad("intermediate_size", "must be positive: the model has dense MLP layers");
+  if (c.family == Family::Qwen3_5Moe) {
+    positive("linear_conv_kernel_dim", c.linear_conv_kernel);
+    positive("linear_key_head_dim", c.linear_key_head_dim);
+    positive("linear_value_head_dim", c.linear_value_head_dim);
+    positive("linear_num_key_heads", c.linear_num_key_heads);
+    positive("linear_num_value_heads", c.linear_num_value_heads);
+    multiple("linear_num_value_heads", c.linear_num_value_heads, "linear_num_key_heads",
+             c.linear_num_key_heads);
+  }
+}
+
+std::string same_name(const char* key) {
+  return key;
 }
 
 }  // namespace
@@ -149,7 +255,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   c.num_layers = t.get_int("num_hidden_layers");
   c.num_heads = t.get_int("num_attention_heads");
   c.num_kv_heads = t.get_int("num_key_value_heads", c.num_heads);
-  require(c.num_heads > 0, source, "num_attention_heads must be positive");
+  if (c.num_heads <= 0) fail(source + ": 'num_attention_heads' must be positive (found 0)");
   c.head_dim = t.get_int("head_dim", c.hidden_size / c.num_heads);
   c.rms_norm_eps = t.get_double("rms_norm_eps", 1e-6);
   c.max_position_embeddings = t.get_int("max_position_embeddings", 32768);
@@ -171,21 +277,22 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
     c.norm_topk_prob = t.get_bool("norm_topk_prob", false);
     c.intermediate_size = t.get_int("intermediate_size", 0);
     const int step = t.get_int("decoder_sparse_step", 1);
+    // transformers computes (i + 1) % decoder_sparse_step: 0 divides by zero there.
+    require(step > 0, source, "'decoder_sparse_step' must be positive (found 0)");
     std::vector<int> mlp_only;
     if (t.has("mlp_only_layers")) {
-      const json& m = text->at("mlp_only_layers");
+      const json& m = t.at("mlp_only_layers");
       require(m.is_array(), source, "'mlp_only_layers' is not an array");
       for (const auto& v : m) {
         require(v.is_number_integer(), source, "'mlp_only_layers' holds a non-integer");
-        mlp_only.push_back(v.get<int>());
+        mlp_only.push_back(static_cast<int>(
+            json_int(v, source + ": an entry of 'mlp_only_layers'", INT32_MIN, INT32_MAX)));
       }
     }
     for (int i = 0; i < c.num_layers; ++i) {
       const bool dense_listed = std::find(mlp_only.begin(), mlp_only.end(), i) != mlp_only.end();
-      c.layer_is_moe[i] = !dense_listed && c.num_experts > 0 && step > 0 && (i + 1) % step == 0;
+      c.layer_is_moe[i] = !dense_listed && c.num_experts > 0 && (i + 1) % step == 0;
     }
-    if (c.num_moe_layers() < c.num_layers)
-      require(c.intermediate_size > 0, source, "dense layers need 'intermediate_size'");
   } else {
     c.norm_topk_prob = true;  // the qwen3_5_moe router always renormalises its top-k
     c.shared_expert_intermediate_size = t.get_int("shared_expert_intermediate_size");
@@ -195,39 +302,28 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
     c.linear_num_key_heads = t.get_int("linear_num_key_heads");
     c.linear_num_value_heads = t.get_int("linear_num_value_heads");
     if (t.has("layer_types")) {
-      const json& lt = text->at("layer_types");
+      const json& lt = t.at("layer_types");
       require(lt.is_array() && static_cast<int>(lt.size()) == c.num_layers, source,
               "'layer_types' must list num_hidden_layers entries");
       for (int i = 0; i < c.num_layers; ++i) {
         const std::string s = lt[i].is_string() ? lt[i].get<std::string>() : "";
-        if (s == "full_attention")
+        // "attention" and "mamba" are the legacy names transformers still maps to these.
+        if (s == "full_attention" || s == "attention")
           c.layer_kind[i] = LayerKind::FullAttention;
-        else if (s == "linear_attention")
+        else if (s == "linear_attention" || s == "mamba")
           c.layer_kind[i] = LayerKind::LinearAttention;
         else
           fail(source + ": unknown layer type '" + printable(s) + "' in 'layer_types'");
       }
     } else {
       const int interval = t.get_int("full_attention_interval", 4);
-      require(interval > 0, source, "'full_attention_interval' must be positive");
+      require(interval > 0, source, "'full_attention_interval' must be positive (found 0)");
       for (int i = 0; i < c.num_layers; ++i)
         c.layer_kind[i] =
             (i + 1) % interval == 0 ? LayerKind::FullAttention : LayerKind::LinearAttention;
     }
-    require(c.linear_num_key_heads > 0 && c.linear_num_value_heads % c.linear_num_key_heads == 0,
-            source, "linear_num_value_heads must be a multiple of linear_num_key_heads");
-    require(c.linear_conv_kernel >= 1, source, "linear_conv_kernel_dim must be >= 1");
   }
-
-  require(c.vocab_size > 0 && c.hidden_size > 0 && c.num_layers > 0 && c.head_dim > 0, source,
-          "vocab_size, hidden_size, num_hidden_layers and head_dim must be positive");
-  require(c.num_kv_heads > 0 && c.num_heads % c.num_kv_heads == 0, source,
-          "num_attention_heads must be a multiple of num_key_value_heads");
-  require(c.num_experts > 0 && c.top_k > 0 && c.top_k <= c.num_experts, source,
-          "need 0 < num_experts_per_tok <= num_experts");
-  require(c.moe_intermediate_size > 0, source, "moe_intermediate_size must be positive");
-  require(c.rotary_dim() % 2 == 0 && c.rotary_dim() > 0, source,
-          "head_dim * partial_rotary_factor must be a positive even number");
+  validate(c, source, [&](const char* key) { return std::string(t.spelling(key)); });
   return c;
 }
 
@@ -332,15 +428,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     if (static_cast<int>(c.layer_kind.size()) != c.num_layers ||
         static_cast<int>(c.layer_is_moe.size()) != c.num_layers)
       fail(source + ": layer lists do not match num_layers");
-    if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_layers <= 0 || c.head_dim <= 0 ||
-        c.num_heads <= 0 || c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0 ||
-        c.top_k <= 0 || c.top_k > c.num_experts || c.rotary_dim() <= 0 || c.rotary_dim() % 2 != 0 ||
-        c.rotary_dim() > c.head_dim)
-      fail(source + ": model config has invalid dimensions");
-    if (c.family == Family::Qwen3_5Moe &&
-        (c.linear_num_key_heads <= 0 || c.linear_num_value_heads % c.linear_num_key_heads != 0 ||
-         c.linear_conv_kernel <= 0))
-      fail(source + ": model config has invalid linear-attention dimensions");
+    validate(c, source, same_name);
     return c;
   } catch (const json::exception& e) {
     fail(source + ": malformed model config: " + e.what());

@@ -1,8 +1,12 @@
 // ModelConfig: the runtime shape of a model, read from a Hugging Face config.json.
 //
-// Config is data (DESIGN.md): every dimension comes from here at run time. Both transformers
-// spellings are accepted: 4.x (`rope_theta`, `rope_scaling`, `partial_rotary_factor` at top level)
-// and 5.x (`rope_parameters`), and vision-language wrappers (`text_config`).
+// Config is data (DESIGN.md): every dimension comes from here at run time. Every spelling a
+// released transformers writes is accepted: 4.x (`rope_theta`, `rope_scaling`,
+// `partial_rotary_factor` at top level, `torch_dtype`) and 5.x (`rope_parameters`, also per layer
+// type; `dtype`; attribute-map names such as qwen3_moe's `num_local_experts`; legacy layer type
+// names), and vision-language wrappers (`text_config`). Values a model cannot run with (rope_theta
+// <= 0, rms_norm_eps <= 0, zero heads, top_k > experts, non-finite numbers, ...) are refused at
+// load with the key's name, from config.json and from a package manifest alike.
 #pragma once
 
 #include <nlohmann/json.hpp>

@@ -39,8 +39,8 @@ Model::Model(Package pkg) : pkg_(std::move(pkg)), weights_(ModelWeights::bind(pk
   check_layer_kinds(pkg_.config(), pkg_.dir());
 }
 
-std::unique_ptr<Model> Model::open(const std::string& dir) {
-  return std::unique_ptr<Model>(new Model(Package::open(dir)));
+std::unique_ptr<Model> Model::open(const std::string& dir, const PackageOpenOptions& opts) {
+  return std::unique_ptr<Model>(new Model(Package::open(dir, opts)));
 }
 
 Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), opts_(opts) {

@@ -37,8 +37,9 @@ struct EngineOptions {
 
 class Model {
  public:
-  // Opens and validates a package, binds its resident weights. Throws moeflux::Error.
-  static std::unique_ptr<Model> open(const std::string& dir);
+  // Opens and validates a package (resident tensors checked against their checksums unless
+  // opts say not: --no-verify), binds its resident weights. Throws moeflux::Error.
+  static std::unique_ptr<Model> open(const std::string& dir, const PackageOpenOptions& opts = {});
 
   const Package& package() const { return pkg_; }
   const ModelConfig& config() const { return pkg_.config(); }

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "commands.hpp"
+#include "core/crc32c.hpp"
 #include "core/error.hpp"
 #include "engine_options.hpp"
 #include "experts/ceilings.hpp"
@@ -125,7 +126,7 @@ Runner add_bench(CLI::App& app) {
   add_engine_options(cmd, &a->engine);
   return [a] {
     const EngineOptions opts = a->engine.to_options();
-    auto model = Model::open(a->model);
+    auto model = Model::open(a->model, {.verify_resident = !a->engine.no_verify});
     const ModelConfig& c = model->config();
     if (a->prompt_len + a->gen_len > c.max_position_embeddings)
       fail("--prompt-len + --gen-len exceed the model's " +
@@ -138,8 +139,8 @@ Runner add_bench(CLI::App& app) {
     std::vector<double> prefill, decode;
     json last_stream;
     double last_decode_seconds = 0;
-    uint64_t storage_bytes = 0;
-    double reader_busy = 0;
+    uint64_t storage_bytes = 0, verified = 0;
+    double reader_busy = 0, verify_seconds = 0;
     for (int r = 0; r < a->repeat; ++r) {
       Session s(*model, opts);
       auto t0 = Clock::now();
@@ -164,6 +165,8 @@ Runner add_bench(CLI::App& app) {
       const ReaderStats after = s.streamer().reader().stats();
       storage_bytes = after.bytes - before.bytes;
       reader_busy = after.busy_seconds - before.busy_seconds;
+      verified = after.verified - before.verified;
+      verify_seconds = after.verify_seconds - before.verify_seconds;
       last_decode_seconds = td;
       if (r + 1 == a->repeat && opts.timing) print_timings(s, "decode");
     }
@@ -179,6 +182,7 @@ Runner add_bench(CLI::App& app) {
                          {"io", a->engine.io},
                          {"io_backend", a->engine.io_backend},
                          {"io_threads", opts.stream.io.threads},
+                         {"verify", opts.stream.io.verify},
                          {"prefetch", a->engine.prefetch},
                          {"prompt_len", a->prompt_len},
                          {"gen_len", a->gen_len},
@@ -195,7 +199,9 @@ Runner add_bench(CLI::App& app) {
     report["storage"] = {{"bytes", storage_bytes},
                          {"gb_s_over_decode_wall", wall_gbs},
                          {"gb_s_while_waiting", wait_gbs},
-                         {"reader_busy_seconds", reader_busy}};
+                         {"reader_busy_seconds", reader_busy},
+                         {"verified_records", verified},
+                         {"verify_ms_per_token", 1e3 * verify_seconds / a->gen_len}};
     if (!a->no_ceilings) {
       std::fprintf(stderr, "[bench] measuring ceilings...\n");
       const std::vector<std::string> files = package_expert_files(model->package());
@@ -264,6 +270,13 @@ Runner add_bench(CLI::App& app) {
                   static_cast<unsigned long long>(p["reads"].get<uint64_t>()),
                   static_cast<unsigned long long>(p["wasted_reads"].get<uint64_t>()));
     }
+    if (opts.stream.io.verify)
+      std::printf("verify   %llu records checked (crc32c, %s), %.3f ms/token on the reader "
+                  "threads\n",
+                  static_cast<unsigned long long>(verified), crc32c_implementation(),
+                  1e3 * verify_seconds / a->gen_len);
+    else
+      std::printf("verify   off (--no-verify)\n");
     std::printf("storage  %.2f GB/s over decode, %.2f GB/s while compute waited", wall_gbs,
                 wait_gbs);
     if (report.contains("ceilings")) {

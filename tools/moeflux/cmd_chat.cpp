@@ -67,7 +67,7 @@ Runner add_chat(CLI::App& app) {
   add_engine_options(cmd, &a->engine);
   return [a] {
     const EngineOptions engine = a->engine.to_options();
-    const TextModel tm = TextModel::open(a->model);
+    const TextModel tm = TextModel::open(a->model, !a->engine.no_verify);
     const SamplerOptions sampling = a->sampling.resolve(tm);
     const std::unique_ptr<ChatFormat> chat = tm.chat_format();
     Session session(*tm.model, engine);

@@ -13,7 +13,9 @@ Runner add_inspect(CLI::App& app) {
   auto dir = std::make_shared<std::string>();
   cmd->add_option("PKG", *dir, "Package directory")->required();
   return [dir] {
-    const Package pkg = Package::open(*dir);
+    PackageOpenOptions po;
+    po.verify_resident = false;  // a description only (`moeflux verify` checks)
+    const Package pkg = Package::open(*dir, po);
     const ModelConfig& c = pkg.config();
     const ExpertLayout& el = pkg.manifest().experts;
     int full = 0;

@@ -27,7 +27,7 @@ Runner add_logits(CLI::App& app) {
   add_engine_options(cmd, &a->engine);
   return [a] {
     const std::vector<int> tokens = parse_int_list(a->tokens, "--tokens");
-    auto model = Model::open(a->model);
+    auto model = Model::open(a->model, {.verify_resident = !a->engine.no_verify});
     const ModelConfig& c = model->config();
     for (int t : tokens)
       if (t >= c.vocab_size)

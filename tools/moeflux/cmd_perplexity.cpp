@@ -63,7 +63,7 @@ Runner add_perplexity(CLI::App& app) {
   return [a] {
     const std::string text = read_text_file(a->file);
     EngineOptions engine = a->engine.to_options();
-    const TextModel tm = TextModel::open(a->model);
+    const TextModel tm = TextModel::open(a->model, !a->engine.no_verify);
     const ModelConfig& c = tm.model->config();
     const int want = a->ctx > 0 ? a->ctx : std::min(256, c.max_position_embeddings);
     if (want > c.max_position_embeddings)

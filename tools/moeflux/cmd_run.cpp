@@ -45,7 +45,7 @@ Runner add_run(CLI::App& app) {
     if (!a->chat && (a->no_think || !a->system.empty()))
       fail(std::string(a->no_think ? "--no-think" : "--system") + " needs --chat");
     const EngineOptions engine = a->engine.to_options();
-    const TextModel tm = TextModel::open(a->model);
+    const TextModel tm = TextModel::open(a->model, !a->engine.no_verify);
     const SamplerOptions sampling = a->sampling.resolve(tm);
 
     std::string text = a->prompt;

@@ -26,7 +26,9 @@ std::string tokenizer_path(const TokenizeOptions& o) {
   if (o.tokenizer_json.empty() == o.package.empty())
     fail("tokenize: give exactly one of -t TOKENIZER_JSON and -m PKG");
   if (!o.tokenizer_json.empty()) return o.tokenizer_json;
-  const Package pkg = Package::open(o.package);
+  PackageOpenOptions po;
+  po.verify_resident = false;  // only the tokenizer is used
+  const Package pkg = Package::open(o.package, po);
   for (const std::string& f : pkg.manifest().tokenizer_files)
     if (f == kPackageTokenizer) return pkg.dir() + "/" + f;
   fail(o.package + ": the package has no " + kPackageTokenizer +

@@ -25,6 +25,8 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
       ->check(CLI::IsMember({"threads", "io_uring"}));
   cmd->add_option("--io-threads", a->io_threads, "Reads in flight (threads backend; default 8)")
       ->check(CLI::Range(1, 256));
+  cmd->add_flag("--no-verify", a->no_verify,
+                "Do not check expert records read from storage against the package's checksums");
   cmd->add_option("--prefetch", a->prefetch, "none, temporal, lookahead or both (default none)")
       ->check(CLI::IsMember({"none", "temporal", "lookahead", "both"}));
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per chunk (default 256)")
@@ -55,6 +57,7 @@ EngineOptions EngineArgs::to_options() const {
   o.stream.io.mode = parse_io_mode(io);
   o.stream.io.backend = parse_io_backend(io_backend);
   o.stream.io.threads = io_threads;
+  o.stream.io.verify = !no_verify;
   if (hot > 0 && o.stream.ram_cache_bytes == 0)
     fail("--hot needs a --ram-cache budget to keep experts in");
   return o;

@@ -1,6 +1,6 @@
 // The options every evaluating command shares (logits, run, chat, perplexity, bench):
-// --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --prefetch
-// --prefill-chunk --ctx --timing.
+// --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --no-verify
+// --prefetch --prefill-chunk --ctx --timing --int16-dot.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -20,6 +20,7 @@ struct EngineArgs {
   std::string io = "page-cache";
   std::string io_backend = "threads";
   size_t io_threads = 8;
+  bool no_verify = false;
   std::string prefetch = "none";
   size_t prefill_chunk = 256;
   size_t ctx = 0;  // --ctx: 0 = the model's context

@@ -82,10 +82,10 @@ std::string resolve_model_dir(const std::string& arg) {
   return bundled;
 }
 
-TextModel TextModel::open(const std::string& model_arg) {
+TextModel TextModel::open(const std::string& model_arg, bool verify_resident) {
   TextModel t;
   t.dir = resolve_model_dir(model_arg);
-  t.model = Model::open(t.dir);
+  t.model = Model::open(t.dir, {.verify_resident = verify_resident});
   const Package& pkg = t.model->package();
   const std::string tok = tokenizer_file(pkg, "tokenizer.json");
   if (tok.empty())

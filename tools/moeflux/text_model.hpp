@@ -31,7 +31,8 @@ struct TextModel {
   std::vector<int> end_tokens;
   nlohmann::json generation_config;  // tokenizer/generation_config.json, {} if absent
 
-  static TextModel open(const std::string& model_arg);
+  // verify_resident: check the resident tensors' checksums at open (off with --no-verify).
+  static TextModel open(const std::string& model_arg, bool verify_resident = true);
 
   // The chat format of the package's template (tokenizer_config.json "chat_template" or
   // chat_template.jinja); without a template, ChatML if the vocabulary has <|im_start|>.
