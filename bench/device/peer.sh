@@ -5,7 +5,7 @@
 # benchmark — llama.cpp and moeflux on the same weights in one call — with moeflux's per-layer
 # profile, and moeflux again with EXTRA_ARGS variants on the same package.
 # Environment: MODE (cpu|cuda), LAYERS (8), MF_ARGS (moeflux bench flags), TESTS (a gtest
-# filter; "" skips), VARIANTS ("name:flags;name:flags" extra moeflux runs), OUT.
+# filter; "" skips), VARIANTS ("name:[ENV=v ...|]flags;..." extra moeflux runs), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
@@ -32,10 +32,13 @@ MOEFLUX="$MF_DIR/run-moeflux" TOKENIZER=models/moeflux-tiny-kjv/tokenizer/tokeni
 grep -E "^\[timing\]|decode|prefill" "$OUTD/moeflux.txt" | tail -24
 IFS=';' read -ra variants <<< "${VARIANTS:-}"
 for v in "${variants[@]}"; do
-  name=${v%%:*}; flags=${v#*:}
+  name=${v%%:*}; flags=${v#*:}; envs=""
+  if [[ $flags == *"|"* ]]; then envs=${flags%%|*}; flags=${flags#*|}; fi
   # shellcheck disable=SC2086
-  "$MF_DIR/run-moeflux" bench -m /tmp/peer-work/pkg --prompt-len 512 --gen-len 64 --repeat 3 \
+  env $envs "$MF_DIR/run-moeflux" bench -m /tmp/peer-work/pkg --prompt-len 512 --gen-len 64 --repeat 3 \
     --threads "$(nproc)" --no-ceilings --ram-cache 64G $flags --json "$OUTD/moeflux-$name.json" \
     > "$OUTD/moeflux-$name.txt" 2>&1
   echo "variant $name ($flags): $(grep -E '^decode' "$OUTD/moeflux-$name.txt")"
 done
+# Everything in one archive: the device tool brings back at most 8 files.
+( cd "$OUTD" && tar czf /tmp/peer-all.tgz . && find . -mindepth 1 -delete && mv /tmp/peer-all.tgz . )

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -12,8 +13,19 @@ namespace moeflux {
 namespace {
 
 // Spin for at most this long before sleeping. Measured in time, not iterations: one pause
-// instruction costs from ~10 to ~140 cycles depending on the CPU generation.
-constexpr std::chrono::microseconds kSpinTime{30};
+// instruction costs from ~10 to ~140 cycles depending on the CPU generation. A decode step
+// hands work to the pool ~50 times per token with short serial gaps between (norms, routing,
+// expert bookkeeping); a worker that fell asleep in a gap costs a futex wake-up (tens of
+// microseconds in a VM), so workers keep spinning across such gaps. MOEFLUX_SPIN_US overrides
+// (for measurements).
+std::chrono::microseconds spin_time() {
+  static const std::chrono::microseconds t = [] {
+    const char* env = std::getenv("MOEFLUX_SPIN_US");
+    const long us = env ? std::strtol(env, nullptr, 10) : 0;
+    return std::chrono::microseconds(us > 0 ? us : 200);
+  }();
+  return t;
+}
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -23,13 +35,13 @@ inline void cpu_relax() {
 #endif
 }
 
-// True while less than kSpinTime has passed since construction (the clock is read every 64
+// True while less than spin_time() has passed since construction (the clock is read every 64
 // iterations).
 class SpinClock {
  public:
   SpinClock() : start_(std::chrono::steady_clock::now()) {}
   bool spinning(int iteration) {
-    if (iteration % 64 == 0) done_ = std::chrono::steady_clock::now() - start_ > kSpinTime;
+    if (iteration % 64 == 0) done_ = std::chrono::steady_clock::now() - start_ > spin_time();
     return !done_;
   }
 

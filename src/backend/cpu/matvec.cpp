@@ -367,7 +367,8 @@ void prepare_begin(QuantFormat fmt, const float* X, size_t ldx, size_t tokens, s
   out.ldx = ldx;
   out.tokens = tokens;
   out.n = n;
-  out.quantized = allow_int16 && uses_quantized_input(fmt, isa);
+  // (The integer kernels work in 64-element blocks.)
+  out.quantized = allow_int16 && uses_quantized_input(fmt, isa) && n % 64 == 0;
   out.affine = !out.quantized && fmt.kind == QuantKind::Affine && isa != Isa::Scalar;
   if (out.quantized) out.q.reset(fmt, isa, tokens, n);
   if (out.affine) {

@@ -20,7 +20,7 @@ bool uses_quantized_input(QuantFormat fmt, Isa isa) {
 }
 
 void QuantizedInput::reset(QuantFormat fmt, Isa isa_, size_t tokens_, size_t n_) {
-  MF_ASSERT(uses_quantized_input(fmt, isa_) && format_accepts_cols(fmt, n_));
+  MF_ASSERT(uses_quantized_input(fmt, isa_) && format_accepts_cols(fmt, n_) && n_ % 64 == 0);
   isa = isa_;
   tokens = tokens_;
   n = n_;

@@ -39,7 +39,8 @@ struct QuantizedInput {
   const float* scale(size_t t) const { return d.data() + t * (n / group); }
   const float* sum(size_t t) const { return xsum.data() + t * (n / group); }
 
-  // Sizes the buffers for `tokens` rows of n for weights of format fmt on `isa` (grows only).
+  // Sizes the buffers for `tokens` rows of n (a multiple of 64) for weights of format fmt on
+  // `isa` (grows only).
   void reset(QuantFormat fmt, Isa isa, size_t tokens, size_t n);
 };
 
