@@ -1,6 +1,8 @@
 // Bad input through the command line: every case must end with exit code 1, exactly one line
 // on stderr that names the offending file or argument, and no partial output left behind.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <functional>
@@ -226,6 +228,49 @@ TEST_F(LogitsErrors, FutureVersion) {
   std::ofstream(pkg + "/manifest.json", std::ios::trunc) << m.dump();
   expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"}),
                        "version");
+}
+
+// Outputs (core/output_file.hpp) through a command: checked before any work; FIFOs and devices
+// written in place; symbolic links followed.
+TEST_F(LogitsErrors, OutputPathsAreCheckedBeforeTheModelIsOpened) {
+  TempDir t;
+  // The package is missing too: the error names the output, so it was checked first.
+  CommandResult r =
+      run_moeflux({"logits", "-m", t / "none", "--tokens", "1", "--out", t / "no/dir/o.npy"});
+  expect_clean_failure(r, "--out: cannot write " + t / "no/dir/o.npy");
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+  r = run_moeflux({"logits", "-m", t / "none", "--tokens", "1", "--out", t / "o.npy",
+                   "--routing-trace", t.path().string()});
+  expect_clean_failure(r, "--routing-trace");
+  EXPECT_NE(r.err.find("is a directory"), std::string::npos) << r.err;
+}
+
+TEST_F(LogitsErrors, OutputsToAFifoASymlinkAndADevice) {
+  TempDir t;
+  ASSERT_EQ(::mkfifo((t / "fifo").c_str(), 0600), 0);
+  const int fd = ::open((t / "fifo").c_str(), O_RDWR | O_NONBLOCK);  // the reader, held open
+  ASSERT_GE(fd, 0);
+  ::fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+  fs::create_symlink(t / "target.jsonl", t / "link.jsonl");
+  const CommandResult r = run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,2", "--out",
+                                       t / "fifo", "--routing-trace", t / "link.jsonl"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string piped(1 << 20, '\0');
+  const ssize_t n = ::read(fd, piped.data(), piped.size());
+  ::close(fd);
+  ASSERT_GT(n, 10);
+  EXPECT_EQ(piped.substr(1, 5), "NUMPY");
+  struct stat st {};
+  ASSERT_EQ(::lstat((t / "fifo").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_TRUE(fs::is_symlink(t / "link.jsonl"));
+  EXPECT_NE(read_text(t / "target.jsonl").find("moeflux-routing-trace"), std::string::npos);
+
+  const CommandResult d = run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1", "--out",
+                                       "/dev/null", "--routing-trace", "/dev/null"});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  ASSERT_EQ(::lstat("/dev/null", &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode)) << "/dev/null was replaced";
 }
 
 TEST_F(LogitsErrors, TooManyExperts) {

@@ -12,6 +12,7 @@
 
 #include "core/aligned_buffer.hpp"
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 
 namespace fs = std::filesystem;
 
@@ -354,12 +355,7 @@ void PackageWriter::finish(PackageManifest& m) {
   resident_.reset();
 
   // The manifest is written last: a package without one is never taken for whole.
-  {
-    OutFile out(tmp_ + "/" + kManifestName);
-    const std::string text = m.to_json().dump(1) + "\n";
-    out.write(text.data(), text.size());
-    out.close();
-  }
+  write_output_file(tmp_ + "/" + kManifestName, {m.to_json().dump(1) + "\n"});
   if (fs::exists(tmp_ + "/experts")) fsync_path(tmp_ + "/experts");
   fsync_path(tmp_);
   if (fs::exists(target_)) {

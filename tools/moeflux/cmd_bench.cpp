@@ -1,16 +1,14 @@
 // moeflux bench: prefill and decode speed of a package with the streaming options, where the
 // expert bytes came from, cache and prefetch hit rates, and the achieved bandwidth against the
 // ceilings measured on this machine.
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <random>
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "experts/ceilings.hpp"
 
@@ -124,6 +122,7 @@ Runner add_bench(CLI::App& app) {
   cmd->add_flag("--no-ceilings", a->no_ceilings, "Skip measuring the storage and memory ceilings");
   add_engine_options(cmd, &a->engine);
   return [a] {
+    if (!a->json_out.empty()) check_output_path(a->json_out, "--json");
     const EngineOptions opts = a->engine.to_options();
     auto model = Model::open(a->model);
     const ModelConfig& c = model->config();
@@ -277,13 +276,7 @@ Runner add_bench(CLI::App& app) {
     }
     std::printf("\n");
     if (!a->json_out.empty()) {
-      const std::string tmp = a->json_out + ".tmp-" + std::to_string(::getpid());
-      {
-        std::ofstream out(tmp);
-        out << report.dump(2) << "\n";
-        if (!out.flush()) fail(a->json_out + ": write failed");
-      }
-      if (std::rename(tmp.c_str(), a->json_out.c_str()) != 0) throw_errno(a->json_out);
+      write_output_file(a->json_out, {report.dump(2) + "\n"}, "--json");
     }
     return 0;
   };

@@ -2,8 +2,9 @@
 #include <cstdio>
 
 #include "commands.hpp"
-#include "engine_options.hpp"
 #include "core/error.hpp"
+#include "core/output_file.hpp"
+#include "engine_options.hpp"
 #include "experts/routing_trace.hpp"
 #include "formats/npy.hpp"
 #include "runtime/session.hpp"
@@ -27,6 +28,8 @@ Runner add_logits(CLI::App& app) {
   add_engine_options(cmd, &a->engine);
   return [a] {
     const std::vector<int> tokens = parse_int_list(a->tokens, "--tokens");
+    check_output_path(a->out, "--out");
+    if (!a->trace.empty()) check_output_path(a->trace, "--routing-trace");
     auto model = Model::open(a->model);
     const ModelConfig& c = model->config();
     for (int t : tokens)
@@ -53,7 +56,7 @@ Runner add_logits(CLI::App& app) {
                  tokens.size(), sec, tokens.size() / sec, session.active_experts(), a->out.c_str());
     std::fprintf(stderr, "[logits] %s\n", streaming_summary(session, sec, tokens.size()).c_str());
     if (a->engine.timing) print_timings(session);
-    if (!a->trace.empty()) trace.save(a->trace);
+    if (!a->trace.empty()) trace.save(a->trace, "--routing-trace");
     return 0;
   };
 }

@@ -16,6 +16,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "text_model.hpp"
 
@@ -63,6 +64,7 @@ Runner add_perplexity(CLI::App& app) {
   return [a] {
     const std::string text = read_text_file(a->file);
     const EngineOptions engine = a->engine.to_options();
+    if (!a->json.empty()) check_output_path(a->json, "--json");
     const TextModel tm = TextModel::open(a->model);
     const ModelConfig& c = tm.model->config();
     const int want = a->ctx > 0 ? a->ctx : std::min(256, c.max_position_embeddings);
@@ -102,9 +104,9 @@ Runner add_perplexity(CLI::App& app) {
       const nlohmann::json j = {{"ppl", ppl},     {"nll", mean}, {"n_tokens", scored},
                                 {"n_windows", w}, {"ctx", ctx},  {"file", a->file},
                                 {"model", tm.dir}};
-      write_text_file(a->json,
-                      j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n",
-                      "--json");
+      write_output_file(a->json,
+                        {j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"},
+                        "--json");
     }
     return 0;
   };

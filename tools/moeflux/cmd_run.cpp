@@ -6,6 +6,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "text_model.hpp"
 
@@ -45,6 +46,7 @@ Runner add_run(CLI::App& app) {
     if (!a->chat && (a->no_think || !a->system.empty()))
       fail(std::string(a->no_think ? "--no-think" : "--system") + " needs --chat");
     const EngineOptions engine = a->engine.to_options();
+    if (!a->json.empty()) check_output_path(a->json, "--json");
     const TextModel tm = TextModel::open(a->model);
     const SamplerOptions sampling = a->sampling.resolve(tm);
 
@@ -89,9 +91,9 @@ Runner add_run(CLI::App& app) {
                           {"generate_expert_bytes", r.generate_expert_bytes},
                           {"forced_think_close", r.forced_think_close}};
       // Text that is not valid UTF-8 cannot be a JSON string; replace like the tokenizer does.
-      write_text_file(a->json,
-                      j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n",
-                      "--json");
+      write_output_file(a->json,
+                        {j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"},
+                        "--json");
     }
     return 0;
   };

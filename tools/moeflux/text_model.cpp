@@ -1,7 +1,5 @@
 #include "text_model.hpp"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -184,27 +182,6 @@ void add_sampler_options(CLI::App* cmd, SamplerArgs* a) {
                   "Subtracted from each seen token's logit; 0 = off (default 0)");
   cmd->add_option("--seed", a->seed,
                   "Random seed: same seed, same text (default: random, reported)");
-}
-
-void write_text_file(const std::string& path, const std::string& text, const std::string& what) {
-  const std::string tmp = path + ".partial-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail(what + ": cannot write " + path);
-    out << text;
-    out.close();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      fail(what + ": cannot write " + path);
-    }
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    fail(what + ": cannot write " + path);
-  }
 }
 
 std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes) {

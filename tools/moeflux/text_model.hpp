@@ -59,9 +59,6 @@ struct SamplerArgs {
 };
 void add_sampler_options(CLI::App* cmd, SamplerArgs* args);
 
-// Writes `text` to `path` atomically (temp file + rename). Throws moeflux::Error naming `what`.
-void write_text_file(const std::string& path, const std::string& text, const std::string& what);
-
 // The bytes-per-token model of a generation: one line (no newline) for the summary.
 std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes);
 
