@@ -195,15 +195,15 @@ TEST(RunCommand, ModelFromTheEnvironment) {
 TEST(RunCommand, BadInput) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", ""}), "-p: the prompt is empty");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", ""}), "-p: the prompt is empty");
   expect_clean_failure(run_moeflux({"run", "-m", tmp / "missing", "-p", "x"}), tmp / "missing");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", std::string(kContext + 1, 'a')}),
-                       "more than the model's context of 64");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--no-think"}), "needs --chat");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--think-budget", "4"}),
-                       "no <think> / </think> tokens");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--top-p", "1.5"}), "--top-p");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--temp", "-1"}), "--temp");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", std::string(kContext + 1, 'a')}),
+                     "more than the model's context of 64");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--no-think"}), "needs --chat");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--think-budget", "4"}),
+                     "no <think> / </think> tokens");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--top-p", "1.5"}), "--top-p");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--temp", "-1"}), "--temp");
   const std::string bare = make_package(tmp, {.tokenizer = false, .generation_config = ""}, "bare");
   expect_clean_failure(run_moeflux({"run", "-m", bare, "-p", "x"}), "has no tokenizer");
   expect_clean_failure(run_moeflux({"perplexity", "-m", bare, "-f", fixture_dir("chat/README.md")}),
@@ -278,8 +278,8 @@ TEST(PerplexityCommand, BadInput) {
   expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "one.txt"}),
                        "needs at least 2");
   std::ofstream(tmp / "t.txt") << "some text";
-  expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "65"}),
-                       "--ctx 65 exceeds the model's context of 64");
+  expect_usage_error(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "65"}),
+                     "--ctx 65 exceeds the model's context of 64");
 }
 
 // --- chat --------------------------------------------------------------------------------------

@@ -79,14 +79,20 @@ inline CommandResult run_moeflux(const std::vector<std::string>& args) {
   return run_moeflux_with(args, "", "");
 }
 
-// A failed command the way users must see it: exit code 1, one line "moeflux: error: ..." that
-// mentions `must_mention`.
-inline void expect_clean_failure(const CommandResult& r, const std::string& must_mention) {
-  EXPECT_EQ(r.exit_code, 1) << r.err;
+// A failed command the way users must see it: exit code `code` (1; 2 for a usage error), one line
+// "moeflux: error: ..." that mentions `must_mention`.
+inline void expect_clean_failure(const CommandResult& r, const std::string& must_mention,
+                                 int code = 1) {
+  EXPECT_EQ(r.exit_code, code) << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   EXPECT_NE(r.err.find("moeflux: error: "), std::string::npos) << r.err;
   EXPECT_NE(r.err.find(must_mention), std::string::npos)
       << "expected '" << must_mention << "' in: " << r.err;
+}
+
+// A command line that cannot work: exit code 2, one line naming `must_mention`.
+inline void expect_usage_error(const CommandResult& r, const std::string& must_mention) {
+  expect_clean_failure(r, must_mention, 2);
 }
 
 inline std::string fixture_dir(const std::string& name) {

@@ -24,6 +24,17 @@ class Error : public std::runtime_error {
   throw Error(msg);
 }
 
+// Untrusted input that is the command line's fault: a malformed or impossible option value, or
+// options that conflict. The tool exits with status 2 for these, 1 for every other Error.
+class UsageError : public Error {
+ public:
+  explicit UsageError(const std::string& what) : Error(what) {}
+};
+
+[[noreturn]] inline void usage_fail(const std::string& msg) {
+  throw UsageError(msg);
+}
+
 // An untrusted string made safe to quote in a one-line message: bytes outside printable ASCII
 // become \xNN, and more than max_len bytes are cut, with "..." appended.
 inline std::string printable(std::string_view s, size_t max_len = 64) {

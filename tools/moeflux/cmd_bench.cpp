@@ -112,11 +112,11 @@ Runner add_bench(CLI::App& app) {
   auto a = std::make_shared<Args>();
   cmd->add_option("-m,--model", a->model, "Package directory")->required();
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens (default 128)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(integer_range(1, 1 << 20));
   cmd->add_option("--gen-len", a->gen_len, "Decoded tokens (default 64)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(integer_range(1, 1 << 20));
   cmd->add_option("--repeat", a->repeat, "Repeats; medians are reported (default 3)")
-      ->check(CLI::Range(1, 1000));
+      ->check(integer_range(1, 1000));
   cmd->add_option("--seed", a->seed, "Seed of the random token ids (default 1)");
   cmd->add_option("--json", a->json_out, "Write the full report as JSON");
   cmd->add_flag("--no-ceilings", a->no_ceilings, "Skip measuring the storage and memory ceilings");
@@ -125,10 +125,11 @@ Runner add_bench(CLI::App& app) {
     if (!a->json_out.empty()) check_output_path(a->json_out, "--json");
     const EngineOptions opts = a->engine.to_options();
     auto model = Model::open(a->model);
+    check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     if (a->prompt_len + a->gen_len > c.max_position_embeddings)
-      fail("--prompt-len + --gen-len exceed the model's " +
-           std::to_string(c.max_position_embeddings) + " positions");
+      usage_fail("--prompt-len + --gen-len exceed the model's " +
+                 std::to_string(c.max_position_embeddings) + " positions");
     std::mt19937_64 rng(a->seed);
     std::uniform_int_distribution<int> id(0, c.vocab_size - 1);
     std::vector<int> prompt(a->prompt_len);

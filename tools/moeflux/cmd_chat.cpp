@@ -57,17 +57,19 @@ Runner add_chat(CLI::App& app) {
                   "Package directory (default: $MOEFLUX_MODEL, else the bundled model)");
   cmd->add_option("--system", a->system, "System message");
   cmd->add_option("-n,--n-predict", a->n, "Tokens per reply at most (default 4096)")
-      ->check(CLI::Range(1, 1 << 30));
+      ->check(integer_range(1, 1 << 30));
   cmd->add_option("--stop", a->stop, "End a reply when its text contains this string (repeatable)");
   cmd->add_flag("--no-think", a->no_think, "Answer without a thinking block");
   cmd->add_option("--think-budget", a->think_budget,
                   "Force </think> after N tokens of thinking (default: no limit)")
-      ->check(CLI::Range(0, 1 << 30));
+      ->check(integer_range(0, 1 << 30));
   add_sampler_options(cmd, &a->sampling);
   add_engine_options(cmd, &a->engine);
   return [a] {
     const EngineOptions engine = a->engine.to_options();
+    a->sampling.check();
     const TextModel tm = TextModel::open(a->model);
+    check_engine_options(engine, tm.model->package());
     const SamplerOptions sampling = a->sampling.resolve(tm);
     const std::unique_ptr<ChatFormat> chat = tm.chat_format();
     Session session(*tm.model, engine);

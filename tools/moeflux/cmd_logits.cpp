@@ -28,15 +28,16 @@ Runner add_logits(CLI::App& app) {
   add_engine_options(cmd, &a->engine);
   return [a] {
     const std::vector<int> tokens = parse_int_list(a->tokens, "--tokens");
+    EngineOptions opts = a->engine.to_options();
     check_output_path(a->out, "--out");
     if (!a->trace.empty()) check_output_path(a->trace, "--routing-trace");
     auto model = Model::open(a->model);
+    check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     for (int t : tokens)
       if (t >= c.vocab_size)
-        fail("--tokens: token id " + std::to_string(t) + " is out of range (vocabulary size " +
-             std::to_string(c.vocab_size) + ")");
-    EngineOptions opts = a->engine.to_options();
+        usage_fail("--tokens: token id " + std::to_string(t) +
+                   " is out of range (vocabulary size " + std::to_string(c.vocab_size) + ")");
     RoutingTrace trace;
     trace.num_layers = c.num_layers;
     trace.num_experts = c.num_experts;

@@ -57,7 +57,7 @@ Runner add_perplexity(CLI::App& app) {
   cmd->add_option("-f,--file", a->file, "Text file")->required();
   cmd->add_option("--ctx", a->ctx,
                   "Tokens per window (default 256, or the model's context if smaller)")
-      ->check(CLI::Range(2, 1 << 30));
+      ->check(integer_range(2, 1 << 30));
   cmd->add_option("--json", a->json,
                   "Also write {ppl, nll, n_tokens, n_windows, ctx} to this file");
   add_engine_options(cmd, &a->engine);
@@ -66,11 +66,12 @@ Runner add_perplexity(CLI::App& app) {
     const EngineOptions engine = a->engine.to_options();
     if (!a->json.empty()) check_output_path(a->json, "--json");
     const TextModel tm = TextModel::open(a->model);
+    check_engine_options(engine, tm.model->package());
     const ModelConfig& c = tm.model->config();
     const int want = a->ctx > 0 ? a->ctx : std::min(256, c.max_position_embeddings);
     if (want > c.max_position_embeddings)
-      fail("--ctx " + std::to_string(a->ctx) + " exceeds the model's context of " +
-           std::to_string(c.max_position_embeddings) + " positions");
+      usage_fail("--ctx " + std::to_string(a->ctx) + " exceeds the model's context of " +
+                 std::to_string(c.max_position_embeddings) + " positions");
     const std::vector<int> ids = tm.tokenizer->encode(text);
     if (ids.size() < 2)
       fail("-f: " + a->file + " has " + std::to_string(ids.size()) +

@@ -30,24 +30,26 @@ Runner add_run(CLI::App& app) {
                   "Package directory (default: $MOEFLUX_MODEL, else the bundled model)");
   cmd->add_option("-p,--prompt", a->prompt, "Prompt text")->required();
   cmd->add_option("-n,--n-predict", a->n, "Tokens to generate at most (default 256)")
-      ->check(CLI::Range(0, 1 << 30));
+      ->check(integer_range(0, 1 << 30));
   cmd->add_option("--stop", a->stop, "Stop when the text contains this string (repeatable)");
   cmd->add_flag("--chat", a->chat, "Wrap the prompt as a user turn with the chat template");
   cmd->add_option("--system", a->system, "System message (with --chat)");
   cmd->add_flag("--no-think", a->no_think, "With --chat: answer without a thinking block");
   cmd->add_option("--think-budget", a->think_budget,
                   "Force </think> after N tokens of thinking (default: no limit)")
-      ->check(CLI::Range(0, 1 << 30));
+      ->check(integer_range(0, 1 << 30));
   cmd->add_option("--json", a->json, "Also write the ids, text and timings to this JSON file");
   add_sampler_options(cmd, &a->sampling);
   add_engine_options(cmd, &a->engine);
   return [a] {
-    if (a->prompt.empty()) fail("-p: the prompt is empty");
+    if (a->prompt.empty()) usage_fail("-p: the prompt is empty");
     if (!a->chat && (a->no_think || !a->system.empty()))
-      fail(std::string(a->no_think ? "--no-think" : "--system") + " needs --chat");
+      usage_fail(std::string(a->no_think ? "--no-think" : "--system") + " needs --chat");
     const EngineOptions engine = a->engine.to_options();
+    a->sampling.check();
     if (!a->json.empty()) check_output_path(a->json, "--json");
     const TextModel tm = TextModel::open(a->model);
+    check_engine_options(engine, tm.model->package());
     const SamplerOptions sampling = a->sampling.resolve(tm);
 
     std::string text = a->prompt;
@@ -64,8 +66,8 @@ Runner add_run(CLI::App& app) {
     const std::vector<int> ids = tm.tokenizer->encode(text);
     const int ctx = tm.model->config().max_position_embeddings;
     if (ids.size() > size_t(ctx))
-      fail("-p: the prompt has " + std::to_string(ids.size()) +
-           " tokens, more than the model's context of " + std::to_string(ctx) + " positions");
+      usage_fail("-p: the prompt has " + std::to_string(ids.size()) +
+                 " tokens, more than the model's context of " + std::to_string(ctx) + " positions");
 
     Session session(*tm.model, engine);
     Generator gen(session, *tm.tokenizer, sampling,

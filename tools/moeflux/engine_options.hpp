@@ -24,9 +24,13 @@ struct EngineArgs {
   size_t prefill_chunk = 256;
   bool timing = false;
 
-  // Validated options (throws moeflux::Error naming the bad option).
+  // Validated options (throws moeflux::UsageError naming the bad option).
   EngineOptions to_options() const;
 };
+
+// The checks that need the model: --k and --hot within its experts, a --ram-cache budget that
+// holds at least one expert record. Throws moeflux::UsageError naming the option.
+void check_engine_options(const EngineOptions& o, const Package& pkg);
 
 // Registers the options on `cmd`; values land in *args.
 void add_engine_options(CLI::App* cmd, EngineArgs* args);

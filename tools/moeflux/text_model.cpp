@@ -91,8 +91,8 @@ TextModel TextModel::open(const std::string& model_arg) {
          "checkpoint directory that holds tokenizer.json");
   t.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tok));
   t.end_tokens = end_token_ids(pkg, *t.tokenizer);
-  if (auto g = tokenizer_file(pkg, "generation_config.json"); !g.empty())
-    t.generation_config = read_json(g);
+  t.generation_config_path = tokenizer_file(pkg, "generation_config.json");
+  if (!t.generation_config_path.empty()) t.generation_config = read_json(t.generation_config_path);
   return t;
 }
 
@@ -124,11 +124,20 @@ GenerateOptions TextModel::generate_options(int max_tokens, std::vector<std::str
   g.think_open_id = tokenizer->token_id(open);
   g.think_close_id = tokenizer->token_id(close);
   if (think_budget >= 0 && !(g.think_open_id && g.think_close_id))
-    fail("--think-budget: the model's vocabulary has no " + open + " / " + close + " tokens");
+    usage_fail("--think-budget: the model's vocabulary has no " + open + " / " + close + " tokens");
   return g;
 }
 
+void SamplerArgs::check() const {
+  try {
+    opts.validate();  // the command line's values (and the defaults of those not given)
+  } catch (const Error& e) {
+    usage_fail(e.what());
+  }
+}
+
 SamplerOptions SamplerArgs::resolve(const TextModel& tm) const {
+  check();
   SamplerOptions o = opts;
   const nlohmann::json& g = tm.generation_config;
   // A recommendation of the model's generation_config.json, if the command line did not say.
@@ -146,7 +155,11 @@ SamplerOptions SamplerArgs::resolve(const TextModel& tm) const {
       g.at("do_sample").is_boolean() && !g.at("do_sample").get<bool>())
     o.temperature = 0;
   o.seed = seed ? *seed : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
-  o.validate();
+  try {
+    o.validate();  // with the package's recommendations
+  } catch (const Error& e) {
+    fail(tm.generation_config_path + ": invalid sampling default (" + e.what() + ")");
+  }
   return o;
 }
 

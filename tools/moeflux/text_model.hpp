@@ -29,7 +29,8 @@ struct TextModel {
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<int> end_tokens;
-  nlohmann::json generation_config;  // tokenizer/generation_config.json, {} if absent
+  nlohmann::json generation_config;    // tokenizer/generation_config.json, {} if absent
+  std::string generation_config_path;  // its path, "" if absent
 
   static TextModel open(const std::string& model_arg);
 
@@ -54,7 +55,10 @@ struct SamplerArgs {
   CLI::Option *temp = nullptr, *top_k = nullptr, *top_p = nullptr, *min_p = nullptr,
               *repeat = nullptr;
 
-  // Validated options with the seed filled in; `tm` supplies generation_config.json.
+  // Checks the command line's values (before the model is opened): throws moeflux::UsageError.
+  void check() const;
+  // Validated options with the seed filled in; `tm` supplies generation_config.json (a bad value
+  // there is a moeflux::Error naming the file).
   SamplerOptions resolve(const TextModel& tm) const;
 };
 void add_sampler_options(CLI::App* cmd, SamplerArgs* args);
