@@ -131,6 +131,25 @@ TEST(RunCommand, SamplingDefaultsComeFromGenerationConfig) {
   EXPECT_NE(sampled.at("tokens"), greedy.at("tokens"));
 }
 
+// Flags given on the command line win over generation_config.json, each one on its own.
+TEST(RunCommand, ExplicitFlagsWinOverGenerationConfig) {
+  TempDir tmp;
+  const std::string pkg = make_package(
+      tmp,
+      {.tokenizer = true, .generation_config = R"({"temperature": 1.5, "top_k": 200, "top_p": 1.0,
+                                     "min_p": 0.0})"});
+  const std::vector<std::string> p = {"-p", "Seed", "-n", "16", "--seed", "3"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), p.begin(), p.end());
+    return run_json(pkg, tmp, extra).at("tokens");
+  };
+  const auto greedy = with({"--temp", "0"});
+  EXPECT_NE(with({}), greedy);  // the config's sampling is not greedy for this seed
+  EXPECT_EQ(with({"--top-k", "1"}), greedy);
+  EXPECT_EQ(with({"--top-p", "0.000001"}), greedy);
+  EXPECT_EQ(with({"--min-p", "1"}), greedy);
+}
+
 TEST(RunCommand, StopStringEndsTheTextAndIsNotPrinted) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);

@@ -173,13 +173,14 @@ void add_sampler_options(CLI::App* cmd, SamplerArgs* a) {
   a->temp = cmd->add_option(
       "--temp", a->opts.temperature,
       "Temperature; 0 = greedy (default: generation_config.json, else " + def(d.temperature) + ")");
-  cmd->add_option("--top-k", a->opts.top_k,
-                  "Keep the k most likely tokens; 0 = off (default: generation_config.json, else " +
-                      std::to_string(d.top_k) + ")");
-  cmd->add_option("--top-p", a->opts.top_p,
-                  "Nucleus: smallest set with this probability mass; 1 = off (default: "
-                  "generation_config.json, else " +
-                      def(d.top_p) + ")");
+  a->top_k = cmd->add_option(
+      "--top-k", a->opts.top_k,
+      "Keep the k most likely tokens; 0 = off (default: generation_config.json, else " +
+          std::to_string(d.top_k) + ")");
+  a->top_p = cmd->add_option("--top-p", a->opts.top_p,
+                             "Nucleus: smallest set with this probability mass; 1 = off (default: "
+                             "generation_config.json, else " +
+                                 def(d.top_p) + ")");
   a->min_p =
       cmd->add_option("--min-p", a->opts.min_p,
                       "Drop tokens below this fraction of the top probability; 0 = off (default: "
