@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -30,22 +31,48 @@ struct PackageSpec {
   std::string generation_config;  // JSON text of generation_config.json, "" = none
 };
 
-// Converts the fixture checkpoint with the byte tokenizer into `tmp/name`.
-std::string make_package(const TempDir& tmp, const PackageSpec& spec = {},
-                         const std::string& name = "pkg") {
+// Sets row `row` of the bf16 matrix `name` in a safetensors file to NaN (bf16 0x7fc0).
+void poison_row(const std::string& file, const std::string& name, int row) {
+  std::string bytes = read_text(file);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const auto header = nlohmann::json::parse(bytes.substr(8, n));
+  const auto& t = header.at(name);
+  ASSERT_EQ(t.at("dtype"), "BF16");
+  const size_t cols = t.at("shape")[1].get<size_t>();
+  const size_t at = 8 + n + t.at("data_offsets")[0].get<size_t>() + size_t(row) * cols * 2;
+  for (size_t c = 0; c < cols; ++c) bytes.replace(at + 2 * c, 2, "\xc0\x7f");
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+// The fixture checkpoint with the byte tokenizer, copied to `tmp/name-hf`, with a context of
+// `context` positions.
+std::string make_checkpoint(const TempDir& tmp, const PackageSpec& spec, const std::string& name,
+                            int context = kContext) {
   const std::string hf = tmp / (name + "-hf");
   fs::copy(fixture_dir("qwen3_5_moe_vl/hf"), hf, fs::copy_options::recursive);
   auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
-  cfg["text_config"]["max_position_embeddings"] = kContext;
+  cfg["text_config"]["max_position_embeddings"] = context;
   std::ofstream(hf + "/config.json") << cfg.dump(2);
   if (spec.tokenizer)
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
       fs::copy_file(fixture_dir("bytes_tokenizer/") + f, hf + "/" + f);
   if (!spec.generation_config.empty())
     std::ofstream(hf + "/generation_config.json") << spec.generation_config;
+  return hf;
+}
+
+// Converts checkpoint `hf` into `tmp/name`.
+std::string convert(const TempDir& tmp, const std::string& hf, const std::string& name) {
   const CommandResult c = run_moeflux({"convert", hf, tmp / name, "-q"});
   EXPECT_EQ(c.exit_code, 0) << c.err;
   return tmp / name;
+}
+
+// The fixture checkpoint with the byte tokenizer, converted into `tmp/name`.
+std::string make_package(const TempDir& tmp, const PackageSpec& spec = {},
+                         const std::string& name = "pkg") {
+  return convert(tmp, make_checkpoint(tmp, spec, name), name);
 }
 
 std::vector<int> bytes_of(const std::string& s) {
@@ -299,6 +326,58 @@ TEST(PerplexityCommand, BadInput) {
   std::ofstream(tmp / "t.txt") << "some text";
   expect_usage_error(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "65"}),
                      "--ctx 65 exceeds the model's context of 64");
+}
+
+// --- non-finite logits ---------------------------------------------------------------------------
+
+// NaN weights: the embedding row of 'Z' (token 90) is NaN, so every position from a 'Z' on has
+// NaN logits (attention carries it forward); text without 'Z' is untouched.
+constexpr int kPoison = 'Z';
+
+std::string poisoned_package(const TempDir& tmp) {
+  const std::string hf = make_checkpoint(tmp, {}, "poisoned", 1024);
+  poison_row(hf + "/model.safetensors", "model.language_model.embed_tokens.weight", kPoison);
+  return convert(tmp, hf, "poisoned");
+}
+
+TEST(NonFiniteLogits, EveryCommandReportsThemAndWritesNothing) {
+  TempDir tmp;
+  const std::string pkg = poisoned_package(tmp);
+  CommandResult r = run_moeflux({"run", "-m", pkg, "-p", "Z", "-n", "4", "--json", tmp / "r.json"});
+  expect_clean_failure(r, "non-finite logits (NaN) at position 0");  // not SIGABRT
+  EXPECT_FALSE(fs::exists(tmp / "r.json"));
+  r = run_moeflux({"logits", "-m", pkg, "--tokens", "65,90,66", "--out", tmp / "l.npy"});
+  expect_clean_failure(r, "non-finite logits (NaN) at position 1");
+  EXPECT_FALSE(fs::exists(tmp / "l.npy"));
+  std::ofstream(tmp / "z.txt") << "In the Zeal";
+  r = run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "z.txt", "--json", tmp / "p.json"});
+  expect_clean_failure(r, "non-finite logits (NaN) at position 7");
+  EXPECT_FALSE(fs::exists(tmp / "p.json"));
+  r = run_moeflux({"run", "-m", pkg, "-p", "In the", "-n", "4", "--temp", "0"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(NonFiniteLogits, ChatReportsThemAndKeepsTheConversation) {
+  TempDir tmp;
+  const std::string pkg = poisoned_package(tmp);
+  const std::vector<std::string> args = {"chat", "-m", pkg, "--temp", "0", "-n", "4"};
+  const CommandResult r = run_moeflux_with(args, "", "Hi\nZ\nHo\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("[chat] error: " + pkg + ": the model produced non-finite logits"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("the conversation before this turn was kept"), std::string::npos) << r.err;
+  // The third turn continued the first, as if the failed one had never been typed.
+  const CommandResult same = run_moeflux_with(args, "", "Hi\nHo\n");
+  ASSERT_EQ(same.exit_code, 0) << same.err;
+  EXPECT_EQ(r.out, same.out);
+  // ... and ended at the same position.
+  auto last_context = [](const std::string& err) {
+    const size_t at = err.rfind("context ");
+    return at == std::string::npos ? "" : err.substr(at, err.find('\n', at) - at);
+  };
+  EXPECT_EQ(last_context(r.err), last_context(same.err)) << r.err;
+  EXPECT_NE(last_context(r.err), "");
 }
 
 // --- chat --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/finite.hpp"
 
 namespace moeflux {
 
@@ -111,6 +112,20 @@ void Generator::clear() {
   pending_.reset();
 }
 
+void Generator::rewind(size_t n) {
+  MF_ASSERT(n <= sequence_.size());
+  session_.clear();
+  pending_.reset();
+  sequence_.resize(n);
+  if (n > 0) checked(session_.eval_prompt(sequence_));
+}
+
+const std::vector<float>& Generator::checked(const std::vector<float>& logits) const {
+  require_finite_logits(logits, logits.size(), size_t(session_.position()) - 1,
+                        session_.model().package().dir());
+  return logits;
+}
+
 void Generator::check(std::span<const int> prompt) const {
   const ModelConfig& c = session_.model().config();
   const size_t n = prompt.size() + (pending_ ? 1 : 0), max_pos = size_t(c.max_position_embeddings);
@@ -140,7 +155,7 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   // Prompt: one chunked evaluation.
   const ReaderStats s0 = reader.stats();
   auto t0 = Clock::now();
-  const std::vector<float>* logits = &session_.eval_prompt(r.prompt);
+  const std::vector<float>* logits = &checked(session_.eval_prompt(r.prompt));
   r.prompt_seconds = since(t0);
   const ReaderStats s1 = reader.stats();
   r.prompt_expert_bytes = s1.bytes - s0.bytes;
@@ -219,7 +234,7 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
       r.reason = StopReason::ContextFull;
       break;
     }
-    logits = &session_.eval_token(t);
+    logits = &checked(session_.eval_token(t));
     pending_.reset();
     ++r.decode_evals;
   }

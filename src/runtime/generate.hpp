@@ -9,6 +9,8 @@
 //   - a full context (the model's max_position_embeddings).
 // A sampled token the loop did not evaluate (the last one) is kept pending and evaluated first
 // by the next run(), so a conversation's state always holds every token of its replies.
+// Every evaluation's logits are checked: a NaN or an infinity is an error (core/finite.hpp),
+// never sampled.
 //
 // Think budget (flash-moe style): inside a <think> block (opened by the prompt or by the model),
 // once `think_budget` tokens were generated without </think>, the next token is forced to be
@@ -72,7 +74,8 @@ class Generator {
   // Evaluates `prompt` after the sequence so far, then generates, passing each piece of text to
   // `sink` as soon as it is complete (whole UTF-8 characters, never part of a stop string).
   // Throws moeflux::Error, before evaluating anything, when the prompt does not fit in the
-  // context, and for ids outside the vocabulary.
+  // context, and for ids outside the vocabulary; after evaluating, for non-finite logits (the
+  // session then holds them: rewind() or clear()).
   GenerateResult run(std::span<const int> prompt, const TextSink& sink);
 
   // The checks run() makes before evaluating: throws moeflux::Error if `prompt` has an id
@@ -81,6 +84,11 @@ class Generator {
 
   // Forgets the sequence (session cleared, pending token dropped); the random state continues.
   void clear();
+
+  // Keeps only the first n tokens of sequence(): clears the session and evaluates them again
+  // (the DeltaNet layers' recurrent state cannot be unwound in place). How a conversation
+  // survives a failed turn. Throws moeflux::Error like run(); then clear() before further use.
+  void rewind(size_t n);
 
   // Every id of the sequence so far (evaluated or pending), as the repetition penalty sees it.
   const std::vector<int>& sequence() const { return sequence_; }
@@ -95,6 +103,10 @@ class Generator {
   GenerateOptions opts_;
   std::vector<int> sequence_;
   std::optional<int> pending_;  // sampled, not yet evaluated
+
+  // `logits` if all are finite; throws moeflux::Error naming the package and position otherwise
+  // (NaN must not reach the sampler).
+  const std::vector<float>& checked(const std::vector<float>& logits) const;
 };
 
 }  // namespace moeflux

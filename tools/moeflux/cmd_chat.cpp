@@ -41,6 +41,22 @@ std::string trim(const std::string& s) {
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
 }
 
+// After a failed turn (non-finite logits, a failed read), the session's state is unknown: the
+// conversation before the turn (its first `before` tokens) is evaluated again; if that fails
+// too, the conversation starts over.
+void restore_conversation(Generator& gen, size_t before, bool& fresh) {
+  try {
+    gen.rewind(before);
+    if (before > 0)
+      std::fprintf(stderr, "[chat] the conversation before this turn was kept (%zu tokens)\n",
+                   before);
+  } catch (const Error& e) {
+    gen.clear();
+    fresh = true;
+    std::fprintf(stderr, "[chat] error: %s; the conversation was cleared\n", e.what());
+  }
+}
+
 Runner add_chat(CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "Interactive chat with the model's chat template");
   struct Args {
@@ -118,16 +134,16 @@ Runner add_chat(CLI::App& app) {
         continue;
       }
       GenerateResult r;
+      const size_t before = gen.sequence().size();  // the conversation before this turn
       try {
         r = gen.run(ids, [](std::string_view s) {
           std::fwrite(s.data(), 1, s.size(), stdout);
           std::fflush(stdout);
         });
       } catch (const Error& e) {
-        // Failed while evaluating: the state is unknown, so the conversation starts over.
-        gen.clear();
-        fresh = true;
-        std::fprintf(stderr, "\n[chat] error: %s; the conversation was cleared\n", e.what());
+        std::fflush(stdout);
+        std::fprintf(stderr, "\n[chat] error: %s\n", e.what());
+        restore_conversation(gen, before, fresh);
         continue;
       }
       fresh = false;

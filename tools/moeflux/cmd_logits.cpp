@@ -3,6 +3,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
 #include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "experts/routing_trace.hpp"
@@ -52,6 +53,7 @@ Runner add_logits(CLI::App& app) {
     const auto t0 = std::chrono::steady_clock::now();
     session.eval_prompt(tokens, &all);
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    require_finite_logits(all, size_t(c.vocab_size), 0, model->package().dir());
     write_npy_f32(a->out, {tokens.size(), size_t(c.vocab_size)}, all.data());
     std::fprintf(stderr, "[logits] %zu tokens in %.3f s (%.1f tok/s), K=%d; wrote %s\n",
                  tokens.size(), sec, tokens.size() / sec, session.active_experts(), a->out.c_str());

@@ -16,6 +16,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
 #include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "text_model.hpp"
@@ -89,6 +90,7 @@ Runner add_perplexity(CLI::App& app) {
       const std::span<const int> window(ids.data() + b, ctx);
       session.clear();
       session.eval_prompt(window, &logits);
+      require_finite_logits(logits, V, b, tm.dir);
       for (size_t i = 0; i + 1 < ctx; ++i) nll += token_nll(&logits[i * V], V, window[i + 1]);
       scored += ctx - 1;
       ++w;
