@@ -332,7 +332,7 @@ TEST(CommandLine, ParseErrorsAreOneLineWithExitCode2) {
   const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
       {{}, "no command given"},
       {{"nosuch"}, "unknown command 'nosuch'"},
-      {{"run"}, "--prompt is required"},
+      {{"run"}, "give the prompt"},
       {{"inspect"}, "PKG is required"},
       {{"run", "-p", "x", "--bogus"}, "--bogus"},
       {{"run", "-p", "x", "extra"}, "extra"},

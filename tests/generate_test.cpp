@@ -82,7 +82,7 @@ std::vector<int> bytes_of(const std::string& s) {
 }
 
 nlohmann::json run_json(const std::string& pkg, const TempDir& tmp, std::vector<std::string> args) {
-  std::vector<std::string> all = {"run", "-m", pkg, "--json", tmp / "run.json"};
+  std::vector<std::string> all = {"run", "-m", pkg, "--no-echo", "--json", tmp / "run.json"};
   all.insert(all.end(), args.begin(), args.end());
   const CommandResult r = run_moeflux(all);
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -189,7 +189,7 @@ TEST(RunCommand, StopStringEndsTheTextAndIsNotPrinted) {
       run_moeflux({"run", "-m", pkg, "-p", "Light", "-n", "24", "--temp", "0", "--stop",
                    "never-in-this-text", "--stop", stop, "--json", tmp / "stop.json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, text.substr(0, at));
+  EXPECT_EQ(r.out, "Light" + text.substr(0, at));
   const auto j = nlohmann::json::parse(read_text(tmp / "stop.json"));
   EXPECT_EQ(j.at("stop_reason"), "stop string");
   EXPECT_NE(r.err.find("stop string"), std::string::npos) << r.err;
@@ -225,6 +225,31 @@ TEST(RunCommand, ChatWrapsThePromptWithTheTemplate) {
   const auto j = run_json(pkg, tmp, {"-p", "Hi", "--chat", "-n", "1"});
   EXPECT_EQ(j.at("prompt_tokens").get<std::vector<int>>(),
             bytes_of("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+}
+
+TEST(RunCommand, EchoesThePromptAndReadsItFromAFileOrStandardInput) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  auto run = [&](std::vector<std::string> args, const std::string& input = "") {
+    args.insert(args.begin(), {"run", "-m", pkg, "-n", "6", "--temp", "0"});
+    return run_moeflux_with(args, "", input);
+  };
+  const CommandResult quiet = run({"-p", "Let there", "--no-echo"});
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_EQ(run({"-p", "Let there"}).out, "Let there" + quiet.out);
+  std::ofstream(tmp / "p.txt") << "Let there";
+  EXPECT_EQ(run({"-f", tmp / "p.txt"}).out, "Let there" + quiet.out);
+  EXPECT_EQ(run({"-p", "-"}, "Let there").out, "Let there" + quiet.out);
+  // --chat: the prompt on a line of its own, then the reply.
+  const CommandResult reply = run({"-p", "Hi", "--chat", "--no-echo"});
+  EXPECT_EQ(run({"-p", "Hi", "--chat"}).out, "Hi\n" + reply.out);
+
+  expect_usage_error(run({"-p", "x", "-f", tmp / "p.txt"}), "excludes");
+  expect_usage_error(run({}), "give the prompt");
+  expect_clean_failure(run({"-f", tmp / "none.txt"}), "-f: cannot read " + tmp / "none.txt");
+  std::ofstream(tmp / "empty.txt").close();
+  expect_usage_error(run({"-f", tmp / "empty.txt"}), "the prompt is empty");
+  expect_usage_error(run({"-p", "-"}, ""), "the prompt is empty");
 }
 
 TEST(RunCommand, ModelFromTheEnvironment) {
@@ -378,6 +403,81 @@ TEST(NonFiniteLogits, ChatReportsThemAndKeepsTheConversation) {
   };
   EXPECT_EQ(last_context(r.err), last_context(same.err)) << r.err;
   EXPECT_NE(last_context(r.err), "");
+}
+
+// --- Ctrl-C ------------------------------------------------------------------------------------
+
+// A package that never stops on its own within a test's patience: no end token (the configs'
+// eos ids lie outside the vocabulary, so they are dropped) and a context of 32768.
+std::string endless_package(const TempDir& tmp) {
+  const std::string hf = make_checkpoint(tmp, {}, "endless", 32768);
+  auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
+  cfg["eos_token_id"] = 100000;
+  cfg["text_config"]["eos_token_id"] = 100000;
+  std::ofstream(hf + "/config.json", std::ios::trunc) << cfg.dump(2);
+  return convert(tmp, hf, "endless");
+}
+
+TEST(RunCommand, CtrlCStopsTheGenerationAndPrintsTheSummary) {
+  TempDir tmp;
+  const std::string pkg = endless_package(tmp);
+  BackgroundMoeflux run(
+      {"run", "-m", pkg, "-p", "In the", "-n", "1000000", "--json", tmp / "r.json"});
+  ASSERT_TRUE(run.wait_until([](const std::string& out, const std::string&) {
+    return out.size() > 40;  // the prompt and some of the completion
+  }));
+  run.signal(SIGINT);
+  const CommandResult r = run.finish();
+  EXPECT_EQ(r.exit_code, 130) << r.err;
+  EXPECT_NE(r.err.find("[run] prompt"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("interrupted"), std::string::npos) << r.err;
+  const auto j = nlohmann::json::parse(read_text(tmp / "r.json"));
+  EXPECT_EQ(j.at("stop_reason"), "interrupted");
+  EXPECT_EQ(r.out, "In the" + j.at("text").get<std::string>());
+}
+
+TEST(ChatCommand, CtrlCStopsTheReplyAndASecondOneExits) {
+  TempDir tmp;
+  const std::string pkg = endless_package(tmp);
+  BackgroundMoeflux chat({"chat", "-m", pkg, "-n", "1000000"});
+  auto replied = [&](size_t n) {  // n replies ended (interrupted)
+    return chat.wait_until([n](const std::string&, const std::string& err) {
+      size_t count = 0;
+      for (size_t p = 0; (p = err.find("interrupted", p)) != std::string::npos; ++p) ++count;
+      return count >= n;
+    });
+  };
+  chat.write("Hi\n");
+  ASSERT_TRUE(
+      chat.wait_until([](const std::string& out, const std::string&) { return out.size() > 20; }));
+  chat.signal(SIGINT);
+  ASSERT_TRUE(replied(1)) << chat.err();
+  // Back at the prompt: the next turn continues the conversation.
+  const size_t first = chat.out().size();
+  chat.write("Ho\n");
+  ASSERT_TRUE(chat.wait_until(
+      [first](const std::string& out, const std::string&) { return out.size() > first + 20; }));
+  chat.signal(SIGINT);
+  ASSERT_TRUE(replied(2)) << chat.err();
+  chat.signal(SIGINT);  // at the prompt: exits
+  const CommandResult r = chat.finish();
+  EXPECT_EQ(r.exit_code, 130) << r.err;
+  EXPECT_EQ(r.err.find("error"), std::string::npos) << r.err;
+}
+
+TEST(ChatCommand, EndOfInputAfterAnInterruptedReplyExitsCleanly) {
+  TempDir tmp;
+  const std::string pkg = endless_package(tmp);
+  BackgroundMoeflux chat({"chat", "-m", pkg, "-n", "1000000"});
+  chat.write("Hi\n");
+  ASSERT_TRUE(
+      chat.wait_until([](const std::string& out, const std::string&) { return out.size() > 20; }));
+  chat.signal(SIGINT);
+  ASSERT_TRUE(chat.wait_until([](const std::string&, const std::string& err) {
+    return err.find("interrupted") != std::string::npos;
+  }));
+  const CommandResult r = chat.finish();  // closes its input: Ctrl-D
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 // --- chat --------------------------------------------------------------------------------------
@@ -581,7 +681,7 @@ TEST(BundledModel, GreedySamplesMatchTransformers) {
     EXPECT_EQ(j.at("tokens").get<std::vector<int>>(), expected) << s.at("prompt");
     std::string text = s.at("text").get<std::string>();
     if (s.at("kind") == "chat") text = text.substr(0, text.find("<|im_end|>"));
-    EXPECT_EQ(r.out, text);
+    EXPECT_EQ(r.out, args[2] + (s.at("kind") == "chat" ? "\n" : "") + text);  // echo + text
   }
 }
 

@@ -1,11 +1,13 @@
 // Helpers shared by the tests: temporary directories, running the moeflux binary, fixtures.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -78,6 +80,83 @@ inline CommandResult run_moeflux_with(const std::vector<std::string>& args, cons
 inline CommandResult run_moeflux(const std::vector<std::string>& args) {
   return run_moeflux_with(args, "", "");
 }
+
+// moeflux running in the background, for tests that send it signals or feed its input bit by
+// bit: standard input is a pipe (write(), close_input()), stdout and stderr go to files.
+class BackgroundMoeflux {
+ public:
+  explicit BackgroundMoeflux(const std::vector<std::string>& args) {
+    int fds[2];
+    if (::pipe(fds) != 0) std::abort();
+    pid_ = ::fork();
+    if (pid_ < 0) std::abort();
+    if (pid_ == 0) {
+      ::dup2(fds[0], 0);
+      ::close(fds[0]);
+      ::close(fds[1]);
+      const int out = ::open((io_ / "out").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      const int err = ::open((io_ / "err").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      ::dup2(out, 1);
+      ::dup2(err, 2);
+      std::vector<char*> argv = {const_cast<char*>(MOEFLUX_BINARY)};
+      for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+      argv.push_back(nullptr);
+      ::execv(MOEFLUX_BINARY, argv.data());
+      ::_exit(127);
+    }
+    ::close(fds[0]);
+    input_ = fds[1];
+  }
+  ~BackgroundMoeflux() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    close_input();
+  }
+  void write(const std::string& s) {
+    EXPECT_EQ(::write(input_, s.data(), s.size()), ssize_t(s.size()));
+  }
+  void close_input() {
+    if (input_ >= 0) ::close(input_);
+    input_ = -1;
+  }
+  void signal(int sig) { ::kill(pid_, sig); }
+  std::string out() const { return read_text(io_ / "out"); }
+  std::string err() const { return read_text(io_ / "err"); }
+  // Waits (polling) until `ready(out, err)` holds; false after `seconds`.
+  template <typename Ready>
+  bool wait_until(Ready ready, double seconds = 30) {
+    for (int i = 0; i < int(seconds * 200); ++i) {
+      if (ready(out(), err())) return true;
+      ::usleep(5000);
+    }
+    return false;
+  }
+  // Waits for the exit (SIGKILL after `seconds`); the exit code as a shell reports it.
+  CommandResult finish(double seconds = 30) {
+    close_input();
+    int status = 0;
+    pid_t done = 0;
+    for (int i = 0; i < int(seconds * 200) && (done = ::waitpid(pid_, &status, WNOHANG)) == 0; ++i)
+      ::usleep(5000);
+    if (done == 0) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &status, 0);
+    }
+    pid_ = -1;
+    CommandResult r;
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    r.out = out();
+    r.err = err();
+    return r;
+  }
+
+ private:
+  TempDir io_;
+  pid_t pid_ = -1;
+  int input_ = -1;
+};
 
 // A failed command the way users must see it: exit code `code` (1; 2 for a usage error), one line
 // "moeflux: error: ..." that mentions `must_mention`.

@@ -62,6 +62,8 @@ const char* stop_reason_name(StopReason r) {
       return "stop string";
     case StopReason::ContextFull:
       return "context full";
+    case StopReason::Interrupted:
+      return "interrupted";
   }
   return "?";
 }
@@ -201,6 +203,10 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   r.reason = StopReason::Length;
   bool stopped_by_string = false;
   while (r.generated.size() < size_t(std::max(0, opts_.max_tokens))) {
+    if (opts_.stop_requested && opts_.stop_requested()) {
+      r.reason = StopReason::Interrupted;
+      break;
+    }
     int t;
     if (inside_think && opts_.think_close_id && opts_.think_budget >= 0 &&
         think_tokens >= opts_.think_budget) {

@@ -6,7 +6,8 @@
 //   - an end token (eos ids; the end token is neither printed nor evaluated),
 //   - a stop string in the generated text (the text before it is printed, not the string),
 //   - max_tokens generated tokens,
-//   - a full context (the model's max_position_embeddings).
+//   - a full context (the model's max_position_embeddings),
+//   - GenerateOptions::stop_requested (Ctrl-C), checked before each token.
 // A sampled token the loop did not evaluate (the last one) is kept pending and evaluated first
 // by the next run(), so a conversation's state always holds every token of its replies.
 // Every evaluation's logits are checked: a NaN or an infinity is an error (core/finite.hpp),
@@ -38,10 +39,14 @@ struct GenerateOptions {
   int think_budget = -1;              // tokens inside <think> before </think> is forced; < 0: off
   std::optional<int> think_open_id;   // the <think> token, if the vocabulary has one
   std::optional<int> think_close_id;  // the </think> token
+  // Polled before each token is sampled: true stops the generation (StopReason::Interrupted).
+  // Ctrl-C sets what it reads; it must be cheap and async-signal-safe to set.
+  std::function<bool()> stop_requested;
 };
 
-enum class StopReason { Length, EndToken, StopString, ContextFull };
-const char* stop_reason_name(StopReason r);  // "length", "eos", "stop string", "context full"
+enum class StopReason { Length, EndToken, StopString, ContextFull, Interrupted };
+// "length", "eos", "stop string", "context full", "interrupted"
+const char* stop_reason_name(StopReason r);
 
 struct GenerateResult {
   std::vector<int> prompt;     // ids evaluated before generating (pending + new prompt)

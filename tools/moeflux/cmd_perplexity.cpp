@@ -9,10 +9,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "commands.hpp"
 #include "core/error.hpp"
@@ -24,17 +21,6 @@
 namespace moeflux::tool {
 
 namespace {
-
-std::string read_text_file(const std::string& path) {
-  std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec)) fail("-f: cannot read " + path + ": not a file");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("-f: cannot read " + path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (in.bad()) fail("-f: cannot read " + path);
-  return ss.str();
-}
 
 // -log softmax(logits)[target], in double: logsumexp(l) - l[target].
 double token_nll(const float* logits, size_t vocab, int target) {
@@ -63,7 +49,7 @@ Runner add_perplexity(CLI::App& app) {
                   "Also write {ppl, nll, n_tokens, n_windows, ctx} to this file");
   add_engine_options(cmd, &a->engine);
   return [a] {
-    const std::string text = read_text_file(a->file);
+    const std::string text = read_text_file(a->file, "-f");
     const EngineOptions engine = a->engine.to_options();
     if (!a->json.empty()) check_output_path(a->json, "--json");
     const TextModel tm = TextModel::open(a->model);

@@ -1,5 +1,8 @@
 #include "text_model.hpp"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -196,6 +199,26 @@ void add_sampler_options(CLI::App* cmd, SamplerArgs* a) {
                   "Subtracted from each seen token's logit; 0 = off (default 0)");
   cmd->add_option("--seed", a->seed,
                   "Random seed: same seed, same text (default: random, reported)");
+}
+
+std::string read_text_file(const std::string& path, const std::string& what) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) fail(what + ": cannot read " + path + ": not a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(what + ": cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) fail(what + ": cannot read " + path);
+  return ss.str();
+}
+
+void end_text_output(bool at_line_start) {
+  struct stat out {
+  }, err{};
+  const bool same_file = ::fstat(STDOUT_FILENO, &out) == 0 && ::fstat(STDERR_FILENO, &err) == 0 &&
+                         out.st_dev == err.st_dev && out.st_ino == err.st_ino;
+  if (!at_line_start && (::isatty(STDOUT_FILENO) || same_file)) std::fputc('\n', stdout);
+  std::fflush(stdout);
 }
 
 std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes) {

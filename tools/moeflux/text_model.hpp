@@ -63,6 +63,15 @@ struct SamplerArgs {
 };
 void add_sampler_options(CLI::App* cmd, SamplerArgs* args);
 
+// The text file `path` (a prompt, a perplexity corpus), whole. Throws moeflux::Error
+// "<what>: cannot read <path>..." if it is missing, not a regular file or unreadable.
+std::string read_text_file(const std::string& path, const std::string& what);
+
+// Ends text streamed to stdout: a newline unless `at_line_start`, when stdout is a terminal or
+// the same file as stderr (`2>&1`), so that what follows on stderr starts a line of its own;
+// otherwise stdout holds exactly the text. Flushes stdout.
+void end_text_output(bool at_line_start);
+
 // The bytes-per-token model of a generation: one line (no newline) for the summary.
 std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes);
 
