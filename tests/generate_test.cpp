@@ -117,14 +117,50 @@ TEST(RunCommand, SameSeedSameTextAndOneSummaryLine) {
   ASSERT_EQ(b.exit_code, 0) << b.err;
   EXPECT_EQ(a.out, b.out);
   EXPECT_EQ(std::count(a.err.begin(), a.err.end(), '\n'), 1) << a.err;
-  for (const char* part : {"[run] prompt 16 tok", "tok/s", "generated", "per token: resident",
-                           "read from storage", "GB/s", "seed 1"})
+  for (const char* part :
+       {"[run] prompt 16 tok", "generated 5 tok", "tok/s), stopped: length |",
+        "per token: resident", "MiB read from files at", "GB/s through the page cache", "seed 1"})
     EXPECT_NE(a.err.find(part), std::string::npos) << part << " missing in " << a.err;
   // Another seed draws another sequence (of 5 tokens from 256: equal by chance ~never).
   const auto j1 = run_json(pkg, tmp, {"-p", "In the beginning", "-n", "5", "--seed", "1"});
   const auto j2 = run_json(pkg, tmp, {"-p", "In the beginning", "-n", "5", "--seed", "2"});
   EXPECT_NE(j1.at("tokens"), j2.at("tokens"));
   EXPECT_EQ(j1.at("seed").get<uint64_t>(), 1u);
+}
+
+// Where the expert bytes came from: the device (O_DIRECT), or the page cache, split into storage
+// reads and hits where the kernel counts them (/proc/self/io).
+TEST(RunCommand, SummarySaysWhereExpertBytesCameFrom) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  CommandResult r = run_moeflux({"run", "-m", pkg, "-p", "In", "-n", "4", "--io", "direct"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("MiB read from files at"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("from storage (O_DIRECT)"), std::string::npos) << r.err;
+  r = run_moeflux({"run", "-m", pkg, "-p", "In", "-n", "4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  if (fs::exists("/proc/self/io")) {
+    EXPECT_NE(r.err.find("MiB from storage,"), std::string::npos) << r.err;
+  }
+  EXPECT_NE(r.err.find("page-cache hits"), std::string::npos) << r.err;
+}
+
+// With stdout and stderr in one file (2>&1) the summary starts a line of its own; with stdout
+// alone in a file, stdout holds exactly the text.
+TEST(RunCommand, SummaryStartsItsOwnLine) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const std::string cmd = shell_quote(MOEFLUX_BINARY) + " run -m " + shell_quote(pkg) +
+                          " -p In -n 4 --temp 0 --no-echo";
+  ASSERT_EQ(std::system((cmd + " >" + shell_quote(tmp / "both") + " 2>&1").c_str()), 0);
+  ASSERT_EQ(std::system((cmd + " >" + shell_quote(tmp / "out") + " 2>/dev/null").c_str()), 0);
+  const std::string both = read_text(tmp / "both"), out = read_text(tmp / "out");
+  ASSERT_FALSE(out.empty() || out.back() == '\n')
+      << "pick a prompt whose greedy text ends mid-line";
+  EXPECT_EQ(both.substr(0, out.size() + 7), out + "\n[run] ");
+  EXPECT_EQ(both.back(), '\n');
+  const auto j = run_json(pkg, tmp, {"-p", "In", "-n", "4", "--temp", "0"});
+  EXPECT_EQ(out, j.at("text").get<std::string>());
 }
 
 TEST(RunCommand, GreedyIsArgmaxOfLogits) {
@@ -430,7 +466,7 @@ TEST(RunCommand, CtrlCStopsTheGenerationAndPrintsTheSummary) {
   const CommandResult r = run.finish();
   EXPECT_EQ(r.exit_code, 130) << r.err;
   EXPECT_NE(r.err.find("[run] prompt"), std::string::npos) << r.err;
-  EXPECT_NE(r.err.find("interrupted"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tok/s), stopped: interrupted |"), std::string::npos) << r.err;
   const auto j = nlohmann::json::parse(read_text(tmp / "r.json"));
   EXPECT_EQ(j.at("stop_reason"), "interrupted");
   EXPECT_EQ(r.out, "In the" + j.at("text").get<std::string>());

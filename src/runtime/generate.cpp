@@ -9,6 +9,7 @@
 
 #include "core/error.hpp"
 #include "core/finite.hpp"
+#include "core/proc_io.hpp"
 
 namespace moeflux {
 
@@ -160,6 +161,7 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   const std::vector<float>* logits = &checked(session_.eval_prompt(r.prompt));
   r.prompt_seconds = since(t0);
   const ReaderStats s1 = reader.stats();
+  const std::optional<uint64_t> device1 = process_storage_read_bytes();
   r.prompt_expert_bytes = s1.bytes - s0.bytes;
   pending_.reset();
   sequence_.insert(sequence_.end(), prompt.begin(), prompt.end());
@@ -249,6 +251,8 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   const ReaderStats s2 = reader.stats();
   r.generate_expert_bytes = s2.bytes - s1.bytes;
   r.generate_read_seconds = s2.busy_seconds - s1.busy_seconds;
+  if (const std::optional<uint64_t> device2 = process_storage_read_bytes(); device1 && device2)
+    r.generate_storage_bytes = *device2 - *device1;
   return r;
 }
 

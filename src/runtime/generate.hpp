@@ -61,6 +61,9 @@ struct GenerateResult {
   uint64_t prompt_expert_bytes = 0;    // expert bytes read from storage during the prompt
   uint64_t generate_expert_bytes = 0;  // ... and during generation
   double generate_read_seconds = 0;    // summed read time of those generation reads
+  // Bytes the process read from storage devices during generation (core/proc_io.hpp: page-cache
+  // misses and O_DIRECT reads, readahead included), where the kernel reports it.
+  std::optional<uint64_t> generate_storage_bytes;
 };
 
 // The end-of-generation ids of a package: generation_config.json's and config.json's

@@ -136,10 +136,11 @@ Runner add_chat(CLI::App& app) {
       clear_interrupt();  // handled: the reply stopped (or had ended anyway)
       std::fputc('\n', stdout);
       std::fflush(stdout);
-      std::fprintf(
-          stderr, "[chat] %zu tokens, %.2f tok/s (%s); context %d/%d\n", r.generated.size(),
-          r.generate_seconds > 0 ? double(r.generated.size()) / r.generate_seconds : 0.0,
-          stop_reason_name(r.reason), gen.position(), tm.model->config().max_position_embeddings);
+      std::fprintf(stderr, "[chat] %zu tokens at %.2f tok/s, stopped: %s; context %d/%d\n",
+                   r.generated.size(),
+                   r.generate_seconds > 0 ? double(r.generated.size()) / r.generate_seconds : 0.0,
+                   stop_reason_name(r.reason), gen.position(),
+                   tm.model->config().max_position_embeddings);
     }
     if (!interrupted()) return 0;                       // end of input or /quit
     if (input.interactive()) std::fputc('\n', stdout);  // off the prompt line

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -226,23 +227,37 @@ std::string generation_summary(const GenerateResult& r, const Session& s, uint64
   const double mib = 1024.0 * 1024.0;
   const ModelConfig& c = s.model().config();
   // Bytes per decoded token (one forward): the resident weights once, K expert records per MoE
-  // layer (from the RAM cache or storage); storage = expert bytes read / decode forwards.
+  // layer (from the RAM cache or the files). Read from files = expert bytes our reader read /
+  // decode forwards; of those, the device gave what the kernel counts as storage reads and the
+  // page cache the rest (buffered reads), or the device all of them (O_DIRECT).
   const double requested = double(s.active_experts()) * c.num_moe_layers() *
                            double(s.model().package().manifest().experts.record_bytes);
-  const double storage =
-      r.decode_evals > 0 ? double(r.generate_expert_bytes) / double(r.decode_evals) : 0.0;
-  char buf[640];
+  const double evals = std::max(1, r.decode_evals);
+  const double files = double(r.generate_expert_bytes) / evals;
+  char where[160];
+  if (s.streamer().options().io.mode == IoMode::Direct) {
+    std::snprintf(where, sizeof where, "from storage (O_DIRECT)");
+  } else if (r.generate_storage_bytes) {
+    const double device = double(*r.generate_storage_bytes) / evals;
+    std::snprintf(where, sizeof where,
+                  "through the page cache: %.2f MiB from storage, %.2f MiB page-cache hits",
+                  device / mib, std::max(0.0, files - device) / mib);
+  } else {
+    std::snprintf(where, sizeof where, "through the page cache (hits not measurable here)");
+  }
+  char buf[768];
   std::snprintf(
       buf, sizeof buf,
-      "prompt %.0f tok in %.3f s (%.1f tok/s) | generated %.0f tok in %.3f s (%.2f tok/s, "
-      "%s) | per token: resident %.2f MiB, experts %.2f MiB (K=%d), %.2f MiB read from "
-      "storage at %.2f GB/s",
+      "prompt %.0f tok in %.3f s (%.1f tok/s) | generated %.0f tok in %.3f s (%.2f tok/s), "
+      "stopped: %s | per token: resident %.2f MiB, experts %.2f MiB (K=%d), %.2f MiB read from "
+      "files at %.2f GB/s %s",
       n_prompt, r.prompt_seconds, r.prompt_seconds > 0 ? n_prompt / r.prompt_seconds : 0.0, n_gen,
       r.generate_seconds, r.generate_seconds > 0 ? n_gen / r.generate_seconds : 0.0,
       stop_reason_name(r.reason), double(resident_bytes) / mib, requested / mib, s.active_experts(),
-      storage / mib,
+      files / mib,
       r.generate_read_seconds > 0 ? double(r.generate_expert_bytes) / r.generate_read_seconds / 1e9
-                                  : 0.0);
+                                  : 0.0,
+      where);
   return buf;
 }
 
