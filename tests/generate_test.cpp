@@ -324,11 +324,12 @@ double reference_ppl(const std::string& pkg, const TempDir& tmp, const std::vect
                      size_t ctx, size_t* scored) {
   double nll = 0;
   *scored = 0;
-  for (size_t b = 0; b + ctx <= ids.size(); b += ctx) {
-    const std::vector<int> w(ids.begin() + long(b), ids.begin() + long(b + ctx));
+  for (size_t b = 0; b + 1 < ids.size(); b += ctx) {  // windows of at least 2 tokens
+    const std::vector<int> w(ids.begin() + long(b),
+                             ids.begin() + long(std::min(b + ctx, ids.size())));
     const NpyArray l = logits_of(pkg, tmp, w);
     const size_t V = l.shape[1];
-    for (size_t i = 0; i + 1 < ctx; ++i) {
+    for (size_t i = 0; i + 1 < w.size(); ++i) {
       const double* r = &l.values[i * V];
       const double mx = *std::max_element(r, r + V);
       double s = 0;
@@ -343,25 +344,40 @@ double reference_ppl(const std::string& pkg, const TempDir& tmp, const std::vect
 TEST(PerplexityCommand, EqualsExpMeanNllFromLogits) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
-  const std::string text = "In the beginning God created the heaven and the earth.";  // 55 bytes
+  const std::string text = "In the beginning God created the heaven and the earth.";  // 54 bytes
   std::ofstream(tmp / "t.txt") << text;
   const CommandResult r = run_moeflux(
       {"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "16", "--json", tmp / "p.json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   size_t scored = 0;
   const double ref = reference_ppl(pkg, tmp, bytes_of(text), 16, &scored);
-  EXPECT_EQ(scored, 45u);  // 3 full windows of 16 (the last 7 bytes dropped), 15 predictions each
+  EXPECT_EQ(scored, 50u);  // 3 windows of 16 (15 predictions each), then 6 bytes (5)
   const auto j = nlohmann::json::parse(read_text(tmp / "p.json"));
   EXPECT_NEAR(j.at("ppl").get<double>(), ref, 1e-6 * ref);
   EXPECT_NEAR(j.at("nll").get<double>(), std::log(ref), 1e-6);
-  EXPECT_EQ(j.at("n_tokens"), 45);
-  EXPECT_EQ(j.at("n_windows"), 3);
+  EXPECT_EQ(j.at("n_tokens"), 50);
+  EXPECT_EQ(j.at("n_windows"), 4);
   EXPECT_EQ(j.at("ctx"), 16);
+  EXPECT_EQ(j.at("left_out"), 0);
   char line[128];
-  std::snprintf(line, sizeof line, "ppl = %.6f (45 tokens, 3 windows)\n",
+  std::snprintf(line, sizeof line, "ppl = %.6f (50 tokens, 4 windows)\n",
                 j.at("ppl").get<double>());
   EXPECT_EQ(r.out, line);
-  EXPECT_NE(r.err.find("window 3/3"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("window 4/4"), std::string::npos) << r.err;
+
+  // 49 bytes: 3 windows of 16, and one byte that no window can predict, said so.
+  std::ofstream(tmp / "t49.txt") << text.substr(0, 49);
+  const CommandResult r49 = run_moeflux(
+      {"perplexity", "-m", pkg, "-f", tmp / "t49.txt", "--ctx", "16", "--json", tmp / "p.json"});
+  ASSERT_EQ(r49.exit_code, 0) << r49.err;
+  const double ref49 = reference_ppl(pkg, tmp, bytes_of(text.substr(0, 49)), 16, &scored);
+  EXPECT_EQ(scored, 45u);
+  const auto j49 = nlohmann::json::parse(read_text(tmp / "p.json"));
+  EXPECT_NEAR(j49.at("ppl").get<double>(), ref49, 1e-6 * ref49);
+  EXPECT_EQ(j49.at("n_tokens"), 45);
+  EXPECT_EQ(j49.at("left_out"), 1);
+  EXPECT_NE(r49.out.find("(45 tokens, 3 windows; the last token left out"), std::string::npos)
+      << r49.out;
 
   // A file shorter than --ctx is one window.
   std::ofstream(tmp / "short.txt") << "Let there be";

@@ -1,9 +1,11 @@
 // moeflux perplexity: how well the model predicts a text file.
 //
 // The file is tokenized (special tokens such as <|endoftext|> recognised) and cut into
-// non-overlapping windows of --ctx tokens; a partial last window is dropped (as llama.cpp's
-// perplexity), except that a file shorter than --ctx is one window. Each window is evaluated from
-// an empty context (session cleared) and every position i < len-1 predicts token i+1:
+// non-overlapping windows of --ctx tokens, the last one possibly shorter: it is scored too
+// (llama.cpp's perplexity drops it), unless it is a single token, which has nothing before it in
+// its window to be predicted from (then the summary says that one token was left out). Each
+// window is evaluated from an empty context (session cleared) and every position i < len-1
+// predicts token i+1:
 //   nll_t = -log softmax(logits_i)[w_{i+1}] = logsumexp(logits_i) - logits_i[w_{i+1}]  (double)
 //   ppl   = exp(sum nll_t / N),  N = sum over windows of (len - 1)
 #include <chrono>
@@ -46,7 +48,7 @@ Runner add_perplexity(CLI::App& app) {
                   "Tokens per window (default 256, or the model's context if smaller)")
       ->check(integer_range(2, 1 << 30));
   cmd->add_option("--json", a->json,
-                  "Also write {ppl, nll, n_tokens, n_windows, ctx} to this file");
+                  "Also write {ppl, nll, n_tokens, n_windows, ctx, left_out} to this file");
   add_engine_options(cmd, &a->engine);
   return [a] {
     const std::string text = read_text_file(a->file, "-f");
@@ -64,35 +66,39 @@ Runner add_perplexity(CLI::App& app) {
       fail("-f: " + a->file + " has " + std::to_string(ids.size()) +
            " token(s); perplexity needs at least 2");
 
-    const size_t V = size_t(c.vocab_size);
-    const size_t ctx = std::min(size_t(want), ids.size());
-    const size_t n_windows = ids.size() / ctx;
+    const size_t V = size_t(c.vocab_size), n = ids.size();
+    const size_t ctx = std::min(size_t(want), n);
+    const size_t left_out = n % ctx == 1 ? 1 : 0;  // a trailing window of one token
+    const size_t n_windows = (n - left_out + ctx - 1) / ctx;
     Session session(*tm.model, engine);
     std::vector<float> logits;
     double nll = 0;
     size_t scored = 0, w = 0;
     const auto t0 = std::chrono::steady_clock::now();
     for (size_t b = 0; w < n_windows; b += ctx) {
-      const std::span<const int> window(ids.data() + b, ctx);
+      const std::span<const int> window(ids.data() + b, std::min(ctx, n - b));
       session.clear();
       session.eval_prompt(window, &logits);
       require_finite_logits(logits, V, b, tm.dir);
-      for (size_t i = 0; i + 1 < ctx; ++i) nll += token_nll(&logits[i * V], V, window[i + 1]);
-      scored += ctx - 1;
+      for (size_t i = 0; i + 1 < window.size(); ++i)
+        nll += token_nll(&logits[i * V], V, window[i + 1]);
+      scored += window.size() - 1;
       ++w;
       const double sec =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      std::fprintf(
-          stderr, "[perplexity] window %zu/%zu: running ppl %.4f (%zu tokens, %.1f tok/s)\n", w,
-          n_windows, std::exp(nll / double(scored)), scored, double(b + ctx) / std::max(sec, 1e-9));
+      std::fprintf(stderr,
+                   "[perplexity] window %zu/%zu: running ppl %.4f (%zu tokens, %.1f tok/s)\n", w,
+                   n_windows, std::exp(nll / double(scored)), scored,
+                   double(b + window.size()) / std::max(sec, 1e-9));
     }
     const double mean = nll / double(scored), ppl = std::exp(mean);
-    std::printf("ppl = %.6f (%zu tokens, %zu windows)\n", ppl, scored, w);
+    std::printf("ppl = %.6f (%zu tokens, %zu windows%s)\n", ppl, scored, w,
+                left_out ? "; the last token left out: a window of one predicts nothing" : "");
     std::fflush(stdout);
     if (!a->json.empty()) {
-      const nlohmann::json j = {{"ppl", ppl},     {"nll", mean}, {"n_tokens", scored},
-                                {"n_windows", w}, {"ctx", ctx},  {"file", a->file},
-                                {"model", tm.dir}};
+      const nlohmann::json j = {{"ppl", ppl},      {"nll", mean},    {"n_tokens", scored},
+                                {"n_windows", w},  {"ctx", ctx},     {"left_out", left_out},
+                                {"file", a->file}, {"model", tm.dir}};
       write_output_file(a->json,
                         {j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"},
                         "--json");
