@@ -762,6 +762,44 @@ TEST(BundledModel, PerplexityMatchesTransformers) {
   EXPECT_NEAR(j.at("nll").get<double>(), mean, 1e-5);  // float32 engine vs float32 transformers
 }
 
+// Without -m (and $MOEFLUX_MODEL) every evaluating command uses the bundled model, found relative
+// to the executable: <exe_dir>/../models/ (build/ in the source tree) or
+// <exe_dir>/../share/moeflux/models/ (an installation). No build path is in the binary.
+TEST(BundledModel, FoundRelativeToTheExecutable) {
+  if (!fs::exists(bundled() + "/manifest.json")) GTEST_SKIP() << "no bundled model";
+  TempDir t;
+  fs::create_directories(t / "bin");
+  fs::copy_file(MOEFLUX_BINARY, t / "bin/moeflux");
+  const std::vector<std::string> logits = {"logits", "--tokens", "5,6,7", "--out", t / "a.npy"};
+  const std::string no_env = "MOEFLUX_MODEL=";
+  expect_clean_failure(run_moeflux_with(logits, no_env, "", t / "bin/moeflux"),
+                       (fs::canonical(t.path()) / "models/moeflux-tiny-kjv").string());
+  fs::create_directories(t / "share/moeflux/models");
+  fs::create_directory_symlink(fs::canonical(bundled()),
+                               t / "share/moeflux/models/moeflux-tiny-kjv");
+  const CommandResult installed = run_moeflux_with(logits, no_env, "", t / "bin/moeflux");
+  ASSERT_EQ(installed.exit_code, 0) << installed.err;
+  ASSERT_EQ(
+      run_moeflux({"logits", "-m", bundled(), "--tokens", "5,6,7", "--out", t / "b.npy"}).exit_code,
+      0);
+  EXPECT_EQ(read_text(t / "a.npy"), read_text(t / "b.npy"));
+  // The built binary, from build/: every evaluating command.
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"logits", "--tokens", "5", "--out", t / "c.npy"},
+           {"run", "-p", "And", "-n", "2"},
+           {"perplexity", "-f", bundled() + "/samples.txt", "--ctx", "64"},
+           {"bench", "--prompt-len", "2", "--gen-len", "2", "--repeat", "1", "--no-ceilings"}}) {
+    const CommandResult r = run_moeflux_with(args, no_env, "");
+    EXPECT_EQ(r.exit_code, 0) << args[0] << ": " << r.err;
+  }
+  const CommandResult chat = run_moeflux_with({"chat", "-n", "2"}, no_env, "Hi\n");
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_NE(chat.err.find("models/moeflux-tiny-kjv"), std::string::npos) << chat.err;
+  const std::string binary = read_text(MOEFLUX_BINARY);
+  const std::string source_models = fs::canonical(bundled()).parent_path().string();
+  EXPECT_EQ(binary.find(source_models), std::string::npos) << source_models << " in the binary";
+}
+
 TEST(BundledModel, ChatAndThinkBudget) {
   if (!fs::exists(bundled() + "/manifest.json")) GTEST_SKIP() << "no bundled model";
   const CommandResult r =

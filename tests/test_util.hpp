@@ -58,14 +58,14 @@ inline std::string shell_quote(const std::string& s) {
   return r + "'";
 }
 
-// Runs `moeflux <args>` and captures its exit code, stdout and stderr.
-// Runs moeflux with `env` assignments ("A=1 B=2", may be empty) in front and `input` on standard
-// input; captures stdout and stderr.
+// Runs moeflux (`binary`: the one built, or a copy) with `env` assignments ("A=1 B=2", may be
+// empty) in front and `input` on standard input; captures the exit code, stdout and stderr.
 inline CommandResult run_moeflux_with(const std::vector<std::string>& args, const std::string& env,
-                                      const std::string& input) {
+                                      const std::string& input,
+                                      const std::string& binary = MOEFLUX_BINARY) {
   TempDir io;
   std::ofstream(io / "in", std::ios::binary) << input;
-  std::string cmd = env + " " + shell_quote(MOEFLUX_BINARY);
+  std::string cmd = env + " " + shell_quote(binary);
   for (const auto& a : args) cmd += " " + shell_quote(a);
   cmd += " <" + shell_quote(io / "in") + " >" + shell_quote(io / "out") + " 2>" +
          shell_quote(io / "err");

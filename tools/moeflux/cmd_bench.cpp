@@ -11,6 +11,7 @@
 #include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "experts/ceilings.hpp"
+#include "model_dir.hpp"
 
 namespace moeflux::tool {
 
@@ -110,7 +111,7 @@ Runner add_bench(CLI::App& app) {
     EngineArgs engine;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model, "Package directory")->required();
+  add_model_option(cmd, &a->model);
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens (default 128)")
       ->check(integer_range(1, 1 << 20));
   cmd->add_option("--gen-len", a->gen_len, "Decoded tokens (default 64)")
@@ -124,7 +125,7 @@ Runner add_bench(CLI::App& app) {
   return [a] {
     if (!a->json_out.empty()) check_output_path(a->json_out, "--json");
     const EngineOptions opts = a->engine.to_options();
-    auto model = Model::open(a->model);
+    auto model = Model::open(resolve_model_dir(a->model));
     check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     if (a->prompt_len + a->gen_len > c.max_position_embeddings)
@@ -167,7 +168,7 @@ Runner add_bench(CLI::App& app) {
     }
 
     json report;
-    report["model"] = a->model;
+    report["model"] = model->package().dir();
     report["family"] = family_name(c.family);
     report["options"] = {{"threads", opts.threads},
                          {"k", a->engine.k ? a->engine.k : c.top_k},

@@ -12,6 +12,7 @@
 #include "core/error.hpp"
 #include "engine_options.hpp"
 #include "interrupt.hpp"
+#include "model_dir.hpp"
 #include "text_model.hpp"
 
 namespace moeflux::tool {
@@ -52,8 +53,7 @@ Runner add_chat(CLI::App& app) {
     SamplerArgs sampling;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model,
-                  "Package directory (default: $MOEFLUX_MODEL, else the bundled model)");
+  add_model_option(cmd, &a->model);
   cmd->add_option("--system", a->system, "System message");
   cmd->add_option("-n,--n-predict", a->n, "Tokens per reply at most (default 4096)")
       ->check(integer_range(1, 1 << 30));

@@ -8,6 +8,7 @@
 #include "engine_options.hpp"
 #include "experts/routing_trace.hpp"
 #include "formats/npy.hpp"
+#include "model_dir.hpp"
 #include "runtime/session.hpp"
 
 namespace moeflux::tool {
@@ -22,7 +23,7 @@ Runner add_logits(CLI::App& app) {
     EngineArgs engine;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model, "Package directory")->required();
+  add_model_option(cmd, &a->model);
   cmd->add_option("--tokens", a->tokens, "Comma-separated token ids, e.g. 1,2,3")->required();
   cmd->add_option("--out", a->out, "Output .npy file")->required();
   cmd->add_option("--routing-trace", a->trace, "Also write the experts each token chose, per layer (JSONL)");
@@ -32,7 +33,7 @@ Runner add_logits(CLI::App& app) {
     EngineOptions opts = a->engine.to_options();
     check_output_path(a->out, "--out");
     if (!a->trace.empty()) check_output_path(a->trace, "--routing-trace");
-    auto model = Model::open(a->model);
+    auto model = Model::open(resolve_model_dir(a->model));
     check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     for (int t : tokens)

@@ -18,6 +18,7 @@
 #include "core/finite.hpp"
 #include "core/output_file.hpp"
 #include "engine_options.hpp"
+#include "model_dir.hpp"
 #include "text_model.hpp"
 
 namespace moeflux::tool {
@@ -41,8 +42,7 @@ Runner add_perplexity(CLI::App& app) {
     EngineArgs engine;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model,
-                  "Package directory (default: $MOEFLUX_MODEL, else the bundled model)");
+  add_model_option(cmd, &a->model);
   cmd->add_option("-f,--file", a->file, "Text file")->required();
   cmd->add_option("--ctx", a->ctx,
                   "Tokens per window (default 256, or the model's context if smaller)")

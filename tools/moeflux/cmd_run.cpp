@@ -9,6 +9,7 @@
 #include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "interrupt.hpp"
+#include "model_dir.hpp"
 #include "text_model.hpp"
 
 namespace moeflux::tool {
@@ -43,8 +44,7 @@ Runner add_run(CLI::App& app) {
     SamplerArgs sampling;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model,
-                  "Package directory (default: $MOEFLUX_MODEL, else the bundled model)");
+  add_model_option(cmd, &a->model);
   auto* p = cmd->add_option("-p,--prompt", a->prompt, "Prompt text; - reads standard input");
   auto* f = cmd->add_option("-f,--file", a->file, "Read the prompt from this file");
   p->excludes(f);

@@ -14,10 +14,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
-
-#ifndef MOEFLUX_DEFAULT_MODEL
-#define MOEFLUX_DEFAULT_MODEL "models/moeflux-tiny-kjv"
-#endif
+#include "model_dir.hpp"
 
 namespace fs = std::filesystem;
 
@@ -73,16 +70,6 @@ std::string chat_template_text(const Package& pkg) {
 }
 
 }  // namespace
-
-std::string resolve_model_dir(const std::string& arg) {
-  if (!arg.empty()) return arg;
-  if (const char* env = std::getenv("MOEFLUX_MODEL"); env && *env) return env;
-  const std::string bundled = MOEFLUX_DEFAULT_MODEL;
-  if (!fs::exists(fs::path(bundled) / kManifestName))
-    fail("no model given and the bundled model at " + bundled +
-         " is missing (pass -m PKG or set MOEFLUX_MODEL)");
-  return bundled;
-}
 
 TextModel TextModel::open(const std::string& model_arg) {
   TextModel t;

@@ -1,5 +1,5 @@
-// What the text commands (run, chat, perplexity) share: which package to open when -m is
-// omitted, the package's tokenizer, end tokens and chat format, and the sampling options.
+// What the text commands (run, chat, perplexity) share: the package's tokenizer, end tokens and
+// chat format, and the sampling options.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -17,11 +17,6 @@
 
 namespace moeflux::tool {
 
-// The package directory: `arg` (-m) if given, else $MOEFLUX_MODEL, else the bundled model
-// (MOEFLUX_DEFAULT_MODEL, set at build time). Throws moeflux::Error if the bundled model is
-// needed and missing.
-std::string resolve_model_dir(const std::string& arg);
-
 // A package opened for text: the model, its tokenizer (PKG/tokenizer/tokenizer.json) and end
 // tokens. Throws moeflux::Error for a package without a tokenizer.
 struct TextModel {
@@ -32,6 +27,7 @@ struct TextModel {
   nlohmann::json generation_config;    // tokenizer/generation_config.json, {} if absent
   std::string generation_config_path;  // its path, "" if absent
 
+  // The package of -m `model_arg` (model_dir.hpp: the bundled one without it).
   static TextModel open(const std::string& model_arg);
 
   // The chat format of the package's template (tokenizer_config.json "chat_template" or
