@@ -6,7 +6,7 @@
 //   relative L2 error ||ours_t - ref_t|| / ||ref_t|| <= tolerance, and
 //   argmax(ours_t) == argmax(ref_t) wherever the reference's top-2 margin is clear
 //   (> 1% of the row's standard deviation).
-// Tolerance: 1e-3 (DESIGN.md) for every format. The quantized references (logits_q8_0 /
+// Tolerance: 1e-3 (docs/DESIGN.md) for every format. The quantized references (logits_q8_0 /
 // logits_q4) were computed by transformers from expert weights quantized and dequantized with the
 // same algorithm as ours (tests/fixtures/README.md), so the only differences left are float32 vs
 // float64 arithmetic, as for bf16.

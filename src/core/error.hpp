@@ -1,4 +1,4 @@
-// Error handling, three tiers (DESIGN.md):
+// Error handling, three tiers (docs/DESIGN.md, principle 7):
 //  1. untrusted input (files, arguments, requests): throw moeflux::Error with a one-line message
 //     naming the file or argument and the problem;
 //  2. internal invariants: MF_ASSERT, active in release builds, aborts with file:line;

@@ -1,6 +1,6 @@
 // ModelConfig: the runtime shape of a model, read from a Hugging Face config.json.
 //
-// Config is data (DESIGN.md): every dimension comes from here at run time. Both transformers
+// Config is data (docs/DESIGN.md): every dimension comes from here at run time. Both transformers
 // spellings are accepted: 4.x (`rope_theta`, `rope_scaling`, `partial_rotary_factor` at top level)
 // and 5.x (`rope_parameters`), and vision-language wrappers (`text_config`).
 #pragma once
