@@ -90,6 +90,19 @@ TEST(ConvertErrors, MissingTensor) {
   expect_no_package(tmp);
 }
 
+// OUT_DIR goes in an existing directory: a mistyped path fails before any work, creating nothing.
+TEST(ConvertErrors, OutputDirectoryMustBeInAnExistingDirectory) {
+  TempDir tmp;
+  const CommandResult r =
+      run_moeflux({"convert", fixture_dir(kFixture) + "/hf", tmp / "no/such/pkg", "-q"});
+  expect_clean_failure(r, "directory " + tmp / "no/such" + " does not exist");
+  EXPECT_FALSE(fs::exists(tmp / "no"));
+  const CommandResult s = run_moeflux({"synth", "--family", "qwen3_moe", "--preset",
+                                       "qwen3-30b-a3b", "--layers", "1", tmp / "no/pkg", "-q"});
+  expect_clean_failure(s, "directory " + tmp / "no" + " does not exist");
+  EXPECT_FALSE(fs::exists(tmp / "no"));
+}
+
 TEST(ConvertErrors, ExistingOutputNeedsForce) {
   TempDir tmp;
   fs::create_directories(tmp / "pkg");

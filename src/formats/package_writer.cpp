@@ -182,6 +182,10 @@ PackageWriter::PackageWriter(const std::string& out_dir, bool force) : target_(o
   while (target_.size() > 1 && target_.back() == '/') target_.pop_back();
   if (fs::exists(target_) && !force)
     fail(target_ + ": already exists (pass --force to replace it)");
+  // The directory it goes in must exist (a mistyped path creates no tree), checked before any work.
+  const fs::path parent = fs::path(target_).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent))
+    fail(target_ + ": cannot create the package: directory " + parent.string() + " does not exist");
   tmp_ = target_ + ".partial-" + std::to_string(::getpid());
   std::error_code ec;
   fs::remove_all(tmp_, ec);  // a stale one of a previous process with this pid
