@@ -28,8 +28,8 @@ inline bool all_finite(std::span<const float> v) {
 // Throws moeflux::Error "<what>: non-finite logits (nan) at position P: ..." if the rows of
 // `logits` ([rows, vocab], row r at sequence position first_position + r) hold a NaN or an
 // infinity.
-inline void require_finite_logits(std::span<const float> logits, size_t vocab, size_t first_position,
-                                  const std::string& what) {
+inline void require_finite_logits(std::span<const float> logits, size_t vocab,
+                                  size_t first_position, const std::string& what) {
   if (all_finite(logits)) return;
   size_t i = 0;
   while (i < logits.size() && std::isfinite(logits[i])) ++i;
