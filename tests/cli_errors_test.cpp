@@ -1,6 +1,9 @@
-// Bad input through the command line: every case must end with exit code 1, exactly one line
-// on stderr that names the offending file or argument, and no partial output left behind.
+// Bad input through the command line: every case must end with exactly one line on stderr,
+// "moeflux: error: ...", that names the offending file or argument, exit code 2 when the command
+// line is at fault and 1 otherwise (README), and no partial output left behind.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <functional>
@@ -88,6 +91,19 @@ TEST(ConvertErrors, MissingTensor) {
   expect_no_package(tmp);
 }
 
+// OUT_DIR goes in an existing directory: a mistyped path fails before any work, creating nothing.
+TEST(ConvertErrors, OutputDirectoryMustBeInAnExistingDirectory) {
+  TempDir tmp;
+  const CommandResult r =
+      run_moeflux({"convert", fixture_dir(kFixture) + "/hf", tmp / "no/such/pkg", "-q"});
+  expect_clean_failure(r, "directory " + tmp / "no/such" + " does not exist");
+  EXPECT_FALSE(fs::exists(tmp / "no"));
+  const CommandResult s = run_moeflux({"synth", "--family", "qwen3_moe", "--preset",
+                                       "qwen3-30b-a3b", "--layers", "1", tmp / "no/pkg", "-q"});
+  expect_clean_failure(s, "directory " + tmp / "no" + " does not exist");
+  EXPECT_FALSE(fs::exists(tmp / "no"));
+}
+
 TEST(ConvertErrors, ExistingOutputNeedsForce) {
   TempDir tmp;
   fs::create_directories(tmp / "pkg");
@@ -109,6 +125,12 @@ class LogitsErrors : public testing::Test {
     fs::copy(*tmp_ / "pkg", t / "pkg", fs::copy_options::recursive);
     return t / "pkg";
   }
+  // One of the package's expert layer files, "" if none.
+  static std::string a_layer_file(const std::string& pkg) {
+    std::string layer;
+    for (const auto& e : fs::directory_iterator(pkg + "/experts")) layer = e.path().string();
+    return layer;
+  }
   static TempDir* tmp_;
 };
 TempDir* LogitsErrors::tmp_ = nullptr;
@@ -117,13 +139,13 @@ TEST_F(LogitsErrors, TokenOutOfRange) {
   TempDir t;
   const CommandResult r =
       run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,99999999", "--out", t / "o.npy"});
-  expect_clean_failure(r, "--tokens");
+  expect_usage_error(r, "--tokens");
   EXPECT_FALSE(fs::exists(t / "o.npy"));
 }
 
 TEST_F(LogitsErrors, MalformedTokenList) {
   TempDir t;
-  expect_clean_failure(
+  expect_usage_error(
       run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,x", "--out", t / "o.npy"}),
       "--tokens");
   EXPECT_FALSE(fs::exists(t / "o.npy"));
@@ -138,8 +160,7 @@ TEST_F(LogitsErrors, MissingPackage) {
 TEST_F(LogitsErrors, TruncatedExpertFile) {
   TempDir t;
   const std::string pkg = package_copy(t);
-  std::string layer;
-  for (const auto& e : fs::directory_iterator(pkg + "/experts")) layer = e.path().string();
+  const std::string layer = a_layer_file(pkg);
   ASSERT_FALSE(layer.empty());
   fs::resize_file(layer, fs::file_size(layer) - 4096);
   expect_clean_failure(run_moeflux({"logits", "-m", pkg, "--tokens", "1,2", "--out", t / "o.npy"}),
@@ -239,11 +260,144 @@ TEST_F(LogitsErrors, FutureVersion) {
                        "version");
 }
 
-TEST_F(LogitsErrors, TooManyExperts) {
+// Outputs (core/output_file.hpp) through a command: checked before any work; FIFOs and devices
+// written in place; symbolic links followed.
+TEST_F(LogitsErrors, OutputPathsAreCheckedBeforeTheModelIsOpened) {
   TempDir t;
-  expect_clean_failure(run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1", "--k", "100000",
-                                    "--out", t / "o.npy"}),
-                       "--k");
+  // The package is missing too: the error names the output, so it was checked first.
+  CommandResult r =
+      run_moeflux({"logits", "-m", t / "none", "--tokens", "1", "--out", t / "no/dir/o.npy"});
+  expect_clean_failure(r, "--out: cannot write " + t / "no/dir/o.npy");
+  EXPECT_NE(r.err.find("does not exist"), std::string::npos) << r.err;
+  r = run_moeflux({"logits", "-m", t / "none", "--tokens", "1", "--out", t / "o.npy",
+                   "--routing-trace", t.path().string()});
+  expect_clean_failure(r, "--routing-trace");
+  EXPECT_NE(r.err.find("is a directory"), std::string::npos) << r.err;
+}
+
+TEST_F(LogitsErrors, OutputsToAFifoASymlinkAndADevice) {
+  TempDir t;
+  ASSERT_EQ(::mkfifo((t / "fifo").c_str(), 0600), 0);
+  const int fd = ::open((t / "fifo").c_str(), O_RDWR | O_NONBLOCK);  // the reader, held open
+  ASSERT_GE(fd, 0);
+  ::fcntl(fd, F_SETPIPE_SZ, 1 << 20);
+  fs::create_symlink(t / "target.jsonl", t / "link.jsonl");
+  const CommandResult r = run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,2", "--out",
+                                       t / "fifo", "--routing-trace", t / "link.jsonl"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string piped(1 << 20, '\0');
+  const ssize_t n = ::read(fd, piped.data(), piped.size());
+  ::close(fd);
+  ASSERT_GT(n, 10);
+  EXPECT_EQ(piped.substr(1, 5), "NUMPY");
+  struct stat st {};
+  ASSERT_EQ(::lstat((t / "fifo").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+  EXPECT_TRUE(fs::is_symlink(t / "link.jsonl"));
+  EXPECT_NE(read_text(t / "target.jsonl").find("moeflux-routing-trace"), std::string::npos);
+
+  const CommandResult d = run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1", "--out",
+                                       "/dev/null", "--routing-trace", "/dev/null"});
+  ASSERT_EQ(d.exit_code, 0) << d.err;
+  ASSERT_EQ(::lstat("/dev/null", &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode)) << "/dev/null was replaced";
+}
+
+// Values the model cannot use: usage errors that say why.
+TEST_F(LogitsErrors, OptionsBeyondTheModel) {
+  TempDir t;
+  auto logits = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"logits", "-m",    *tmp_ / "pkg", "--tokens",
+                                     "1",      "--out", t / "o.npy"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_moeflux(args);
+  };
+  expect_usage_error(logits({"--k", "100000"}), "--k 100000 exceeds the model's");
+  expect_usage_error(logits({"--hot", "100000", "--ram-cache", "1G"}),
+                     "--hot 100000 exceeds the model's");
+  expect_usage_error(logits({"--hot", "2"}), "--hot needs a --ram-cache");
+  expect_usage_error(logits({"--ram-cache", "1"}), "--ram-cache: 1 bytes hold no expert record");
+  expect_usage_error(logits({"--ram-cache", "lots"}), "--ram-cache");
+  EXPECT_FALSE(fs::exists(t / "o.npy"));
+}
+
+TEST_F(LogitsErrors, DirectoryWhereALayerFileShouldBe) {
+  TempDir t;
+  const std::string pkg = package_copy(t);
+  const std::string layer = a_layer_file(pkg);
+  ASSERT_FALSE(layer.empty());
+  fs::remove(layer);
+  fs::create_directories(layer);
+  const CommandResult r = run_moeflux({"logits", "-m", pkg, "--tokens", "1", "--out", t / "o.npy"});
+  expect_clean_failure(r, layer + ": is a directory");
+  EXPECT_EQ(r.err.find("truncated"), std::string::npos) << r.err;
+}
+
+TEST_F(LogitsErrors, CacheSimBudgets) {
+  TempDir t;
+  ASSERT_EQ(run_moeflux({"logits", "-m", *tmp_ / "pkg", "--tokens", "1,2,3", "--out", t / "o.npy",
+                         "--routing-trace", t / "trace.jsonl"})
+                .exit_code,
+            0);
+  auto sim = [&](const std::string& budgets) {
+    return run_moeflux(
+        {"cache-sim", "-m", *tmp_ / "pkg", "--trace", t / "trace.jsonl", "--budgets", budgets});
+  };
+  for (const char* bad : {"-5%", "150%", "x%", "5%,,10%", "-1M", "12Q"}) {
+    SCOPED_TRACE(bad);
+    expect_usage_error(sim(bad), "--budgets");
+  }
+  const CommandResult ok = sim("50%,1T");  // a budget above every expert is simulated as all
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+}
+
+// Parse errors: one line naming the option, exit 2; --help and --version still exit 0.
+TEST(CommandLine, ParseErrorsAreOneLineWithExitCode2) {
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{}, "no command given"},
+      {{"nosuch"}, "unknown command 'nosuch'"},
+      {{"run"}, "give the prompt"},
+      {{"inspect"}, "PKG is required"},
+      {{"run", "-p", "x", "--bogus"}, "--bogus"},
+      {{"run", "-p", "x", "extra"}, "extra"},
+      {{"run", "-p", "x", "-n", "abc"}, "--n-predict: expects an integer from 0 to"},
+      {{"run", "-p", "x", "-n", "-3"}, "--n-predict"},
+      {{"run", "-p", "x", "--threads", "-1"}, "--threads: expects an integer from 1 to"},
+      {{"run", "-p", "x", "--threads", "0"}, "--threads"},
+      {{"convert", "a", "b", "-t", "0"}, "--threads"},
+      {{"run", "-p", "x", "--temp", "abc"}, "--temp: expects a number"},
+      {{"run", "-p", "x", "--temp", "inf"}, "--temp"},
+      {{"run", "-p", "x", "--top-k", "1.5"}, "--top-k: expects an integer"},
+      {{"run", "-p", "x", "--seed", "-1"}, "--seed: expects a non-negative integer"},
+      {{"run", "-p", "x", "--seed", "0x10"}, "--seed"},
+      {{"bench", "--repeat", "0"}, "--repeat"},
+      {{"run", "-p", "x", "--io", "floppy"}, "--io"},
+      {{"perplexity", "-f", "x", "--ctx", "1"}, "--ctx"},
+      {{"tokenize", "-t", "a.json", "-m", "pkg", "x"}, "excludes"},
+  };
+  for (const auto& [args, mention] : cases) {
+    SCOPED_TRACE(testing::PrintToString(args));
+    expect_usage_error(run_moeflux(args), mention);
+  }
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"--help"}, {"run", "--help"}, {"--version"}}) {
+    const CommandResult r = run_moeflux(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_FALSE(r.out.empty());
+  }
+}
+
+// Values checked before the model is opened: usage errors even with no model at hand.
+TEST(CommandLine, ImpossibleValuesAreUsageErrors) {
+  TempDir t;
+  const std::string none = t / "none";
+  expect_usage_error(run_moeflux({"run", "-m", none, "-p", "x", "--top-k", "-1"}), "--top-k");
+  expect_usage_error(run_moeflux({"run", "-m", none, "-p", "x", "--top-p", "0"}), "--top-p");
+  expect_usage_error(run_moeflux({"run", "-m", none, "-p", "x", "--min-p", "2"}), "--min-p");
+  expect_usage_error(run_moeflux({"run", "-m", none, "-p", ""}), "-p: the prompt is empty");
+  expect_usage_error(run_moeflux({"run", "-m", none, "-p", "x", "--system", "s"}),
+                     "--system needs --chat");
+  expect_usage_error(run_moeflux({"tokenize", "x"}), "give exactly one of");
 }
 
 }  // namespace

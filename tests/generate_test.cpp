@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "core/error.hpp"
@@ -30,22 +31,48 @@ struct PackageSpec {
   std::string generation_config;  // JSON text of generation_config.json, "" = none
 };
 
-// Converts the fixture checkpoint with the byte tokenizer into `tmp/name`.
-std::string make_package(const TempDir& tmp, const PackageSpec& spec = {},
-                         const std::string& name = "pkg") {
+// Sets row `row` of the bf16 matrix `name` in a safetensors file to NaN (bf16 0x7fc0).
+void poison_row(const std::string& file, const std::string& name, int row) {
+  std::string bytes = read_text(file);
+  uint64_t n = 0;
+  std::memcpy(&n, bytes.data(), 8);
+  const auto header = nlohmann::json::parse(bytes.substr(8, n));
+  const auto& t = header.at(name);
+  ASSERT_EQ(t.at("dtype"), "BF16");
+  const size_t cols = t.at("shape")[1].get<size_t>();
+  const size_t at = 8 + n + t.at("data_offsets")[0].get<size_t>() + size_t(row) * cols * 2;
+  for (size_t c = 0; c < cols; ++c) bytes.replace(at + 2 * c, 2, "\xc0\x7f");
+  std::ofstream(file, std::ios::binary | std::ios::trunc) << bytes;
+}
+
+// The fixture checkpoint with the byte tokenizer, copied to `tmp/name-hf`, with a context of
+// `context` positions.
+std::string make_checkpoint(const TempDir& tmp, const PackageSpec& spec, const std::string& name,
+                            int context = kContext) {
   const std::string hf = tmp / (name + "-hf");
   fs::copy(fixture_dir("qwen3_5_moe_vl/hf"), hf, fs::copy_options::recursive);
   auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
-  cfg["text_config"]["max_position_embeddings"] = kContext;
+  cfg["text_config"]["max_position_embeddings"] = context;
   std::ofstream(hf + "/config.json") << cfg.dump(2);
   if (spec.tokenizer)
     for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
       fs::copy_file(fixture_dir("bytes_tokenizer/") + f, hf + "/" + f);
   if (!spec.generation_config.empty())
     std::ofstream(hf + "/generation_config.json") << spec.generation_config;
+  return hf;
+}
+
+// Converts checkpoint `hf` into `tmp/name`.
+std::string convert(const TempDir& tmp, const std::string& hf, const std::string& name) {
   const CommandResult c = run_moeflux({"convert", hf, tmp / name, "-q"});
   EXPECT_EQ(c.exit_code, 0) << c.err;
   return tmp / name;
+}
+
+// The fixture checkpoint with the byte tokenizer, converted into `tmp/name`.
+std::string make_package(const TempDir& tmp, const PackageSpec& spec = {},
+                         const std::string& name = "pkg") {
+  return convert(tmp, make_checkpoint(tmp, spec, name), name);
 }
 
 std::vector<int> bytes_of(const std::string& s) {
@@ -55,7 +82,7 @@ std::vector<int> bytes_of(const std::string& s) {
 }
 
 nlohmann::json run_json(const std::string& pkg, const TempDir& tmp, std::vector<std::string> args) {
-  std::vector<std::string> all = {"run", "-m", pkg, "--json", tmp / "run.json"};
+  std::vector<std::string> all = {"run", "-m", pkg, "--no-echo", "--json", tmp / "run.json"};
   all.insert(all.end(), args.begin(), args.end());
   const CommandResult r = run_moeflux(all);
   EXPECT_EQ(r.exit_code, 0) << r.err;
@@ -90,14 +117,50 @@ TEST(RunCommand, SameSeedSameTextAndOneSummaryLine) {
   ASSERT_EQ(b.exit_code, 0) << b.err;
   EXPECT_EQ(a.out, b.out);
   EXPECT_EQ(std::count(a.err.begin(), a.err.end(), '\n'), 1) << a.err;
-  for (const char* part : {"[run] prompt 16 tok", "tok/s", "generated", "per token: resident",
-                           "read from storage", "GB/s", "seed 1"})
+  for (const char* part :
+       {"[run] prompt 16 tok", "generated 5 tok", "tok/s), stopped: length |",
+        "per token: resident", "MiB read from files at", "GB/s through the page cache", "seed 1"})
     EXPECT_NE(a.err.find(part), std::string::npos) << part << " missing in " << a.err;
   // Another seed draws another sequence (of 5 tokens from 256: equal by chance ~never).
   const auto j1 = run_json(pkg, tmp, {"-p", "In the beginning", "-n", "5", "--seed", "1"});
   const auto j2 = run_json(pkg, tmp, {"-p", "In the beginning", "-n", "5", "--seed", "2"});
   EXPECT_NE(j1.at("tokens"), j2.at("tokens"));
   EXPECT_EQ(j1.at("seed").get<uint64_t>(), 1u);
+}
+
+// Where the expert bytes came from: the device (O_DIRECT), or the page cache, split into storage
+// reads and hits where the kernel counts them (/proc/self/io).
+TEST(RunCommand, SummarySaysWhereExpertBytesCameFrom) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  CommandResult r = run_moeflux({"run", "-m", pkg, "-p", "In", "-n", "4", "--io", "direct"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("MiB read from files at"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("from storage (O_DIRECT)"), std::string::npos) << r.err;
+  r = run_moeflux({"run", "-m", pkg, "-p", "In", "-n", "4"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  if (fs::exists("/proc/self/io")) {
+    EXPECT_NE(r.err.find("MiB from storage,"), std::string::npos) << r.err;
+  }
+  EXPECT_NE(r.err.find("page-cache hits"), std::string::npos) << r.err;
+}
+
+// With stdout and stderr in one file (2>&1) the summary starts a line of its own; with stdout
+// alone in a file, stdout holds exactly the text.
+TEST(RunCommand, SummaryStartsItsOwnLine) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  const std::string cmd = shell_quote(MOEFLUX_BINARY) + " run -m " + shell_quote(pkg) +
+                          " -p In -n 4 --temp 0 --no-echo";
+  ASSERT_EQ(std::system((cmd + " >" + shell_quote(tmp / "both") + " 2>&1").c_str()), 0);
+  ASSERT_EQ(std::system((cmd + " >" + shell_quote(tmp / "out") + " 2>/dev/null").c_str()), 0);
+  const std::string both = read_text(tmp / "both"), out = read_text(tmp / "out");
+  ASSERT_FALSE(out.empty() || out.back() == '\n')
+      << "pick a prompt whose greedy text ends mid-line";
+  EXPECT_EQ(both.substr(0, out.size() + 7), out + "\n[run] ");
+  EXPECT_EQ(both.back(), '\n');
+  const auto j = run_json(pkg, tmp, {"-p", "In", "-n", "4", "--temp", "0"});
+  EXPECT_EQ(out, j.at("text").get<std::string>());
 }
 
 TEST(RunCommand, GreedyIsArgmaxOfLogits) {
@@ -131,6 +194,25 @@ TEST(RunCommand, SamplingDefaultsComeFromGenerationConfig) {
   EXPECT_NE(sampled.at("tokens"), greedy.at("tokens"));
 }
 
+// Flags given on the command line win over generation_config.json, each one on its own.
+TEST(RunCommand, ExplicitFlagsWinOverGenerationConfig) {
+  TempDir tmp;
+  const std::string pkg = make_package(
+      tmp,
+      {.tokenizer = true, .generation_config = R"({"temperature": 1.5, "top_k": 200, "top_p": 1.0,
+                                     "min_p": 0.0})"});
+  const std::vector<std::string> p = {"-p", "Seed", "-n", "16", "--seed", "3"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.begin(), p.begin(), p.end());
+    return run_json(pkg, tmp, extra).at("tokens");
+  };
+  const auto greedy = with({"--temp", "0"});
+  EXPECT_NE(with({}), greedy);  // the config's sampling is not greedy for this seed
+  EXPECT_EQ(with({"--top-k", "1"}), greedy);
+  EXPECT_EQ(with({"--top-p", "0.000001"}), greedy);
+  EXPECT_EQ(with({"--min-p", "1"}), greedy);
+}
+
 TEST(RunCommand, StopStringEndsTheTextAndIsNotPrinted) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
@@ -143,7 +225,7 @@ TEST(RunCommand, StopStringEndsTheTextAndIsNotPrinted) {
       run_moeflux({"run", "-m", pkg, "-p", "Light", "-n", "24", "--temp", "0", "--stop",
                    "never-in-this-text", "--stop", stop, "--json", tmp / "stop.json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_EQ(r.out, text.substr(0, at));
+  EXPECT_EQ(r.out, "Light" + text.substr(0, at));
   const auto j = nlohmann::json::parse(read_text(tmp / "stop.json"));
   EXPECT_EQ(j.at("stop_reason"), "stop string");
   EXPECT_NE(r.err.find("stop string"), std::string::npos) << r.err;
@@ -181,6 +263,31 @@ TEST(RunCommand, ChatWrapsThePromptWithTheTemplate) {
             bytes_of("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
 }
 
+TEST(RunCommand, EchoesThePromptAndReadsItFromAFileOrStandardInput) {
+  TempDir tmp;
+  const std::string pkg = make_package(tmp);
+  auto run = [&](std::vector<std::string> args, const std::string& input = "") {
+    args.insert(args.begin(), {"run", "-m", pkg, "-n", "6", "--temp", "0"});
+    return run_moeflux_with(args, "", input);
+  };
+  const CommandResult quiet = run({"-p", "Let there", "--no-echo"});
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_EQ(run({"-p", "Let there"}).out, "Let there" + quiet.out);
+  std::ofstream(tmp / "p.txt") << "Let there";
+  EXPECT_EQ(run({"-f", tmp / "p.txt"}).out, "Let there" + quiet.out);
+  EXPECT_EQ(run({"-p", "-"}, "Let there").out, "Let there" + quiet.out);
+  // --chat: the prompt on a line of its own, then the reply.
+  const CommandResult reply = run({"-p", "Hi", "--chat", "--no-echo"});
+  EXPECT_EQ(run({"-p", "Hi", "--chat"}).out, "Hi\n" + reply.out);
+
+  expect_usage_error(run({"-p", "x", "-f", tmp / "p.txt"}), "excludes");
+  expect_usage_error(run({}), "give the prompt");
+  expect_clean_failure(run({"-f", tmp / "none.txt"}), "-f: cannot read " + tmp / "none.txt");
+  std::ofstream(tmp / "empty.txt").close();
+  expect_usage_error(run({"-f", tmp / "empty.txt"}), "the prompt is empty");
+  expect_usage_error(run({"-p", "-"}, ""), "the prompt is empty");
+}
+
 TEST(RunCommand, ModelFromTheEnvironment) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
@@ -195,15 +302,15 @@ TEST(RunCommand, ModelFromTheEnvironment) {
 TEST(RunCommand, BadInput) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", ""}), "-p: the prompt is empty");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", ""}), "-p: the prompt is empty");
   expect_clean_failure(run_moeflux({"run", "-m", tmp / "missing", "-p", "x"}), tmp / "missing");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", std::string(kContext + 1, 'a')}),
-                       "more than the model's context of 64");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--no-think"}), "needs --chat");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--think-budget", "4"}),
-                       "no <think> / </think> tokens");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--top-p", "1.5"}), "--top-p");
-  expect_clean_failure(run_moeflux({"run", "-m", pkg, "-p", "x", "--temp", "-1"}), "--temp");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", std::string(kContext + 1, 'a')}),
+                     "more than the model's context of 64");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--no-think"}), "needs --chat");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--think-budget", "4"}),
+                     "no <think> / </think> tokens");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--top-p", "1.5"}), "--top-p");
+  expect_usage_error(run_moeflux({"run", "-m", pkg, "-p", "x", "--temp", "-1"}), "--temp");
   const std::string bare = make_package(tmp, {.tokenizer = false, .generation_config = ""}, "bare");
   expect_clean_failure(run_moeflux({"run", "-m", bare, "-p", "x"}), "has no tokenizer");
   expect_clean_failure(run_moeflux({"perplexity", "-m", bare, "-f", fixture_dir("chat/README.md")}),
@@ -217,11 +324,12 @@ double reference_ppl(const std::string& pkg, const TempDir& tmp, const std::vect
                      size_t ctx, size_t* scored) {
   double nll = 0;
   *scored = 0;
-  for (size_t b = 0; b + ctx <= ids.size(); b += ctx) {
-    const std::vector<int> w(ids.begin() + long(b), ids.begin() + long(b + ctx));
+  for (size_t b = 0; b + 1 < ids.size(); b += ctx) {  // windows of at least 2 tokens
+    const std::vector<int> w(ids.begin() + long(b),
+                             ids.begin() + long(std::min(b + ctx, ids.size())));
     const NpyArray l = logits_of(pkg, tmp, w);
     const size_t V = l.shape[1];
-    for (size_t i = 0; i + 1 < ctx; ++i) {
+    for (size_t i = 0; i + 1 < w.size(); ++i) {
       const double* r = &l.values[i * V];
       const double mx = *std::max_element(r, r + V);
       double s = 0;
@@ -236,25 +344,40 @@ double reference_ppl(const std::string& pkg, const TempDir& tmp, const std::vect
 TEST(PerplexityCommand, EqualsExpMeanNllFromLogits) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
-  const std::string text = "In the beginning God created the heaven and the earth.";  // 55 bytes
+  const std::string text = "In the beginning God created the heaven and the earth.";  // 54 bytes
   std::ofstream(tmp / "t.txt") << text;
   const CommandResult r = run_moeflux(
       {"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "16", "--json", tmp / "p.json"});
   ASSERT_EQ(r.exit_code, 0) << r.err;
   size_t scored = 0;
   const double ref = reference_ppl(pkg, tmp, bytes_of(text), 16, &scored);
-  EXPECT_EQ(scored, 45u);  // 3 full windows of 16 (the last 7 bytes dropped), 15 predictions each
+  EXPECT_EQ(scored, 50u);  // 3 windows of 16 (15 predictions each), then 6 bytes (5)
   const auto j = nlohmann::json::parse(read_text(tmp / "p.json"));
   EXPECT_NEAR(j.at("ppl").get<double>(), ref, 1e-6 * ref);
   EXPECT_NEAR(j.at("nll").get<double>(), std::log(ref), 1e-6);
-  EXPECT_EQ(j.at("n_tokens"), 45);
-  EXPECT_EQ(j.at("n_windows"), 3);
+  EXPECT_EQ(j.at("n_tokens"), 50);
+  EXPECT_EQ(j.at("n_windows"), 4);
   EXPECT_EQ(j.at("ctx"), 16);
+  EXPECT_EQ(j.at("left_out"), 0);
   char line[128];
-  std::snprintf(line, sizeof line, "ppl = %.6f (45 tokens, 3 windows)\n",
+  std::snprintf(line, sizeof line, "ppl = %.6f (50 tokens, 4 windows)\n",
                 j.at("ppl").get<double>());
   EXPECT_EQ(r.out, line);
-  EXPECT_NE(r.err.find("window 3/3"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("window 4/4"), std::string::npos) << r.err;
+
+  // 49 bytes: 3 windows of 16, and one byte that no window can predict, said so.
+  std::ofstream(tmp / "t49.txt") << text.substr(0, 49);
+  const CommandResult r49 = run_moeflux(
+      {"perplexity", "-m", pkg, "-f", tmp / "t49.txt", "--ctx", "16", "--json", tmp / "p.json"});
+  ASSERT_EQ(r49.exit_code, 0) << r49.err;
+  const double ref49 = reference_ppl(pkg, tmp, bytes_of(text.substr(0, 49)), 16, &scored);
+  EXPECT_EQ(scored, 45u);
+  const auto j49 = nlohmann::json::parse(read_text(tmp / "p.json"));
+  EXPECT_NEAR(j49.at("ppl").get<double>(), ref49, 1e-6 * ref49);
+  EXPECT_EQ(j49.at("n_tokens"), 45);
+  EXPECT_EQ(j49.at("left_out"), 1);
+  EXPECT_NE(r49.out.find("(45 tokens, 3 windows; the last token left out"), std::string::npos)
+      << r49.out;
 
   // A file shorter than --ctx is one window.
   std::ofstream(tmp / "short.txt") << "Let there be";
@@ -278,8 +401,135 @@ TEST(PerplexityCommand, BadInput) {
   expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "one.txt"}),
                        "needs at least 2");
   std::ofstream(tmp / "t.txt") << "some text";
-  expect_clean_failure(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "65"}),
-                       "--ctx 65 exceeds the model's context of 64");
+  expect_usage_error(run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "t.txt", "--ctx", "65"}),
+                     "--ctx 65 exceeds the model's context of 64");
+}
+
+// --- non-finite logits ---------------------------------------------------------------------------
+
+// NaN weights: the embedding row of 'Z' (token 90) is NaN, so every position from a 'Z' on has
+// NaN logits (attention carries it forward); text without 'Z' is untouched.
+constexpr int kPoison = 'Z';
+
+std::string poisoned_package(const TempDir& tmp) {
+  const std::string hf = make_checkpoint(tmp, {}, "poisoned", 1024);
+  poison_row(hf + "/model.safetensors", "model.language_model.embed_tokens.weight", kPoison);
+  return convert(tmp, hf, "poisoned");
+}
+
+TEST(NonFiniteLogits, EveryCommandReportsThemAndWritesNothing) {
+  TempDir tmp;
+  const std::string pkg = poisoned_package(tmp);
+  CommandResult r = run_moeflux({"run", "-m", pkg, "-p", "Z", "-n", "4", "--json", tmp / "r.json"});
+  expect_clean_failure(r, "non-finite logits (NaN) at position 0");  // not SIGABRT
+  EXPECT_FALSE(fs::exists(tmp / "r.json"));
+  r = run_moeflux({"logits", "-m", pkg, "--tokens", "65,90,66", "--out", tmp / "l.npy"});
+  expect_clean_failure(r, "non-finite logits (NaN) at position 1");
+  EXPECT_FALSE(fs::exists(tmp / "l.npy"));
+  std::ofstream(tmp / "z.txt") << "In the Zeal";
+  r = run_moeflux({"perplexity", "-m", pkg, "-f", tmp / "z.txt", "--json", tmp / "p.json"});
+  expect_clean_failure(r, "non-finite logits (NaN) at position 7");
+  EXPECT_FALSE(fs::exists(tmp / "p.json"));
+  r = run_moeflux({"run", "-m", pkg, "-p", "In the", "-n", "4", "--temp", "0"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+}
+
+TEST(NonFiniteLogits, ChatReportsThemAndKeepsTheConversation) {
+  TempDir tmp;
+  const std::string pkg = poisoned_package(tmp);
+  const std::vector<std::string> args = {"chat", "-m", pkg, "--temp", "0", "-n", "4"};
+  const CommandResult r = run_moeflux_with(args, "", "Hi\nZ\nHo\n");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("[chat] error: " + pkg + ": the model produced non-finite logits"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("the conversation before this turn was kept"), std::string::npos) << r.err;
+  // The third turn continued the first, as if the failed one had never been typed.
+  const CommandResult same = run_moeflux_with(args, "", "Hi\nHo\n");
+  ASSERT_EQ(same.exit_code, 0) << same.err;
+  EXPECT_EQ(r.out, same.out);
+  // ... and ended at the same position.
+  auto last_context = [](const std::string& err) {
+    const size_t at = err.rfind("context ");
+    return at == std::string::npos ? "" : err.substr(at, err.find('\n', at) - at);
+  };
+  EXPECT_EQ(last_context(r.err), last_context(same.err)) << r.err;
+  EXPECT_NE(last_context(r.err), "");
+}
+
+// --- Ctrl-C ------------------------------------------------------------------------------------
+
+// A package that never stops on its own within a test's patience: no end token (the configs'
+// eos ids lie outside the vocabulary, so they are dropped) and a context of 32768.
+std::string endless_package(const TempDir& tmp) {
+  const std::string hf = make_checkpoint(tmp, {}, "endless", 32768);
+  auto cfg = nlohmann::json::parse(read_text(hf + "/config.json"));
+  cfg["eos_token_id"] = 100000;
+  cfg["text_config"]["eos_token_id"] = 100000;
+  std::ofstream(hf + "/config.json", std::ios::trunc) << cfg.dump(2);
+  return convert(tmp, hf, "endless");
+}
+
+TEST(RunCommand, CtrlCStopsTheGenerationAndPrintsTheSummary) {
+  TempDir tmp;
+  const std::string pkg = endless_package(tmp);
+  BackgroundMoeflux run(
+      {"run", "-m", pkg, "-p", "In the", "-n", "1000000", "--json", tmp / "r.json"});
+  ASSERT_TRUE(run.wait_until([](const std::string& out, const std::string&) {
+    return out.size() > 40;  // the prompt and some of the completion
+  }));
+  run.signal(SIGINT);
+  const CommandResult r = run.finish();
+  EXPECT_EQ(r.exit_code, 130) << r.err;
+  EXPECT_NE(r.err.find("[run] prompt"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("tok/s), stopped: interrupted |"), std::string::npos) << r.err;
+  const auto j = nlohmann::json::parse(read_text(tmp / "r.json"));
+  EXPECT_EQ(j.at("stop_reason"), "interrupted");
+  EXPECT_EQ(r.out, "In the" + j.at("text").get<std::string>());
+}
+
+TEST(ChatCommand, CtrlCStopsTheReplyAndASecondOneExits) {
+  TempDir tmp;
+  const std::string pkg = endless_package(tmp);
+  BackgroundMoeflux chat({"chat", "-m", pkg, "-n", "1000000"});
+  auto replied = [&](size_t n) {  // n replies ended (interrupted)
+    return chat.wait_until([n](const std::string&, const std::string& err) {
+      size_t count = 0;
+      for (size_t p = 0; (p = err.find("interrupted", p)) != std::string::npos; ++p) ++count;
+      return count >= n;
+    });
+  };
+  chat.write("Hi\n");
+  ASSERT_TRUE(
+      chat.wait_until([](const std::string& out, const std::string&) { return out.size() > 20; }));
+  chat.signal(SIGINT);
+  ASSERT_TRUE(replied(1)) << chat.err();
+  // Back at the prompt: the next turn continues the conversation.
+  const size_t first = chat.out().size();
+  chat.write("Ho\n");
+  ASSERT_TRUE(chat.wait_until(
+      [first](const std::string& out, const std::string&) { return out.size() > first + 20; }));
+  chat.signal(SIGINT);
+  ASSERT_TRUE(replied(2)) << chat.err();
+  chat.signal(SIGINT);  // at the prompt: exits
+  const CommandResult r = chat.finish();
+  EXPECT_EQ(r.exit_code, 130) << r.err;
+  EXPECT_EQ(r.err.find("error"), std::string::npos) << r.err;
+}
+
+TEST(ChatCommand, EndOfInputAfterAnInterruptedReplyExitsCleanly) {
+  TempDir tmp;
+  const std::string pkg = endless_package(tmp);
+  BackgroundMoeflux chat({"chat", "-m", pkg, "-n", "1000000"});
+  chat.write("Hi\n");
+  ASSERT_TRUE(
+      chat.wait_until([](const std::string& out, const std::string&) { return out.size() > 20; }));
+  chat.signal(SIGINT);
+  ASSERT_TRUE(chat.wait_until([](const std::string&, const std::string& err) {
+    return err.find("interrupted") != std::string::npos;
+  }));
+  const CommandResult r = chat.finish();  // closes its input: Ctrl-D
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 // --- chat --------------------------------------------------------------------------------------
@@ -483,7 +733,7 @@ TEST(BundledModel, GreedySamplesMatchTransformers) {
     EXPECT_EQ(j.at("tokens").get<std::vector<int>>(), expected) << s.at("prompt");
     std::string text = s.at("text").get<std::string>();
     if (s.at("kind") == "chat") text = text.substr(0, text.find("<|im_end|>"));
-    EXPECT_EQ(r.out, text);
+    EXPECT_EQ(r.out, args[2] + (s.at("kind") == "chat" ? "\n" : "") + text);  // echo + text
   }
 }
 
@@ -510,6 +760,44 @@ TEST(BundledModel, PerplexityMatchesTransformers) {
   EXPECT_EQ(j.at("n_windows"), n);
   EXPECT_EQ(j.at("n_tokens"), n * (ctx - 1));
   EXPECT_NEAR(j.at("nll").get<double>(), mean, 1e-5);  // float32 engine vs float32 transformers
+}
+
+// Without -m (and $MOEFLUX_MODEL) every evaluating command uses the bundled model, found relative
+// to the executable: <exe_dir>/../models/ (build/ in the source tree) or
+// <exe_dir>/../share/moeflux/models/ (an installation). No build path is in the binary.
+TEST(BundledModel, FoundRelativeToTheExecutable) {
+  if (!fs::exists(bundled() + "/manifest.json")) GTEST_SKIP() << "no bundled model";
+  TempDir t;
+  fs::create_directories(t / "bin");
+  fs::copy_file(MOEFLUX_BINARY, t / "bin/moeflux");
+  const std::vector<std::string> logits = {"logits", "--tokens", "5,6,7", "--out", t / "a.npy"};
+  const std::string no_env = "MOEFLUX_MODEL=";
+  expect_clean_failure(run_moeflux_with(logits, no_env, "", t / "bin/moeflux"),
+                       (fs::canonical(t.path()) / "models/moeflux-tiny-kjv").string());
+  fs::create_directories(t / "share/moeflux/models");
+  fs::create_directory_symlink(fs::canonical(bundled()),
+                               t / "share/moeflux/models/moeflux-tiny-kjv");
+  const CommandResult installed = run_moeflux_with(logits, no_env, "", t / "bin/moeflux");
+  ASSERT_EQ(installed.exit_code, 0) << installed.err;
+  ASSERT_EQ(
+      run_moeflux({"logits", "-m", bundled(), "--tokens", "5,6,7", "--out", t / "b.npy"}).exit_code,
+      0);
+  EXPECT_EQ(read_text(t / "a.npy"), read_text(t / "b.npy"));
+  // The built binary, from build/: every evaluating command.
+  for (const std::vector<std::string>& args : std::vector<std::vector<std::string>>{
+           {"logits", "--tokens", "5", "--out", t / "c.npy"},
+           {"run", "-p", "And", "-n", "2"},
+           {"perplexity", "-f", bundled() + "/samples.txt", "--ctx", "64"},
+           {"bench", "--prompt-len", "2", "--gen-len", "2", "--repeat", "1", "--no-ceilings"}}) {
+    const CommandResult r = run_moeflux_with(args, no_env, "");
+    EXPECT_EQ(r.exit_code, 0) << args[0] << ": " << r.err;
+  }
+  const CommandResult chat = run_moeflux_with({"chat", "-n", "2"}, no_env, "Hi\n");
+  EXPECT_EQ(chat.exit_code, 0) << chat.err;
+  EXPECT_NE(chat.err.find("models/moeflux-tiny-kjv"), std::string::npos) << chat.err;
+  const std::string binary = read_text(MOEFLUX_BINARY);
+  const std::string source_models = fs::canonical(bundled()).parent_path().string();
+  EXPECT_EQ(binary.find(source_models), std::string::npos) << source_models << " in the binary";
 }
 
 TEST(BundledModel, ChatAndThinkBudget) {

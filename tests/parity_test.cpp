@@ -9,7 +9,7 @@
 // Every case runs twice: chunked (the prompt path: matrix-matrix kernels, attention over a chunk,
 // the chunked DeltaNet) and token by token (`--prefill-chunk 1`, the decode path: matrix-vector
 // kernels, one KV-cache append and one DeltaNet state step per token).
-// Tolerance: 1e-3 (DESIGN.md) for every format. The quantized references (logits_q8_0 /
+// Tolerance: 1e-3 (docs/DESIGN.md) for every format. The quantized references (logits_q8_0 /
 // logits_q4) were computed by transformers from expert weights quantized and dequantized with the
 // same algorithm as ours (tests/fixtures/README.md), so the only differences left are float32 vs
 // float64 arithmetic, as for bf16.

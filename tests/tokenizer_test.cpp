@@ -416,6 +416,7 @@ TEST(TokenizerErrors, MissingFile) {
 // ---- the command ------------------------------------------------------------------------------
 
 using test::expect_clean_failure;
+using test::expect_usage_error;
 using test::run_moeflux;
 
 TEST(TokenizeCommand, EncodeAndDecode) {
@@ -444,12 +445,12 @@ TEST(TokenizeCommand, EncodeAndDecode) {
 TEST(TokenizeCommand, Errors) {
   TempDir tmp;
   expect_clean_failure(run_moeflux({"tokenize", "-t", tmp / "none.json", "hi"}), tmp / "none.json");
-  expect_clean_failure(run_moeflux({"tokenize", "-t", tok_file("qwen2"), "--decode", "1,x"}),
-                       "--decode");
-  expect_clean_failure(run_moeflux({"tokenize", "-t", tok_file("qwen2"), "--decode", "1,1005"}),
-                       "--decode: id 1005 is out of range");
-  expect_clean_failure(run_moeflux({"tokenize", "hi"}), "-t TOKENIZER_JSON");
-  expect_clean_failure(run_moeflux({"tokenize", "-t", tok_file("qwen2")}), "TEXT or --decode");
+  expect_usage_error(run_moeflux({"tokenize", "-t", tok_file("qwen2"), "--decode", "1,x"}),
+                     "--decode");
+  expect_usage_error(run_moeflux({"tokenize", "-t", tok_file("qwen2"), "--decode", "1,1005"}),
+                     "--decode: id 1005 is out of range");
+  expect_usage_error(run_moeflux({"tokenize", "hi"}), "-t TOKENIZER_JSON");
+  expect_usage_error(run_moeflux({"tokenize", "-t", tok_file("qwen2")}), "TEXT or --decode");
   {
     std::FILE* f = std::fopen((tmp / "bad.json").c_str(), "w");
     std::fputs("{\"model\": {\"type\": \"Unigram\"}}", f);

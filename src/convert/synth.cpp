@@ -135,7 +135,7 @@ json qwen3_6_35b_a3b() {
 // 16 key / 64 value heads of 128 (quoted from the published file in public code), conv 4,
 // partial rotary 0.25 with theta 1e7, vocab 248320, 262144 positions. Sources: THUDM/slime
 // scripts/models/qwen3.5-397B-A17B.sh (Megatron arguments of the same model) and model
-// metadata tables that list Qwen/Qwen3.5-397B-A17B; the flash-moe write-up (DESIGN.md) runs this
+// metadata tables that list Qwen/Qwen3.5-397B-A17B; flash-moe (docs/DESIGN.md) runs this
 // model with 512 experts, K=10. The mrope section keys are omitted (text positions make all
 // sections equal, and this value was not confirmed for this model).
 json qwen3_5_397b_a17b() {

@@ -1,4 +1,4 @@
-// Error handling, three tiers (DESIGN.md):
+// Error handling, three tiers (docs/DESIGN.md, principle 7):
 //  1. untrusted input (files, arguments, requests): throw moeflux::Error with a one-line message
 //     naming the file or argument and the problem;
 //  2. internal invariants: MF_ASSERT, active in release builds, aborts with file:line;
@@ -22,6 +22,17 @@ class Error : public std::runtime_error {
 
 [[noreturn]] inline void fail(const std::string& msg) {
   throw Error(msg);
+}
+
+// Untrusted input that is the command line's fault: a malformed or impossible option value, or
+// options that conflict. The tool exits with status 2 for these, 1 for every other Error.
+class UsageError : public Error {
+ public:
+  explicit UsageError(const std::string& what) : Error(what) {}
+};
+
+[[noreturn]] inline void usage_fail(const std::string& msg) {
+  throw UsageError(msg);
 }
 
 // An untrusted string made safe to quote in a one-line message: bytes outside printable ASCII

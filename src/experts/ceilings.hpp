@@ -1,5 +1,5 @@
 // Measured ceilings of this machine: the physical limits every decode figure is read against
-// (DESIGN.md, principle 6). Each measurement is bounded (max_seconds or max_bytes, whichever
+// (docs/DESIGN.md, principle 6). Each measurement is bounded (max_seconds or max_bytes, whichever
 // comes first) and reports what it moved, so a figure is never quoted without its basis.
 //
 //   direct read     : sequential reads of package layer files with O_DIRECT (the device),

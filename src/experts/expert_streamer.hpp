@@ -1,4 +1,4 @@
-// The expert path of DESIGN.md, host side: a hierarchy of expert caches over the storage
+// The expert path of docs/DESIGN.md, host side: a hierarchy of expert caches over the storage
 // (page cache / NVMe), prefetch, and the counters that explain where every byte came from.
 //
 // Tiers, fastest first: [upper tiers, e.g. GPU slots] <- RAM cache <- page cache <- device.

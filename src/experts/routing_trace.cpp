@@ -1,7 +1,5 @@
 #include "experts/routing_trace.hpp"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
@@ -9,6 +7,7 @@
 #include <numeric>
 
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 
 namespace moeflux {
 
@@ -55,21 +54,17 @@ RoutingTrace RoutingTrace::load(const std::string& path) {
   return t;
 }
 
-void RoutingTrace::save(const std::string& path) const {
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp);
-    out << json{{"format", "moeflux-routing-trace"},
-                {"version", 1},
-                {"num_layers", num_layers},
-                {"num_experts", num_experts},
-                {"top_k", top_k}}
-               .dump()
-        << "\n";
-    for (size_t p = 0; p < tokens.size(); ++p) out << json{{"pos", p}, {"experts", tokens[p]}}.dump() << "\n";
-    if (!out.flush()) fail(path + ": write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw_errno(path);
+void RoutingTrace::save(const std::string& path, const std::string& what) const {
+  std::string text = json{{"format", "moeflux-routing-trace"},
+                          {"version", 1},
+                          {"num_layers", num_layers},
+                          {"num_experts", num_experts},
+                          {"top_k", top_k}}
+                         .dump() +
+                     "\n";
+  for (size_t p = 0; p < tokens.size(); ++p)
+    text += json{{"pos", p}, {"experts", tokens[p]}}.dump() + "\n";
+  write_output_file(path, {text}, what);
 }
 
 RoutingTrace RoutingTrace::random(int num_layers, int num_experts, int top_k,

@@ -20,8 +20,9 @@ struct RoutingTrace {
 
   // Throws moeflux::Error naming the file and line on malformed input.
   static RoutingTrace load(const std::string& path);
-  // Writes atomically (temp + rename).
-  void save(const std::string& path) const;
+  // Writes the trace (core/output_file.hpp: a regular file atomically, a FIFO or device in
+  // place). Throws moeflux::Error naming `what` (the option, if any) and the path.
+  void save(const std::string& path, const std::string& what = "") const;
 
   // Uniform random routing with the same shape (for comparison with real routing).
   static RoutingTrace random(int num_layers, int num_experts, int top_k,

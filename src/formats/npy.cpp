@@ -1,13 +1,12 @@
 #include "formats/npy.hpp"
 
-#include <unistd.h>
-
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 
 namespace moeflux {
 
@@ -26,27 +25,11 @@ void write_npy_f32(const std::string& path, const std::vector<size_t>& shape, co
   dict += '\n';
   const uint16_t hlen = static_cast<uint16_t>(dict.size());
 
-  const std::string tmp = path + ".tmp-" + std::to_string(::getpid());
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) throw_errno(tmp);
-  const unsigned char magic[8] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0};
-  bool ok = std::fwrite(magic, 1, 8, f) == 8;
-  const unsigned char len[2] = {static_cast<unsigned char>(hlen & 0xff),
-                                static_cast<unsigned char>(hlen >> 8)};
-  ok = ok && std::fwrite(len, 1, 2, f) == 2;
-  ok = ok && std::fwrite(dict.data(), 1, dict.size(), f) == dict.size();
-  ok = ok && (n == 0 || std::fwrite(data, sizeof(float), n, f) == n);
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::remove(tmp.c_str());
-    fail(path + ": write failed");
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    const int e = errno;
-    std::remove(tmp.c_str());
-    errno = e;
-    throw_errno(path);
-  }
+  std::string head("\x93NUMPY\x01\x00", 8);  // magic, format version 1.0
+  head += static_cast<char>(hlen & 0xff);    // header length, little-endian
+  head += static_cast<char>(hlen >> 8);
+  write_output_file(
+      path, {head, dict, std::string_view(reinterpret_cast<const char*>(data), n * sizeof(float))});
 }
 
 NpyArray read_npy(const std::string& path) {

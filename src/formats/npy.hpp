@@ -7,7 +7,8 @@
 
 namespace moeflux {
 
-// Writes float32 data of `shape` atomically (temp file + rename). Throws moeflux::Error.
+// Writes float32 data of `shape` (core/output_file.hpp: a regular file atomically, a FIFO or
+// device in place). Throws moeflux::Error.
 void write_npy_f32(const std::string& path, const std::vector<size_t>& shape, const float* data);
 
 struct NpyArray {

@@ -59,6 +59,8 @@ std::string shape_str(const std::vector<int64_t>& s) {
 uint64_t file_size_or_fail(const std::string& path) {
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) throw_errno(path);
+  if (S_ISDIR(st.st_mode)) fail(path + ": is a directory, not a file");
+  if (!S_ISREG(st.st_mode)) fail(path + ": not a regular file");
   return static_cast<uint64_t>(st.st_size);
 }
 

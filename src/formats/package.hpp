@@ -1,4 +1,4 @@
-// The moeflux package: a converted model, laid out for streaming experts (DESIGN.md).
+// The moeflux package: a converted model, laid out for streaming experts (docs/DESIGN.md).
 //
 //   PKG/manifest.json          versioned description (this file's PackageManifest)
 //   PKG/resident.bin           every non-expert tensor, each 64-byte aligned, memory-mapped

@@ -13,6 +13,7 @@
 #include "core/aligned_buffer.hpp"
 #include "core/crc32c.hpp"
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 
 namespace fs = std::filesystem;
 
@@ -182,6 +183,10 @@ PackageWriter::PackageWriter(const std::string& out_dir, bool force) : target_(o
   while (target_.size() > 1 && target_.back() == '/') target_.pop_back();
   if (fs::exists(target_) && !force)
     fail(target_ + ": already exists (pass --force to replace it)");
+  // The directory it goes in must exist (a mistyped path creates no tree), checked before any work.
+  const fs::path parent = fs::path(target_).parent_path();
+  if (!parent.empty() && !fs::is_directory(parent))
+    fail(target_ + ": cannot create the package: directory " + parent.string() + " does not exist");
   tmp_ = target_ + ".partial-" + std::to_string(::getpid());
   std::error_code ec;
   fs::remove_all(tmp_, ec);  // a stale one of a previous process with this pid
@@ -366,12 +371,7 @@ void PackageWriter::finish(PackageManifest& m) {
   resident_.reset();
 
   // The manifest is written last: a package without one is never taken for whole.
-  {
-    OutFile out(tmp_ + "/" + kManifestName);
-    const std::string text = m.to_json().dump(1) + "\n";
-    out.write(text.data(), text.size());
-    out.close();
-  }
+  write_output_file(tmp_ + "/" + kManifestName, {m.to_json().dump(1) + "\n"});
   if (fs::exists(tmp_ + "/experts")) fsync_path(tmp_ + "/experts");
   fsync_path(tmp_);
   if (fs::exists(target_)) {

@@ -1,6 +1,6 @@
 // ModelConfig: the runtime shape of a model, read from a Hugging Face config.json.
 //
-// Config is data (DESIGN.md): every dimension comes from here at run time. Every spelling a
+// Config is data (docs/DESIGN.md): every dimension comes from here at run time. Every spelling a
 // released transformers writes is accepted: 4.x (`rope_theta`, `rope_scaling`,
 // `partial_rotary_factor` at top level, `torch_dtype`) and 5.x (`rope_parameters`, also per layer
 // type; `dtype`; attribute-map names such as qwen3_moe's `num_local_experts`; legacy layer type

@@ -8,6 +8,8 @@
 #include <sstream>
 
 #include "core/error.hpp"
+#include "core/finite.hpp"
+#include "core/proc_io.hpp"
 
 namespace moeflux {
 
@@ -61,6 +63,8 @@ const char* stop_reason_name(StopReason r) {
       return "stop string";
     case StopReason::ContextFull:
       return "context full";
+    case StopReason::Interrupted:
+      return "interrupted";
   }
   return "?";
 }
@@ -111,6 +115,20 @@ void Generator::clear() {
   pending_.reset();
 }
 
+void Generator::rewind(size_t n) {
+  MF_ASSERT(n <= sequence_.size());
+  session_.clear();
+  pending_.reset();
+  sequence_.resize(n);
+  if (n > 0) checked(session_.eval_prompt(sequence_));
+}
+
+const std::vector<float>& Generator::checked(const std::vector<float>& logits) const {
+  require_finite_logits(logits, logits.size(), size_t(session_.position()) - 1,
+                        session_.model().package().dir());
+  return logits;
+}
+
 void Generator::check(std::span<const int> prompt) const {
   const ModelConfig& c = session_.model().config();
   const size_t n = prompt.size() + (pending_ ? 1 : 0), max_pos = size_t(c.max_position_embeddings);
@@ -140,9 +158,10 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   // Prompt: one chunked evaluation.
   const ReaderStats s0 = reader.stats();
   auto t0 = Clock::now();
-  const std::vector<float>* logits = &session_.eval_prompt(r.prompt);
+  const std::vector<float>* logits = &checked(session_.eval_prompt(r.prompt));
   r.prompt_seconds = since(t0);
   const ReaderStats s1 = reader.stats();
+  const std::optional<uint64_t> device1 = process_storage_read_bytes();
   r.prompt_expert_bytes = s1.bytes - s0.bytes;
   pending_.reset();
   sequence_.insert(sequence_.end(), prompt.begin(), prompt.end());
@@ -186,6 +205,10 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   r.reason = StopReason::Length;
   bool stopped_by_string = false;
   while (r.generated.size() < size_t(std::max(0, opts_.max_tokens))) {
+    if (opts_.stop_requested && opts_.stop_requested()) {
+      r.reason = StopReason::Interrupted;
+      break;
+    }
     int t;
     if (inside_think && opts_.think_close_id && opts_.think_budget >= 0 &&
         think_tokens >= opts_.think_budget) {
@@ -219,7 +242,7 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
       r.reason = StopReason::ContextFull;
       break;
     }
-    logits = &session_.eval_token(t);
+    logits = &checked(session_.eval_token(t));
     pending_.reset();
     ++r.decode_evals;
   }
@@ -228,6 +251,8 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   const ReaderStats s2 = reader.stats();
   r.generate_expert_bytes = s2.bytes - s1.bytes;
   r.generate_read_seconds = s2.busy_seconds - s1.busy_seconds;
+  if (const std::optional<uint64_t> device2 = process_storage_read_bytes(); device1 && device2)
+    r.generate_storage_bytes = *device2 - *device1;
   return r;
 }
 

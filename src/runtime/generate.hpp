@@ -6,9 +6,12 @@
 //   - an end token (eos ids; the end token is neither printed nor evaluated),
 //   - a stop string in the generated text (the text before it is printed, not the string),
 //   - max_tokens generated tokens,
-//   - a full context (the model's max_position_embeddings).
+//   - a full context (the model's max_position_embeddings),
+//   - GenerateOptions::stop_requested (Ctrl-C), checked before each token.
 // A sampled token the loop did not evaluate (the last one) is kept pending and evaluated first
 // by the next run(), so a conversation's state always holds every token of its replies.
+// Every evaluation's logits are checked: a NaN or an infinity is an error (core/finite.hpp),
+// never sampled.
 //
 // Think budget (flash-moe style): inside a <think> block (opened by the prompt or by the model),
 // once `think_budget` tokens were generated without </think>, the next token is forced to be
@@ -36,10 +39,14 @@ struct GenerateOptions {
   int think_budget = -1;              // tokens inside <think> before </think> is forced; < 0: off
   std::optional<int> think_open_id;   // the <think> token, if the vocabulary has one
   std::optional<int> think_close_id;  // the </think> token
+  // Polled before each token is sampled: true stops the generation (StopReason::Interrupted).
+  // Ctrl-C sets what it reads; it must be cheap and async-signal-safe to set.
+  std::function<bool()> stop_requested;
 };
 
-enum class StopReason { Length, EndToken, StopString, ContextFull };
-const char* stop_reason_name(StopReason r);  // "length", "eos", "stop string", "context full"
+enum class StopReason { Length, EndToken, StopString, ContextFull, Interrupted };
+// "length", "eos", "stop string", "context full", "interrupted"
+const char* stop_reason_name(StopReason r);
 
 struct GenerateResult {
   std::vector<int> prompt;     // ids evaluated before generating (pending + new prompt)
@@ -54,6 +61,9 @@ struct GenerateResult {
   uint64_t prompt_expert_bytes = 0;    // expert bytes read from storage during the prompt
   uint64_t generate_expert_bytes = 0;  // ... and during generation
   double generate_read_seconds = 0;    // summed read time of those generation reads
+  // Bytes the process read from storage devices during generation (core/proc_io.hpp: page-cache
+  // misses and O_DIRECT reads, readahead included), where the kernel reports it.
+  std::optional<uint64_t> generate_storage_bytes;
 };
 
 // The end-of-generation ids of a package: generation_config.json's and config.json's
@@ -72,7 +82,8 @@ class Generator {
   // Evaluates `prompt` after the sequence so far, then generates, passing each piece of text to
   // `sink` as soon as it is complete (whole UTF-8 characters, never part of a stop string).
   // Throws moeflux::Error, before evaluating anything, when the prompt does not fit in the
-  // context, and for ids outside the vocabulary.
+  // context, and for ids outside the vocabulary; after evaluating, for non-finite logits (the
+  // session then holds them: rewind() or clear()).
   GenerateResult run(std::span<const int> prompt, const TextSink& sink);
 
   // The checks run() makes before evaluating: throws moeflux::Error if `prompt` has an id
@@ -81,6 +92,11 @@ class Generator {
 
   // Forgets the sequence (session cleared, pending token dropped); the random state continues.
   void clear();
+
+  // Keeps only the first n tokens of sequence(): clears the session and evaluates them again
+  // (the DeltaNet layers' recurrent state cannot be unwound in place). How a conversation
+  // survives a failed turn. Throws moeflux::Error like run(); then clear() before further use.
+  void rewind(size_t n);
 
   // Every id of the sequence so far (evaluated or pending), as the repetition penalty sees it.
   const std::vector<int>& sequence() const { return sequence_; }
@@ -95,6 +111,10 @@ class Generator {
   GenerateOptions opts_;
   std::vector<int> sequence_;
   std::optional<int> pending_;  // sampled, not yet evaluated
+
+  // `logits` if all are finite; throws moeflux::Error naming the package and position otherwise
+  // (NaN must not reach the sampler).
+  const std::vector<float>& checked(const std::vector<float>& logits) const;
 };
 
 }  // namespace moeflux

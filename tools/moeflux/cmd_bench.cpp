@@ -1,19 +1,18 @@
 // moeflux bench: prefill and decode speed of a package with the streaming options, where the
 // expert bytes came from, cache and prefetch hit rates, and the achieved bandwidth against the
 // ceilings measured on this machine.
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <random>
 
 #include "commands.hpp"
 #include "core/crc32c.hpp"
 #include "core/error.hpp"
+#include "core/output_file.hpp"
 #include "engine_options.hpp"
 #include "experts/ceilings.hpp"
+#include "model_dir.hpp"
 
 namespace moeflux::tool {
 
@@ -114,13 +113,13 @@ Runner add_bench(CLI::App& app) {
     EngineArgs engine;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model, "Package directory")->required();
+  add_model_option(cmd, &a->model);
   cmd->add_option("--prompt-len", a->prompt_len, "Prompt tokens (default 128)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(integer_range(1, 1 << 20));
   cmd->add_option("--gen-len", a->gen_len, "Decoded tokens (default 64)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(integer_range(1, 1 << 20));
   cmd->add_option("--repeat", a->repeat, "Repeats; medians are reported (default 3)")
-      ->check(CLI::Range(1, 1000));
+      ->check(integer_range(1, 1000));
   cmd->add_option("--seed", a->seed, "Seed of the random token ids (default 1)");
   cmd->add_option("--json", a->json_out, "Write the full report as JSON");
   cmd->add_flag("--no-ceilings", a->no_ceilings, "Skip measuring the storage and memory ceilings");
@@ -129,12 +128,14 @@ Runner add_bench(CLI::App& app) {
                 "server's steady state); default: every repeat starts cold");
   add_engine_options(cmd, &a->engine);
   return [a] {
+    if (!a->json_out.empty()) check_output_path(a->json_out, "--json");
     const EngineOptions opts = a->engine.to_options();
-    auto model = Model::open(a->model, {.verify_resident = !a->engine.no_verify});
+    auto model = Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
+    check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     if (a->prompt_len + a->gen_len > c.max_position_embeddings)
-      fail("--prompt-len + --gen-len exceed the model's " +
-           std::to_string(c.max_position_embeddings) + " positions");
+      usage_fail("--prompt-len + --gen-len exceed the model's " +
+                 std::to_string(c.max_position_embeddings) + " positions");
     std::mt19937_64 rng(a->seed);
     std::uniform_int_distribution<int> id(0, c.vocab_size - 1);
     std::vector<int> prompt(a->prompt_len);
@@ -184,7 +185,7 @@ Runner add_bench(CLI::App& app) {
     }
 
     json report;
-    report["model"] = a->model;
+    report["model"] = model->package().dir();
     report["family"] = family_name(c.family);
     report["options"] = {{"threads", opts.threads},
                          {"k", a->engine.k ? a->engine.k : c.top_k},
@@ -305,13 +306,7 @@ Runner add_bench(CLI::App& app) {
     }
     std::printf("\n");
     if (!a->json_out.empty()) {
-      const std::string tmp = a->json_out + ".tmp-" + std::to_string(::getpid());
-      {
-        std::ofstream out(tmp);
-        out << report.dump(2) << "\n";
-        if (!out.flush()) fail(a->json_out + ": write failed");
-      }
-      if (std::rename(tmp.c_str(), a->json_out.c_str()) != 0) throw_errno(a->json_out);
+      write_output_file(a->json_out, {report.dump(2) + "\n"}, "--json");
     }
     return 0;
   };

@@ -2,6 +2,8 @@
 // reader that completes instantly) to compare eviction policies, budgets and temporal prefetch
 // on real routing versus uniform random routing. Look-ahead prefetch needs hidden states and
 // cannot be replayed from a trace: measure it with `moeflux bench`.
+#include <algorithm>
+#include <charconv>
 #include <cstdio>
 #include <sstream>
 
@@ -68,6 +70,27 @@ SimResult simulate(const Package& pkg, const RoutingTrace& trace, size_t budget,
   return r;
 }
 
+// One --budgets entry: a size (512M) or a percentage of all expert bytes (`all`). A budget above
+// `all` is simulated as `all` (the cache then holds every expert).
+size_t parse_budget(const std::string& b, double all) {
+  double bytes = 0;
+  if (!b.empty() && b.back() == '%') {
+    double pct = -1;
+    const char* end = b.data() + b.size() - 1;
+    const auto [p, ec] = std::from_chars(b.data(), end, pct);
+    if (ec != std::errc() || p != end || !(pct >= 0 && pct <= 100))
+      usage_fail("--budgets: '" + printable(b) + "' is not a percentage from 0% to 100%");
+    bytes = all * pct / 100;
+  } else {
+    try {
+      bytes = double(parse_byte_size(b, "--budgets"));
+    } catch (const Error& e) {
+      usage_fail(e.what());
+    }
+  }
+  return static_cast<size_t>(std::min(bytes, all));
+}
+
 Runner add_cache_sim(CLI::App& app) {
   auto* cmd = app.add_subcommand("cache-sim", "Replay a routing trace: hit rates of cache policies and temporal prefetch");
   struct Args {
@@ -92,14 +115,7 @@ Runner add_cache_sim(CLI::App& app) {
     std::vector<std::pair<std::string, size_t>> budgets;
     std::stringstream ss(a->budgets);
     std::string b;
-    while (std::getline(ss, b, ',')) {
-      if (!b.empty() && b.back() == '%') {
-        const double pct = std::stod(b.substr(0, b.size() - 1));
-        budgets.emplace_back(b, static_cast<size_t>(all * pct / 100));
-      } else {
-        budgets.emplace_back(b, parse_byte_size(b, "--budgets"));
-      }
-    }
+    while (std::getline(ss, b, ',')) budgets.emplace_back(b, parse_budget(b, all));
     std::printf("trace %s: %zu tokens, K=%d; all experts %.1f MiB; working slots 3K besides the budget\n",
                 a->trace.c_str(), real.tokens.size(), real.top_k, all / 1048576);
     std::printf("%-8s %-8s %-9s %14s %14s %12s\n", "routing", "budget", "policy", "hit rate", "reads/token", "pf accuracy");

@@ -2,43 +2,43 @@
 //
 // The session keeps its state across turns: each turn evaluates only the new tokens (the end of
 // the previous reply, the user's turn and the generation prompt; ChatFormat::continue_after_reply).
-// Commands: /clear (new conversation), /quit; end of input (Ctrl-D) exits. When standard input
-// is not a terminal, lines are read plainly (no prompt, no echo), so a script can drive it.
-#include <readline/history.h>
-#include <readline/readline.h>
-#include <unistd.h>
-
+// Commands: /clear (new conversation), /quit; end of input (Ctrl-D) exits. Ctrl-C stops the
+// reply being written (the conversation keeps what was written of it) and returns to the
+// prompt; Ctrl-C at the prompt exits (status 130).
 #include <cstdio>
-#include <cstdlib>
-#include <iostream>
 
+#include "chat_input.hpp"
 #include "commands.hpp"
 #include "core/error.hpp"
 #include "engine_options.hpp"
+#include "interrupt.hpp"
+#include "model_dir.hpp"
 #include "text_model.hpp"
 
 namespace moeflux::tool {
 
 namespace {
 
-// One line of input without its newline; nullopt at end of input.
-std::optional<std::string> read_line(bool interactive) {
-  if (interactive) {
-    char* l = ::readline("> ");
-    if (!l) return std::nullopt;
-    std::string s(l);
-    std::free(l);
-    return s;
-  }
-  std::string s;
-  if (!std::getline(std::cin, s)) return std::nullopt;
-  return s;
-}
-
 std::string trim(const std::string& s) {
   const size_t b = s.find_first_not_of(" \t\r\n");
   if (b == std::string::npos) return "";
   return s.substr(b, s.find_last_not_of(" \t\r\n") - b + 1);
+}
+
+// After a failed turn (non-finite logits, a failed read), the session's state is unknown: the
+// conversation before the turn (its first `before` tokens) is evaluated again; if that fails
+// too, the conversation starts over.
+void restore_conversation(Generator& gen, size_t before, bool& fresh) {
+  try {
+    gen.rewind(before);
+    if (before > 0)
+      std::fprintf(stderr, "[chat] the conversation before this turn was kept (%zu tokens)\n",
+                   before);
+  } catch (const Error& e) {
+    gen.clear();
+    fresh = true;
+    std::fprintf(stderr, "[chat] error: %s; the conversation was cleared\n", e.what());
+  }
 }
 
 Runner add_chat(CLI::App& app) {
@@ -53,40 +53,43 @@ Runner add_chat(CLI::App& app) {
     SamplerArgs sampling;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model,
-                  "Package directory (default: $MOEFLUX_MODEL, else the bundled model)");
+  add_model_option(cmd, &a->model);
   cmd->add_option("--system", a->system, "System message");
   cmd->add_option("-n,--n-predict", a->n, "Tokens per reply at most (default 4096)")
-      ->check(CLI::Range(1, 1 << 30));
+      ->check(integer_range(1, 1 << 30));
   cmd->add_option("--stop", a->stop, "End a reply when its text contains this string (repeatable)");
   cmd->add_flag("--no-think", a->no_think, "Answer without a thinking block");
   cmd->add_option("--think-budget", a->think_budget,
                   "Force </think> after N tokens of thinking (default: no limit)")
-      ->check(CLI::Range(0, 1 << 30));
+      ->check(integer_range(0, 1 << 30));
   add_sampler_options(cmd, &a->sampling);
   add_engine_options(cmd, &a->engine);
   return [a] {
     const EngineOptions engine = a->engine.to_options();
+    a->sampling.check();
     const TextModel tm = TextModel::open(a->model, !a->engine.no_verify);
+    check_engine_options(engine, tm.model->package());
     const SamplerOptions sampling = a->sampling.resolve(tm);
     const std::unique_ptr<ChatFormat> chat = tm.chat_format();
     Session session(*tm.model, engine);
-    Generator gen(session, *tm.tokenizer, sampling,
-                  tm.generate_options(a->n, a->stop, a->think_budget, chat.get()));
+    GenerateOptions go = tm.generate_options(a->n, a->stop, a->think_budget, chat.get());
+    go.stop_requested = [] { return interrupted(); };
+    Generator gen(session, *tm.tokenizer, sampling, std::move(go));
     ChatOptions co;
     if (a->no_think) co.enable_thinking = false;
-    const bool interactive = ::isatty(STDIN_FILENO);
+    ChatInput input;
+    install_interrupt_handler();
     std::fprintf(stderr,
-                 "[chat] %s (%s format, context %d, seed %llu): /clear starts over, /quit or "
-                 "Ctrl-D exits\n",
+                 "[chat] %s (%s format, context %d, seed %llu): /clear starts over; Ctrl-C stops "
+                 "a reply; /quit, Ctrl-D or Ctrl-C at the prompt exits\n",
                  tm.dir.c_str(), std::string(chat->name()).c_str(),
                  tm.model->config().max_position_embeddings,
                  static_cast<unsigned long long>(sampling.seed));
     bool fresh = true;  // nothing evaluated since the start or /clear
-    while (auto raw = read_line(interactive)) {
+    while (auto raw = input.next()) {
       const std::string line = trim(*raw);
       if (line.empty()) continue;
-      if (interactive) ::add_history(raw->c_str());
+      input.remember(*raw);
       if (line == "/quit" || line == "/exit") break;
       if (line == "/clear") {
         gen.clear();
@@ -116,27 +119,32 @@ Runner add_chat(CLI::App& app) {
         continue;
       }
       GenerateResult r;
+      const size_t before = gen.sequence().size();  // the conversation before this turn
       try {
         r = gen.run(ids, [](std::string_view s) {
           std::fwrite(s.data(), 1, s.size(), stdout);
           std::fflush(stdout);
         });
       } catch (const Error& e) {
-        // Failed while evaluating: the state is unknown, so the conversation starts over.
-        gen.clear();
-        fresh = true;
-        std::fprintf(stderr, "\n[chat] error: %s; the conversation was cleared\n", e.what());
+        std::fflush(stdout);
+        std::fprintf(stderr, "\n[chat] error: %s\n", e.what());
+        restore_conversation(gen, before, fresh);
+        clear_interrupt();
         continue;
       }
       fresh = false;
+      clear_interrupt();  // handled: the reply stopped (or had ended anyway)
       std::fputc('\n', stdout);
       std::fflush(stdout);
-      std::fprintf(
-          stderr, "[chat] %zu tokens, %.2f tok/s (%s); context %d/%d\n", r.generated.size(),
-          r.generate_seconds > 0 ? double(r.generated.size()) / r.generate_seconds : 0.0,
-          stop_reason_name(r.reason), gen.position(), tm.model->config().max_position_embeddings);
+      std::fprintf(stderr, "[chat] %zu tokens at %.2f tok/s, stopped: %s; context %d/%d\n",
+                   r.generated.size(),
+                   r.generate_seconds > 0 ? double(r.generated.size()) / r.generate_seconds : 0.0,
+                   stop_reason_name(r.reason), gen.position(),
+                   tm.model->config().max_position_embeddings);
     }
-    return 0;
+    if (!interrupted()) return 0;                       // end of input or /quit
+    if (input.interactive()) std::fputc('\n', stdout);  // off the prompt line
+    return kInterruptedExit;
   };
 }
 

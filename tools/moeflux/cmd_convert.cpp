@@ -29,7 +29,9 @@ Runner add_convert(CLI::App& app) {
       ->check(CLI::IsMember({"bf16", "q8_0", "q4"}));
   cmd->add_flag("--force", a->force, "Replace OUT_DIR if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress output");
-  cmd->add_option("-t,--threads", a->threads, "Quantization threads (default: all)");
+  cmd->add_option("-t,--threads", a->threads,
+                  "Quantization threads (default: all hardware threads)")
+      ->check(integer_range(1, 4096));
   return [a] {
     ConvertOptions o;
     if (!a->experts.empty()) o.experts_format = parse_format(a->experts);

@@ -2,10 +2,13 @@
 #include <cstdio>
 
 #include "commands.hpp"
-#include "engine_options.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
+#include "core/output_file.hpp"
+#include "engine_options.hpp"
 #include "experts/routing_trace.hpp"
 #include "formats/npy.hpp"
+#include "model_dir.hpp"
 #include "runtime/session.hpp"
 
 namespace moeflux::tool {
@@ -20,20 +23,23 @@ Runner add_logits(CLI::App& app) {
     EngineArgs engine;
   };
   auto a = std::make_shared<Args>();
-  cmd->add_option("-m,--model", a->model, "Package directory")->required();
+  add_model_option(cmd, &a->model);
   cmd->add_option("--tokens", a->tokens, "Comma-separated token ids, e.g. 1,2,3")->required();
   cmd->add_option("--out", a->out, "Output .npy file")->required();
   cmd->add_option("--routing-trace", a->trace, "Also write the experts each token chose, per layer (JSONL)");
   add_engine_options(cmd, &a->engine);
   return [a] {
     const std::vector<int> tokens = parse_int_list(a->tokens, "--tokens");
-    auto model = Model::open(a->model, {.verify_resident = !a->engine.no_verify});
+    EngineOptions opts = a->engine.to_options();
+    check_output_path(a->out, "--out");
+    if (!a->trace.empty()) check_output_path(a->trace, "--routing-trace");
+    auto model = Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
+    check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     for (int t : tokens)
       if (t >= c.vocab_size)
-        fail("--tokens: token id " + std::to_string(t) + " is out of range (vocabulary size " +
-             std::to_string(c.vocab_size) + ")");
-    EngineOptions opts = a->engine.to_options();
+        usage_fail("--tokens: token id " + std::to_string(t) +
+                   " is out of range (vocabulary size " + std::to_string(c.vocab_size) + ")");
     RoutingTrace trace;
     trace.num_layers = c.num_layers;
     trace.num_experts = c.num_experts;
@@ -48,12 +54,13 @@ Runner add_logits(CLI::App& app) {
     const auto t0 = std::chrono::steady_clock::now();
     session.eval_prompt(tokens, &all);
     const double sec = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    require_finite_logits(all, size_t(c.vocab_size), 0, model->package().dir());
     write_npy_f32(a->out, {tokens.size(), size_t(c.vocab_size)}, all.data());
     std::fprintf(stderr, "[logits] %zu tokens in %.3f s (%.1f tok/s), K=%d; wrote %s\n",
                  tokens.size(), sec, tokens.size() / sec, session.active_experts(), a->out.c_str());
     std::fprintf(stderr, "[logits] %s\n", streaming_summary(session, sec, tokens.size()).c_str());
     if (a->engine.timing) print_timings(session);
-    if (!a->trace.empty()) trace.save(a->trace);
+    if (!a->trace.empty()) trace.save(a->trace, "--routing-trace");
     return 0;
   };
 }

@@ -39,7 +39,7 @@ Runner add_synth(CLI::App& app) {
       ->check(CLI::IsMember({"qwen3_moe", "qwen3_5_moe"}));
   cmd->add_option("--preset", a->preset, "Model shapes (see Presets below)")->required();
   cmd->add_option("--layers", a->layers, "Keep only the first N layers (default: all)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(integer_range(1, 1 << 20));
   cmd->add_option("--experts", a->experts, "Routed-expert format: q4 (default), q8_0 or bf16")
       ->check(CLI::IsMember({"bf16", "q8_0", "q4"}));
   cmd->add_option(
@@ -52,7 +52,8 @@ Runner add_synth(CLI::App& app) {
                 "codes over one quantized template per layer, at disk speed)");
   cmd->add_flag("--force", a->force, "Replace OUT_DIR if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress output");
-  cmd->add_option("-t,--threads", a->threads, "Generation threads (default: all)");
+  cmd->add_option("-t,--threads", a->threads, "Generation threads (default: all hardware threads)")
+      ->check(integer_range(1, 4096));
   return [a] {
     SynthOptions o;
     o.family = a->family;

@@ -24,7 +24,7 @@ struct TokenizeOptions {
 
 std::string tokenizer_path(const TokenizeOptions& o) {
   if (o.tokenizer_json.empty() == o.package.empty())
-    fail("tokenize: give exactly one of -t TOKENIZER_JSON and -m PKG");
+    usage_fail("tokenize: give exactly one of -t TOKENIZER_JSON and -m PKG");
   if (!o.tokenizer_json.empty()) return o.tokenizer_json;
   PackageOpenOptions po;
   po.verify_resident = false;  // only the tokenizer is used
@@ -53,15 +53,15 @@ Runner add_tokenize(CLI::App& app) {
   cmd->add_flag("--skip-special", o->skip_special, "With --decode: leave special tokens out");
   return [o] {
     const bool decoding = o->decode_opt->count() > 0;
-    if (!decoding && o->text_opt->count() == 0) fail("tokenize: give TEXT or --decode IDS");
+    if (!decoding && o->text_opt->count() == 0) usage_fail("tokenize: give TEXT or --decode IDS");
     const std::string path = tokenizer_path(*o);
     const Tokenizer tok = Tokenizer::from_file(path);
     if (decoding) {
       const std::vector<int> ids = parse_int_list(o->decode, "--decode");
       for (int id : ids) {
         if (id >= tok.vocab_size())
-          fail("--decode: id " + std::to_string(id) + " is out of range (" + path +
-               " has vocabulary size " + std::to_string(tok.vocab_size()) + ")");
+          usage_fail("--decode: id " + std::to_string(id) + " is out of range (" + path +
+                     " has vocabulary size " + std::to_string(tok.vocab_size()) + ")");
       }
       std::string text;
       try {

@@ -26,7 +26,17 @@ struct RegisteredCommand {
 };
 std::vector<RegisteredCommand>& command_registry();
 
-// "1,2,3" -> {1,2,3}; throws moeflux::Error naming `what` on a malformed list.
+// An integer option's check, for CLI11's ->check(): decimal digits (a leading '-' only where
+// lo < 0) and a value in [lo, hi]; the message names the range ("--threads: expects an integer
+// from 1 to 1024, got '-1'"), where CLI11's own Range says "not in range" even for "abc".
+CLI::Validator integer_range(long long lo, long long hi);
+
+// Gives every numeric option of app's subcommands a syntax check: INT options take decimal
+// integers, UINT options non-negative ones (CLI11 alone takes "-1" as 2^64 - 1 and "0x10" as 16),
+// FLOAT options finite numbers. Called once, after every command has registered its options.
+void check_number_syntax(CLI::App& app);
+
+// "1,2,3" -> {1,2,3}; throws moeflux::UsageError naming `what` on a malformed list.
 std::vector<int> parse_int_list(const std::string& s, const std::string& what);
 using moeflux::human_bytes;
 

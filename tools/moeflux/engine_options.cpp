@@ -10,9 +10,10 @@
 namespace moeflux::tool {
 
 void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
-  cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all)");
+  cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all hardware threads)")
+      ->check(integer_range(1, 4096));
   cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(integer_range(1, 1 << 20));
   cmd->add_option("--ram-cache", a->ram_cache,
                   "RAM expert cache budget, e.g. 0, 512M, 4G (default 0 = none)");
   cmd->add_option("--cache-policy", a->cache_policy, "Eviction: lru, slru or lfu (default lfu)")
@@ -24,18 +25,19 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
   cmd->add_option("--io-backend", a->io_backend, "threads (pread pool) or io_uring")
       ->check(CLI::IsMember({"threads", "io_uring"}));
   cmd->add_option("--io-threads", a->io_threads, "Reads in flight (threads backend; default 8)")
-      ->check(CLI::Range(1, 256));
+      ->check(integer_range(1, 256));
   cmd->add_flag("--no-verify", a->no_verify,
-                "Do not check expert records read from storage against the package's checksums");
+                "Do not check resident tensors and expert records against the package's "
+                "checksums");
   cmd->add_option("--prefetch", a->prefetch, "none, temporal, lookahead or both (default none)")
       ->check(CLI::IsMember({"none", "temporal", "lookahead", "both"}));
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per chunk (default 256)")
-      ->check(CLI::Range(1, 1 << 20));
+      ->check(integer_range(1, 1 << 20));
   if (context_option)
     cmd->add_option("--ctx", a->ctx,
                     "Positions the session can hold; its KV cache is allocated for them "
                     "(default: the model's context)")
-        ->check(CLI::Range(1, 1 << 30));
+        ->check(integer_range(1, 1 << 30));
   cmd->add_flag("--timing", a->timing, "Print a per-layer time breakdown");
   cmd->add_flag("--int16-dot", a->int16_dot,
                 "Round the inputs of q4 / q8_0 products to int16 (integer dot products: faster "
@@ -44,23 +46,42 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
 
 EngineOptions EngineArgs::to_options() const {
   EngineOptions o;
-  o.threads = threads;
-  o.active_experts = k;
-  o.prefill_chunk = prefill_chunk;
-  o.context = ctx;
-  o.timing = timing;
-  o.int16_dot = int16_dot;
-  o.stream.ram_cache_bytes = parse_byte_size(ram_cache, "--ram-cache");
-  o.stream.policy = cache_policy;
-  o.stream.hot_per_layer = hot;
-  o.stream.prefetch = parse_prefetch_mode(prefetch);
-  o.stream.io.mode = parse_io_mode(io);
-  o.stream.io.backend = parse_io_backend(io_backend);
-  o.stream.io.threads = io_threads;
-  o.stream.io.verify = !no_verify;
+  try {  // every value here came from the command line: a bad one is a usage error
+    o.threads = threads;
+    o.active_experts = k;
+    o.prefill_chunk = prefill_chunk;
+    o.context = ctx;
+    o.timing = timing;
+    o.int16_dot = int16_dot;
+    o.stream.ram_cache_bytes = parse_byte_size(ram_cache, "--ram-cache");
+    o.stream.policy = cache_policy;
+    o.stream.hot_per_layer = hot;
+    o.stream.prefetch = parse_prefetch_mode(prefetch);
+    o.stream.io.mode = parse_io_mode(io);
+    o.stream.io.backend = parse_io_backend(io_backend);
+    o.stream.io.threads = io_threads;
+    o.stream.io.verify = !no_verify;
+  } catch (const Error& e) {
+    usage_fail(e.what());
+  }
   if (hot > 0 && o.stream.ram_cache_bytes == 0)
-    fail("--hot needs a --ram-cache budget to keep experts in");
+    usage_fail("--hot needs a --ram-cache budget to keep experts in");
   return o;
+}
+
+void check_engine_options(const EngineOptions& o, const Package& pkg) {
+  const ModelConfig& c = pkg.config();
+  const size_t record = pkg.manifest().experts.record_bytes;
+  if (o.active_experts > c.num_experts)
+    usage_fail("--k " + std::to_string(o.active_experts) + " exceeds the model's " +
+               std::to_string(c.num_experts) + " experts");
+  if (o.stream.hot_per_layer > size_t(c.num_experts))
+    usage_fail("--hot " + std::to_string(o.stream.hot_per_layer) + " exceeds the model's " +
+               std::to_string(c.num_experts) + " experts per layer");
+  if (o.stream.ram_cache_bytes > 0 && o.stream.ram_cache_bytes < record)
+    usage_fail("--ram-cache: " + std::to_string(o.stream.ram_cache_bytes) +
+               " bytes hold no expert record (" + human_bytes(double(record)) +
+               " each); use 0 for no cache or at least one record");
 }
 
 void print_timings(const Session& s, const char* what) {

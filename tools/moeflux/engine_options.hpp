@@ -27,9 +27,13 @@ struct EngineArgs {
   bool timing = false;
   bool int16_dot = false;
 
-  // Validated options (throws moeflux::Error naming the bad option).
+  // Validated options (throws moeflux::UsageError naming the bad option).
   EngineOptions to_options() const;
 };
+
+// The checks that need the model: --k and --hot within its experts, a --ram-cache budget that
+// holds at least one expert record. Throws moeflux::UsageError naming the option.
+void check_engine_options(const EngineOptions& o, const Package& pkg);
 
 // Registers the options on `cmd`; values land in *args. Without `context_option` the command
 // sets EngineOptions::context itself (perplexity: its window).

@@ -1,7 +1,9 @@
 #include "text_model.hpp"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -12,10 +14,7 @@
 
 #include "commands.hpp"
 #include "core/error.hpp"
-
-#ifndef MOEFLUX_DEFAULT_MODEL
-#define MOEFLUX_DEFAULT_MODEL "models/moeflux-tiny-kjv"
-#endif
+#include "model_dir.hpp"
 
 namespace fs = std::filesystem;
 
@@ -72,16 +71,6 @@ std::string chat_template_text(const Package& pkg) {
 
 }  // namespace
 
-std::string resolve_model_dir(const std::string& arg) {
-  if (!arg.empty()) return arg;
-  if (const char* env = std::getenv("MOEFLUX_MODEL"); env && *env) return env;
-  const std::string bundled = MOEFLUX_DEFAULT_MODEL;
-  if (!fs::exists(fs::path(bundled) / kManifestName))
-    fail("no model given and the bundled model at " + bundled +
-         " is missing (pass -m PKG or set MOEFLUX_MODEL)");
-  return bundled;
-}
-
 TextModel TextModel::open(const std::string& model_arg, bool verify_resident) {
   TextModel t;
   t.dir = resolve_model_dir(model_arg);
@@ -93,8 +82,8 @@ TextModel TextModel::open(const std::string& model_arg, bool verify_resident) {
          "checkpoint directory that holds tokenizer.json");
   t.tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_file(tok));
   t.end_tokens = end_token_ids(pkg, *t.tokenizer);
-  if (auto g = tokenizer_file(pkg, "generation_config.json"); !g.empty())
-    t.generation_config = read_json(g);
+  t.generation_config_path = tokenizer_file(pkg, "generation_config.json");
+  if (!t.generation_config_path.empty()) t.generation_config = read_json(t.generation_config_path);
   return t;
 }
 
@@ -126,11 +115,20 @@ GenerateOptions TextModel::generate_options(int max_tokens, std::vector<std::str
   g.think_open_id = tokenizer->token_id(open);
   g.think_close_id = tokenizer->token_id(close);
   if (think_budget >= 0 && !(g.think_open_id && g.think_close_id))
-    fail("--think-budget: the model's vocabulary has no " + open + " / " + close + " tokens");
+    usage_fail("--think-budget: the model's vocabulary has no " + open + " / " + close + " tokens");
   return g;
 }
 
+void SamplerArgs::check() const {
+  try {
+    opts.validate();  // the command line's values (and the defaults of those not given)
+  } catch (const Error& e) {
+    usage_fail(e.what());
+  }
+}
+
 SamplerOptions SamplerArgs::resolve(const TextModel& tm) const {
+  check();
   SamplerOptions o = opts;
   const nlohmann::json& g = tm.generation_config;
   // A recommendation of the model's generation_config.json, if the command line did not say.
@@ -148,7 +146,11 @@ SamplerOptions SamplerArgs::resolve(const TextModel& tm) const {
       g.at("do_sample").is_boolean() && !g.at("do_sample").get<bool>())
     o.temperature = 0;
   o.seed = seed ? *seed : (uint64_t(std::random_device{}()) << 32) ^ std::random_device{}();
-  o.validate();
+  try {
+    o.validate();  // with the package's recommendations
+  } catch (const Error& e) {
+    fail(tm.generation_config_path + ": invalid sampling default (" + e.what() + ")");
+  }
   return o;
 }
 
@@ -162,13 +164,14 @@ void add_sampler_options(CLI::App* cmd, SamplerArgs* a) {
   a->temp = cmd->add_option(
       "--temp", a->opts.temperature,
       "Temperature; 0 = greedy (default: generation_config.json, else " + def(d.temperature) + ")");
-  cmd->add_option("--top-k", a->opts.top_k,
-                  "Keep the k most likely tokens; 0 = off (default: generation_config.json, else " +
-                      std::to_string(d.top_k) + ")");
-  cmd->add_option("--top-p", a->opts.top_p,
-                  "Nucleus: smallest set with this probability mass; 1 = off (default: "
-                  "generation_config.json, else " +
-                      def(d.top_p) + ")");
+  a->top_k = cmd->add_option(
+      "--top-k", a->opts.top_k,
+      "Keep the k most likely tokens; 0 = off (default: generation_config.json, else " +
+          std::to_string(d.top_k) + ")");
+  a->top_p = cmd->add_option("--top-p", a->opts.top_p,
+                             "Nucleus: smallest set with this probability mass; 1 = off (default: "
+                             "generation_config.json, else " +
+                                 def(d.top_p) + ")");
   a->min_p =
       cmd->add_option("--min-p", a->opts.min_p,
                       "Drop tokens below this fraction of the top probability; 0 = off (default: "
@@ -186,25 +189,24 @@ void add_sampler_options(CLI::App* cmd, SamplerArgs* a) {
                   "Random seed: same seed, same text (default: random, reported)");
 }
 
-void write_text_file(const std::string& path, const std::string& text, const std::string& what) {
-  const std::string tmp = path + ".partial-" + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail(what + ": cannot write " + path);
-    out << text;
-    out.close();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(tmp, ec);
-      fail(what + ": cannot write " + path);
-    }
-  }
+std::string read_text_file(const std::string& path, const std::string& what) {
   std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    fail(what + ": cannot write " + path);
-  }
+  if (!fs::is_regular_file(path, ec)) fail(what + ": cannot read " + path + ": not a file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail(what + ": cannot read " + path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  if (in.bad()) fail(what + ": cannot read " + path);
+  return ss.str();
+}
+
+void end_text_output(bool at_line_start) {
+  struct stat out {
+  }, err{};
+  const bool same_file = ::fstat(STDOUT_FILENO, &out) == 0 && ::fstat(STDERR_FILENO, &err) == 0 &&
+                         out.st_dev == err.st_dev && out.st_ino == err.st_ino;
+  if (!at_line_start && (::isatty(STDOUT_FILENO) || same_file)) std::fputc('\n', stdout);
+  std::fflush(stdout);
 }
 
 std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes) {
@@ -212,23 +214,37 @@ std::string generation_summary(const GenerateResult& r, const Session& s, uint64
   const double mib = 1024.0 * 1024.0;
   const ModelConfig& c = s.model().config();
   // Bytes per decoded token (one forward): the resident weights once, K expert records per MoE
-  // layer (from the RAM cache or storage); storage = expert bytes read / decode forwards.
+  // layer (from the RAM cache or the files). Read from files = expert bytes our reader read /
+  // decode forwards; of those, the device gave what the kernel counts as storage reads and the
+  // page cache the rest (buffered reads), or the device all of them (O_DIRECT).
   const double requested = double(s.active_experts()) * c.num_moe_layers() *
                            double(s.model().package().manifest().experts.record_bytes);
-  const double storage =
-      r.decode_evals > 0 ? double(r.generate_expert_bytes) / double(r.decode_evals) : 0.0;
-  char buf[640];
+  const double evals = std::max(1, r.decode_evals);
+  const double files = double(r.generate_expert_bytes) / evals;
+  char where[160];
+  if (s.streamer().options().io.mode == IoMode::Direct) {
+    std::snprintf(where, sizeof where, "from storage (O_DIRECT)");
+  } else if (r.generate_storage_bytes) {
+    const double device = double(*r.generate_storage_bytes) / evals;
+    std::snprintf(where, sizeof where,
+                  "through the page cache: %.2f MiB from storage, %.2f MiB page-cache hits",
+                  device / mib, std::max(0.0, files - device) / mib);
+  } else {
+    std::snprintf(where, sizeof where, "through the page cache (hits not measurable here)");
+  }
+  char buf[768];
   std::snprintf(
       buf, sizeof buf,
-      "prompt %.0f tok in %.3f s (%.1f tok/s) | generated %.0f tok in %.3f s (%.2f tok/s, "
-      "%s) | per token: resident %.2f MiB, experts %.2f MiB (K=%d), %.2f MiB read from "
-      "storage at %.2f GB/s",
+      "prompt %.0f tok in %.3f s (%.1f tok/s) | generated %.0f tok in %.3f s (%.2f tok/s), "
+      "stopped: %s | per token: resident %.2f MiB, experts %.2f MiB (K=%d), %.2f MiB read from "
+      "files at %.2f GB/s %s",
       n_prompt, r.prompt_seconds, r.prompt_seconds > 0 ? n_prompt / r.prompt_seconds : 0.0, n_gen,
       r.generate_seconds, r.generate_seconds > 0 ? n_gen / r.generate_seconds : 0.0,
       stop_reason_name(r.reason), double(resident_bytes) / mib, requested / mib, s.active_experts(),
-      storage / mib,
+      files / mib,
       r.generate_read_seconds > 0 ? double(r.generate_expert_bytes) / r.generate_read_seconds / 1e9
-                                  : 0.0);
+                                  : 0.0,
+      where);
   return buf;
 }
 

@@ -1,5 +1,5 @@
-// What the text commands (run, chat, perplexity) share: which package to open when -m is
-// omitted, the package's tokenizer, end tokens and chat format, and the sampling options.
+// What the text commands (run, chat, perplexity) share: the package's tokenizer, end tokens and
+// chat format, and the sampling options.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -17,11 +17,6 @@
 
 namespace moeflux::tool {
 
-// The package directory: `arg` (-m) if given, else $MOEFLUX_MODEL, else the bundled model
-// (MOEFLUX_DEFAULT_MODEL, set at build time). Throws moeflux::Error if the bundled model is
-// needed and missing.
-std::string resolve_model_dir(const std::string& arg);
-
 // A package opened for text: the model, its tokenizer (PKG/tokenizer/tokenizer.json) and end
 // tokens. Throws moeflux::Error for a package without a tokenizer.
 struct TextModel {
@@ -29,9 +24,11 @@ struct TextModel {
   std::unique_ptr<Model> model;
   std::unique_ptr<Tokenizer> tokenizer;
   std::vector<int> end_tokens;
-  nlohmann::json generation_config;  // tokenizer/generation_config.json, {} if absent
+  nlohmann::json generation_config;    // tokenizer/generation_config.json, {} if absent
+  std::string generation_config_path;  // its path, "" if absent
 
-  // verify_resident: check the resident tensors' checksums at open (off with --no-verify).
+  // The package of -m `model_arg` (model_dir.hpp: the bundled one without it); verify_resident:
+  // check the resident tensors' checksums at open (off with --no-verify).
   static TextModel open(const std::string& model_arg, bool verify_resident = true);
 
   // The chat format of the package's template (tokenizer_config.json "chat_template" or
@@ -55,13 +52,22 @@ struct SamplerArgs {
   CLI::Option *temp = nullptr, *top_k = nullptr, *top_p = nullptr, *min_p = nullptr,
               *repeat = nullptr;
 
-  // Validated options with the seed filled in; `tm` supplies generation_config.json.
+  // Checks the command line's values (before the model is opened): throws moeflux::UsageError.
+  void check() const;
+  // Validated options with the seed filled in; `tm` supplies generation_config.json (a bad value
+  // there is a moeflux::Error naming the file).
   SamplerOptions resolve(const TextModel& tm) const;
 };
 void add_sampler_options(CLI::App* cmd, SamplerArgs* args);
 
-// Writes `text` to `path` atomically (temp file + rename). Throws moeflux::Error naming `what`.
-void write_text_file(const std::string& path, const std::string& text, const std::string& what);
+// The text file `path` (a prompt, a perplexity corpus), whole. Throws moeflux::Error
+// "<what>: cannot read <path>..." if it is missing, not a regular file or unreadable.
+std::string read_text_file(const std::string& path, const std::string& what);
+
+// Ends text streamed to stdout: a newline unless `at_line_start`, when stdout is a terminal or
+// the same file as stderr (`2>&1`), so that what follows on stderr starts a line of its own;
+// otherwise stdout holds exactly the text. Flushes stdout.
+void end_text_output(bool at_line_start);
 
 // The bytes-per-token model of a generation: one line (no newline) for the summary.
 std::string generation_summary(const GenerateResult& r, const Session& s, uint64_t resident_bytes);
