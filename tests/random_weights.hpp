@@ -123,40 +123,24 @@ inline double ref_value(const MatrixView& W, size_t r, size_t c, double* abs_bia
 // |b| its terms are bounded by (|w| + 2|b|)|x|, which is the Σ|terms| used here. A real defect (a
 // wrong or missing element) errs by ~|w x| ≈ Σ|terms| / cols, well above this bound for the
 // shapes tested (cols ≤ 4096: bound ≤ 7.6e-5 · Σ|terms|, one element ≥ 2.4e-4 · Σ|terms|).
-//
-// Quantized inputs (Q8_0 and 4-bit Affine on the integer path, backend/cpu/qdot.hpp) add the
-// rounding of x to int16 per weight group: |x_c - d_g xq_c| <= d_g / 2 with d_g = max_g|x| /
-// 32767, so the product errs by at most Σ_c |q_c s_g| d_g / 2 <= Σ_c (|w_c| + |b_g|) d_g / 2
-// more (tol_int16; 2% slack for the float32 rounding of x / d_g).
 struct Reference {
   std::vector<double> y;
   std::vector<double> tol;
-  std::vector<double> tol_int16;
 };
 
 inline Reference reference(const MatrixView& W, const float* x) {
-  Reference ref{std::vector<double>(W.rows), std::vector<double>(W.rows),
-                std::vector<double>(W.rows)};
+  Reference ref{std::vector<double>(W.rows), std::vector<double>(W.rows)};
   const double depth = static_cast<double>(W.cols) / 8 + 256;
-  const size_t group = W.fmt.group > 0 ? static_cast<size_t>(W.fmt.group) : W.cols;
-  std::vector<double> half_step(W.cols);  // d_g / 2 of each column's group
-  for (size_t g0 = 0; g0 < W.cols; g0 += group) {
-    double amax = 0;
-    for (size_t c = g0; c < g0 + group && c < W.cols; ++c) amax = std::max(amax, std::fabs(double(x[c])));
-    for (size_t c = g0; c < g0 + group && c < W.cols; ++c) half_step[c] = amax / 32767.0 / 2 * 1.02;
-  }
   for (size_t r = 0; r < W.rows; ++r) {
-    double acc = 0.0, mag = 0.0, quant = 0.0;
+    double acc = 0.0, mag = 0.0;
     for (size_t c = 0; c < W.cols; ++c) {
       double abs_b;
       const double w = ref_value(W, r, c, &abs_b);
       acc += w * x[c];
       mag += (std::fabs(w) + 2 * abs_b) * std::fabs(x[c]);
-      quant += (std::fabs(w) + abs_b) * half_step[c];
     }
     ref.y[r] = acc;
     ref.tol[r] = depth * 0x1p-24 * mag + 1e-30;
-    ref.tol_int16[r] = ref.tol[r] + quant;
   }
   return ref;
 }

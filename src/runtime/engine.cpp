@@ -56,7 +56,7 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
          " positions");
   if (opts_.prefill_chunk == 0) opts_.prefill_chunk = 1;
 
-  backend_ = std::make_unique<CpuBackend>(opts.threads, opts.int16_dot);
+  backend_ = std::make_unique<CpuBackend>(opts.threads);
   ws_ = Workspace::create(*backend_, c, opts_.prefill_chunk, active_experts_);
   moe_.reserve(c, opts_.prefill_chunk, active_experts_);
 

@@ -30,7 +30,6 @@ struct EngineOptions {
   size_t prefill_chunk = 256;   // rows per forward pass (prompt chunk; batched decode width)
   size_t context = 0;           // --ctx: positions a session can hold; 0 = the model's maximum
   bool timing = false;          // collect per-layer timings (--timing)
-  bool int16_dot = false;       // --int16-dot: int16 inputs for Q8_0 / 4-bit products (CpuBackend)
   StreamOptions stream;         // RAM cache, I/O, prefetch (max_active is set from --k)
   RoutingSink on_routing;       // routing traces (null: none)
 };

@@ -39,9 +39,6 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
                     "(default: the model's context)")
         ->check(integer_range(1, 1 << 30));
   cmd->add_flag("--timing", a->timing, "Print a per-layer time breakdown");
-  cmd->add_flag("--int16-dot", a->int16_dot,
-                "Round the inputs of q4 / q8_0 products to int16 (integer dot products: faster "
-                "prompts; logits move by ~1e-4..1e-3)");
 }
 
 EngineOptions EngineArgs::to_options() const {
@@ -52,7 +49,6 @@ EngineOptions EngineArgs::to_options() const {
     o.prefill_chunk = prefill_chunk;
     o.context = ctx;
     o.timing = timing;
-    o.int16_dot = int16_dot;
     o.stream.ram_cache_bytes = parse_byte_size(ram_cache, "--ram-cache");
     o.stream.policy = cache_policy;
     o.stream.hot_per_layer = hot;

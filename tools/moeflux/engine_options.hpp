@@ -1,6 +1,6 @@
 // The options every evaluating command shares (logits, run, chat, perplexity, bench):
 // --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --no-verify
-// --prefetch --prefill-chunk --ctx --timing --int16-dot.
+// --prefetch --prefill-chunk --ctx --timing.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -25,7 +25,6 @@ struct EngineArgs {
   size_t prefill_chunk = 256;
   size_t ctx = 0;  // --ctx: 0 = the model's context
   bool timing = false;
-  bool int16_dot = false;
 
   // Validated options (throws moeflux::UsageError naming the bad option).
   EngineOptions to_options() const;

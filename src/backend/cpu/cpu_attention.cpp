@@ -34,14 +34,14 @@ void CpuBackend::attention(const AttentionArgs& a) {
 
   // Units: (row, kv head, block of hb query heads sharing it): the block's heads read the kv
   // head's keys and values while they are in cache. hb is the group unless that leaves threads
-  // idle (decode: one row). Rows late in a causal chunk cost more: dynamic scheduling.
+  // idle (decode: one row).
   const size_t group = nh / nkv;
   const size_t want = std::max<size_t>(1, threads() / std::max<size_t>(1, T * nkv));
   const size_t hb = std::max<size_t>(1, group / std::min(want, group));
   const size_t blocks = (group + hb - 1) / hb;
   const size_t capacity = c.k.rows();
   const size_t kv_stride = c.k.pitch();
-  pool_.parallel_for_dynamic(T * nkv * blocks, [&](size_t ub, size_t ue) {
+  auto unit = [&](size_t ub, size_t ue) {
     thread_local std::vector<float> scores;  // sized once to the cache's capacity
     if (scores.size() < capacity) scores.resize(capacity);
     for (size_t u = ub; u < ue; ++u) {
@@ -61,7 +61,13 @@ void CpuBackend::attention(const AttentionArgs& a) {
         }
       }
     }
-  });
+  };
+  // One row (decode): units of equal cost, statically (each thread gets the same units every
+  // token: its scratch never grows); causal rows of a prompt: dynamically.
+  if (T == 1)
+    pool_.parallel_for(nkv * blocks, unit);
+  else
+    pool_.parallel_for_dynamic(T * nkv * blocks, unit);
 }
 
 }  // namespace moeflux

@@ -68,8 +68,7 @@ std::unique_ptr<BackendBuffer> allocate_host_buffer(size_t bytes, const char* wh
   return std::make_unique<HostBuffer>(p, n, false);
 }
 
-CpuBackend::CpuBackend(size_t threads, bool int16_inputs)
-    : pool_(threads), int16_inputs_(int16_inputs) {}
+CpuBackend::CpuBackend(size_t threads) : pool_(threads) {}
 
 std::unique_ptr<BackendBuffer> CpuBackend::allocate(size_t bytes, const char* what) {
   return allocate_host_buffer(bytes, what);
@@ -139,7 +138,7 @@ void CpuBackend::matmul(const Tensor& X, std::span<const Projection> proj) {
     while (i < n_prep && !(prep_fmt[i] == pr.w->fmt)) ++i;
     if (i == n_prep) {
       prep_fmt[n_prep++] = pr.w->fmt;
-      cpu::prepare_begin(pr.w->fmt, X.f32(), X.pitch(), T, cols, prepared[i], int16_inputs_);
+      cpu::prepare_begin(pr.w->fmt, X.f32(), X.pitch(), T, cols, prepared[i]);
     }
     prep_of[p] = i;
     unit_rows[p] = cpu::matmul_task_rows(cols, T);

@@ -15,10 +15,9 @@ namespace moeflux {
 
 class CpuBackend final : public Backend {
  public:
-  // threads: compute threads (0 = all hardware threads). int16_inputs: products with Q8_0 and
-  // 4-bit weights round their inputs to int16 (cpu::PreparedX: faster prompts, ~1e-4..1e-3 on
-  // the logits); off, every product is float32 arithmetic on the exact weights.
-  explicit CpuBackend(size_t threads, bool int16_inputs = false);
+  // threads: compute threads (0 = all hardware threads). Every product is float32 arithmetic
+  // on the exact stored weights.
+  explicit CpuBackend(size_t threads);
 
   const char* name() const override { return "cpu"; }
   Memory memory() const override { return Memory::Host; }
@@ -50,7 +49,6 @@ class CpuBackend final : public Backend {
 
  private:
   ThreadPool pool_;
-  bool int16_inputs_;
 };
 
 // Host memory for `bytes` bytes, 64-byte aligned; large blocks are anonymous mappings whose

@@ -38,7 +38,7 @@ void CpuBackend::route(const Tensor& logits, const RouterSpec& spec, const Route
 // The grouped expert FFN in four parallel passes over all tasks together (one hand-off to the
 // pool per pass, whatever the number of experts):
 //   0. gather: a task's input rows, when it has more than one, copied together, and prepared
-//      for its weights' format (cpu::PreparedX: int16 rows for the integer path);
+//      for its weights' format (cpu::PreparedX);
 //   1. h = silu(gate x) * up x for blocks of intermediate rows of every task;
 //   2. each task's h rows prepared for its down projection's format;
 //   3. y = down h for blocks of output rows of every task, written to its slot rows.
@@ -83,9 +83,18 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
   for (const ExpertTask& t : tasks) total_rows += t.n;
   // Passes 0 and 2 copy and prepare rows: inline when that is little work (decode).
   const size_t prep_grain = total_rows * H < (size_t{1} << 16) ? n_tasks : 1;
-  // Passes 1 and 3: units of uneven cost (tasks have different row counts) taken dynamically.
+  // Passes 1 and 3: units of uneven cost (tasks with different row counts: prompts) are taken
+  // dynamically; equal ones (decode: one row each) statically, so that every thread gets the
+  // same units each token and its scratch, sized once, never grows (no allocation in decode).
+  const bool uneven = total_rows > n_tasks;
   const size_t chunk1 = std::max<size_t>(1, p.first1[n_tasks] / (4 * threads()));
   const size_t chunk2 = std::max<size_t>(1, p.first2[n_tasks] / (4 * threads()));
+  auto units = [&](size_t n, size_t chunk, FunctionRef<void(size_t, size_t)> fn) {
+    if (uneven)
+      pool_.parallel_for_dynamic(n, fn, chunk);
+    else
+      pool_.parallel_for(n, fn);
+  };
   if (p.xg.size() < p.x_off[n_tasks]) p.xg.resize(p.x_off[n_tasks]);
   if (p.h.size() < p.h_off[n_tasks]) p.h.resize(p.h_off[n_tasks]);
   float* xg = p.xg.data();
@@ -113,12 +122,12 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
                       H * sizeof(float));
       size_t ld;
       const float* x = input(j, &ld);
-      cpu::prepare_begin(t.w.gate.fmt, x, ld, t.n, H, p.px[j], int16_inputs_);
+      cpu::prepare_begin(t.w.gate.fmt, x, ld, t.n, H, p.px[j]);
       cpu::prepare_rows(p.px[j], 0, t.n);
     }
   }, prep_grain);
 
-  pool_.parallel_for_dynamic(p.first1[n_tasks], [&](size_t ub, size_t ue) {
+  units(p.first1[n_tasks], chunk1, [&](size_t ub, size_t ue) {
     thread_local std::vector<float> g, u;
     size_t j = 0;
     for (size_t unit = ub; unit < ue; ++unit) {
@@ -138,18 +147,18 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
         for (size_t i = 0; i < nr; ++i) h[i] = cpu::silu(g[r * nr + i]) * u[r * nr + i];
       }
     }
-  }, chunk1);
+  });
 
   pool_.parallel_for(n_tasks, [&](size_t b, size_t e) {
     for (size_t j = b; j < e; ++j) {
       const ExpertTask& t = tasks[j];
       cpu::prepare_begin(t.w.down.fmt, hbuf + p.h_off[j], t.intermediate, t.n, t.intermediate,
-                         p.ph[j], int16_inputs_);
+                         p.ph[j]);
       cpu::prepare_rows(p.ph[j], 0, t.n);
     }
   }, prep_grain);
 
-  pool_.parallel_for_dynamic(p.first2[n_tasks], [&](size_t ub, size_t ue) {
+  units(p.first2[n_tasks], chunk2, [&](size_t ub, size_t ue) {
     thread_local std::vector<float> y;
     size_t j = 0;
     for (size_t unit = ub; unit < ue; ++unit) {
@@ -169,7 +178,7 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
         std::memcpy(slots.row(static_cast<size_t>(t.out_rows[r])) + r0, y.data() + r * nr,
                     nr * sizeof(float));
     }
-  }, chunk2);
+  });
 }
 
 void CpuBackend::combine(const CombineArgs& a) {

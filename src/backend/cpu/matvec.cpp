@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "backend/cpu/matvec_kernels.hpp"
-#include "backend/cpu/qdot.hpp"
 #include "core/dtype.hpp"
 #include "core/error.hpp"
 
@@ -286,6 +285,56 @@ void matvec(const MatrixView& W, const float* x, float* y, ThreadPool& pool) {
       std::max(kMatvecRowGrain, min_task_rows(W.cols, 1)));
 }
 
+namespace {
+
+// Decodes kMatmulRowBlock rows to float once (block[i, :] = W[r0 + i, :]; with simd_decode in
+// the order of the ISA's prepared x, decode_rows_*), then Y[t, r0 + i] = Σ_chunks block[i, chunk]
+// · X[t, chunk] in register tiles of 4 rows x 2 tokens (4 x 4 on AVX-512); a chunk of
+// kMatmulColChunk columns of 4 rows stays in L1 across all tokens.
+void tile_rows(Isa isa, const MatrixView& W, bool simd_decode, const float* X, size_t ldx,
+               size_t n_tokens, float* Y, size_t ldy, size_t row_begin, size_t row_end) {
+  const size_t cols = W.cols;
+  const size_t tile_tokens = isa == Isa::Avx512 ? detail::kTileTokens4 : detail::kTileTokens;
+  thread_local std::vector<float> block;  // grows to the widest matrix once per thread
+  if (block.size() < kMatmulRowBlock * cols) block.resize(kMatmulRowBlock * cols);
+  for (size_t r0 = row_begin; r0 < row_end; r0 += kMatmulRowBlock) {
+    const size_t nr = std::min(kMatmulRowBlock, row_end - r0);
+#if defined(__x86_64__)
+    if (simd_decode && isa == Isa::Avx512)
+      detail::decode_rows_avx512(W, r0, nr, block.data(), cols);
+    else if (simd_decode)
+      detail::decode_rows_avx2(W, r0, nr, block.data(), cols);
+    else
+#endif
+      for (size_t i = 0; i < nr; ++i) decode_row(W, r0 + i, block.data() + i * cols);
+    for (size_t k0 = 0; k0 < cols; k0 += kMatmulColChunk) {
+      for (size_t i = 0; i < nr; i += detail::kTileRows) {
+        for (size_t t = 0; t < n_tokens; t += tile_tokens) {
+          const detail::Tile tile{.w = block.data() + i * cols + k0,
+                                  .ldw = cols,
+                                  .nrows = std::min(detail::kTileRows, nr - i),
+                                  .x = X + t * ldx + k0,
+                                  .ldx = ldx,
+                                  .ntok = std::min(tile_tokens, n_tokens - t),
+                                  .n = std::min(kMatmulColChunk, cols - k0),
+                                  .out = Y + t * ldy + r0 + i,
+                                  .ldo = ldy,
+                                  .accumulate = k0 > 0};
+#if defined(__x86_64__)
+          if (isa == Isa::Avx512) {
+            detail::dot_tile4_avx512(tile);
+            continue;
+          }
+#endif
+          dot_tile_on(isa, tile);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
 void matmul_rows_isa(Isa isa, const MatrixView& W, const float* X, size_t ldx, size_t n_tokens,
                      float* Y, size_t ldy, size_t row_begin, size_t row_end) {
   check_view(W);
@@ -293,43 +342,25 @@ void matmul_rows_isa(Isa isa, const MatrixView& W, const float* X, size_t ldx, s
   MF_ASSERT(row_begin <= row_end && row_end <= W.rows);
   if (row_begin == row_end || n_tokens == 0) return;
   MF_ASSERT(X != nullptr && Y != nullptr && ldx >= W.cols);
-  const size_t cols = W.cols;
   const bool quantized = W.fmt.kind == QuantKind::Q8_0 || W.fmt.kind == QuantKind::Affine;
-  if (n_tokens < kMatmulMinTokens || (quantized && isa != Isa::Scalar)) {
-    // Few tokens (too few to pay for decoding rows to float), or quantized weights (whose SIMD
-    // kernels unpack faster than decode_row): for each block of rows (cache-resident across
-    // the tokens), Y[t, block] = W[block, :] X[t, :] by the matvec kernel.
+  // 4-bit codes decode into a permuted order that only prepared inputs follow.
+  const bool natural_decode = quantized && isa != Isa::Scalar &&
+                              !(W.fmt.kind == QuantKind::Affine && W.fmt.bits == 4);
+  if (n_tokens < kMatmulMinTokens || (quantized && isa != Isa::Scalar && !natural_decode)) {
+    // Few tokens (too few to pay for decoding rows to float): for each block of rows
+    // (cache-resident across the tokens), Y[t, block] = W[block, :] X[t, :] by the matvec
+    // kernel.
     for (size_t r0 = row_begin; r0 < row_end; r0 += kMatvecBlockRows) {
       const size_t r1 = std::min(row_end, r0 + kMatvecBlockRows);
       for (size_t t = 0; t < n_tokens; ++t) rows_on(isa, W, X + t * ldx, Y + t * ldy, r0, r1);
     }
     return;
   }
-  // Decode kMatmulRowBlock rows to float once (block[i, :] = W[r0 + i, :]), then
-  // Y[t, r0 + i] = Σ_chunks block[i, chunk] · X[t, chunk] in register tiles of 4 rows x 2
-  // tokens; a chunk of kMatmulColChunk columns of 4 rows stays in L1 across all tokens.
-  thread_local std::vector<float> block;  // grows to the widest matrix once per thread
-  if (block.size() < kMatmulRowBlock * cols) block.resize(kMatmulRowBlock * cols);
-  for (size_t r0 = row_begin; r0 < row_end; r0 += kMatmulRowBlock) {
-    const size_t nr = std::min(kMatmulRowBlock, row_end - r0);
-    for (size_t i = 0; i < nr; ++i) decode_row(W, r0 + i, block.data() + i * cols);
-    for (size_t k0 = 0; k0 < cols; k0 += kMatmulColChunk) {
-      for (size_t i = 0; i < nr; i += detail::kTileRows) {
-        for (size_t t = 0; t < n_tokens; t += detail::kTileTokens) {
-          dot_tile_on(isa, {.w = block.data() + i * cols + k0,
-                            .ldw = cols,
-                            .nrows = std::min(detail::kTileRows, nr - i),
-                            .x = X + t * ldx + k0,
-                            .ldx = ldx,
-                            .ntok = std::min(detail::kTileTokens, n_tokens - t),
-                            .n = std::min(kMatmulColChunk, cols - k0),
-                            .out = Y + t * ldy + r0 + i,
-                            .ldo = ldy,
-                            .accumulate = k0 > 0});
-        }
-      }
-    }
+  if (natural_decode) {
+    tile_rows(isa, W, /*simd_decode=*/true, X, ldx, n_tokens, Y, ldy, row_begin, row_end);
+    return;
   }
+  tile_rows(isa, W, /*simd_decode=*/false, X, ldx, n_tokens, Y, ldy, row_begin, row_end);
 }
 
 void matmul_rows(const MatrixView& W, const float* X, size_t ldx, size_t n_tokens, float* Y,
@@ -360,17 +391,14 @@ void matmul(const MatrixView& W, const float* X, size_t n_tokens, float* Y, Thre
 
 
 void prepare_begin(QuantFormat fmt, const float* X, size_t ldx, size_t tokens, size_t n,
-                   PreparedX& out, bool allow_int16) {
+                   PreparedX& out) {
   const Isa isa = active_isa();
   out.isa = isa;
   out.X = X;
   out.ldx = ldx;
   out.tokens = tokens;
   out.n = n;
-  // (The integer kernels work in 64-element blocks.)
-  out.quantized = allow_int16 && uses_quantized_input(fmt, isa) && n % 64 == 0;
-  out.affine = !out.quantized && fmt.kind == QuantKind::Affine && isa != Isa::Scalar;
-  if (out.quantized) out.q.reset(fmt, isa, tokens, n);
+  out.affine = fmt.kind == QuantKind::Affine && isa != Isa::Scalar;
   if (out.affine) {
     out.group = static_cast<size_t>(fmt.group);
     out.perm = detail::affine_perm_block(static_cast<int>(isa), fmt.bits);
@@ -380,7 +408,6 @@ void prepare_begin(QuantFormat fmt, const float* X, size_t ldx, size_t tokens, s
 }
 
 void prepare_rows(PreparedX& out, size_t t_begin, size_t t_end) {
-  if (out.quantized) quantize_input_rows(out.X, out.ldx, t_begin, t_end, out.q);
   if (out.affine)
     for (size_t t = t_begin; t < t_end; ++t)
       detail::prepare_affine_rows(out.X + t * out.ldx, out.n, out.group, out.perm,
@@ -392,15 +419,16 @@ void matmul_rows_prepared(const MatrixView& W, const PreparedX& x, float* Y, siz
                           size_t row_begin, size_t row_end) {
   check_view(W);
   MF_ASSERT(row_begin <= row_end && row_end <= W.rows && x.n == W.cols);
-  if (x.quantized) {
-    qmatmul_rows(W, x.q, Y, ldy, row_begin, row_end);
-    return;
-  }
   if (!x.affine) {
     matmul_rows_isa(x.isa, W, x.X, x.ldx, x.tokens, Y, ldy, row_begin, row_end);
     return;
   }
   MF_ASSERT(W.fmt.kind == QuantKind::Affine && x.group == static_cast<size_t>(W.fmt.group));
+  if (x.tokens >= kMatmulMinTokens) {  // rows decoded once (in x's order), register tiles
+    tile_rows(x.isa, W, /*simd_decode=*/true, x.perm ? x.xp.data() : x.X, x.perm ? x.n : x.ldx,
+              x.tokens, Y, ldy, row_begin, row_end);
+    return;
+  }
   // Tokens in fours (each weight unpacked once per four), rows of the range inside (cache
   // resident across the passes).
   const size_t ng = x.n / x.group;

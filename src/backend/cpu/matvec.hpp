@@ -24,13 +24,11 @@
 #include "core/quant_format.hpp"
 #include "core/thread_pool.hpp"
 
+
+
 namespace moeflux::cpu {
+
 enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
-}
-
-#include "backend/cpu/qdot.hpp"
-
-namespace moeflux::cpu {
 
 // y[r] = Σ_c W[r,c] · x[c]  for r in [row_begin, row_end); x has W.cols floats, y has W.rows
 // (only y[row_begin, row_end) is written). Single thread, dispatched instruction set.
@@ -69,22 +67,19 @@ size_t matmul_task_rows(size_t cols, size_t n_tokens);
 // over all rows, possibly from several threads on disjoint ranges), shared read-only by the
 // threads of a product; the buffers keep their capacity across uses. What is prepared depends
 // on the format and instruction set:
-//   - Affine (float path): per token the permuted x and the per-group sums the kernels use
-//     (computed once instead of once per block of rows);
-//   - with allow_int16, Q8_0 / 4-bit Affine: int16 rows for the integer path (qdot.hpp: faster,
-//     but x is rounded to 2^-16 of its group's magnitude: logits move by ~1e-4..1e-3);
+//   - Affine: per token the permuted x and the per-group sums the kernels use (computed once
+//     instead of once per block of rows);
 //   - otherwise nothing: X is used as it is.
 struct PreparedX {
   Isa isa = Isa::Scalar;
-  bool quantized = false, affine = false;
+  bool affine = false;
   const float* X = nullptr;
   size_t ldx = 0, tokens = 0, n = 0;
   size_t group = 0, perm = 0;
   std::vector<float> xp, xsum;  // affine: [tokens, n] (if perm), [tokens, n / group]
-  QuantizedInput q;             // integer path
 };
 void prepare_begin(QuantFormat fmt, const float* X, size_t ldx, size_t tokens, size_t n,
-                   PreparedX& out, bool allow_int16 = false);
+                   PreparedX& out);
 void prepare_rows(PreparedX& out, size_t t_begin, size_t t_end);
 // matmul_rows on prepared input: Y[t * ldy + r] = Σ_c W[r,c] · x_t[c], r in [row_begin, row_end).
 void matmul_rows_prepared(const MatrixView& W, const PreparedX& x, float* Y, size_t ldy,

@@ -250,6 +250,43 @@ MF_AVX2 void dot_tile_avx2(const Tile& tile) {
   }
 }
 
+MF_AVX2 void decode_rows_avx2(const MatrixView& W, size_t r0, size_t nr, float* out, size_t ld) {
+  const size_t n = W.cols;
+  const size_t ds = row_data_bytes(W.fmt, n), ss = row_scale_bytes(W.fmt, n);
+  for (size_t i = 0; i < nr; ++i) {
+    const uint8_t* q = W.data + (r0 + i) * ds;
+    const uint8_t* sc = W.scales + (r0 + i) * ss;
+    float* o = out + i * ld;
+    if (W.fmt.kind == QuantKind::Q8_0) {
+      for (size_t g = 0; g < n / 32; ++g) {
+        const __m256 d = _mm256_set1_ps(f16_to_f32(load_u16(sc + 2 * g)));
+        for (size_t k = 0; k < 32; k += 8)
+          _mm256_storeu_ps(o + 32 * g + k, _mm256_mul_ps(load_i8_f32(q + 32 * g + k), d));
+      }
+      continue;
+    }
+    const uint8_t* bi = W.biases + (r0 + i) * ss;
+    const size_t G = static_cast<size_t>(W.fmt.group);
+    const __m256i lo4 = _mm256_set1_epi32(0xf);
+    for (size_t g = 0; g < n / G; ++g) {
+      const __m256 s = _mm256_set1_ps(bf16_to_f32(load_u16(sc + 2 * g)));
+      const __m256 b = _mm256_set1_ps(bf16_to_f32(load_u16(bi + 2 * g)));
+      for (size_t c = g * G; c < (g + 1) * G; c += 16) {
+        if (W.fmt.bits == 4) {  // 16-block: low nibbles (evens) then high nibbles (odds)
+          const __m256i v = widen_u8(q + c / 2);
+          _mm256_storeu_ps(o + c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(v, lo4)), s, b));
+          _mm256_storeu_ps(o + c + 8,
+                           _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(v, 4)), s, b));
+        } else {
+          _mm256_storeu_ps(o + c, _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen_u8(q + c)), s, b));
+          _mm256_storeu_ps(o + c + 8,
+                           _mm256_fmadd_ps(_mm256_cvtepi32_ps(widen_u8(q + c + 8)), s, b));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace moeflux::cpu::detail
 
 #endif  // __x86_64__

@@ -243,6 +243,73 @@ MF_AVX512 void dot_tile_avx512(const Tile& tile) {
   }
 }
 
+MF_AVX512 void decode_rows_avx512(const MatrixView& W, size_t r0, size_t nr, float* out,
+                                  size_t ld) {
+  const size_t n = W.cols;
+  const size_t ds = row_data_bytes(W.fmt, n), ss = row_scale_bytes(W.fmt, n);
+  for (size_t i = 0; i < nr; ++i) {
+    const uint8_t* q = W.data + (r0 + i) * ds;
+    const uint8_t* sc = W.scales + (r0 + i) * ss;
+    float* o = out + i * ld;
+    if (W.fmt.kind == QuantKind::Q8_0) {
+      for (size_t g = 0; g < n / 32; ++g) {
+        const __m512 d = _mm512_set1_ps(_cvtsh_ss(load_u16(sc + 2 * g)));
+        _mm512_storeu_ps(o + 32 * g, _mm512_mul_ps(load_i8_f32(q + 32 * g), d));
+        _mm512_storeu_ps(o + 32 * g + 16, _mm512_mul_ps(load_i8_f32(q + 32 * g + 16), d));
+      }
+      continue;
+    }
+    const uint8_t* bi = W.biases + (r0 + i) * ss;
+    const size_t G = static_cast<size_t>(W.fmt.group);
+    const __m512i lo4 = _mm512_set1_epi32(0xf);
+    for (size_t g = 0; g < n / G; ++g) {
+      const __m512 s = _mm512_set1_ps(bf16_to_f32(load_u16(sc + 2 * g)));
+      const __m512 b = _mm512_set1_ps(bf16_to_f32(load_u16(bi + 2 * g)));
+      for (size_t c = g * G; c < (g + 1) * G; c += 32) {
+        if (W.fmt.bits == 4) {  // 32-block: low nibbles (evens) then high nibbles (odds)
+          const __m512i v = widen_u8(q + c / 2);
+          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, lo4)), s, b));
+          _mm512_storeu_ps(o + c + 16,
+                           _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), s, b));
+        } else {
+          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(_mm512_cvtepi32_ps(widen_u8(q + c)), s, b));
+          _mm512_storeu_ps(o + c + 16,
+                           _mm512_fmadd_ps(_mm512_cvtepi32_ps(widen_u8(q + c + 16)), s, b));
+        }
+      }
+    }
+  }
+}
+
+// 4 rows x 4 tokens; rows past nrows / tokens past ntok alias the last valid one and their
+// sums are dropped.
+MF_AVX512 void dot_tile4_avx512(const Tile& tile) {
+  const float* w[kTileRows];
+  const float* x[kTileTokens4];
+  for (size_t i = 0; i < kTileRows; ++i) w[i] = tile.w + std::min(i, tile.nrows - 1) * tile.ldw;
+  for (size_t t = 0; t < kTileTokens4; ++t) x[t] = tile.x + std::min(t, tile.ntok - 1) * tile.ldx;
+  __m512 acc[kTileRows][kTileTokens4];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_ps();
+  size_t c = 0;
+  for (; c + 16 <= tile.n; c += 16) {
+    __m512 xv[kTileTokens4];
+    for (size_t t = 0; t < kTileTokens4; ++t) xv[t] = _mm512_loadu_ps(x[t] + c);
+    for (size_t i = 0; i < kTileRows; ++i) {
+      const __m512 wv = _mm512_loadu_ps(w[i] + c);
+      for (size_t t = 0; t < kTileTokens4; ++t) acc[i][t] = _mm512_fmadd_ps(wv, xv[t], acc[i][t]);
+    }
+  }
+  for (size_t t = 0; t < tile.ntok; ++t) {
+    for (size_t i = 0; i < tile.nrows; ++i) {
+      float s = _mm512_reduce_add_ps(acc[i][t]);
+      for (size_t k = c; k < tile.n; ++k) s += w[i][k] * x[t][k];
+      float& o = tile.out[t * tile.ldo + i];
+      o = tile.accumulate ? o + s : s;
+    }
+  }
+}
+
 }  // namespace moeflux::cpu::detail
 
 #pragma GCC diagnostic pop

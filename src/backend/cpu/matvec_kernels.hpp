@@ -77,5 +77,14 @@ constexpr size_t kTileRows = 4, kTileTokens = 2;
 void dot_tile_scalar(const Tile& tile);  // float64 accumulation
 void dot_tile_avx2(const Tile& tile);
 void dot_tile_avx512(const Tile& tile);
+// The same with up to 4 tokens (16 accumulators: each load of w serves four tokens).
+constexpr size_t kTileTokens4 = 4;
+void dot_tile4_avx512(const Tile& tile);
+
+// Rows [r0, r0 + nr) of a Q8_0 or Affine matrix decoded to float (q·d, q·s + b), row i at
+// out + i * ld, in the element order of the matvec kernels' prepared x: 4-bit Affine permuted
+// in blocks of affine_perm_block, the others natural. SIMD twins of decode_row.
+void decode_rows_avx2(const MatrixView& W, size_t r0, size_t nr, float* out, size_t ld);
+void decode_rows_avx512(const MatrixView& W, size_t r0, size_t nr, float* out, size_t ld);
 
 }  // namespace moeflux::cpu::detail
