@@ -161,3 +161,35 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, EngineTest,
 
 }  // namespace
 }  // namespace moeflux::test
+
+namespace moeflux::test {
+namespace {
+
+TEST(FamilyRegistry, EveryFamilyHasADefinitionAndLayerKindsAreChecked) {
+  for (Family f : {Family::Qwen3Moe, Family::Qwen3_5Moe}) {
+    const FamilyDef& d = family_def(f);
+    EXPECT_EQ(d.family, f);
+    EXPECT_NE(d.mixer, nullptr);
+    EXPECT_FALSE(d.layer_kinds.empty());
+    ModelConfig c;
+    c.family = f;
+    c.num_layers = 2;
+    c.layer_kind = {LayerKind::FullAttention, LayerKind::FullAttention};
+    EXPECT_NO_THROW(check_layer_kinds(c, "pkg"));
+    const RouterSpec r = d.router(c, 3);
+    EXPECT_EQ(r.top_k, 3);
+  }
+  ModelConfig c;
+  c.family = Family::Qwen3Moe;
+  c.num_layers = 2;
+  c.layer_kind = {LayerKind::FullAttention, LayerKind::LinearAttention};
+  try {
+    check_layer_kinds(c, "pkg");
+    FAIL() << "a linear-attention layer in a qwen3_moe model was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 1"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace moeflux::test
