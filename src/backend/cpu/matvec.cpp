@@ -111,11 +111,12 @@ void rows_on(Isa isa, const MatrixView& W, const float* x, float* y, size_t row_
   }
 }
 
+// Tiles of at most the ISA's tile_tokens tokens (4 on AVX-512, else 2).
 void dot_tile_on(Isa isa, const detail::Tile& tile) {
   switch (isa) {
 #if defined(__x86_64__)
     case Isa::Avx512:
-      detail::dot_tile_avx512(tile);
+      detail::dot_tile4_avx512(tile);
       return;
     case Isa::Avx2:
       detail::dot_tile_avx2(tile);
@@ -320,12 +321,6 @@ void tile_rows(Isa isa, const MatrixView& W, bool simd_decode, const float* X, s
                                   .out = Y + t * ldy + r0 + i,
                                   .ldo = ldy,
                                   .accumulate = k0 > 0};
-#if defined(__x86_64__)
-          if (isa == Isa::Avx512) {
-            detail::dot_tile4_avx512(tile);
-            continue;
-          }
-#endif
           dot_tile_on(isa, tile);
         }
       }

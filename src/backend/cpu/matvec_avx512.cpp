@@ -215,34 +215,6 @@ void matmul_affine_avx512(const MatrixView& W, const float* const* xk, const flo
     rows(W.data + r * ds, W.scales + r * ss, W.biases + r * ss, xk, xsum, n, Y + r, ldy);
 }
 
-// Tile kernel (16 lanes): rows past nrows / tokens past ntok alias the last valid one and
-// their sums are dropped, so the loop body is always the full 4 x 2 tile.
-MF_AVX512 void dot_tile_avx512(const Tile& tile) {
-  const float* w[kTileRows];
-  const float* x[kTileTokens];
-  for (size_t i = 0; i < kTileRows; ++i) w[i] = tile.w + std::min(i, tile.nrows - 1) * tile.ldw;
-  for (size_t t = 0; t < kTileTokens; ++t) x[t] = tile.x + std::min(t, tile.ntok - 1) * tile.ldx;
-  __m512 acc[kTileRows][kTileTokens];
-  for (auto& row : acc) row[0] = row[1] = _mm512_setzero_ps();
-  size_t c = 0;
-  for (; c + 16 <= tile.n; c += 16) {
-    const __m512 x0 = _mm512_loadu_ps(x[0] + c), x1 = _mm512_loadu_ps(x[1] + c);
-    for (size_t i = 0; i < kTileRows; ++i) {
-      const __m512 wv = _mm512_loadu_ps(w[i] + c);
-      acc[i][0] = _mm512_fmadd_ps(wv, x0, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(wv, x1, acc[i][1]);
-    }
-  }
-  for (size_t t = 0; t < tile.ntok; ++t) {
-    for (size_t i = 0; i < tile.nrows; ++i) {
-      float s = _mm512_reduce_add_ps(acc[i][t]);
-      for (size_t k = c; k < tile.n; ++k) s += w[i][k] * x[t][k];
-      float& o = tile.out[t * tile.ldo + i];
-      o = tile.accumulate ? o + s : s;
-    }
-  }
-}
-
 MF_AVX512 void decode_rows_avx512(const MatrixView& W, size_t r0, size_t nr, float* out,
                                   size_t ld) {
   const size_t n = W.cols;

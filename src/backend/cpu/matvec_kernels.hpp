@@ -76,7 +76,6 @@ struct Tile {
 constexpr size_t kTileRows = 4, kTileTokens = 2;
 void dot_tile_scalar(const Tile& tile);  // float64 accumulation
 void dot_tile_avx2(const Tile& tile);
-void dot_tile_avx512(const Tile& tile);
 // The same with up to 4 tokens (16 accumulators: each load of w serves four tokens).
 constexpr size_t kTileTokens4 = 4;
 void dot_tile4_avx512(const Tile& tile);
