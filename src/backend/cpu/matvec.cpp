@@ -308,9 +308,11 @@ void tile_rows(Isa isa, const MatrixView& W, bool simd_decode, const float* X, s
     else
 #endif
       for (size_t i = 0; i < nr; ++i) decode_row(W, r0 + i, block.data() + i * cols);
+    // Tokens outer, rows inner: a tile's x chunk is reused by all the block's row tiles while
+    // in L1, and the block's chunk (16 rows x 512 columns) stays in L1/L2 across the tokens.
     for (size_t k0 = 0; k0 < cols; k0 += kMatmulColChunk) {
-      for (size_t i = 0; i < nr; i += detail::kTileRows) {
-        for (size_t t = 0; t < n_tokens; t += tile_tokens) {
+      for (size_t t = 0; t < n_tokens; t += tile_tokens) {
+        for (size_t i = 0; i < nr; i += detail::kTileRows) {
           const detail::Tile tile{.w = block.data() + i * cols + k0,
                                   .ldw = cols,
                                   .nrows = std::min(detail::kTileRows, nr - i),
