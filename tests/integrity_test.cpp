@@ -44,7 +44,8 @@ class Integrity : public testing::Test {
   }
   // The last MoE layer and its file.
   int last_moe_layer() const {
-    const auto& moe = manifest()["config"]["layer_is_moe"];
+    const json m = manifest();  // (a reference into the temporary would dangle)
+    const json& moe = m["config"]["layer_is_moe"];
     int l = 0;
     for (size_t i = 0; i < moe.size(); ++i)
       if (moe[i].get<bool>()) l = static_cast<int>(i);
