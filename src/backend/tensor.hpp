@@ -89,10 +89,6 @@ struct Tensor {
   }
   // The vector (i, j) of a rank-3 tensor.
   float* vec(size_t i, size_t j) const { return f32() + i * stride[0] + j * stride[1]; }
-  // True when rows are packed (pitch == cols), i.e. the tensor is one dense block.
-  bool dense_rows() const {
-    return rank == 2 ? stride[0] == shape[1] : stride[1] == shape[2] && stride[0] == cols();
-  }
 };
 
 }  // namespace moeflux

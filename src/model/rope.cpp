@@ -72,22 +72,4 @@ void Rope::fill_table(size_t positions, float* cs, float* sn) const {
     }
 }
 
-void Rope::apply(float* x, int n_heads, int head_dim, int pos) const {
-  const int half = rotary_dim_ / 2;
-  std::vector<float> cs(half), sn(half);
-  for (int i = 0; i < half; ++i) {
-    const float angle = static_cast<float>(pos) * inv_freq_[i];
-    cs[i] = std::cos(angle) * attention_factor_;
-    sn[i] = std::sin(angle) * attention_factor_;
-  }
-  for (int h = 0; h < n_heads; ++h) {
-    float* v = x + static_cast<size_t>(h) * head_dim;
-    for (int i = 0; i < half; ++i) {
-      const float a = v[i], b = v[i + half];
-      v[i] = a * cs[i] - b * sn[i];
-      v[i + half] = b * cs[i] + a * sn[i];
-    }
-  }
-}
-
 }  // namespace moeflux

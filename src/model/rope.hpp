@@ -8,7 +8,8 @@
 //            [low, high] is the correction range for beta_fast / beta_slow rotations over
 //            original_max_position_embeddings; cos and sin are scaled by the attention factor
 //            (0.1 ln(factor) + 1 unless given, or the mscale ratio).
-// Applied with the rotate_half convention on the first d dims of each head:
+// Applied (Backend::rope, from the table below) with the rotate_half convention on the first d
+// dims of each head:
 //   x'[j]       = x[j] cos(p f_j) - x[j + d/2] sin(p f_j)
 //   x'[j + d/2] = x[j + d/2] cos(p f_j) + x[j] sin(p f_j)
 #pragma once
@@ -27,11 +28,9 @@ class Rope {
   float attention_factor() const { return attention_factor_; }
   const std::vector<float>& inv_freq() const { return inv_freq_; }
 
-  // Rotates `n_heads` heads of `head_dim` floats each, laid out contiguously, at position pos.
-  void apply(float* x, int n_heads, int head_dim, int pos) const;
-
   // The table of positions [0, positions): cos[p * half + i] = cos(p · inv_freq[i]) · factor,
-  // sin likewise (half = rotary_dim / 2), with apply()'s float32 arithmetic.
+  // sin likewise (half = rotary_dim / 2): the angle p · inv_freq[i] in float32, as transformers
+  // computes it.
   void fill_table(size_t positions, float* cos, float* sin) const;
 
  private:

@@ -6,15 +6,17 @@ namespace moeflux {
 
 Session::Session(Engine& engine, size_t context)
     : engine_(engine), context_(context > 0 ? context : engine.context()) {
-  state_ = engine_.new_sequence(context_, &state_buffer_);
-  logits_.assign(engine_.config().vocab_size, 0.0f);
-  dst_.reserve(engine_.max_rows());
+  allocate_state();
 }
 
 Session::Session(const Model& model, const EngineOptions& opts)
     : own_engine_(std::make_unique<Engine>(model, opts)),
       engine_(*own_engine_),
       context_(engine_.context()) {
+  allocate_state();
+}
+
+void Session::allocate_state() {
   state_ = engine_.new_sequence(context_, &state_buffer_);
   logits_.assign(engine_.config().vocab_size, 0.0f);
   dst_.reserve(engine_.max_rows());

@@ -51,6 +51,7 @@ class Session {
  private:
   friend void eval_batch(std::span<Session* const>, std::span<const int>);
   void check_tokens(std::span<const int> tokens) const;
+  void allocate_state();  // state, logits and scratch for context_ positions
 
   std::unique_ptr<Engine> own_engine_;
   Engine& engine_;

@@ -65,6 +65,7 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     p.ph.resize(n_tasks);
   }
   p.x_off[0] = p.h_off[0] = p.first1[0] = p.first2[0] = 0;
+  size_t total_rows = 0;
   for (size_t j = 0; j < n_tasks; ++j) {
     const ExpertTask& t = tasks[j];
     const size_t I = t.intermediate;
@@ -72,6 +73,7 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     MF_ASSERT(t.w.gate.rows == I && t.w.up.rows == I && t.w.gate.cols == H &&
               t.w.up.cols == H && t.w.down.rows == H && t.w.down.cols == I);
     MF_ASSERT(t.w.gate.fmt == t.w.up.fmt);
+    total_rows += t.n;
     p.x_off[j + 1] = p.x_off[j] + (t.n > 1 ? t.n * H : 0);
     p.h_off[j + 1] = p.h_off[j] + t.n * I;
     p.rows1[j] = cpu::matmul_task_rows(H, t.n);
@@ -79,8 +81,6 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     p.first1[j + 1] = p.first1[j] + (I + p.rows1[j] - 1) / p.rows1[j];
     p.first2[j + 1] = p.first2[j] + (H + p.rows2[j] - 1) / p.rows2[j];
   }
-  size_t total_rows = 0;
-  for (const ExpertTask& t : tasks) total_rows += t.n;
   // Passes 0 and 2 copy and prepare rows: inline when that is little work (decode).
   const size_t prep_grain = total_rows * H < (size_t{1} << 16) ? n_tasks : 1;
   // Passes 1 and 3: units of uneven cost (tasks with different row counts: prompts) are taken
