@@ -1,23 +1,37 @@
 #!/usr/bin/env bash
-# Builds the `moeflux` binary for the GPU host's CPU benchmarks (CUDA off, libstdc++ static) and
-# its test binary, and packs them with the shared libraries it needs into .devbuild/moeflux-bundle.tar.xz (xz keeps
-# ICU's data under the device tool's 64 MiB limit). Carry ".devbuild" and ".peer" to the device
-# and run bench/device/peer.sh there.
+# Builds `moeflux` and its test binary for the GPU host and packs them with the shared libraries
+# they need into .devbuild/ (xz keeps ICU's data under the device tool's 64 MiB limit). Carry
+# ".devbuild" (and ".peer" for peer.sh) to the device and run the scripts beside this one there.
+#   bench/device/pack.sh            CPU build (CUDA off): moeflux-bundle.tar.xz, for peer.sh / check.sh
+#   CUDA=1 bench/device/pack.sh     CUDA build for sm_90: moeflux-cuda-bundle.tar.xz, for cuda.sh
+#   BUILD_DIR=dir ... pack.sh       pack an existing build directory instead of building one
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# The tests' fixture and binary paths are compiled in: peer.sh recreates them on the device.
-cmake -S . -B build-device -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLUX_CUDA=OFF -DMOEFLUX_TESTS=ON \
-  -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
-ninja -C build-device -j "$(nproc)" moeflux moeflux_tests
-rm -rf .devbuild && mkdir -p .devbuild/stage/lib
-cp build-device/moeflux build-device/tests/moeflux_tests .devbuild/stage/
+if [[ "${CUDA:-0}" == 1 ]]; then
+  build=${BUILD_DIR:-build-device-cuda}
+  bundle=moeflux-cuda-bundle.tar.xz
+  flags=(-DMOEFLUX_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90)
+else
+  build=${BUILD_DIR:-build-device}
+  bundle=moeflux-bundle.tar.xz
+  flags=(-DMOEFLUX_CUDA=OFF)
+fi
+if [[ -z "${BUILD_DIR:-}" ]]; then
+  # The tests' fixture and binary paths are compiled in: the device scripts recreate them.
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLUX_TESTS=ON "${flags[@]}" \
+    -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
+fi
+ninja -C "$build" -j "$(nproc)" moeflux moeflux_tests
+mkdir -p .devbuild && rm -rf .devbuild/stage && mkdir -p .devbuild/stage/lib
+cp "$build/moeflux" "$build/tests/moeflux_tests" .devbuild/stage/
 echo "$PWD" > .devbuild/stage/source_dir
-for lib in $(ldd build-device/moeflux | awk '/=> \// {print $3}'); do
+(cd "$build" && pwd) > .devbuild/stage/build_dir
+for lib in $(ldd "$build/moeflux" "$build/tests/moeflux_tests" | awk '/=> \// {print $3}' | sort -u); do
   case $(basename "$lib") in
-    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*) ;;  # the host's own
+    libc.so*|libm.so*|libdl.so*|libpthread.so*|librt.so*|ld-linux*|libcuda.so*) ;;  # the host's own
     *) cp -L "$lib" .devbuild/stage/lib/ ;;
   esac
 done
-tar cJf .devbuild/moeflux-bundle.tar.xz -C .devbuild/stage .
+tar cJf ".devbuild/$bundle" -C .devbuild/stage .
 rm -rf .devbuild/stage
-ls -la .devbuild/moeflux-bundle.tar.xz
+ls -la ".devbuild/$bundle"

@@ -21,6 +21,7 @@
 
 #include "backend/tensor.hpp"
 #include "core/quant_format.hpp"
+#include "experts/tier_memory.hpp"
 
 namespace moeflux {
 
@@ -96,12 +97,15 @@ struct RouterSpec {
   bool norm_topk_prob = true;
 };
 
-// Routing decisions for T tokens: ids[t * k + i], weights[t * k + i], i < k, best first. Host
-// memory the host reads after synchronize() (a GPU backend keeps a device copy besides).
+// Routing decisions for T tokens: ids[t * k + i], weights[t * k + i], i < k, best first, in
+// host memory the host reads after synchronize(); the weights also in backend memory
+// (device_weights, [T * k], what combine() reads; the same pointer as `weights` on the CPU).
 struct RouteOutput {
   int32_t* ids = nullptr;
   float* weights = nullptr;
   size_t k = 0;
+  float* device_weights = nullptr;  // null: the host copy only
+  int32_t* device_ids = nullptr;    // the ids in backend memory too (expert_ffn_indexed); or null
 };
 
 struct MlpWeights {
@@ -118,6 +122,23 @@ struct ExpertTask {
   size_t n = 0;
   // Readiness of the weights (an event of the backend's copy stream); null = ready now.
   const void* ready = nullptr;
+};
+
+// Every expert of one MoE layer in backend memory, found by index on the device: no host
+// round trip between routing and the expert FFN.
+// A matrix inside an expert record: its format, shape and byte offset in the record.
+struct RecordMatrix {
+  QuantFormat fmt;
+  size_t rows = 0, cols = 0, offset = 0;
+  MatrixView at(const uint8_t* record) const {
+    return MatrixView::from_record(fmt, rows, cols, record + offset);
+  }
+};
+
+struct IndexedExperts {
+  const uint8_t* const* records = nullptr;  // [experts] record addresses, in backend memory
+  size_t experts = 0;
+  RecordMatrix gate, up, down;  // gate, up: [intermediate, H]; down: [H, intermediate]
 };
 
 // out[t] += Σ_{s<S} w[t,s] · slots[t*S + s]  for t < T, where w[t,s] = routed[t*K + s] for s < K
@@ -143,6 +164,16 @@ class Backend {
   // `bytes` of backend memory, 64-byte aligned, contents unspecified. Throws moeflux::Error
   // naming `what` when the memory cannot be had.
   virtual std::unique_ptr<BackendBuffer> allocate(size_t bytes, const char* what) = 0;
+  // `bytes` of host memory the backend copies to and from fastest (page-locked for a GPU;
+  // ordinary memory for the CPU). Throws like allocate().
+  virtual std::unique_ptr<BackendBuffer> allocate_host(size_t bytes, const char* what) = 0;
+  // Memory for the expert cache's compute tier (the fastest, whose records expert_ffn reads),
+  // `slots` records of `record_bytes`; null when host memory is the compute tier (CPU). Records
+  // copied in are usable by ops issued after the tier's fence().
+  virtual std::unique_ptr<TierMemory> expert_tier_memory(size_t slots, size_t record_bytes) = 0;
+  // Memory for the RAM tier, from which records are copied into the compute tier: page-locked
+  // for a GPU (full-speed DMA); null = ordinary host memory will do (CPU).
+  virtual std::unique_ptr<TierMemory> ram_tier_memory(size_t slots, size_t record_bytes) = 0;
   // The resident weights (a host mapping of `bytes` bytes) in backend memory: the CPU backend
   // uses the mapping itself; a GPU backend copies it once. Valid while the backend lives.
   virtual const uint8_t* resident(const uint8_t* host, size_t bytes) = 0;
@@ -194,6 +225,14 @@ class Backend {
   // share input rows, never output rows.
   virtual void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
                           const Tensor& slots) = 0;
+
+  // The routed experts of every row, chosen on the device: for t < T, i < k and
+  // e = ids[t * k + i] (backend memory, as route() wrote it to device_ids),
+  //   slots[t * S + i] = down_e (silu(gate_e X[t]) * up_e X[t])  with e's record records[e].
+  // Nothing here is read by the host: a forward pass with every expert resident never waits.
+  virtual void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k,
+                                  const IndexedExperts& ex, const Tensor& slots,
+                                  size_t slots_per_token) = 0;
 
   virtual void combine(const CombineArgs& a) = 0;
 };

@@ -96,9 +96,12 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
     const size_t budget = budget_bytes / record_bytes_;
     const size_t slots = budget + work;
     const std::string what = name == "ram" ? "--ram-cache" : name + " cache tier";
-    std::unique_ptr<TierMemory> mem =
-        spec && spec->make_memory ? spec->make_memory(slots, record_bytes_)
-                                  : make_host_tier_memory(slots, record_bytes_, what.c_str());
+    std::unique_ptr<TierMemory> mem;
+    if (spec && spec->make_memory)
+      mem = spec->make_memory(slots, record_bytes_);
+    else if (!spec && opts.ram_memory)
+      mem = opts.ram_memory(slots, record_bytes_);
+    if (!mem) mem = make_host_tier_memory(slots, record_bytes_, what.c_str());
     tiers_.push_back(std::make_unique<CacheTier>(name, budget, work, std::move(mem), policy,
                                                  stats_.tiers[tiers_.size()]));
   };

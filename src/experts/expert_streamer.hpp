@@ -65,6 +65,9 @@ struct StreamOptions {
   ReaderOptions io;
   int max_active = 8;        // experts per token (K); sizes the working slots
   size_t hot_per_layer = 0;  // --hot N: keep each layer's N most used experts resident
+  // Allocates the RAM tier's slots (page-locked memory for a GPU backend); empty = ordinary
+  // host memory.
+  std::function<std::unique_ptr<TierMemory>(size_t slots, size_t record_bytes)> ram_memory;
   // Tests: builds the reader instead of make_expert_reader (e.g. a fault-injecting one).
   std::function<std::unique_ptr<ExpertReader>(const Package&, const ReaderOptions&)> reader_factory;
 };

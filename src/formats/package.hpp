@@ -107,6 +107,9 @@ class Package {
   uint64_t resident_bytes() const;
   // The bytes of resident tensor t (t.bytes of them).
   const uint8_t* resident_data(const ResidentTensor& t) const { return resident_.data() + t.offset; }
+  // The whole mapped resident.bin (every resident tensor lies inside it).
+  const uint8_t* resident_base() const { return resident_.data(); }
+  size_t resident_size() const { return resident_.size(); }
 
  private:
   std::string dir_;

@@ -20,14 +20,14 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
   for (int l = 0; l < c.num_layers; ++l) {
     ScopedTimer layer_timer(ctx.timer(l, &LayerTimes::wall));
     const LayerWeights& lw = w.layers[l];
-    if (decode && lw.is_moe && uses(pf, PrefetchKind::Temporal)) {
+    if (decode && lw.is_moe && !ctx.resident && uses(pf, PrefetchKind::Temporal)) {
       ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
       for (const SequenceChunk& s : ctx.seqs)
         if (!s.state->last_routing[l].experts.empty())
           ctx.streamer.prefetch(l, s.state->last_routing[l].experts, PrefetchKind::Temporal);
     }
     ctx.family.mixer(ctx, lw, l);
-    if (decode && l + 1 < c.num_layers && w.layers[l + 1].is_moe &&
+    if (decode && !ctx.resident && l + 1 < c.num_layers && w.layers[l + 1].is_moe &&
         uses(pf, PrefetchKind::Lookahead)) {
       ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
       lookahead_prefetch(ctx, w.layers[l + 1], l + 1, zc, /*after_demand=*/lw.is_moe);
@@ -37,6 +37,10 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
   ScopedTimer timer(ctx.timings ? &ctx.timings->head : nullptr);
   if (!logits.empty()) final_logits(ctx, w, zc, logits_row, logits);
   ctx.be.synchronize();
+  // Routing decided on the device (every expert resident): recorded now that it has landed.
+  if (ctx.resident && T <= ctx.resident->max_indexed_rows && !ctx.on_routing)
+    for (int l = 0; l < c.num_layers; ++l)
+      if (w.layers[l].is_moe) record_routing(ctx, l);
   if (ctx.timings) ctx.timings->tokens += T;
 }
 

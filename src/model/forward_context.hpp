@@ -89,6 +89,16 @@ class ScopedTimer {
 using RoutingSink =
     std::function<void(int layer, int first_pos, const std::vector<RoutingRecord>&)>;
 
+// Every expert of every MoE layer in backend memory (a GPU backend with --gpu-mem all): the
+// forward pass reads records from here instead of the streamer, and batches of at most
+// max_indexed_rows rows route on the device (Backend::expert_ffn_indexed) without waiting.
+struct ResidentExperts {
+  std::vector<IndexedExperts> layers;                     // per layer (empty: dense layer)
+  std::vector<std::vector<const uint8_t*>> host_records;  // the same addresses, host-readable
+  size_t max_indexed_rows = 8;
+  size_t bytes = 0;  // backend memory they take
+};
+
 struct ForwardContext {
   const ModelConfig& config;
   const FamilyDef& family;
@@ -103,6 +113,7 @@ struct ForwardContext {
   std::span<const SequenceChunk> seqs;
   ForwardTimings* timings;  // null unless --timing
   const RoutingSink* on_routing;  // null unless tracing
+  const ResidentExperts* resident = nullptr;  // null: experts come from the streamer
 
   double* timer(int layer, double LayerTimes::*field) const {
     return timings ? &(timings->layers[layer].*field) : nullptr;

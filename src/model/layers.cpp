@@ -101,9 +101,12 @@ void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, int lay
 
 namespace {
 
-// ws.xn = rmsnorm(h, post_norm); logits (and the shared-expert gate logit) of `w`'s router;
-// routes. Returns the shared gate column (empty without a shared expert).
-Tensor route_rows(const ForwardContext& ctx, const MoeWeights& w, size_t T) {
+// Logits (and the shared-expert gate logit) of `w`'s router over ws.xn; routes into layer
+// `layer`'s routing areas; waits for the result unless `wait` is false (the host then reads
+// the routing only after the forward pass). Returns the shared gate column (empty without a
+// shared expert).
+Tensor route_rows(const ForwardContext& ctx, const MoeWeights& w, size_t T, int layer,
+                  bool wait = true) {
   const size_t E = ctx.config.num_experts;
   const Tensor proj = ctx.ws.proj.rows_view(0, T);
   const Tensor logits = proj.cols_view(0, E);
@@ -111,19 +114,22 @@ Tensor route_rows(const ForwardContext& ctx, const MoeWeights& w, size_t T) {
   const Projection p[2] = {{&w.router, logits}, {&w.shared_gate, gate}};
   ctx.be.matmul(ctx.ws.xn.rows_view(0, T), std::span<const Projection>(p, w.has_shared ? 2 : 1));
   RouteOutput out;
-  out.ids = ctx.ws.route_ids;
-  out.weights = ctx.ws.route_weights.f32();
+  out.ids = ctx.ws.route_ids(layer);
+  out.weights = ctx.ws.route_weights_of(layer);
+  out.device_weights = ctx.ws.route_weights.f32();
+  out.device_ids = ctx.ws.route_ids_dev;
   out.k = static_cast<size_t>(ctx.active_experts);
   ctx.be.route(logits, ctx.family.router(ctx.config, ctx.active_experts), out);
-  ctx.be.synchronize();  // the host reads the ids
+  if (wait) ctx.be.synchronize();  // the host reads the ids
   return gate;
 }
 
-// Records each sequence's routing: last_routing of its last row, and the tracing sink.
+}  // namespace
+
 void record_routing(const ForwardContext& ctx, int layer) {
   const size_t K = ctx.active_experts;
-  const int32_t* ids = ctx.ws.route_ids;
-  const float* wts = ctx.ws.route_weights.f32();
+  const int32_t* ids = ctx.ws.route_ids(layer);
+  const float* wts = ctx.ws.route_weights_of(layer);
   auto fill = [&](RoutingRecord& r, size_t row) {
     r.experts.assign(ids + row * K, ids + (row + 1) * K);
     r.weights.assign(wts + row * K, wts + (row + 1) * K);
@@ -138,6 +144,8 @@ void record_routing(const ForwardContext& ctx, int layer) {
     }
   }
 }
+
+namespace {
 
 MlpWeights expert_weights(const ExpertLayout& el, const uint8_t* rec) {
   MlpWeights e;
@@ -156,7 +164,7 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
                  const ExpertTask* extra) {
   MoeScratch& m = ctx.moe;
   const size_t K = ctx.active_experts, E = ctx.config.num_experts;
-  const int32_t* ids = ctx.ws.route_ids;
+  const int32_t* ids = ctx.ws.route_ids(layer);
   std::fill(m.count.begin(), m.count.end(), 0);
   for (size_t i = 0; i < T * K; ++i) ++m.count[ids[i]];
   m.first[0] = 0;
@@ -175,6 +183,22 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
     }
 
   const ExpertLayout& el = ctx.expert_layout;
+  if (ctx.resident) {  // every record in backend memory: all tasks at once
+    const std::vector<const uint8_t*>& records = ctx.resident->host_records[layer];
+    m.tasks.clear();
+    for (const int e : m.wanted) {
+      ExpertTask t;
+      t.w = expert_weights(el, records[e]);
+      t.intermediate = el.gate.rows;
+      t.in_rows = &m.in_rows[m.first[e]];
+      t.out_rows = &m.out_rows[m.first[e]];
+      t.n = static_cast<size_t>(m.first[e + 1] - m.first[e]);
+      m.tasks.push_back(t);
+    }
+    if (extra) m.tasks.push_back(*extra);
+    ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), m.tasks, ctx.ws.slots);
+    return;
+  }
   ExpertStreamer& st = ctx.streamer;
   const size_t groups = (m.wanted.size() + K - 1) / K;
   auto group = [&](size_t g) {
@@ -253,18 +277,27 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer,
     return;
   }
   const size_t K = ctx.active_experts, S = K + (w.moe.has_shared ? 1 : 0);
+  // Every expert resident and few rows (decode): routing stays on the device, nothing waits;
+  // the routing is recorded after the pass (record_routing, forward.cpp).
+  const bool indexed = ctx.resident && T <= ctx.resident->max_indexed_rows && !ctx.on_routing;
   Tensor shared_gate;
   {
     ScopedTimer timer(ctx.timer(layer, &LayerTimes::router));
     ctx.be.rmsnorm(h, w.post_norm, ctx.ws.xn.rows_view(0, T), eps_of(c), zero_centered);
-    shared_gate = route_rows(ctx, w.moe, T);
-    record_routing(ctx, layer);
+    shared_gate = route_rows(ctx, w.moe, T, layer, /*wait=*/!indexed);
+    if (!indexed) record_routing(ctx, layer);
   }
   ScopedTimer timer(ctx.timer(layer, &LayerTimes::experts));
   ExpertTask shared;
   if (w.moe.has_shared)
     shared = all_rows_task(ctx, w.moe.shared, c.shared_expert_intermediate_size, T, S, K);
-  run_experts(ctx, layer, T, S, w.moe.has_shared ? &shared : nullptr);
+  if (indexed) {
+    ctx.be.expert_ffn_indexed(ctx.ws.xn.rows_view(0, T), ctx.ws.route_ids_dev, K,
+                              ctx.resident->layers[layer], ctx.ws.slots, S);
+    if (w.moe.has_shared) ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), {&shared, 1}, ctx.ws.slots);
+  } else {
+    run_experts(ctx, layer, T, S, w.moe.has_shared ? &shared : nullptr);
+  }
   CombineArgs cb;
   cb.slots = ctx.ws.slots;
   cb.slots_per_token = S;
@@ -281,11 +314,11 @@ void lookahead_prefetch(const ForwardContext& ctx, const LayerWeights& next_w, i
   // Only the last row: decode has one.
   const ForwardContext one{ctx.config, ctx.family, ctx.expert_layout, ctx.be, ctx.ws, ctx.moe,
                            ctx.streamer, ctx.rope, ctx.active_experts, 1, ctx.seqs,
-                           ctx.timings, nullptr};
+                           ctx.timings, nullptr, ctx.resident};
   ctx.be.rmsnorm(ctx.ws.h.rows_view(T - 1, 1), next_w.post_norm, ctx.ws.xn.rows_view(0, 1),
                  eps_of(ctx.config), zero_centered);
-  route_rows(one, next_w.moe, 1);
-  const std::span<const int> guess(ctx.ws.route_ids, K);
+  route_rows(one, next_w.moe, 1, next);
+  const std::span<const int> guess(ctx.ws.route_ids(next), K);
   if (after_demand)
     ctx.streamer.prefetch_after_next_demand(next, guess, PrefetchKind::Lookahead);
   else

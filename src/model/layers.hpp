@@ -28,6 +28,11 @@ void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, int lay
 // last_routing for its last row and reports routing to ctx.on_routing.
 void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered);
 
+// Records the routing of MoE layer `layer` (read from the workspace's host area of that layer):
+// each sequence's last_routing for its last row, and ctx.on_routing. mlp_sublayer calls it,
+// except on the device-routed path, where forward() calls it after the pass.
+void record_routing(const ForwardContext& ctx, int layer);
+
 // Look-ahead prefetch: the router of MoE layer `next` applied to the current hidden state of
 // the batch's last row (normalised with that layer's post-attention norm); its top-K experts
 // are prefetched, queued behind the current layer's own reads when `after_demand`.

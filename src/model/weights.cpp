@@ -76,4 +76,51 @@ ModelWeights ModelWeights::bind(const Package& pkg) {
   return w;
 }
 
+namespace {
+
+// Visits every weight pointer of a layer (every field of the weight structs: a new field must
+// be listed here, or a backend with its own copy of the weights would read host memory).
+template <class F>
+void for_each_matrix(LayerWeights& l, F&& f) {
+  for (MatrixView* m : {&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.o, &l.lin.qkv, &l.lin.z,
+                        &l.lin.b, &l.lin.a, &l.lin.out, &l.moe.router, &l.moe.shared.gate,
+                        &l.moe.shared.up, &l.moe.shared.down, &l.moe.shared_gate, &l.dense.gate,
+                        &l.dense.up, &l.dense.down})
+    f(*m);
+}
+template <class F>
+void for_each_vector(LayerWeights& l, F&& f) {
+  for (const float** v : {&l.input_norm, &l.post_norm, &l.attn.q_bias, &l.attn.k_bias,
+                          &l.attn.v_bias, &l.attn.o_bias, &l.attn.q_norm, &l.attn.k_norm,
+                          &l.lin.conv, &l.lin.dt_bias, &l.lin.A_log, &l.lin.norm})
+    f(*v);
+}
+
+}  // namespace
+
+ModelWeights ModelWeights::rebased(const uint8_t* from, size_t bytes, const uint8_t* to) const {
+  auto move = [&](const uint8_t* p) -> const uint8_t* {
+    if (p == nullptr) return p;
+    MF_ASSERT(p >= from && p < from + bytes);
+    return to + (p - from);
+  };
+  auto matrix = [&](MatrixView& m) {
+    m.data = move(m.data);
+    m.scales = move(m.scales);
+    m.biases = move(m.biases);
+  };
+  auto vector = [&](const float*& v) {
+    v = reinterpret_cast<const float*>(move(reinterpret_cast<const uint8_t*>(v)));
+  };
+  ModelWeights w = *this;
+  matrix(w.embed);
+  matrix(w.lm_head);
+  vector(w.final_norm);
+  for (LayerWeights& l : w.layers) {
+    for_each_matrix(l, matrix);
+    for_each_vector(l, vector);
+  }
+  return w;
+}
+
 }  // namespace moeflux

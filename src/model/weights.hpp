@@ -55,6 +55,10 @@ struct ModelWeights {
   std::vector<LayerWeights> layers;
 
   static ModelWeights bind(const Package& pkg);
+
+  // The same weights at another address of the resident bytes: every pointer p inside
+  // [from, from + bytes) becomes to + (p - from) (a backend's device copy of resident.bin).
+  ModelWeights rebased(const uint8_t* from, size_t bytes, const uint8_t* to) const;
 };
 
 }  // namespace moeflux

@@ -63,8 +63,13 @@ Workspace Workspace::create(Backend& be, const ModelConfig& c, size_t max_rows,
     *p.t = Tensor::matrix(base + off, p.rows, p.cols, pitch, be.memory(), p.dtype);
     off += p.rows * pitch;
   }
-  // Routing ids are read by the host (CPU backend: the same memory).
-  ws.route_ids = ids.i32();
+  // Routing read by the host: per layer, in host memory the backend copies into fastest.
+  ws.route_ids_dev = ids.i32();
+  ws.route_stride = T * K;
+  const size_t layers = static_cast<size_t>(c.num_layers);
+  ws.host_buffer = be.allocate_host(2 * layers * T * K * sizeof(float), "routing (host)");
+  ws.route_ids_host = static_cast<int32_t*>(ws.host_buffer->data());
+  ws.route_weights_host = reinterpret_cast<float*>(ws.route_ids_host + layers * T * K);
   return ws;
 }
 

@@ -23,12 +23,20 @@ struct Workspace {
   Tensor conv;          // [T, conv_dim]: DeltaNet conv output (q | k | v)
   Tensor gated;         // [T, value_dim]: DeltaNet gated-norm output
   Tensor slots;         // [T * S, H]: expert outputs, slot s of row t at row t * S + s
-  Tensor route_weights; // dense [T, K] (one row of T * K)
-  int32_t* route_ids = nullptr;  // [T * K], host
+  Tensor route_weights; // dense [T, K] (one row of T * K), backend memory: combine reads it
+  int32_t* route_ids_dev = nullptr;  // [T * K], backend memory (expert_ffn_indexed reads it)
+  // Routing as the host reads it, one area of T * K per layer (so that a forward pass that
+  // does not wait per layer can record every layer's routing at its end).
+  int32_t* route_ids_host = nullptr;    // [layers][T * K]
+  float* route_weights_host = nullptr;  // [layers][T * K]
+  size_t route_stride = 0;              // T * K
+  int32_t* route_ids(int layer) const { return route_ids_host + layer * route_stride; }
+  float* route_weights_of(int layer) const { return route_weights_host + layer * route_stride; }
   Tensor logits;        // [kLogitRows, vocab]
   static constexpr size_t kLogitRows = 16;
 
   std::unique_ptr<BackendBuffer> buffer;
+  std::unique_ptr<BackendBuffer> host_buffer;  // routing read by the host
 
   static Workspace create(Backend& be, const ModelConfig& c, size_t max_rows, int active_experts);
 };

@@ -6,6 +6,9 @@
 #include <cstring>
 
 #include "backend/cpu/cpu_backend.hpp"
+#ifdef MOEFLUX_HAVE_CUDA
+#include "backend/cuda/cuda_backend.hpp"
+#endif
 #include "core/error.hpp"
 #include "core/human_bytes.hpp"
 #include "model/forward.hpp"
@@ -33,6 +36,21 @@ size_t sequence_floats(const ModelConfig& c, size_t ctx) {
   return n;
 }
 
+std::unique_ptr<Backend> create_backend(const EngineOptions& opts) {
+  std::string kind = opts.backend;
+#ifdef MOEFLUX_HAVE_CUDA
+  if (kind == "auto") kind = cuda::device_available() ? "cuda" : "cpu";
+  if (kind == "cuda") return cuda::make_backend({opts.gpu_device});
+#else
+  if (kind == "auto") kind = "cpu";
+  if (kind == "cuda")
+    fail("--backend cuda: this build has no CUDA backend (configure with -DMOEFLUX_CUDA=ON "
+         "where nvcc exists)");
+#endif
+  if (kind != "cpu") fail("unknown backend '" + kind + "' (cpu, cuda or auto)");
+  return std::make_unique<CpuBackend>(opts.threads);
+}
+
 }  // namespace
 
 Model::Model(Package pkg) : pkg_(std::move(pkg)), weights_(ModelWeights::bind(pkg_)) {
@@ -56,7 +74,14 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
          " positions");
   if (opts_.prefill_chunk == 0) opts_.prefill_chunk = 1;
 
-  backend_ = std::make_unique<CpuBackend>(opts.threads);
+  backend_ = create_backend(opts);
+  if (backend_->memory() == Memory::Host) {
+    weights_ = model.weights();
+  } else {
+    const Package& pkg = model.package();
+    const uint8_t* dev = backend_->resident(pkg.resident_base(), pkg.resident_size());
+    weights_ = model.weights().rebased(pkg.resident_base(), pkg.resident_size(), dev);
+  }
   ws_ = Workspace::create(*backend_, c, opts_.prefill_chunk, active_experts_);
   moe_.reserve(c, opts_.prefill_chunk, active_experts_);
 
@@ -75,13 +100,106 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     backend_->upload(sn.data(), half, rope_.sin);
   }
 
+  if (backend_->memory() == Memory::Host && (opts.gpu_cache_bytes > 0 || opts.gpu_cache_percent > 0))
+    fail("--gpu-mem: the " + std::string(backend_->name()) +
+         " backend has no GPU expert cache (use --backend cuda)");
   StreamOptions so = opts.stream;
   so.max_active = active_experts_;
+  if (backend_->memory() == Memory::Device) {
+    // The GPU tier computes from device memory: it is the fastest tier; the RAM tier it copies
+    // from is page-locked.
+    Backend* be = backend_.get();
+    const size_t all = model.package().manifest().experts.record_bytes *
+                       static_cast<size_t>(c.num_experts) * static_cast<size_t>(c.num_layers);
+    TierSpec gpu;
+    gpu.name = "gpu";
+    // --gpu-mem all: the experts are loaded into backend memory once (load_resident_experts);
+    // the GPU tier keeps only working slots.
+    const bool resident = opts.gpu_cache_percent == 0 && opts.gpu_cache_bytes >= all;
+    gpu.budget_bytes = resident                   ? 0
+                       : opts.gpu_cache_percent > 0
+                           ? static_cast<size_t>(static_cast<double>(all) *
+                                                 std::min(opts.gpu_cache_percent, 100.0) / 100.0)
+                           : std::min(opts.gpu_cache_bytes, all);
+    gpu.policy = so.policy;
+    gpu.make_memory = [be](size_t slots, size_t bytes) {
+      return be->expert_tier_memory(slots, bytes);
+    };
+    so.upper_tiers.insert(so.upper_tiers.begin(), std::move(gpu));
+    so.ram_memory = [be](size_t slots, size_t bytes) { return be->ram_tier_memory(slots, bytes); };
+  }
   streamer_ = std::make_unique<ExpertStreamer>(model.package(), so);
+  if (backend_->memory() == Memory::Device && opts.gpu_cache_percent == 0 &&
+      opts.gpu_cache_bytes == EngineOptions::kGpuMemAll)
+    load_resident_experts();
   if (opts.timing) timings_.layers.resize(c.num_layers);
 }
 
 Engine::~Engine() = default;
+
+void Engine::load_resident_experts() {
+  const ModelConfig& c = config();
+  const Package& pkg = model_.package();
+  const ExpertLayout& el = pkg.manifest().experts;
+  const size_t E = static_cast<size_t>(c.num_experts), rb = el.record_bytes;
+  MF_ASSERT(rb % sizeof(float) == 0);
+  // A loader of its own: records read (and checked) into a RAM tier of working slots, then
+  // uploaded; nothing is cached twice.
+  StreamOptions lo = opts_.stream;
+  lo.upper_tiers.clear();
+  lo.ram_cache_bytes = 0;
+  lo.hot_per_layer = 0;
+  lo.prefetch = PrefetchMode::None;
+  lo.ram_memory = nullptr;
+  lo.max_active = active_experts_;
+  ExpertStreamer loader(pkg, lo);
+  auto r = std::make_unique<ResidentExperts>();
+  r->layers.resize(c.num_layers);
+  r->host_records.resize(c.num_layers);
+  auto part = [&](const ExpertPart& p) { return RecordMatrix{el.fmt, p.rows, p.cols, p.offset}; };
+  auto upload_bytes = [&](const void* host, size_t bytes, const uint8_t* dev) {
+    const size_t n = bytes / sizeof(float);
+    backend_->upload(static_cast<const float*>(host), n,
+                     Tensor::matrix(const_cast<uint8_t*>(dev), 1, n, n, backend_->memory()));
+  };
+  std::vector<int> batch;
+  std::vector<const uint8_t*> records;
+  for (int l = 0; l < c.num_layers; ++l) {
+    if (!c.layer_is_moe[l]) continue;
+    try {
+      resident_buffers_.push_back(backend_->allocate(E * rb, "resident experts"));
+    } catch (const Error& e) {
+      fail(std::string("--gpu-mem all: every expert needs ") +
+           human_bytes(double(E * rb) * c.num_moe_layers()) + " of GPU memory (" + e.what() +
+           "); give --gpu-mem a size or a share instead");
+    }
+    const uint8_t* arena = static_cast<const uint8_t*>(resident_buffers_.back()->data());
+    std::vector<const uint8_t*>& host = r->host_records[l];
+    host.resize(E);
+    for (size_t e0 = 0; e0 < E; e0 += active_experts_) {
+      batch.clear();
+      for (size_t e = e0; e < std::min(E, e0 + active_experts_); ++e) batch.push_back(int(e));
+      loader.acquire(l, batch, records);
+      for (size_t i = 0; i < batch.size(); ++i) {
+        host[batch[i]] = arena + batch[i] * rb;
+        upload_bytes(records[i], rb, host[batch[i]]);
+      }
+      loader.release();
+    }
+    resident_buffers_.push_back(backend_->allocate(E * sizeof(void*), "resident expert table"));
+    const auto* table = static_cast<const uint8_t*>(resident_buffers_.back()->data());
+    upload_bytes(host.data(), E * sizeof(void*), table);
+    IndexedExperts& ix = r->layers[l];
+    ix.records = reinterpret_cast<const uint8_t* const*>(table);
+    ix.experts = E;
+    ix.gate = part(el.gate);
+    ix.up = part(el.up);
+    ix.down = part(el.down);
+    r->bytes += E * rb;
+  }
+  r->max_indexed_rows = 8;
+  resident_ = std::move(r);
+}
 
 SequenceState Engine::new_sequence(size_t ctx, std::unique_ptr<BackendBuffer>* buffer) {
   const ModelConfig& c = config();
@@ -164,8 +282,9 @@ void Engine::forward(std::span<const int> tokens, std::span<const SequenceChunk>
                            tokens.size(),
                            seqs,
                            opts_.timing ? &timings_ : nullptr,
-                           opts_.on_routing ? &opts_.on_routing : nullptr};
-  moeflux::forward(ctx, model_.weights(), tokens, opts_.stream.prefetch, logits_row, logits);
+                           opts_.on_routing ? &opts_.on_routing : nullptr,
+                           resident_.get()};
+  moeflux::forward(ctx, weights_, tokens, opts_.stream.prefetch, logits_row, logits);
 }
 
 }  // namespace moeflux

@@ -25,6 +25,13 @@
 namespace moeflux {
 
 struct EngineOptions {
+  std::string backend = "cpu";  // --backend: cpu, cuda, or auto (cuda when a GPU is present)
+  int gpu_device = 0;           // --gpu: CUDA device index
+  // --gpu-mem: expert bytes the GPU tier keeps for reuse, besides its working slots (which
+  // hold the experts of the layer being computed); kGpuMemAll = every expert of the model.
+  size_t gpu_cache_bytes = 0;
+  static constexpr size_t kGpuMemAll = ~size_t{0};
+  double gpu_cache_percent = 0;  // --gpu-mem N%: instead, this share of every expert's bytes
   size_t threads = 0;           // compute threads (0 = all hardware threads)
   int active_experts = 0;       // experts run per token (--k); 0 = the model's top_k
   size_t prefill_chunk = 256;   // rows per forward pass (prompt chunk; batched decode width)
@@ -52,9 +59,10 @@ class Model {
 
 class Engine {
  public:
-  // Creates the backend (CPU), its workspace, rope table and the expert streamer. Throws
-  // moeflux::Error for options the model cannot take (--k above its experts, a context above
-  // its positions).
+  // Creates the backend (opts.backend), copies the resident weights into its memory, its
+  // workspace, rope table and the expert streamer (with a GPU tier in front of the RAM tier
+  // for a GPU backend). Throws moeflux::Error for options the model cannot take (--k above its
+  // experts, a context above its positions) or a backend that cannot be had.
   Engine(const Model& model, const EngineOptions& opts);
   ~Engine();
   Engine(const Engine&) = delete;
@@ -64,6 +72,8 @@ class Engine {
   const ModelConfig& config() const { return model_.config(); }
   const EngineOptions& options() const { return opts_; }
   Backend& backend() { return *backend_; }
+  // The weights as the backend reads them (in its memory).
+  const ModelWeights& weights() const { return weights_; }
   int active_experts() const { return active_experts_; }
   size_t context() const { return context_; }    // positions a session may hold at most
   size_t max_rows() const { return ws_.max_rows; }  // rows of one forward pass
@@ -88,17 +98,27 @@ class Engine {
   // Drops deferred prefetches of an abandoned evaluation (Session::clear).
   void cancel_prefetches();
 
+  // Every expert copied into backend memory at creation (a GPU backend with --gpu-mem all):
+  // null when experts stream through the cache tiers.
+  const ResidentExperts* resident_experts() const { return resident_.get(); }
+
  private:
+  // Reads every expert record (checked like any read) into backend memory: resident_.
+  void load_resident_experts();
+
   const Model& model_;
   EngineOptions opts_;
   int active_experts_ = 0;
   size_t context_ = 0;
   std::unique_ptr<Backend> backend_;
+  ModelWeights weights_;
   Workspace ws_;
   MoeScratch moe_;
   std::unique_ptr<BackendBuffer> rope_buffer_;
   RopeTable rope_;
   std::unique_ptr<ExpertStreamer> streamer_;
+  std::unique_ptr<ResidentExperts> resident_;
+  std::vector<std::unique_ptr<BackendBuffer>> resident_buffers_;
   ForwardTimings timings_;
   std::mutex mu_;
 };

@@ -149,11 +149,15 @@ Runner add_bench(CLI::App& app) {
     // --keep-cache: one engine for every repeat (its expert cache stays warm, as a server's
     // would); otherwise each repeat starts with a new engine and a cold cache.
     std::unique_ptr<Engine> shared;
+    std::string backend_name;
+    size_t resident_bytes = 0;
     if (a->keep_cache) shared = std::make_unique<Engine>(*model, opts);
     for (int r = 0; r < a->repeat; ++r) {
       std::unique_ptr<Engine> own;
       if (!shared) own = std::make_unique<Engine>(*model, opts);
       Engine& engine = shared ? *shared : *own;
+      backend_name = engine.backend().name();
+      resident_bytes = engine.resident_experts() ? engine.resident_experts()->bytes : 0;
       engine.reset_timings();
       Session s(engine);
       auto t0 = Clock::now();
@@ -202,6 +206,8 @@ Runner add_bench(CLI::App& app) {
                          {"repeat", a->repeat},
                          {"keep_cache", a->keep_cache}};
     report["prefill_tok_s"] = {{"median", median(prefill)}, {"runs", prefill}};
+    report["backend"] = backend_name;
+    report["resident_expert_bytes"] = resident_bytes;
     report["decode_tok_s"] = {{"median", median(decode)}, {"runs", decode}};
     report["decode_streaming"] = last_stream;
     // Achieved storage bandwidth during the last decode: over its wall time (what the token
@@ -258,8 +264,11 @@ Runner add_bench(CLI::App& app) {
     }
 
     const json& bpt = last_stream["bytes_per_token"];
-    std::printf("decode   %.2f tok/s (median of %d), prefill %.1f tok/s\n", median(decode),
-                a->repeat, median(prefill));
+    std::printf("decode   %.2f tok/s (median of %d), prefill %.1f tok/s (%s backend)\n",
+                median(decode), a->repeat, median(prefill), backend_name.c_str());
+    if (resident_bytes > 0)
+      std::printf("experts  all resident in %s memory (%s), loaded once: no streaming\n",
+                  backend_name.c_str(), human_bytes(double(resident_bytes)).c_str());
     std::printf("experts  %.2f MiB/token requested:", bpt["requested"].get<double>() / 1048576);
     std::string hits;
     for (const json& tier : last_stream["tiers"]) {

@@ -1,8 +1,11 @@
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 #include "commands.hpp"
 #include "backend/cpu/matvec.hpp"
 #ifdef MOEFLUX_HAVE_CUDA
+#include "backend/cuda/cuda_backend.hpp"
 #include "backend/cuda/cuda_device.hpp"
 #endif
 
@@ -21,9 +24,16 @@ Runner add_devices(CLI::App& app) {
     for (const auto& d : devs)
       std::printf("cuda  %d: %s, sm_%d%d, %d SMs, %s\n", d.index, d.name.c_str(), d.sm_major, d.sm_minor,
                   d.multiprocessors, human_bytes(double(d.total_bytes)).c_str());
+    const bool gpu = cuda::device_available();
 #else
     std::printf("cuda  not built (configure with -DMOEFLUX_CUDA=ON where nvcc exists)\n");
+    const bool gpu = false;
 #endif
+    const char* env = std::getenv("MOEFLUX_BACKEND");
+    const std::string chosen = env && *env ? env : "auto";
+    std::printf("backend: %s%s -> %s\n", chosen.c_str(),
+                env && *env ? " (MOEFLUX_BACKEND)" : " (default)",
+                chosen == "auto" ? (gpu ? "cuda" : "cpu") : chosen.c_str());
     return 0;
   };
 }

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "commands.hpp"
@@ -10,6 +11,15 @@
 namespace moeflux::tool {
 
 void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
+  cmd->add_option("--backend", a->backend,
+                  "Compute backend: cpu, cuda, or auto = cuda when a GPU is present (default: "
+                  "$MOEFLUX_BACKEND, else auto)")
+      ->check(CLI::IsMember({"cpu", "cuda", "auto"}));
+  cmd->add_option("--gpu", a->gpu, "CUDA device index (default 0)")->check(integer_range(0, 1024));
+  cmd->add_option("--gpu-mem", a->gpu_mem,
+                  "GPU expert cache: bytes of experts kept on the GPU besides the working slots "
+                  "(e.g. 0, 8G), a share of the model's experts (25%), or 'all' (every expert "
+                  "resident; default 0)");
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all hardware threads)")
       ->check(integer_range(1, 4096));
   cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")
@@ -44,6 +54,25 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
 EngineOptions EngineArgs::to_options() const {
   EngineOptions o;
   try {  // every value here came from the command line: a bad one is a usage error
+    o.backend = backend;
+    if (o.backend.empty()) {
+      const char* env = std::getenv("MOEFLUX_BACKEND");
+      o.backend = env && *env ? env : "auto";
+      if (o.backend != "cpu" && o.backend != "cuda" && o.backend != "auto")
+        fail("MOEFLUX_BACKEND=" + o.backend + ": expected cpu, cuda or auto");
+    }
+    o.gpu_device = gpu;
+    if (gpu_mem == "all") {
+      o.gpu_cache_bytes = EngineOptions::kGpuMemAll;
+    } else if (!gpu_mem.empty() && gpu_mem.back() == '%') {
+      char* end = nullptr;
+      const std::string num = gpu_mem.substr(0, gpu_mem.size() - 1);
+      o.gpu_cache_percent = std::strtod(num.c_str(), &end);
+      if (num.empty() || *end != '\0' || !(o.gpu_cache_percent > 0) || o.gpu_cache_percent > 100)
+        fail("--gpu-mem " + gpu_mem + ": a percentage must be in (0, 100]");
+    } else {
+      o.gpu_cache_bytes = parse_byte_size(gpu_mem, "--gpu-mem");
+    }
     o.threads = threads;
     o.active_experts = k;
     o.prefill_chunk = prefill_chunk;

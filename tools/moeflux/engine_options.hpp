@@ -1,5 +1,5 @@
 // The options every evaluating command shares (logits, run, chat, perplexity, bench):
-// --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --no-verify
+// --backend --gpu --gpu-mem --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --no-verify
 // --prefetch --prefill-chunk --ctx --timing.
 #pragma once
 
@@ -12,6 +12,9 @@
 namespace moeflux::tool {
 
 struct EngineArgs {
+  std::string backend;  // "" = $MOEFLUX_BACKEND, else auto
+  int gpu = 0;
+  std::string gpu_mem = "0";
   size_t threads = 0;
   int k = 0;
   std::string ram_cache = "0";

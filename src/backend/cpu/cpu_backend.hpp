@@ -25,6 +25,12 @@ class CpuBackend final : public Backend {
   ThreadPool& pool() { return pool_; }
 
   std::unique_ptr<BackendBuffer> allocate(size_t bytes, const char* what) override;
+  std::unique_ptr<BackendBuffer> allocate_host(size_t bytes, const char* what) override {
+    return allocate(bytes, what);
+  }
+  // Host memory is the compute tier; the RAM tier needs nothing special.
+  std::unique_ptr<TierMemory> expert_tier_memory(size_t, size_t) override { return nullptr; }
+  std::unique_ptr<TierMemory> ram_tier_memory(size_t, size_t) override { return nullptr; }
   const uint8_t* resident(const uint8_t* host, size_t) override { return host; }
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
@@ -45,6 +51,9 @@ class CpuBackend final : public Backend {
   void route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) override;
   void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
                   const Tensor& slots) override;
+  void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k,
+                          const IndexedExperts& ex, const Tensor& slots,
+                          size_t slots_per_token) override;
   void combine(const CombineArgs& a) override;
 
  private:

@@ -30,6 +30,9 @@ void CpuBackend::route(const Tensor& logits, const RouterSpec& spec, const Route
           for (size_t i = 0; i < k; ++i) sum += probs[ids[i]];
           for (size_t i = 0; i < k; ++i)
             w[i] = spec.norm_topk_prob ? probs[ids[i]] / sum : probs[ids[i]];
+          if (out.device_weights && out.device_weights != out.weights)
+            std::copy_n(w, k, out.device_weights + t * k);
+          if (out.device_ids && out.device_ids != out.ids) std::copy_n(ids, k, out.device_ids + t * k);
         }
       },
       std::max<size_t>(1, 16384 / (E * 8)));
@@ -179,6 +182,33 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
                     nr * sizeof(float));
     }
   });
+}
+
+void CpuBackend::expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k,
+                                    const IndexedExperts& ex, const Tensor& slots, size_t S) {
+  // Host memory: the ids are readable here. Each (row, rank) is one single-row task.
+  const size_t T = X.rows();
+  thread_local std::vector<ExpertTask> tasks;
+  thread_local std::vector<int32_t> rows;
+  tasks.clear();
+  rows.resize(2 * T * k);
+  for (size_t t = 0; t < T; ++t)
+    for (size_t i = 0; i < k; ++i) {
+      const int32_t e = ids[t * k + i];
+      MF_ASSERT(e >= 0 && static_cast<size_t>(e) < ex.experts);
+      const uint8_t* rec = ex.records[e];
+      int32_t* r = rows.data() + 2 * (t * k + i);
+      r[0] = static_cast<int32_t>(t);
+      r[1] = static_cast<int32_t>(t * S + i);
+      ExpertTask task;
+      task.w = {ex.gate.at(rec), ex.up.at(rec), ex.down.at(rec)};
+      task.intermediate = ex.gate.rows;
+      task.in_rows = r;
+      task.out_rows = r + 1;
+      task.n = 1;
+      tasks.push_back(task);
+    }
+  expert_ffn(X, tasks, slots);
 }
 
 void CpuBackend::combine(const CombineArgs& a) {

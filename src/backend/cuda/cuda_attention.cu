@@ -1,0 +1,209 @@
+// CudaBackend::attention: causal attention with GQA over a preallocated KV cache.
+//
+// The chunk's keys and values are appended to the cache first; then one block per (row t,
+// head h) computes, over positions j <= p = pos0 + t of kv head g = h / (heads / kv_heads),
+//   out = Σ_j softmax_j(scale · q·K[j]) V[j]   (· sigmoid(gate) when gated)
+// with the online softmax: a running maximum m, normaliser l and accumulator a
+// (a <- a e^{m - m'} + e^{s - m'} V[j]). The positions are split across blocks (split-KV, so
+// that decode's few heads still fill the GPU), each block's warps take kIlp positions at a
+// time, and the partial results are merged with the same rescaling: warps within a block,
+// then splits in a second kernel.
+#include <algorithm>
+
+#include "backend/cuda/cuda_backend.cuh"
+#include "backend/cuda/cuda_check.hpp"
+
+namespace moeflux::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kMaxHeadDim = 256;
+constexpr int kPerLane = kMaxHeadDim / 32;
+
+// cache[pos0 + t][g * hd + d] = src[t][g][d]
+__global__ void append_kernel(const float* src, size_t s0, size_t s1, int T, int nkv, int hd,
+                              float* cache, size_t pitch, int pos0) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= size_t(T) * nkv * hd) return;
+  const int d = static_cast<int>(i % hd);
+  const int g = static_cast<int>((i / hd) % nkv);
+  const int t = static_cast<int>(i / (size_t(hd) * nkv));
+  cache[(pos0 + t) * pitch + size_t(g) * hd + d] = src[t * s0 + g * s1 + d];
+}
+
+struct AttnParams {
+  const float* q;
+  size_t q0, q1;  // strides of q [T, heads, hd]
+  const float* gate;
+  size_t g0, g1;
+  const float* K;
+  const float* V;
+  size_t kv_pitch;
+  float* out;
+  size_t out_pitch;
+  float* part;     // [T * heads][splits][hd + 2]: per split m, l, then the unnormalised sum
+  int heads, kv_heads, hd, pos0, split_len, splits;
+  float scale;
+};
+
+// Keys per warp step: that many independent dot products in flight hide the load latency.
+constexpr int kIlp = 4;
+
+// Split `blockIdx.y` of row t, head h: positions [y * split_len, ...) up to t's causal length.
+// Each warp takes kIlp positions at a time (strided by kWarps * kIlp), lanes split the head
+// dimension; the block's warps are merged, and the split's (m, l, Σ e^{s-m} V) stored.
+__global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnParams p) {
+  const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
+  const int g = h / (p.heads / p.kv_heads);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int len = p.pos0 + t + 1;
+  const int begin = blockIdx.y * p.split_len;
+  const int end = min(len, begin + p.split_len);
+  __shared__ float qs[kMaxHeadDim];
+  __shared__ float wm[kWarps], wl[kWarps];
+  __shared__ float wacc[kWarps][kMaxHeadDim];
+  const float* q = p.q + t * p.q0 + h * p.q1;
+  for (int d = threadIdx.x; d < p.hd; d += blockDim.x) qs[d] = q[d];
+  __syncthreads();
+
+  float m = -INFINITY, l = 0.0f, acc[kPerLane];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
+  const float* K = p.K + size_t(g) * p.hd;
+  const float* V = p.V + size_t(g) * p.hd;
+  for (int j0 = begin + warp * kIlp; j0 < end; j0 += kWarps * kIlp) {
+    float part[kIlp];
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) {
+      part[u] = 0.0f;
+      if (j0 + u < end) {
+        const float* k = K + size_t(j0 + u) * p.kv_pitch;
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) {
+          const int d = lane + 32 * i;
+          if (d < p.hd) part[u] = fmaf(qs[d], k[d], part[u]);
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) part[u] = warp_sum(part[u]) * p.scale;
+#pragma unroll
+    for (int u = 0; u < kIlp; ++u) {
+      if (j0 + u >= end) break;
+      const float s = part[u];
+      const float m_new = fmaxf(m, s);
+      const float c = expf(m - m_new), e = expf(s - m_new);
+      l = l * c + e;
+      const float* v = V + size_t(j0 + u) * p.kv_pitch;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int d = lane + 32 * i;
+        if (d < p.hd) acc[i] = acc[i] * c + e * v[d];
+      }
+      m = m_new;
+    }
+  }
+  if (lane == 0) wm[warp] = m, wl[warp] = l;
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int d = lane + 32 * i;
+    if (d < p.hd) wacc[warp][d] = acc[i];
+  }
+  __syncthreads();
+  float M = -INFINITY;
+  for (int w = 0; w < kWarps; ++w) M = fmaxf(M, wm[w]);
+  float* out = p.part + (size_t(blockIdx.x) * p.splits + blockIdx.y) * (p.hd + 2);
+  if (threadIdx.x == 0) {
+    float L = 0.0f;
+    for (int w = 0; w < kWarps; ++w)
+      if (wm[w] > -INFINITY) L += wl[w] * expf(wm[w] - M);
+    out[0] = M;
+    out[1] = L;
+  }
+  for (int d = threadIdx.x; d < p.hd; d += blockDim.x) {
+    float s = 0.0f;
+    for (int w = 0; w < kWarps; ++w)
+      if (wm[w] > -INFINITY) s += wacc[w][d] * expf(wm[w] - M);
+    out[2 + d] = s;
+  }
+}
+
+// out[t, h] = Σ_splits e^{m_s - M} acc_s / Σ_splits e^{m_s - M} l_s  (· sigmoid(gate)).
+__global__ void attention_merge_kernel(AttnParams p) {
+  const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
+  const float* part = p.part + size_t(blockIdx.x) * p.splits * (p.hd + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) M = fmaxf(M, part[s * (p.hd + 2)]);
+  float L = 0.0f;
+  for (int s = 0; s < p.splits; ++s) {
+    const float m = part[s * (p.hd + 2)];
+    if (m > -INFINITY) L += part[s * (p.hd + 2) + 1] * expf(m - M);
+  }
+  float* o = p.out + t * p.out_pitch + size_t(h) * p.hd;
+  for (int d = threadIdx.x; d < p.hd; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float m = part[s * (p.hd + 2)];
+      if (m > -INFINITY) acc += part[s * (p.hd + 2) + 2 + d] * expf(m - M);
+    }
+    float r = acc / L;
+    if (p.gate) r *= sigmoidf_(p.gate[t * p.g0 + h * p.g1 + d]);
+    o[d] = r;
+  }
+}
+
+}  // namespace
+
+void CudaBackend::attention(const AttentionArgs& a) {
+  const OpTimer timer(*this, "attention");
+  MF_ASSERT(a.q.rank == 3 && a.k.rank == 3 && a.v.rank == 3 && a.cache != nullptr);
+  const size_t T = a.q.shape[0], nh = a.q.shape[1], hd = a.q.shape[2], nkv = a.k.shape[1];
+  MF_ASSERT(a.k.shape == a.v.shape && a.k.shape[0] == T && a.k.shape[2] == hd);
+  MF_ASSERT(nkv > 0 && nh % nkv == 0 && a.pos0 >= 0 && hd <= size_t(kMaxHeadDim));
+  MF_ASSERT(a.out.rank == 2 && a.out.rows() == T && a.out.shape[1] == nh * hd);
+  MF_ASSERT(a.gate.empty() || (a.gate.rank == 3 && a.gate.shape == a.q.shape));
+  KvCache& c = *a.cache;
+  MF_ASSERT(c.k.shape[1] == nkv * hd && c.v.shape[1] == nkv * hd &&
+            size_t(a.pos0) + T <= c.k.rows() && c.k.pitch() == c.v.pitch());
+  if (T == 0) return;
+  const size_t n = T * nkv * hd;
+  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(
+      a.k.f32(), a.k.stride[0], a.k.stride[1], int(T), int(nkv), int(hd), c.k.f32(), c.k.pitch(),
+      a.pos0);
+  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(
+      a.v.f32(), a.v.stride[0], a.v.stride[1], int(T), int(nkv), int(hd), c.v.f32(), c.v.pitch(),
+      a.pos0);
+  check_launch("attention (cache append)");
+  AttnParams p;
+  p.q = a.q.f32();
+  p.q0 = a.q.stride[0];
+  p.q1 = a.q.stride[1];
+  p.gate = a.gate.empty() ? nullptr : a.gate.f32();
+  p.g0 = a.gate.empty() ? 0 : a.gate.stride[0];
+  p.g1 = a.gate.empty() ? 0 : a.gate.stride[1];
+  p.K = c.k.f32();
+  p.V = c.v.f32();
+  p.kv_pitch = c.k.pitch();
+  p.out = a.out.f32();
+  p.out_pitch = a.out.pitch();
+  p.heads = int(nh);
+  p.kv_heads = int(nkv);
+  p.hd = int(hd);
+  p.pos0 = a.pos0;
+  p.scale = a.scale;
+  // Splits of the longest row's positions: enough blocks to fill the GPU (decode has only
+  // `heads` rows x heads), at least 64 positions each.
+  const int max_len = a.pos0 + int(T);
+  const int want = std::max(1, 264 / int(T * nh));
+  p.split_len = std::max(64, (max_len + want - 1) / want);
+  p.splits = (max_len + p.split_len - 1) / p.split_len;
+  p.part = scratch_attention(T * nh * size_t(p.splits) * (hd + 2));
+  attention_partial_kernel<<<dim3(unsigned(T * nh), unsigned(p.splits)), kWarps * 32, 0,
+                             stream_>>>(p);
+  check_launch("attention");
+  attention_merge_kernel<<<unsigned(T * nh), hd >= 64 ? 128 : 32, 0, stream_>>>(p);
+  check_launch("attention (merge)");
+}
+
+}  // namespace moeflux::cuda

@@ -1,0 +1,525 @@
+// CudaBackend: memory, staging, embedding, norms, rope, routing and the combine. Products are
+// in cuda_matmul.cu, attention in cuda_attention.cu, DeltaNet in cuda_deltanet.cu, the expert
+// FFN in cuda_moe.cu, cache tiers in cuda_tier.cu.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "backend/cuda/cuda_backend.cuh"
+#include "backend/cuda/cuda_backend.hpp"
+#include "backend/cuda/cuda_check.hpp"
+#include "core/human_bytes.hpp"
+
+namespace moeflux::cuda {
+
+namespace {
+
+constexpr size_t kStagingBytes = size_t{4} << 20;
+
+class DeviceBuffer final : public BackendBuffer {
+ public:
+  DeviceBuffer(void* p, size_t bytes) : p_(p), bytes_(bytes) {}
+  ~DeviceBuffer() override { cudaFree(p_); }
+  void* data() override { return p_; }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  void* p_;
+  size_t bytes_;
+};
+
+class PinnedBuffer final : public BackendBuffer {
+ public:
+  PinnedBuffer(void* p, size_t bytes) : p_(p), bytes_(bytes) {}
+  ~PinnedBuffer() override { cudaFreeHost(p_); }
+  void* data() override { return p_; }
+  size_t bytes() const override { return bytes_; }
+
+ private:
+  void* p_;
+  size_t bytes_;
+};
+
+// The innermost vectors of a rank-2 or rank-3 tensor: vector v is at
+// p + (v / inner) * s0 + (v % inner) * s1 and has `dim` elements.
+struct Vecs {
+  float* p;
+  size_t s0, s1;
+  int inner, dim;
+  size_t count;
+  __device__ float* at(size_t v) const { return p + (v / inner) * s0 + (v % inner) * s1; }
+};
+
+Vecs vecs_of(const Tensor& t) {
+  MF_ASSERT(t.rank == 2 || t.rank == 3);
+  MF_ASSERT(t.memory == Memory::Device);
+  Vecs v;
+  v.p = t.f32();
+  v.s0 = t.stride[0];
+  v.s1 = t.rank == 3 ? t.stride[1] : 0;
+  v.inner = t.rank == 3 ? static_cast<int>(t.shape[1]) : 1;
+  v.dim = static_cast<int>(t.shape[t.rank - 1]);
+  v.count = t.shape[0] * static_cast<size_t>(v.inner);
+  return v;
+}
+
+__global__ void fill_kernel(Vecs t, float value) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= t.count * t.dim) return;
+  t.at(i / t.dim)[i % t.dim] = value;
+}
+
+__global__ void embed_kernel(DevMat E, const int32_t* tokens, int T, float* X, size_t ldx) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= size_t(T) * E.cols) return;
+  const int t = static_cast<int>(i / E.cols), c = static_cast<int>(i % E.cols);
+  X[t * ldx + c] = decode_elem(E, tokens[t], c);
+}
+
+// Sum of v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+__device__ float block_sum(float v) {
+  __shared__ float part[32];
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  __syncthreads();  // part[] may still be read by a previous call
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  float s = lane < warps ? part[lane] : 0.0f;
+  return warp_sum(s);
+}
+
+// y = x / sqrt(mean(x^2) + eps) * (zero_centered ? 1 + w : w), one block per vector; y may
+// alias x (each thread writes only the elements it read).
+__global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
+  const float* xv = x.at(blockIdx.x);
+  float* yv = y.at(blockIdx.x);
+  float ss = 0.0f;
+  for (int d = threadIdx.x; d < x.dim; d += blockDim.x) ss += xv[d] * xv[d];
+  const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
+  for (int d = threadIdx.x; d < x.dim; d += blockDim.x) {
+    const float g = zero_centered ? 1.0f + w[d] : w[d];
+    yv[d] = xv[d] * inv * g;
+  }
+}
+
+// y = rmsnorm(x) * w * silu(z), one block per (row, head).
+__global__ void rmsnorm_gated_kernel(Vecs x, Vecs z, const float* w, float eps, Vecs y) {
+  const float* xv = x.at(blockIdx.x);
+  const float* zv = z.at(blockIdx.x);
+  float* yv = y.at(blockIdx.x);
+  float ss = 0.0f;
+  for (int d = threadIdx.x; d < x.dim; d += blockDim.x) ss += xv[d] * xv[d];
+  const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
+  for (int d = threadIdx.x; d < x.dim; d += blockDim.x)
+    yv[d] = xv[d] * inv * w[d] * siluf_(zv[d]);
+}
+
+// Rotates (v[i], v[i + half]) of every vector of x [T, heads, dim], i < half, by the angle of
+// position pos0 + t: rotate_half convention.
+__global__ void rope_kernel(Vecs x, const float* cos_t, const float* sin_t, size_t table_pitch,
+                            int half, int pos0) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= x.count * half) return;
+  const size_t v = i / half;
+  const int d = static_cast<int>(i % half);
+  const size_t t = v / x.inner;
+  float* p = x.at(v);
+  const float c = cos_t[(pos0 + t) * table_pitch + d], s = sin_t[(pos0 + t) * table_pitch + d];
+  const float a = p[d], b = p[d + half];
+  p[d] = a * c - b * s;
+  p[d + half] = b * c + a * s;
+}
+
+// Causal depthwise conv over [state | x] + SiLU, one thread per channel (kernel <= 16).
+__global__ void conv1d_silu_kernel(const float* x, size_t ldx, int T, int C, const float* w,
+                                   int kernel, float* state, size_t lds, float* y, size_t ldy) {
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int S = kernel - 1;
+  float* st = state + c * lds;
+  const float* wc = w + static_cast<size_t>(c) * kernel;
+  auto u = [&](int i) { return i < S ? st[i] : x[static_cast<size_t>(i - S) * ldx + c]; };
+  for (int t = 0; t < T; ++t) {
+    float acc = 0.0f;
+    for (int j = 0; j < kernel; ++j) acc += wc[j] * u(t + j);
+    y[static_cast<size_t>(t) * ldy + c] = siluf_(acc);
+  }
+  float next[16];
+  for (int j = 0; j < S; ++j) next[j] = u(T + j);
+  for (int j = 0; j < S; ++j) st[j] = next[j];
+}
+
+// Softmax top-k routing, one warp per token: probabilities p = softmax(logits) (in shared
+// memory), then k rounds of arg-max (ties: the lower index, as the CPU's top_k), weights p
+// renormalised over the chosen when asked.
+__global__ void route_softmax_kernel(const float* logits, size_t ld, int E, int k, int norm,
+                                     int32_t* ids, float* weights) {
+  extern __shared__ float p[];
+  const int t = blockIdx.x, lane = threadIdx.x;
+  const float* l = logits + static_cast<size_t>(t) * ld;
+  float mx = -INFINITY;
+  for (int e = lane; e < E; e += 32) mx = fmaxf(mx, l[e]);
+  mx = warp_max(mx);
+  float sum = 0.0f;
+  for (int e = lane; e < E; e += 32) sum += (p[e] = expf(l[e] - mx));
+  const float inv = 1.0f / warp_sum(sum);
+  for (int e = lane; e < E; e += 32) p[e] *= inv;
+  __syncwarp();
+  float chosen_sum = 0.0f;
+  for (int i = 0; i < k; ++i) {
+    float best = -INFINITY;
+    int at = E;
+    for (int e = lane; e < E; e += 32)
+      if (p[e] > best) best = p[e], at = e;  // first (lowest) index of this lane's maximum
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oa = __shfl_xor_sync(0xffffffffu, at, o);
+      if (ob > best || (ob == best && oa < at)) best = ob, at = oa;
+    }
+    if (lane == 0) {
+      ids[t * k + i] = at;
+      weights[t * k + i] = best;
+    }
+    chosen_sum += best;
+    __syncwarp();
+    if (lane == 0 && at < E) p[at] = -INFINITY;
+    __syncwarp();
+  }
+  if (norm && lane < k) weights[t * k + lane] /= chosen_sum;
+}
+
+// out[t] += Σ_s w[t,s] slots[t*S + s] in slot order; w from routed (s < K) or the gate.
+__global__ void combine_kernel(const float* slots, size_t lds, int S, const float* routed, int K,
+                               const float* gate, size_t ldg, float* out, size_t ldo, int T,
+                               int H) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= size_t(T) * H) return;
+  const int t = static_cast<int>(i / H), c = static_cast<int>(i % H);
+  float o = out[t * ldo + c];
+  for (int s = 0; s < S; ++s) {
+    const float w = s < K ? routed[t * K + s] : (gate ? sigmoidf_(gate[t * ldg]) : 1.0f);
+    o += w * slots[(static_cast<size_t>(t) * S + s) * lds + c];
+  }
+  out[t * ldo + c] = o;
+}
+
+}  // namespace
+
+void check_launch(const char* what) {
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) fail(std::string("CUDA: launching ") + what + ": " + cudaGetErrorString(err));
+}
+
+DevMat dev_mat(const MatrixView& m) {
+  DevMat d;
+  d.data = m.data;
+  d.scales = m.scales;
+  d.biases = m.biases;
+  d.rows = static_cast<int>(m.rows);
+  d.cols = static_cast<int>(m.cols);
+  d.group = m.fmt.group;
+  d.row_bytes = row_data_bytes(m.fmt, m.cols);
+  switch (m.fmt.kind) {
+    case QuantKind::F32: d.code = kF32; break;
+    case QuantKind::F16: d.code = kF16; break;
+    case QuantKind::BF16: d.code = kBF16; break;
+    case QuantKind::Q8_0: d.code = kQ8; break;
+    case QuantKind::Affine:
+      if (m.fmt.bits != 4 && m.fmt.bits != 8)
+        fail("CUDA backend: affine " + std::to_string(m.fmt.bits) + "-bit weights are not supported");
+      d.code = m.fmt.bits == 4 ? kA4 : kA8;
+      break;
+  }
+  return d;
+}
+
+namespace {
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+
+CudaBackend::OpTimer::OpTimer(CudaBackend& be, const char* op) : be_(be), op_(op) {
+  if (!be_.profile_) return;
+  MF_CUDA(cudaStreamSynchronize(be_.stream_));
+  t0_ = now_seconds();
+}
+
+CudaBackend::OpTimer::~OpTimer() {
+  if (!be_.profile_) return;
+  cudaStreamSynchronize(be_.stream_);
+  const double dt = now_seconds() - t0_;
+  for (OpTime& o : be_.op_times_)
+    if (o.op == op_) {
+      o.seconds += dt;
+      ++o.calls;
+      return;
+    }
+  be_.op_times_.push_back({op_, dt, 1});
+}
+
+CudaBackend::CudaBackend(int device) : device_(device) {
+  const char* prof = std::getenv("MOEFLUX_CUDA_PROFILE");
+  profile_ = prof && *prof && std::string(prof) != "0";
+  int count = 0;
+  MF_CUDA(cudaGetDeviceCount(&count));
+  if (device < 0 || device >= count)
+    fail("CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) +
+         " visible)");
+  MF_CUDA(cudaSetDevice(device));
+  MF_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  MF_CUDA(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking));
+  staging_bytes_ = kStagingBytes;
+  MF_CUDA(cudaMallocHost(&staging_host_, staging_bytes_));
+  MF_CUDA(cudaMalloc(&staging_dev_, staging_bytes_));
+}
+
+CudaBackend::~CudaBackend() {
+  cudaStreamSynchronize(stream_);
+  if (profile_ && !op_times_.empty()) {
+    double total = 0;
+    for (const OpTime& o : op_times_) total += o.seconds;
+    std::fprintf(stderr, "[cuda profile] op             calls    total ms   us/call   share\n");
+    for (const OpTime& o : op_times_)
+      std::fprintf(stderr, "[cuda profile] %-14s %7llu %10.2f %9.2f %6.1f%%\n", o.op,
+                   static_cast<unsigned long long>(o.calls), 1e3 * o.seconds,
+                   1e6 * o.seconds / double(o.calls), 100 * o.seconds / total);
+  }
+  cudaStreamSynchronize(copy_stream_);
+  for (void* p : resident_) cudaFree(p);
+  cudaFree(scratch_);
+  cudaFree(ids_);
+  cudaFree(attn_);
+  cudaFree(staging_dev_);
+  cudaFreeHost(staging_host_);
+  cudaStreamDestroy(copy_stream_);
+  cudaStreamDestroy(stream_);
+}
+
+std::unique_ptr<BackendBuffer> CudaBackend::allocate(size_t bytes, const char* what) {
+  void* p = nullptr;
+  const size_t n = std::max<size_t>(bytes, 256);
+  if (cudaMalloc(&p, n) != cudaSuccess) {
+    cudaGetLastError();  // clear the error state
+    fail(std::string(what) + ": cannot allocate " + human_bytes(double(n)) + " of GPU memory");
+  }
+  return std::make_unique<DeviceBuffer>(p, n);
+}
+
+std::unique_ptr<BackendBuffer> CudaBackend::allocate_host(size_t bytes, const char* what) {
+  void* p = nullptr;
+  const size_t n = std::max<size_t>(bytes, 64);
+  if (cudaMallocHost(&p, n) != cudaSuccess) {
+    cudaGetLastError();
+    fail(std::string(what) + ": cannot allocate " + human_bytes(double(n)) +
+         " of page-locked host memory");
+  }
+  return std::make_unique<PinnedBuffer>(p, n);
+}
+
+const uint8_t* CudaBackend::resident(const uint8_t* host, size_t bytes) {
+  void* p = nullptr;
+  if (cudaMalloc(&p, std::max<size_t>(bytes, 256)) != cudaSuccess) {
+    cudaGetLastError();
+    fail("resident weights: cannot allocate " + human_bytes(double(bytes)) + " of GPU memory");
+  }
+  resident_.push_back(p);
+  MF_CUDA(cudaMemcpy(p, host, bytes, cudaMemcpyHostToDevice));
+  return static_cast<const uint8_t*>(p);
+}
+
+void CudaBackend::upload(const float* host, size_t host_pitch, const Tensor& dst) {
+  const OpTimer timer(*this, "upload");
+  MF_ASSERT(dst.rank == 2 && dst.memory == Memory::Device);
+  MF_CUDA(cudaMemcpy2DAsync(dst.data, dst.pitch() * sizeof(float), host,
+                            host_pitch * sizeof(float), dst.shape[1] * sizeof(float), dst.rows(),
+                            cudaMemcpyHostToDevice, stream_));
+  MF_CUDA(cudaStreamSynchronize(stream_));  // the host buffer may be reused at once
+}
+
+void CudaBackend::download(const Tensor& src, float* host, size_t host_pitch) {
+  const OpTimer timer(*this, "download");
+  MF_ASSERT(src.rank == 2 && src.memory == Memory::Device);
+  MF_CUDA(cudaMemcpy2DAsync(host, host_pitch * sizeof(float), src.data,
+                            src.pitch() * sizeof(float), src.shape[1] * sizeof(float), src.rows(),
+                            cudaMemcpyDeviceToHost, stream_));
+  MF_CUDA(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::fill(const Tensor& t, float value) {
+  if (t.empty()) return;
+  const Vecs v = vecs_of(t);
+  const size_t n = v.count * v.dim;
+  fill_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(v, value);
+  check_launch("fill");
+}
+
+void CudaBackend::synchronize() {
+  MF_CUDA(cudaStreamSynchronize(stream_));
+  staging_used_ = 0;
+}
+
+void* CudaBackend::stage(const void* host, size_t bytes) {
+  const size_t aligned = (bytes + 255) / 256 * 256;
+  if (aligned > staging_bytes_)
+    fail("CUDA backend: " + std::to_string(bytes) + " bytes of arguments exceed the staging area");
+  if (staging_used_ + aligned > staging_bytes_) synchronize();  // everything staged has landed
+  uint8_t* h = staging_host_ + staging_used_;
+  uint8_t* d = staging_dev_ + staging_used_;
+  std::memcpy(h, host, bytes);
+  MF_CUDA(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, stream_));
+  staging_used_ += aligned;
+  return d;
+}
+
+float* CudaBackend::scratch(size_t bytes) {
+  if (bytes > scratch_bytes_) {
+    MF_CUDA(cudaStreamSynchronize(stream_));  // the old scratch may be in use
+    cudaFree(scratch_);
+    scratch_ = nullptr;
+    const size_t n = std::max(bytes, scratch_bytes_ * 2);
+    if (cudaMalloc(&scratch_, n) != cudaSuccess) {
+      cudaGetLastError();
+      scratch_bytes_ = 0;
+      fail("CUDA backend: cannot allocate " + human_bytes(double(n)) + " of scratch");
+    }
+    scratch_bytes_ = n;
+  }
+  return static_cast<float*>(scratch_);
+}
+
+int32_t* CudaBackend::scratch_ids(size_t n) {
+  if (n > ids_n_) {
+    MF_CUDA(cudaStreamSynchronize(stream_));
+    cudaFree(ids_);
+    ids_ = nullptr;
+    MF_CUDA(cudaMalloc(&ids_, n * sizeof(int32_t)));
+    ids_n_ = n;
+  }
+  return static_cast<int32_t*>(ids_);
+}
+
+float* CudaBackend::scratch_attention(size_t floats) {
+  if (floats > attn_n_) {
+    MF_CUDA(cudaStreamSynchronize(stream_));
+    cudaFree(attn_);
+    attn_ = nullptr;
+    const size_t n = std::max(floats, 2 * attn_n_);
+    MF_CUDA(cudaMalloc(&attn_, n * sizeof(float)));
+    attn_n_ = n;
+  }
+  return static_cast<float*>(attn_);
+}
+
+void CudaBackend::embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) {
+  const OpTimer timer(*this, "embed");
+  MF_ASSERT(X.rank == 2 && X.rows() == tokens.size() && X.shape[1] == E.cols);
+  if (tokens.empty()) return;
+  for (int t : tokens) MF_ASSERT(t >= 0 && static_cast<size_t>(t) < E.rows);
+  static_assert(sizeof(int) == sizeof(int32_t));
+  const auto* ids = static_cast<const int32_t*>(stage(tokens.data(), tokens.size_bytes()));
+  const size_t n = tokens.size() * E.cols;
+  embed_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(dev_mat(E), ids,
+                                                         static_cast<int>(tokens.size()),
+                                                         X.f32(), X.pitch());
+  check_launch("embed");
+}
+
+void CudaBackend::rmsnorm(const Tensor& x, const float* w, const Tensor& y, float eps,
+                          bool zero_centered) {
+  const OpTimer timer(*this, "rmsnorm");
+  MF_ASSERT(x.rank == y.rank && x.shape == y.shape && w != nullptr);
+  if (x.empty()) return;
+  const Vecs xv = vecs_of(x), yv = vecs_of(y);
+  const int threads = xv.dim >= 512 ? 256 : xv.dim >= 128 ? 128 : 32;
+  rmsnorm_kernel<<<static_cast<unsigned>(xv.count), threads, 0, stream_>>>(xv, w, yv, eps,
+                                                                          zero_centered);
+  check_launch("rmsnorm");
+}
+
+void CudaBackend::rmsnorm_gated(const Tensor& x, const Tensor& z, const float* w, float eps,
+                                const Tensor& y) {
+  const OpTimer timer(*this, "rmsnorm_gated");
+  MF_ASSERT(x.rank == 3 && z.rank == 3 && y.rank == 3 && x.shape == z.shape && x.shape == y.shape);
+  if (x.empty()) return;
+  const Vecs xv = vecs_of(x);
+  const int threads = xv.dim >= 128 ? 128 : 32;
+  rmsnorm_gated_kernel<<<static_cast<unsigned>(xv.count), threads, 0, stream_>>>(
+      xv, vecs_of(z), w, eps, vecs_of(y));
+  check_launch("rmsnorm_gated");
+}
+
+void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
+  const OpTimer timer(*this, "rope");
+  MF_ASSERT(x.rank == 3 && pos0 >= 0);
+  const int half = table.rotary_dim / 2;
+  MF_ASSERT(2 * static_cast<size_t>(half) <= x.shape[2] && pos0 + x.shape[0] <= table.cos.rows());
+  if (x.empty() || half == 0) return;
+  const Vecs v = vecs_of(x);
+  const size_t n = v.count * half;
+  rope_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(v, table.cos.f32(), table.sin.f32(),
+                                                        table.cos.pitch(), half, pos0);
+  check_launch("rope");
+}
+
+void CudaBackend::conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
+                              const Tensor& y) {
+  const OpTimer timer(*this, "conv1d_silu");
+  MF_ASSERT(kernel >= 1 && kernel <= 16 && w != nullptr);
+  MF_ASSERT(x.rank == 2 && y.rank == 2 && x.rows() == y.rows() && x.shape[1] == y.shape[1]);
+  const size_t T = x.rows(), C = x.shape[1];
+  MF_ASSERT(state.rank == 2 && state.rows() == C && state.shape[1] == kernel - 1);
+  conv1d_silu_kernel<<<blocks_for(C, 128), 128, 0, stream_>>>(
+      x.f32(), x.pitch(), static_cast<int>(T), static_cast<int>(C), w, static_cast<int>(kernel),
+      state.f32(), state.pitch(), y.f32(), y.pitch());
+  check_launch("conv1d_silu");
+}
+
+void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) {
+  const OpTimer timer(*this, "route");
+  MF_ASSERT(logits.rank == 2 && spec.top_k > 0 && out.k == static_cast<size_t>(spec.top_k));
+  const size_t T = logits.rows(), E = logits.shape[1], k = out.k;
+  MF_ASSERT(k <= E && k <= 32 && out.ids && out.weights && out.device_weights);
+  MF_ASSERT(spec.kind == RouterKind::SoftmaxTopK);
+  int32_t* ids = scratch_ids(T * k);
+  route_softmax_kernel<<<static_cast<unsigned>(T), 32, E * sizeof(float), stream_>>>(
+      logits.f32(), logits.pitch(), static_cast<int>(E), static_cast<int>(k),
+      spec.norm_topk_prob ? 1 : 0, ids, out.device_weights);
+  check_launch("route");
+  MF_CUDA(cudaMemcpyAsync(out.ids, ids, T * k * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  MF_CUDA(cudaMemcpyAsync(out.weights, out.device_weights, T * k * sizeof(float),
+                          cudaMemcpyDeviceToHost, stream_));
+}
+
+void CudaBackend::combine(const CombineArgs& a) {
+  const OpTimer timer(*this, "combine");
+  const size_t S = a.slots_per_token, K = a.k;
+  MF_ASSERT(a.out.rank == 2 && a.slots.rank == 2 && S >= K && S > 0);
+  const size_t T = a.out.rows(), H = a.out.shape[1];
+  MF_ASSERT(a.slots.rows() >= T * S && a.slots.shape[1] == H && (K == 0 || a.routed));
+  MF_ASSERT(a.gate.empty() || (a.gate.rank == 2 && a.gate.rows() == T));
+  if (T == 0) return;
+  combine_kernel<<<blocks_for(T * H, 256), 256, 0, stream_>>>(
+      a.slots.f32(), a.slots.pitch(), static_cast<int>(S), a.routed, static_cast<int>(K),
+      a.gate.empty() ? nullptr : a.gate.f32(), a.gate.empty() ? 0 : a.gate.pitch(), a.out.f32(),
+      a.out.pitch(), static_cast<int>(T), static_cast<int>(H));
+  check_launch("combine");
+}
+
+std::unique_ptr<Backend> make_backend(const CudaOptions& opts) {
+  return std::make_unique<CudaBackend>(opts.device);
+}
+
+bool device_available() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return count > 0;
+}
+
+}  // namespace moeflux::cuda

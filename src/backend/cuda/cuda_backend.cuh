@@ -1,0 +1,160 @@
+// CudaBackend: the Backend ops (backend.hpp) on one GPU. Internal to the CUDA sources; the
+// rest of the tree creates it through cuda_backend.hpp.
+//
+// Streams: every op is issued on the compute stream, in order, and returns at once; the host
+// waits only in synchronize(), download() and the expert tier's fence(). Expert records are
+// copied host -> device on the copy stream (cuda_tier.cu).
+//
+// Host -> device arguments (token ids, expert row lists, matmul descriptors) travel through a
+// staging area: page-locked host memory mirrored by device memory, carved by a bump pointer
+// and copied with the compute stream's other work. Everything staged since the last
+// synchronize() may still be in flight, so the area is reset only there (when it fills up, a
+// synchronize() makes room).
+//
+// Files: cuda_backend.cu (memory, staging, element-wise ops, norms, rope, routing, combine),
+// cuda_matmul.cu (products of every weight format: warp-per-row matrix-vector for few rows,
+// tiled GEMM for prompts), cuda_attention.cu, cuda_deltanet.cu, cuda_moe.cu (grouped expert
+// FFN), cuda_tier.cu (expert cache tiers in device and page-locked memory).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <vector>
+
+#include "backend/backend.hpp"
+#include "backend/cuda/cuda_kernels.cuh"
+
+namespace moeflux::cuda {
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device);
+  ~CudaBackend() override;
+
+  const char* name() const override { return "cuda"; }
+  Memory memory() const override { return Memory::Device; }
+  size_t threads() const override { return 1; }
+
+  std::unique_ptr<BackendBuffer> allocate(size_t bytes, const char* what) override;
+  std::unique_ptr<BackendBuffer> allocate_host(size_t bytes, const char* what) override;
+  std::unique_ptr<TierMemory> expert_tier_memory(size_t slots, size_t record_bytes) override;
+  std::unique_ptr<TierMemory> ram_tier_memory(size_t slots, size_t record_bytes) override;
+  const uint8_t* resident(const uint8_t* host, size_t bytes) override;
+  void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
+  void download(const Tensor& src, float* host, size_t host_pitch) override;
+  void fill(const Tensor& t, float value) override;
+  void synchronize() override;
+
+  void embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) override;
+  void rmsnorm(const Tensor& x, const float* w, const Tensor& y, float eps,
+               bool zero_centered) override;
+  void matmul(const Tensor& X, std::span<const Projection> proj) override;
+  void rope(const Tensor& x, const RopeTable& table, int pos0) override;
+  void attention(const AttentionArgs& a) override;
+  void conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
+                   const Tensor& y) override;
+  void gated_delta_rule(const DeltaRuleArgs& a) override;
+  void rmsnorm_gated(const Tensor& x, const Tensor& z, const float* w, float eps,
+                     const Tensor& y) override;
+  void route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) override;
+  void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
+                  const Tensor& slots) override;
+  void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k,
+                          const IndexedExperts& ex, const Tensor& slots,
+                          size_t slots_per_token) override;
+  void combine(const CombineArgs& a) override;
+
+  cudaStream_t stream() const { return stream_; }
+  cudaStream_t copy_stream() const { return copy_stream_; }
+  int device() const { return device_; }
+
+  // Copies `bytes` of host memory to device memory on the compute stream (through the staging
+  // area) and returns the device address, valid for ops issued before the next synchronize().
+  void* stage(const void* host, size_t bytes);
+  // Launches the products of `descs` (cuda_matmul.cu): one launch per weight format (rows of
+  // X at most kMatvecRows: matrix-vector kernels; else the GEMM). `reused`: the same
+  // descriptors recur (a layer's projections, token after token), so their device copy is
+  // kept and found again instead of staged each time.
+  void run_matmuls(std::span<const MatmulDesc> descs, bool reused = false);
+  // A device copy of `descs` that outlives synchronize(): found by content among those made
+  // before, else made (the table is emptied when full).
+  const MatmulDesc* persistent_descs(std::span<const MatmulDesc> descs);
+  // Device scratch of at least `bytes`, valid until the next call (grows; never shrinks).
+  float* scratch(size_t bytes);
+  int32_t* scratch_ids(size_t n);
+  // Device scratch of attention's per-split partial results (floats), valid until the next call.
+  float* scratch_attention(size_t floats);
+
+  static constexpr int kMatvecRows = 8;
+
+  // MOEFLUX_CUDA_PROFILE=1: every op waits for the GPU before and after itself and its time is
+  // summed per op name; the table goes to stderr when the backend is destroyed. (Waiting
+  // serialises host and GPU: the sum is each op's cost alone, not the pipelined speed.)
+  class OpTimer {
+   public:
+    OpTimer(CudaBackend& be, const char* op);
+    ~OpTimer();
+    OpTimer(const OpTimer&) = delete;
+    OpTimer& operator=(const OpTimer&) = delete;
+
+   private:
+    CudaBackend& be_;
+    const char* op_;
+    double t0_ = 0;
+  };
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr, copy_stream_ = nullptr;
+  uint8_t* staging_host_ = nullptr;
+  uint8_t* staging_dev_ = nullptr;
+  size_t staging_bytes_ = 0, staging_used_ = 0;
+  void* scratch_ = nullptr;
+  size_t scratch_bytes_ = 0;
+  void* ids_ = nullptr;
+  size_t ids_n_ = 0;
+  void* attn_ = nullptr;
+  size_t attn_n_ = 0;
+  std::vector<void*> resident_;  // device copies made by resident()
+  // persistent_descs(): host copies of the descriptor arrays kept on the device, their hashes
+  // and device addresses, in one device arena filled front to back.
+  struct KeptDescs {
+    uint64_t hash = 0;
+    size_t first = 0, count = 0;  // in kept_host_
+    const MatmulDesc* dev = nullptr;
+  };
+  std::vector<KeptDescs> kept_;
+  std::vector<MatmulDesc> kept_host_;
+  MatmulDesc* kept_dev_ = nullptr;
+  size_t kept_capacity_ = 0;
+  std::vector<MatmulDesc> descs_, group_;  // host scratch of matmul() / expert_ffn()
+  bool profile_ = false;
+  struct OpTime {
+    const char* op;
+    double seconds;
+    uint64_t calls;
+  };
+  std::vector<OpTime> op_times_;
+};
+
+// A DevMat describing a MatrixView (pointers unchanged: they must already be device memory).
+DevMat dev_mat(const MatrixView& m);
+
+// Grid size for n work items of `per_block` each.
+inline unsigned blocks_for(size_t n, size_t per_block) {
+  return static_cast<unsigned>((n + per_block - 1) / per_block);
+}
+
+// The matrix-vector kernel for W (and W2 of a dual product): its format's vector path when
+// rows are whole 16-byte chunks, 16-byte aligned; else kGeneric.
+int matvec_code(const DevMat& w, const DevMat* w2);
+// Launches the matrix-vector kernel `code` over the n products of `dev` (device memory), each
+// at most max_rows rows of W and max_t rows of X (<= kMatvecRows).
+void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t,
+                   cudaStream_t s);
+
+// Checks the launch just issued.
+void check_launch(const char* what);
+
+}  // namespace moeflux::cuda

@@ -1,0 +1,282 @@
+// Products of stored matrices with float32 activations, every weight format.
+//
+// Few rows (decode; T <= kMatvecRows): one warp per weight row streams the row once with
+// 16-byte loads, decodes in registers and accumulates the dot products with all T inputs;
+// bandwidth-bound by design. A launch covers a batch of products of one format (blockIdx.y =
+// product), so a layer's projections or all of its experts' gate/up take one launch.
+//
+// More rows (prompts): a tiled GEMM, 64 weight rows x 64 inputs per block, 32 columns at a
+// time decoded into shared memory, 4 x 4 outputs per thread, float32 FMA.
+//
+// Both add bias, then store, accumulate or apply the SwiGLU epilogues of MatmulMode.
+#include <algorithm>
+#include <cstring>
+
+#include "backend/cuda/cuda_backend.cuh"
+#include "backend/cuda/cuda_check.hpp"
+
+namespace moeflux::cuda {
+
+namespace {
+
+constexpr int kWarps = 4;  // rows per matvec block
+
+// The epilogue: v is W x (+ bias); v2 the second product of a dual call.
+__device__ __forceinline__ void write_out(const MatmulDesc& d, int t, int row, float v, float v2) {
+  float* y = d.y + static_cast<size_t>(d.y_rows ? d.y_rows[t] : t) * d.ldy + row;
+  switch (d.mode) {
+    case kStore: *y = v; break;
+    case kAccumulate: *y += v; break;
+    case kSwiglu: *y = siluf_(*y) * v; break;
+    default: *y = siluf_(v) * v2; break;  // kDual
+  }
+}
+
+template <int CODE, int NT>
+__global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* descs) {
+  const MatmulDesc& d = descs[blockIdx.y];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = blockIdx.x * kWarps + warp;
+  if (row >= d.w.rows) return;
+  constexpr int CH = Chunk<CODE>::n;
+  const bool dual = d.mode == kDual;
+  const float* xr[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    xr[t] = t < d.T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * d.ldx : d.x;
+  float acc[NT], acc2[NT];
+#pragma unroll
+  for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
+  const int cols = d.w.cols;
+  for (int c0 = lane * CH; c0 < cols; c0 += 32 * CH) {
+    float w[CH], w2[CH];
+    load_chunk<CODE>(d.w, row, c0, w);
+    if (dual) load_chunk<CODE>(d.w2, row, c0, w2);
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (t >= d.T) break;
+      float s = 0.0f, s2 = 0.0f;
+#pragma unroll
+      for (int i = 0; i < CH; ++i) {
+        const float xv = __ldg(xr[t] + c0 + i);
+        s = fmaf(w[i], xv, s);
+        if (dual) s2 = fmaf(w2[i], xv, s2);
+      }
+      acc[t] += s;
+      acc2[t] += s2;
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    if (t >= d.T) break;
+    const float v = warp_sum(acc[t]);
+    const float v2 = dual ? warp_sum(acc2[t]) : 0.0f;
+    if (lane == 0) write_out(d, t, row, v + (d.bias ? d.bias[row] : 0.0f), v2);
+  }
+}
+
+constexpr int kBM = 64, kBN = 64, kBK = 32;
+
+// Y tile [64 rows of W] x [64 inputs]: blockIdx.x = row tile, blockIdx.y = input tile,
+// blockIdx.z = product. 256 threads, each 4 rows x 4 inputs.
+template <int CODE>
+__global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
+  const MatmulDesc& d = descs[blockIdx.z];
+  const int row0 = blockIdx.x * kBM, t0 = blockIdx.y * kBN;
+  if (row0 >= d.w.rows || t0 >= d.T) return;
+  __shared__ float Ws[kBK][kBM + 4];
+  __shared__ float Xs[kBK][kBN + 4];
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int lr = tid / 4, lc = (tid % 4) * 8;  // loader: row / input lr, columns lc..lc+7
+  const int wrow = row0 + lr, xt = t0 + lr;
+  const float* xrow =
+      xt < d.T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[xt] : xt) * d.ldx : nullptr;
+  float acc[4][4] = {};
+  const int cols = d.w.cols;
+  for (int k0 = 0; k0 < cols; k0 += kBK) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int c = k0 + lc + i;
+      const bool in = c < cols;
+      Ws[lc + i][lr] = in && wrow < d.w.rows ? decode_elem(d.w, wrow, c) : 0.0f;
+      Xs[lc + i][lr] = in && xrow ? xrow[c] : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < kBK; ++kk) {
+      float a[4], b[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) a[i] = Ws[kk][ty * 4 + i], b[i] = Xs[kk][tx * 4 + i];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = row0 + ty * 4 + i;
+    if (r >= d.w.rows) continue;
+    const float bias = d.bias ? d.bias[r] : 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int t = t0 + tx * 4 + j;
+      if (t < d.T) write_out(d, t, r, acc[i][j] + bias, 0.0f);
+    }
+  }
+}
+
+// The vector path needs whole 16-byte chunks: rows a multiple of the chunk, 16-byte aligned.
+bool vector_path_ok(const DevMat& m, int chunk) {
+  return m.cols % chunk == 0 && m.row_bytes % 16 == 0 &&
+         reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
+}
+
+template <int CODE>
+void launch_matvec_code(const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s) {
+  const dim3 grid(blocks_for(max_rows, kWarps), n);
+  const int threads = kWarps * 32;
+  if (max_t <= 1)
+    matvec_kernel<CODE, 1><<<grid, threads, 0, s>>>(dev);
+  else if (max_t <= 2)
+    matvec_kernel<CODE, 2><<<grid, threads, 0, s>>>(dev);
+  else if (max_t <= 4)
+    matvec_kernel<CODE, 4><<<grid, threads, 0, s>>>(dev);
+  else
+    matvec_kernel<CODE, 8><<<grid, threads, 0, s>>>(dev);
+}
+
+}  // namespace
+
+void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t,
+                   cudaStream_t s) {
+  switch (code) {
+    case kF32: launch_matvec_code<kF32>(dev, n, max_rows, max_t, s); break;
+    case kF16: launch_matvec_code<kF16>(dev, n, max_rows, max_t, s); break;
+    case kBF16: launch_matvec_code<kBF16>(dev, n, max_rows, max_t, s); break;
+    case kQ8: launch_matvec_code<kQ8>(dev, n, max_rows, max_t, s); break;
+    case kA4: launch_matvec_code<kA4>(dev, n, max_rows, max_t, s); break;
+    case kA8: launch_matvec_code<kA8>(dev, n, max_rows, max_t, s); break;
+    default: launch_matvec_code<kGeneric>(dev, n, max_rows, max_t, s); break;
+  }
+  check_launch("matvec");
+}
+
+int matvec_code(const DevMat& w, const DevMat* w2) {
+  const int chunk = w.code == kF32 ? 4 : w.code == kF16 || w.code == kBF16 ? 8
+                    : w.code == kQ8 || w.code == kA8                       ? 16
+                                                                           : 32;
+  bool ok = vector_path_ok(w, chunk);
+  if (w2) ok = ok && w2->code == w.code && vector_path_ok(*w2, chunk);
+  return ok ? w.code : static_cast<int>(kGeneric);
+}
+
+namespace {
+
+void launch_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t,
+                 cudaStream_t s) {
+  const dim3 grid(blocks_for(max_rows, kBM), blocks_for(max_t, kBN), n);
+  switch (code) {
+    case kF32: gemm_kernel<kF32><<<grid, 256, 0, s>>>(dev); break;
+    case kF16: gemm_kernel<kF16><<<grid, 256, 0, s>>>(dev); break;
+    case kBF16: gemm_kernel<kBF16><<<grid, 256, 0, s>>>(dev); break;
+    case kQ8: gemm_kernel<kQ8><<<grid, 256, 0, s>>>(dev); break;
+    case kA4: gemm_kernel<kA4><<<grid, 256, 0, s>>>(dev); break;
+    default: gemm_kernel<kA8><<<grid, 256, 0, s>>>(dev); break;
+  }
+  check_launch("gemm");
+}
+
+}  // namespace
+
+const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> descs) {
+  // FNV-1a over the bytes (descriptors are plain data, zero-initialised padding included).
+  const auto* bytes = reinterpret_cast<const unsigned char*>(descs.data());
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < descs.size_bytes(); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
+  for (const KeptDescs& k : kept_)
+    if (k.hash == h && k.count == descs.size() &&
+        std::memcmp(kept_host_.data() + k.first, descs.data(), descs.size_bytes()) == 0)
+      return k.dev;
+  if (kept_dev_ == nullptr) {
+    kept_capacity_ = 1 << 14;
+    MF_CUDA(cudaMalloc(&kept_dev_, kept_capacity_ * sizeof(MatmulDesc)));
+    kept_host_.reserve(kept_capacity_);
+  }
+  if (descs.size() > kept_capacity_) return static_cast<const MatmulDesc*>(
+      stage(descs.data(), descs.size_bytes()));
+  if (kept_host_.size() + descs.size() > kept_capacity_) {
+    synchronize();  // nothing issued may still read the arena
+    kept_.clear();
+    kept_host_.clear();
+  }
+  const size_t first = kept_host_.size();
+  kept_host_.insert(kept_host_.end(), descs.begin(), descs.end());
+  MatmulDesc* dev = kept_dev_ + first;
+  MF_CUDA(cudaMemcpyAsync(dev, descs.data(), descs.size_bytes(), cudaMemcpyHostToDevice,
+                          stream_));
+  MF_CUDA(cudaStreamSynchronize(stream_));  // the pageable source is the caller's
+  kept_.push_back({h, first, descs.size(), dev});
+  return dev;
+}
+
+void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
+  // Launch groups: products of one kernel (format code; vector or generic path; matvec or
+  // GEMM), in the order given within a group. Products in one call write disjoint outputs,
+  // except kSwiglu, which must follow the product that stored its Y (callers issue those in
+  // separate calls).
+  std::vector<MatmulDesc>& g = group_;
+  std::vector<bool> done(descs.size(), false);
+  for (size_t i = 0; i < descs.size(); ++i) {
+    if (done[i]) continue;
+    const bool gemm = descs[i].T > kMatvecRows;
+    auto code_of = [&](const MatmulDesc& d) {
+      return gemm ? d.w.code : matvec_code(d.w, d.mode == kDual ? &d.w2 : nullptr);
+    };
+    const int code = code_of(descs[i]);
+    g.clear();
+    int max_rows = 0, max_t = 0;
+    for (size_t j = i; j < descs.size(); ++j) {
+      if (done[j] || (descs[j].T > kMatvecRows) != gemm || code_of(descs[j]) != code) continue;
+      done[j] = true;
+      g.push_back(descs[j]);
+      max_rows = std::max(max_rows, descs[j].w.rows);
+      max_t = std::max(max_t, descs[j].T);
+    }
+    if (max_t == 0) continue;
+    for (const MatmulDesc& d : g) MF_ASSERT(!gemm || d.mode != kDual);  // dual: matvec only
+    const MatmulDesc* dev =
+        reused ? persistent_descs(g)
+               : static_cast<const MatmulDesc*>(stage(g.data(), g.size() * sizeof(MatmulDesc)));
+    if (gemm)
+      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
+    else
+      launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
+  }
+}
+
+void CudaBackend::matmul(const Tensor& X, std::span<const Projection> proj) {
+  const OpTimer timer(*this, "matmul");
+  MF_ASSERT(X.rank == 2 && X.memory == Memory::Device);
+  const size_t T = X.rows(), cols = X.shape[1];
+  if (T == 0 || proj.empty()) return;
+  descs_.clear();
+  for (const Projection& p : proj) {
+    MF_ASSERT(p.w && p.w->cols == cols);
+    MF_ASSERT(p.y.rank == 2 && p.y.rows() == T && p.y.shape[1] == p.w->rows);
+    MatmulDesc d = blank_desc();
+    d.w = dev_mat(*p.w);
+    d.x = X.f32();
+    d.ldx = static_cast<int>(X.pitch());
+    d.y = p.y.f32();
+    d.ldy = static_cast<int>(p.y.pitch());
+    d.bias = p.bias;
+    d.T = static_cast<int>(T);
+    d.mode = p.accumulate ? kAccumulate : kStore;
+    descs_.push_back(d);
+  }
+  run_matmuls(descs_, /*reused=*/true);
+}
+
+}  // namespace moeflux::cuda

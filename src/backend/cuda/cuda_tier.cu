@@ -1,0 +1,103 @@
+// Expert cache tiers of the CUDA backend: the compute tier in device memory, and the RAM tier
+// in page-locked host memory (DMA at full PCIe speed, and asynchronous copies at all).
+//
+// Copies into the device tier run on the backend's copy stream. Two orderings matter:
+//   - a slot being overwritten may still be read by compute issued earlier (an evicted record
+//     of a previous layer): the first copy after a fence waits for the compute stream's work
+//     issued so far (an event, not a host wait);
+//   - the source RAM slot may be reused once the streamer's pins drop, and compute must not
+//     read a record before it lands: fence() waits on the host for the copy stream, so records
+//     handed out after a fence are complete and their sources free.
+#include <algorithm>
+#include <cstring>
+#include <string>
+
+#include "backend/cuda/cuda_backend.cuh"
+#include "backend/cuda/cuda_check.hpp"
+#include "core/human_bytes.hpp"
+
+namespace moeflux::cuda {
+
+namespace {
+
+class DeviceTierMemory final : public TierMemory {
+ public:
+  DeviceTierMemory(CudaBackend& be, size_t slots, size_t record_bytes)
+      : be_(be), record_bytes_(record_bytes) {
+    const size_t bytes = std::max<size_t>(slots * record_bytes, 256);
+    if (cudaMalloc(&arena_, bytes) != cudaSuccess) {
+      cudaGetLastError();
+      fail("GPU expert cache: cannot allocate " + human_bytes(double(bytes)) + " for " +
+           std::to_string(slots) + " expert records (lower --gpu-mem)");
+    }
+    MF_CUDA(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+  }
+  ~DeviceTierMemory() override {
+    cudaStreamSynchronize(be_.copy_stream());
+    cudaEventDestroy(compute_done_);
+    cudaFree(arena_);
+  }
+  uint8_t* slot_data(size_t slot) override {
+    return static_cast<uint8_t*>(arena_) + slot * record_bytes_;
+  }
+  void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
+    if (!open_) {
+      MF_CUDA(cudaEventRecord(compute_done_, be_.stream()));
+      MF_CUDA(cudaStreamWaitEvent(be_.copy_stream(), compute_done_, 0));
+      open_ = true;
+    }
+    MF_CUDA(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, be_.copy_stream()));
+  }
+  void fence() override {
+    if (!open_) return;
+    MF_CUDA(cudaStreamSynchronize(be_.copy_stream()));
+    open_ = false;
+  }
+  bool host_accessible() const override { return false; }
+  const char* kind() const override { return "cuda"; }
+
+ private:
+  CudaBackend& be_;
+  size_t record_bytes_;
+  void* arena_ = nullptr;
+  cudaEvent_t compute_done_ = nullptr;
+  bool open_ = false;  // copies issued since the last fence
+};
+
+class PinnedTierMemory final : public TierMemory {
+ public:
+  PinnedTierMemory(size_t slots, size_t record_bytes) : record_bytes_(record_bytes) {
+    const size_t bytes = std::max<size_t>(slots * record_bytes, 4096);
+    if (cudaHostAlloc(&arena_, bytes, cudaHostAllocPortable) != cudaSuccess) {
+      cudaGetLastError();
+      fail("--ram-cache: cannot allocate " + human_bytes(double(bytes)) +
+           " of page-locked memory for " + std::to_string(slots) + " expert records");
+    }
+  }
+  ~PinnedTierMemory() override { cudaFreeHost(arena_); }
+  uint8_t* slot_data(size_t slot) override {
+    return static_cast<uint8_t*>(arena_) + slot * record_bytes_;
+  }
+  void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
+    std::memcpy(dst, src_host, bytes);
+  }
+  void fence() override {}
+  bool host_accessible() const override { return true; }
+  const char* kind() const override { return "pinned"; }
+
+ private:
+  size_t record_bytes_;
+  void* arena_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<TierMemory> CudaBackend::expert_tier_memory(size_t slots, size_t record_bytes) {
+  return std::make_unique<DeviceTierMemory>(*this, slots, record_bytes);
+}
+
+std::unique_ptr<TierMemory> CudaBackend::ram_tier_memory(size_t slots, size_t record_bytes) {
+  return std::make_unique<PinnedTierMemory>(slots, record_bytes);
+}
+
+}  // namespace moeflux::cuda

@@ -1,0 +1,456 @@
+// Every CUDA backend op against its CPU twin (the reference backend, itself tested against
+// float64 in backend_ops_test.cpp), on fresh random inputs (seed printed on failure).
+//
+// Each test builds host tensors (outputs NaN-poisoned, pitches wider than the rows), mirrors
+// them byte for byte into device memory, runs the op on the CPU over the host copies and on
+// the GPU over the mirrors, and compares the WHOLE buffers: every element an op writes must
+// agree within the tolerance, every element it must not write (padding, other slots) must be
+// untouched on both sides, and NaN must sit in the same places.
+//
+// Skipped, with a message, where the build has no CUDA backend or the machine no GPU (CI); the
+// GPU machine runs them (bench/device/cuda.sh).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.hpp"
+#include "host_tensor.hpp"
+#include "random_weights.hpp"
+#ifdef MOEFLUX_HAVE_CUDA
+#include "backend/cuda/cuda_backend.hpp"
+#endif
+
+namespace moeflux::test {
+namespace {
+
+class CudaOps : public testing::Test {
+ protected:
+  void SetUp() override {
+#ifndef MOEFLUX_HAVE_CUDA
+    GTEST_SKIP() << "built without the CUDA backend (-DMOEFLUX_CUDA=OFF)";
+#else
+    if (!cuda::device_available())
+      GTEST_SKIP() << "no CUDA device here; the GPU machine runs these (bench/device/cuda.sh)";
+    gpu_ = cuda::make_backend({0});
+#endif
+    cpu_ = std::make_unique<CpuBackend>(2);
+    seed_ = std::random_device{}();
+    rng_.seed(seed_);
+  }
+
+  // A device copy of a host tensor's whole buffer, viewed like it.
+  struct Mirror {
+    std::unique_ptr<BackendBuffer> buf;
+    Tensor t;
+    size_t n = 0;
+  };
+  Mirror mirror(const HostTensor& h) {
+    Mirror m;
+    m.n = h.mem.size();
+    m.buf = gpu_->allocate(m.n * sizeof(float), "test mirror");
+    gpu_->upload(h.mem.data(), m.n, Tensor::matrix(m.buf->data(), 1, m.n, m.n, Memory::Device));
+    m.t = h.t;  // h.t views h.mem from its first element
+    m.t.data = m.buf->data();
+    m.t.memory = Memory::Device;
+    return m;
+  }
+  std::vector<float> fetch(const Mirror& m) {
+    std::vector<float> out(m.n);
+    gpu_->download(Tensor::matrix(m.buf->data(), 1, m.n, m.n, Memory::Device), out.data(), m.n);
+    return out;
+  }
+  MatrixView dev_matrix(const RandomMatrix& r) {
+    const uint8_t* base = gpu_->resident(r.record.data(), r.record.size());
+    MatrixView v = r.view;
+    auto move = [&](const uint8_t* p) { return p ? base + (p - r.record.data()) : nullptr; };
+    v.data = move(v.data);
+    v.scales = move(v.scales);
+    v.biases = move(v.biases);
+    return v;
+  }
+  const float* dev_floats(const std::vector<float>& v) {
+    return reinterpret_cast<const float*>(
+        gpu_->resident(reinterpret_cast<const uint8_t*>(v.data()), v.size() * sizeof(float)));
+  }
+
+  // CPU result vs GPU result, whole buffers: |a - b| <= rel * max(1, max |a|); NaN where and
+  // only where the CPU has NaN.
+  void expect_twins(const HostTensor& cpu, const Mirror& gpu, double rel, const char* what) {
+    const std::vector<float> g = fetch(gpu);
+    ASSERT_EQ(g.size(), cpu.mem.size());
+    double scale = 1.0;
+    for (float v : cpu.mem)
+      if (!std::isnan(v)) scale = std::max(scale, double(std::fabs(v)));
+    for (size_t i = 0; i < g.size(); ++i) {
+      const float a = cpu.mem[i], b = g[i];
+      if (std::isnan(a) || std::isnan(b)) {
+        ASSERT_TRUE(std::isnan(a) && std::isnan(b))
+            << what << ": element " << i << " cpu " << a << " gpu " << b << " (seed " << seed_
+            << ")";
+        continue;
+      }
+      ASSERT_LE(std::fabs(double(a) - b), rel * scale)
+          << what << ": element " << i << " cpu " << a << " gpu " << b << " (seed " << seed_
+          << ")";
+    }
+  }
+
+  std::unique_ptr<Backend> cpu_, gpu_;
+  uint32_t seed_ = 0;
+  std::mt19937 rng_;
+};
+
+const QuantFormat kFormats[] = {QuantFormat::f32(),  QuantFormat::f16(),
+                                QuantFormat::bf16(), QuantFormat::q8_0(),
+                                QuantFormat::q4(),   QuantFormat::affine(8, 64),
+                                QuantFormat::affine(4, 32)};
+
+TEST_F(CudaOps, Embed) {
+  for (QuantFormat f : kFormats) {
+    SCOPED_TRACE(format_name(f));
+    RandomMatrix E(f, 37, 128, rng_);
+    const std::vector<int> tokens = {5, 0, 36, 5};
+    HostTensor X(tokens.size(), 128);
+    Mirror dX = mirror(X);
+    cpu_->embed(E.view, tokens, X.t);
+    gpu_->embed(dev_matrix(E), tokens, dX.t);
+    expect_twins(X, dX, 1e-6, "embed");
+  }
+}
+
+TEST_F(CudaOps, RmsNormRowsAndStridedHeads) {
+  for (bool zc : {false, true}) {
+    const std::vector<float> w = random_vector(16, rng_), w2 = random_vector(1000, rng_);
+    HostTensor x(3, 4 * 32), y(3, 4 * 16), z(5, 1000);
+    x.randomize(rng_);
+    z.randomize(rng_);
+    Mirror dx = mirror(x), dy = mirror(y), dz = mirror(z);
+    cpu_->rmsnorm(x.t.heads(4, 16, 32), w.data(), y.t.heads(4, 16, 16), 1e-6f, zc);
+    gpu_->rmsnorm(dx.t.heads(4, 16, 32), dev_floats(w), dy.t.heads(4, 16, 16), 1e-6f, zc);
+    cpu_->rmsnorm(z.t, w2.data(), z.t, 1e-6f, zc);  // in place
+    gpu_->rmsnorm(dz.t, dev_floats(w2), dz.t, 1e-6f, zc);
+    expect_twins(y, dy, 1e-5, "rmsnorm heads");
+    expect_twins(z, dz, 1e-5, "rmsnorm rows in place");
+  }
+}
+
+TEST_F(CudaOps, MatmulEveryFormatFewAndManyRows) {
+  for (QuantFormat f : kFormats) {
+    for (size_t cols : {size_t{256}, size_t{1024}}) {
+      for (size_t T : {1, 2, 3, 8, 9, 70}) {
+        SCOPED_TRACE(format_name(f) + " cols " + std::to_string(cols) + " T " + std::to_string(T));
+        RandomMatrix A(f, 40, cols, rng_), B(f, 17, cols, rng_), C(f, 130, cols, rng_);
+        const MatrixView dA = dev_matrix(A), dB = dev_matrix(B), dC = dev_matrix(C);
+        HostTensor X(T, cols), YA(T, 40), YB(T, 17), YC(T, 130);
+        X.randomize(rng_);
+        YC.randomize(rng_);  // accumulated into
+        Mirror dX = mirror(X), dYA = mirror(YA), dYB = mirror(YB), dYC = mirror(YC);
+        const std::vector<float> bias = random_vector(17, rng_);
+        const float* dbias = dev_floats(bias);
+        const Projection p[3] = {{&A.view, YA.t},
+                                 {&B.view, YB.t, bias.data()},
+                                 {&C.view, YC.t, nullptr, true}};
+        const Projection dp[3] = {{&dA, dYA.t}, {&dB, dYB.t, dbias}, {&dC, dYC.t, nullptr, true}};
+        cpu_->matmul(X.t, p);
+        gpu_->matmul(dX.t, dp);
+        expect_twins(YA, dYA, 2e-5, "plain");
+        expect_twins(YB, dYB, 2e-5, "bias");
+        expect_twins(YC, dYC, 2e-5, "accumulate");
+      }
+    }
+  }
+}
+
+TEST_F(CudaOps, MatmulOddWidthTakesTheGenericPath) {
+  for (QuantFormat f : {QuantFormat::f32(), QuantFormat::bf16()}) {
+    for (size_t T : {1, 12}) {
+      RandomMatrix A(f, 33, 36, rng_);  // 36 columns: no whole 16-byte chunks per row
+      const MatrixView dA = dev_matrix(A);
+      HostTensor X(T, 36), Y(T, 33);
+      X.randomize(rng_);
+      Mirror dX = mirror(X), dY = mirror(Y);
+      const Projection p{&A.view, Y.t}, dp{&dA, dY.t};
+      cpu_->matmul(X.t, {&p, 1});
+      gpu_->matmul(dX.t, {&dp, 1});
+      expect_twins(Y, dY, 2e-5, "odd width");
+    }
+  }
+}
+
+TEST_F(CudaOps, Rope) {
+  const size_t positions = 16, half = 4, dim = 12, heads = 3, T = 5;
+  HostTensor cs(positions, half, 0), sn(positions, half, 0), x(T, heads * 2 * dim);
+  cs.randomize(rng_);
+  sn.randomize(rng_);
+  x.randomize(rng_);
+  Mirror dcs = mirror(cs), dsn = mirror(sn), dx = mirror(x);
+  cpu_->rope(x.t.heads(heads, dim, 2 * dim), {cs.t, sn.t, int(2 * half)}, 7);
+  gpu_->rope(dx.t.heads(heads, dim, 2 * dim), {dcs.t, dsn.t, int(2 * half)}, 7);
+  expect_twins(x, dx, 1e-6, "rope");
+}
+
+TEST_F(CudaOps, AttentionPromptAndDecodeWithGqaAndGate) {
+  for (size_t hd : {size_t{16}, size_t{128}}) {
+    for (size_t T : {1, 5}) {
+      for (bool gated : {false, true}) {
+        SCOPED_TRACE("hd " + std::to_string(hd) + " T " + std::to_string(T));
+        const size_t nh = 4, nkv = 2, cap = 40;
+        const int pos0 = 29;
+        HostTensor q(T, nh * hd), k(T, nkv * hd), v(T, nkv * hd), g(T, nh * hd),
+            out(T, nh * hd), K(cap, nkv * hd, 0), V(cap, nkv * hd, 0);
+        for (HostTensor* h : {&q, &k, &v, &K, &V}) h->randomize(rng_);
+        g.randomize(rng_, -3, 3);
+        Mirror dq = mirror(q), dk = mirror(k), dv = mirror(v), dg = mirror(g), dout = mirror(out),
+               dK = mirror(K), dV = mirror(V);
+        KvCache cache{K.t, V.t}, dcache{dK.t, dV.t};
+        AttentionArgs a;
+        a.q = q.t.heads(nh, hd, hd);
+        a.k = k.t.heads(nkv, hd, hd);
+        a.v = v.t.heads(nkv, hd, hd);
+        if (gated) a.gate = g.t.heads(nh, hd, hd);
+        a.cache = &cache;
+        a.pos0 = pos0;
+        a.scale = 1.0f / std::sqrt(float(hd));
+        a.out = out.t;
+        AttentionArgs da = a;
+        da.q = dq.t.heads(nh, hd, hd);
+        da.k = dk.t.heads(nkv, hd, hd);
+        da.v = dv.t.heads(nkv, hd, hd);
+        da.gate = gated ? dg.t.heads(nh, hd, hd) : Tensor{};
+        da.cache = &dcache;
+        da.out = dout.t;
+        cpu_->attention(a);
+        gpu_->attention(da);
+        expect_twins(out, dout, 1e-5, "attention output");
+        expect_twins(K, dK, 0, "key cache");
+        expect_twins(V, dV, 0, "value cache");
+      }
+    }
+  }
+}
+
+TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
+  const size_t C = 300, K = 4;
+  for (size_t T : {1, 6}) {
+    HostTensor x(T, C), y(T, C), state(C, K - 1, 0);
+    x.randomize(rng_);
+    state.randomize(rng_);
+    const std::vector<float> w = random_vector(C * K, rng_);
+    Mirror dx = mirror(x), dy = mirror(y), dst = mirror(state);
+    cpu_->conv1d_silu(x.t, w.data(), K, state.t, y.t);
+    gpu_->conv1d_silu(dx.t, dev_floats(w), K, dst.t, dy.t);
+    expect_twins(y, dy, 1e-5, "conv output");
+    expect_twins(state, dst, 0, "conv state");
+  }
+}
+
+TEST_F(CudaOps, GatedDeltaRule) {
+  const size_t nk = 2, nv = 4, dk = 64, dv = 48;
+  for (size_t T : {1, 7}) {
+    HostTensor q(T, nk * dk), k(T, nk * dk), v(T, nv * dv), a(T, nv), b(T, nv), out(T, nv * dv),
+        S(nv, dk * dv, 0);
+    for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
+    S.randomize(rng_, -0.1f, 0.1f);
+    const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
+    Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b),
+           dout = mirror(out), dS = mirror(S);
+    DeltaNetState st{Tensor{}, S.t}, dst{Tensor{}, dS.t};
+    DeltaRuleArgs d;
+    d.q = q.t.heads(nk, dk, dk);
+    d.k = k.t.heads(nk, dk, dk);
+    d.v = v.t.heads(nv, dv, dv);
+    d.a = a.t;
+    d.b = b.t;
+    d.A_log = A_log.data();
+    d.dt_bias = dt.data();
+    d.state = &st;
+    d.out = out.t.heads(nv, dv, dv);
+    DeltaRuleArgs g = d;
+    g.q = dq.t.heads(nk, dk, dk);
+    g.k = dk_.t.heads(nk, dk, dk);
+    g.v = dv_.t.heads(nv, dv, dv);
+    g.a = da.t;
+    g.b = db.t;
+    g.A_log = dev_floats(A_log);
+    g.dt_bias = dev_floats(dt);
+    g.state = &dst;
+    g.out = dout.t.heads(nv, dv, dv);
+    cpu_->gated_delta_rule(d);
+    gpu_->gated_delta_rule(g);
+    expect_twins(out, dout, 1e-5, "delta rule output");
+    expect_twins(S, dS, 1e-5, "delta rule state");
+    expect_twins(q, dq, 1e-6, "normalised q");
+  }
+}
+
+TEST_F(CudaOps, GatedRmsNorm) {
+  const size_t T = 3, heads = 4, dim = 128;
+  HostTensor x(T, heads * dim), z(T, heads * 2 * dim), y(T, heads * dim);
+  x.randomize(rng_);
+  z.randomize(rng_, -4, 4);
+  const std::vector<float> w = random_vector(dim, rng_);
+  Mirror dx = mirror(x), dz = mirror(z), dy = mirror(y);
+  cpu_->rmsnorm_gated(x.t.heads(heads, dim, dim), z.t.heads(heads, dim, 2 * dim), w.data(), 1e-6f,
+                      y.t.heads(heads, dim, dim));
+  gpu_->rmsnorm_gated(dx.t.heads(heads, dim, dim), dz.t.heads(heads, dim, 2 * dim),
+                      dev_floats(w), 1e-6f, dy.t.heads(heads, dim, dim));
+  expect_twins(y, dy, 1e-5, "gated rmsnorm");
+}
+
+TEST_F(CudaOps, SoftmaxTopKRouting) {
+  const size_t T = 9, E = 128, K = 8;
+  for (bool norm : {false, true}) {
+    HostTensor logits(T, E);
+    logits.randomize(rng_, -4, 4);
+    logits.at(2, 3) = logits.at(2, 9) = 5.0f;  // a tie: the lower index ranks first
+    Mirror dl = mirror(logits);
+    std::vector<int32_t> ids(T * K, -1), dids(T * K, -1);
+    std::vector<float> w(T * K, kNaN), dw(T * K, kNaN);
+    HostTensor dev_w_host(1, T * K, 0);
+    Mirror ddw = mirror(dev_w_host);
+    cpu_->route(logits.t, {RouterKind::SoftmaxTopK, int(K), norm}, {ids.data(), w.data(), K});
+    gpu_->route(dl.t, {RouterKind::SoftmaxTopK, int(K), norm},
+                {dids.data(), dw.data(), K, ddw.t.f32()});
+    gpu_->synchronize();
+    EXPECT_EQ(ids, dids);
+    for (size_t i = 0; i < T * K; ++i) ASSERT_NEAR(w[i], dw[i], 1e-6) << i;
+    const std::vector<float> on_device = fetch(ddw);
+    for (size_t i = 0; i < T * K; ++i) ASSERT_EQ(on_device[i], dw[i]) << "device copy " << i;
+  }
+}
+
+TEST_F(CudaOps, GroupedExpertFfnFewAndManyRows) {
+  const size_t H = 256, I = 128, T = 24, S = 3;
+  for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4()}) {
+    SCOPED_TRACE(format_name(f));
+    struct Expert {
+      RandomMatrix gate, up, down;
+      MlpWeights dev;
+    };
+    std::vector<Expert> ex;
+    for (int e = 0; e < 3; ++e) {
+      ex.push_back({RandomMatrix(f, I, H, rng_), RandomMatrix(f, I, H, rng_),
+                    RandomMatrix(f, H, I, rng_), {}});
+      ex.back().dev = {dev_matrix(ex.back().gate), dev_matrix(ex.back().up),
+                       dev_matrix(ex.back().down)};
+    }
+    HostTensor X(T, H), slots(T * S, H);
+    X.randomize(rng_);
+    Mirror dX = mirror(X), dslots = mirror(slots);
+    // Expert 0: one row; expert 1: three rows (matrix-vector); expert 2: twenty rows (GEMM).
+    std::vector<std::vector<int32_t>> in = {{4}, {0, 2, 3}, {}}, out = {{13}, {0, 6, 9}, {}};
+    for (int32_t t = 4; t < 24; ++t) {
+      in[2].push_back(t);
+      out[2].push_back(t * 3 + 1);
+    }
+    std::vector<ExpertTask> tasks, dtasks;
+    for (int e = 0; e < 3; ++e) {
+      tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view}, I, in[e].data(),
+                       out[e].data(), in[e].size(), nullptr});
+      dtasks.push_back({ex[e].dev, I, in[e].data(), out[e].data(), in[e].size(), nullptr});
+    }
+    cpu_->expert_ffn(X.t, tasks, slots.t);
+    gpu_->expert_ffn(dX.t, dtasks, dslots.t);
+    expect_twins(slots, dslots, 3e-5, "expert slots");
+  }
+}
+
+TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
+  const size_t H = 256, I = 64, E = 5, T = 3, K = 2, S = 3;
+  for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q4()}) {
+    SCOPED_TRACE(format_name(f));
+    // Records laid out as the package does: gate | up | down, each a matrix_layout record.
+    const MatrixLayout lg = matrix_layout(f, I, H), ld = matrix_layout(f, H, I);
+    const size_t rb = (2 * lg.total_bytes + ld.total_bytes + 4095) / 4096 * 4096;
+    std::vector<uint8_t> host(E * rb);
+    for (size_t e = 0; e < E; ++e) {
+      RandomMatrix g(f, I, H, rng_), u(f, I, H, rng_), d(f, H, I, rng_);
+      std::memcpy(host.data() + e * rb, g.record.data(), lg.total_bytes);
+      std::memcpy(host.data() + e * rb + lg.total_bytes, u.record.data(), lg.total_bytes);
+      std::memcpy(host.data() + e * rb + 2 * lg.total_bytes, d.record.data(), ld.total_bytes);
+    }
+    const uint8_t* dev = gpu_->resident(host.data(), host.size());
+    std::vector<const uint8_t*> cpu_table(E), gpu_table(E);
+    for (size_t e = 0; e < E; ++e) cpu_table[e] = host.data() + e * rb, gpu_table[e] = dev + e * rb;
+    const auto* dtable = reinterpret_cast<const uint8_t* const*>(gpu_->resident(
+        reinterpret_cast<const uint8_t*>(gpu_table.data()), E * sizeof(void*)));
+    IndexedExperts ix;
+    ix.experts = E;
+    ix.gate = {f, I, H, 0};
+    ix.up = {f, I, H, lg.total_bytes};
+    ix.down = {f, H, I, 2 * lg.total_bytes};
+    IndexedExperts dix = ix;
+    ix.records = cpu_table.data();
+    dix.records = dtable;
+    const std::vector<int32_t> ids = {4, 0, 2, 4, 1, 3};  // [T, K]
+    const auto* dids = reinterpret_cast<const int32_t*>(
+        gpu_->resident(reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 4));
+    HostTensor X(T, H), slots(T * S, H);
+    X.randomize(rng_);
+    Mirror dX = mirror(X), dslots = mirror(slots);
+    cpu_->expert_ffn_indexed(X.t, ids.data(), K, ix, slots.t, S);
+    gpu_->expert_ffn_indexed(dX.t, dids, K, dix, dslots.t, S);
+    expect_twins(slots, dslots, 3e-5, "indexed expert slots");
+  }
+}
+
+TEST_F(CudaOps, CombineWithSharedGate) {
+  const size_t T = 3, S = 3, K = 2, H = 40;
+  for (bool gate : {false, true}) {
+    HostTensor slots(T * S, H), out(T, H), g(T, 1), w(1, T * K, 0);
+    slots.randomize(rng_);
+    out.randomize(rng_);
+    g.randomize(rng_, -3, 3);
+    w.randomize(rng_);
+    Mirror dslots = mirror(slots), dout = mirror(out), dg = mirror(g), dw = mirror(w);
+    CombineArgs a;
+    a.slots = slots.t;
+    a.slots_per_token = S;
+    a.routed = w.t.f32();
+    a.k = K;
+    if (gate) a.gate = g.t;
+    a.out = out.t;
+    CombineArgs d = a;
+    d.slots = dslots.t;
+    d.routed = dw.t.f32();
+    d.gate = gate ? dg.t : Tensor{};
+    d.out = dout.t;
+    cpu_->combine(a);
+    gpu_->combine(d);
+    expect_twins(out, dout, 1e-6, "combine");
+  }
+}
+
+TEST_F(CudaOps, MemoryTiersAndErrors) {
+  HostTensor h(5, 10);
+  h.randomize(rng_);
+  Mirror d = mirror(h);
+  gpu_->fill(d.t.rows_view(1, 2), 2.5f);
+  cpu_->fill(h.t.rows_view(1, 2), 2.5f);
+  expect_twins(h, d, 0, "fill");
+  EXPECT_THROW(gpu_->allocate(size_t{1} << 62, "an impossible buffer"), Error);
+  // Expert tiers: a record copied into the device tier from the page-locked RAM tier arrives
+  // whole after fence().
+  const size_t record = 8192;
+  auto ram = gpu_->ram_tier_memory(2, record);
+  auto dev = gpu_->expert_tier_memory(3, record);
+  ASSERT_TRUE(ram && dev);
+  EXPECT_TRUE(ram->host_accessible());
+  EXPECT_FALSE(dev->host_accessible());
+  std::vector<float> src = random_vector(record / sizeof(float), rng_);
+  std::memcpy(ram->slot_data(1), src.data(), record);
+  dev->copy_in(dev->slot_data(2), ram->slot_data(1), record);
+  dev->fence();
+  std::vector<float> back(record / sizeof(float), kNaN);
+  gpu_->download(Tensor::matrix(dev->slot_data(2), 1, back.size(), back.size(), Memory::Device),
+                 back.data(), back.size());
+  EXPECT_EQ(back, src);
+}
+
+}  // namespace
+}  // namespace moeflux::test
