@@ -21,9 +21,15 @@
 namespace moeflux::test {
 namespace {
 
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-double silu(double x) { return x * sigmoid(x); }
-double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
+double sigmoid(double x) {
+  return 1.0 / (1.0 + std::exp(-x));
+}
+double silu(double x) {
+  return x * sigmoid(x);
+}
+double softplus(double x) {
+  return x > 20 ? x : std::log1p(std::exp(x));
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (name == "cpu") return std::make_unique<CpuBackend>(3);  // > cores: exercises the splits
@@ -354,17 +360,22 @@ TEST_P(BackendOps, GroupedExpertFfnWritesOnlyItsSlots) {
     };
     std::vector<Expert> ex;
     for (int e = 0; e < 3; ++e)
-      ex.push_back({RandomMatrix(f, I, H, rng_), RandomMatrix(f, I, H, rng_),
-                    RandomMatrix(f, H, I, rng_)});
+      ex.push_back(
+          {RandomMatrix(f, I, H, rng_), RandomMatrix(f, I, H, rng_), RandomMatrix(f, H, I, rng_)});
     HostTensor X(T, H), slots(T * S, H);
     X.randomize(rng_);
     // Expert 0: rows 0, 2, 3 -> slots 0, 6, 9; expert 1: row 1 -> slot 4; expert 2: rows 0, 1
     // -> slots 2, 5 (rows shared between experts; slots 1, 3, 7, 8, 10, 11 untouched).
-    const std::vector<std::vector<int32_t>> in = {{0, 2, 3}, {1}, {0, 1}}, out = {{0, 6, 9}, {4}, {2, 5}};
+    const std::vector<std::vector<int32_t>> in = {{0, 2, 3}, {1}, {0, 1}},
+                                            out = {{0, 6, 9}, {4}, {2, 5}};
     std::vector<ExpertTask> tasks;
     for (int e = 0; e < 3; ++e)
-      tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view}, I, in[e].data(),
-                       out[e].data(), in[e].size(), nullptr});
+      tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view},
+                       I,
+                       in[e].data(),
+                       out[e].data(),
+                       in[e].size(),
+                       nullptr});
     be_->expert_ffn(X.t, tasks, slots.t);
     std::vector<bool> written(T * S, false);
     for (int e = 0; e < 3; ++e)
@@ -418,7 +429,8 @@ TEST_P(BackendOps, CombineAddsWeightedSlotsInOrder) {
       for (size_t c = 0; c < H; ++c) {
         double want = before[t * out.t.pitch() + c];
         for (size_t s = 0; s < S; ++s)
-          want += (s < K ? w[t * K + s] : (gate ? sigmoid(g.at(t, 0)) : 1.0)) * slots.at(t * S + s, c);
+          want +=
+              (s < K ? w[t * K + s] : (gate ? sigmoid(g.at(t, 0)) : 1.0)) * slots.at(t * S + s, c);
         ASSERT_NEAR(out.at(t, c), want, 1e-5);
       }
   }

@@ -89,14 +89,12 @@ class CudaOps : public testing::Test {
     for (size_t i = 0; i < g.size(); ++i) {
       const float a = cpu.mem[i], b = g[i];
       if (std::isnan(a) || std::isnan(b)) {
-        ASSERT_TRUE(std::isnan(a) && std::isnan(b))
-            << what << ": element " << i << " cpu " << a << " gpu " << b << " (seed " << seed_
-            << ")";
+        ASSERT_TRUE(std::isnan(a) && std::isnan(b)) << what << ": element " << i << " cpu " << a
+                                                    << " gpu " << b << " (seed " << seed_ << ")";
         continue;
       }
       ASSERT_LE(std::fabs(double(a) - b), rel * scale)
-          << what << ": element " << i << " cpu " << a << " gpu " << b << " (seed " << seed_
-          << ")";
+          << what << ": element " << i << " cpu " << a << " gpu " << b << " (seed " << seed_ << ")";
     }
   }
 
@@ -105,10 +103,9 @@ class CudaOps : public testing::Test {
   std::mt19937 rng_;
 };
 
-const QuantFormat kFormats[] = {QuantFormat::f32(),  QuantFormat::f16(),
-                                QuantFormat::bf16(), QuantFormat::q8_0(),
-                                QuantFormat::q4(),   QuantFormat::affine(8, 64),
-                                QuantFormat::affine(4, 32)};
+const QuantFormat kFormats[] = {
+    QuantFormat::f32(), QuantFormat::f16(),         QuantFormat::bf16(),       QuantFormat::q8_0(),
+    QuantFormat::q4(),  QuantFormat::affine(8, 64), QuantFormat::affine(4, 32)};
 
 TEST_F(CudaOps, Embed) {
   for (QuantFormat f : kFormats) {
@@ -152,9 +149,8 @@ TEST_F(CudaOps, MatmulEveryFormatFewAndManyRows) {
         Mirror dX = mirror(X), dYA = mirror(YA), dYB = mirror(YB), dYC = mirror(YC);
         const std::vector<float> bias = random_vector(17, rng_);
         const float* dbias = dev_floats(bias);
-        const Projection p[3] = {{&A.view, YA.t},
-                                 {&B.view, YB.t, bias.data()},
-                                 {&C.view, YC.t, nullptr, true}};
+        const Projection p[3] = {
+            {&A.view, YA.t}, {&B.view, YB.t, bias.data()}, {&C.view, YC.t, nullptr, true}};
         const Projection dp[3] = {{&dA, dYA.t}, {&dB, dYB.t, dbias}, {&dC, dYC.t, nullptr, true}};
         cpu_->matmul(X.t, p);
         gpu_->matmul(dX.t, dp);
@@ -201,8 +197,8 @@ TEST_F(CudaOps, AttentionPromptAndDecodeWithGqaAndGate) {
         SCOPED_TRACE("hd " + std::to_string(hd) + " T " + std::to_string(T));
         const size_t nh = 4, nkv = 2, cap = 40;
         const int pos0 = 29;
-        HostTensor q(T, nh * hd), k(T, nkv * hd), v(T, nkv * hd), g(T, nh * hd),
-            out(T, nh * hd), K(cap, nkv * hd, 0), V(cap, nkv * hd, 0);
+        HostTensor q(T, nh * hd), k(T, nkv * hd), v(T, nkv * hd), g(T, nh * hd), out(T, nh * hd),
+            K(cap, nkv * hd, 0), V(cap, nkv * hd, 0);
         for (HostTensor* h : {&q, &k, &v, &K, &V}) h->randomize(rng_);
         g.randomize(rng_, -3, 3);
         Mirror dq = mirror(q), dk = mirror(k), dv = mirror(v), dg = mirror(g), dout = mirror(out),
@@ -297,8 +293,8 @@ TEST_F(CudaOps, GatedRmsNorm) {
   Mirror dx = mirror(x), dz = mirror(z), dy = mirror(y);
   cpu_->rmsnorm_gated(x.t.heads(heads, dim, dim), z.t.heads(heads, dim, 2 * dim), w.data(), 1e-6f,
                       y.t.heads(heads, dim, dim));
-  gpu_->rmsnorm_gated(dx.t.heads(heads, dim, dim), dz.t.heads(heads, dim, 2 * dim),
-                      dev_floats(w), 1e-6f, dy.t.heads(heads, dim, dim));
+  gpu_->rmsnorm_gated(dx.t.heads(heads, dim, dim), dz.t.heads(heads, dim, 2 * dim), dev_floats(w),
+                      1e-6f, dy.t.heads(heads, dim, dim));
   expect_twins(y, dy, 1e-5, "gated rmsnorm");
 }
 
@@ -334,8 +330,10 @@ TEST_F(CudaOps, GroupedExpertFfnFewAndManyRows) {
     };
     std::vector<Expert> ex;
     for (int e = 0; e < 3; ++e) {
-      ex.push_back({RandomMatrix(f, I, H, rng_), RandomMatrix(f, I, H, rng_),
-                    RandomMatrix(f, H, I, rng_), {}});
+      ex.push_back({RandomMatrix(f, I, H, rng_),
+                    RandomMatrix(f, I, H, rng_),
+                    RandomMatrix(f, H, I, rng_),
+                    {}});
       ex.back().dev = {dev_matrix(ex.back().gate), dev_matrix(ex.back().up),
                        dev_matrix(ex.back().down)};
     }
@@ -350,8 +348,12 @@ TEST_F(CudaOps, GroupedExpertFfnFewAndManyRows) {
     }
     std::vector<ExpertTask> tasks, dtasks;
     for (int e = 0; e < 3; ++e) {
-      tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view}, I, in[e].data(),
-                       out[e].data(), in[e].size(), nullptr});
+      tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view},
+                       I,
+                       in[e].data(),
+                       out[e].data(),
+                       in[e].size(),
+                       nullptr});
       dtasks.push_back({ex[e].dev, I, in[e].data(), out[e].data(), in[e].size(), nullptr});
     }
     cpu_->expert_ffn(X.t, tasks, slots.t);
@@ -377,8 +379,8 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
     const uint8_t* dev = gpu_->resident(host.data(), host.size());
     std::vector<const uint8_t*> cpu_table(E), gpu_table(E);
     for (size_t e = 0; e < E; ++e) cpu_table[e] = host.data() + e * rb, gpu_table[e] = dev + e * rb;
-    const auto* dtable = reinterpret_cast<const uint8_t* const*>(gpu_->resident(
-        reinterpret_cast<const uint8_t*>(gpu_table.data()), E * sizeof(void*)));
+    const auto* dtable = reinterpret_cast<const uint8_t* const*>(
+        gpu_->resident(reinterpret_cast<const uint8_t*>(gpu_table.data()), E * sizeof(void*)));
     IndexedExperts ix;
     ix.experts = E;
     ix.gate = {f, I, H, 0};

@@ -36,7 +36,8 @@ if [ -n "$FILTER" ]; then
 fi
 if [ "${SANITIZE:-0}" = 1 ]; then
   ( cd "$BUILD/tests" && LD_LIBRARY_PATH="$MF_DIR/lib" compute-sanitizer --tool memcheck \
-      --error-exitcode 9 "$MF_DIR/moeflux_tests" --gtest_filter='CudaEngine.*:CudaOps.*' \
+      --report-api-errors no --error-exitcode 9 "$MF_DIR/moeflux_tests" \
+      --gtest_filter='*CudaEngine*:CudaOps.*' \
       > "$OUTD/sanitizer.log" 2>&1 )
   echo "compute-sanitizer memcheck: exit $? — $(grep -E 'ERROR SUMMARY' "$OUTD/sanitizer.log" | tail -1)"
 fi
@@ -52,14 +53,18 @@ for v in "${variants[@]}"; do
     > "$OUTD/bench-$name.txt" 2>&1
   echo "== $name ($flags)"; grep -E '^(decode|experts|hits)' "$OUTD/bench-$name.txt"
 done
+if [ "${PROFILE:-0}" = 1 ]; then  # each op's own GPU time (serialised), resident experts
+  MOEFLUX_CUDA_PROFILE=1 "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len 64 \
+    --repeat 1 --no-ceilings --gpu-mem all > "$OUTD/profile.txt" 2>&1
+  grep -E '^\[cuda profile\]' "$OUTD/profile.txt"
+fi
 if [ "${CHECKSUM:-0}" = 1 ]; then
-  for verify in on off; do
+  for verify in off on off on; do
     extra=""; [ $verify = off ] && extra=--no-verify
     sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
     "$MF" bench -m "$PKG" --backend cpu --io direct --prompt-len 64 --gen-len 32 --repeat 3 \
-      --no-ceilings --threads "$(nproc)" $extra --json "$OUTD/checksum-$verify.json" \
-      > "$OUTD/checksum-$verify.txt" 2>&1
-    echo "checksums $verify: $(grep -E '^(decode|verify)' "$OUTD/checksum-$verify.txt" | tr '\n' ' ')"
+      --no-ceilings --threads "$(nproc)" $extra >> "$OUTD/checksum-$verify.txt" 2>&1
+    echo "checksums $verify: $(grep -E '^(decode|verify)' "$OUTD/checksum-$verify.txt" | tail -2 | tr '\n' ' ')"
   done
 fi
 ( cd "$OUTD" && tar czf /tmp/cuda-all.tgz . && find . -mindepth 1 -delete && mv /tmp/cuda-all.tgz . )

@@ -61,13 +61,13 @@ struct Projection {
 };
 
 struct AttentionArgs {
-  Tensor q;              // [T, heads, head_dim], already normalised and rotated
-  Tensor k, v;           // [T, kv_heads, head_dim]: this chunk's keys and values (k rotated)
-  Tensor gate;           // [T, heads, head_dim], or empty: output *= sigmoid(gate)
+  Tensor q;     // [T, heads, head_dim], already normalised and rotated
+  Tensor k, v;  // [T, kv_heads, head_dim]: this chunk's keys and values (k rotated)
+  Tensor gate;  // [T, heads, head_dim], or empty: output *= sigmoid(gate)
   KvCache* cache = nullptr;
-  int pos0 = 0;          // position of row 0; the cache holds [0, pos0) of this sequence
-  float scale = 1.0f;    // softmax scale (1/sqrt(head_dim) for plain attention)
-  Tensor out;            // [T, heads * head_dim]
+  int pos0 = 0;        // position of row 0; the cache holds [0, pos0) of this sequence
+  float scale = 1.0f;  // softmax scale (1/sqrt(head_dim) for plain attention)
+  Tensor out;          // [T, heads * head_dim]
 };
 
 // Gated DeltaNet recurrence over a chunk (transformers' chunk_gated_delta_rule /
@@ -77,13 +77,13 @@ struct AttentionArgs {
 //   g = -exp(A_log[h]) softplus(a[t,h] + dt_bias[h]),  beta = sigmoid(b[t,h])
 //   S_h <- exp(g) S_h;  S_h <- S_h + k (beta (v - S_h^T k))^T;  out[t,h] = S_h^T q
 struct DeltaRuleArgs {
-  Tensor q, k;        // [T, key_heads, dk]  (normalised in place)
-  Tensor v;           // [T, value_heads, dv]
-  Tensor a, b;        // [T, value_heads]
+  Tensor q, k;  // [T, key_heads, dk]  (normalised in place)
+  Tensor v;     // [T, value_heads, dv]
+  Tensor a, b;  // [T, value_heads]
   const float* A_log = nullptr;
   const float* dt_bias = nullptr;
   DeltaNetState* state = nullptr;
-  Tensor out;         // [T, value_heads, dv]
+  Tensor out;  // [T, value_heads, dv]
 };
 
 // How a router's logits become experts and weights.
@@ -145,12 +145,12 @@ struct IndexedExperts {
 // and, for the extra slots s >= K (shared expert, dense MLP), sigmoid(gate[t]) if gate is
 // given, else 1. The sum runs in slot order.
 struct CombineArgs {
-  Tensor slots;                     // [T * S, H]
-  size_t slots_per_token = 0;       // S
-  const float* routed = nullptr;    // [T, K] or null when K = 0
-  size_t k = 0;                     // K
-  Tensor gate;                      // [T, 1] logits, or empty
-  Tensor out;                       // [T, H]
+  Tensor slots;                   // [T * S, H]
+  size_t slots_per_token = 0;     // S
+  const float* routed = nullptr;  // [T, K] or null when K = 0
+  size_t k = 0;                   // K
+  Tensor gate;                    // [T, 1] logits, or empty
+  Tensor out;                     // [T, H]
 };
 
 class Backend {

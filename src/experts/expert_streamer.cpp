@@ -362,7 +362,8 @@ int ExpertStreamer::request(int layer, std::span<const int> experts) {
   // Guesses about later layers queue behind this layer's demand reads.
   const size_t n = n_deferred_;
   n_deferred_ = 0;
-  for (size_t i = 0; i < n; ++i) prefetch(deferred_[i].layer, deferred_[i].experts, deferred_[i].kind);
+  for (size_t i = 0; i < n; ++i)
+    prefetch(deferred_[i].layer, deferred_[i].experts, deferred_[i].kind);
   return ticket;
 }
 

@@ -161,10 +161,10 @@ class ExpertStreamer {
   struct Entry {
     int ticket = 0;
     int layer = 0, expert = 0;
-    size_t index = 0;           // in its request
-    size_t tier = 0;            // where it was found (the RAM tier for misses)
+    size_t index = 0;  // in its request
+    size_t tier = 0;   // where it was found (the RAM tier for misses)
     TierSlot* slot = nullptr;
-    bool demand_read = false;   // this request submitted the read (a failure is final)
+    bool demand_read = false;  // this request submitted the read (a failure is final)
     bool taken = false;
   };
 
@@ -199,10 +199,10 @@ class ExpertStreamer {
   std::function<bool(uint64_t)> spare_hot_;
   std::function<void(TierSlot&)> evicted_from_ram_;
   std::vector<Pin> pinned_;
-  std::vector<Entry> entries_;  // of the outstanding tickets
-  std::vector<ReadOp*> reads_;  // scratch: reads to submit
-  std::vector<ExpertHandle> handles_;     // scratch of acquire()
-  std::vector<uint32_t> rank_scratch_;    // scratch of the hot-set ranking
+  std::vector<Entry> entries_;          // of the outstanding tickets
+  std::vector<ReadOp*> reads_;          // scratch: reads to submit
+  std::vector<ExpertHandle> handles_;   // scratch of acquire()
+  std::vector<uint32_t> rank_scratch_;  // scratch of the hot-set ranking
   int next_ticket_ = 0;
   struct DeferredPrefetch {
     int layer = -1;

@@ -53,8 +53,9 @@ struct ExpertPart {
 // The record of one routed expert: y = down · (silu(gate · x) ⊙ (up · x)).
 struct ExpertLayout {
   QuantFormat fmt;
-  ExpertPart gate, up, down;  // gate, up: [moe_intermediate, hidden]; down: [hidden, moe_intermediate]
-  size_t record_bytes = 0;    // padded to kExpertAlignment
+  ExpertPart gate, up,
+      down;  // gate, up: [moe_intermediate, hidden]; down: [hidden, moe_intermediate]
+  size_t record_bytes = 0;  // padded to kExpertAlignment
 
   static ExpertLayout make(QuantFormat fmt, size_t hidden, size_t intermediate);
   // The expert's useful bytes (without padding).
@@ -106,7 +107,9 @@ class Package {
   std::string expert_file_path(int layer) const;
   uint64_t resident_bytes() const;
   // The bytes of resident tensor t (t.bytes of them).
-  const uint8_t* resident_data(const ResidentTensor& t) const { return resident_.data() + t.offset; }
+  const uint8_t* resident_data(const ResidentTensor& t) const {
+    return resident_.data() + t.offset;
+  }
   // The whole mapped resident.bin (every resident tensor lies inside it).
   const uint8_t* resident_base() const { return resident_.data(); }
   size_t resident_size() const { return resident_.size(); }

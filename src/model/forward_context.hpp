@@ -108,11 +108,11 @@ struct ForwardContext {
   MoeScratch& moe;
   ExpertStreamer& streamer;
   const RopeTable& rope;
-  int active_experts;       // K actually run per token (--k), <= num_experts
-  size_t rows;              // T: rows of this batch
+  int active_experts;  // K actually run per token (--k), <= num_experts
+  size_t rows;         // T: rows of this batch
   std::span<const SequenceChunk> seqs;
-  ForwardTimings* timings;  // null unless --timing
-  const RoutingSink* on_routing;  // null unless tracing
+  ForwardTimings* timings;                    // null unless --timing
+  const RoutingSink* on_routing;              // null unless tracing
   const ResidentExperts* resident = nullptr;  // null: experts come from the streamer
 
   double* timer(int layer, double LayerTimes::*field) const {

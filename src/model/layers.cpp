@@ -7,10 +7,14 @@ namespace moeflux {
 
 namespace {
 
-float eps_of(const ModelConfig& c) { return static_cast<float>(c.rms_norm_eps); }
+float eps_of(const ModelConfig& c) {
+  return static_cast<float>(c.rms_norm_eps);
+}
 
 // Rows of the sequence chunk s in a tensor of the batch.
-Tensor rows_of(const Tensor& t, const SequenceChunk& s) { return t.rows_view(s.row0, s.rows); }
+Tensor rows_of(const Tensor& t, const SequenceChunk& s) {
+  return t.rows_view(s.row0, s.rows);
+}
 
 }  // namespace
 
@@ -259,8 +263,7 @@ ExpertTask all_rows_task(const ForwardContext& ctx, const MlpWeights& w, size_t 
 
 }  // namespace
 
-void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer,
-                  bool zero_centered) {
+void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered) {
   const ModelConfig& c = ctx.config;
   const size_t T = ctx.rows;
   const Tensor h = ctx.ws.h.rows_view(0, T);
@@ -312,9 +315,10 @@ void lookahead_prefetch(const ForwardContext& ctx, const LayerWeights& next_w, i
                         bool zero_centered, bool after_demand) {
   const size_t T = ctx.rows, K = ctx.active_experts;
   // Only the last row: decode has one.
-  const ForwardContext one{ctx.config, ctx.family, ctx.expert_layout, ctx.be, ctx.ws, ctx.moe,
-                           ctx.streamer, ctx.rope, ctx.active_experts, 1, ctx.seqs,
-                           ctx.timings, nullptr, ctx.resident};
+  const ForwardContext one{
+      ctx.config,   ctx.family,  ctx.expert_layout,  ctx.be, ctx.ws,   ctx.moe,
+      ctx.streamer, ctx.rope,    ctx.active_experts, 1,      ctx.seqs, ctx.timings,
+      nullptr,      ctx.resident};
   ctx.be.rmsnorm(ctx.ws.h.rows_view(T - 1, 1), next_w.post_norm, ctx.ws.xn.rows_view(0, 1),
                  eps_of(ctx.config), zero_centered);
   route_rows(one, next_w.moe, 1, next);

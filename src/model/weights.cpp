@@ -82,17 +82,17 @@ namespace {
 // be listed here, or a backend with its own copy of the weights would read host memory).
 template <class F>
 void for_each_matrix(LayerWeights& l, F&& f) {
-  for (MatrixView* m : {&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.o, &l.lin.qkv, &l.lin.z,
-                        &l.lin.b, &l.lin.a, &l.lin.out, &l.moe.router, &l.moe.shared.gate,
-                        &l.moe.shared.up, &l.moe.shared.down, &l.moe.shared_gate, &l.dense.gate,
-                        &l.dense.up, &l.dense.down})
+  for (MatrixView* m :
+       {&l.attn.q, &l.attn.k, &l.attn.v, &l.attn.o, &l.lin.qkv, &l.lin.z, &l.lin.b, &l.lin.a,
+        &l.lin.out, &l.moe.router, &l.moe.shared.gate, &l.moe.shared.up, &l.moe.shared.down,
+        &l.moe.shared_gate, &l.dense.gate, &l.dense.up, &l.dense.down})
     f(*m);
 }
 template <class F>
 void for_each_vector(LayerWeights& l, F&& f) {
-  for (const float** v : {&l.input_norm, &l.post_norm, &l.attn.q_bias, &l.attn.k_bias,
-                          &l.attn.v_bias, &l.attn.o_bias, &l.attn.q_norm, &l.attn.k_norm,
-                          &l.lin.conv, &l.lin.dt_bias, &l.lin.A_log, &l.lin.norm})
+  for (const float** v :
+       {&l.input_norm, &l.post_norm, &l.attn.q_bias, &l.attn.k_bias, &l.attn.v_bias, &l.attn.o_bias,
+        &l.attn.q_norm, &l.attn.k_norm, &l.lin.conv, &l.lin.dt_bias, &l.lin.A_log, &l.lin.norm})
     f(*v);
 }
 

@@ -19,11 +19,11 @@ struct AttentionWeights {
 
 // Gated DeltaNet (linear attention) of qwen3_5_moe.
 struct DeltaNetWeights {
-  MatrixView qkv;  // [2*key_dim + value_dim, hidden]: q | k | v channels
-  MatrixView z;    // [value_dim, hidden]: output gate
-  MatrixView b;    // [v_heads, hidden]: beta = sigmoid(b x)
-  MatrixView a;    // [v_heads, hidden]: g = -exp(A_log) * softplus(a x + dt_bias)
-  MatrixView out;  // [hidden, value_dim]
+  MatrixView qkv;               // [2*key_dim + value_dim, hidden]: q | k | v channels
+  MatrixView z;                 // [value_dim, hidden]: output gate
+  MatrixView b;                 // [v_heads, hidden]: beta = sigmoid(b x)
+  MatrixView a;                 // [v_heads, hidden]: g = -exp(A_log) * softplus(a x + dt_bias)
+  MatrixView out;               // [hidden, value_dim]
   const float* conv = nullptr;  // [conv_dim, kernel]
   const float* dt_bias = nullptr;
   const float* A_log = nullptr;

@@ -8,7 +8,9 @@ namespace {
 
 constexpr size_t kAlignFloats = 16;  // 64-byte rows and tensors
 
-size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+size_t round_up(size_t n, size_t m) {
+  return (n + m - 1) / m * m;
+}
 
 bool has_kind(const ModelConfig& c, LayerKind k) {
   return std::find(c.layer_kind.begin(), c.layer_kind.end(), k) != c.layer_kind.end();

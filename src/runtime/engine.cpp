@@ -44,8 +44,9 @@ std::unique_ptr<Backend> create_backend(const EngineOptions& opts) {
 #else
   if (kind == "auto") kind = "cpu";
   if (kind == "cuda")
-    fail("--backend cuda: this build has no CUDA backend (configure with -DMOEFLUX_CUDA=ON "
-         "where nvcc exists)");
+    fail(
+        "--backend cuda: this build has no CUDA backend (configure with -DMOEFLUX_CUDA=ON "
+        "where nvcc exists)");
 #endif
   if (kind != "cpu") fail("unknown backend '" + kind + "' (cpu, cuda or auto)");
   return std::make_unique<CpuBackend>(opts.threads);
@@ -100,7 +101,8 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     backend_->upload(sn.data(), half, rope_.sin);
   }
 
-  if (backend_->memory() == Memory::Host && (opts.gpu_cache_bytes > 0 || opts.gpu_cache_percent > 0))
+  if (backend_->memory() == Memory::Host &&
+      (opts.gpu_cache_bytes > 0 || opts.gpu_cache_percent > 0))
     fail("--gpu-mem: the " + std::string(backend_->name()) +
          " backend has no GPU expert cache (use --backend cuda)");
   StreamOptions so = opts.stream;
@@ -116,7 +118,7 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     // --gpu-mem all: the experts are loaded into backend memory once (load_resident_experts);
     // the GPU tier keeps only working slots.
     const bool resident = opts.gpu_cache_percent == 0 && opts.gpu_cache_bytes >= all;
-    gpu.budget_bytes = resident                   ? 0
+    gpu.budget_bytes = resident ? 0
                        : opts.gpu_cache_percent > 0
                            ? static_cast<size_t>(static_cast<double>(all) *
                                                  std::min(opts.gpu_cache_percent, 100.0) / 100.0)

@@ -32,13 +32,13 @@ struct EngineOptions {
   size_t gpu_cache_bytes = 0;
   static constexpr size_t kGpuMemAll = ~size_t{0};
   double gpu_cache_percent = 0;  // --gpu-mem N%: instead, this share of every expert's bytes
-  size_t threads = 0;           // compute threads (0 = all hardware threads)
-  int active_experts = 0;       // experts run per token (--k); 0 = the model's top_k
-  size_t prefill_chunk = 256;   // rows per forward pass (prompt chunk; batched decode width)
-  size_t context = 0;           // --ctx: positions a session can hold; 0 = the model's maximum
-  bool timing = false;          // collect per-layer timings (--timing)
-  StreamOptions stream;         // RAM cache, I/O, prefetch (max_active is set from --k)
-  RoutingSink on_routing;       // routing traces (null: none)
+  size_t threads = 0;            // compute threads (0 = all hardware threads)
+  int active_experts = 0;        // experts run per token (--k); 0 = the model's top_k
+  size_t prefill_chunk = 256;    // rows per forward pass (prompt chunk; batched decode width)
+  size_t context = 0;            // --ctx: positions a session can hold; 0 = the model's maximum
+  bool timing = false;           // collect per-layer timings (--timing)
+  StreamOptions stream;          // RAM cache, I/O, prefetch (max_active is set from --k)
+  RoutingSink on_routing;        // routing traces (null: none)
 };
 
 class Model {
@@ -75,7 +75,7 @@ class Engine {
   // The weights as the backend reads them (in its memory).
   const ModelWeights& weights() const { return weights_; }
   int active_experts() const { return active_experts_; }
-  size_t context() const { return context_; }    // positions a session may hold at most
+  size_t context() const { return context_; }       // positions a session may hold at most
   size_t max_rows() const { return ws_.max_rows; }  // rows of one forward pass
 
   // The streamer and timings are shared by every session; read them while no forward runs.
@@ -86,8 +86,8 @@ class Engine {
 
   // Runs one batch (forward.hpp) under the engine's lock: rows `tokens`, sequences `seqs`,
   // logits of rows [logits_row, logits_row + logits.size()) into the host buffers `logits`.
-  void forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs,
-               size_t logits_row, std::span<float* const> logits);
+  void forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs, size_t logits_row,
+               std::span<float* const> logits);
 
   // A fresh sequence state with room for `context` positions (0: the engine's), in backend
   // memory; `*buffer` receives its memory. Throws moeflux::Error naming --ctx when the machine

@@ -130,7 +130,8 @@ Runner add_bench(CLI::App& app) {
   return [a] {
     if (!a->json_out.empty()) check_output_path(a->json_out, "--json");
     const EngineOptions opts = a->engine.to_options();
-    auto model = Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
+    auto model =
+        Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
     check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     if (a->prompt_len + a->gen_len > c.max_position_embeddings)
@@ -294,10 +295,11 @@ Runner add_bench(CLI::App& app) {
                   static_cast<unsigned long long>(p["wasted_reads"].get<uint64_t>()));
     }
     if (opts.stream.io.verify)
-      std::printf("verify   %llu records checked (crc32c, %s), %.3f ms/token on the reader "
-                  "threads\n",
-                  static_cast<unsigned long long>(verified), crc32c_implementation(),
-                  1e3 * verify_seconds / a->gen_len);
+      std::printf(
+          "verify   %llu records checked (crc32c, %s), %.3f ms/token on the reader "
+          "threads\n",
+          static_cast<unsigned long long>(verified), crc32c_implementation(),
+          1e3 * verify_seconds / a->gen_len);
     else
       std::printf("verify   off (--no-verify)\n");
     std::printf("storage  %.2f GB/s over decode, %.2f GB/s while compute waited", wall_gbs,

@@ -2,8 +2,8 @@
 #include <cstdlib>
 #include <string>
 
-#include "commands.hpp"
 #include "backend/cpu/matvec.hpp"
+#include "commands.hpp"
 #ifdef MOEFLUX_HAVE_CUDA
 #include "backend/cuda/cuda_backend.hpp"
 #include "backend/cuda/cuda_device.hpp"
@@ -16,14 +16,15 @@ namespace {
 Runner add_devices(CLI::App& app) {
   app.add_subcommand("devices", "List the compute backends and devices this build can use");
   return [] {
-    std::printf("cpu   %u threads, kernels: %s\n", std::thread::hardware_concurrency(), cpu::matvec_isa());
+    std::printf("cpu   %u threads, kernels: %s\n", std::thread::hardware_concurrency(),
+                cpu::matvec_isa());
 #ifdef MOEFLUX_HAVE_CUDA
     std::string why;
     const auto devs = cuda::list_devices(&why);
     if (devs.empty()) std::printf("cuda  built in; no device (%s)\n", why.c_str());
     for (const auto& d : devs)
-      std::printf("cuda  %d: %s, sm_%d%d, %d SMs, %s\n", d.index, d.name.c_str(), d.sm_major, d.sm_minor,
-                  d.multiprocessors, human_bytes(double(d.total_bytes)).c_str());
+      std::printf("cuda  %d: %s, sm_%d%d, %d SMs, %s\n", d.index, d.name.c_str(), d.sm_major,
+                  d.sm_minor, d.multiprocessors, human_bytes(double(d.total_bytes)).c_str());
     const bool gpu = cuda::device_available();
 #else
     std::printf("cuda  not built (configure with -DMOEFLUX_CUDA=ON where nvcc exists)\n");

@@ -1,5 +1,6 @@
 // The options every evaluating command shares (logits, run, chat, perplexity, bench):
-// --backend --gpu --gpu-mem --threads --k --ram-cache --cache-policy --hot --io --io-backend --io-threads --no-verify
+// --backend --gpu --gpu-mem --threads --k --ram-cache --cache-policy --hot --io --io-backend
+// --io-threads --no-verify
 // --prefetch --prefill-chunk --ctx --timing.
 #pragma once
 

@@ -49,11 +49,9 @@ class CpuBackend final : public Backend {
   void rmsnorm_gated(const Tensor& x, const Tensor& z, const float* w, float eps,
                      const Tensor& y) override;
   void route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) override;
-  void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
-                  const Tensor& slots) override;
-  void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k,
-                          const IndexedExperts& ex, const Tensor& slots,
-                          size_t slots_per_token) override;
+  void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks, const Tensor& slots) override;
+  void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k, const IndexedExperts& ex,
+                          const Tensor& slots, size_t slots_per_token) override;
   void combine(const CombineArgs& a) override;
 
  private:

@@ -32,7 +32,8 @@ void CpuBackend::route(const Tensor& logits, const RouterSpec& spec, const Route
             w[i] = spec.norm_topk_prob ? probs[ids[i]] / sum : probs[ids[i]];
           if (out.device_weights && out.device_weights != out.weights)
             std::copy_n(w, k, out.device_weights + t * k);
-          if (out.device_ids && out.device_ids != out.ids) std::copy_n(ids, k, out.device_ids + t * k);
+          if (out.device_ids && out.device_ids != out.ids)
+            std::copy_n(ids, k, out.device_ids + t * k);
         }
       },
       std::max<size_t>(1, 16384 / (E * 8)));
@@ -73,8 +74,8 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     const ExpertTask& t = tasks[j];
     const size_t I = t.intermediate;
     MF_ASSERT(t.ready == nullptr && t.n > 0 && t.in_rows && t.out_rows);
-    MF_ASSERT(t.w.gate.rows == I && t.w.up.rows == I && t.w.gate.cols == H &&
-              t.w.up.cols == H && t.w.down.rows == H && t.w.down.cols == I);
+    MF_ASSERT(t.w.gate.rows == I && t.w.up.rows == I && t.w.gate.cols == H && t.w.up.cols == H &&
+              t.w.down.rows == H && t.w.down.cols == I);
     MF_ASSERT(t.w.gate.fmt == t.w.up.fmt);
     total_rows += t.n;
     p.x_off[j + 1] = p.x_off[j] + (t.n > 1 ? t.n * H : 0);
@@ -116,19 +117,22 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     return j;
   };
 
-  pool_.parallel_for(n_tasks, [&](size_t b, size_t e) {
-    for (size_t j = b; j < e; ++j) {
-      const ExpertTask& t = tasks[j];
-      if (t.n > 1)
-        for (size_t r = 0; r < t.n; ++r)
-          std::memcpy(xg + p.x_off[j] + r * H, X.row(static_cast<size_t>(t.in_rows[r])),
-                      H * sizeof(float));
-      size_t ld;
-      const float* x = input(j, &ld);
-      cpu::prepare_begin(t.w.gate.fmt, x, ld, t.n, H, p.px[j]);
-      cpu::prepare_rows(p.px[j], 0, t.n);
-    }
-  }, prep_grain);
+  pool_.parallel_for(
+      n_tasks,
+      [&](size_t b, size_t e) {
+        for (size_t j = b; j < e; ++j) {
+          const ExpertTask& t = tasks[j];
+          if (t.n > 1)
+            for (size_t r = 0; r < t.n; ++r)
+              std::memcpy(xg + p.x_off[j] + r * H, X.row(static_cast<size_t>(t.in_rows[r])),
+                          H * sizeof(float));
+          size_t ld;
+          const float* x = input(j, &ld);
+          cpu::prepare_begin(t.w.gate.fmt, x, ld, t.n, H, p.px[j]);
+          cpu::prepare_rows(p.px[j], 0, t.n);
+        }
+      },
+      prep_grain);
 
   units(p.first1[n_tasks], chunk1, [&](size_t ub, size_t ue) {
     thread_local std::vector<float> g, u;
@@ -152,14 +156,17 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     }
   });
 
-  pool_.parallel_for(n_tasks, [&](size_t b, size_t e) {
-    for (size_t j = b; j < e; ++j) {
-      const ExpertTask& t = tasks[j];
-      cpu::prepare_begin(t.w.down.fmt, hbuf + p.h_off[j], t.intermediate, t.n, t.intermediate,
-                         p.ph[j]);
-      cpu::prepare_rows(p.ph[j], 0, t.n);
-    }
-  }, prep_grain);
+  pool_.parallel_for(
+      n_tasks,
+      [&](size_t b, size_t e) {
+        for (size_t j = b; j < e; ++j) {
+          const ExpertTask& t = tasks[j];
+          cpu::prepare_begin(t.w.down.fmt, hbuf + p.h_off[j], t.intermediate, t.n, t.intermediate,
+                             p.ph[j]);
+          cpu::prepare_rows(p.ph[j], 0, t.n);
+        }
+      },
+      prep_grain);
 
   units(p.first2[n_tasks], chunk2, [&](size_t ub, size_t ue) {
     thread_local std::vector<float> y;
@@ -171,8 +178,8 @@ void CpuBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
       const size_t nr = std::min(H, r0 + p.rows2[j]) - r0;
       const MatrixView down = t.w.down.row_slice(r0, nr);
       if (t.n == 1) {
-        cpu::matmul_rows_prepared(down, p.ph[j],
-                                  slots.row(static_cast<size_t>(t.out_rows[0])) + r0, nr, 0, nr);
+        cpu::matmul_rows_prepared(down, p.ph[j], slots.row(static_cast<size_t>(t.out_rows[0])) + r0,
+                                  nr, 0, nr);
         continue;
       }
       if (y.size() < t.n * nr) y.resize(t.n * nr);

@@ -42,7 +42,7 @@ struct AttnParams {
   size_t kv_pitch;
   float* out;
   size_t out_pitch;
-  float* part;     // [T * heads][splits][hd + 2]: per split m, l, then the unnormalised sum
+  float* part;  // [T * heads][splits][hd + 2]: per split m, l, then the unnormalised sum
   int heads, kv_heads, hd, pos0, split_len, splits;
   float scale;
 };
@@ -156,7 +156,7 @@ __global__ void attention_merge_kernel(AttnParams p) {
 }  // namespace
 
 void CudaBackend::attention(const AttentionArgs& a) {
-  const OpTimer timer(*this, "attention");
+  const OpTimer timer(*this, "attention", a.q.rows());
   MF_ASSERT(a.q.rank == 3 && a.k.rank == 3 && a.v.rank == 3 && a.cache != nullptr);
   const size_t T = a.q.shape[0], nh = a.q.shape[1], hd = a.q.shape[2], nkv = a.k.shape[1];
   MF_ASSERT(a.k.shape == a.v.shape && a.k.shape[0] == T && a.k.shape[2] == hd);
@@ -168,12 +168,12 @@ void CudaBackend::attention(const AttentionArgs& a) {
             size_t(a.pos0) + T <= c.k.rows() && c.k.pitch() == c.v.pitch());
   if (T == 0) return;
   const size_t n = T * nkv * hd;
-  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(
-      a.k.f32(), a.k.stride[0], a.k.stride[1], int(T), int(nkv), int(hd), c.k.f32(), c.k.pitch(),
-      a.pos0);
-  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(
-      a.v.f32(), a.v.stride[0], a.v.stride[1], int(T), int(nkv), int(hd), c.v.f32(), c.v.pitch(),
-      a.pos0);
+  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(a.k.f32(), a.k.stride[0], a.k.stride[1],
+                                                         int(T), int(nkv), int(hd), c.k.f32(),
+                                                         c.k.pitch(), a.pos0);
+  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(a.v.f32(), a.v.stride[0], a.v.stride[1],
+                                                         int(T), int(nkv), int(hd), c.v.f32(),
+                                                         c.v.pitch(), a.pos0);
   check_launch("attention (cache append)");
   AttnParams p;
   p.q = a.q.f32();
@@ -199,8 +199,8 @@ void CudaBackend::attention(const AttentionArgs& a) {
   p.split_len = std::max(64, (max_len + want - 1) / want);
   p.splits = (max_len + p.split_len - 1) / p.split_len;
   p.part = scratch_attention(T * nh * size_t(p.splits) * (hd + 2));
-  attention_partial_kernel<<<dim3(unsigned(T * nh), unsigned(p.splits)), kWarps * 32, 0,
-                             stream_>>>(p);
+  attention_partial_kernel<<<dim3(unsigned(T * nh), unsigned(p.splits)), kWarps * 32, 0, stream_>>>(
+      p);
   check_launch("attention");
   attention_merge_kernel<<<unsigned(T * nh), hd >= 64 ? 128 : 32, 0, stream_>>>(p);
   check_launch("attention (merge)");

@@ -113,8 +113,7 @@ __global__ void rmsnorm_gated_kernel(Vecs x, Vecs z, const float* w, float eps, 
   float ss = 0.0f;
   for (int d = threadIdx.x; d < x.dim; d += blockDim.x) ss += xv[d] * xv[d];
   const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
-  for (int d = threadIdx.x; d < x.dim; d += blockDim.x)
-    yv[d] = xv[d] * inv * w[d] * siluf_(zv[d]);
+  for (int d = threadIdx.x; d < x.dim; d += blockDim.x) yv[d] = xv[d] * inv * w[d] * siluf_(zv[d]);
 }
 
 // Rotates (v[i], v[i + half]) of every vector of x [T, heads, dim], i < half, by the angle of
@@ -210,7 +209,8 @@ __global__ void combine_kernel(const float* slots, size_t lds, int S, const floa
 
 void check_launch(const char* what) {
   const cudaError_t err = cudaGetLastError();
-  if (err != cudaSuccess) fail(std::string("CUDA: launching ") + what + ": " + cudaGetErrorString(err));
+  if (err != cudaSuccess)
+    fail(std::string("CUDA: launching ") + what + ": " + cudaGetErrorString(err));
 }
 
 DevMat dev_mat(const MatrixView& m) {
@@ -223,13 +223,22 @@ DevMat dev_mat(const MatrixView& m) {
   d.group = m.fmt.group;
   d.row_bytes = row_data_bytes(m.fmt, m.cols);
   switch (m.fmt.kind) {
-    case QuantKind::F32: d.code = kF32; break;
-    case QuantKind::F16: d.code = kF16; break;
-    case QuantKind::BF16: d.code = kBF16; break;
-    case QuantKind::Q8_0: d.code = kQ8; break;
+    case QuantKind::F32:
+      d.code = kF32;
+      break;
+    case QuantKind::F16:
+      d.code = kF16;
+      break;
+    case QuantKind::BF16:
+      d.code = kBF16;
+      break;
+    case QuantKind::Q8_0:
+      d.code = kQ8;
+      break;
     case QuantKind::Affine:
       if (m.fmt.bits != 4 && m.fmt.bits != 8)
-        fail("CUDA backend: affine " + std::to_string(m.fmt.bits) + "-bit weights are not supported");
+        fail("CUDA backend: affine " + std::to_string(m.fmt.bits) +
+             "-bit weights are not supported");
       d.code = m.fmt.bits == 4 ? kA4 : kA8;
       break;
   }
@@ -242,7 +251,8 @@ double now_seconds() {
 }
 }  // namespace
 
-CudaBackend::OpTimer::OpTimer(CudaBackend& be, const char* op) : be_(be), op_(op) {
+CudaBackend::OpTimer::OpTimer(CudaBackend& be, const char* op, size_t rows)
+    : be_(be), op_(op), prompt_(rows > size_t(kMatvecRows)) {
   if (!be_.profile_) return;
   MF_CUDA(cudaStreamSynchronize(be_.stream_));
   t0_ = now_seconds();
@@ -253,12 +263,12 @@ CudaBackend::OpTimer::~OpTimer() {
   cudaStreamSynchronize(be_.stream_);
   const double dt = now_seconds() - t0_;
   for (OpTime& o : be_.op_times_)
-    if (o.op == op_) {
+    if (o.op == op_ && o.prompt == prompt_) {
       o.seconds += dt;
       ++o.calls;
       return;
     }
-  be_.op_times_.push_back({op_, dt, 1});
+  be_.op_times_.push_back({op_, prompt_, dt, 1});
 }
 
 CudaBackend::CudaBackend(int device) : device_(device) {
@@ -282,11 +292,12 @@ CudaBackend::~CudaBackend() {
   if (profile_ && !op_times_.empty()) {
     double total = 0;
     for (const OpTime& o : op_times_) total += o.seconds;
-    std::fprintf(stderr, "[cuda profile] op             calls    total ms   us/call   share\n");
+    std::fprintf(stderr,
+                 "[cuda profile] op             rows     calls    total ms   us/call   share\n");
     for (const OpTime& o : op_times_)
-      std::fprintf(stderr, "[cuda profile] %-14s %7llu %10.2f %9.2f %6.1f%%\n", o.op,
-                   static_cast<unsigned long long>(o.calls), 1e3 * o.seconds,
-                   1e6 * o.seconds / double(o.calls), 100 * o.seconds / total);
+      std::fprintf(stderr, "[cuda profile] %-14s %-6s %7llu %10.2f %9.2f %6.1f%%\n", o.op,
+                   o.prompt ? "prompt" : "", static_cast<unsigned long long>(o.calls),
+                   1e3 * o.seconds, 1e6 * o.seconds / double(o.calls), 100 * o.seconds / total);
   }
   cudaStreamSynchronize(copy_stream_);
   for (void* p : resident_) cudaFree(p);
@@ -334,18 +345,18 @@ const uint8_t* CudaBackend::resident(const uint8_t* host, size_t bytes) {
 void CudaBackend::upload(const float* host, size_t host_pitch, const Tensor& dst) {
   const OpTimer timer(*this, "upload");
   MF_ASSERT(dst.rank == 2 && dst.memory == Memory::Device);
-  MF_CUDA(cudaMemcpy2DAsync(dst.data, dst.pitch() * sizeof(float), host,
-                            host_pitch * sizeof(float), dst.shape[1] * sizeof(float), dst.rows(),
-                            cudaMemcpyHostToDevice, stream_));
+  MF_CUDA(cudaMemcpy2DAsync(dst.data, dst.pitch() * sizeof(float), host, host_pitch * sizeof(float),
+                            dst.shape[1] * sizeof(float), dst.rows(), cudaMemcpyHostToDevice,
+                            stream_));
   MF_CUDA(cudaStreamSynchronize(stream_));  // the host buffer may be reused at once
 }
 
 void CudaBackend::download(const Tensor& src, float* host, size_t host_pitch) {
   const OpTimer timer(*this, "download");
   MF_ASSERT(src.rank == 2 && src.memory == Memory::Device);
-  MF_CUDA(cudaMemcpy2DAsync(host, host_pitch * sizeof(float), src.data,
-                            src.pitch() * sizeof(float), src.shape[1] * sizeof(float), src.rows(),
-                            cudaMemcpyDeviceToHost, stream_));
+  MF_CUDA(cudaMemcpy2DAsync(host, host_pitch * sizeof(float), src.data, src.pitch() * sizeof(float),
+                            src.shape[1] * sizeof(float), src.rows(), cudaMemcpyDeviceToHost,
+                            stream_));
   MF_CUDA(cudaStreamSynchronize(stream_));
 }
 
@@ -415,28 +426,27 @@ float* CudaBackend::scratch_attention(size_t floats) {
 }
 
 void CudaBackend::embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) {
-  const OpTimer timer(*this, "embed");
+  const OpTimer timer(*this, "embed", tokens.size());
   MF_ASSERT(X.rank == 2 && X.rows() == tokens.size() && X.shape[1] == E.cols);
   if (tokens.empty()) return;
   for (int t : tokens) MF_ASSERT(t >= 0 && static_cast<size_t>(t) < E.rows);
   static_assert(sizeof(int) == sizeof(int32_t));
   const auto* ids = static_cast<const int32_t*>(stage(tokens.data(), tokens.size_bytes()));
   const size_t n = tokens.size() * E.cols;
-  embed_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(dev_mat(E), ids,
-                                                         static_cast<int>(tokens.size()),
-                                                         X.f32(), X.pitch());
+  embed_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(
+      dev_mat(E), ids, static_cast<int>(tokens.size()), X.f32(), X.pitch());
   check_launch("embed");
 }
 
 void CudaBackend::rmsnorm(const Tensor& x, const float* w, const Tensor& y, float eps,
                           bool zero_centered) {
-  const OpTimer timer(*this, "rmsnorm");
+  const OpTimer timer(*this, "rmsnorm", x.rows());
   MF_ASSERT(x.rank == y.rank && x.shape == y.shape && w != nullptr);
   if (x.empty()) return;
   const Vecs xv = vecs_of(x), yv = vecs_of(y);
   const int threads = xv.dim >= 512 ? 256 : xv.dim >= 128 ? 128 : 32;
   rmsnorm_kernel<<<static_cast<unsigned>(xv.count), threads, 0, stream_>>>(xv, w, yv, eps,
-                                                                          zero_centered);
+                                                                           zero_centered);
   check_launch("rmsnorm");
 }
 
@@ -447,13 +457,13 @@ void CudaBackend::rmsnorm_gated(const Tensor& x, const Tensor& z, const float* w
   if (x.empty()) return;
   const Vecs xv = vecs_of(x);
   const int threads = xv.dim >= 128 ? 128 : 32;
-  rmsnorm_gated_kernel<<<static_cast<unsigned>(xv.count), threads, 0, stream_>>>(
-      xv, vecs_of(z), w, eps, vecs_of(y));
+  rmsnorm_gated_kernel<<<static_cast<unsigned>(xv.count), threads, 0, stream_>>>(xv, vecs_of(z), w,
+                                                                                 eps, vecs_of(y));
   check_launch("rmsnorm_gated");
 }
 
 void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
-  const OpTimer timer(*this, "rope");
+  const OpTimer timer(*this, "rope", x.rows());
   MF_ASSERT(x.rank == 3 && pos0 >= 0);
   const int half = table.rotary_dim / 2;
   MF_ASSERT(2 * static_cast<size_t>(half) <= x.shape[2] && pos0 + x.shape[0] <= table.cos.rows());
@@ -461,7 +471,7 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
   const Vecs v = vecs_of(x);
   const size_t n = v.count * half;
   rope_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(v, table.cos.f32(), table.sin.f32(),
-                                                        table.cos.pitch(), half, pos0);
+                                                       table.cos.pitch(), half, pos0);
   check_launch("rope");
 }
 
@@ -479,7 +489,7 @@ void CudaBackend::conv1d_silu(const Tensor& x, const float* w, size_t kernel, co
 }
 
 void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) {
-  const OpTimer timer(*this, "route");
+  const OpTimer timer(*this, "route", logits.rows());
   MF_ASSERT(logits.rank == 2 && spec.top_k > 0 && out.k == static_cast<size_t>(spec.top_k));
   const size_t T = logits.rows(), E = logits.shape[1], k = out.k;
   MF_ASSERT(k <= E && k <= 32 && out.ids && out.weights && out.device_weights);
@@ -495,7 +505,7 @@ void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const Rout
 }
 
 void CudaBackend::combine(const CombineArgs& a) {
-  const OpTimer timer(*this, "combine");
+  const OpTimer timer(*this, "combine", a.out.rows());
   const size_t S = a.slots_per_token, K = a.k;
   MF_ASSERT(a.out.rank == 2 && a.slots.rank == 2 && S >= K && S > 0);
   const size_t T = a.out.rows(), H = a.out.shape[1];

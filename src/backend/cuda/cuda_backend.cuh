@@ -58,11 +58,9 @@ class CudaBackend final : public Backend {
   void rmsnorm_gated(const Tensor& x, const Tensor& z, const float* w, float eps,
                      const Tensor& y) override;
   void route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) override;
-  void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
-                  const Tensor& slots) override;
-  void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k,
-                          const IndexedExperts& ex, const Tensor& slots,
-                          size_t slots_per_token) override;
+  void expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks, const Tensor& slots) override;
+  void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k, const IndexedExperts& ex,
+                          const Tensor& slots, size_t slots_per_token) override;
   void combine(const CombineArgs& a) override;
 
   cudaStream_t stream() const { return stream_; }
@@ -93,7 +91,8 @@ class CudaBackend final : public Backend {
   // serialises host and GPU: the sum is each op's cost alone, not the pipelined speed.)
   class OpTimer {
    public:
-    OpTimer(CudaBackend& be, const char* op);
+    // rows: the op's rows of X; more than kMatvecRows are counted apart, as "op/prompt".
+    OpTimer(CudaBackend& be, const char* op, size_t rows = 1);
     ~OpTimer();
     OpTimer(const OpTimer&) = delete;
     OpTimer& operator=(const OpTimer&) = delete;
@@ -101,6 +100,7 @@ class CudaBackend final : public Backend {
    private:
     CudaBackend& be_;
     const char* op_;
+    bool prompt_;
     double t0_ = 0;
   };
 
@@ -132,6 +132,7 @@ class CudaBackend final : public Backend {
   bool profile_ = false;
   struct OpTime {
     const char* op;
+    bool prompt;
     double seconds;
     uint64_t calls;
   };
@@ -151,8 +152,7 @@ inline unsigned blocks_for(size_t n, size_t per_block) {
 int matvec_code(const DevMat& w, const DevMat* w2);
 // Launches the matrix-vector kernel `code` over the n products of `dev` (device memory), each
 // at most max_rows rows of W and max_t rows of X (<= kMatvecRows).
-void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t,
-                   cudaStream_t s);
+void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s);
 
 // Checks the launch just issued.
 void check_launch(const char* what);

@@ -1,6 +1,6 @@
-#include "backend/cuda/cuda_device.hpp"
-
 #include <cuda_runtime.h>
+
+#include "backend/cuda/cuda_device.hpp"
 
 namespace moeflux::cuda {
 

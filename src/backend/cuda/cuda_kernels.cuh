@@ -27,9 +27,9 @@ struct DevMat {
   const uint8_t* scales = nullptr;
   const uint8_t* biases = nullptr;
   int rows = 0, cols = 0;
-  int code = kF32;        // FormatCode of the stored format (never kGeneric)
-  int group = 0;          // elements per scale group (Q8_0, Affine)
-  size_t row_bytes = 0;   // data bytes per row
+  int code = kF32;       // FormatCode of the stored format (never kGeneric)
+  int group = 0;         // elements per scale group (Q8_0, Affine)
+  size_t row_bytes = 0;  // data bytes per row
 };
 
 // One product of a batched matmul launch: Y[y_row(t)] (op)= W X[x_row(t)] (+ bias), t < T,
@@ -56,7 +56,9 @@ __host__ __device__ inline MatmulDesc blank_desc() {
   return d;
 }
 
-__device__ __forceinline__ float bf16_bits(uint32_t u16) { return __uint_as_float(u16 << 16); }
+__device__ __forceinline__ float bf16_bits(uint32_t u16) {
+  return __uint_as_float(u16 << 16);
+}
 __device__ __forceinline__ float f16_bits(uint16_t u) {
   return __half2float(__ushort_as_half(u));
 }
@@ -64,9 +66,15 @@ __device__ __forceinline__ uint16_t load_u16(const uint8_t* p) {
   return *reinterpret_cast<const uint16_t*>(p);
 }
 
-__device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
-__device__ __forceinline__ float siluf_(float x) { return x / (1.0f + expf(-x)); }
-__device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+__device__ __forceinline__ float sigmoidf_(float x) {
+  return 1.0f / (1.0f + expf(-x));
+}
+__device__ __forceinline__ float siluf_(float x) {
+  return x / (1.0f + expf(-x));
+}
+__device__ __forceinline__ float softplusf_(float x) {
+  return x > 20.0f ? x : log1pf(expf(x));
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -105,10 +113,11 @@ __device__ __forceinline__ float decode_elem(const DevMat& m, int r, int c) {
 // Elements per 16-byte load of each format (the vector path's chunk).
 template <int CODE>
 struct Chunk {
-  static constexpr int n = CODE == kF32 ? 4 : CODE == kF16 || CODE == kBF16 ? 8
-                           : CODE == kQ8 || CODE == kA8                      ? 16
-                           : CODE == kA4                                     ? 32
-                                                                             : 1;
+  static constexpr int n = CODE == kF32                    ? 4
+                           : CODE == kF16 || CODE == kBF16 ? 8
+                           : CODE == kQ8 || CODE == kA8    ? 16
+                           : CODE == kA4                   ? 32
+                                                           : 1;
 };
 
 // Elements [c0, c0 + Chunk<CODE>::n) of row r, with one 16-byte load of codes (c0 a multiple
@@ -146,8 +155,7 @@ __device__ __forceinline__ void load_chunk(const DevMat& m, int r, int c0, float
     } else {  // kA4, kA8: one group holds the whole chunk (groups are >= 32 elements)
       constexpr int bits = CODE == kA4 ? 4 : 8, per_word = 32 / bits;
       constexpr uint32_t mask = (1u << bits) - 1u;
-      const uint4 v =
-          *reinterpret_cast<const uint4*>(row + static_cast<size_t>(c0) / per_word * 4);
+      const uint4 v = *reinterpret_cast<const uint4*>(row + static_cast<size_t>(c0) / per_word * 4);
       const size_t g = static_cast<size_t>(r) * (m.cols / m.group) + c0 / m.group;
       const float s = bf16_bits(load_u16(m.scales + 2 * g));
       const float b = bf16_bits(load_u16(m.biases + 2 * g));

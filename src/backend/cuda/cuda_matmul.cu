@@ -25,16 +25,25 @@ constexpr int kWarps = 4;  // rows per matvec block
 __device__ __forceinline__ void write_out(const MatmulDesc& d, int t, int row, float v, float v2) {
   float* y = d.y + static_cast<size_t>(d.y_rows ? d.y_rows[t] : t) * d.ldy + row;
   switch (d.mode) {
-    case kStore: *y = v; break;
-    case kAccumulate: *y += v; break;
-    case kSwiglu: *y = siluf_(*y) * v; break;
-    default: *y = siluf_(v) * v2; break;  // kDual
+    case kStore:
+      *y = v;
+      break;
+    case kAccumulate:
+      *y += v;
+      break;
+    case kSwiglu:
+      *y = siluf_(*y) * v;
+      break;
+    default:
+      *y = siluf_(v) * v2;
+      break;  // kDual
   }
 }
 
 template <int CODE, int NT>
 __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* descs) {
-  const MatmulDesc& d = descs[blockIdx.y];
+  // A copy in registers: the loop's address arithmetic must not reload fields from memory.
+  const MatmulDesc d = descs[blockIdx.y];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarps + warp;
   if (row >= d.w.rows) return;
@@ -81,7 +90,7 @@ constexpr int kBM = 64, kBN = 64, kBK = 32;
 // blockIdx.z = product. 256 threads, each 4 rows x 4 inputs.
 template <int CODE>
 __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
-  const MatmulDesc& d = descs[blockIdx.z];
+  const MatmulDesc d = descs[blockIdx.z];
   const int row0 = blockIdx.x * kBM, t0 = blockIdx.y * kBN;
   if (row0 >= d.w.rows || t0 >= d.T) return;
   __shared__ float Ws[kBK][kBM + 4];
@@ -152,21 +161,36 @@ void launch_matvec_code(const MatmulDesc* dev, int n, int max_rows, int max_t, c
 void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t,
                    cudaStream_t s) {
   switch (code) {
-    case kF32: launch_matvec_code<kF32>(dev, n, max_rows, max_t, s); break;
-    case kF16: launch_matvec_code<kF16>(dev, n, max_rows, max_t, s); break;
-    case kBF16: launch_matvec_code<kBF16>(dev, n, max_rows, max_t, s); break;
-    case kQ8: launch_matvec_code<kQ8>(dev, n, max_rows, max_t, s); break;
-    case kA4: launch_matvec_code<kA4>(dev, n, max_rows, max_t, s); break;
-    case kA8: launch_matvec_code<kA8>(dev, n, max_rows, max_t, s); break;
-    default: launch_matvec_code<kGeneric>(dev, n, max_rows, max_t, s); break;
+    case kF32:
+      launch_matvec_code<kF32>(dev, n, max_rows, max_t, s);
+      break;
+    case kF16:
+      launch_matvec_code<kF16>(dev, n, max_rows, max_t, s);
+      break;
+    case kBF16:
+      launch_matvec_code<kBF16>(dev, n, max_rows, max_t, s);
+      break;
+    case kQ8:
+      launch_matvec_code<kQ8>(dev, n, max_rows, max_t, s);
+      break;
+    case kA4:
+      launch_matvec_code<kA4>(dev, n, max_rows, max_t, s);
+      break;
+    case kA8:
+      launch_matvec_code<kA8>(dev, n, max_rows, max_t, s);
+      break;
+    default:
+      launch_matvec_code<kGeneric>(dev, n, max_rows, max_t, s);
+      break;
   }
   check_launch("matvec");
 }
 
 int matvec_code(const DevMat& w, const DevMat* w2) {
-  const int chunk = w.code == kF32 ? 4 : w.code == kF16 || w.code == kBF16 ? 8
-                    : w.code == kQ8 || w.code == kA8                       ? 16
-                                                                           : 32;
+  const int chunk = w.code == kF32                      ? 4
+                    : w.code == kF16 || w.code == kBF16 ? 8
+                    : w.code == kQ8 || w.code == kA8    ? 16
+                                                        : 32;
   bool ok = vector_path_ok(w, chunk);
   if (w2) ok = ok && w2->code == w.code && vector_path_ok(*w2, chunk);
   return ok ? w.code : static_cast<int>(kGeneric);
@@ -174,16 +198,27 @@ int matvec_code(const DevMat& w, const DevMat* w2) {
 
 namespace {
 
-void launch_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t,
-                 cudaStream_t s) {
+void launch_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s) {
   const dim3 grid(blocks_for(max_rows, kBM), blocks_for(max_t, kBN), n);
   switch (code) {
-    case kF32: gemm_kernel<kF32><<<grid, 256, 0, s>>>(dev); break;
-    case kF16: gemm_kernel<kF16><<<grid, 256, 0, s>>>(dev); break;
-    case kBF16: gemm_kernel<kBF16><<<grid, 256, 0, s>>>(dev); break;
-    case kQ8: gemm_kernel<kQ8><<<grid, 256, 0, s>>>(dev); break;
-    case kA4: gemm_kernel<kA4><<<grid, 256, 0, s>>>(dev); break;
-    default: gemm_kernel<kA8><<<grid, 256, 0, s>>>(dev); break;
+    case kF32:
+      gemm_kernel<kF32><<<grid, 256, 0, s>>>(dev);
+      break;
+    case kF16:
+      gemm_kernel<kF16><<<grid, 256, 0, s>>>(dev);
+      break;
+    case kBF16:
+      gemm_kernel<kBF16><<<grid, 256, 0, s>>>(dev);
+      break;
+    case kQ8:
+      gemm_kernel<kQ8><<<grid, 256, 0, s>>>(dev);
+      break;
+    case kA4:
+      gemm_kernel<kA4><<<grid, 256, 0, s>>>(dev);
+      break;
+    default:
+      gemm_kernel<kA8><<<grid, 256, 0, s>>>(dev);
+      break;
   }
   check_launch("gemm");
 }
@@ -204,8 +239,8 @@ const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> desc
     MF_CUDA(cudaMalloc(&kept_dev_, kept_capacity_ * sizeof(MatmulDesc)));
     kept_host_.reserve(kept_capacity_);
   }
-  if (descs.size() > kept_capacity_) return static_cast<const MatmulDesc*>(
-      stage(descs.data(), descs.size_bytes()));
+  if (descs.size() > kept_capacity_)
+    return static_cast<const MatmulDesc*>(stage(descs.data(), descs.size_bytes()));
   if (kept_host_.size() + descs.size() > kept_capacity_) {
     synchronize();  // nothing issued may still read the arena
     kept_.clear();
@@ -214,8 +249,7 @@ const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> desc
   const size_t first = kept_host_.size();
   kept_host_.insert(kept_host_.end(), descs.begin(), descs.end());
   MatmulDesc* dev = kept_dev_ + first;
-  MF_CUDA(cudaMemcpyAsync(dev, descs.data(), descs.size_bytes(), cudaMemcpyHostToDevice,
-                          stream_));
+  MF_CUDA(cudaMemcpyAsync(dev, descs.data(), descs.size_bytes(), cudaMemcpyHostToDevice, stream_));
   MF_CUDA(cudaStreamSynchronize(stream_));  // the pageable source is the caller's
   kept_.push_back({h, first, descs.size(), dev});
   return dev;
@@ -257,7 +291,7 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
 }
 
 void CudaBackend::matmul(const Tensor& X, std::span<const Projection> proj) {
-  const OpTimer timer(*this, "matmul");
+  const OpTimer timer(*this, "matmul", X.rows());
   MF_ASSERT(X.rank == 2 && X.memory == Memory::Device);
   const size_t T = X.rows(), cols = X.shape[1];
   if (T == 0 || proj.empty()) return;

@@ -74,7 +74,7 @@ DevMat relative_mat(const RecordMatrix& m) {
 
 void CudaBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
                              const Tensor& slots) {
-  const OpTimer timer(*this, "expert_ffn");
+  const OpTimer timer(*this, "expert_ffn", X.rows());
   MF_ASSERT(X.rank == 2 && slots.rank == 2 && slots.shape[1] == X.shape[1]);
   MF_ASSERT(X.memory == Memory::Device && slots.memory == Memory::Device);
   const size_t H = X.shape[1];

@@ -21,10 +21,13 @@ namespace moeflux::cuda {
 namespace {
 
 class DeviceTierMemory final : public TierMemory {
+  static constexpr size_t kAlign = 4096;
+
  public:
   DeviceTierMemory(CudaBackend& be, size_t slots, size_t record_bytes)
       : be_(be), record_bytes_(record_bytes) {
-    const size_t bytes = std::max<size_t>(slots * record_bytes, 256);
+    // Slots are 4096-aligned (the cache tiers' invariant): room to align the base.
+    const size_t bytes = slots * record_bytes + kAlign;
     if (cudaMalloc(&arena_, bytes) != cudaSuccess) {
       cudaGetLastError();
       fail("GPU expert cache: cannot allocate " + human_bytes(double(bytes)) + " for " +
@@ -38,7 +41,8 @@ class DeviceTierMemory final : public TierMemory {
     cudaFree(arena_);
   }
   uint8_t* slot_data(size_t slot) override {
-    return static_cast<uint8_t*>(arena_) + slot * record_bytes_;
+    const uintptr_t base = (reinterpret_cast<uintptr_t>(arena_) + kAlign - 1) / kAlign * kAlign;
+    return reinterpret_cast<uint8_t*>(base) + slot * record_bytes_;
   }
   void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
     if (!open_) {
