@@ -151,8 +151,9 @@ inline unsigned blocks_for(size_t n, size_t per_block) {
 // rows are whole 16-byte chunks, 16-byte aligned; else kGeneric.
 int matvec_code(const DevMat& w, const DevMat* w2);
 // Launches the matrix-vector kernel `code` over the n products of `dev` (device memory), each
-// at most max_rows rows of W and max_t rows of X (<= kMatvecRows).
-void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s);
+// at most max_rows rows of W, max_t rows of X (<= kMatvecRows), max_cols columns.
+void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, int max_cols,
+                   cudaStream_t s);
 
 // Checks the launch just issued.
 void check_launch(const char* what);

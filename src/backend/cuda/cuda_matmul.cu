@@ -19,7 +19,7 @@ namespace moeflux::cuda {
 
 namespace {
 
-constexpr int kWarps = 4;  // rows per matvec block
+constexpr int kWarps = 8;  // rows per matvec block
 
 // The epilogue: v is W x (+ bias); v2 the second product of a dual call.
 __device__ __forceinline__ void write_out(const MatmulDesc& d, int t, int row, float v, float v2) {
@@ -40,23 +40,47 @@ __device__ __forceinline__ void write_out(const MatmulDesc& d, int t, int row, f
   }
 }
 
-template <int CODE, int NT>
+// Index of element c of an X row in shared memory: 4 floats of padding after every 32, so that
+// lanes reading their chunks (CH consecutive elements each, CH | 32) as float4 hit distinct
+// banks within each quarter-warp.
+__device__ __forceinline__ int padded(int c) {
+  return c + (c >> 5) * 4;
+}
+__host__ __device__ inline int padded_pitch(int cols) {
+  return (cols + (cols >> 5) * 4 + 4) & ~3;
+}
+
+// SMEM: the block first copies its T rows of X into shared memory (coalesced), then every lane
+// reads its chunk there; otherwise lanes read X from global memory (uncoalesced but cached).
+template <int CODE, int NT, bool SMEM>
 __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* descs) {
   // A copy in registers: the loop's address arithmetic must not reload fields from memory.
   const MatmulDesc d = descs[blockIdx.y];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = blockIdx.x * kWarps + warp;
-  if (row >= d.w.rows) return;
+  if (blockIdx.x * kWarps >= d.w.rows) return;  // the whole block: no barrier is skipped
   constexpr int CH = Chunk<CODE>::n;
   const bool dual = d.mode == kDual;
+  const int cols = d.w.cols;
   const float* xr[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t)
     xr[t] = t < d.T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * d.ldx : d.x;
+  extern __shared__ float4 xs4[];
+  float* xs = reinterpret_cast<float*>(xs4);
+  const int pc = padded_pitch(cols);
+  if constexpr (SMEM) {
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (t >= d.T) break;
+      for (int c = threadIdx.x; c < cols; c += blockDim.x) xs[t * pc + padded(c)] = xr[t][c];
+    }
+    __syncthreads();
+  }
+  if (row >= d.w.rows) return;
   float acc[NT], acc2[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
-  const int cols = d.w.cols;
   for (int c0 = lane * CH; c0 < cols; c0 += 32 * CH) {
     float w[CH], w2[CH];
     load_chunk<CODE>(d.w, row, c0, w);
@@ -64,12 +88,23 @@ __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* d
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       if (t >= d.T) break;
+      float xv[CH];
+      if constexpr (SMEM) {
+        const float4* src = reinterpret_cast<const float4*>(xs + t * pc + padded(c0));
+#pragma unroll
+        for (int i = 0; i < CH / 4; ++i) {
+          const float4 v = src[i];
+          xv[4 * i] = v.x, xv[4 * i + 1] = v.y, xv[4 * i + 2] = v.z, xv[4 * i + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < CH; ++i) xv[i] = __ldg(xr[t] + c0 + i);
+      }
       float s = 0.0f, s2 = 0.0f;
 #pragma unroll
       for (int i = 0; i < CH; ++i) {
-        const float xv = __ldg(xr[t] + c0 + i);
-        s = fmaf(w[i], xv, s);
-        if (dual) s2 = fmaf(w2[i], xv, s2);
+        s = fmaf(w[i], xv[i], s);
+        if (dual) s2 = fmaf(w2[i], xv[i], s2);
       }
       acc[t] += s;
       acc2[t] += s2;
@@ -142,45 +177,60 @@ bool vector_path_ok(const DevMat& m, int chunk) {
          reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
 }
 
+// Shared memory for X up to this size (the default limit without opting in).
+constexpr size_t kMaxMatvecSmem = 48 * 1024;
+
+template <int CODE, int NT>
+void launch_matvec_nt(const MatmulDesc* dev, dim3 grid, int max_cols, cudaStream_t s) {
+  const size_t smem = size_t(NT) * padded_pitch(max_cols) * sizeof(float);
+  if constexpr (CODE != kGeneric) {
+    if (smem <= kMaxMatvecSmem) {
+      matvec_kernel<CODE, NT, true><<<grid, kWarps * 32, smem, s>>>(dev);
+      return;
+    }
+  }
+  matvec_kernel<CODE, NT, false><<<grid, kWarps * 32, 0, s>>>(dev);
+}
+
 template <int CODE>
-void launch_matvec_code(const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s) {
+void launch_matvec_code(const MatmulDesc* dev, int n, int max_rows, int max_t, int max_cols,
+                        cudaStream_t s) {
   const dim3 grid(blocks_for(max_rows, kWarps), n);
-  const int threads = kWarps * 32;
   if (max_t <= 1)
-    matvec_kernel<CODE, 1><<<grid, threads, 0, s>>>(dev);
+    launch_matvec_nt<CODE, 1>(dev, grid, max_cols, s);
   else if (max_t <= 2)
-    matvec_kernel<CODE, 2><<<grid, threads, 0, s>>>(dev);
+    launch_matvec_nt<CODE, 2>(dev, grid, max_cols, s);
   else if (max_t <= 4)
-    matvec_kernel<CODE, 4><<<grid, threads, 0, s>>>(dev);
+    launch_matvec_nt<CODE, 4>(dev, grid, max_cols, s);
   else
-    matvec_kernel<CODE, 8><<<grid, threads, 0, s>>>(dev);
+    launch_matvec_nt<CODE, 8>(dev, grid, max_cols, s);
 }
 
 }  // namespace
 
-void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t,
+void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, int max_cols,
                    cudaStream_t s) {
   switch (code) {
     case kF32:
-      launch_matvec_code<kF32>(dev, n, max_rows, max_t, s);
+      launch_matvec_code<kF32>(dev, n, max_rows, max_t, max_cols, s);
       break;
     case kF16:
-      launch_matvec_code<kF16>(dev, n, max_rows, max_t, s);
+      launch_matvec_code<kF16>(dev, n, max_rows, max_t, max_cols, s);
       break;
     case kBF16:
-      launch_matvec_code<kBF16>(dev, n, max_rows, max_t, s);
+      launch_matvec_code<kBF16>(dev, n, max_rows, max_t, max_cols, s);
       break;
     case kQ8:
-      launch_matvec_code<kQ8>(dev, n, max_rows, max_t, s);
+      launch_matvec_code<kQ8>(dev, n, max_rows, max_t, max_cols, s);
       break;
     case kA4:
-      launch_matvec_code<kA4>(dev, n, max_rows, max_t, s);
+      launch_matvec_code<kA4>(dev, n, max_rows, max_t, max_cols, s);
       break;
     case kA8:
-      launch_matvec_code<kA8>(dev, n, max_rows, max_t, s);
+      launch_matvec_code<kA8>(dev, n, max_rows, max_t, max_cols, s);
       break;
     default:
-      launch_matvec_code<kGeneric>(dev, n, max_rows, max_t, s);
+      launch_matvec_code<kGeneric>(dev, n, max_rows, max_t, max_cols, s);
       break;
   }
   check_launch("matvec");
@@ -270,13 +320,14 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     };
     const int code = code_of(descs[i]);
     g.clear();
-    int max_rows = 0, max_t = 0;
+    int max_rows = 0, max_t = 0, max_cols = 0;
     for (size_t j = i; j < descs.size(); ++j) {
       if (done[j] || (descs[j].T > kMatvecRows) != gemm || code_of(descs[j]) != code) continue;
       done[j] = true;
       g.push_back(descs[j]);
       max_rows = std::max(max_rows, descs[j].w.rows);
       max_t = std::max(max_t, descs[j].T);
+      max_cols = std::max(max_cols, descs[j].w.cols);
     }
     if (max_t == 0) continue;
     for (const MatmulDesc& d : g) MF_ASSERT(!gemm || d.mode != kDual);  // dual: matvec only
@@ -286,7 +337,7 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     if (gemm)
       launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
     else
-      launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
+      launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, max_t, max_cols, stream_);
   }
 }
 

@@ -69,9 +69,11 @@ class DeviceTierMemory final : public TierMemory {
 };
 
 class PinnedTierMemory final : public TierMemory {
+  static constexpr size_t kAlign = 4096;  // slots are 4096-aligned (O_DIRECT reads land here)
+
  public:
   PinnedTierMemory(size_t slots, size_t record_bytes) : record_bytes_(record_bytes) {
-    const size_t bytes = std::max<size_t>(slots * record_bytes, 4096);
+    const size_t bytes = slots * record_bytes + kAlign;  // room to align the base
     if (cudaHostAlloc(&arena_, bytes, cudaHostAllocPortable) != cudaSuccess) {
       cudaGetLastError();
       fail("--ram-cache: cannot allocate " + human_bytes(double(bytes)) +
@@ -80,7 +82,8 @@ class PinnedTierMemory final : public TierMemory {
   }
   ~PinnedTierMemory() override { cudaFreeHost(arena_); }
   uint8_t* slot_data(size_t slot) override {
-    return static_cast<uint8_t*>(arena_) + slot * record_bytes_;
+    const uintptr_t base = (reinterpret_cast<uintptr_t>(arena_) + kAlign - 1) / kAlign * kAlign;
+    return reinterpret_cast<uint8_t*>(base) + slot * record_bytes_;
   }
   void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
     std::memcpy(dst, src_host, bytes);
