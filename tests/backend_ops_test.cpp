@@ -224,6 +224,98 @@ TEST_P(BackendOps, CausalAttentionWithGqaOverTheCache) {
   }
 }
 
+// MLA's decode form: one kv head whose keys are [latent | rope key] (dk = L + R) and whose
+// values are the latent part of the same cache rows (dv = L, v a column view of k).
+TEST_P(BackendOps, AttentionWithValuesNarrowerThanKeysSharingTheCache) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const size_t nh = 3, L = 12, R = 4, dk = L + R, T = 4, cap = 9;
+  const int pos0 = 2;
+  HostTensor q(T, nh * dk), kv(T, dk), out(T, nh * L);
+  q.randomize(rng_);
+  kv.randomize(rng_);
+  HostTensor K(cap, dk, 0);
+  K.randomize(rng_);  // positions [0, pos0): an earlier chunk
+  KvCache cache{K.t, K.t.cols_view(0, L)};
+  AttentionArgs a;
+  a.q = q.t.heads(nh, dk, dk);
+  a.k = kv.t.heads(1, dk, dk);
+  a.v = kv.t.cols_view(0, L).heads(1, L, L);
+  a.cache = &cache;
+  a.pos0 = pos0;
+  a.scale = 0.3f;
+  a.out = out.t;
+  be_->attention(a);
+  for (size_t t = 0; t < T; ++t)
+    for (size_t d = 0; d < dk; ++d) ASSERT_EQ(K.at(pos0 + t, d), kv.at(t, d)) << "not appended";
+  for (size_t t = 0; t < T; ++t)
+    for (size_t h = 0; h < nh; ++h) {
+      const size_t len = pos0 + t + 1;
+      std::vector<double> s(len);
+      double mx = -1e300, sum = 0;
+      for (size_t j = 0; j < len; ++j) {
+        double dot = 0;
+        for (size_t d = 0; d < dk; ++d) dot += double(q.at(t, h * dk + d)) * K.at(j, d);
+        mx = std::max(mx, s[j] = dot * 0.3);
+      }
+      for (double& e : s) sum += (e = std::exp(e - mx));
+      for (size_t d = 0; d < L; ++d) {
+        double o = 0;
+        for (size_t j = 0; j < len; ++j) o += s[j] / sum * K.at(j, d);
+        ASSERT_NEAR(out.at(t, h * L + d), o, 1e-5) << t << "," << h << "," << d;
+      }
+    }
+}
+
+TEST_P(BackendOps, HeadMatmulAppliesEachHeadsBlockOfRows) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const size_t heads = 5, C = 64, R = 24;
+  for (QuantFormat f : {QuantFormat::f32(), QuantFormat::bf16(), QuantFormat::q8_0(),
+                        QuantFormat::q4()}) {
+    for (size_t T : {1, 7}) {
+      SCOPED_TRACE(format_name(f) + ", T=" + std::to_string(T));
+      RandomMatrix W(f, heads * R, C, rng_);
+      // X: heads of C inside wider rows (pitch C + 8, as MLA reads q_nope out of [nope | rope]).
+      HostTensor X(T, heads * (C + 8)), Y(T, heads * (R + 2));
+      X.randomize(rng_);
+      const Tensor Xh = X.t.heads(heads, C, C + 8), Yh = Y.t.heads(heads, R, R + 2);
+      be_->head_matmul(Xh, W.view, Yh);
+      for (size_t t = 0; t < T; ++t)
+        for (size_t h = 0; h < heads; ++h) {
+          const Reference ref = reference(W.view.row_slice(h * R, R), Xh.vec(t, h));
+          for (size_t r = 0; r < R; ++r)
+            ASSERT_NEAR(Yh.vec(t, h)[r], ref.y[r], ref.tol[r]) << t << "," << h << "," << r;
+          for (size_t r = R; r < R + 2 && h + 1 < heads; ++r)
+            ASSERT_TRUE(std::isnan(Y.at(t, h * (R + 2) + r))) << "wrote between heads";
+        }
+    }
+  }
+}
+
+TEST_P(BackendOps, CopyBetweenStridedHeads) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  HostTensor src(3, 4 * 10), dst(3, 4 * 7);
+  src.randomize(rng_);
+  const Tensor s = src.t.cols_view(6, 34).heads(4, 4, 10), d = dst.t.cols_view(3, 25).heads(4, 4, 7);
+  be_->copy(s, d);
+  std::vector<bool> written(28, false);
+  for (size_t h = 0; h < 4; ++h)
+    for (size_t i = 0; i < 4; ++i) written[3 + h * 7 + i] = true;
+  for (size_t r = 0; r < 3; ++r)
+    for (size_t c = 0; c < 28; ++c) {
+      if (!written[c]) {
+        ASSERT_TRUE(std::isnan(dst.at(r, c))) << "wrote outside the heads at " << c;
+        continue;
+      }
+      const size_t h = (c - 3) / 7, i = (c - 3) % 7;
+      ASSERT_EQ(dst.at(r, c), src.at(r, 6 + h * 10 + i));
+    }
+  HostTensor a(4, 9), b(4, 9, 5);
+  a.randomize(rng_);
+  be_->copy(a.t, b.t);
+  for (size_t r = 0; r < 4; ++r)
+    for (size_t c = 0; c < 9; ++c) ASSERT_EQ(b.at(r, c), a.at(r, c));
+}
+
 TEST_P(BackendOps, CausalConvWithSiluCarriesItsState) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   const size_t C = 10, K = 4, T = 6;
@@ -345,6 +437,68 @@ TEST_P(BackendOps, SoftmaxTopKRouting) {
         ASSERT_EQ(ids[t * K + i], order[i]) << "row " << t << " rank " << i;
         const double want = p[order[i]] / sum / (norm ? top : 1.0);
         ASSERT_NEAR(wts[t * K + i], want, 1e-6);
+      }
+    }
+  }
+}
+
+// noaux_tc against a float64 reference of transformers' DeepseekV3TopkRouter: sigmoid scores,
+// choice = score + bias, groups ranked by the sum of their two best choices, top-k among the
+// kept groups' experts, weights from the unbiased scores.
+TEST_P(BackendOps, SigmoidGroupLimitedRouting) {
+  SCOPED_TRACE("seed " + std::to_string(seed_));
+  const size_t T = 7, E = 16;
+  struct Case {
+    int groups, keep, k;
+    bool norm;
+    float scale;
+  };
+  for (const Case& cs : {Case{4, 2, 4, true, 2.5f}, Case{1, 1, 3, false, 1.0f},
+                         Case{8, 3, 6, true, 1.0f}, Case{2, 1, 8, true, 0.5f}}) {
+    SCOPED_TRACE("groups " + std::to_string(cs.groups) + " keep " + std::to_string(cs.keep));
+    HostTensor logits(T, E);
+    logits.randomize(rng_, -4, 4);
+    std::vector<float> bias = random_vector(E, rng_);
+    for (float& b : bias) b *= 0.3f;  // negative biases too: kept experts may choose below 0
+    std::vector<int32_t> ids(T * cs.k, -1);
+    std::vector<float> wts(T * cs.k, kNaN);
+    RouterSpec spec;
+    spec.kind = RouterKind::SigmoidGroupTopK;
+    spec.top_k = cs.k;
+    spec.norm_topk_prob = cs.norm;
+    spec.n_group = cs.groups;
+    spec.topk_group = cs.keep;
+    spec.routed_scaling_factor = cs.scale;
+    spec.bias = bias.data();
+    be_->route(logits.t, spec, {ids.data(), wts.data(), size_t(cs.k)});
+    const size_t per = E / cs.groups;
+    for (size_t t = 0; t < T; ++t) {
+      std::vector<double> sc(E), choice(E), gs(cs.groups);
+      for (size_t e = 0; e < E; ++e) {
+        sc[e] = sigmoid(logits.at(t, e));
+        choice[e] = sc[e] + bias[e];
+      }
+      for (int g = 0; g < cs.groups; ++g) {
+        std::vector<double> m(choice.begin() + g * per, choice.begin() + (g + 1) * per);
+        std::sort(m.rbegin(), m.rend());
+        gs[g] = m[0] + m[1];
+      }
+      std::vector<int> gorder(cs.groups);
+      std::iota(gorder.begin(), gorder.end(), 0);
+      std::stable_sort(gorder.begin(), gorder.end(), [&](int x, int y) { return gs[x] > gs[y]; });
+      std::vector<int> cand;
+      for (size_t e = 0; e < E; ++e)
+        if (std::find(gorder.begin(), gorder.begin() + cs.keep, int(e / per)) !=
+            gorder.begin() + cs.keep)
+          cand.push_back(int(e));
+      std::stable_sort(cand.begin(), cand.end(),
+                       [&](int x, int y) { return choice[x] > choice[y]; });
+      double sum = 0;
+      for (int i = 0; i < cs.k; ++i) sum += sc[cand[i]];
+      for (int i = 0; i < cs.k; ++i) {
+        ASSERT_EQ(ids[t * cs.k + i], cand[i]) << "row " << t << " rank " << i;
+        const double want = sc[cand[i]] / (cs.norm ? sum + 1e-20 : 1.0) * cs.scale;
+        ASSERT_NEAR(wts[t * cs.k + i], want, 1e-6 * cs.scale);
       }
     }
   }

@@ -401,6 +401,82 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
   }
 }
 
+TEST_F(CudaOps, LatentAttentionKeysWiderThanValuesSharingTheCache) {
+  // MLA's absorbed decode: one kv head, keys [latent 512 | rope 64], values = the latent part,
+  // the cache's v a column view of its k.
+  const size_t nh = 4, L = 512, R = 64, dk = L + R, cap = 20;
+  for (size_t T : {1, 3}) {
+    const int pos0 = 11;
+    HostTensor q(T, nh * dk), k(T, dk), out(T, nh * L), K(cap, dk, 0);
+    for (HostTensor* h : {&q, &k, &K}) h->randomize(rng_);
+    Mirror dq = mirror(q), dk_ = mirror(k), dout = mirror(out), dK = mirror(K);
+    KvCache cache{K.t, K.t.cols_view(0, L)}, dcache{dK.t, dK.t.cols_view(0, L)};
+    AttentionArgs a;
+    a.q = q.t.heads(nh, dk, dk);
+    a.k = k.t.heads(1, dk, dk);
+    a.v = k.t.cols_view(0, L).heads(1, L, L);
+    a.cache = &cache;
+    a.pos0 = pos0;
+    a.scale = 0.05f;
+    a.out = out.t;
+    AttentionArgs d = a;
+    d.q = dq.t.heads(nh, dk, dk);
+    d.k = dk_.t.heads(1, dk, dk);
+    d.v = dk_.t.cols_view(0, L).heads(1, L, L);
+    d.cache = &dcache;
+    d.out = dout.t;
+    cpu_->attention(a);
+    gpu_->attention(d);
+    expect_twins(out, dout, 1e-5, "latent attention");
+    expect_twins(K, dK, 0, "latent cache");
+  }
+}
+
+TEST_F(CudaOps, HeadMatmulAndCopy) {
+  const size_t heads = 3, C = 128, R = 64;
+  for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q8_0()}) {
+    for (size_t T : {1, 12}) {
+      RandomMatrix W(f, heads * R, C, rng_);
+      const MatrixView dW = dev_matrix(W);
+      HostTensor X(T, heads * C), Y(T, heads * R), Z(T, heads * R);
+      X.randomize(rng_);
+      Mirror dX = mirror(X), dY = mirror(Y), dZ = mirror(Z);
+      cpu_->head_matmul(X.t.heads(heads, C, C), W.view, Y.t.heads(heads, R, R));
+      gpu_->head_matmul(dX.t.heads(heads, C, C), dW, dY.t.heads(heads, R, R));
+      expect_twins(Y, dY, 2e-5, "head_matmul");
+      cpu_->copy(Y.t.heads(heads, R, R), Z.t.heads(heads, R, R));
+      gpu_->copy(dY.t.heads(heads, R, R), dZ.t.heads(heads, R, R));
+      expect_twins(Z, dZ, 2e-5, "copy");
+    }
+  }
+}
+
+TEST_F(CudaOps, GroupedSigmoidRouting) {
+  const size_t T = 5, E = 64, K = 6;
+  for (bool norm : {false, true}) {
+    HostTensor logits(T, E);
+    logits.randomize(rng_, -4, 4);
+    const std::vector<float> bias = random_vector(E, rng_);
+    Mirror dl = mirror(logits);
+    RouterSpec spec{RouterKind::SigmoidGroupTopK, int(K), norm};
+    spec.n_group = 8;
+    spec.topk_group = 3;
+    spec.routed_scaling_factor = 2.5f;
+    spec.bias = bias.data();
+    RouterSpec dspec = spec;
+    dspec.bias = dev_floats(bias);
+    std::vector<int32_t> ids(T * K, -1), dids(T * K, -1);
+    std::vector<float> w(T * K, kNaN), dw(T * K, kNaN);
+    HostTensor dw_host(1, T * K, 0);
+    Mirror ddw = mirror(dw_host);
+    cpu_->route(logits.t, spec, {ids.data(), w.data(), K});
+    gpu_->route(dl.t, dspec, {dids.data(), dw.data(), K, ddw.t.f32()});
+    gpu_->synchronize();
+    EXPECT_EQ(ids, dids);
+    for (size_t i = 0; i < T * K; ++i) ASSERT_NEAR(w[i], dw[i], 1e-5) << i;
+  }
+}
+
 TEST_F(CudaOps, CombineWithSharedGate) {
   const size_t T = 3, S = 3, K = 2, H = 40;
   for (bool gate : {false, true}) {

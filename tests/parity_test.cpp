@@ -101,7 +101,8 @@ TEST_P(Parity, MatchesTransformers) {
 
 std::vector<ParityCase> cases() {
   std::vector<ParityCase> v;
-  for (const char* fx : {"qwen3_moe_sharded", "qwen3_moe_yarn", "qwen3_5_moe_vl", "qwen3_5_moe_text"}) {
+  for (const char* fx : {"qwen3_moe_sharded", "qwen3_moe_yarn", "qwen3_5_moe_vl", "qwen3_5_moe_text",
+                         "deepseek_v3_tiny", "glm4_moe_tiny"}) {
     v.push_back({fx, "", "logits_bf16.npy"});
     v.push_back({fx, "q8_0", "logits_q8_0.npy"});
     v.push_back({fx, "q4", "logits_q4.npy"});
@@ -111,6 +112,12 @@ std::vector<ParityCase> cases() {
   // config.json exactly as transformers' own save_pretrained() writes it (5.x spelling).
   v.push_back({"qwen3_moe_saved", "", "logits_bf16.npy"});
   v.push_back({"qwen3_5_moe_saved", "", "logits_bf16.npy"});
+  v.push_back({"deepseek_v3_saved", "", "logits_bf16.npy"});
+  v.push_back({"glm4_moe_saved", "", "logits_bf16.npy"});
+  // DeepSeek-V3: YaRN with mscale / mscale_all_dim, q_lora_rank null; the published FP8 layout
+  // (reference: bf16(fp8 · scale), what the converter writes).
+  v.push_back({"deepseek_v3_yarn", "", "logits_bf16.npy"});
+  v.push_back({"deepseek_v3_fp8", "", "logits_bf16.npy"});
   const size_t chunked = v.size();
   for (size_t i = 0; i < chunked; ++i) {
     v.push_back(v[i]);

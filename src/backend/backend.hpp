@@ -40,10 +40,12 @@ struct RopeTable {
   int rotary_dim = 0;
 };
 
-// Keys and values of one full-attention layer of one sequence, preallocated for `capacity`
-// positions; positions [0, length) are valid.
+// Keys and values of one attention layer of one sequence, preallocated for `capacity`
+// positions; positions [0, length) are valid. v may be a column view of k (MLA: the values are
+// the latent part of the keys), then one write of a position's k row also writes its v.
 struct KvCache {
-  Tensor k, v;  // [capacity, kv_heads * head_dim]
+  Tensor k;  // [capacity, kv_heads * key_dim]
+  Tensor v;  // [capacity, kv_heads * value_dim]
 };
 
 // Recurrent state of one Gated DeltaNet layer of one sequence.
@@ -60,14 +62,18 @@ struct Projection {
   bool accumulate = false;        // add to y instead of overwriting it
 };
 
+// Key dim dk and value dim dv may differ (MLA decodes with keys [latent | rope key] of
+// kv_lora_rank + qk_rope_head_dim and values [latent] of kv_lora_rank, one kv head). When the
+// cache's v is a column view of its k, v must be the same column view of k.
 struct AttentionArgs {
-  Tensor q;     // [T, heads, head_dim], already normalised and rotated
-  Tensor k, v;  // [T, kv_heads, head_dim]: this chunk's keys and values (k rotated)
-  Tensor gate;  // [T, heads, head_dim], or empty: output *= sigmoid(gate)
+  Tensor q;              // [T, heads, dk], already normalised and rotated
+  Tensor k;              // [T, kv_heads, dk]: this chunk's keys (rotated)
+  Tensor v;              // [T, kv_heads, dv]: this chunk's values
+  Tensor gate;           // [T, heads, dv], or empty: output *= sigmoid(gate)
   KvCache* cache = nullptr;
-  int pos0 = 0;        // position of row 0; the cache holds [0, pos0) of this sequence
-  float scale = 1.0f;  // softmax scale (1/sqrt(head_dim) for plain attention)
-  Tensor out;          // [T, heads * head_dim]
+  int pos0 = 0;          // position of row 0; the cache holds [0, pos0) of this sequence
+  float scale = 1.0f;    // softmax scale (1/sqrt(dk) for plain attention)
+  Tensor out;            // [T, heads * dv]
 };
 
 // Gated DeltaNet recurrence over a chunk (transformers' chunk_gated_delta_rule /
@@ -90,11 +96,23 @@ struct DeltaRuleArgs {
 enum class RouterKind {
   // p = softmax(logits); top-k of p; weights p_e (renormalised to sum 1 if norm_topk_prob).
   SoftmaxTopK,
+  // DeepSeek-V3's `noaux_tc` (also GLM-4.5's), as transformers computes it, per token:
+  //   s_e = sigmoid(logit_e);  c_e = s_e + bias_e                          (choice scores)
+  //   group g (E / n_group consecutive experts): score_g = sum of its two largest c_e;
+  //   keep the topk_group groups of largest score (the others' experts drop out);
+  //   ids = top-k of c over the kept experts (k <= topk_group · E / n_group);
+  //   w_i = s_{ids_i} (/ (Σ_i s_{ids_i} + 1e-20) if norm_topk_prob) · routed_scaling_factor.
+  // Ties go to the lower index (groups and experts).
+  SigmoidGroupTopK,
 };
 struct RouterSpec {
   RouterKind kind = RouterKind::SoftmaxTopK;
   int top_k = 0;
   bool norm_topk_prob = true;
+  // SigmoidGroupTopK only:
+  int n_group = 1, topk_group = 1;     // n_group divides E, E / n_group >= 2
+  float routed_scaling_factor = 1.0f;
+  const float* bias = nullptr;         // [E] e_score_correction_bias, backend memory
 };
 
 // Routing decisions for T tokens: ids[t * k + i], weights[t * k + i], i < k, best first, in
@@ -204,7 +222,17 @@ class Backend {
   // Appends k, v at positions [pos0, pos0 + T) of the cache, then causal attention with GQA
   // (kv head = h / (heads / kv_heads)) over positions [0, pos0 + t] for row t:
   //   out[t,h] = Σ_s softmax_s(scale · q[t,h]·k[s]) v[s]  (· sigmoid(gate[t,h]) if gated)
+  // (AttentionArgs: key and value dims may differ).
   virtual void attention(const AttentionArgs& a) = 0;
+
+  // Per-head product with a stacked weight: W [heads * R, C] holds head h's matrix W_h in rows
+  // [h R, (h + 1) R);  Y[t,h] = W_h X[t,h]  for X [T, heads, C], Y [T, heads, R], t < T.
+  // (MLA: the per-head absorbed projections of kv_b_proj.) Y must not overlap X.
+  virtual void head_matmul(const Tensor& X, const MatrixView& W, const Tensor& Y) = 0;
+
+  // dst = src, element by element, for tensors of one shape (rank 2 or 3, any pitches); the two
+  // must not overlap.
+  virtual void copy(const Tensor& src, const Tensor& dst) = 0;
 
   // Causal depthwise conv1d over [state | x] then SiLU, per channel c (kernel K = w's width):
   //   y[t,c] = silu(Σ_j w[c,j] · u[t+j,c]),  u = the K-1 state inputs followed by x's rows;

@@ -8,6 +8,7 @@
 #include "backend/cpu/matvec.hpp"
 #include "backend/cpu/quantize.hpp"
 #include "convert/affine_widen.hpp"
+#include "convert/derive.hpp"
 #include "convert/source_checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/human_bytes.hpp"
@@ -86,6 +87,10 @@ class Converter {
 
     m.experts = ExpertLayout::make(expert_format(), c.hidden_size, c.moe_intermediate_size);
 
+    if (c.mtp_layers > 0)
+      note("the checkpoint's " + std::to_string(c.mtp_layers) +
+           " multi-token-prediction layer(s) (num_nextn_predict_layers) are not converted: "
+           "they only serve speculative decoding, which moeflux does not do");
     ConvertSummary s;
     s.resident_bytes = write_resident(m);
     for (int l = 0; l < c.num_layers; ++l) {
@@ -133,7 +138,7 @@ class Converter {
       for (ExpertPartId id : {ExpertPartId::Gate, ExpertPartId::Up, ExpertPartId::Down})
         parts.push_back({l, id,
                          size_t(id == ExpertPartId::Down ? c.moe_intermediate_size : c.hidden_size),
-                         src_.expert(l, 0, id).fmt});
+                         src_.expert_part_format(l, id)});
     }
     if (parts.empty()) fail(src_.dir() + ": the model has no MoE layers");
     auto refuse = [&](const std::string& head, const Part& p, QuantFormat fmt) {
@@ -194,8 +199,25 @@ class Converter {
       QuantFormat fmt;
       std::vector<uint8_t> bytes;
       if (spec.role == TensorRole::Matrix) {
-        const MatrixView v = src_.matrix(spec.name, spec.shape[0], spec.shape[1]);
-        fmt = resident_matrix_format(spec, v.fmt, opts_.resident_format);
+        std::vector<uint8_t> decoded;  // an FP8 matrix decoded to bf16
+        DerivedMatrix derived;
+        MatrixView v;
+        if (spec.derive == Derive::None) {
+          v = src_.matrix(spec.name, spec.shape[0], spec.shape[1], &decoded);
+          fmt = resident_matrix_format(spec, v.fmt, opts_.resident_format);
+        } else {
+          used.push_back(src_.prefix() + spec.source);
+          const std::vector<int64_t> shape = derive_source_shape(spec, m.config);
+          const MatrixView s = src_.matrix(spec.source, shape[0], shape[1], &decoded);
+          derived = derive_matrix(spec, s, m.config);
+          v = derived.view;
+          // Row permutations keep the source format; the f32 split of kv_b_proj is stored as
+          // bf16 (exact for 16-bit sources) unless the source was f32.
+          const QuantFormat base = v.fmt.kind != QuantKind::F32 || s.fmt.kind == QuantKind::F32
+                                       ? v.fmt
+                                       : QuantFormat::bf16();
+          fmt = resident_matrix_format(spec, base, opts_.resident_format);
+        }
         if (fmt.kind == QuantKind::Affine && fmt.bits != 4 && fmt.bits != 8) {
           fmt = widened_format(fmt);  // MLX 2/3/5/6 bits: the package stores 4 or 8
           ++widened;
@@ -229,9 +251,11 @@ class Converter {
   uint64_t write_expert_layer(const ExpertLayout& el, int layer) {
     return out_.write_expert_layer(
         layer, el, src_.config().num_experts, pool_, [&](int e, uint8_t* rec) {
-          write_matrix(src_.expert(layer, e, ExpertPartId::Gate), el.fmt, rec + el.gate.offset);
-          write_matrix(src_.expert(layer, e, ExpertPartId::Up), el.fmt, rec + el.up.offset);
-          write_matrix(src_.expert(layer, e, ExpertPartId::Down), el.fmt, rec + el.down.offset);
+          thread_local std::vector<uint8_t> decoded;  // an FP8 matrix decoded to bf16
+          auto part = [&](ExpertPartId id) { return src_.expert(layer, e, id, &decoded); };
+          write_matrix(part(ExpertPartId::Gate), el.fmt, rec + el.gate.offset);
+          write_matrix(part(ExpertPartId::Up), el.fmt, rec + el.up.offset);
+          write_matrix(part(ExpertPartId::Down), el.fmt, rec + el.down.offset);
         });
   }
 

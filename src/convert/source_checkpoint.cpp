@@ -1,6 +1,7 @@
 #include "convert/source_checkpoint.hpp"
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <optional>
 #include <set>
@@ -118,10 +119,54 @@ std::string SourceCheckpoint::full_name(const std::string& name) const {
   return prefix_ + name;
 }
 
+MatrixView SourceCheckpoint::decode_fp8(const TensorInfo& w, size_t total_rows, size_t cols,
+                                        size_t row0, size_t rows,
+                                        std::vector<uint8_t>* out) const {
+  const std::string base = w.name.substr(0, w.name.size() - std::string("weight").size());
+  const TensorInfo* sc = ckpt_.find(base + "weight_scale_inv");
+  if (!sc) fail(w.file + ": FP8 tensor '" + w.name + "' has no '" + base + "weight_scale_inv'");
+  if (!out) fail(w.file + ": FP8 tensor '" + w.name + "' cannot be read in place");
+  int64_t block_r = 128, block_c = 128;
+  if (config_json_.contains("quantization_config") &&
+      config_json_.at("quantization_config").is_object()) {
+    const json& q = config_json_.at("quantization_config");
+    if (q.contains("weight_block_size")) {
+      const json& b = q.at("weight_block_size");
+      if (!b.is_array() || b.size() != 2)
+        fail(dir_ + "/config.json: quantization_config 'weight_block_size' is not [rows, cols]");
+      block_r = json_int(b[0], dir_ + "/config.json: weight_block_size", 1, 1 << 20);
+      block_c = json_int(b[1], dir_ + "/config.json: weight_block_size", 1, 1 << 20);
+    }
+  }
+  const int64_t R = static_cast<int64_t>(total_rows), C = static_cast<int64_t>(cols);
+  const std::vector<int64_t> want = {(R + block_r - 1) / block_r, (C + block_c - 1) / block_c};
+  if (sc->shape != want) shape_error(*sc, want);
+  if (sc->dtype != DType::F32 && sc->dtype != DType::BF16)
+    fail(sc->file + ": tensor '" + sc->name + "' must be F32 or BF16, found " + dtype_name(sc->dtype));
+  out->resize(rows * cols * 2);
+  for (size_t r = 0; r < rows; ++r) {
+    const size_t gr = row0 + r;
+    const uint8_t* codes = w.data + gr * cols;
+    uint8_t* dst = out->data() + r * cols * 2;
+    for (size_t c = 0; c < cols; ++c) {
+      const float s = element_as_float(*sc, (gr / block_r) * want[1] + c / block_c);
+      const uint16_t h = f32_to_bf16(f8e4m3_to_f32(codes[c]) * s);
+      std::memcpy(dst + 2 * c, &h, 2);
+    }
+  }
+  return MatrixView::from_record(QuantFormat::bf16(), rows, cols, out->data());
+}
+
 MatrixView SourceCheckpoint::view(const std::string& weight_name, const std::string& quant_base,
                                   size_t lead, size_t n_lead, size_t total_rows, size_t cols,
-                                  size_t row0, size_t rows) const {
+                                  size_t row0, size_t rows, std::vector<uint8_t>* decoded) const {
   const TensorInfo& w = ckpt_.get(weight_name);
+  if (w.dtype == DType::F8_E4M3) {
+    if (n_lead != 0) fail(w.file + ": stacked FP8 tensor '" + w.name + "' is not supported");
+    const std::vector<int64_t> e = {int64_t(total_rows), int64_t(cols)};
+    if (w.shape != e) shape_error(w, e);
+    return decode_fp8(w, total_rows, cols, row0, rows, decoded);
+  }
   const TensorInfo* scales = quant_base.empty() ? nullptr : ckpt_.find(quant_base + ".scales");
   std::vector<int64_t> lead_dims;
   if (n_lead > 0) lead_dims.push_back(static_cast<int64_t>(n_lead));
@@ -174,7 +219,8 @@ MatrixView SourceCheckpoint::view(const std::string& weight_name, const std::str
     case DType::F32: v.fmt = QuantFormat::f32(); break;
     default:
       fail(w.file + ": tensor '" + w.name + "' has unsupported dtype " + dtype_name(w.dtype) +
-           " (supported: BF16, F16, F32, or MLX-quantized U32 with scales and biases)");
+           " (supported: BF16, F16, F32, F8_E4M3 with weight_scale_inv, or MLX-quantized U32 "
+           "with scales and biases)");
   }
   if (w.shape != expect(static_cast<int64_t>(cols))) shape_error(w, expect(static_cast<int64_t>(cols)));
   v.data = w.data + (lead * total_rows + row0) * row_data_bytes(v.fmt, cols);
@@ -227,13 +273,14 @@ void SourceCheckpoint::check_quantization_block(const std::string& base, int bit
          std::to_string(group));
 }
 
-MatrixView SourceCheckpoint::matrix(const std::string& name, size_t rows, size_t cols) const {
+MatrixView SourceCheckpoint::matrix(const std::string& name, size_t rows, size_t cols,
+                                    std::vector<uint8_t>* decoded) const {
   const std::string full = full_name(name);
   std::string base = full;
   if (ends_with(base, ".weight")) base.resize(base.size() - 7);
   const bool quantized = ckpt_.find(base + ".scales") != nullptr;
   if (!ckpt_.find(full)) fail(dir_ + ": tensor '" + full + "' not found");
-  return view(full, quantized ? base : "", 0, 0, rows, cols, 0, rows);
+  return view(full, quantized ? base : "", 0, 0, rows, cols, 0, rows, decoded);
 }
 
 std::vector<float> SourceCheckpoint::vector(const std::string& name, size_t n) const {
@@ -292,17 +339,21 @@ SourceCheckpoint::ExpertSource SourceCheckpoint::locate_expert(int layer, int e,
        " (looked for " + per + ".weight, " + sw + ".weight and " + mlp + "experts.gate_up_proj)");
 }
 
-MatrixView SourceCheckpoint::expert(int layer, int e, ExpertPartId part) const {
+MatrixView SourceCheckpoint::expert(int layer, int e, ExpertPartId part,
+                                    std::vector<uint8_t>* decoded) const {
   const ExpertSource s = locate_expert(layer, e, part);
-  return view(s.weight, s.quant_base, s.lead, s.n_lead, s.total_rows, s.cols, s.row0, s.rows);
+  return view(s.weight, s.quant_base, s.lead, s.n_lead, s.total_rows, s.cols, s.row0, s.rows,
+              decoded);
 }
 
 std::string SourceCheckpoint::expert_tensor_name(int layer, ExpertPartId part) const {
   return locate_expert(layer, 0, part).weight;
 }
 
-QuantFormat SourceCheckpoint::expert_format(int layer) const {
-  return expert(layer, 0, ExpertPartId::Gate).fmt;
+QuantFormat SourceCheckpoint::expert_part_format(int layer, ExpertPartId part) const {
+  if (ckpt_.get(locate_expert(layer, 0, part).weight).dtype == DType::F8_E4M3)
+    return QuantFormat::bf16();
+  return expert(layer, 0, part).fmt;
 }
 
 std::vector<std::string> SourceCheckpoint::unused_tensors(const std::vector<std::string>& used) const {
@@ -312,8 +363,15 @@ std::vector<std::string> SourceCheckpoint::unused_tensors(const std::vector<std:
     if (n.rfind(prefix_, 0) != 0 || is_vision_name(n)) continue;
     if (n.find(".mlp.experts.") != std::string::npos || n.find(".mlp.switch_mlp.") != std::string::npos)
       continue;
+    // The multi-token-prediction layers after the last one (num_nextn_predict_layers): skipped
+    // on purpose (the converter notes it).
+    const size_t at = n.find("layers.", prefix_.size());
+    if (at == prefix_.size() && config_.mtp_layers > 0) {
+      const int idx = std::atoi(n.c_str() + at + 7);
+      if (idx >= config_.num_layers && idx < config_.num_layers + config_.mtp_layers) continue;
+    }
     std::string base = n;
-    for (const char* sfx : {".scales", ".biases"})
+    for (const char* sfx : {".scales", ".biases", ".weight_scale_inv"})
       if (ends_with(base, sfx)) base = base.substr(0, base.size() - std::strlen(sfx)) + ".weight";
     if (!u.count(base)) out.push_back(n);
   }

@@ -1,6 +1,7 @@
 // Scalar storage types and their conversion to float.
 //   bf16: the top 16 bits of an IEEE-754 binary32 (round-to-nearest-even on conversion).
 //   f16 : IEEE-754 binary16.
+//   f8e4m3: OCP float8 e4m3fn (source checkpoints only).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +23,30 @@ inline uint16_t f32_to_bf16(float f) {
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);
   const uint32_t rounding = 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>((bits + rounding) >> 16);
+}
+
+// float8 e4m3fn (DeepSeek-V3's published weights): sign, 4 exponent bits (bias 7), 3 mantissa
+// bits; no infinities, 0x7f / 0xff are NaN; exponent 0 is subnormal (m/8 · 2^-6). Max 448.
+inline float f8e4m3_to_f32(uint8_t v) {
+  const uint32_t sign = static_cast<uint32_t>(v & 0x80u) << 24;
+  const uint32_t exp = (v >> 3) & 0xfu, mant = v & 0x7u;
+  uint32_t bits;
+  if ((v & 0x7fu) == 0x7fu) {
+    bits = sign | 0x7fc00000u;
+  } else if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {
+      float f = static_cast<float>(mant) * (1.0f / 512.0f);  // m/8 · 2^-6
+      std::memcpy(&bits, &f, sizeof f);
+      bits |= sign;
+    }
+  } else {
+    bits = sign | ((exp + 127 - 7) << 23) | (mant << 20);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
 }
 
 inline float f16_to_f32(uint16_t h) {

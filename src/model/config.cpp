@@ -20,6 +20,10 @@ const char* family_name(Family f) {
       return "qwen3_moe";
     case Family::Qwen3_5Moe:
       return "qwen3_5_moe";
+    case Family::DeepseekV3:
+      return "deepseek_v3";
+    case Family::Glm4Moe:
+      return "glm4_moe";
   }
   return "?";
 }
@@ -28,12 +32,14 @@ namespace {
 
 // Other spellings of one attribute that a released transformers writes (a config class's
 // `attribute_map`): 5.x's Qwen3MoeConfig maps `num_experts` to `num_local_experts`, so its
-// save_pretrained() writes the latter; 4.x and Qwen3.5 write `num_experts`.
+// save_pretrained() writes the latter; 4.x and Qwen3.5 write `num_experts`. DeepseekV3Config and
+// Glm4MoeConfig map `num_local_experts` to their `n_routed_experts`.
 struct Alias {
   const char* key;
   const char* other;
 };
-constexpr Alias kAliases[] = {{"num_experts", "num_local_experts"}};
+constexpr Alias kAliases[] = {{"num_experts", "num_local_experts"},
+                              {"n_routed_experts", "num_local_experts"}};
 
 // Typed accessors that name the file and key on error. A key is looked up under each of its
 // spellings (kAliases); two spellings with different values are refused.
@@ -89,7 +95,8 @@ void require(bool ok, const std::string& source, const std::string& what) {
 // partial_rotary_factor, ...}, possibly per layer type ({"full_attention": {...}, ...}: the
 // full-attention entry applies, the only layers with rope); 4.x: top-level `rope_theta` and
 // `partial_rotary_factor`, optional `rope_scaling` {type|rope_type, factor, ...}.
-RopeConfig parse_rope(const json& t, const std::string& source, int max_pos) {
+RopeConfig parse_rope(const json& t, const std::string& source, int max_pos,
+                      double default_partial) {
   const Reader top{t, source};
   RopeConfig r;
   const json* params = nullptr;
@@ -108,7 +115,7 @@ RopeConfig parse_rope(const json& t, const std::string& source, int max_pos) {
     require(params->is_object(), source, "'" + params_name + "' is not an object");
   }
   r.theta = top.get_double("rope_theta", 10000.0);
-  r.partial_rotary_factor = top.get_double("partial_rotary_factor", 1.0);
+  r.partial_rotary_factor = top.get_double("partial_rotary_factor", default_partial);
   if (params) {
     const std::string where = source + ": '" + params_name + "'";
     const Reader p{*params, where};
@@ -195,6 +202,36 @@ void validate(const ModelConfig& c, const std::string& source,
   }
   if (c.num_moe_layers() < c.num_layers && c.intermediate_size <= 0)
     bad("intermediate_size", "must be positive: the model has dense MLP layers");
+  if (c.grouped_router()) {
+    positive("n_group", c.n_group);
+    positive("topk_group", c.topk_group);
+    multiple("n_routed_experts", c.num_experts, "n_group", c.n_group);
+    if (c.topk_group > c.n_group)
+      bad("topk_group", "(" + std::to_string(c.topk_group) + ") exceeds " + names("n_group") + " (" +
+                            std::to_string(c.n_group) + ")");
+    // A group's score is the sum of its two best experts (transformers' topk(2)).
+    if (c.num_experts / c.n_group < 2)
+      bad("n_group", "leaves fewer than 2 experts per group (" + std::to_string(c.num_experts) +
+                         " experts in " + std::to_string(c.n_group) + " groups)");
+    if (c.top_k > c.topk_group * (c.num_experts / c.n_group))
+      bad("num_experts_per_tok", "(" + std::to_string(c.top_k) +
+                                     ") exceeds the experts of the kept groups (" +
+                                     names("topk_group") + " x experts per group = " +
+                                     std::to_string(c.topk_group * (c.num_experts / c.n_group)) +
+                                     ")");
+    if (!(c.routed_scaling_factor > 0 && c.routed_scaling_factor <= 1e6))
+      bad("routed_scaling_factor", "must be in (0, 1e6] (found " + num(c.routed_scaling_factor) + ")");
+  }
+  if (c.latent_attention()) {
+    if (c.attention_bias) bad("attention_bias", "is not supported with MLA (no published model has it)");
+    positive("kv_lora_rank", c.kv_lora_rank);
+    positive("qk_nope_head_dim", c.qk_nope_head_dim);
+    positive("v_head_dim", c.v_head_dim);
+    if (c.q_lora_rank < 0) bad("q_lora_rank", "must not be negative");
+    if (c.qk_rope_head_dim <= 0 || c.qk_rope_head_dim % 2 != 0)
+      bad("qk_rope_head_dim", "must be a positive even number (found " +
+                                  std::to_string(c.qk_rope_head_dim) + ")");
+  }
   if (c.family == Family::Qwen3_5Moe) {
     positive("linear_conv_kernel_dim", c.linear_conv_kernel);
     positive("linear_key_head_dim", c.linear_key_head_dim);
@@ -210,6 +247,55 @@ std::string same_name(const char* key) {
   return key;
 }
 
+// The deepseek_v3 / glm4_moe part of a config.json: the grouped sigmoid router, shared experts,
+// dense first layers and (deepseek_v3) the MLA dimensions. A key the file lacks takes the config
+// class's default, as transformers does (DeepseekV3Config: the 671B model's values).
+void parse_grouped_moe(const Reader& t, const std::string& source, ModelConfig& c) {
+  const bool ds = c.family == Family::DeepseekV3;
+  c.num_experts = t.get_int("n_routed_experts", ds ? 256 : 128);
+  c.top_k = t.get_int("num_experts_per_tok", 8);
+  c.moe_intermediate_size = t.get_int("moe_intermediate_size", ds ? 2048 : 1408);
+  c.intermediate_size = t.get_int("intermediate_size", ds ? 18432 : 10944);
+  c.norm_topk_prob = t.get_bool("norm_topk_prob", true);
+  c.routed_scaling_factor = t.get_double("routed_scaling_factor", ds ? 2.5 : 1.0);
+  c.n_group = t.get_int("n_group", ds ? 8 : 1);
+  c.topk_group = t.get_int("topk_group", ds ? 4 : 1);
+  c.shared_expert_intermediate_size = c.moe_intermediate_size * t.get_int("n_shared_experts", 1);
+  c.mtp_layers = t.get_int("num_nextn_predict_layers", 0);
+  // transformers builds MoE on every layer from first_k_dense_replace on; moe_layer_freq (the
+  // original DeepSeek code's "every n-th layer") it ignores, so only 1 has one meaning.
+  const int first_dense = t.get_int("first_k_dense_replace", ds ? 3 : 1);
+  const int freq = t.get_int("moe_layer_freq", 1);
+  require(freq == 1, source,
+          "'moe_layer_freq' " + std::to_string(freq) +
+              " is not supported (transformers ignores it; every published model uses 1)");
+  for (int i = 0; i < c.num_layers; ++i) c.layer_is_moe[i] = i >= first_dense;
+  // The reference router is sigmoid + noaux_tc whatever these say: refuse other claims.
+  const std::string scoring = t.get_string("scoring_func", "sigmoid");
+  require(scoring == "sigmoid", source,
+          "'scoring_func' '" + printable(scoring) + "' is not supported (only sigmoid)");
+  const std::string method = t.get_string("topk_method", "noaux_tc");
+  require(method == "noaux_tc", source,
+          "'topk_method' '" + printable(method) + "' is not supported (only noaux_tc)");
+  if (!ds) {
+    c.qk_norm = t.get_bool("use_qk_norm", false);
+    return;
+  }
+  c.qk_norm = false;
+  c.layer_kind.assign(c.num_layers, LayerKind::LatentAttention);
+  // q_lora_rank: null = a plain q_proj; absent = the class default.
+  c.q_lora_rank = t.j.contains("q_lora_rank") && t.j.at("q_lora_rank").is_null()
+                      ? 0
+                      : t.get_int("q_lora_rank", 1536);
+  c.kv_lora_rank = t.get_int("kv_lora_rank", 512);
+  c.qk_nope_head_dim = t.get_int("qk_nope_head_dim", 128);
+  c.qk_rope_head_dim = t.get_int("qk_rope_head_dim", 64);
+  c.v_head_dim = t.get_int("v_head_dim", 128);
+  c.rope_interleave = t.get_bool("rope_interleave", true);
+  c.head_dim = c.qk_nope_head_dim + c.qk_rope_head_dim;
+  c.num_kv_heads = c.num_heads;  // MLA: every head reads the one latent cache
+}
+
 }  // namespace
 
 std::string hf_text_prefix(const json& config_json) {
@@ -217,7 +303,20 @@ std::string hf_text_prefix(const json& config_json) {
 }
 
 int ModelConfig::rotary_dim() const {
+  if (latent_attention()) return qk_rope_head_dim;
   return static_cast<int>(head_dim * rope.partial_rotary_factor);
+}
+
+size_t ModelConfig::kv_floats_per_token(int layer) const {
+  switch (layer_kind[layer]) {
+    case LayerKind::FullAttention:
+      return 2 * size_t(num_kv_heads) * head_dim;
+    case LayerKind::LatentAttention:
+      return size_t(kv_lora_rank) + qk_rope_head_dim;
+    case LayerKind::LinearAttention:
+      return 0;
+  }
+  return 0;
 }
 
 int ModelConfig::num_moe_layers() const {
@@ -240,6 +339,10 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
     c.family = Family::Qwen3Moe;
   } else if (c.model_type == "qwen3_5_moe" || c.model_type == "qwen3_5_moe_text") {
     c.family = Family::Qwen3_5Moe;
+  } else if (c.model_type == "deepseek_v3" || c.model_type == "kimi_k2") {
+    c.family = Family::DeepseekV3;  // Kimi-K2 ships the DeepSeek-V3 forward under its own name
+  } else if (c.model_type == "glm4_moe") {
+    c.family = Family::Glm4Moe;
   } else if (c.model_type == "qwen3_next" || outer_type == "qwen3_next") {
     fail(source +
          ": model_type 'qwen3_next' is not supported yet (its packed in_proj_qkvz "
@@ -247,7 +350,8 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   } else {
     fail(source + ": unsupported model_type '" +
          printable(c.model_type.empty() ? outer_type : c.model_type) +
-         "' (supported: qwen3_moe, qwen3_5_moe, qwen3_5_moe_text)");
+         "' (supported: qwen3_moe, qwen3_5_moe, qwen3_5_moe_text, deepseek_v3, kimi_k2, "
+         "glm4_moe)");
   }
 
   c.vocab_size = t.get_int("vocab_size");
@@ -262,16 +366,25 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   c.attention_bias = t.get_bool("attention_bias", false);
   c.tie_word_embeddings =
       t.get_bool("tie_word_embeddings", outer.get_bool("tie_word_embeddings", false));
-  c.rope = parse_rope(*text, source, c.max_position_embeddings);
+  // Glm4MoeConfig's partial_rotary_factor defaults to 0.5, the others' to 1.
+  c.rope = parse_rope(*text, source, c.max_position_embeddings,
+                      c.family == Family::Glm4Moe ? 0.5 : 1.0);
   const std::string act = t.get_string("hidden_act", "silu");
   require(act == "silu", source,
           "unsupported hidden_act '" + printable(act) + "' (supported: silu)");
 
+  c.layer_kind.assign(c.num_layers, LayerKind::FullAttention);
+  c.layer_is_moe.assign(c.num_layers, true);
+  if (c.grouped_router()) {
+    parse_grouped_moe(t, source, c);
+    validate(c, source, [&](const char* key) {
+      return std::string(t.spelling(std::strcmp(key, "num_experts") == 0 ? "n_routed_experts" : key));
+    });
+    return c;
+  }
   c.num_experts = t.get_int("num_experts");
   c.top_k = t.get_int("num_experts_per_tok");
   c.moe_intermediate_size = t.get_int("moe_intermediate_size");
-  c.layer_kind.assign(c.num_layers, LayerKind::FullAttention);
-  c.layer_is_moe.assign(c.num_layers, true);
 
   if (c.family == Family::Qwen3Moe) {
     c.norm_topk_prob = t.get_bool("norm_topk_prob", false);
@@ -296,6 +409,7 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   } else {
     c.norm_topk_prob = true;  // the qwen3_5_moe router always renormalises its top-k
     c.shared_expert_intermediate_size = t.get_int("shared_expert_intermediate_size");
+    c.shared_expert_gate = true;
     c.linear_conv_kernel = t.get_int("linear_conv_kernel_dim");
     c.linear_key_head_dim = t.get_int("linear_key_head_dim");
     c.linear_value_head_dim = t.get_int("linear_value_head_dim");
@@ -340,7 +454,10 @@ json ModelConfig::to_json() const {
             {"mscale_all_dim", rope.mscale_all_dim},
             {"truncate", rope.truncate}};
   json kinds = json::array();
-  for (auto k : layer_kind) kinds.push_back(k == LayerKind::FullAttention ? "full" : "linear");
+  for (auto k : layer_kind)
+    kinds.push_back(k == LayerKind::FullAttention     ? "full"
+                    : k == LayerKind::LatentAttention ? "mla"
+                                                      : "linear");
   return {{"family", family_name(family)},
           {"model_type", model_type},
           {"vocab_size", vocab_size},
@@ -366,7 +483,19 @@ json ModelConfig::to_json() const {
           {"linear_key_head_dim", linear_key_head_dim},
           {"linear_value_head_dim", linear_value_head_dim},
           {"linear_num_key_heads", linear_num_key_heads},
-          {"linear_num_value_heads", linear_num_value_heads}};
+          {"linear_num_value_heads", linear_num_value_heads},
+          {"qk_norm", qk_norm},
+          {"shared_expert_gate", shared_expert_gate},
+          {"n_group", n_group},
+          {"topk_group", topk_group},
+          {"routed_scaling_factor", routed_scaling_factor},
+          {"q_lora_rank", q_lora_rank},
+          {"kv_lora_rank", kv_lora_rank},
+          {"qk_nope_head_dim", qk_nope_head_dim},
+          {"qk_rope_head_dim", qk_rope_head_dim},
+          {"v_head_dim", v_head_dim},
+          {"rope_interleave", rope_interleave},
+          {"mtp_layers", mtp_layers}};
 }
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
@@ -385,6 +514,10 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.family = Family::Qwen3Moe;
     else if (fam == "qwen3_5_moe")
       c.family = Family::Qwen3_5Moe;
+    else if (fam == "deepseek_v3")
+      c.family = Family::DeepseekV3;
+    else if (fam == "glm4_moe")
+      c.family = Family::Glm4Moe;
     else
       fail(source + ": unknown family '" + printable(fam) + "'");
     c.model_type = j.at("model_type").get<std::string>();
@@ -416,15 +549,32 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     c.norm_topk_prob = j.at("norm_topk_prob").get<bool>();
     c.intermediate_size = count(j, "intermediate_size");
     c.shared_expert_intermediate_size = count(j, "shared_expert_intermediate_size");
-    for (const auto& k : j.at("layer_kind"))
-      c.layer_kind.push_back(k.get<std::string>() == "full" ? LayerKind::FullAttention
-                                                            : LayerKind::LinearAttention);
+    for (const auto& k : j.at("layer_kind")) {
+      const std::string s = k.get<std::string>();
+      c.layer_kind.push_back(s == "full"  ? LayerKind::FullAttention
+                             : s == "mla" ? LayerKind::LatentAttention
+                                          : LayerKind::LinearAttention);
+    }
     c.layer_is_moe = j.at("layer_is_moe").get<std::vector<bool>>();
     c.linear_conv_kernel = count(j, "linear_conv_kernel");
     c.linear_key_head_dim = count(j, "linear_key_head_dim");
     c.linear_value_head_dim = count(j, "linear_value_head_dim");
     c.linear_num_key_heads = count(j, "linear_num_key_heads");
     c.linear_num_value_heads = count(j, "linear_num_value_heads");
+    // Keys added with deepseek_v3 / glm4_moe: packages written before them have their values.
+    auto count_or = [&](const char* key, int dflt) { return j.contains(key) ? count(j, key) : dflt; };
+    c.qk_norm = j.value("qk_norm", true);
+    c.shared_expert_gate = j.value("shared_expert_gate", c.family == Family::Qwen3_5Moe);
+    c.n_group = count_or("n_group", 1);
+    c.topk_group = count_or("topk_group", 1);
+    c.routed_scaling_factor = j.contains("routed_scaling_factor") ? real(j, "routed_scaling_factor") : 1.0;
+    c.q_lora_rank = count_or("q_lora_rank", 0);
+    c.kv_lora_rank = count_or("kv_lora_rank", 0);
+    c.qk_nope_head_dim = count_or("qk_nope_head_dim", 0);
+    c.qk_rope_head_dim = count_or("qk_rope_head_dim", 0);
+    c.v_head_dim = count_or("v_head_dim", 0);
+    c.rope_interleave = j.value("rope_interleave", false);
+    c.mtp_layers = count_or("mtp_layers", 0);
     if (static_cast<int>(c.layer_kind.size()) != c.num_layers ||
         static_cast<int>(c.layer_is_moe.size()) != c.num_layers)
       fail(source + ": layer lists do not match num_layers");

@@ -15,10 +15,12 @@
 
 namespace moeflux {
 
-enum class Family { Qwen3Moe, Qwen3_5Moe };
+enum class Family { Qwen3Moe, Qwen3_5Moe, DeepseekV3, Glm4Moe };
 const char* family_name(Family f);
 
-enum class LayerKind { FullAttention, LinearAttention };
+// FullAttention: GQA with a K/V cache; LinearAttention: Gated DeltaNet; LatentAttention:
+// DeepSeek's multi-head latent attention (MLA) with the compressed cache (latent + rope key).
+enum class LayerKind { FullAttention, LinearAttention, LatentAttention };
 
 // Rotary position embedding. The rotated part of a head is its first `rotary_dim` dims, split
 // in halves (rotate_half convention): x' = x * cos(p * inv_freq) + rotate_half(x) * sin(...).
@@ -46,7 +48,8 @@ struct ModelConfig {
   int head_dim = 0;
   double rms_norm_eps = 1e-6;
   int max_position_embeddings = 0;
-  bool attention_bias = false;
+  bool attention_bias = false;  // q/k/v biases (and o_proj's, except glm4_moe: never)
+  bool qk_norm = true;          // per-head q/k RMSNorm (glm4_moe: use_qk_norm)
   bool tie_word_embeddings = false;
   RopeConfig rope;
 
@@ -57,6 +60,19 @@ struct ModelConfig {
   bool norm_topk_prob = true;      // renormalise the top-k probabilities to sum to 1
   int intermediate_size = 0;       // dense MLP layers (qwen3_moe)
   int shared_expert_intermediate_size = 0;  // 0 = no shared expert
+  bool shared_expert_gate = false;          // shared output *= sigmoid(gate x) (qwen3_5_moe)
+
+  // Sigmoid group-limited router (deepseek_v3 `noaux_tc`, glm4_moe): scores sigmoid(logits),
+  // chosen on scores + e_score_correction_bias within the best topk_group of n_group groups.
+  int n_group = 1, topk_group = 1;
+  double routed_scaling_factor = 1.0;
+
+  // Multi-head latent attention (deepseek_v3): head_dim = qk_nope + qk_rope (the q/k width).
+  int q_lora_rank = 0;  // 0: plain q_proj (config null)
+  int kv_lora_rank = 0;
+  int qk_nope_head_dim = 0, qk_rope_head_dim = 0, v_head_dim = 0;
+  bool rope_interleave = false;  // checkpoint rope rows interleaved (the package de-interleaves)
+  int mtp_layers = 0;            // num_nextn_predict_layers: in the checkpoint, never converted
 
   // Per layer: attention kind and whether its MLP is a routed MoE block.
   std::vector<LayerKind> layer_kind;
@@ -69,6 +85,11 @@ struct ModelConfig {
 
   // Derived sizes.
   int rotary_dim() const;
+  bool latent_attention() const { return family == Family::DeepseekV3; }
+  bool grouped_router() const { return family == Family::DeepseekV3 || family == Family::Glm4Moe; }
+  bool o_proj_bias() const { return attention_bias && family != Family::Glm4Moe; }
+  // Floats of one position's cache in one attention layer (K and V; MLA: latent + rope key).
+  size_t kv_floats_per_token(int layer) const;
   int linear_key_dim() const { return linear_key_head_dim * linear_num_key_heads; }
   int linear_value_dim() const { return linear_value_head_dim * linear_num_value_heads; }
   int linear_conv_dim() const { return 2 * linear_key_dim() + linear_value_dim(); }

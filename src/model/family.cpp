@@ -13,6 +13,10 @@ const FamilyDef& family_def(Family f) {
       return kQwen3MoeFamily;
     case Family::Qwen3_5Moe:
       return kQwen3_5MoeFamily;
+    case Family::DeepseekV3:
+      return kDeepseekV3Family;
+    case Family::Glm4Moe:
+      return kGlm4MoeFamily;
   }
   MF_ASSERT(false && "family without a FamilyDef");
   return kQwen3MoeFamily;
@@ -24,7 +28,9 @@ void check_layer_kinds(const ModelConfig& c, const std::string& source) {
     const LayerKind k = c.layer_kind[l];
     if (std::find(def.layer_kinds.begin(), def.layer_kinds.end(), k) == def.layer_kinds.end())
       fail(source + ": layer " + std::to_string(l) + " is " +
-           (k == LayerKind::FullAttention ? "full attention" : "linear attention") +
+           (k == LayerKind::FullAttention     ? "full attention"
+            : k == LayerKind::LatentAttention ? "latent attention"
+                                              : "linear attention") +
            ", which family " + family_name(c.family) + " does not have");
   }
 }

@@ -31,5 +31,10 @@ void check_layer_kinds(const ModelConfig& c, const std::string& source);
 
 extern const FamilyDef kQwen3MoeFamily;
 extern const FamilyDef kQwen3_5MoeFamily;
+extern const FamilyDef kDeepseekV3Family;
+extern const FamilyDef kGlm4MoeFamily;
+
+// The sigmoid group-limited router (`noaux_tc`) of deepseek_v3 and glm4_moe (deepseek_v3.cpp).
+RouterSpec grouped_router(const ModelConfig& c, int active);
 
 }  // namespace moeflux

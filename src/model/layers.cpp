@@ -40,8 +40,10 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int l
   const Tensor Q = q.heads(nh, hd, gated ? 2 * hd : hd);
   const Tensor G = gated ? q.cols_view(hd, q_rows - hd).heads(nh, hd, 2 * hd) : Tensor{};
   const Tensor K = k.heads(nkv, hd, hd), V = v.heads(nkv, hd, hd);
-  be.rmsnorm(Q, w.q_norm, Q, eps_of(c), zero_centered);
-  be.rmsnorm(K, w.k_norm, K, eps_of(c), zero_centered);
+  if (w.q_norm) {  // per-head q/k RMSNorm (glm4_moe: only with use_qk_norm)
+    be.rmsnorm(Q, w.q_norm, Q, eps_of(c), zero_centered);
+    be.rmsnorm(K, w.k_norm, K, eps_of(c), zero_centered);
+  }
   const Tensor out = ctx.ws.mix.rows_view(0, T).cols_view(0, q_dim);
   for (const SequenceChunk& s : ctx.seqs) {
     const Tensor Qs = rows_of(Q, s), Ks = rows_of(K, s);
@@ -114,16 +116,18 @@ Tensor route_rows(const ForwardContext& ctx, const MoeWeights& w, size_t T, int 
   const size_t E = ctx.config.num_experts;
   const Tensor proj = ctx.ws.proj.rows_view(0, T);
   const Tensor logits = proj.cols_view(0, E);
-  const Tensor gate = w.has_shared ? proj.cols_view(E, 1) : Tensor{};
+  const Tensor gate = w.shared_gated ? proj.cols_view(E, 1) : Tensor{};
   const Projection p[2] = {{&w.router, logits}, {&w.shared_gate, gate}};
-  ctx.be.matmul(ctx.ws.xn.rows_view(0, T), std::span<const Projection>(p, w.has_shared ? 2 : 1));
+  ctx.be.matmul(ctx.ws.xn.rows_view(0, T), std::span<const Projection>(p, w.shared_gated ? 2 : 1));
   RouteOutput out;
   out.ids = ctx.ws.route_ids(layer);
   out.weights = ctx.ws.route_weights_of(layer);
   out.device_weights = ctx.ws.route_weights.f32();
   out.device_ids = ctx.ws.route_ids_dev;
   out.k = static_cast<size_t>(ctx.active_experts);
-  ctx.be.route(logits, ctx.family.router(ctx.config, ctx.active_experts), out);
+  RouterSpec spec = ctx.family.router(ctx.config, ctx.active_experts);
+  spec.bias = w.router_bias;  // the layer's correction bias (grouped routers)
+  ctx.be.route(logits, spec, out);
   if (wait) ctx.be.synchronize();  // the host reads the ids
   return gate;
 }

@@ -19,6 +19,11 @@ void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered);
 void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int layer, bool gated,
                      bool zero_centered);
 
+// Multi-head latent attention (deepseek_v3) over each sequence's compressed cache (latent +
+// rope key per position), in the absorbed form for prompt and decode alike (latent_attention.cpp
+// has the math):  h += W_o attn.
+void latent_attention_block(const ForwardContext& ctx, const LatentAttentionWeights& w, int layer);
+
 // Gated DeltaNet (qwen3_5_moe linear attention): projections, causal conv1d + SiLU, the gated
 // delta rule over each sequence's state, gated RMSNorm, out_proj:  h += W_out o.
 void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, int layer);

@@ -7,16 +7,16 @@ namespace moeflux {
 
 namespace {
 
-double yarn_mscale(double scale, double mscale) {
-  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
-}
-
 // Dimension index at which a frequency completes `rotations` turns over `max_pos` positions.
 double correction_dim(double rotations, int dim, double base, double max_pos) {
   return dim * std::log(max_pos / (rotations * 2.0 * M_PI)) / (2.0 * std::log(base));
 }
 
 }  // namespace
+
+double yarn_mscale(double scale, double mscale) {
+  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
 
 Rope::Rope(const ModelConfig& c) : rotary_dim_(c.rotary_dim()) {
   const RopeConfig& r = c.rope;

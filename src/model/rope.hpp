@@ -20,6 +20,10 @@
 
 namespace moeflux {
 
+// YaRN's magnitude correction for a context stretched `scale` times: 0.1 mscale ln(scale) + 1
+// (1 when scale <= 1).
+double yarn_mscale(double scale, double mscale);
+
 class Rope {
  public:
   explicit Rope(const ModelConfig& c);

@@ -19,13 +19,34 @@ enum class TensorRole {
   Conv,    // depthwise conv1d weight: checkpoint [C, 1, K] (or MLX [C, K, 1]); stored f32 [C, K]
 };
 
+// How the converter makes a matrix from the checkpoint's (the runtime binds the result by name
+// and never needs to know). MLA (deepseek_v3), with nh heads, nope / rope / v head dims and
+// kv_lora_rank L:
+enum class Derive {
+  None,
+  // The checkpoint matrix `source`'s rows with, in every block of `block` rows, the last
+  // qk_rope_head_dim rows de-interleaved (rows 0, 2, 4, ... then 1, 3, 5, ... of that range):
+  // checkpoints with rope_interleave hold rotary pairs (x[2i], x[2i+1]); transformers
+  // de-interleaves q and k before its rotate_half rope, the package stores them de-interleaved.
+  DeinterleaveRope,
+  // From kv_b_proj [nh (nope + v), L]: head h's key up-projection transposed,
+  //   k_absorb[h L + j, i] = kv_b[h (nope + v) + i, j]   -> [nh L, nope]
+  // so that q_latent[h] = k_absorb_h q_nope[h] (the absorbed query of MLA decode).
+  KvbKeysAbsorbed,
+  // Head h's value up-projection:  v_up[h v + d, :] = kv_b[h (nope + v) + nope + d, :] -> [nh v, L].
+  KvbValues,
+};
+
 struct TensorSpec {
   std::string name;            // relative to the text model: "layers.0.self_attn.q_proj.weight"
   std::vector<int64_t> shape;  // stored shape
-  TensorRole role;
+  TensorRole role = TensorRole::Matrix;
   // A Matrix whose outputs decide routing (router, shared-expert gate): rounding can flip a
   // top-k choice, so it keeps the checkpoint's format when other matrices are requantized.
   bool routing = false;
+  Derive derive = Derive::None;
+  std::string source = {};  // the checkpoint tensor a derived matrix comes from
+  int64_t block = 0;   // Derive::DeinterleaveRope: rows per block
 };
 
 std::vector<TensorSpec> resident_tensor_specs(const ModelConfig& c);

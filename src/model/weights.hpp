@@ -14,7 +14,21 @@ namespace moeflux {
 struct AttentionWeights {
   MatrixView q, k, v, o;  // q: [heads*head_dim (x2 when gated: query|gate per head), hidden]
   const float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr, *o_bias = nullptr;
-  const float *q_norm = nullptr, *k_norm = nullptr;  // [head_dim]
+  const float *q_norm = nullptr, *k_norm = nullptr;  // [head_dim], null without q/k norm
+};
+
+// Multi-head latent attention (deepseek_v3) as the package stores it: rope rows de-interleaved,
+// kv_b_proj split per head for the absorbed products (tensor_specs.hpp, Derive). nh heads,
+// qk = qk_nope + qk_rope, L = kv_lora_rank, R = qk_rope_head_dim, v = v_head_dim.
+struct LatentAttentionWeights {
+  MatrixView q_a;                    // [q_lora, H], when q_lora_rank > 0
+  const float* q_a_norm = nullptr;   // [q_lora]
+  MatrixView q;                      // q_b_proj [nh qk, q_lora], or q_proj [nh qk, H]
+  MatrixView kv_a;                   // [L + R, H]: latent | rope key
+  const float* kv_a_norm = nullptr;  // [L]
+  MatrixView k_absorb;               // [nh L, nope]: head h's key up-projection, transposed
+  MatrixView v_up;                   // [nh v, L]: head h's value up-projection
+  MatrixView o;                      // [H, nh v]
 };
 
 // Gated DeltaNet (linear attention) of qwen3_5_moe.
@@ -31,10 +45,12 @@ struct DeltaNetWeights {
 };
 
 struct MoeWeights {
-  MatrixView router;  // [num_experts, hidden]
+  MatrixView router;                   // [num_experts, hidden]
+  const float* router_bias = nullptr;  // [num_experts] e_score_correction_bias (grouped router)
   bool has_shared = false;
   MlpWeights shared;
-  MatrixView shared_gate;  // [1, hidden]
+  bool shared_gated = false;  // shared output *= sigmoid(shared_gate x)
+  MatrixView shared_gate;     // [1, hidden]
 };
 
 struct LayerWeights {
@@ -42,6 +58,7 @@ struct LayerWeights {
   const float* input_norm = nullptr;
   const float* post_norm = nullptr;
   AttentionWeights attn;
+  LatentAttentionWeights mla;
   DeltaNetWeights lin;
   bool is_moe = false;
   MoeWeights moe;

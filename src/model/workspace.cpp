@@ -32,9 +32,12 @@ Workspace Workspace::create(Backend& be, const ModelConfig& c, size_t max_rows,
   const size_t conv_dim = linear ? c.linear_conv_dim() : 0;
   const size_t vdim = linear ? c.linear_value_dim() : 0;
   const size_t nv = linear ? c.linear_num_value_heads : 0;
+  const bool mla = has_kind(c, LayerKind::LatentAttention);
+  const size_t nh = c.num_heads, lora = mla ? c.kv_lora_rank : 0, R = mla ? c.qk_rope_head_dim : 0;
+  const size_t mla_proj = mla ? size_t(c.q_lora_rank) + lora + R : 0;  // q_a | kv_a
   const size_t P = std::max({q_dim * (c.gated_attention() ? 2 : 1) + 2 * kv_dim,
-                             conv_dim + vdim + 2 * nv, size_t(c.num_experts) + 1});
-  const size_t M = std::max(q_dim, vdim);
+                             conv_dim + vdim + 2 * nv, size_t(c.num_experts) + 1, mla_proj});
+  const size_t M = std::max({q_dim, vdim, mla ? nh * c.v_head_dim : 0});
 
   // Layout: (tensor, rows, cols) carved in order at 64-byte boundaries.
   struct Part {
@@ -50,6 +53,9 @@ Workspace Workspace::create(Backend& be, const ModelConfig& c, size_t max_rows,
       {&ws.mix, T, std::max<size_t>(M, 1), DType::F32},
       {&ws.conv, T, std::max<size_t>(conv_dim, 1), DType::F32},
       {&ws.gated, T, std::max<size_t>(vdim, 1), DType::F32},
+      {&ws.q_full, T, mla ? nh * c.head_dim : 1, DType::F32},
+      {&ws.q_latent, T, mla ? nh * (lora + R) : 1, DType::F32},
+      {&ws.o_latent, T, mla ? nh * lora : 1, DType::F32},
       {&ws.slots, T * ws.max_slots, H, DType::F32},
       {&ws.route_weights, 1, T * K, DType::F32},  // dense [T, K]
       {&ids, 1, T * K, DType::I32},

@@ -22,6 +22,9 @@ struct Workspace {
   Tensor mix;            // [T, M]: attention / delta-rule output
   Tensor conv;           // [T, conv_dim]: DeltaNet conv output (q | k | v)
   Tensor gated;          // [T, value_dim]: DeltaNet gated-norm output
+  Tensor q_full;         // [T, heads * qk_head_dim]: MLA queries [nope | rope] per head
+  Tensor q_latent;       // [T, heads * (kv_lora + rope)]: MLA absorbed queries [latent | rope]
+  Tensor o_latent;       // [T, heads * kv_lora]: MLA attention output in latent space
   Tensor slots;          // [T * S, H]: expert outputs, slot s of row t at row t * S + s
   Tensor route_weights;  // dense [T, K] (one row of T * K), backend memory: combine reads it
   int32_t* route_ids_dev = nullptr;  // [T * K], backend memory (expert_ffn_indexed reads it)

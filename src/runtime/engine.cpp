@@ -22,13 +22,13 @@ size_t physical_memory() {
   return pages > 0 && page > 0 ? static_cast<size_t>(pages) * static_cast<size_t>(page) : 0;
 }
 
-// Bytes of one sequence's state for `ctx` positions: K and V per full-attention layer, the conv
-// and recurrent state per linear-attention layer (float32).
+// Floats of one sequence's state for `ctx` positions: K and V per full-attention layer, latent
+// and rope key per MLA layer, the conv and recurrent state per linear-attention layer.
 size_t sequence_floats(const ModelConfig& c, size_t ctx) {
   size_t n = 0;
   for (int l = 0; l < c.num_layers; ++l) {
-    if (c.layer_kind[l] == LayerKind::FullAttention)
-      n += 2 * ctx * size_t(c.num_kv_heads) * c.head_dim;
+    if (c.layer_kind[l] != LayerKind::LinearAttention)
+      n += ctx * c.kv_floats_per_token(l);
     else
       n += size_t(c.linear_conv_dim()) * (c.linear_conv_kernel - 1) +
            size_t(c.linear_num_value_heads) * c.linear_key_head_dim * c.linear_value_head_dim;
@@ -68,6 +68,10 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
   if (active_experts_ > c.num_experts)
     fail("--k " + std::to_string(active_experts_) + " exceeds the model's " +
          std::to_string(c.num_experts) + " experts");
+  if (c.grouped_router() && active_experts_ > c.topk_group * (c.num_experts / c.n_group))
+    fail("--k " + std::to_string(active_experts_) + " exceeds the " +
+         std::to_string(c.topk_group * (c.num_experts / c.n_group)) +
+         " experts of the groups the router keeps (topk_group x experts per group)");
   const size_t model_ctx = static_cast<size_t>(c.max_position_embeddings);
   context_ = opts.context > 0 ? opts.context : model_ctx;
   if (context_ > model_ctx)
@@ -223,7 +227,13 @@ SequenceState Engine::new_sequence(size_t ctx, std::unique_ptr<BackendBuffer>* b
   s.last_routing.resize(c.num_layers);
   for (int l = 0; l < c.num_layers; ++l) {
     LayerState& ls = s.layers[l];
-    if (c.layer_kind[l] == LayerKind::FullAttention) {
+    if (c.layer_kind[l] == LayerKind::LatentAttention) {
+      // One row per position: [latent (L) | rope key (R)]; the values are its latent columns.
+      const size_t w = c.kv_floats_per_token(l);
+      ls.kv.k = Tensor::matrix(p, ctx, w, w, mem);
+      ls.kv.v = ls.kv.k.cols_view(0, size_t(c.kv_lora_rank));
+      p += ctx * w;
+    } else if (c.layer_kind[l] == LayerKind::FullAttention) {
       const size_t kv = size_t(c.num_kv_heads) * c.head_dim;
       ls.kv.k = Tensor::matrix(p, ctx, kv, kv, mem);
       ls.kv.v = Tensor::matrix(p + ctx * kv, ctx, kv, kv, mem);

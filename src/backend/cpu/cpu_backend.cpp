@@ -86,6 +86,17 @@ void CpuBackend::download(const Tensor& src, float* host, size_t host_pitch) {
     std::memcpy(host + r * host_pitch, src.row(r), src.shape[1] * sizeof(float));
 }
 
+void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
+  MF_ASSERT(src.rank == dst.rank && src.shape == dst.shape && (src.rank == 2 || src.rank == 3));
+  const size_t inner = src.rank == 2 ? 1 : src.shape[1], dim = src.shape[src.rank - 1];
+  for (size_t r = 0; r < src.shape[0]; ++r)
+    for (size_t i = 0; i < inner; ++i) {
+      const float* s = src.rank == 2 ? src.row(r) : src.vec(r, i);
+      float* d = dst.rank == 2 ? dst.row(r) : dst.vec(r, i);
+      std::memcpy(d, s, dim * sizeof(float));
+    }
+}
+
 void CpuBackend::fill(const Tensor& t, float value) {
   for_each_vector(t, [&](size_t, float* p, size_t n) { std::fill(p, p + n, value); });
 }

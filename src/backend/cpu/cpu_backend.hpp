@@ -2,7 +2,8 @@
 // thread pool. The reference implementation every other backend is tested against.
 //
 // Files: cpu_backend.cpp (memory, embedding, norms, matmul, rope), cpu_attention.cpp,
-// cpu_deltanet.cpp, cpu_moe.cpp (routing, grouped expert FFN, combine). Kernels they build on:
+// cpu_deltanet.cpp, cpu_route.cpp (routers), cpu_moe.cpp (grouped expert FFN, combine),
+// cpu_head_matmul.cpp (per-head products). Kernels they build on:
 // matvec.hpp (weight formats, ISA dispatch), vec.hpp, ops.hpp.
 #pragma once
 
@@ -43,6 +44,8 @@ class CpuBackend final : public Backend {
   void matmul(const Tensor& X, std::span<const Projection> proj) override;
   void rope(const Tensor& x, const RopeTable& table, int pos0) override;
   void attention(const AttentionArgs& a) override;
+  void head_matmul(const Tensor& X, const MatrixView& W, const Tensor& Y) override;
+  void copy(const Tensor& src, const Tensor& dst) override;
   void conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
                    const Tensor& y) override;
   void gated_delta_rule(const DeltaRuleArgs& a) override;

@@ -1,4 +1,4 @@
-// CpuBackend: routing, the grouped expert FFN and the weighted combine of the MoE block.
+// CpuBackend: the grouped expert FFN and the weighted combine of the MoE block.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -9,35 +9,6 @@
 #include "backend/cpu/vec.hpp"
 
 namespace moeflux {
-
-void CpuBackend::route(const Tensor& logits, const RouterSpec& spec, const RouteOutput& out) {
-  MF_ASSERT(logits.rank == 2 && spec.top_k > 0 && out.k == static_cast<size_t>(spec.top_k));
-  const size_t T = logits.rows(), E = logits.shape[1], k = out.k;
-  MF_ASSERT(k <= E && out.ids && out.weights);
-  MF_ASSERT(spec.kind == RouterKind::SoftmaxTopK);
-  pool_.parallel_for(
-      T,
-      [&](size_t b, size_t e) {
-        thread_local std::vector<float> probs;
-        if (probs.size() < E) probs.resize(E);
-        for (size_t t = b; t < e; ++t) {
-          std::copy_n(logits.row(t), E, probs.data());
-          cpu::softmax(probs.data(), E);
-          int32_t* ids = out.ids + t * k;
-          float* w = out.weights + t * k;
-          cpu::top_k(probs.data(), E, k, ids);
-          float sum = 0;
-          for (size_t i = 0; i < k; ++i) sum += probs[ids[i]];
-          for (size_t i = 0; i < k; ++i)
-            w[i] = spec.norm_topk_prob ? probs[ids[i]] / sum : probs[ids[i]];
-          if (out.device_weights && out.device_weights != out.weights)
-            std::copy_n(w, k, out.device_weights + t * k);
-          if (out.device_ids && out.device_ids != out.ids)
-            std::copy_n(ids, k, out.device_ids + t * k);
-        }
-      },
-      std::max<size_t>(1, 16384 / (E * 8)));
-}
 
 // The grouped expert FFN in four parallel passes over all tasks together (one hand-off to the
 // pool per pass, whatever the number of experts):

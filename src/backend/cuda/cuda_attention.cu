@@ -18,8 +18,7 @@ namespace moeflux::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kMaxHeadDim = 256;
-constexpr int kPerLane = kMaxHeadDim / 32;
+constexpr int kMaxHeadDim = 576;  // MLA decode: keys of kv_lora_rank + rope dims
 
 // cache[pos0 + t][g * hd + d] = src[t][g][d]
 __global__ void append_kernel(const float* src, size_t s0, size_t s1, int T, int nkv, int hd,
@@ -39,11 +38,11 @@ struct AttnParams {
   size_t g0, g1;
   const float* K;
   const float* V;
-  size_t kv_pitch;
+  size_t k_pitch, v_pitch;
   float* out;
   size_t out_pitch;
-  float* part;  // [T * heads][splits][hd + 2]: per split m, l, then the unnormalised sum
-  int heads, kv_heads, hd, pos0, split_len, splits;
+  float* part;  // [T * heads][splits][dv + 2]: per split m, l, then the unnormalised sum
+  int heads, kv_heads, dk, dv, pos0, split_len, splits;
   float scale;
 };
 
@@ -53,6 +52,8 @@ constexpr int kIlp = 4;
 // Split `blockIdx.y` of row t, head h: positions [y * split_len, ...) up to t's causal length.
 // Each warp takes kIlp positions at a time (strided by kWarps * kIlp), lanes split the head
 // dimension; the block's warps are merged, and the split's (m, l, Σ e^{s-m} V) stored.
+// PL: head-dim elements per lane (dims up to 32 * PL).
+template <int PL>
 __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnParams p) {
   const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
   const int g = h / (p.heads / p.kv_heads);
@@ -60,29 +61,29 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
   const int len = p.pos0 + t + 1;
   const int begin = blockIdx.y * p.split_len;
   const int end = min(len, begin + p.split_len);
-  __shared__ float qs[kMaxHeadDim];
+  __shared__ float qs[PL * 32];
   __shared__ float wm[kWarps], wl[kWarps];
-  __shared__ float wacc[kWarps][kMaxHeadDim];
+  __shared__ float wacc[kWarps][PL * 32];
   const float* q = p.q + t * p.q0 + h * p.q1;
-  for (int d = threadIdx.x; d < p.hd; d += blockDim.x) qs[d] = q[d];
+  for (int d = threadIdx.x; d < p.dk; d += blockDim.x) qs[d] = q[d];
   __syncthreads();
 
-  float m = -INFINITY, l = 0.0f, acc[kPerLane];
+  float m = -INFINITY, l = 0.0f, acc[PL];
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) acc[i] = 0.0f;
-  const float* K = p.K + size_t(g) * p.hd;
-  const float* V = p.V + size_t(g) * p.hd;
+  for (int i = 0; i < PL; ++i) acc[i] = 0.0f;
+  const float* K = p.K + size_t(g) * p.dk;
+  const float* V = p.V + size_t(g) * p.dv;
   for (int j0 = begin + warp * kIlp; j0 < end; j0 += kWarps * kIlp) {
     float part[kIlp];
 #pragma unroll
     for (int u = 0; u < kIlp; ++u) {
       part[u] = 0.0f;
       if (j0 + u < end) {
-        const float* k = K + size_t(j0 + u) * p.kv_pitch;
+        const float* k = K + size_t(j0 + u) * p.k_pitch;
 #pragma unroll
-        for (int i = 0; i < kPerLane; ++i) {
+        for (int i = 0; i < PL; ++i) {
           const int d = lane + 32 * i;
-          if (d < p.hd) part[u] = fmaf(qs[d], k[d], part[u]);
+          if (d < p.dk) part[u] = fmaf(qs[d], k[d], part[u]);
         }
       }
     }
@@ -95,25 +96,25 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
       const float m_new = fmaxf(m, s);
       const float c = expf(m - m_new), e = expf(s - m_new);
       l = l * c + e;
-      const float* v = V + size_t(j0 + u) * p.kv_pitch;
+      const float* v = V + size_t(j0 + u) * p.v_pitch;
 #pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
+      for (int i = 0; i < PL; ++i) {
         const int d = lane + 32 * i;
-        if (d < p.hd) acc[i] = acc[i] * c + e * v[d];
+        if (d < p.dv) acc[i] = acc[i] * c + e * v[d];
       }
       m = m_new;
     }
   }
   if (lane == 0) wm[warp] = m, wl[warp] = l;
 #pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
+  for (int i = 0; i < PL; ++i) {
     const int d = lane + 32 * i;
-    if (d < p.hd) wacc[warp][d] = acc[i];
+    if (d < p.dv) wacc[warp][d] = acc[i];
   }
   __syncthreads();
   float M = -INFINITY;
   for (int w = 0; w < kWarps; ++w) M = fmaxf(M, wm[w]);
-  float* out = p.part + (size_t(blockIdx.x) * p.splits + blockIdx.y) * (p.hd + 2);
+  float* out = p.part + (size_t(blockIdx.x) * p.splits + blockIdx.y) * (p.dv + 2);
   if (threadIdx.x == 0) {
     float L = 0.0f;
     for (int w = 0; w < kWarps; ++w)
@@ -121,7 +122,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
     out[0] = M;
     out[1] = L;
   }
-  for (int d = threadIdx.x; d < p.hd; d += blockDim.x) {
+  for (int d = threadIdx.x; d < p.dv; d += blockDim.x) {
     float s = 0.0f;
     for (int w = 0; w < kWarps; ++w)
       if (wm[w] > -INFINITY) s += wacc[w][d] * expf(wm[w] - M);
@@ -132,20 +133,20 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
 // out[t, h] = Σ_splits e^{m_s - M} acc_s / Σ_splits e^{m_s - M} l_s  (· sigmoid(gate)).
 __global__ void attention_merge_kernel(AttnParams p) {
   const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
-  const float* part = p.part + size_t(blockIdx.x) * p.splits * (p.hd + 2);
+  const float* part = p.part + size_t(blockIdx.x) * p.splits * (p.dv + 2);
   float M = -INFINITY;
-  for (int s = 0; s < p.splits; ++s) M = fmaxf(M, part[s * (p.hd + 2)]);
+  for (int s = 0; s < p.splits; ++s) M = fmaxf(M, part[s * (p.dv + 2)]);
   float L = 0.0f;
   for (int s = 0; s < p.splits; ++s) {
-    const float m = part[s * (p.hd + 2)];
-    if (m > -INFINITY) L += part[s * (p.hd + 2) + 1] * expf(m - M);
+    const float m = part[s * (p.dv + 2)];
+    if (m > -INFINITY) L += part[s * (p.dv + 2) + 1] * expf(m - M);
   }
-  float* o = p.out + t * p.out_pitch + size_t(h) * p.hd;
-  for (int d = threadIdx.x; d < p.hd; d += blockDim.x) {
+  float* o = p.out + t * p.out_pitch + size_t(h) * p.dv;
+  for (int d = threadIdx.x; d < p.dv; d += blockDim.x) {
     float acc = 0.0f;
     for (int s = 0; s < p.splits; ++s) {
-      const float m = part[s * (p.hd + 2)];
-      if (m > -INFINITY) acc += part[s * (p.hd + 2) + 2 + d] * expf(m - M);
+      const float m = part[s * (p.dv + 2)];
+      if (m > -INFINITY) acc += part[s * (p.dv + 2) + 2 + d] * expf(m - M);
     }
     float r = acc / L;
     if (p.gate) r *= sigmoidf_(p.gate[t * p.g0 + h * p.g1 + d]);
@@ -158,22 +159,25 @@ __global__ void attention_merge_kernel(AttnParams p) {
 void CudaBackend::attention(const AttentionArgs& a) {
   const OpTimer timer(*this, "attention", a.q.rows());
   MF_ASSERT(a.q.rank == 3 && a.k.rank == 3 && a.v.rank == 3 && a.cache != nullptr);
-  const size_t T = a.q.shape[0], nh = a.q.shape[1], hd = a.q.shape[2], nkv = a.k.shape[1];
-  MF_ASSERT(a.k.shape == a.v.shape && a.k.shape[0] == T && a.k.shape[2] == hd);
-  MF_ASSERT(nkv > 0 && nh % nkv == 0 && a.pos0 >= 0 && hd <= size_t(kMaxHeadDim));
-  MF_ASSERT(a.out.rank == 2 && a.out.rows() == T && a.out.shape[1] == nh * hd);
-  MF_ASSERT(a.gate.empty() || (a.gate.rank == 3 && a.gate.shape == a.q.shape));
+  const size_t T = a.q.shape[0], nh = a.q.shape[1], dk = a.q.shape[2], nkv = a.k.shape[1];
+  const size_t dv = a.v.shape[2];
+  MF_ASSERT(a.k.shape[0] == T && a.k.shape[2] == dk && a.v.shape[0] == T && a.v.shape[1] == nkv);
+  MF_ASSERT(nkv > 0 && nh % nkv == 0 && a.pos0 >= 0);
+  MF_ASSERT(dk <= size_t(kMaxHeadDim) && dv <= size_t(kMaxHeadDim));
+  MF_ASSERT(a.out.rank == 2 && a.out.rows() == T && a.out.shape[1] == nh * dv);
+  MF_ASSERT(a.gate.empty() || (a.gate.rank == 3 && a.gate.shape[0] == T &&
+                               a.gate.shape[1] == nh && a.gate.shape[2] == dv));
   KvCache& c = *a.cache;
-  MF_ASSERT(c.k.shape[1] == nkv * hd && c.v.shape[1] == nkv * hd &&
-            size_t(a.pos0) + T <= c.k.rows() && c.k.pitch() == c.v.pitch());
+  MF_ASSERT(c.k.shape[1] == nkv * dk && c.v.shape[1] == nkv * dv &&
+            size_t(a.pos0) + T <= c.k.rows() && c.v.rows() == c.k.rows());
   if (T == 0) return;
-  const size_t n = T * nkv * hd;
-  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(a.k.f32(), a.k.stride[0], a.k.stride[1],
-                                                         int(T), int(nkv), int(hd), c.k.f32(),
-                                                         c.k.pitch(), a.pos0);
-  append_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(a.v.f32(), a.v.stride[0], a.v.stride[1],
-                                                         int(T), int(nkv), int(hd), c.v.f32(),
-                                                         c.v.pitch(), a.pos0);
+  // Keys first, then values (a value column view of the keys, MLA's, gets the same numbers).
+  append_kernel<<<blocks_for(T * nkv * dk, 256), 256, 0, stream_>>>(
+      a.k.f32(), a.k.stride[0], a.k.stride[1], int(T), int(nkv), int(dk), c.k.f32(), c.k.pitch(),
+      a.pos0);
+  append_kernel<<<blocks_for(T * nkv * dv, 256), 256, 0, stream_>>>(
+      a.v.f32(), a.v.stride[0], a.v.stride[1], int(T), int(nkv), int(dv), c.v.f32(), c.v.pitch(),
+      a.pos0);
   check_launch("attention (cache append)");
   AttnParams p;
   p.q = a.q.f32();
@@ -184,25 +188,30 @@ void CudaBackend::attention(const AttentionArgs& a) {
   p.g1 = a.gate.empty() ? 0 : a.gate.stride[1];
   p.K = c.k.f32();
   p.V = c.v.f32();
-  p.kv_pitch = c.k.pitch();
+  p.k_pitch = c.k.pitch();
+  p.v_pitch = c.v.pitch();
   p.out = a.out.f32();
   p.out_pitch = a.out.pitch();
   p.heads = int(nh);
   p.kv_heads = int(nkv);
-  p.hd = int(hd);
+  p.dk = int(dk);
+  p.dv = int(dv);
   p.pos0 = a.pos0;
   p.scale = a.scale;
   // Splits of the longest row's positions: enough blocks to fill the GPU (decode has only
-  // `heads` rows x heads), at least 64 positions each.
+  // `heads` blocks per row), at least 64 positions each.
   const int max_len = a.pos0 + int(T);
   const int want = std::max(1, 264 / int(T * nh));
   p.split_len = std::max(64, (max_len + want - 1) / want);
   p.splits = (max_len + p.split_len - 1) / p.split_len;
-  p.part = scratch_attention(T * nh * size_t(p.splits) * (hd + 2));
-  attention_partial_kernel<<<dim3(unsigned(T * nh), unsigned(p.splits)), kWarps * 32, 0, stream_>>>(
-      p);
+  p.part = scratch_attention(T * nh * size_t(p.splits) * (dv + 2));
+  const dim3 grid(unsigned(T * nh), unsigned(p.splits));
+  if (std::max(dk, dv) <= 256)
+    attention_partial_kernel<8><<<grid, kWarps * 32, 0, stream_>>>(p);
+  else
+    attention_partial_kernel<kMaxHeadDim / 32><<<grid, kWarps * 32, 0, stream_>>>(p);
   check_launch("attention");
-  attention_merge_kernel<<<unsigned(T * nh), hd >= 64 ? 128 : 32, 0, stream_>>>(p);
+  attention_merge_kernel<<<unsigned(T * nh), dv >= 64 ? 128 : 32, 0, stream_>>>(p);
   check_launch("attention (merge)");
 }
 

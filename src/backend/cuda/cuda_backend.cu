@@ -190,6 +190,84 @@ __global__ void route_softmax_kernel(const float* logits, size_t ld, int E, int 
   if (norm && lane < k) weights[t * k + lane] /= chosen_sum;
 }
 
+// RouterKind::SigmoidGroupTopK (DeepSeek-V3's noaux_tc), one warp per token, as the CPU's
+// cpu_route.cpp computes it: s = sigmoid(logit), c = s + bias; group score = sum of the group's
+// two largest c; groups ranked (ties: lower index), experts of all but topk_group groups drop
+// out; k rounds of arg-max over c (ties: lower index); w = s (/ (Σ s + 1e-20)) · scaling.
+// Shared memory: [2E + n_group] floats.
+__global__ void route_group_kernel(const float* logits, size_t ld, int E, int k, int G, int keep,
+                                   int norm, float scaling, const float* bias, int32_t* ids,
+                                   float* weights) {
+  extern __shared__ float sm[];
+  float* s = sm;
+  float* c = sm + E;
+  float* group = sm + 2 * E;
+  const int t = blockIdx.x, lane = threadIdx.x, per = E / G;
+  const float* l = logits + static_cast<size_t>(t) * ld;
+  for (int e = lane; e < E; e += 32) {
+    s[e] = 1.0f / (1.0f + expf(-l[e]));
+    c[e] = s[e] + bias[e];
+  }
+  __syncwarp();
+  for (int g = lane; g < G; g += 32) {
+    float a = -INFINITY, b = -INFINITY;
+    for (int e = g * per; e < (g + 1) * per; ++e) {
+      if (c[e] > a) {
+        b = a;
+        a = c[e];
+      } else if (c[e] > b) {
+        b = c[e];
+      }
+    }
+    group[g] = a + b;
+  }
+  __syncwarp();
+  bool drop[2] = {false, false};  // for groups lane and lane + 32 (G <= 64)
+  for (int i = 0; i < 2; ++i) {
+    const int g = lane + 32 * i;
+    if (g >= G || keep >= G) continue;
+    int above = 0;
+    for (int o = 0; o < G; ++o) above += group[o] > group[g] || (group[o] == group[g] && o < g);
+    drop[i] = above >= keep;
+  }
+  __syncwarp();
+  for (int i = 0; i < 2; ++i) {
+    const int g = lane + 32 * i;
+    if (g < G && drop[i])
+      for (int e = g * per; e < (g + 1) * per; ++e) c[e] = -INFINITY;
+  }
+  __syncwarp();
+  float chosen = 0.0f;
+  for (int i = 0; i < k; ++i) {
+    float best = -INFINITY;
+    int at = E;
+    for (int e = lane; e < E; e += 32)
+      if (c[e] > best) best = c[e], at = e;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+      const int oa = __shfl_xor_sync(0xffffffffu, at, o);
+      if (ob > best || (ob == best && oa < at)) best = ob, at = oa;
+    }
+    const float sv = at < E ? s[at] : 0.0f;
+    if (lane == 0) {
+      ids[t * k + i] = at;
+      weights[t * k + i] = sv;
+    }
+    chosen += sv;
+    __syncwarp();
+    if (lane == 0 && at < E) c[at] = -INFINITY;
+    __syncwarp();
+  }
+  const float f = (norm ? 1.0f / (chosen + 1e-20f) : 1.0f) * scaling;
+  if (lane < k) weights[t * k + lane] *= f;
+}
+
+__global__ void copy_kernel(Vecs src, Vecs dst) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= src.count * src.dim) return;
+  dst.at(i / src.dim)[i % src.dim] = src.at(i / src.dim)[i % src.dim];
+}
+
 // out[t] += Σ_s w[t,s] slots[t*S + s] in slot order; w from routed (s < K) or the gate.
 __global__ void combine_kernel(const float* slots, size_t lds, int S, const float* routed, int K,
                                const float* gate, size_t ldg, float* out, size_t ldo, int T,
@@ -493,15 +571,34 @@ void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const Rout
   MF_ASSERT(logits.rank == 2 && spec.top_k > 0 && out.k == static_cast<size_t>(spec.top_k));
   const size_t T = logits.rows(), E = logits.shape[1], k = out.k;
   MF_ASSERT(k <= E && k <= 32 && out.ids && out.weights && out.device_weights);
-  MF_ASSERT(spec.kind == RouterKind::SoftmaxTopK);
-  int32_t* ids = scratch_ids(T * k);
-  route_softmax_kernel<<<static_cast<unsigned>(T), 32, E * sizeof(float), stream_>>>(
-      logits.f32(), logits.pitch(), static_cast<int>(E), static_cast<int>(k),
-      spec.norm_topk_prob ? 1 : 0, ids, out.device_weights);
+  int32_t* ids = out.device_ids ? out.device_ids : scratch_ids(T * k);
+  if (spec.kind == RouterKind::SigmoidGroupTopK) {
+    const size_t G = size_t(spec.n_group);
+    MF_ASSERT(spec.bias && G > 0 && G <= 64 && E % G == 0 && E / G >= 2 && spec.topk_group > 0 &&
+              spec.topk_group <= spec.n_group && k <= size_t(spec.topk_group) * (E / G));
+    route_group_kernel<<<static_cast<unsigned>(T), 32, (2 * E + G) * sizeof(float), stream_>>>(
+        logits.f32(), logits.pitch(), int(E), int(k), int(G), spec.topk_group,
+        spec.norm_topk_prob ? 1 : 0, spec.routed_scaling_factor, spec.bias, ids,
+        out.device_weights);
+  } else {
+    MF_ASSERT(spec.kind == RouterKind::SoftmaxTopK);
+    route_softmax_kernel<<<static_cast<unsigned>(T), 32, E * sizeof(float), stream_>>>(
+        logits.f32(), logits.pitch(), static_cast<int>(E), static_cast<int>(k),
+        spec.norm_topk_prob ? 1 : 0, ids, out.device_weights);
+  }
   check_launch("route");
   MF_CUDA(cudaMemcpyAsync(out.ids, ids, T * k * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
   MF_CUDA(cudaMemcpyAsync(out.weights, out.device_weights, T * k * sizeof(float),
                           cudaMemcpyDeviceToHost, stream_));
+}
+
+void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
+  const OpTimer timer(*this, "copy", src.rows());
+  MF_ASSERT(src.rank == dst.rank && src.shape == dst.shape);
+  if (src.empty()) return;
+  const Vecs s = vecs_of(src), d = vecs_of(dst);
+  copy_kernel<<<blocks_for(s.count * s.dim, 256), 256, 0, stream_>>>(s, d);
+  check_launch("copy");
 }
 
 void CudaBackend::combine(const CombineArgs& a) {

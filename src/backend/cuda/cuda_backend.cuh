@@ -52,6 +52,8 @@ class CudaBackend final : public Backend {
   void matmul(const Tensor& X, std::span<const Projection> proj) override;
   void rope(const Tensor& x, const RopeTable& table, int pos0) override;
   void attention(const AttentionArgs& a) override;
+  void head_matmul(const Tensor& X, const MatrixView& W, const Tensor& Y) override;
+  void copy(const Tensor& src, const Tensor& dst) override;
   void conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
                    const Tensor& y) override;
   void gated_delta_rule(const DeltaRuleArgs& a) override;

@@ -364,4 +364,26 @@ void CudaBackend::matmul(const Tensor& X, std::span<const Projection> proj) {
   run_matmuls(descs_, /*reused=*/true);
 }
 
+void CudaBackend::head_matmul(const Tensor& X, const MatrixView& W, const Tensor& Y) {
+  const OpTimer timer(*this, "head_matmul", X.rows());
+  MF_ASSERT(X.rank == 3 && Y.rank == 3 && X.shape[0] == Y.shape[0] && X.shape[1] == Y.shape[1]);
+  const size_t T = X.shape[0], heads = X.shape[1], C = X.shape[2], R = Y.shape[2];
+  MF_ASSERT(W.cols == C && W.rows == heads * R);
+  if (T == 0) return;
+  // One product per head: W_h (rows [h R, (h + 1) R)) over that head's vectors of X.
+  descs_.clear();
+  for (size_t h = 0; h < heads; ++h) {
+    MatmulDesc d = blank_desc();
+    d.w = dev_mat(W.row_slice(h * R, R));
+    d.x = X.vec(0, h);
+    d.ldx = static_cast<int>(X.stride[0]);
+    d.y = Y.vec(0, h);
+    d.ldy = static_cast<int>(Y.stride[0]);
+    d.T = static_cast<int>(T);
+    d.mode = kStore;
+    descs_.push_back(d);
+  }
+  run_matmuls(descs_, /*reused=*/true);
+}
+
 }  // namespace moeflux::cuda
