@@ -189,7 +189,7 @@ void validate(const ModelConfig& c, const std::string& source,
     bad("rope_theta", "must exceed 1 for yarn (found " + num(r.theta) + ")");
   if (!(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1))
     bad("partial_rotary_factor", "must be in (0, 1] (found " + num(r.partial_rotary_factor) + ")");
-  if (c.rotary_dim() <= 0 || c.rotary_dim() % 2 != 0)
+  if (!c.latent_attention() && (c.rotary_dim() <= 0 || c.rotary_dim() % 2 != 0))
     bad("partial_rotary_factor", "times head_dim must be a positive even number (found " +
                                      std::to_string(c.rotary_dim()) + ")");
   if (r.type != "default" && !(r.factor > 0))
@@ -317,6 +317,12 @@ size_t ModelConfig::kv_floats_per_token(int layer) const {
       return 0;
   }
   return 0;
+}
+
+size_t ModelConfig::kv_bytes_per_token() const {
+  size_t n = 0;
+  for (int l = 0; l < num_layers; ++l) n += kv_floats_per_token(l);
+  return n * sizeof(float);
 }
 
 int ModelConfig::num_moe_layers() const {

@@ -204,6 +204,8 @@ Runner add_bench(CLI::App& app) {
     report["prefill_tok_s"] = {{"median", median(prefill)}, {"runs", prefill}};
     report["decode_tok_s"] = {{"median", median(decode)}, {"runs", decode}};
     report["decode_streaming"] = last_stream;
+    // What each position adds to the session's cache (MLA: latent + rope key per layer).
+    report["kv_cache_bytes_per_token"] = c.kv_bytes_per_token();
     // Achieved storage bandwidth during the last decode: over its wall time (what the token
     // rate needs) and over the time reads were actually outstanding (what the device gave).
     const double wall_gbs = storage_bytes / std::max(last_decode_seconds, 1e-12) / 1e9;
@@ -260,6 +262,8 @@ Runner add_bench(CLI::App& app) {
     const json& bpt = last_stream["bytes_per_token"];
     std::printf("decode   %.2f tok/s (median of %d), prefill %.1f tok/s\n", median(decode),
                 a->repeat, median(prefill));
+    std::printf("kv cache %.1f KiB/token (float32, all layers)\n",
+                static_cast<double>(c.kv_bytes_per_token()) / 1024);
     std::printf("experts  %.2f MiB/token requested:", bpt["requested"].get<double>() / 1048576);
     std::string hits;
     for (const json& tier : last_stream["tiers"]) {
