@@ -277,8 +277,8 @@ TEST_P(BackendOps, AttentionWithValuesNarrowerThanKeysSharingTheCache) {
 TEST_P(BackendOps, HeadMatmulAppliesEachHeadsBlockOfRows) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   const size_t heads = 5, C = 64, R = 24;
-  for (QuantFormat f : {QuantFormat::f32(), QuantFormat::bf16(), QuantFormat::q8_0(),
-                        QuantFormat::q4()}) {
+  for (QuantFormat f :
+       {QuantFormat::f32(), QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4()}) {
     for (size_t T : {1, 7}) {
       SCOPED_TRACE(format_name(f) + ", T=" + std::to_string(T));
       RandomMatrix W(f, heads * R, C, rng_);
@@ -303,7 +303,8 @@ TEST_P(BackendOps, CopyBetweenStridedHeads) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   HostTensor src(3, 4 * 10), dst(3, 4 * 7);
   src.randomize(rng_);
-  const Tensor s = src.t.cols_view(6, 34).heads(4, 4, 10), d = dst.t.cols_view(3, 25).heads(4, 4, 7);
+  const Tensor s = src.t.cols_view(6, 34).heads(4, 4, 10),
+               d = dst.t.cols_view(3, 25).heads(4, 4, 7);
   be_->copy(s, d);
   std::vector<bool> written(28, false);
   for (size_t h = 0; h < 4; ++h)

@@ -147,28 +147,52 @@ TEST(Config, ClearErrors) {
 
 // DeepSeek-V3 as its published config.json spells it (transformers 4.x: rope_scaling yarn).
 json deepseek_v3_base() {
-  return {{"model_type", "deepseek_v3"}, {"vocab_size", 256},        {"hidden_size", 64},
-          {"intermediate_size", 128},    {"moe_intermediate_size", 64}, {"num_hidden_layers", 5},
-          {"num_attention_heads", 4},    {"num_key_value_heads", 4}, {"n_shared_experts", 2},
-          {"n_routed_experts", 16},      {"routed_scaling_factor", 2.5}, {"kv_lora_rank", 32},
-          {"q_lora_rank", 48},           {"qk_rope_head_dim", 8},    {"v_head_dim", 16},
-          {"qk_nope_head_dim", 24},      {"topk_method", "noaux_tc"}, {"n_group", 4},
-          {"topk_group", 2},             {"num_experts_per_tok", 4}, {"moe_layer_freq", 1},
-          {"first_k_dense_replace", 2},  {"norm_topk_prob", true},   {"scoring_func", "sigmoid"},
-          {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000},
+  return {{"model_type", "deepseek_v3"},
+          {"vocab_size", 256},
+          {"hidden_size", 64},
+          {"intermediate_size", 128},
+          {"moe_intermediate_size", 64},
+          {"num_hidden_layers", 5},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 4},
+          {"n_shared_experts", 2},
+          {"n_routed_experts", 16},
+          {"routed_scaling_factor", 2.5},
+          {"kv_lora_rank", 32},
+          {"q_lora_rank", 48},
+          {"qk_rope_head_dim", 8},
+          {"v_head_dim", 16},
+          {"qk_nope_head_dim", 24},
+          {"topk_method", "noaux_tc"},
+          {"n_group", 4},
+          {"topk_group", 2},
+          {"num_experts_per_tok", 4},
+          {"moe_layer_freq", 1},
+          {"first_k_dense_replace", 2},
+          {"norm_topk_prob", true},
+          {"scoring_func", "sigmoid"},
+          {"max_position_embeddings", 4096},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000},
           {"num_nextn_predict_layers", 1},
           {"rope_scaling",
-           {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
-            {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 1.0}, {"mscale_all_dim", 1.0}}}};
+           {{"type", "yarn"},
+            {"factor", 40},
+            {"original_max_position_embeddings", 4096},
+            {"beta_fast", 32},
+            {"beta_slow", 1},
+            {"mscale", 1.0},
+            {"mscale_all_dim", 1.0}}}};
 }
 
 json glm4_moe_base() {
-  return {{"model_type", "glm4_moe"},    {"vocab_size", 256},          {"hidden_size", 64},
-          {"intermediate_size", 128},    {"moe_intermediate_size", 64}, {"num_hidden_layers", 3},
-          {"num_attention_heads", 4},    {"num_key_value_heads", 2},   {"head_dim", 32},
-          {"n_routed_experts", 8},       {"n_shared_experts", 1},      {"num_experts_per_tok", 2},
-          {"first_k_dense_replace", 1},  {"attention_bias", true},     {"rope_theta", 1e6},
-          {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-5}};
+  return {
+      {"model_type", "glm4_moe"},        {"vocab_size", 256},           {"hidden_size", 64},
+      {"intermediate_size", 128},        {"moe_intermediate_size", 64}, {"num_hidden_layers", 3},
+      {"num_attention_heads", 4},        {"num_key_value_heads", 2},    {"head_dim", 32},
+      {"n_routed_experts", 8},           {"n_shared_experts", 1},       {"num_experts_per_tok", 2},
+      {"first_k_dense_replace", 1},      {"attention_bias", true},      {"rope_theta", 1e6},
+      {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-5}};
 }
 
 TEST(Config, DeepseekV3PublishedSpelling) {
@@ -228,7 +252,8 @@ TEST(Config, Glm4MoeSpellings) {
   EXPECT_EQ(c.layer_is_moe, (std::vector<bool>{false, true, true}));
   json j = glm4_moe_base();
   j.erase("rope_theta");
-  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 1e6}, {"partial_rotary_factor", 0.25}};
+  j["rope_parameters"] = {
+      {"rope_type", "default"}, {"rope_theta", 1e6}, {"partial_rotary_factor", 0.25}};
   j["use_qk_norm"] = true;
   c = ModelConfig::from_hf_json(j, "config.json");
   EXPECT_EQ(c.rotary_dim(), 8);
@@ -249,7 +274,8 @@ TEST(Config, GroupedRouterAndMlaValuesRefusedByKey) {
       {"n_group", 16, "'n_group' leaves fewer than 2 experts per group"},
       {"n_group", 0, "'n_group' must be positive"},
       {"topk_group", 5, "'topk_group' (5) exceeds n_group (4)"},
-      {"num_experts_per_tok", 9, "'num_experts_per_tok' (9) exceeds the experts of the kept groups"},
+      {"num_experts_per_tok", 9,
+       "'num_experts_per_tok' (9) exceeds the experts of the kept groups"},
       {"routed_scaling_factor", 0, "'routed_scaling_factor' must be in (0, 1e6]"},
       {"scoring_func", "softmax", "'scoring_func' 'softmax' is not supported"},
       {"topk_method", "greedy", "'topk_method' 'greedy' is not supported"},

@@ -52,8 +52,8 @@ TEST(Convert, MtpLayerIsSkippedWithANote) {
   const Package pkg = Package::open(tmp / "pkg");
   EXPECT_EQ(pkg.config().num_layers, 3);
   // --k above the experts of the groups the router keeps (4 groups of 4, keep 2) is refused.
-  const CommandResult k = run_moeflux({"logits", "-m", tmp / "pkg", "--tokens", "1,2", "--k", "9",
-                                       "--out", tmp / "l.npy"});
+  const CommandResult k = run_moeflux(
+      {"logits", "-m", tmp / "pkg", "--tokens", "1,2", "--k", "9", "--out", tmp / "l.npy"});
   EXPECT_NE(k.exit_code, 0);
   EXPECT_NE(k.err.find("--k 9 exceeds the 8 experts of the groups the router keeps"),
             std::string::npos)

@@ -256,12 +256,9 @@ json kimi_k2() {
   j["num_attention_heads"] = 64;
   j["num_key_value_heads"] = 64;
   j["num_nextn_predict_layers"] = 0;
-  j["rope_scaling"] = {{"beta_fast", 1.0},
-                       {"beta_slow", 1.0},
-                       {"factor", 32.0},
-                       {"mscale", 1.0},
-                       {"mscale_all_dim", 1.0},
-                       {"original_max_position_embeddings", 4096},
+  j["rope_scaling"] = {{"beta_fast", 1.0},      {"beta_slow", 1.0},
+                       {"factor", 32.0},        {"mscale", 1.0},
+                       {"mscale_all_dim", 1.0}, {"original_max_position_embeddings", 4096},
                        {"type", "yarn"}};
   j["rope_theta"] = 50000.0;
   j["routed_scaling_factor"] = 2.827;

@@ -27,9 +27,10 @@ Runner add_inspect(CLI::App& app) {
     const int moe = c.num_moe_layers();
     std::printf("package      %s (format version %d)\n", dir->c_str(), pkg.manifest().version);
     std::printf("family       %s (model_type %s)\n", family_name(c.family), c.model_type.c_str());
-    std::printf("layers       %d: %d full attention, %d linear attention (Gated DeltaNet), %d latent "
-                "attention (MLA); %d MoE, %d dense\n",
-                c.num_layers, full, linear, mla, moe, c.num_layers - moe);
+    std::printf(
+        "layers       %d: %d full attention, %d linear attention (Gated DeltaNet), %d latent "
+        "attention (MLA); %d MoE, %d dense\n",
+        c.num_layers, full, linear, mla, moe, c.num_layers - moe);
     std::printf("hidden       %d, vocab %d, heads %d (kv %d) x %d, rotary dim %d, rope %s theta %g\n",
                 c.hidden_size, c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim(),
                 c.rope.type.c_str(), c.rope.theta);
@@ -49,8 +50,8 @@ Runner add_inspect(CLI::App& app) {
                     ? (", shared expert " + std::to_string(c.shared_expert_intermediate_size)).c_str()
                     : "");
     if (c.grouped_router())
-      std::printf("router       sigmoid + correction bias, %d groups keep %d, scaling %g\n", c.n_group,
-                  c.topk_group, c.routed_scaling_factor);
+      std::printf("router       sigmoid + correction bias, %d groups keep %d, scaling %g\n",
+                  c.n_group, c.topk_group, c.routed_scaling_factor);
     std::map<std::string, std::pair<int, uint64_t>> fmts;
     for (const auto& t : pkg.manifest().resident) {
       auto& f = fmts[format_name(t.fmt)];
