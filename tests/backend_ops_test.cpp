@@ -21,15 +21,27 @@
 namespace moeflux::test {
 namespace {
 
-double sigmoid(double x) {
-  return 1.0 / (1.0 + std::exp(-x));
+double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+
+// One query's attention in float64: o = Σ_j softmax_j(scale · q·K[j]) V[j] over len positions,
+// K[j] = K0 + j * k_pitch (dk floats), V[j] = V0 + j * v_pitch (dv floats).
+std::vector<double> reference_attention(const float* q, const float* K0, size_t k_pitch,
+                                        const float* V0, size_t v_pitch, size_t len, size_t dk,
+                                        size_t dv, double scale) {
+  std::vector<double> s(len), o(dv, 0.0);
+  double mx = -1e300, sum = 0;
+  for (size_t j = 0; j < len; ++j) {
+    double dot = 0;
+    for (size_t d = 0; d < dk; ++d) dot += double(q[d]) * K0[j * k_pitch + d];
+    mx = std::max(mx, s[j] = dot * scale);
+  }
+  for (double& e : s) sum += (e = std::exp(e - mx));
+  for (size_t j = 0; j < len; ++j)
+    for (size_t d = 0; d < dv; ++d) o[d] += s[j] / sum * V0[j * v_pitch + d];
+  return o;
 }
-double silu(double x) {
-  return x * sigmoid(x);
-}
-double softplus(double x) {
-  return x > 20 ? x : std::log1p(std::exp(x));
-}
+double silu(double x) { return x * sigmoid(x); }
+double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (name == "cpu") return std::make_unique<CpuBackend>(3);  // > cores: exercises the splits
@@ -205,18 +217,11 @@ TEST_P(BackendOps, CausalAttentionWithGqaOverTheCache) {
     for (size_t t = 0; t < T; ++t)
       for (size_t h = 0; h < nh; ++h) {
         const size_t kv = h / (nh / nkv), len = pos0 + t + 1;
-        std::vector<double> s(len);
-        double mx = -1e300, sum = 0;
-        for (size_t j = 0; j < len; ++j) {
-          double dot = 0;
-          for (size_t d = 0; d < hd; ++d) dot += double(q.at(t, h * hd + d)) * K.at(j, kv * hd + d);
-          s[j] = dot * 0.25;
-          mx = std::max(mx, s[j]);
-        }
-        for (double& e : s) sum += (e = std::exp(e - mx));
+        const std::vector<double> ref =
+            reference_attention(&q.at(t, h * hd), &K.at(0, kv * hd), K.t.pitch(),
+                                &V.at(0, kv * hd), V.t.pitch(), len, hd, hd, 0.25);
         for (size_t d = 0; d < hd; ++d) {
-          double o = 0;
-          for (size_t j = 0; j < len; ++j) o += s[j] / sum * V.at(j, kv * hd + d);
+          double o = ref[d];
           if (gated) o *= sigmoid(g.at(t, h * hd + d));
           ASSERT_NEAR(out.at(t, h * hd + d), o, 1e-5) << t << "," << h << "," << d;
         }
@@ -249,28 +254,19 @@ TEST_P(BackendOps, AttentionWithValuesNarrowerThanKeysSharingTheCache) {
     for (size_t d = 0; d < dk; ++d) ASSERT_EQ(K.at(pos0 + t, d), kv.at(t, d)) << "not appended";
   for (size_t t = 0; t < T; ++t)
     for (size_t h = 0; h < nh; ++h) {
-      const size_t len = pos0 + t + 1;
-      std::vector<double> s(len);
-      double mx = -1e300, sum = 0;
-      for (size_t j = 0; j < len; ++j) {
-        double dot = 0;
-        for (size_t d = 0; d < dk; ++d) dot += double(q.at(t, h * dk + d)) * K.at(j, d);
-        mx = std::max(mx, s[j] = dot * 0.3);
-      }
-      for (double& e : s) sum += (e = std::exp(e - mx));
-      for (size_t d = 0; d < L; ++d) {
-        double o = 0;
-        for (size_t j = 0; j < len; ++j) o += s[j] / sum * K.at(j, d);
-        ASSERT_NEAR(out.at(t, h * L + d), o, 1e-5) << t << "," << h << "," << d;
-      }
+      const std::vector<double> ref = reference_attention(
+          &q.at(t, h * dk), &K.at(0, 0), K.t.pitch(), &K.at(0, 0), K.t.pitch(), pos0 + t + 1, dk,
+          L, 0.3);
+      for (size_t d = 0; d < L; ++d)
+        ASSERT_NEAR(out.at(t, h * L + d), ref[d], 1e-5) << t << "," << h << "," << d;
     }
 }
 
 TEST_P(BackendOps, HeadMatmulAppliesEachHeadsBlockOfRows) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   const size_t heads = 5, C = 64, R = 24;
-  for (QuantFormat f : {QuantFormat::f32(), QuantFormat::bf16(), QuantFormat::q8_0(),
-                        QuantFormat::q4()}) {
+  for (QuantFormat f :
+       {QuantFormat::f32(), QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4()}) {
     for (size_t T : {1, 7}) {
       SCOPED_TRACE(format_name(f) + ", T=" + std::to_string(T));
       RandomMatrix W(f, heads * R, C, rng_);
@@ -295,7 +291,8 @@ TEST_P(BackendOps, CopyBetweenStridedHeads) {
   SCOPED_TRACE("seed " + std::to_string(seed_));
   HostTensor src(3, 4 * 10), dst(3, 4 * 7);
   src.randomize(rng_);
-  const Tensor s = src.t.cols_view(6, 34).heads(4, 4, 10), d = dst.t.cols_view(3, 25).heads(4, 4, 7);
+  const Tensor s = src.t.cols_view(6, 34).heads(4, 4, 10),
+               d = dst.t.cols_view(3, 25).heads(4, 4, 7);
   be_->copy(s, d);
   std::vector<bool> written(28, false);
   for (size_t h = 0; h < 4; ++h)

@@ -145,6 +145,157 @@ TEST(Config, ClearErrors) {
   expect_error(j, "layer_types");
 }
 
+// DeepSeek-V3 as its published config.json spells it (transformers 4.x: rope_scaling yarn).
+json deepseek_v3_base() {
+  return {{"model_type", "deepseek_v3"},
+          {"vocab_size", 256},
+          {"hidden_size", 64},
+          {"intermediate_size", 128},
+          {"moe_intermediate_size", 64},
+          {"num_hidden_layers", 5},
+          {"num_attention_heads", 4},
+          {"num_key_value_heads", 4},
+          {"n_shared_experts", 2},
+          {"n_routed_experts", 16},
+          {"routed_scaling_factor", 2.5},
+          {"kv_lora_rank", 32},
+          {"q_lora_rank", 48},
+          {"qk_rope_head_dim", 8},
+          {"v_head_dim", 16},
+          {"qk_nope_head_dim", 24},
+          {"topk_method", "noaux_tc"},
+          {"n_group", 4},
+          {"topk_group", 2},
+          {"num_experts_per_tok", 4},
+          {"moe_layer_freq", 1},
+          {"first_k_dense_replace", 2},
+          {"norm_topk_prob", true},
+          {"scoring_func", "sigmoid"},
+          {"max_position_embeddings", 4096},
+          {"rms_norm_eps", 1e-6},
+          {"rope_theta", 10000},
+          {"num_nextn_predict_layers", 1},
+          {"rope_scaling",
+           {{"type", "yarn"},
+            {"factor", 40},
+            {"original_max_position_embeddings", 4096},
+            {"beta_fast", 32},
+            {"beta_slow", 1},
+            {"mscale", 1.0},
+            {"mscale_all_dim", 1.0}}}};
+}
+
+json glm4_moe_base() {
+  return {
+      {"model_type", "glm4_moe"},        {"vocab_size", 256},           {"hidden_size", 64},
+      {"intermediate_size", 128},        {"moe_intermediate_size", 64}, {"num_hidden_layers", 3},
+      {"num_attention_heads", 4},        {"num_key_value_heads", 2},    {"head_dim", 32},
+      {"n_routed_experts", 8},           {"n_shared_experts", 1},       {"num_experts_per_tok", 2},
+      {"first_k_dense_replace", 1},      {"attention_bias", true},      {"rope_theta", 1e6},
+      {"max_position_embeddings", 4096}, {"rms_norm_eps", 1e-5}};
+}
+
+TEST(Config, DeepseekV3PublishedSpelling) {
+  const ModelConfig c = ModelConfig::from_hf_json(deepseek_v3_base(), "config.json");
+  EXPECT_EQ(c.family, Family::DeepseekV3);
+  EXPECT_EQ(c.num_experts, 16);
+  EXPECT_EQ(c.shared_expert_intermediate_size, 128);  // 2 shared experts of 64, fused
+  EXPECT_FALSE(c.shared_expert_gate);
+  EXPECT_EQ(c.n_group, 4);
+  EXPECT_EQ(c.topk_group, 2);
+  EXPECT_DOUBLE_EQ(c.routed_scaling_factor, 2.5);
+  EXPECT_EQ(c.q_lora_rank, 48);
+  EXPECT_EQ(c.head_dim, 32);  // nope + rope
+  EXPECT_EQ(c.rotary_dim(), 8);
+  EXPECT_TRUE(c.rope_interleave);  // DeepseekV3Config's default
+  EXPECT_EQ(c.rope.type, "yarn");
+  EXPECT_DOUBLE_EQ(c.rope.mscale_all_dim, 1.0);
+  EXPECT_EQ(c.mtp_layers, 1);
+  EXPECT_EQ(c.layer_is_moe, (std::vector<bool>{false, false, true, true, true}));
+  for (LayerKind k : c.layer_kind) EXPECT_EQ(k, LayerKind::LatentAttention);
+  EXPECT_EQ(c.kv_floats_per_token(0), 40u);  // latent 32 + rope key 8
+  const ModelConfig b = ModelConfig::from_json(c.to_json(), "manifest.json");
+  EXPECT_EQ(c.to_json(), b.to_json());
+}
+
+TEST(Config, DeepseekV3Transformers5AndKimiK2) {
+  json j = deepseek_v3_base();
+  j.erase("rope_scaling");
+  j.erase("rope_theta");
+  j.erase("n_routed_experts");
+  j["num_local_experts"] = 16;  // the attribute-map spelling
+  j["q_lora_rank"] = nullptr;   // a plain q_proj
+  j["rope_interleave"] = false;
+  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5e4}};
+  j["head_dim"] = 8;  // 5.x writes qk_rope_head_dim here; MLA's q/k width is nope + rope
+  ModelConfig c = ModelConfig::from_hf_json(j, "config.json");
+  EXPECT_EQ(c.num_experts, 16);
+  EXPECT_EQ(c.q_lora_rank, 0);
+  EXPECT_FALSE(c.rope_interleave);
+  EXPECT_EQ(c.head_dim, 32);
+  EXPECT_DOUBLE_EQ(c.rope.theta, 5e4);
+  j["model_type"] = "kimi_k2";
+  c = ModelConfig::from_hf_json(j, "config.json");
+  EXPECT_EQ(c.family, Family::DeepseekV3);
+  EXPECT_EQ(c.model_type, "kimi_k2");
+}
+
+TEST(Config, Glm4MoeSpellings) {
+  ModelConfig c = ModelConfig::from_hf_json(glm4_moe_base(), "config.json");
+  EXPECT_EQ(c.family, Family::Glm4Moe);
+  EXPECT_EQ(c.rotary_dim(), 16);  // Glm4MoeConfig's partial_rotary_factor default: 0.5
+  EXPECT_FALSE(c.qk_norm);
+  EXPECT_TRUE(c.attention_bias);
+  EXPECT_FALSE(c.o_proj_bias());
+  EXPECT_EQ(c.n_group, 1);
+  EXPECT_DOUBLE_EQ(c.routed_scaling_factor, 1.0);
+  EXPECT_EQ(c.layer_is_moe, (std::vector<bool>{false, true, true}));
+  json j = glm4_moe_base();
+  j.erase("rope_theta");
+  j["rope_parameters"] = {
+      {"rope_type", "default"}, {"rope_theta", 1e6}, {"partial_rotary_factor", 0.25}};
+  j["use_qk_norm"] = true;
+  c = ModelConfig::from_hf_json(j, "config.json");
+  EXPECT_EQ(c.rotary_dim(), 8);
+  EXPECT_TRUE(c.qk_norm);
+  const ModelConfig b = ModelConfig::from_json(c.to_json(), "manifest.json");
+  EXPECT_EQ(c.to_json(), b.to_json());
+}
+
+TEST(Config, GroupedRouterAndMlaValuesRefusedByKey) {
+  struct Case {
+    const char* key;
+    json value;
+    const char* needle;
+  };
+  const Case cases[] = {
+      {"moe_layer_freq", 2, "'moe_layer_freq' 2 is not supported"},
+      {"n_group", 3, "'n_routed_experts' (16) must be a multiple of n_group (3)"},
+      {"n_group", 16, "'n_group' leaves fewer than 2 experts per group"},
+      {"n_group", 0, "'n_group' must be positive"},
+      {"topk_group", 5, "'topk_group' (5) exceeds n_group (4)"},
+      {"num_experts_per_tok", 9,
+       "'num_experts_per_tok' (9) exceeds the experts of the kept groups"},
+      {"routed_scaling_factor", 0, "'routed_scaling_factor' must be in (0, 1e6]"},
+      {"scoring_func", "softmax", "'scoring_func' 'softmax' is not supported"},
+      {"topk_method", "greedy", "'topk_method' 'greedy' is not supported"},
+      {"kv_lora_rank", 0, "'kv_lora_rank' must be positive"},
+      {"qk_rope_head_dim", 7, "'qk_rope_head_dim' must be a positive even number"},
+      {"v_head_dim", 0, "'v_head_dim' must be positive"},
+      {"attention_bias", true, "'attention_bias' is not supported with MLA"},
+  };
+  for (const Case& c : cases) {
+    json j = deepseek_v3_base();
+    j[c.key] = c.value;
+    expect_error(j, c.needle);
+  }
+  json j = deepseek_v3_base();
+  j.erase("n_routed_experts");
+  j["num_local_experts"] = 8;
+  j["n_group"] = 3;
+  expect_error(j, "'num_local_experts' (8) must be a multiple of n_group (3)");
+}
+
 // What transformers 5.x's save_pretrained() writes for a Qwen3MoeConfig: the attribute_map
 // spelling `num_local_experts`, `rope_parameters`, `dtype`, and the always-written defaults.
 TEST(Config, Qwen3MoeTransformers5SavePretrainedSpelling) {

@@ -117,6 +117,43 @@ TEST(SynthPresets, PublishedValues) {
   }
 }
 
+// The DeepSeek-V3-shaped and GLM presets, as from_hf_json reads them.
+TEST(SynthPresets, DeepseekKimiAndGlmShapes) {
+  const ModelConfig ds = ModelConfig::from_hf_json(
+      synth_config_json(find_synth_preset("deepseek-v3"), 0), "deepseek-v3");
+  EXPECT_EQ(ds.family, Family::DeepseekV3);
+  EXPECT_EQ(ds.num_layers, 61);
+  EXPECT_EQ(ds.num_moe_layers(), 58);  // first_k_dense_replace 3
+  EXPECT_EQ(ds.num_experts, 256);
+  EXPECT_EQ(ds.n_group, 8);
+  EXPECT_EQ(ds.topk_group, 4);
+  EXPECT_EQ(ds.q_lora_rank, 1536);
+  EXPECT_EQ(ds.kv_lora_rank, 512);
+  EXPECT_EQ(ds.head_dim, 192);
+  EXPECT_EQ(ds.rope.type, "yarn");
+  EXPECT_EQ(ds.mtp_layers, 1);
+  // MLA's cache: (512 + 64) floats per layer and position.
+  EXPECT_EQ(ds.kv_bytes_per_token(), size_t{61} * 576 * 4);
+  const ModelConfig kimi =
+      ModelConfig::from_hf_json(synth_config_json(find_synth_preset("kimi-k2"), 0), "kimi-k2");
+  EXPECT_EQ(kimi.family, Family::DeepseekV3);
+  EXPECT_EQ(kimi.model_type, "kimi_k2");
+  EXPECT_EQ(kimi.num_experts, 384);
+  EXPECT_EQ(kimi.num_heads, 64);
+  EXPECT_EQ(kimi.num_moe_layers(), 60);
+  EXPECT_EQ(kimi.n_group, 1);
+  const ModelConfig glm = ModelConfig::from_hf_json(
+      synth_config_json(find_synth_preset("glm-4.5-air"), 0), "glm-4.5-air");
+  EXPECT_EQ(glm.family, Family::Glm4Moe);
+  EXPECT_EQ(glm.num_layers, 46);
+  EXPECT_EQ(glm.num_moe_layers(), 45);
+  EXPECT_EQ(glm.rotary_dim(), 64);
+  EXPECT_TRUE(glm.attention_bias);
+  EXPECT_FALSE(glm.qk_norm);
+  EXPECT_EQ(glm.shared_expert_intermediate_size, 1408);
+  EXPECT_EQ(glm.kv_bytes_per_token(), size_t{46} * 2 * 8 * 128 * 4);
+}
+
 TEST(SynthPresets, LayersKeepThePattern) {
   const ModelConfig c = ModelConfig::from_hf_json(
       synth_config_json(find_synth_preset("qwen3.6-35b-a3b"), 6), "qwen3.6 cut");

@@ -51,8 +51,10 @@ DerivedMatrix derive_matrix(const TensorSpec& spec, const MatrixView& src, const
       std::vector<size_t> perm(src.rows);
       for (size_t r = 0; r < src.rows; ++r) {
         const size_t b = r / block * block, i = r % block, rope0 = block - R;
-        perm[r] = i < rope0 ? r : b + rope0 + (i - rope0 < R / 2 ? 2 * (i - rope0)
-                                                                   : 2 * (i - rope0 - R / 2) + 1);
+        perm[r] =
+            i < rope0
+                ? r
+                : b + rope0 + (i - rope0 < R / 2 ? 2 * (i - rope0) : 2 * (i - rope0 - R / 2) + 1);
       }
       return permute_rows(src, perm);
     }

@@ -120,8 +120,7 @@ std::string SourceCheckpoint::full_name(const std::string& name) const {
 }
 
 MatrixView SourceCheckpoint::decode_fp8(const TensorInfo& w, size_t total_rows, size_t cols,
-                                        size_t row0, size_t rows,
-                                        std::vector<uint8_t>* out) const {
+                                        size_t row0, size_t rows, std::vector<uint8_t>* out) const {
   const std::string base = w.name.substr(0, w.name.size() - std::string("weight").size());
   const TensorInfo* sc = ckpt_.find(base + "weight_scale_inv");
   if (!sc) fail(w.file + ": FP8 tensor '" + w.name + "' has no '" + base + "weight_scale_inv'");
@@ -142,7 +141,8 @@ MatrixView SourceCheckpoint::decode_fp8(const TensorInfo& w, size_t total_rows, 
   const std::vector<int64_t> want = {(R + block_r - 1) / block_r, (C + block_c - 1) / block_c};
   if (sc->shape != want) shape_error(*sc, want);
   if (sc->dtype != DType::F32 && sc->dtype != DType::BF16)
-    fail(sc->file + ": tensor '" + sc->name + "' must be F32 or BF16, found " + dtype_name(sc->dtype));
+    fail(sc->file + ": tensor '" + sc->name + "' must be F32 or BF16, found " +
+         dtype_name(sc->dtype));
   out->resize(rows * cols * 2);
   for (size_t r = 0; r < rows; ++r) {
     const size_t gr = row0 + r;

@@ -185,6 +185,126 @@ json tiny_qwen3_moe() {
           {"mlp_only_layers", {1}}};
 }
 
+// deepseek-ai/DeepSeek-V3 config.json (transformers 4.33 spelling; also DeepSeek-R1's and
+// Cogito-V2 671B's shape): 7168 hidden, 61 layers with the first 3 dense (18432), MLA with 128
+// heads, q_lora 1536, kv_lora 512, nope 128 / rope 64 / v 128, YaRN factor 40 over 4096 with
+// mscale 1 / mscale_all_dim 1, 256 experts of 2048 in 8 groups (topk_group 4), top-8, one
+// shared expert, routed_scaling_factor 2.5, vocab 129280, one MTP layer. The published weights
+// are FP8 (quantization_config omitted here: synth writes bf16 / q8_0 / q4 directly).
+json deepseek_v3_671b() {
+  return {{"architectures", {"DeepseekV3ForCausalLM"}},
+          {"attention_bias", false},
+          {"attention_dropout", 0.0},
+          {"bos_token_id", 0},
+          {"eos_token_id", 1},
+          {"first_k_dense_replace", 3},
+          {"hidden_act", "silu"},
+          {"hidden_size", 7168},
+          {"initializer_range", 0.02},
+          {"intermediate_size", 18432},
+          {"kv_lora_rank", 512},
+          {"max_position_embeddings", 163840},
+          {"model_type", "deepseek_v3"},
+          {"moe_intermediate_size", 2048},
+          {"moe_layer_freq", 1},
+          {"n_group", 8},
+          {"n_routed_experts", 256},
+          {"n_shared_experts", 1},
+          {"norm_topk_prob", true},
+          {"num_attention_heads", 128},
+          {"num_experts_per_tok", 8},
+          {"num_hidden_layers", 61},
+          {"num_key_value_heads", 128},
+          {"num_nextn_predict_layers", 1},
+          {"q_lora_rank", 1536},
+          {"qk_nope_head_dim", 128},
+          {"qk_rope_head_dim", 64},
+          {"rms_norm_eps", 1e-6},
+          {"rope_scaling",
+           {{"beta_fast", 32},
+            {"beta_slow", 1},
+            {"factor", 40},
+            {"mscale", 1.0},
+            {"mscale_all_dim", 1.0},
+            {"original_max_position_embeddings", 4096},
+            {"type", "yarn"}}},
+          {"rope_theta", 10000},
+          {"routed_scaling_factor", 2.5},
+          {"scoring_func", "sigmoid"},
+          {"tie_word_embeddings", false},
+          {"topk_group", 4},
+          {"topk_method", "noaux_tc"},
+          {"torch_dtype", "bfloat16"},
+          {"v_head_dim", 128},
+          {"vocab_size", 129280}};
+}
+
+// moonshotai/Kimi-K2-Instruct config.json: DeepSeek-V3's forward (model_type kimi_k2) at 1T
+// parameters: 64 heads, 384 experts top-8 in one group, first layer dense, routed_scaling_factor
+// 2.827, YaRN factor 32 (beta_fast 1, beta_slow 1) over 4096 with theta 50000, 131072
+// positions, vocab 163840, no MTP layer (values as quoted from the published file in public
+// code).
+json kimi_k2() {
+  json j = deepseek_v3_671b();
+  j["model_type"] = "kimi_k2";
+  j["bos_token_id"] = 163584;
+  j["eos_token_id"] = 163585;
+  j["first_k_dense_replace"] = 1;
+  j["max_position_embeddings"] = 131072;
+  j["n_group"] = 1;
+  j["n_routed_experts"] = 384;
+  j["num_attention_heads"] = 64;
+  j["num_key_value_heads"] = 64;
+  j["num_nextn_predict_layers"] = 0;
+  j["rope_scaling"] = {{"beta_fast", 1.0},      {"beta_slow", 1.0},
+                       {"factor", 32.0},        {"mscale", 1.0},
+                       {"mscale_all_dim", 1.0}, {"original_max_position_embeddings", 4096},
+                       {"type", "yarn"}};
+  j["rope_theta"] = 50000.0;
+  j["routed_scaling_factor"] = 2.827;
+  j["topk_group"] = 1;
+  j["vocab_size"] = 163840;
+  return j;
+}
+
+// zai-org/GLM-4.5-Air config.json: 4096 hidden, 46 layers with the first dense (10944), 96 heads
+// / 8 kv heads of 128 with attention bias and partial rotary 0.5 (theta 1e6), no q/k norm, 128
+// experts of 1408 top-8 in one group, one shared expert, routed_scaling_factor 1, vocab 151552,
+// 131072 positions, one MTP layer.
+json glm_4_5_air() {
+  return {{"architectures", {"Glm4MoeForCausalLM"}},
+          {"attention_bias", true},
+          {"attention_dropout", 0.0},
+          {"first_k_dense_replace", 1},
+          {"head_dim", 128},
+          {"hidden_act", "silu"},
+          {"hidden_size", 4096},
+          {"initializer_range", 0.02},
+          {"intermediate_size", 10944},
+          {"max_position_embeddings", 131072},
+          {"model_type", "glm4_moe"},
+          {"moe_intermediate_size", 1408},
+          {"n_group", 1},
+          {"n_routed_experts", 128},
+          {"n_shared_experts", 1},
+          {"norm_topk_prob", true},
+          {"num_attention_heads", 96},
+          {"num_experts_per_tok", 8},
+          {"num_hidden_layers", 46},
+          {"num_key_value_heads", 8},
+          {"num_nextn_predict_layers", 1},
+          {"partial_rotary_factor", 0.5},
+          {"rms_norm_eps", 1e-5},
+          {"rope_scaling", nullptr},
+          {"rope_theta", 1000000},
+          {"routed_scaling_factor", 1.0},
+          {"tie_word_embeddings", false},
+          {"topk_group", 1},
+          {"torch_dtype", "bfloat16"},
+          {"use_qk_norm", false},
+          {"vocab_size", 151552}};
+}
+
 // Test-only: qwen3_5_moe at toy width, 3:1 linear:full, VL wrapper like the published files.
 json tiny_qwen3_5_moe() {
   json text = {
@@ -366,7 +486,8 @@ std::vector<float> synth_vector(const ModelConfig& c, const TensorSpec& spec, ui
   if (ends_with(name, "linear_attn.norm.weight")) return std::vector<float>(n, 1.0f);  // plain
   if (ends_with(name, "norm.weight"))  // input/post-attention/final/q/k RMSNorm
     return std::vector<float>(n, c.zero_centered_norms() ? 0.0f : 1.0f);
-  if (ends_with(name, ".bias")) return std::vector<float>(n, 0.0f);
+  if (ends_with(name, ".bias") || ends_with(name, "e_score_correction_bias"))
+    return std::vector<float>(n, 0.0f);
   if (ends_with(name, "dt_bias")) return std::vector<float>(n, 1.0f);
   if (ends_with(name, "A_log")) {  // decay rates exp(A_log) in [1, 16)
     Rng r{key};
@@ -484,6 +605,16 @@ const std::vector<SynthPreset>& synth_presets() {
       {"qwen3.5-397b-a17b", Family::Qwen3_5Moe,
        "Qwen/Qwen3.5-397B-A17B: 60 hybrid layers, 512 experts top-10 + shared, hidden 4096", false,
        qwen3_5_397b_a17b()},
+      {"deepseek-v3", Family::DeepseekV3,
+       "deepseek-ai/DeepSeek-V3 (R1, Cogito-V2 671B): 61 MLA layers, 256 experts top-8 + shared, "
+       "hidden 7168",
+       false, deepseek_v3_671b()},
+      {"kimi-k2", Family::DeepseekV3,
+       "moonshotai/Kimi-K2-Instruct: 61 MLA layers, 384 experts top-8 + shared, hidden 7168", false,
+       kimi_k2()},
+      {"glm-4.5-air", Family::Glm4Moe,
+       "zai-org/GLM-4.5-Air: 46 layers, 128 experts top-8 + shared, hidden 4096", false,
+       glm_4_5_air()},
       {"tiny-qwen3-moe", Family::Qwen3Moe, "test-only: qwen3_moe, hidden 64, 4 layers", true,
        tiny_qwen3_moe()},
       {"tiny-qwen3.5-moe", Family::Qwen3_5Moe, "test-only: qwen3_5_moe, hidden 64, 4 layers", true,

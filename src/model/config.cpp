@@ -189,7 +189,7 @@ void validate(const ModelConfig& c, const std::string& source,
     bad("rope_theta", "must exceed 1 for yarn (found " + num(r.theta) + ")");
   if (!(r.partial_rotary_factor > 0 && r.partial_rotary_factor <= 1))
     bad("partial_rotary_factor", "must be in (0, 1] (found " + num(r.partial_rotary_factor) + ")");
-  if (c.rotary_dim() <= 0 || c.rotary_dim() % 2 != 0)
+  if (!c.latent_attention() && (c.rotary_dim() <= 0 || c.rotary_dim() % 2 != 0))
     bad("partial_rotary_factor", "times head_dim must be a positive even number (found " +
                                      std::to_string(c.rotary_dim()) + ")");
   if (r.type != "default" && !(r.factor > 0))
@@ -207,30 +207,31 @@ void validate(const ModelConfig& c, const std::string& source,
     positive("topk_group", c.topk_group);
     multiple("n_routed_experts", c.num_experts, "n_group", c.n_group);
     if (c.topk_group > c.n_group)
-      bad("topk_group", "(" + std::to_string(c.topk_group) + ") exceeds " + names("n_group") + " (" +
-                            std::to_string(c.n_group) + ")");
+      bad("topk_group", "(" + std::to_string(c.topk_group) + ") exceeds " + names("n_group") +
+                            " (" + std::to_string(c.n_group) + ")");
     // A group's score is the sum of its two best experts (transformers' topk(2)).
     if (c.num_experts / c.n_group < 2)
       bad("n_group", "leaves fewer than 2 experts per group (" + std::to_string(c.num_experts) +
                          " experts in " + std::to_string(c.n_group) + " groups)");
     if (c.top_k > c.topk_group * (c.num_experts / c.n_group))
-      bad("num_experts_per_tok", "(" + std::to_string(c.top_k) +
-                                     ") exceeds the experts of the kept groups (" +
-                                     names("topk_group") + " x experts per group = " +
-                                     std::to_string(c.topk_group * (c.num_experts / c.n_group)) +
-                                     ")");
+      bad("num_experts_per_tok",
+          "(" + std::to_string(c.top_k) + ") exceeds the experts of the kept groups (" +
+              names("topk_group") + " x experts per group = " +
+              std::to_string(c.topk_group * (c.num_experts / c.n_group)) + ")");
     if (!(c.routed_scaling_factor > 0 && c.routed_scaling_factor <= 1e6))
-      bad("routed_scaling_factor", "must be in (0, 1e6] (found " + num(c.routed_scaling_factor) + ")");
+      bad("routed_scaling_factor",
+          "must be in (0, 1e6] (found " + num(c.routed_scaling_factor) + ")");
   }
   if (c.latent_attention()) {
-    if (c.attention_bias) bad("attention_bias", "is not supported with MLA (no published model has it)");
+    if (c.attention_bias)
+      bad("attention_bias", "is not supported with MLA (no published model has it)");
     positive("kv_lora_rank", c.kv_lora_rank);
     positive("qk_nope_head_dim", c.qk_nope_head_dim);
     positive("v_head_dim", c.v_head_dim);
     if (c.q_lora_rank < 0) bad("q_lora_rank", "must not be negative");
     if (c.qk_rope_head_dim <= 0 || c.qk_rope_head_dim % 2 != 0)
-      bad("qk_rope_head_dim", "must be a positive even number (found " +
-                                  std::to_string(c.qk_rope_head_dim) + ")");
+      bad("qk_rope_head_dim",
+          "must be a positive even number (found " + std::to_string(c.qk_rope_head_dim) + ")");
   }
   if (c.family == Family::Qwen3_5Moe) {
     positive("linear_conv_kernel_dim", c.linear_conv_kernel);
@@ -319,6 +320,12 @@ size_t ModelConfig::kv_floats_per_token(int layer) const {
   return 0;
 }
 
+size_t ModelConfig::kv_bytes_per_token() const {
+  size_t n = 0;
+  for (int l = 0; l < num_layers; ++l) n += kv_floats_per_token(l);
+  return n * sizeof(float);
+}
+
 int ModelConfig::num_moe_layers() const {
   return static_cast<int>(std::count(layer_is_moe.begin(), layer_is_moe.end(), true));
 }
@@ -367,8 +374,8 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   c.tie_word_embeddings =
       t.get_bool("tie_word_embeddings", outer.get_bool("tie_word_embeddings", false));
   // Glm4MoeConfig's partial_rotary_factor defaults to 0.5, the others' to 1.
-  c.rope = parse_rope(*text, source, c.max_position_embeddings,
-                      c.family == Family::Glm4Moe ? 0.5 : 1.0);
+  c.rope =
+      parse_rope(*text, source, c.max_position_embeddings, c.family == Family::Glm4Moe ? 0.5 : 1.0);
   const std::string act = t.get_string("hidden_act", "silu");
   require(act == "silu", source,
           "unsupported hidden_act '" + printable(act) + "' (supported: silu)");
@@ -378,7 +385,8 @@ ModelConfig ModelConfig::from_hf_json(const json& j, const std::string& source) 
   if (c.grouped_router()) {
     parse_grouped_moe(t, source, c);
     validate(c, source, [&](const char* key) {
-      return std::string(t.spelling(std::strcmp(key, "num_experts") == 0 ? "n_routed_experts" : key));
+      return std::string(
+          t.spelling(std::strcmp(key, "num_experts") == 0 ? "n_routed_experts" : key));
     });
     return c;
   }
@@ -562,12 +570,15 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
     c.linear_num_key_heads = count(j, "linear_num_key_heads");
     c.linear_num_value_heads = count(j, "linear_num_value_heads");
     // Keys added with deepseek_v3 / glm4_moe: packages written before them have their values.
-    auto count_or = [&](const char* key, int dflt) { return j.contains(key) ? count(j, key) : dflt; };
+    auto count_or = [&](const char* key, int dflt) {
+      return j.contains(key) ? count(j, key) : dflt;
+    };
     c.qk_norm = j.value("qk_norm", true);
     c.shared_expert_gate = j.value("shared_expert_gate", c.family == Family::Qwen3_5Moe);
     c.n_group = count_or("n_group", 1);
     c.topk_group = count_or("topk_group", 1);
-    c.routed_scaling_factor = j.contains("routed_scaling_factor") ? real(j, "routed_scaling_factor") : 1.0;
+    c.routed_scaling_factor =
+        j.contains("routed_scaling_factor") ? real(j, "routed_scaling_factor") : 1.0;
     c.q_lora_rank = count_or("q_lora_rank", 0);
     c.kv_lora_rank = count_or("kv_lora_rank", 0);
     c.qk_nope_head_dim = count_or("qk_nope_head_dim", 0);

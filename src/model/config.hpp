@@ -90,6 +90,8 @@ struct ModelConfig {
   bool o_proj_bias() const { return attention_bias && family != Family::Glm4Moe; }
   // Floats of one position's cache in one attention layer (K and V; MLA: latent + rope key).
   size_t kv_floats_per_token(int layer) const;
+  // Bytes one position adds to a sequence's cache over all layers (float32 cache).
+  size_t kv_bytes_per_token() const;
   int linear_key_dim() const { return linear_key_head_dim * linear_num_key_heads; }
   int linear_value_dim() const { return linear_value_head_dim * linear_num_value_heads; }
   int linear_conv_dim() const { return 2 * linear_key_dim() + linear_value_dim(); }

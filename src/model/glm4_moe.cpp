@@ -10,17 +10,11 @@ namespace moeflux {
 
 namespace {
 
-void mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
-  ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
-  input_norm(ctx, w.input_norm, /*zero_centered=*/false);
-  attention_block(ctx, w.attn, layer, /*gated=*/false, /*zero_centered=*/false);
-}
-
 constexpr LayerKind kKinds[] = {LayerKind::FullAttention};
 
 }  // namespace
 
-const FamilyDef kGlm4MoeFamily{Family::Glm4Moe, mixer, grouped_router,
+const FamilyDef kGlm4MoeFamily{Family::Glm4Moe, gqa_mixer, grouped_router,
                                /*zero_centered_norms=*/false, kKinds};
 
 }  // namespace moeflux

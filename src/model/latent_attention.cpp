@@ -36,8 +36,7 @@ float softmax_scale(const ModelConfig& c) {
 
 }  // namespace
 
-void latent_attention_block(const ForwardContext& ctx, const LatentAttentionWeights& w,
-                            int layer) {
+void latent_attention_block(const ForwardContext& ctx, const LatentAttentionWeights& w, int layer) {
   const ModelConfig& c = ctx.config;
   const size_t T = ctx.rows, nh = c.num_heads, qk = c.head_dim, nope = c.qk_nope_head_dim;
   const size_t L = c.kv_lora_rank, R = c.qk_rope_head_dim, vd = c.v_head_dim;

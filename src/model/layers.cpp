@@ -64,6 +64,12 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int l
   be.matmul(out, {&o, 1});
 }
 
+void gqa_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
+  ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
+  input_norm(ctx, w.input_norm, /*zero_centered=*/false);
+  attention_block(ctx, w.attn, layer, /*gated=*/false, /*zero_centered=*/false);
+}
+
 void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, int layer) {
   const ModelConfig& c = ctx.config;
   const size_t T = ctx.rows, C = c.linear_conv_dim();

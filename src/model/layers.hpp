@@ -19,6 +19,10 @@ void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered);
 void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int layer, bool gated,
                      bool zero_centered);
 
+// The token mixer of qwen3_moe and glm4_moe: RMSNorm (x·w), then ungated attention_block
+// (timed as the layer's attention).
+void gqa_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer);
+
 // Multi-head latent attention (deepseek_v3) over each sequence's compressed cache (latent +
 // rope key per position), in the absorbed form for prompt and decode alike (latent_attention.cpp
 // has the math):  h += W_o attn.

@@ -8,12 +8,6 @@ namespace moeflux {
 
 namespace {
 
-void mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
-  ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
-  input_norm(ctx, w.input_norm, /*zero_centered=*/false);
-  attention_block(ctx, w.attn, layer, /*gated=*/false, /*zero_centered=*/false);
-}
-
 RouterSpec router(const ModelConfig& c, int active) {
   return {RouterKind::SoftmaxTopK, active, c.norm_topk_prob};
 }
@@ -22,7 +16,7 @@ constexpr LayerKind kKinds[] = {LayerKind::FullAttention};
 
 }  // namespace
 
-const FamilyDef kQwen3MoeFamily{Family::Qwen3Moe, mixer, router, /*zero_centered_norms=*/false,
+const FamilyDef kQwen3MoeFamily{Family::Qwen3Moe, gqa_mixer, router, /*zero_centered_norms=*/false,
                                 kKinds};
 
 }  // namespace moeflux

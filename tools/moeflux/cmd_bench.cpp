@@ -211,6 +211,8 @@ Runner add_bench(CLI::App& app) {
     report["resident_expert_bytes"] = resident_bytes;
     report["decode_tok_s"] = {{"median", median(decode)}, {"runs", decode}};
     report["decode_streaming"] = last_stream;
+    // What each position adds to the session's cache (MLA: latent + rope key per layer).
+    report["kv_cache_bytes_per_token"] = c.kv_bytes_per_token();
     // Achieved storage bandwidth during the last decode: over its wall time (what the token
     // rate needs) and over the time reads were actually outstanding (what the device gave).
     const double wall_gbs = storage_bytes / std::max(last_decode_seconds, 1e-12) / 1e9;
@@ -270,6 +272,8 @@ Runner add_bench(CLI::App& app) {
     if (resident_bytes > 0)
       std::printf("experts  all resident in %s memory (%s), loaded once: no streaming\n",
                   backend_name.c_str(), human_bytes(double(resident_bytes)).c_str());
+    std::printf("kv cache %.1f KiB/token (float32, all layers)\n",
+                static_cast<double>(c.kv_bytes_per_token()) / 1024);
     std::printf("experts  %.2f MiB/token requested:", bpt["requested"].get<double>() / 1048576);
     std::string hits;
     for (const json& tier : last_stream["tiers"]) {

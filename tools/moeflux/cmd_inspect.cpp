@@ -18,17 +18,29 @@ Runner add_inspect(CLI::App& app) {
     const Package pkg = Package::open(*dir, po);
     const ModelConfig& c = pkg.config();
     const ExpertLayout& el = pkg.manifest().experts;
-    int full = 0;
-    for (auto k : c.layer_kind) full += k == LayerKind::FullAttention;
+    int full = 0, mla = 0;
+    for (auto k : c.layer_kind) {
+      full += k == LayerKind::FullAttention;
+      mla += k == LayerKind::LatentAttention;
+    }
+    const int linear = c.num_layers - full - mla;
     const int moe = c.num_moe_layers();
     std::printf("package      %s (format version %d)\n", dir->c_str(), pkg.manifest().version);
     std::printf("family       %s (model_type %s)\n", family_name(c.family), c.model_type.c_str());
-    std::printf("layers       %d: %d full attention, %d linear attention (Gated DeltaNet); %d MoE, %d dense\n",
-                c.num_layers, full, c.num_layers - full, moe, c.num_layers - moe);
+    std::printf(
+        "layers       %d: %d full attention, %d linear attention (Gated DeltaNet), %d latent "
+        "attention (MLA); %d MoE, %d dense\n",
+        c.num_layers, full, linear, mla, moe, c.num_layers - moe);
     std::printf("hidden       %d, vocab %d, heads %d (kv %d) x %d, rotary dim %d, rope %s theta %g\n",
                 c.hidden_size, c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim(),
                 c.rope.type.c_str(), c.rope.theta);
-    if (c.num_layers - full > 0)
+    if (mla > 0)
+      std::printf("MLA          q_lora %d, kv_lora %d, qk nope %d + rope %d, v %d\n", c.q_lora_rank,
+                  c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
+    std::printf("KV cache     %s per token (float32; %s)\n",
+                human_bytes(double(c.kv_bytes_per_token())).c_str(),
+                mla > 0 ? "MLA: latent + rope key per layer" : "K and V per attention layer");
+    if (linear > 0)
       std::printf("linear attn  key heads %d x %d, value heads %d x %d, conv kernel %d\n",
                   c.linear_num_key_heads, c.linear_key_head_dim, c.linear_num_value_heads,
                   c.linear_value_head_dim, c.linear_conv_kernel);
@@ -37,6 +49,9 @@ Runner add_inspect(CLI::App& app) {
                 c.shared_expert_intermediate_size
                     ? (", shared expert " + std::to_string(c.shared_expert_intermediate_size)).c_str()
                     : "");
+    if (c.grouped_router())
+      std::printf("router       sigmoid + correction bias, %d groups keep %d, scaling %g\n",
+                  c.n_group, c.topk_group, c.routed_scaling_factor);
     std::map<std::string, std::pair<int, uint64_t>> fmts;
     for (const auto& t : pkg.manifest().resident) {
       auto& f = fmts[format_name(t.fmt)];

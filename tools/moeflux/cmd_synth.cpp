@@ -34,9 +34,10 @@ Runner add_synth(CLI::App& app) {
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("OUT_DIR", a->out, "Package directory to create")->required();
-  cmd->add_option("--family", a->family, "Model family: qwen3_moe or qwen3_5_moe")
+  cmd->add_option("--family", a->family,
+                  "Model family: qwen3_moe, qwen3_5_moe, deepseek_v3 or glm4_moe")
       ->required()
-      ->check(CLI::IsMember({"qwen3_moe", "qwen3_5_moe"}));
+      ->check(CLI::IsMember({"qwen3_moe", "qwen3_5_moe", "deepseek_v3", "glm4_moe"}));
   cmd->add_option("--preset", a->preset, "Model shapes (see Presets below)")->required();
   cmd->add_option("--layers", a->layers, "Keep only the first N layers (default: all)")
       ->check(integer_range(1, 1 << 20));

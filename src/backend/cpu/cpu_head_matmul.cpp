@@ -32,8 +32,7 @@ void CpuBackend::head_matmul(const Tensor& X, const MatrixView& W, const Tensor&
     for (size_t u = ub; u < ue; ++u) {
       const size_t h = u / per_head, r0 = (u % per_head) * unit_rows;
       const size_t r1 = std::min(R, r0 + unit_rows);
-      cpu::matmul_rows_prepared(W.row_slice(h * R, R), prepared[h], Y.vec(0, h), Y.pitch(), r0,
-                                r1);
+      cpu::matmul_rows_prepared(W.row_slice(h * R, R), prepared[h], Y.vec(0, h), Y.pitch(), r0, r1);
     }
   });
 }

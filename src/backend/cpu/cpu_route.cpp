@@ -27,8 +27,8 @@ void sigmoid_group_top_k(const float* logits, size_t E, const RouterSpec& spec, 
                          int32_t* ids, float* w) {
   const size_t k = static_cast<size_t>(spec.top_k), G = static_cast<size_t>(spec.n_group);
   const size_t per = E / G, keep = static_cast<size_t>(spec.topk_group);
-  float* s = scratch;            // [E] sigmoid scores
-  float* c = scratch + E;        // [E] choice scores
+  float* s = scratch;              // [E] sigmoid scores
+  float* c = scratch + E;          // [E] choice scores
   float* group = scratch + 2 * E;  // [G] group scores
   for (size_t e = 0; e < E; ++e) {
     s[e] = 1.0f / (1.0f + std::exp(-logits[e]));
@@ -50,8 +50,7 @@ void sigmoid_group_top_k(const float* logits, size_t E, const RouterSpec& spec, 
   // equal one at a lower index); the experts of the others drop out (choice score -inf).
   for (size_t g = 0; g < G && keep < G; ++g) {
     size_t above = 0;
-    for (size_t o = 0; o < G; ++o)
-      above += group[o] > group[g] || (group[o] == group[g] && o < g);
+    for (size_t o = 0; o < G; ++o) above += group[o] > group[g] || (group[o] == group[g] && o < g);
     if (above >= keep) std::fill(c + g * per, c + (g + 1) * per, -INFINITY);
   }
   cpu::top_k(c, E, k, ids);
