@@ -130,7 +130,12 @@ Interpreter::Flow Interpreter::exec_stmt(const Stmt& s, std::string& out, const 
 
 Interpreter::Flow Interpreter::exec_for(const Stmt& s, std::string& out, const ScopePtr& scope) {
   const Value seq = eval(*s.exprs[0], scope);
-  ValueList items = iterate(seq);
+  ValueList items;
+  try {
+    items = iterate(seq);
+  } catch (const EvalError& e) {
+    fail_at(s.exprs[0]->offset, e.message);
+  }
   if (const Expr* filter = s.exprs[1].get()) {
     // `for x in xs if cond`: the condition sees the loop variables, not `loop`.
     ValueList kept;

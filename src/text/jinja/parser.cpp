@@ -674,7 +674,7 @@ class Parser {
   }
 
   ExprPtr parse_call(ExprPtr callee) {
-    auto c = node(Expr::Kind::Call, cur().offset);
+    auto c = node(Expr::Kind::Call, callee->offset);  // errors point at the callee
     c->args.push_back(std::move(callee));
     parse_call_args(*c);
     return c;
