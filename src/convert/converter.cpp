@@ -267,7 +267,8 @@ class Converter {
       if (templates.empty()) note("the checkpoint has no chat template");
       for (const auto& [name, text] : templates.named) ChatTemplate::parse(text);
     } catch (const Error& e) {
-      std::fprintf(stderr, "[convert] warning: chat template: %s\n", e.what());
+      std::fprintf(stderr, "[convert] warning: %s (chat and run --chat will refuse it)\n",
+                   e.what());
     }
   }
 

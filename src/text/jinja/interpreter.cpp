@@ -10,6 +10,13 @@ namespace {
 // cannot exhaust the stack whatever its nesting and macro recursion.
 constexpr int kMaxEvalDepth = 600;
 
+// Counts one level of evaluation recursion for its lifetime.
+struct DepthGuard {
+  explicit DepthGuard(int& d) : d_(d) { ++d_; }
+  ~DepthGuard() { --d_; }
+  int& d_;
+};
+
 }  // namespace
 
 const Value* Scope::find(const std::string& name) const {
@@ -72,11 +79,7 @@ Interpreter::Flow Interpreter::exec(const Body& body, std::string& out, const Sc
 }
 
 Interpreter::Flow Interpreter::exec_stmt(const Stmt& s, std::string& out, const ScopePtr& scope) {
-  struct DepthGuard {
-    explicit DepthGuard(int& d) : d_(d) { ++d_; }
-    ~DepthGuard() { --d_; }
-    int& d_;
-  } guard(eval_depth_);
+  const DepthGuard guard(eval_depth_);
   try {
     step();
     if (eval_depth_ > kMaxEvalDepth) eval_fail("template evaluation nested too deeply");
@@ -210,14 +213,9 @@ Value Interpreter::define_macro(const Stmt& s, const ScopePtr& scope) {
     if (args.positional.size() > s.targets.size())
       eval_fail("macro '" + s.text + "' takes not more than " + std::to_string(s.targets.size()) +
                 " argument(s)");
-    if (++call_depth_ > limits_.max_call_depth) {
-      --call_depth_;
+    const DepthGuard calls(call_depth_);
+    if (call_depth_ > limits_.max_call_depth)
       eval_fail("macro calls nested more than " + std::to_string(limits_.max_call_depth) + " deep");
-    }
-    struct Release {
-      int& d;
-      ~Release() { --d; }
-    } release{call_depth_};
     auto frame = std::make_shared<Scope>();
     frame->parent = scope;
     for (const auto& [k, v] : args.keyword) {
@@ -242,11 +240,7 @@ Value Interpreter::define_macro(const Stmt& s, const ScopePtr& scope) {
 }
 
 Value Interpreter::eval(const Expr& e, const ScopePtr& scope) {
-  struct DepthGuard {
-    explicit DepthGuard(int& d) : d_(d) { ++d_; }
-    ~DepthGuard() { --d_; }
-    int& d_;
-  } guard(eval_depth_);
+  const DepthGuard guard(eval_depth_);
   try {
     step();
     if (eval_depth_ > kMaxEvalDepth) eval_fail("template evaluation nested too deeply");
