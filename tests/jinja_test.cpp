@@ -195,6 +195,10 @@ TEST(Jinja, Tests) {
                    "{{ 'a' is in 'cab' }}{{ 3 is odd }}{{ 3 is even }}{{ 9 is divisibleby 3 }}"
                    "{{ 'ab' is lower }}{{ x is not defined }}"),
             "TrueFalseTrueTrueTrueTrueFalseTrueTrueTrue");
+  EXPECT_EQ(render("{{ 3 is sameas 3 }}{{ none is sameas none }}{{ d is sameas d }}"
+                   "{{ d is sameas {} }}{{ 1 is sameas true }}",
+                   vars),
+            "TrueTrueTrueFalseFalse");
 }
 
 TEST(Jinja, StringMethods) {
@@ -218,6 +222,12 @@ TEST(Jinja, StringMethods) {
              "{{ 'abcb'.find('b') }} {{ 'abcb'.count('b') }} {{ '-'.join(['a', 'b']) }}"),
       "z bXb AB ab Hello World 1 2 a-b");
   EXPECT_NE(error("{{ 'a'.split('') }}"), "");
+  // Case mappings are Unicode's; repr escapes what Python's str.isprintable() rejects.
+  EXPECT_EQ(render("{{ 'h\u00e9llo w\u00f6rld'.title() }} {{ 'stra\u00dfe'|upper }} "
+                   "{{ '\u00c9T\u00c9'|lower }} {{ '\u00e9t\u00e9'|capitalize }}"),
+            "H\xc3\xa9llo W\xc3\xb6rld STRASSE \xc3\xa9t\xc3\xa9 \xc3\x89t\xc3\xa9");
+  EXPECT_EQ(render("{{ ['a\u00a0b', '\u200b', '\x7f', '\u00e9'] }}"),
+            "['a\\xa0b', '\\u200b', '\\x7f', '\xc3\xa9']");
 }
 
 TEST(Jinja, Globals) {

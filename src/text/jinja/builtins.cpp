@@ -991,10 +991,13 @@ bool call_test(Interpreter& in, const std::string& name, const Value& v, const C
   if (name == "iterable") return v.is_string() || v.is_list() || v.is_dict() || v.is_undefined();
   if (name == "callable") return v.is_callable();
   if (name == "sameas") {
+    // Python's `is`: the same object for containers and callables; for immutable values, the
+    // same type and value (CPython shares small ints, interned strings, None, True, False).
     const Value& o = need_arg();
-    if (v.is_namespace() || v.is_callable()) return v.identity() == o.identity();
-    return v.type() == o.type() &&
-           (v.is_none() || v.is_undefined() || (v.is_bool() && v.as_bool() == o.as_bool()));
+    if (v.type() != o.type() || v.is_tuple() != o.is_tuple()) return false;
+    if (v.is_list() || v.is_dict() || v.is_namespace() || v.is_callable())
+      return v.identity() == o.identity();
+    return equal(v, o);
   }
   if (name == "eq" || name == "equalto" || name == "==") return equal(v, need_arg());
   if (name == "ne" || name == "!=") return !equal(v, need_arg());

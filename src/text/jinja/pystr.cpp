@@ -1,5 +1,9 @@
 #include "text/jinja/pystr.hpp"
 
+#include <unicode/locid.h>
+#include <unicode/uchar.h>
+#include <unicode/unistr.h>
+
 #include "text/jinja/value.hpp"
 #include "text/utf8.hpp"
 
@@ -26,14 +30,39 @@ bool in_set(char32_t cp, std::string_view set) {
   return false;
 }
 
-bool ascii_alpha(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+// Python's "cased" characters (categories Lu, Ll, Lt), which title() capitalises after.
+bool is_cased(char32_t cp) {
+  return u_isUUppercase(UChar32(cp)) || u_isULowercase(UChar32(cp)) || u_istitle(UChar32(cp));
 }
-char to_upper(char c) {
-  return c >= 'a' && c <= 'z' ? char(c - 'a' + 'A') : c;
+
+// Full Unicode case mapping with the root locale (as Python's str.upper / str.lower: "ß" upper
+// is "SS"). Invalid bytes are kept as they are.
+std::string case_map(std::string_view s, bool up) {
+  if (!utf8::is_valid(s)) {
+    std::string out(s);
+    for (char& c : out)
+      if (up ? (c >= 'a' && c <= 'z') : (c >= 'A' && c <= 'Z')) c = char(c ^ 0x20);
+    return out;
+  }
+  icu::UnicodeString u =
+      icu::UnicodeString::fromUTF8(icu::StringPiece(s.data(), int32_t(s.size())));
+  if (up) {
+    u.toUpper(icu::Locale::getRoot());
+  } else {
+    u.toLower(icu::Locale::getRoot());
+  }
+  std::string out;
+  u.toUTF8String(out);
+  return out;
 }
-char to_lower(char c) {
-  return c >= 'A' && c <= 'Z' ? char(c - 'A' + 'a') : c;
+
+// One code point, lower-cased or title-cased (simple mappings, per code point).
+void append_cased(std::string& out, char32_t cp, bool title) {
+  if (cp >= 0xDC80 && cp <= 0xDCFF) {  // an invalid byte (see at())
+    out += char(cp - 0xDC00);
+    return;
+  }
+  utf8::append(out, char32_t(title ? u_totitle(UChar32(cp)) : u_tolower(UChar32(cp))));
 }
 
 }  // namespace
@@ -204,45 +233,42 @@ std::vector<std::string> splitlines(std::string_view s) {
 }
 
 std::string upper(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = to_upper(c);
-  return out;
+  return case_map(s, true);
 }
 
 std::string lower(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = to_lower(c);
-  return out;
+  return case_map(s, false);
 }
 
 std::string capitalize(std::string_view s) {
-  std::string out = lower(s);
-  if (!out.empty()) out[0] = to_upper(out[0]);
+  std::string out;
+  for (size_t p = 0, n = 0; p < s.size(); p += n) append_cased(out, at(s, p, n), p == 0);
   return out;
 }
 
 std::string title_method(std::string_view s) {
-  std::string out(s);
+  std::string out;
   bool prev_cased = false;
-  for (char& c : out) {
-    const bool cased = ascii_alpha(c);
-    c = cased ? (prev_cased ? to_lower(c) : to_upper(c)) : c;
-    prev_cased = cased;
+  for (size_t p = 0, n = 0; p < s.size(); p += n) {
+    const char32_t cp = at(s, p, n);
+    append_cased(out, cp, !prev_cased);
+    prev_cased = is_cased(cp);
   }
   return out;
 }
 
 std::string title_filter(std::string_view s) {
-  std::string out(s);
+  std::string out;
   bool word_start = true;
-  for (char& c : out) {
-    const bool sep = c == '-' || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' ||
-                     c == '\v' || c == '(' || c == '{' || c == '[' || c == '<';
+  for (size_t p = 0, n = 0; p < s.size(); p += n) {
+    const char32_t cp = at(s, p, n);
+    const bool sep = cp == '-' || is_space(cp) || cp == '(' || cp == '{' || cp == '[' || cp == '<';
     if (sep) {
+      out.append(s.substr(p, n));
       word_start = true;
       continue;
     }
-    c = word_start ? to_upper(c) : to_lower(c);
+    append_cased(out, cp, word_start);
     word_start = false;
   }
   return out;

@@ -2,8 +2,8 @@
 //
 // Strings are sequences of code points, as in Python: indices, lengths and strip sets count code
 // points. A byte that is not part of valid UTF-8 counts as one code point of its own (such bytes
-// cannot come from templates or JSON, only from a caller's raw strings). Case mappings are ASCII
-// only (upper, lower, title, capitalize leave other letters as they are).
+// cannot come from templates or JSON, only from a caller's raw strings). Case mappings are
+// Unicode's (ICU): upper / lower the full mappings, title / capitalize per code point.
 #pragma once
 
 #include <cstdint>
@@ -44,6 +44,7 @@ std::string capitalize(std::string_view s);
 // Python's str.title() (str method).
 std::string title_method(std::string_view s);
 // Jinja's `title` filter: words begin after runs of '-', whitespace, '(', '{', '[', '<'.
+// (Python's own title(): a letter is title-cased after a non-cased character.)
 std::string title_filter(std::string_view s);
 
 }  // namespace moeflux::jinja::pystr

@@ -1,5 +1,7 @@
 #include "text/jinja/value.hpp"
 
+#include <unicode/uchar.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -192,27 +194,64 @@ std::string float_repr(double d) {
 
 namespace {
 
+// Python's str.isprintable() for one code point: not a control, format, surrogate, private-use,
+// unassigned or separator character (the ASCII space excepted).
+bool printable_cp(char32_t cp) {
+  if (cp == ' ') return true;
+  switch (u_charType(UChar32(cp))) {
+    case U_CONTROL_CHAR:
+    case U_FORMAT_CHAR:
+    case U_SURROGATE:
+    case U_PRIVATE_USE_CHAR:
+    case U_UNASSIGNED:
+    case U_LINE_SEPARATOR:
+    case U_PARAGRAPH_SEPARATOR:
+    case U_SPACE_SEPARATOR:
+      return false;
+    default:
+      return true;
+  }
+}
+
 std::string string_repr(const std::string& s) {
   const bool has_single = s.find('\'') != std::string::npos;
   const bool has_double = s.find('"') != std::string::npos;
   const char q = has_single && !has_double ? '"' : '\'';
   std::string out(1, q);
-  for (unsigned char c : s) {
+  char buf[16];
+  for (size_t p = 0; p < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[p]);
     if (c == '\\' || c == static_cast<unsigned char>(q)) {
       out += '\\';
       out += char(c);
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c < 0x20 || c == 0x7f) {
-      char buf[8];
-      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      ++p;
+      continue;
+    }
+    if (c == '\n' || c == '\r' || c == '\t') {
+      out += c == '\n' ? "\\n" : c == '\r' ? "\\r" : "\\t";
+      ++p;
+      continue;
+    }
+    const utf8::Scan sc = utf8::scan(s, p);
+    if (!sc.valid) {  // a byte that is not UTF-8, shown as Python's surrogateescape would
+      std::snprintf(buf, sizeof buf, "\\udc%02x", c);
+      out += buf;
+      ++p;
+      continue;
+    }
+    const size_t start = p;
+    const char32_t cp = utf8::decode(s, p);
+    if (printable_cp(cp)) {
+      out.append(s, start, p - start);
+    } else if (cp < 0x100) {
+      std::snprintf(buf, sizeof buf, "\\x%02x", unsigned(cp));
+      out += buf;
+    } else if (cp < 0x10000) {
+      std::snprintf(buf, sizeof buf, "\\u%04x", unsigned(cp));
       out += buf;
     } else {
-      out += char(c);
+      std::snprintf(buf, sizeof buf, "\\U%08x", unsigned(cp));
+      out += buf;
     }
   }
   out += q;

@@ -95,8 +95,9 @@ class Value {
   const Callable& as_callable() const { return *fn_; }
   // The name an undefined value was looked up by ("" if unknown), for error messages.
   const std::string& undefined_hint() const { return s_; }
-  // The shared object of a namespace or callable (what Python's `is` compares).
+  // The shared object of a list, dict, namespace or callable (what Python's `is` compares).
   const void* identity() const {
+    if (list_) return list_.get();
     return dict_ ? static_cast<const void*>(dict_.get()) : static_cast<const void*>(fn_.get());
   }
 
