@@ -45,15 +45,6 @@ std::string tokenizer_file(const Package& pkg, const std::string& name) {
   return "";
 }
 
-// The chat templates a package carries (the checkpoint's tokenizer files, copied verbatim).
-ChatTemplates package_chat_templates(const Package& pkg) {
-  return load_chat_templates([&](const std::string& name) -> std::optional<std::string> {
-    const std::string p = tokenizer_file(pkg, name);
-    if (p.empty()) return std::nullopt;
-    return read_file(p);
-  });
-}
-
 }  // namespace
 
 TextModel TextModel::open(const std::string& model_arg, bool verify_resident) {
@@ -72,20 +63,31 @@ TextModel TextModel::open(const std::string& model_arg, bool verify_resident) {
   return t;
 }
 
-std::unique_ptr<ChatFormat> TextModel::chat_format() const {
+ChatTemplates TextModel::chat_templates() const {
   const Package& pkg = model->package();
-  ChatTemplates templates;
   try {
-    templates = package_chat_templates(pkg);
+    return load_chat_templates([&](const std::string& name) -> std::optional<std::string> {
+      const std::string p = tokenizer_file(pkg, name);
+      if (p.empty()) return std::nullopt;
+      return read_file(p);
+    });
   } catch (const Error& e) {
     fail(dir + ": " + e.what());
   }
+}
+
+ChatRenderOptions TextModel::chat_render_options() const {
+  ChatRenderOptions o;
+  if (auto p = tokenizer_file(model->package(), "tokenizer_config.json"); !p.empty())
+    o.special_tokens = special_tokens_from_config(read_json(p));
+  return o;
+}
+
+std::unique_ptr<ChatFormat> TextModel::chat_format() const {
+  const ChatTemplates templates = chat_templates();
   if (const std::string* text = templates.select(/*with_tools=*/false)) {
-    ChatRenderOptions base;
-    if (auto p = tokenizer_file(pkg, "tokenizer_config.json"); !p.empty())
-      base.special_tokens = special_tokens_from_config(read_json(p));
     try {
-      return make_template_chat_format(ChatTemplate::parse(*text), std::move(base));
+      return make_template_chat_format(ChatTemplate::parse(*text), chat_render_options());
     } catch (const Error& e) {
       fail(dir + ": the package's chat template: " + e.what());
     }

@@ -38,6 +38,12 @@ struct TextModel {
   // vocabulary has <|im_start|>. Throws moeflux::Error when there is neither, or when the
   // template does not parse.
   std::unique_ptr<ChatFormat> chat_format() const;
+  // For a server rendering requests itself (ChatTemplate::parse(*templates.select(has_tools)),
+  // then render(messages, tools, options)): the package's templates, and options carrying the
+  // tokenizer's special tokens (tokenizer_config.json). Throw moeflux::Error naming the package
+  // for unreadable template files.
+  ChatTemplates chat_templates() const;
+  ChatRenderOptions chat_render_options() const;
 
   // Generation options with the package's end tokens and, for a format with thinking, the
   // <think> / </think> ids (think_budget >= 0 needs them: error otherwise).
