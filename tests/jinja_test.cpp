@@ -294,10 +294,11 @@ TEST(Jinja, LimitsBoundHostileTemplates) {
   small.max_steps = 100000;
   small.max_string_bytes = 1 << 16;
   small.max_total_bytes = 1 << 20;
-  EXPECT_NE(error("{% for a in range(1000) %}{% for b in range(1000) %}{% endfor %}{% endfor %}",
-                  {}, small)
-                .find("evaluation steps"),
-            std::string::npos);
+  EXPECT_NE(
+      error("{% set s = 'x' * 1000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}", {},
+            small)
+          .find("evaluation steps"),
+      std::string::npos);
   EXPECT_NE(error("{{ 'x' * 100000 }}", {}, small).find("string longer than"), std::string::npos);
   EXPECT_NE(error("{% for i in range(100) %}{{ 'x' * 60000 }}{% endfor %}", {}, small)
                 .find("string longer than"),
@@ -308,6 +309,12 @@ TEST(Jinja, LimitsBoundHostileTemplates) {
                 .find("string longer than"),
             std::string::npos);
   EXPECT_NE(error("{% for i in range(1000) %}{% set y = 'x' * 60000 %}{% endfor %}", {}, small)
+                .find("bytes of strings and lists"),
+            std::string::npos);
+  // Copies kept in a list: every string a filter or call builds counts, so memory stays bounded.
+  EXPECT_NE(error("{% set ns = namespace(l=[]) %}{% for i in range(200) %}"
+                  "{% set ns.l = ns.l + [big|trim] %}{% endfor %}",
+                  {{"big", std::string(50000, 'x')}}, small)
                 .find("bytes of strings and lists"),
             std::string::npos);
   EXPECT_NE(error("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}").find("macro calls nested"),

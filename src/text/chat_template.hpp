@@ -6,7 +6,9 @@
 // The API a server calls: ChatTemplate::render(messages, tools, options) -> prompt text. The
 // template sees what transformers passes: `messages` (as given), `tools` (none when not given),
 // `add_generation_prompt`, `enable_thinking` only when set, the tokenizer's special tokens
-// (bos_token, eos_token, ...) and any extra variables (chat_template_kwargs).
+// (bos_token, eos_token, ...) and any extra variables (chat_template_kwargs). Parse request
+// bodies with nlohmann::ordered_json: templates write tools with `tojson`, which keeps the keys in
+// the order they came in (as Python dicts do).
 //
 // Where templates come from (load_chat_templates): chat_template.jinja, else chat_template.json
 // ("chat_template"), else tokenizer_config.json ("chat_template": a string or a list of

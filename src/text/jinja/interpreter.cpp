@@ -17,6 +17,15 @@ struct DepthGuard {
   int& d_;
 };
 
+// The bytes a value built by a filter or call holds itself (text, or one slot per item); what
+// it shares with other values is accounted where that was built.
+size_t shallow_bytes(const Value& v) {
+  if (v.is_string()) return v.as_string().size();
+  if (v.is_list()) return v.as_list().size() * sizeof(Value);
+  if (v.is_dict() || v.is_namespace()) return v.as_dict().items.size() * sizeof(Value);
+  return 0;
+}
+
 }  // namespace
 
 const Value* Scope::find(const std::string& name) const {
@@ -265,7 +274,9 @@ Value Interpreter::eval_filter(const Expr& e, const ScopePtr& scope, const Value
   const Value v = e.args[0] ? eval_filter(*e.args[0], scope, input) : *input;
   const CallArgs args = eval_args(e, 1, scope);
   try {
-    return call_filter(*this, e.name, v, args);
+    Value r = call_filter(*this, e.name, v, args);
+    charge(shallow_bytes(r));
+    return r;
   } catch (const EvalError& x) {
     fail_at(e.offset, x.message);
   }
@@ -332,7 +343,9 @@ Value Interpreter::eval_inner(const Expr& e, const ScopePtr& scope) {
       if (callee.is_undefined()) undefined_use(callee);
       if (!callee.is_callable()) eval_fail("'" + callee.type_name() + "' object is not callable");
       const CallArgs args = eval_args(e, 1, scope);
-      return callee.as_callable().fn(args);
+      Value r = callee.as_callable().fn(args);
+      charge(shallow_bytes(r));
+      return r;
     }
     case Expr::Kind::Filter:
       return eval_filter(e, scope, nullptr);

@@ -41,9 +41,14 @@ const Value* CallArgs::arg(size_t i, std::string_view name) const {
   return kwarg(name);
 }
 
+const std::string& Value::empty_string() {
+  static const std::string empty;
+  return empty;
+}
+
 Value Value::undefined(std::string hint) {
   Value v;
-  v.s_ = std::move(hint);
+  if (!hint.empty()) v.s_ = std::make_shared<const std::string>(std::move(hint));
   return v;
 }
 Value Value::none() {
@@ -72,7 +77,7 @@ Value Value::number(double d) {
 Value Value::string(std::string s) {
   Value v;
   v.type_ = Type::String;
-  v.s_ = std::move(s);
+  v.s_ = std::make_shared<const std::string>(std::move(s));
   return v;
 }
 Value Value::list(ValueList items, bool tuple) {
@@ -147,7 +152,7 @@ bool Value::truthy() const {
     case Type::Float:
       return d_ != 0;
     case Type::String:
-      return !s_.empty();
+      return !s_->empty();
     case Type::List:
       return !list_->empty();
     case Type::Dict:
@@ -265,7 +270,7 @@ std::string Value::str() const {
     case Type::Undefined:
       return "";
     case Type::String:
-      return s_;
+      return *s_;
     default:
       return repr();
   }
@@ -284,7 +289,7 @@ std::string Value::repr() const {
     case Type::Float:
       return float_repr(d_);
     case Type::String:
-      return string_repr(s_);
+      return string_repr(*s_);
     case Type::List: {
       std::string out = tuple_ ? "(" : "[";
       for (size_t i = 0; i < list_->size(); ++i) out += (i ? ", " : "") + (*list_)[i].repr();

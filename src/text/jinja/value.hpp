@@ -8,8 +8,9 @@
 //    operations that index or measure strings count code points, as Python does;
 //  - dicts keep insertion order (Python dicts do; tojson and iteration depend on it) and have
 //    string keys only;
-//  - lists and dicts are immutable once built (the sandbox of transformers forbids mutation), so
-//    values share them freely; only a namespace is mutable (`set ns.attr = ...`);
+//  - strings, lists and dicts are immutable once built (the sandbox of transformers forbids
+//    mutation), so values share them freely (copying a value copies no text); only a namespace
+//    is mutable (`set ns.attr = ...`);
 //  - integers are 64-bit; arithmetic that would overflow is an error, not a wrap.
 #pragma once
 
@@ -88,13 +89,13 @@ class Value {
   bool as_bool() const { return b_; }
   int64_t as_int() const { return type_ == Type::Bool ? int64_t(b_) : i_; }
   double as_float() const { return type_ == Type::Float ? d_ : double(as_int()); }
-  const std::string& as_string() const { return s_; }
+  const std::string& as_string() const { return *s_; }
   const ValueList& as_list() const { return *list_; }
   const Dict& as_dict() const { return *dict_; }
   Dict& namespace_attrs() const { return *dict_; }
   const Callable& as_callable() const { return *fn_; }
   // The name an undefined value was looked up by ("" if unknown), for error messages.
-  const std::string& undefined_hint() const { return s_; }
+  const std::string& undefined_hint() const { return s_ ? *s_ : empty_string(); }
   // The shared object of a list, dict, namespace or callable (what Python's `is` compares).
   const void* identity() const {
     if (list_) return list_.get();
@@ -116,7 +117,9 @@ class Value {
   bool tuple_ = false;
   int64_t i_ = 0;
   double d_ = 0;
-  std::string s_;
+  // Shared: copying a value (attribute access, list items) never copies its text.
+  std::shared_ptr<const std::string> s_;
+  static const std::string& empty_string();
   std::shared_ptr<const ValueList> list_;
   std::shared_ptr<Dict> dict_;
   std::shared_ptr<const Callable> fn_;
