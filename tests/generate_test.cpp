@@ -263,6 +263,36 @@ TEST(RunCommand, ChatWrapsThePromptWithTheTemplate) {
             bytes_of("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
 }
 
+// The package's own template, whatever its family: here GLM-4.5's (chat_template.jinja wins over
+// tokenizer_config.json), with --system and --no-think; a template that refuses the conversation
+// or does not parse is an error naming the package and the template position.
+TEST(RunCommand, ChatRendersThePackagesOwnTemplate) {
+  TempDir tmp;
+  const std::string hf = make_checkpoint(tmp, {}, "glm", /*context=*/256);
+  fs::copy_file(fixture_dir("chat/glm4_5.jinja"), hf + "/chat_template.jinja");
+  const std::string pkg = convert(tmp, hf, "glm");
+  const auto j =
+      run_json(pkg, tmp, {"-p", "Hi", "--chat", "--system", "S", "--no-think", "-n", "1"});
+  EXPECT_EQ(
+      j.at("prompt_tokens").get<std::vector<int>>(),
+      bytes_of("[gMASK]<sop><|system|>\nS<|user|>\nHi/nothink<|assistant|>\n<think></think>"));
+
+  std::ofstream(pkg + "/tokenizer/chat_template.jinja", std::ios::trunc)
+      << "{{ raise_exception('This model needs a system prompt.') if messages|length < 2 }}";
+  CommandResult r = run_moeflux({"run", "-m", pkg, "-p", "Hi", "--chat", "-n", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("chat template:1:4: This model needs a system prompt."), std::string::npos)
+      << r.err;
+  std::ofstream(pkg + "/tokenizer/chat_template.jinja", std::ios::trunc)
+      << "{% for m in messages %}";
+  r = run_moeflux({"run", "-m", pkg, "-p", "Hi", "--chat", "-n", "1"});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find(pkg + ": the package's chat template: chat template:1:1: 'for' block not "
+                             "closed"),
+            std::string::npos)
+      << r.err;
+}
+
 TEST(RunCommand, EchoesThePromptAndReadsItFromAFileOrStandardInput) {
   TempDir tmp;
   const std::string pkg = make_package(tmp);
@@ -807,7 +837,7 @@ TEST(BundledModel, ChatAndThinkBudget) {
                         "--system", "Answer from scripture."},
                        "", "Blessed are the meek\nAnd the merciful\n");
   ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(r.err.find("chatml format"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("template format"), std::string::npos) << r.err;  // its own template
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n') >= 2, true) << r.out;
 }
 

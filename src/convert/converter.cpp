@@ -4,6 +4,9 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <optional>
+#include <sstream>
 
 #include "backend/cpu/matvec.hpp"
 #include "backend/cpu/quantize.hpp"
@@ -16,6 +19,7 @@
 #include "formats/package.hpp"
 #include "formats/package_writer.hpp"
 #include "model/tensor_specs.hpp"
+#include "text/chat_template.hpp"
 
 namespace fs = std::filesystem;
 
@@ -266,6 +270,29 @@ class Converter {
       const std::string rel = std::string(kTokenizerDir) + "/" + name;
       out_.copy_file(from.string(), rel);
       m.tokenizer_files.push_back(rel);
+    }
+    check_chat_template();
+  }
+
+  // The chat template travels verbatim with the tokenizer files; a template our interpreter
+  // cannot parse is reported now, not at the first `moeflux chat`.
+  void check_chat_template() const {
+    try {
+      const ChatTemplates templates = load_chat_templates([&](const std::string& name) {
+        std::optional<std::string> text;
+        const fs::path p = fs::path(src_.dir()) / name;
+        if (std::ifstream in(p, std::ios::binary); in) {
+          std::stringstream ss;
+          ss << in.rdbuf();
+          text = ss.str();
+        }
+        return text;
+      });
+      if (templates.empty()) note("the checkpoint has no chat template");
+      for (const auto& [name, text] : templates.named) ChatTemplate::parse(text);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "[convert] warning: %s (chat and run --chat will refuse it)\n",
+                   e.what());
     }
   }
 

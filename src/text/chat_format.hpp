@@ -1,5 +1,9 @@
 // Chat formatting: a conversation (role, content) -> the prompt text the model was trained on.
 //
+// A package with a chat template renders it (text/chat_template.hpp: the checkpoint's own Jinja
+// template, make_template_chat_format()); the hand-written formats below are the fallback for
+// packages without one, and the reference the template renderer was first checked against.
+//
 // Each format is a C++ rendering of one family of Jinja chat templates, character for character
 // (tests/chat_format_test.cpp compares with transformers' apply_chat_template on the fixtures of
 // tests/fixtures/chat/). Formats today:

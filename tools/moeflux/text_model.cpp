@@ -45,30 +45,6 @@ std::string tokenizer_file(const Package& pkg, const std::string& name) {
   return "";
 }
 
-// The Jinja chat template text of a package, "" if none.
-std::string chat_template_text(const Package& pkg) {
-  if (auto p = tokenizer_file(pkg, "chat_template.jinja"); !p.empty()) return read_file(p);
-  if (auto p = tokenizer_file(pkg, "chat_template.json"); !p.empty()) {
-    const auto j = read_json(p);
-    if (j.is_object() && j.contains("chat_template") && j.at("chat_template").is_string())
-      return j.at("chat_template").get<std::string>();
-  }
-  if (auto p = tokenizer_file(pkg, "tokenizer_config.json"); !p.empty()) {
-    const auto j = read_json(p);
-    if (j.is_object() && j.contains("chat_template")) {
-      const auto& t = j.at("chat_template");
-      if (t.is_string()) return t.get<std::string>();
-      // A list of named templates: the one called "default".
-      if (t.is_array())
-        for (const auto& e : t)
-          if (e.is_object() && e.value("name", "") == "default" && e.contains("template") &&
-              e.at("template").is_string())
-            return e.at("template").get<std::string>();
-    }
-  }
-  return "";
-}
-
 }  // namespace
 
 TextModel TextModel::open(const std::string& model_arg, bool verify_resident) {
@@ -87,15 +63,36 @@ TextModel TextModel::open(const std::string& model_arg, bool verify_resident) {
   return t;
 }
 
+ChatTemplates TextModel::chat_templates() const {
+  const Package& pkg = model->package();
+  try {
+    return load_chat_templates([&](const std::string& name) -> std::optional<std::string> {
+      const std::string p = tokenizer_file(pkg, name);
+      if (p.empty()) return std::nullopt;
+      return read_file(p);
+    });
+  } catch (const Error& e) {
+    fail(dir + ": " + e.what());
+  }
+}
+
+ChatRenderOptions TextModel::chat_render_options() const {
+  ChatRenderOptions o;
+  if (auto p = tokenizer_file(model->package(), "tokenizer_config.json"); !p.empty())
+    o.special_tokens = special_tokens_from_config(read_json(p));
+  return o;
+}
+
 std::unique_ptr<ChatFormat> TextModel::chat_format() const {
-  const std::string text = chat_template_text(model->package());
-  if (!text.empty()) {
+  const ChatTemplates templates = chat_templates();
+  if (const std::string* text = templates.select(/*with_tools=*/false)) {
     try {
-      return chat_format_for_template(text);
+      return make_template_chat_format(ChatTemplate::parse(*text), chat_render_options());
     } catch (const Error& e) {
-      fail(dir + ": " + e.what());
+      fail(dir + ": the package's chat template: " + e.what());
     }
   }
+  // No template: the hand-written ChatML format, if the vocabulary has its tokens.
   if (tokenizer->token_id("<|im_start|>")) return chat_format_by_name("chatml");
   fail(dir + ": the package has no chat template (tokenizer_config.json chat_template or " +
        "chat_template.jinja) and no <|im_start|> token");

@@ -13,6 +13,7 @@
 #include "runtime/session.hpp"
 #include "sample/sampler.hpp"
 #include "text/chat_format.hpp"
+#include "text/chat_template.hpp"
 #include "text/tokenizer.hpp"
 
 namespace moeflux::tool {
@@ -31,10 +32,18 @@ struct TextModel {
   // check the resident tensors' checksums at open (off with --no-verify).
   static TextModel open(const std::string& model_arg, bool verify_resident = true);
 
-  // The chat format of the package's template (tokenizer_config.json "chat_template" or
-  // chat_template.jinja); without a template, ChatML if the vocabulary has <|im_start|>.
-  // Throws moeflux::Error when there is none.
+  // The chat format of the package's own Jinja template (chat_template.jinja, chat_template.json
+  // or tokenizer_config.json "chat_template", rendered by text/chat_template.hpp with the
+  // tokenizer's special tokens); without a template, the hand-written ChatML format if the
+  // vocabulary has <|im_start|>. Throws moeflux::Error when there is neither, or when the
+  // template does not parse.
   std::unique_ptr<ChatFormat> chat_format() const;
+  // For a server rendering requests itself (ChatTemplate::parse(*templates.select(has_tools)),
+  // then render(messages, tools, options)): the package's templates, and options carrying the
+  // tokenizer's special tokens (tokenizer_config.json). Throw moeflux::Error naming the package
+  // for unreadable template files.
+  ChatTemplates chat_templates() const;
+  ChatRenderOptions chat_render_options() const;
 
   // Generation options with the package's end tokens and, for a format with thinking, the
   // <think> / </think> ids (think_budget >= 0 needs them: error otherwise).
