@@ -96,6 +96,18 @@ void Generator::clear() {
   pending_.reset();
 }
 
+void Generator::evaluate_pending() {
+  if (!pending_) return;
+  const int t = *pending_;
+  pending_.reset();
+  checked(session_.eval_token(t));
+}
+
+void Generator::adopt_session() {
+  pending_.reset();
+  sequence_ = session_.tokens();
+}
+
 void Generator::rewind(size_t n) {
   MF_ASSERT(n <= sequence_.size());
   session_.clear();
