@@ -62,8 +62,8 @@ moeflux_status moeflux_tokenize(const moeflux_tokenizer* tok, const char* text, 
 moeflux_status moeflux_detokenize(const moeflux_tokenizer* tok, const int32_t* ids, size_t n,
                                   char* buf, size_t cap, size_t* len);
 
-moeflux_status moeflux_engine_create(const moeflux_model* model,
-                                     const moeflux_engine_options* opts, moeflux_engine** out);
+moeflux_status moeflux_engine_create(const moeflux_model* model, const moeflux_engine_options* opts,
+                                     moeflux_engine** out);
 void moeflux_engine_free(moeflux_engine* engine);
 
 /* A session with room for `context` positions (0: the engine's). */

@@ -11,8 +11,8 @@ namespace {
 TEST(ChatState, SaveAndLoadContinueTheConversationExactly) {
   TempDir tmp;
   const std::string model = fixture_dir("../../models/moeflux-tiny-kjv");
-  const std::vector<std::string> args = {"chat", "-m", model, "--temp", "0", "-n", "12",
-                                         "--threads", "2"};
+  const std::vector<std::string> args = {"chat", "-m", model,       "--temp", "0",
+                                         "-n",   "12", "--threads", "2"};
   const std::string state = tmp / "conv.state";
   // One process: a turn, /save, another turn.
   const CommandResult one =
@@ -34,14 +34,12 @@ TEST(ChatState, SaveAndLoadContinueTheConversationExactly) {
 
   // A file that is no state: reported, the conversation unchanged, the chat goes on.
   std::ofstream(tmp / "junk") << "junk";
-  const CommandResult bad =
-      run_moeflux_with(args, "", "/load " + (tmp / "junk") + "\n/load " + (tmp / "none") +
-                                     "\nIn the beginning\n");
+  const CommandResult bad = run_moeflux_with(
+      args, "", "/load " + (tmp / "junk") + "\n/load " + (tmp / "none") + "\nIn the beginning\n");
   ASSERT_EQ(bad.exit_code, 0) << bad.err;
   EXPECT_NE(bad.err.find("session state"), std::string::npos) << bad.err;
   EXPECT_NE(bad.err.find("none"), std::string::npos) << bad.err;
-  EXPECT_EQ(last_line(bad.out), last_line(
-      run_moeflux_with(args, "", "In the beginning\n").out));
+  EXPECT_EQ(last_line(bad.out), last_line(run_moeflux_with(args, "", "In the beginning\n").out));
 }
 
 }  // namespace

@@ -77,7 +77,8 @@ TEST_F(ServerHttp, BadRequestsGet4xxWithErrorObjects) {
   expect_error(post(c, "/v1/chat/completions", "{not json"), 400, "invalid_request_error");
   expect_error(post(c, "/v1/chat/completions", "[]"), 400);
   expect_error(post(c, "/v1/chat/completions", R"({"messages": 3})"), 400);
-  expect_error(post(c, "/v1/chat/completions", R"({"messages": [{"role": "user", "content": {}}]})"), 400);
+  expect_error(
+      post(c, "/v1/chat/completions", R"({"messages": [{"role": "user", "content": {}}]})"), 400);
   json b = chat_body("hi", 5);
   b["temperature"] = "warm";
   expect_error(post(c, "/v1/chat/completions", b.dump()), 400);
@@ -187,8 +188,8 @@ TEST_F(ServerHttp, AFollowUpTurnReusesTheCachedPrefix) {
   auto r = post(c, "/v1/chat/completions", b.dump());
   ASSERT_TRUE(r && r->status == 200);
   const json first = json::parse(r->body);
-  b["messages"].push_back({{"role", "assistant"},
-                           {"content", first["choices"][0]["message"]["content"]}});
+  b["messages"].push_back(
+      {{"role", "assistant"}, {"content", first["choices"][0]["message"]["content"]}});
   b["messages"].push_back({{"role", "user"}, {"content", "And then?"}});
   r = post(c, "/v1/chat/completions", b.dump());
   ASSERT_TRUE(r && r->status == 200);
@@ -213,9 +214,10 @@ TEST_F(ServerHttp, ADisconnectMidStreamCancelsTheReply) {
   json b = chat_body("Let there be light", 2500, true);
   b["ignore_eos"] = true;
   const std::string body = b.dump();
-  const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                          "application/json\r\nContent-Length: " +
-                          std::to_string(body.size()) + "\r\n\r\n" + body;
+  const std::string req =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+      "application/json\r\nContent-Length: " +
+      std::to_string(body.size()) + "\r\n\r\n" + body;
   const int fd = connect_loopback(server_->port());
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::write(fd, req.data(), req.size()), ssize_t(req.size()));

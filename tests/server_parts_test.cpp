@@ -61,7 +61,9 @@ TEST(ServerRequest, ValidChatRequestIsParsed) {
   EXPECT_EQ(*r.top_k, 3);
   EXPECT_EQ(*r.seed, 9u);
   EXPECT_EQ(r.enable_thinking, false);
-  EXPECT_EQ(parse_chat_request(R"({"messages":[{"role":"user","content":"x"}]})", limits()).max_tokens, 10);
+  EXPECT_EQ(
+      parse_chat_request(R"({"messages":[{"role":"user","content":"x"}]})", limits()).max_tokens,
+      10);
 }
 
 TEST(ServerRequest, BadRequestsNameTheirField) {
@@ -171,7 +173,8 @@ TEST(ServerOutputParser, SplitsReasoningContentAndToolCallsWhateverThePieces) {
     EXPECT_EQ(d.tool_calls[0].name, "get");
     EXPECT_EQ(Json::parse(d.tool_calls[0].arguments), Json::parse(R"({"city": "Paris"})"));
     EXPECT_EQ(d.tool_calls[1].name, "put");
-    EXPECT_EQ(Json::parse(d.tool_calls[1].arguments), Json::parse(R"({"n": 3, "s": "hello world"})"));
+    EXPECT_EQ(Json::parse(d.tool_calls[1].arguments),
+              Json::parse(R"({"n": 3, "s": "hello world"})"));
   }
   // A reply that starts inside the thought (the prompt opened it).
   const ParsedDelta r = parse_in_pieces("\nhmm\n</think>\n\nYes.", 2, true);

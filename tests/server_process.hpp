@@ -32,8 +32,8 @@ class ServerProcess {
       ::dup2(out[1], 1);
       ::close(out[0]);
       ::close(out[1]);
-      std::vector<std::string> argv = {MOEFLUX_BINARY, "serve", "-m", bundled_model(),
-                                       "--port", "0", "--threads", "2"};
+      std::vector<std::string> argv = {MOEFLUX_BINARY, "serve", "-m",        bundled_model(),
+                                       "--port",       "0",     "--threads", "2"};
       argv.insert(argv.end(), args.begin(), args.end());
       std::vector<char*> c;
       for (auto& a : argv) c.push_back(a.data());

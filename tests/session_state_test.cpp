@@ -81,8 +81,7 @@ TEST_P(SessionStateTest, BadStatesAreRefusedBeforeAnythingChanges) {
       b.state_load(bad);
       ADD_FAILURE() << what << " was loaded";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << what << ": "
-                                                                          << e.what();
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << what << ": " << e.what();
     }
     EXPECT_EQ(b.tokens(), tokens_before) << what;
     expect_identical(b.logits(), logits_before, what);

@@ -1,12 +1,11 @@
 // The C API (include/moeflux.h) over Model, Engine, Session and Tokenizer: every entry point
 // catches every exception and turns it into a status and a thread-local message.
-#include "moeflux.h"
-
 #include <filesystem>
 #include <new>
 #include <string>
 
 #include "core/error.hpp"
+#include "moeflux.h"
 #include "runtime/session.hpp"
 #include "text/tokenizer.hpp"
 
@@ -51,8 +50,8 @@ moeflux_status guarded(F&& f) {
   }
 }
 
-#define MF_C_REQUIRE(p)                                                             \
-  do {                                                                              \
+#define MF_C_REQUIRE(p)                                                               \
+  do {                                                                                \
     if (!(p)) return fail_with(MOEFLUX_ERR_INVALID_ARGUMENT, #p " must not be NULL"); \
   } while (0)
 
@@ -169,7 +168,8 @@ moeflux_status moeflux_session_create(moeflux_engine* e, size_t context, moeflux
   MF_C_REQUIRE(e);
   MF_C_REQUIRE(out);
   *out = nullptr;
-  return guarded([&] { *out = new moeflux_session{std::make_unique<moeflux::Session>(*e->e, context)}; });
+  return guarded(
+      [&] { *out = new moeflux_session{std::make_unique<moeflux::Session>(*e->e, context)}; });
 }
 
 void moeflux_session_free(moeflux_session* s) {
@@ -223,8 +223,8 @@ moeflux_status moeflux_session_state_save(const moeflux_session* s, void* dst, s
   return guarded([&] {
     const std::vector<std::byte> v = s->s->state_save();
     if (v.size() > cap)
-      moeflux::usage_fail("the state needs " + std::to_string(v.size()) + " bytes, the buffer has " +
-                          std::to_string(cap));
+      moeflux::usage_fail("the state needs " + std::to_string(v.size()) +
+                          " bytes, the buffer has " + std::to_string(cap));
     std::copy(v.begin(), v.end(), static_cast<std::byte*>(dst));
   });
 }
@@ -269,8 +269,8 @@ moeflux_status moeflux_session_stats(const moeflux_session* s, moeflux_stats* ou
     const moeflux::ExpertStreamer& st = s->s->streamer();
     const moeflux::LayerStreamStats t = st.stats().total();
     const moeflux::CheckpointStats c = s->s->checkpoint_stats();
-    *out = {t.requests, t.cache_hits(), t.prefetch_hits, t.misses, st.stats().storage_reads,
-            st.record_bytes(), c.count, c.bytes};
+    *out = {t.requests,        t.cache_hits(), t.prefetch_hits, t.misses, st.stats().storage_reads,
+            st.record_bytes(), c.count,        c.bytes};
   });
 }
 

@@ -30,11 +30,11 @@ struct Checkpoint {
 };
 
 struct CheckpointStats {
-  size_t count = 0;           // checkpoints held
-  size_t bytes = 0;           // their memory
-  uint64_t taken = 0;         // checkpoints stored since the session was created
-  uint64_t evicted = 0;       // dropped to stay within the budget
-  uint64_t restored = 0;      // cuts that resumed from a checkpoint
+  size_t count = 0;              // checkpoints held
+  size_t bytes = 0;              // their memory
+  uint64_t taken = 0;            // checkpoints stored since the session was created
+  uint64_t evicted = 0;          // dropped to stay within the budget
+  uint64_t restored = 0;         // cuts that resumed from a checkpoint
   uint64_t replayed_tokens = 0;  // tokens evaluated again after a restore
 };
 

@@ -25,13 +25,13 @@
 namespace moeflux {
 
 struct EngineOptions {
-  size_t threads = 0;           // compute threads (0 = all hardware threads)
-  int active_experts = 0;       // experts run per token (--k); 0 = the model's top_k
-  size_t prefill_chunk = 256;   // rows per forward pass (prompt chunk; batched decode width)
-  size_t context = 0;           // --ctx: positions a session can hold; 0 = the model's maximum
-  bool timing = false;          // collect per-layer timings (--timing)
-  StreamOptions stream;         // RAM cache, I/O, prefetch (max_active is set from --k)
-  RoutingSink on_routing;       // routing traces (null: none)
+  size_t threads = 0;          // compute threads (0 = all hardware threads)
+  int active_experts = 0;      // experts run per token (--k); 0 = the model's top_k
+  size_t prefill_chunk = 256;  // rows per forward pass (prompt chunk; batched decode width)
+  size_t context = 0;          // --ctx: positions a session can hold; 0 = the model's maximum
+  bool timing = false;         // collect per-layer timings (--timing)
+  StreamOptions stream;        // RAM cache, I/O, prefetch (max_active is set from --k)
+  RoutingSink on_routing;      // routing traces (null: none)
 };
 
 class Model {
@@ -65,7 +65,7 @@ class Engine {
   const EngineOptions& options() const { return opts_; }
   Backend& backend() { return *backend_; }
   int active_experts() const { return active_experts_; }
-  size_t context() const { return context_; }    // positions a session may hold at most
+  size_t context() const { return context_; }       // positions a session may hold at most
   size_t max_rows() const { return ws_.max_rows; }  // rows of one forward pass
 
   // The streamer and timings are shared by every session; read them while no forward runs.
@@ -76,8 +76,8 @@ class Engine {
 
   // Runs one batch (forward.hpp) under the engine's lock: rows `tokens`, sequences `seqs`,
   // logits of rows [logits_row, logits_row + logits.size()) into the host buffers `logits`.
-  void forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs,
-               size_t logits_row, std::span<float* const> logits);
+  void forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs, size_t logits_row,
+               std::span<float* const> logits);
 
   // A fresh sequence state with room for `context` positions (0: the engine's), in backend
   // memory; `*buffer` receives its memory. Throws moeflux::Error naming --ctx when the machine

@@ -36,8 +36,8 @@ void Session::clear() {
 size_t Session::recurrent_floats() const {
   size_t n = 0;
   for (const LayerState& ls : state_.layers)
-    if (ls.delta.S.rank) n += ls.delta.conv.rows() * ls.delta.conv.cols() +
-                              ls.delta.S.rows() * ls.delta.S.cols();
+    if (ls.delta.S.rank)
+      n += ls.delta.conv.rows() * ls.delta.conv.cols() + ls.delta.S.rows() * ls.delta.S.cols();
   return n;
 }
 

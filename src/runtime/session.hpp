@@ -90,7 +90,7 @@ class Session {
  private:
   friend void eval_batch(std::span<Session* const>, std::span<const int>);
   void check_tokens(std::span<const int> tokens) const;
-  void allocate_state();  // state, logits and scratch for context_ positions
+  void allocate_state();            // state, logits and scratch for context_ positions
   size_t recurrent_floats() const;  // the recurrent layers' state, all of them
   void save_recurrent(float* dst) const;
   void load_recurrent(const float* src);

@@ -29,10 +29,10 @@ struct StateHeader {
   char magic[8];
   uint32_t version;
   uint32_t reserved;
-  uint64_t model_key;       // model_key(): which model the state belongs to
-  uint64_t position;        // ids evaluated
-  uint64_t vocab;           // logits per position
-  uint64_t kv_floats;       // K and V floats per position, all attention layers
+  uint64_t model_key;  // model_key(): which model the state belongs to
+  uint64_t position;   // ids evaluated
+  uint64_t vocab;      // logits per position
+  uint64_t kv_floats;  // K and V floats per position, all attention layers
   uint64_t recurrent_floats;
 };
 static_assert(sizeof(StateHeader) == 56);
@@ -61,8 +61,8 @@ size_t kv_floats_per_position(const SequenceState& s) {
 }
 
 size_t state_bytes(size_t pos, size_t vocab, size_t kv, size_t rec) {
-  return sizeof(StateHeader) + pos * sizeof(int32_t) +
-         (vocab + pos * kv + rec) * sizeof(float) + sizeof(uint32_t);
+  return sizeof(StateHeader) + pos * sizeof(int32_t) + (vocab + pos * kv + rec) * sizeof(float) +
+         sizeof(uint32_t);
 }
 
 }  // namespace
@@ -109,8 +109,8 @@ std::vector<std::byte> Session::state_save() const {
 void Session::state_load(std::span<const std::byte> in) {
   // Everything is checked before the session changes.
   StateHeader h;
-  if (in.size() < sizeof h + sizeof(uint32_t)) fail("session state: truncated (" +
-                                                    std::to_string(in.size()) + " bytes)");
+  if (in.size() < sizeof h + sizeof(uint32_t))
+    fail("session state: truncated (" + std::to_string(in.size()) + " bytes)");
   std::memcpy(&h, in.data(), sizeof h);
   if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0) fail("session state: not a moeflux state");
   if (h.version != kStateVersion)
@@ -171,8 +171,8 @@ void Session::state_load_file(const std::string& path) {
   struct stat st;
   if (::stat(path.c_str(), &st) != 0) throw_errno("session state: cannot open " + path);
   if (!S_ISREG(st.st_mode)) fail("session state: " + path + " is not a regular file");
-  const size_t most = state_bytes(context_, logits_.size(), kv_floats_per_position(state_),
-                                  recurrent_floats());
+  const size_t most =
+      state_bytes(context_, logits_.size(), kv_floats_per_position(state_), recurrent_floats());
   if (size_t(st.st_size) > most)
     fail("session state: " + path + " is larger than any state of this session (" +
          std::to_string(st.st_size) + " bytes)");

@@ -39,8 +39,8 @@ std::string with_tool_calls(const Message& m) {
   std::string out = m.content;
   for (size_t i = 0; i < m.tool_calls.size(); ++i) {
     if (i > 0 || !m.content.empty()) out += "\n";
-    out += "<tool_call>\n{\"name\": \"" + m.tool_calls[i].name + "\", \"arguments\": " +
-           m.tool_calls[i].arguments + "}\n</tool_call>";
+    out += "<tool_call>\n{\"name\": \"" + m.tool_calls[i].name +
+           "\", \"arguments\": " + m.tool_calls[i].arguments + "}\n</tool_call>";
   }
   return out;
 }
@@ -69,8 +69,8 @@ class FormatTemplate : public ChatTemplate {
     }
     for (size_t i = first; i < messages.size(); ++i) {
       const Message& m = messages[i];
-      cm.push_back({m.role, m.role == "assistant" ? with_tool_calls(m) : m.content,
-                    m.reasoning_content});
+      cm.push_back(
+          {m.role, m.role == "assistant" ? with_tool_calls(m) : m.content, m.reasoning_content});
     }
     ChatOptions co;
     co.enable_thinking = opts.enable_thinking;

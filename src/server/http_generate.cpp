@@ -38,10 +38,10 @@ struct Reply {
   long long created = 0;
   bool chat = false, stream = false, include_usage = false;
   OutputParser parser;
-  ParsedDelta whole;      // non-streamed: everything
-  std::string text;       // completions: everything
-  size_t tool_calls = 0;  // tool calls named so far
-  bool started = false;   // streamed: the role chunk was written
+  ParsedDelta whole;              // non-streamed: everything
+  std::string text;               // completions: everything
+  size_t tool_calls = 0;          // tool calls named so far
+  bool started = false;           // streamed: the role chunk was written
   std::optional<JobEvent> first;  // the event taken to decide the status
 
   Reply(std::shared_ptr<Job> j, std::string think_open, std::string think_close, bool tools)
@@ -61,10 +61,10 @@ struct Reply {
     if (!d.content.empty())
       out += sse(chat_chunk(id, model, created, {{"content", d.content}}, ""));
     if (!d.tool_calls.empty())
-      out += sse(chat_chunk(id, model, created,
-                            {{"tool_calls", tool_calls_json(d.tool_calls,
-                                                            tool_calls - d.tool_calls.size(), true)}},
-                            ""));
+      out += sse(chat_chunk(
+          id, model, created,
+          {{"tool_calls", tool_calls_json(d.tool_calls, tool_calls - d.tool_calls.size(), true)}},
+          ""));
     return out;
   }
 
@@ -130,8 +130,8 @@ struct Reply {
 }  // namespace
 
 void HttpServer::generate(const httplib::Request& req, httplib::Response& res, bool chat) {
-  const GenerationRequest g =
-      chat ? parse_chat_request(req.body, opts_.limits) : parse_completion_request(req.body, opts_.limits);
+  const GenerationRequest g = chat ? parse_chat_request(req.body, opts_.limits)
+                                   : parse_completion_request(req.body, opts_.limits);
   std::string prefill;
   std::shared_ptr<Job> job = make_job(g, &prefill);
   scheduler_->submit(job);
@@ -167,14 +167,15 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
     }
   }
   if (reply->first->kind == JobEvent::Failed) {
-    send_error(res, ApiError(reply->first->status, reply->first->text, "",
-                             reply->first->status >= 500 ? "server_error" : "invalid_request_error"));
+    send_error(res,
+               ApiError(reply->first->status, reply->first->text, "",
+                        reply->first->status >= 500 ? "server_error" : "invalid_request_error"));
     --in_flight_;
     return;
   }
 
-  auto last_write = std::make_shared<std::chrono::steady_clock::time_point>(
-      std::chrono::steady_clock::now());
+  auto last_write =
+      std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now());
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
   res.set_chunked_content_provider(
@@ -191,10 +192,9 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
           reply->first.reset();
           if (reply->stream && !reply->started) {
             reply->started = true;
-            const Json role = reply->chat
-                                  ? chat_chunk(reply->id, reply->model, reply->created,
-                                               {{"role", "assistant"}, {"content", ""}}, "")
-                                  : Json();
+            const Json role = reply->chat ? chat_chunk(reply->id, reply->model, reply->created,
+                                                       {{"role", "assistant"}, {"content", ""}}, "")
+                                          : Json();
             std::string head = reply->chat ? sse(role) : "";
             // Tool calls of a continued message go out first.
             if (reply->chat && !reply->whole.tool_calls.empty()) {

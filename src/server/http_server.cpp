@@ -100,9 +100,9 @@ void HttpServer::routes() {
   http_->set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return;
     if (res.status == 404)
-      send_error(res, ApiError(404, "no route " + printable(req.method) + " " +
-                                        printable(req.path, 200), "", "invalid_request_error",
-                               "not_found"));
+      send_error(res,
+                 ApiError(404, "no route " + printable(req.method) + " " + printable(req.path, 200),
+                          "", "invalid_request_error", "not_found"));
     else if (res.status == 413)
       send_error(res, ApiError(413, "the request body exceeds " +
                                         std::to_string(opts_.max_body_bytes) + " bytes"));
@@ -161,8 +161,8 @@ std::shared_ptr<Job> HttpServer::make_job(const GenerationRequest& g, std::strin
         model_.chat->render(g.messages, g.tool_choice == "none" ? none : g.tools, to);
     if (g.continue_final_message) *prefill = g.messages.back().content;
     const std::string_view before(text.data(), text.size() - prefill->size());
-    p.starts_in_reasoning = opens_thought(before, model_.chat->think_open(),
-                                          model_.chat->think_close());
+    p.starts_in_reasoning =
+        opens_thought(before, model_.chat->think_open(), model_.chat->think_close());
     p.prompt = tok.encode(text);
   } else if (!g.prompt_ids.empty()) {
     for (size_t i = 0; i < g.prompt_ids.size(); ++i)
@@ -174,10 +174,12 @@ std::shared_ptr<Job> HttpServer::make_job(const GenerationRequest& g, std::strin
   }
   if (p.prompt.empty()) bad_field(g.chat ? "messages" : "prompt", "the prompt is empty");
   const size_t ctx = scheduler_->context();
-  const size_t most = opts_.max_prompt_tokens ? std::min(opts_.max_prompt_tokens, ctx - 1) : ctx - 1;
+  const size_t most =
+      opts_.max_prompt_tokens ? std::min(opts_.max_prompt_tokens, ctx - 1) : ctx - 1;
   if (p.prompt.size() > most)
-    throw ApiError(400, "the prompt has " + std::to_string(p.prompt.size()) +
-                            " tokens, more than the " + std::to_string(most) + " this server takes",
+    throw ApiError(400,
+                   "the prompt has " + std::to_string(p.prompt.size()) + " tokens, more than the " +
+                       std::to_string(most) + " this server takes",
                    g.chat ? "messages" : "prompt", "invalid_request_error",
                    "context_length_exceeded");
   p.sampling = model_.sampling;

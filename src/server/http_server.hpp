@@ -36,14 +36,14 @@ namespace moeflux::server {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 8080;                // 0: any free port (bound_port() says which)
-  std::string api_key;            // empty: no authentication
-  std::string model_id;           // the id /v1/models lists and responses carry
+  int port = 8080;       // 0: any free port (bound_port() says which)
+  std::string api_key;   // empty: no authentication
+  std::string model_id;  // the id /v1/models lists and responses carry
   size_t max_body_bytes = 8u << 20;
-  size_t max_prompt_tokens = 0;   // 0: the context
+  size_t max_prompt_tokens = 0;  // 0: the context
   RequestLimits limits;
   SchedulerOptions scheduler;
-  int http_threads = 64;          // connections served at once
+  int http_threads = 64;  // connections served at once
 };
 
 // What the server needs of the model besides the engine.

@@ -32,7 +32,7 @@ struct JobParams {
 struct JobResult {
   std::string finish_reason;  // "stop" | "length"
   int prompt_tokens = 0;
-  int cached_tokens = 0;      // of prompt_tokens, resumed from a cached session state
+  int cached_tokens = 0;  // of prompt_tokens, resumed from a cached session state
   int completion_tokens = 0;
   double queue_seconds = 0;   // submitted -> started
   double prompt_seconds = 0;  // prompt evaluation (the uncached part)

@@ -39,39 +39,46 @@ Json tool_calls_json(const std::vector<ToolCall>& calls, size_t first_index, boo
 Json chat_response(const std::string& id, const std::string& model, const ParsedDelta& reply,
                    const JobResult& r) {
   Json msg = {{"role", "assistant"}};
-  msg["content"] = reply.content.empty() && !reply.tool_calls.empty() ? Json() : Json(reply.content);
+  msg["content"] =
+      reply.content.empty() && !reply.tool_calls.empty() ? Json() : Json(reply.content);
   if (!reply.reasoning.empty()) msg["reasoning_content"] = reply.reasoning;
   if (!reply.tool_calls.empty()) msg["tool_calls"] = tool_calls_json(reply.tool_calls, 0, false);
   const std::string finish = reply.tool_calls.empty() ? r.finish_reason : "tool_calls";
-  return {{"id", id},
-          {"object", "chat.completion"},
-          {"created", unix_time()},
-          {"model", model},
-          {"choices",
-           Json::array({{{"index", 0}, {"message", msg}, {"logprobs", nullptr},
-                         {"finish_reason", finish}}})},
-          {"usage", usage_json(r)},
-          {"timings", timings_json(r)}};
+  return {
+      {"id", id},
+      {"object", "chat.completion"},
+      {"created", unix_time()},
+      {"model", model},
+      {"choices",
+       Json::array(
+           {{{"index", 0}, {"message", msg}, {"logprobs", nullptr}, {"finish_reason", finish}}})},
+      {"usage", usage_json(r)},
+      {"timings", timings_json(r)}};
 }
 
 Json chat_chunk(const std::string& id, const std::string& model, long long created,
                 const Json& delta, const std::string& finish_reason) {
-  return {{"id", id},
-          {"object", "chat.completion.chunk"},
-          {"created", created},
-          {"model", model},
-          {"choices",
-           Json::array({{{"index", 0}, {"delta", delta}, {"logprobs", nullptr},
-                         {"finish_reason", finish_reason.empty() ? Json() : Json(finish_reason)}}})}};
+  return {
+      {"id", id},
+      {"object", "chat.completion.chunk"},
+      {"created", created},
+      {"model", model},
+      {"choices",
+       Json::array({{{"index", 0},
+                     {"delta", delta},
+                     {"logprobs", nullptr},
+                     {"finish_reason", finish_reason.empty() ? Json() : Json(finish_reason)}}})}};
 }
 
-Json completion_response(const std::string& id, const std::string& model,
-                         const std::string& text, const JobResult& r) {
+Json completion_response(const std::string& id, const std::string& model, const std::string& text,
+                         const JobResult& r) {
   return {{"id", id},
           {"object", "text_completion"},
           {"created", unix_time()},
           {"model", model},
-          {"choices", Json::array({{{"index", 0}, {"text", text}, {"logprobs", nullptr},
+          {"choices", Json::array({{{"index", 0},
+                                    {"text", text},
+                                    {"logprobs", nullptr},
                                     {"finish_reason", r.finish_reason}}})},
           {"usage", usage_json(r)},
           {"timings", timings_json(r)}};
@@ -79,22 +86,24 @@ Json completion_response(const std::string& id, const std::string& model,
 
 Json completion_chunk(const std::string& id, const std::string& model, long long created,
                       const std::string& text, const std::string& finish_reason) {
-  return {{"id", id},
-          {"object", "text_completion"},
-          {"created", created},
-          {"model", model},
-          {"choices", Json::array({{{"index", 0}, {"text", text}, {"logprobs", nullptr},
-                                    {"finish_reason", finish_reason.empty()
-                                                          ? Json()
-                                                          : Json(finish_reason)}}})}};
+  return {
+      {"id", id},
+      {"object", "text_completion"},
+      {"created", created},
+      {"model", model},
+      {"choices",
+       Json::array({{{"index", 0},
+                     {"text", text},
+                     {"logprobs", nullptr},
+                     {"finish_reason", finish_reason.empty() ? Json() : Json(finish_reason)}}})}};
 }
 
 Json models_json(const std::string& model_id) {
-  return {{"object", "list"},
-          {"data", Json::array({{{"id", model_id},
-                                 {"object", "model"},
-                                 {"created", 0},
-                                 {"owned_by", "moeflux"}}})}};
+  return {
+      {"object", "list"},
+      {"data",
+       Json::array(
+           {{{"id", model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "moeflux"}}})}};
 }
 
 Json health_json(const SchedulerStats& s, const std::string& model_id) {

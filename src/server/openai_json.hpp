@@ -26,8 +26,8 @@ Json chat_response(const std::string& id, const std::string& model, const Parsed
 // One chunk of a streamed chat reply: `delta` (an object), finish_reason (null if "").
 Json chat_chunk(const std::string& id, const std::string& model, long long created,
                 const Json& delta, const std::string& finish_reason);
-Json completion_response(const std::string& id, const std::string& model,
-                         const std::string& text, const JobResult& r);
+Json completion_response(const std::string& id, const std::string& model, const std::string& text,
+                         const JobResult& r);
 Json completion_chunk(const std::string& id, const std::string& model, long long created,
                       const std::string& text, const std::string& finish_reason);
 

@@ -25,8 +25,8 @@ std::string_view trim(std::string_view s) {
 
 // Qwen3.5 (XML) syntax: <function=NAME> (<parameter=KEY>\nVALUE\n</parameter>)* </function>.
 std::optional<ToolCall> parse_xml_call(std::string_view b) {
-  constexpr std::string_view kFn = "<function=", kFnEnd = "</function>", kParam = "<parameter=",
-                             kParamEnd = "</parameter>";
+  constexpr std::string_view kFn = "<function=", kFnEnd = "</function>",
+                             kParam = "<parameter=", kParamEnd = "</parameter>";
   if (!b.starts_with(kFn)) return std::nullopt;
   b.remove_prefix(kFn.size());
   const size_t gt = b.find('>');

@@ -47,10 +47,10 @@ class OutputParser {
   std::string open_, close_;
   bool tools_;
   Mode mode_;
-  bool at_reasoning_start_;   // the newline after <think> is dropped
-  bool at_content_start_;     // newlines after </think> (and between tool calls) are dropped
-  std::string buf_;           // text not yet classified
-  std::string pending_nl_;    // content newlines held (dropped before a tool call / the end)
+  bool at_reasoning_start_;  // the newline after <think> is dropped
+  bool at_content_start_;    // newlines after </think> (and between tool calls) are dropped
+  std::string buf_;          // text not yet classified
+  std::string pending_nl_;   // content newlines held (dropped before a tool call / the end)
 };
 
 // The body of one tool call (between the tags), in either syntax; nullopt if it does not parse.

@@ -62,8 +62,8 @@ long long get_int(const Json& v, const std::string& param, long long lo, long lo
 std::string get_content(const Json& v, const std::string& param) {
   if (v.is_null()) return "";
   if (v.is_string()) return v.get<std::string>();
-  if (!v.is_array()) bad_field(param, std::string("expected a string or an array of parts, got ") +
-                                          type_name(v));
+  if (!v.is_array())
+    bad_field(param, std::string("expected a string or an array of parts, got ") + type_name(v));
   std::string out;
   for (size_t i = 0; i < v.size(); ++i) {
     const std::string p = param + "[" + std::to_string(i) + "]";
@@ -121,8 +121,7 @@ std::vector<Message> get_messages(const Json& j) {
     if (!role) bad_field(p + ".role", "missing");
     msg.role = get_string(*role, p + ".role");
     if (msg.role == "developer") msg.role = "system";
-    if (msg.role != "system" && msg.role != "user" && msg.role != "assistant" &&
-        msg.role != "tool")
+    if (msg.role != "system" && msg.role != "user" && msg.role != "assistant" && msg.role != "tool")
       bad_field(p + ".role", "must be system, developer, user, assistant or tool");
     const Json* content = field(m, "content");
     if (!content && msg.role != "assistant") bad_field(p + ".content", "missing");
@@ -130,10 +129,12 @@ std::vector<Message> get_messages(const Json& j) {
     if (const Json* r = field(m, "reasoning_content"))
       msg.reasoning_content = get_string(*r, p + ".reasoning_content");
     if (const Json* tc = field(m, "tool_calls")) {
-      if (msg.role != "assistant") bad_field(p + ".tool_calls", "only assistant messages have them");
+      if (msg.role != "assistant")
+        bad_field(p + ".tool_calls", "only assistant messages have them");
       msg.tool_calls = get_tool_calls(*tc, p + ".tool_calls");
     }
-    if (const Json* id = field(m, "tool_call_id")) msg.tool_call_id = get_string(*id, p + ".tool_call_id");
+    if (const Json* id = field(m, "tool_call_id"))
+      msg.tool_call_id = get_string(*id, p + ".tool_call_id");
     out.push_back(std::move(msg));
   }
   return out;
@@ -186,7 +187,8 @@ void common_fields(const Json& j, const RequestLimits& limits, GenerationRequest
     if (r.stop.size() > limits.max_stop_strings)
       bad_field("stop", "at most " + std::to_string(limits.max_stop_strings) + " stop strings");
   }
-  if (const Json* v = field(j, "temperature")) r.temperature = float(get_number(*v, "temperature", 0, 2));
+  if (const Json* v = field(j, "temperature"))
+    r.temperature = float(get_number(*v, "temperature", 0, 2));
   if (const Json* v = field(j, "top_p")) {
     r.top_p = float(get_number(*v, "top_p", 0, 1));
     if (*r.top_p <= 0) bad_field("top_p", "must be greater than 0");
@@ -199,7 +201,8 @@ void common_fields(const Json& j, const RequestLimits& limits, GenerationRequest
     r.repetition_penalty = float(get_number(*v, "repetition_penalty", 0, 10));
     if (*r.repetition_penalty <= 0) bad_field("repetition_penalty", "must be greater than 0");
   }
-  if (const Json* v = field(j, "frequency_penalty"); v && get_number(*v, "frequency_penalty", -2, 2) != 0)
+  if (const Json* v = field(j, "frequency_penalty");
+      v && get_number(*v, "frequency_penalty", -2, 2) != 0)
     bad_field("frequency_penalty", "is not supported (use presence_penalty or repetition_penalty)");
   if (const Json* v = field(j, "seed")) {
     if (!v->is_number_integer()) bad_field("seed", "expected an integer");
@@ -237,7 +240,8 @@ GenerationRequest parse_chat_request(std::string_view body, const RequestLimits&
     if (!type || get_string(*type, "response_format.type") != "text")
       bad_field("response_format", "only {\"type\": \"text\"} is supported");
   }
-  if (const Json* v = field(j, "enable_thinking")) r.enable_thinking = get_bool(*v, "enable_thinking");
+  if (const Json* v = field(j, "enable_thinking"))
+    r.enable_thinking = get_bool(*v, "enable_thinking");
   if (const Json* v = field(j, "chat_template_kwargs")) {
     if (!v->is_object()) bad_field("chat_template_kwargs", "expected an object");
     if (const Json* t = field(*v, "enable_thinking"))
@@ -261,11 +265,13 @@ GenerationRequest parse_completion_request(std::string_view body, const RequestL
     r.prompt = (*p)[0].get<std::string>();
   } else if (p->is_array() && !p->empty() && (*p)[0].is_number_integer()) {
     for (size_t i = 0; i < p->size(); ++i)
-      r.prompt_ids.push_back(int(get_int((*p)[i], "prompt[" + std::to_string(i) + "]", 0, INT32_MAX)));
+      r.prompt_ids.push_back(
+          int(get_int((*p)[i], "prompt[" + std::to_string(i) + "]", 0, INT32_MAX)));
   } else {
     bad_field("prompt", "expected a string, an array of one string or an array of token ids");
   }
-  if (const Json* v = field(j, "echo"); v && get_bool(*v, "echo")) bad_field("echo", "is not supported");
+  if (const Json* v = field(j, "echo"); v && get_bool(*v, "echo"))
+    bad_field("echo", "is not supported");
   if (const Json* v = field(j, "suffix"); v && !get_string(*v, "suffix").empty())
     bad_field("suffix", "is not supported");
   common_fields(j, limits, r);

@@ -40,10 +40,10 @@ struct RequestLimits {
 struct GenerationRequest {
   bool chat = false;
   std::string model;
-  std::vector<Message> messages;  // chat
-  std::string prompt;             // completions: text ...
-  std::vector<int> prompt_ids;    // ... or token ids
-  Json tools = Json::array();     // [{"type": "function", "function": {...}}]
+  std::vector<Message> messages;     // chat
+  std::string prompt;                // completions: text ...
+  std::vector<int> prompt_ids;       // ... or token ids
+  Json tools = Json::array();        // [{"type": "function", "function": {...}}]
   std::string tool_choice = "auto";  // auto | none | required
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage

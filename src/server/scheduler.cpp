@@ -81,8 +81,10 @@ void Scheduler::submit(std::shared_ptr<Job> job) {
     if (stopping_) throw ApiError(503, "the server is shutting down", "", "server_error");
     if (queue_.size() >= opts_.queue_limit) {
       ++stats_.rejected;
-      throw ApiError(429, "too many requests waiting (" + std::to_string(opts_.queue_limit) +
-                              "); try again later", "", "rate_limit_error", "queue_full");
+      throw ApiError(
+          429,
+          "too many requests waiting (" + std::to_string(opts_.queue_limit) + "); try again later",
+          "", "rate_limit_error", "queue_full");
     }
     queue_.push_back(std::move(job));
     ++stats_.submitted;
@@ -110,8 +112,7 @@ void Scheduler::loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       cv_.wait(lock, [&] {
-        return stopping_ || stats_.active > 0 ||
-               (!queue_.empty() && stats_.active < slots_.size());
+        return stopping_ || stats_.active > 0 || (!queue_.empty() && stats_.active < slots_.size());
       });
       if (stopping_) {
         for (auto& j : queue_) j->failed(503, "the server is shutting down");
@@ -254,7 +255,8 @@ void Scheduler::step() {
     } else {
       t = d.sampler.sample(s.logits(), s.tokens());
     }
-    if (!p.ignore_eos && std::find(p.end_tokens.begin(), p.end_tokens.end(), t) != p.end_tokens.end()) {
+    if (!p.ignore_eos &&
+        std::find(p.end_tokens.begin(), p.end_tokens.end(), t) != p.end_tokens.end()) {
       finish(slot, "stop", true);
       continue;
     }

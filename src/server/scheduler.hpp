@@ -30,9 +30,9 @@
 namespace moeflux::server {
 
 struct SchedulerOptions {
-  int parallel = 4;           // slots: sessions decoding together
-  size_t queue_limit = 64;    // jobs waiting for a slot at most (more: 429)
-  size_t context = 0;         // positions per slot (0: the engine's)
+  int parallel = 4;         // slots: sessions decoding together
+  size_t queue_limit = 64;  // jobs waiting for a slot at most (more: 429)
+  size_t context = 0;       // positions per slot (0: the engine's)
   size_t checkpoint_bytes = Session::kDefaultCheckpointBudget;  // per slot
 };
 

@@ -26,9 +26,10 @@ void request(std::string_view body, bool chat) {
   using namespace moeflux::server;
   static const auto tmpl = chat_template_from_format(moeflux::chat_format_by_name("qwen3"));
   try {
-    const GenerationRequest r =
-        chat ? parse_chat_request(body, RequestLimits{}) : parse_completion_request(body, RequestLimits{});
-    if (r.max_tokens < 1 || r.max_tokens > RequestLimits{}.max_tokens) finding("max_tokens out of range");
+    const GenerationRequest r = chat ? parse_chat_request(body, RequestLimits{})
+                                     : parse_completion_request(body, RequestLimits{});
+    if (r.max_tokens < 1 || r.max_tokens > RequestLimits{}.max_tokens)
+      finding("max_tokens out of range");
     if (chat) {
       TemplateOptions o;
       o.enable_thinking = r.enable_thinking;

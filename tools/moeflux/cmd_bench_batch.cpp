@@ -44,7 +44,8 @@ Runner add_bench_batch(CLI::App& app) {
     for (int n : sizes)
       if (n < 1 || size_t(n) > opts.prefill_chunk)
         usage_fail("--sessions: " + std::to_string(n) + " is not within 1 and --prefill-chunk");
-    auto model = Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
+    auto model =
+        Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
     check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     if (a->prompt_len + a->gen_len > c.max_position_embeddings)

@@ -72,8 +72,7 @@ Runner add_chat(CLI::App& app) {
   cmd->add_option("--think-budget", a->think_budget,
                   "Force </think> after N tokens of thinking (default: no limit)")
       ->check(integer_range(0, 1 << 30));
-  cmd->add_flag("--bash", a->bash,
-                "Let the model run bash commands, each after you approve it");
+  cmd->add_flag("--bash", a->bash, "Let the model run bash commands, each after you approve it");
   add_sampler_options(cmd, &a->sampling);
   add_engine_options(cmd, &a->engine);
   return [a] {

@@ -50,9 +50,11 @@ Runner add_serve(CLI::App& app) {
   cmd->add_option("--parallel", a->parallel,
                   "Requests decoded together in one batch (slots; default 4)")
       ->check(integer_range(1, 256));
-  cmd->add_option("--queue", a->queue, "Requests waiting for a slot at most (default 64; more: 429)")
+  cmd->add_option("--queue", a->queue,
+                  "Requests waiting for a slot at most (default 64; more: 429)")
       ->check(integer_range(0, 1 << 20));
-  cmd->add_option("--max-body", a->max_body, "Request body bytes at most (default 8 MiB; more: 413)")
+  cmd->add_option("--max-body", a->max_body,
+                  "Request body bytes at most (default 8 MiB; more: 413)")
       ->check(integer_range(1, 1ll << 32));
   cmd->add_option("--max-prompt-tokens", a->max_prompt,
                   "Prompt tokens at most (default: the context; more: 400)")
