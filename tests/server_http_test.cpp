@@ -37,7 +37,9 @@ void expect_error(const httplib::Result& r, int status, const std::string& type 
   ASSERT_TRUE(j.is_object() && j.contains("error")) << r->body;
   EXPECT_TRUE(j["error"]["message"].is_string()) << r->body;
   EXPECT_TRUE(j["error"].contains("param") && j["error"].contains("code")) << r->body;
-  if (!type.empty()) EXPECT_EQ(j["error"]["type"], type) << r->body;
+  if (!type.empty()) {
+    EXPECT_EQ(j["error"]["type"], type) << r->body;
+  }
 }
 
 // The data lines of an SSE body, [DONE] last.
@@ -322,24 +324,29 @@ TEST(ServerLimits, ApiKeyAndQueueLimit) {
 TEST(ServerShutdown, SigtermEndsARunningStreamCleanly) {
   ServerProcess s({"--parallel", "2"});
   ASSERT_GT(s.port(), 0);
+  // A raw connection: the stream's bytes as they come, until the server closes it.
+  json b = chat_body("Long", 3000, true);
+  b["ignore_eos"] = true;
+  const std::string payload = b.dump();
+  const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                          "application/json\r\nContent-Length: " +
+                          std::to_string(payload.size()) + "\r\n\r\n" + payload;
+  const int fd = connect_loopback(s.port());
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, req.data(), req.size()), ssize_t(req.size()));
   std::string body;
-  std::atomic<bool> streaming{false};
-  std::thread client([&] {
-    auto c = s.client();
-    json b = chat_body("Long", 3000, true);
-    b["ignore_eos"] = true;
-    c.Post("/v1/chat/completions", httplib::Headers{}, b.dump(), "application/json",
-           [&](const char* data, size_t n) {
-             body.append(data, n);
-             streaming = true;
-             return true;
-           });
+  char buf[4096];
+  while (body.find("\"content\"") == std::string::npos) {  // generating
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    ASSERT_GT(n, 0);
+    body.append(buf, size_t(n));
+  }
+  std::thread reader([&] {
+    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) body.append(buf, size_t(n));
   });
-  for (int i = 0; i < 400 && !streaming; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  ASSERT_TRUE(streaming);
   EXPECT_EQ(s.terminate(), 0);
-  client.join();
+  reader.join();
+  ::close(fd);
   const auto events = sse_events(body);
   ASSERT_GE(events.size(), 2u);
   EXPECT_EQ(events.back(), "[DONE]");

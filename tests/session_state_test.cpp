@@ -175,9 +175,11 @@ TEST_P(SessionStateTest, SeqRmAndReEvaluationEqualsAFreshEvaluation) {
 TEST_P(SessionStateTest, WithoutCheckpointsACutEvaluatesThePrefixAgain) {
   Session s(*engine_);
   s.set_checkpoint_budget(0);
-  s.eval_prompt(ids(0, 8));
+  // Positions [0, 5) as the reference evaluates them (a chunk's rows may differ in the last bits
+  // from another chunk size's).
+  s.eval_prompt(ids(0, 5));
   EXPECT_EQ(s.checkpoint_stats().count, 0u);
-  for (size_t i = 8; i < 12; ++i) s.eval_token(tokens_[i]);
+  for (size_t i = 5; i < 12; ++i) s.eval_token(tokens_[i]);
   s.memory_seq_rm(6);
   Session f(*engine_);
   if (recurrent()) {

@@ -79,7 +79,8 @@ void Scheduler::submit(std::shared_ptr<Job> job) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (stopping_) throw ApiError(503, "the server is shutting down", "", "server_error");
-    if (queue_.size() >= opts_.queue_limit) {
+    // Waiting means beyond the free slots: a request a free slot will take at once is not.
+    if (queue_.size() >= opts_.queue_limit + (slots_.size() - stats_.active)) {
       ++stats_.rejected;
       throw ApiError(
           429,
