@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "server_process.hpp"
@@ -242,16 +243,25 @@ TEST_F(ServerHttp, ADisconnectMidStreamCancelsTheReply) {
 
 TEST_F(ServerHttp, ThirtyTwoClientsAtOnce) {
   std::atomic<int> ok{0};
+  std::mutex mu;
+  std::string failures;
   std::vector<std::thread> threads;
   for (int i = 0; i < 32; ++i)
     threads.emplace_back([&, i] {
       auto c = server_->client();
       const auto r = post(c, "/v1/chat/completions",
                           chat_body("Verse " + std::to_string(i), 6, i % 2 == 0).dump());
-      if (r && r->status == 200) ++ok;
+      if (r && r->status == 200) {
+        ++ok;
+      } else {
+        std::lock_guard<std::mutex> lock(mu);
+        failures += (r ? std::to_string(r->status) + " " + r->body
+                       : "no response: " + httplib::to_string(r.error())) +
+                    (i % 2 == 0 ? " stream" : " plain") + "\n";
+      }
     });
   for (auto& t : threads) t.join();
-  EXPECT_EQ(ok.load(), 32);
+  EXPECT_EQ(ok.load(), 32) << failures;
   const json h = health();
   EXPECT_GT(h["decode"]["rows"].get<uint64_t>(), h["decode"]["steps"].get<uint64_t>())
       << "no decode step batched two requests: " << h.dump();
@@ -328,9 +338,10 @@ TEST(ServerShutdown, SigtermEndsARunningStreamCleanly) {
   json b = chat_body("Long", 3000, true);
   b["ignore_eos"] = true;
   const std::string payload = b.dump();
-  const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-                          "application/json\r\nContent-Length: " +
-                          std::to_string(payload.size()) + "\r\n\r\n" + payload;
+  const std::string req =
+      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+      "application/json\r\nContent-Length: " +
+      std::to_string(payload.size()) + "\r\n\r\n" + payload;
   const int fd = connect_loopback(s.port());
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::write(fd, req.data(), req.size()), ssize_t(req.size()));

@@ -1,6 +1,7 @@
 #include "server/http_server.hpp"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <chrono>
 #include <random>
@@ -53,15 +54,25 @@ HttpServer::~HttpServer() {
 }
 
 int HttpServer::bind() {
+  // cpp-httplib 0.11 listens with a backlog of 5: a burst of connections (32 clients at once)
+  // overflows it and the kernel resets some of them. Listening again on the bound socket
+  // raises the backlog (Linux).
+  int fd = -1;
+  http_->set_socket_options([&fd](int sock) {
+    httplib::default_socket_options(sock);
+    fd = sock;
+  });
+  int port = opts_.port;
   if (opts_.port == 0) {
-    const int port = http_->bind_to_any_port(opts_.host);
+    port = http_->bind_to_any_port(opts_.host);
     if (port <= 0) fail("cannot listen on " + opts_.host + " (any port)");
-    return port;
-  }
-  if (!http_->bind_to_port(opts_.host, opts_.port))
+  } else if (!http_->bind_to_port(opts_.host, opts_.port)) {
     fail("cannot listen on " + opts_.host + ":" + std::to_string(opts_.port) +
          " (in use, or not an address of this machine)");
-  return opts_.port;
+  }
+  http_->set_socket_options(httplib::default_socket_options);  // `fd` goes out of scope
+  if (fd >= 0 && ::listen(fd, SOMAXCONN) != 0) throw_errno("listen");
+  return port;
 }
 
 void HttpServer::serve() {
