@@ -195,6 +195,11 @@ TEST(ServerOutputParser, ToolCallBodies) {
   const auto s = parse_tool_call("{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 1}\"}");
   ASSERT_TRUE(s);
   EXPECT_EQ(s->arguments, "{\"a\": 1}");
+  // Bytes that are not UTF-8 (a model may write them) become U+FFFD, never an exception.
+  const auto bad =
+      parse_tool_call("<function=f>\n<parameter=p>\nab\xff\n</parameter>\n</function>");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(Json::parse(bad->arguments)["p"], "ab\xef\xbf\xbd");
   const auto none = parse_tool_call("{\"name\": \"f\"}");
   ASSERT_TRUE(none);
   EXPECT_EQ(none->arguments, "{}");

@@ -17,6 +17,11 @@ size_t partial_tag(std::string_view s, std::string_view tag) {
   return 0;
 }
 
+// Compact JSON; bytes that are not UTF-8 (the model may write them) become U+FFFD.
+std::string dump_json(const Json& j) {
+  return j.dump(-1, ' ', false, Json::error_handler_t::replace);
+}
+
 std::string_view trim(std::string_view s) {
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
   while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
@@ -54,7 +59,7 @@ std::optional<ToolCall> parse_xml_call(std::string_view b) {
     args[key] = v.is_discarded() || v.is_string() ? Json(std::string(value)) : v;
     b = trim(b.substr(end + kParamEnd.size()));
   }
-  c.arguments = args.dump();
+  c.arguments = dump_json(args);
   return c;
 }
 
@@ -76,7 +81,7 @@ std::optional<ToolCall> parse_tool_call(std::string_view body) {
   else if (args->is_string())
     c.arguments = args->get<std::string>();
   else
-    c.arguments = args->dump();
+    c.arguments = dump_json(*args);
   return c;
 }
 

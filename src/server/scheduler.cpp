@@ -178,12 +178,7 @@ void Scheduler::admit(Slot& slot, std::shared_ptr<Job> job) {
                           s.model().package().dir());
     d.result.cached_tokens = int(reuse);
   } catch (const Error& e) {
-    s.clear();
-    job->failed(500, std::string("evaluating the prompt failed: ") + e.what());
-    std::lock_guard<std::mutex> lock(mu_);
-    ++stats_.failed;
-    --stats_.active;
-    slot.d.reset();
+    fail_job(slot, 500, std::string("evaluating the prompt failed: ") + e.what());
     return;
   }
   d.result.prompt_seconds = seconds_since(t0);
@@ -209,13 +204,26 @@ void Scheduler::finish(Slot& slot, const char* reason, bool flush) {
   d.result.finish_reason = reason;
   d.result.completion_tokens = d.generated;
   d.result.decode_seconds = seconds_since(d.started);
-  d.job->done(d.result);
+  const std::shared_ptr<Job> job = d.job;
+  const JobResult result = d.result;
   {
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.completed;
     stats_.generated_tokens += d.generated;
   }
   release(slot);
+  job->done(result);  // last: a client that sees its reply also sees the slot free
+}
+
+void Scheduler::fail_job(Slot& slot, int status, const std::string& message) {
+  const std::shared_ptr<Job> job = slot.d->job;
+  slot.session->clear();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++stats_.failed;
+  }
+  release(slot);
+  job->failed(status, message);
 }
 
 void Scheduler::step() {
@@ -293,15 +301,7 @@ void Scheduler::step() {
   try {
     eval_batch(sessions, tokens);
   } catch (const Error& e) {
-    for (Slot* slot : batch) {
-      slot->session->clear();
-      slot->d->job->failed(500, std::string("decoding failed: ") + e.what());
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.failed;
-      }
-      release(*slot);
-    }
+    for (Slot* slot : batch) fail_job(*slot, 500, std::string("decoding failed: ") + e.what());
     return;
   }
   const double dt = seconds_since(t0);
@@ -320,13 +320,7 @@ void Scheduler::step() {
       require_finite_logits(s.logits(), s.logits().size(), size_t(s.position()) - 1,
                             s.model().package().dir());
     } catch (const Error& e) {
-      s.clear();
-      slot->d->job->failed(500, e.what());
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        ++stats_.failed;
-      }
-      release(*slot);
+      fail_job(*slot, 500, e.what());
     }
   }
 }

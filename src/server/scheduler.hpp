@@ -20,6 +20,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -67,7 +68,9 @@ class Scheduler {
   bool admit_one();
   void admit(Slot& slot, std::shared_ptr<Job> job);
   void step();
+  // End a running job: counters and the slot first, then the job's last event.
   void finish(Slot& slot, const char* reason, bool flush);
+  void fail_job(Slot& slot, int status, const std::string& message);  // the session is cleared
   void release(Slot& slot);
 
   Engine& engine_;
