@@ -212,25 +212,33 @@ int connect_loopback(int port) {
   return fd;
 }
 
-TEST_F(ServerHttp, ADisconnectMidStreamCancelsTheReply) {
-  const uint64_t before = health()["requests"]["cancelled"];
-  json b = chat_body("Let there be light", 2500, true);
+// A raw connection streaming a long reply (ignore_eos): returns the socket once a content delta
+// arrived (it is generating), with the bytes read so far in *got; -1 on failure.
+int open_long_stream(int port, const std::string& user, int max_tokens, std::string* got) {
+  json b = chat_body(user, max_tokens, true);
   b["ignore_eos"] = true;
   const std::string body = b.dump();
   const std::string req =
       "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
       "application/json\r\nContent-Length: " +
       std::to_string(body.size()) + "\r\n\r\n" + body;
-  const int fd = connect_loopback(server_->port());
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::write(fd, req.data(), req.size()), ssize_t(req.size()));
+  const int fd = connect_loopback(port);
+  if (fd < 0) return -1;
+  if (::write(fd, req.data(), req.size()) != ssize_t(req.size())) return ::close(fd), -1;
   char buf[4096];
-  std::string got;
-  while (got.find("\"content\"") == std::string::npos) {  // a delta arrived: it is generating
+  while (got->find("\"content\"") == std::string::npos) {
     const ssize_t n = ::read(fd, buf, sizeof buf);
-    ASSERT_GT(n, 0);
-    got.append(buf, size_t(n));
+    if (n <= 0) return ::close(fd), -1;
+    got->append(buf, size_t(n));
   }
+  return fd;
+}
+
+TEST_F(ServerHttp, ADisconnectMidStreamCancelsTheReply) {
+  const uint64_t before = health()["requests"]["cancelled"];
+  std::string got;
+  const int fd = open_long_stream(server_->port(), "Let there be light", 2500, &got);
+  ASSERT_GE(fd, 0);
   ::close(fd);
   bool cancelled = false;
   for (int i = 0; i < 200 && !cancelled; ++i) {
@@ -335,23 +343,10 @@ TEST(ServerShutdown, SigtermEndsARunningStreamCleanly) {
   ServerProcess s({"--parallel", "2"});
   ASSERT_GT(s.port(), 0);
   // A raw connection: the stream's bytes as they come, until the server closes it.
-  json b = chat_body("Long", 3000, true);
-  b["ignore_eos"] = true;
-  const std::string payload = b.dump();
-  const std::string req =
-      "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
-      "application/json\r\nContent-Length: " +
-      std::to_string(payload.size()) + "\r\n\r\n" + payload;
-  const int fd = connect_loopback(s.port());
-  ASSERT_GE(fd, 0);
-  ASSERT_EQ(::write(fd, req.data(), req.size()), ssize_t(req.size()));
   std::string body;
+  const int fd = open_long_stream(s.port(), "Long", 3000, &body);
+  ASSERT_GE(fd, 0);
   char buf[4096];
-  while (body.find("\"content\"") == std::string::npos) {  // generating
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    ASSERT_GT(n, 0);
-    body.append(buf, size_t(n));
-  }
   std::thread reader([&] {
     for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) body.append(buf, size_t(n));
   });
