@@ -11,6 +11,9 @@ packages=(
   libicu-dev           # Unicode normalization
   libreadline-dev      # line editing and history in `moeflux chat`
   liburing-dev         # io_uring expert reads
+  libcpp-httplib-dev   # the HTTP server of `moeflux serve` (docs/SERVER.md says why this one)
+  curl                 # scripts and raw-HTTP checks of the server
+  nodejs               # the OpenAI Node SDK test of the server (tests/server_sdk, npm ci)
   libgtest-dev libgmock-dev  # tests
   python3              # fixture checks in the test suite
 )
@@ -19,6 +22,9 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm: Debian packages it apart from nodejs; NodeSource's nodejs carries it (and conflicts with
+# Debian's npm package), so it is installed only when the command is missing.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if ((${#missing[@]} == 0)); then
   exit 0
 fi

@@ -279,6 +279,20 @@ void Engine::cancel_prefetches() {
   streamer_->cancel_deferred_prefetches();
 }
 
+void Engine::download(const Tensor& t, float* host, size_t rows) {
+  if (rows == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  backend_->download(t.rows_view(0, rows), host, t.cols());
+  backend_->synchronize();
+}
+
+void Engine::upload(const float* host, const Tensor& t, size_t rows) {
+  if (rows == 0) return;
+  std::lock_guard<std::mutex> lock(mu_);
+  backend_->upload(host, t.cols(), t.rows_view(0, rows));
+  backend_->synchronize();
+}
+
 void Engine::forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs,
                      size_t logits_row, std::span<float* const> logits) {
   std::lock_guard<std::mutex> lock(mu_);

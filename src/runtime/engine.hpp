@@ -97,6 +97,10 @@ class Engine {
   void reset_sequence(SequenceState& s);
   // Drops deferred prefetches of an abandoned evaluation (Session::clear).
   void cancel_prefetches();
+  // Copies a tensor of a sequence state (rows of t.cols floats) to or from host memory, under
+  // the engine's lock (the backend is driven by one thread at a time).
+  void download(const Tensor& t, float* host, size_t rows);
+  void upload(const float* host, const Tensor& t, size_t rows);
 
   // Every expert copied into backend memory at creation (a GPU backend with --gpu-mem all):
   // null when experts stream through the cache tiers.

@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "core/finite.hpp"
 #include "core/proc_io.hpp"
+#include "runtime/stop_strings.hpp"
 
 namespace moeflux {
 
@@ -29,26 +30,6 @@ void collect_ids(const nlohmann::json& j, const char* key, std::vector<int>& out
   if (v.is_array())
     for (const auto& e : v)
       if (e.is_number_integer()) out.push_back(e.get<int>());
-}
-
-// Length of the longest suffix of `text` that is a proper prefix of one of `stops`: text that
-// may still become a stop string and must be held back.
-size_t partial_stop_suffix(std::string_view text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (const auto& s : stops)
-    for (size_t n = std::min(text.size(), s.size() - 1); n > hold; --n)
-      if (text.substr(text.size() - n) == std::string_view(s).substr(0, n)) {
-        hold = n;
-        break;
-      }
-  return hold;
-}
-
-// Earliest occurrence of any stop string in `text`, npos if none.
-size_t find_stop(std::string_view text, const std::vector<std::string>& stops) {
-  size_t best = std::string_view::npos;
-  for (const auto& s : stops) best = std::min(best, text.find(s));
-  return best;
 }
 
 }  // namespace
@@ -113,6 +94,18 @@ void Generator::clear() {
   session_.clear();
   sequence_.clear();
   pending_.reset();
+}
+
+void Generator::evaluate_pending() {
+  if (!pending_) return;
+  const int t = *pending_;
+  pending_.reset();
+  checked(session_.eval_token(t));
+}
+
+void Generator::adopt_session() {
+  pending_.reset();
+  sequence_ = session_.tokens();
 }
 
 void Generator::rewind(size_t n) {
@@ -180,25 +173,17 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
     }
 
   StreamingDetokenizer detok(tok_);
-  std::string held;  // decoded, not yet emitted (may be the start of a stop string)
-  auto emit = [&](std::string_view s) {
-    if (s.empty()) return;
-    r.text.append(s);
-    if (sink) sink(s);
-  };
+  StopStringFilter stops(opts_.stop);
+  std::string out;  // scratch: text released by the stop-string filter
   // Emits what cannot be part of a stop string; true when a stop string was found.
-  auto push_text = [&](std::string piece, bool final) {
-    held += piece;
-    const size_t at = find_stop(held, opts_.stop);
-    if (at != std::string::npos) {
-      emit(std::string_view(held).substr(0, at));
-      held.clear();
-      return true;
+  auto push_text = [&](const std::string& piece, bool final) {
+    out.clear();
+    const bool stopped = stops.push(piece, final, out);
+    if (!out.empty()) {
+      r.text.append(out);
+      if (sink) sink(out);
     }
-    const size_t keep = final ? 0 : partial_stop_suffix(held, opts_.stop);
-    emit(std::string_view(held).substr(0, held.size() - keep));
-    held.erase(0, held.size() - keep);
-    return false;
+    return stopped;
   };
 
   t0 = Clock::now();

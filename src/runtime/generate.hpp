@@ -98,6 +98,12 @@ class Generator {
   // survives a failed turn. Throws moeflux::Error like run(); then clear() before further use.
   void rewind(size_t n);
 
+  // Evaluates the pending token, if any, so that the session holds the whole sequence (before
+  // Session::state_save). Throws like run().
+  void evaluate_pending();
+  // Takes the session's ids as the sequence (after Session::state_load): nothing pending.
+  void adopt_session();
+
   // Every id of the sequence so far (evaluated or pending), as the repetition penalty sees it.
   const std::vector<int>& sequence() const { return sequence_; }
   // Tokens the session holds plus the pending one: the next prompt starts at this position.

@@ -20,6 +20,7 @@ void Session::allocate_state() {
   state_ = engine_.new_sequence(context_, &state_buffer_);
   logits_.assign(engine_.config().vocab_size, 0.0f);
   dst_.reserve(engine_.max_rows());
+  tokens_.reserve(context_);
 }
 
 Session::~Session() = default;
@@ -28,6 +29,82 @@ void Session::clear() {
   engine_.reset_sequence(state_);
   engine_.cancel_prefetches();
   pos_ = 0;
+  tokens_.clear();
+  checkpoints_.clear();
+}
+
+size_t Session::recurrent_floats() const {
+  size_t n = 0;
+  for (const LayerState& ls : state_.layers)
+    if (ls.delta.S.rank)
+      n += ls.delta.conv.rows() * ls.delta.conv.cols() + ls.delta.S.rows() * ls.delta.S.cols();
+  return n;
+}
+
+void Session::save_recurrent(float* dst) const {
+  for (const LayerState& ls : state_.layers) {
+    if (!ls.delta.S.rank) continue;
+    engine_.download(ls.delta.conv, dst, ls.delta.conv.rows());
+    dst += ls.delta.conv.rows() * ls.delta.conv.cols();
+    engine_.download(ls.delta.S, dst, ls.delta.S.rows());
+    dst += ls.delta.S.rows() * ls.delta.S.cols();
+  }
+}
+
+void Session::load_recurrent(const float* src) {
+  for (const LayerState& ls : state_.layers) {
+    if (!ls.delta.S.rank) continue;
+    engine_.upload(src, ls.delta.conv, ls.delta.conv.rows());
+    src += ls.delta.conv.rows() * ls.delta.conv.cols();
+    engine_.upload(src, ls.delta.S, ls.delta.S.rows());
+    src += ls.delta.S.rows() * ls.delta.S.cols();
+  }
+}
+
+void Session::checkpoint() {
+  const size_t rec = recurrent_floats();
+  Checkpoint* c = checkpoints_.begin(pos_, (rec + logits_.size()) * sizeof(float));
+  if (!c) return;  // larger than the whole budget
+  c->recurrent.resize(rec);
+  save_recurrent(c->recurrent.data());
+  c->logits = logits_;
+  checkpoints_.commit(c);
+}
+
+void Session::memory_seq_rm(int from, int to) {
+  if (to < 0) to = pos_;
+  if (from < 0 || from > to || to > pos_)
+    fail("memory_seq_rm: positions [" + std::to_string(from) + ", " + std::to_string(to) +
+         ") are not within the sequence's " + std::to_string(pos_));
+  if (to != pos_)
+    fail("memory_seq_rm: only the end of the sequence can be removed ([" + std::to_string(from) +
+         ", " + std::to_string(pos_) + "), not [" + std::to_string(from) + ", " +
+         std::to_string(to) + "))");
+  if (from == pos_) return;
+  checkpoints_.drop_after(from);
+  engine_.cancel_prefetches();
+  const Checkpoint* c = checkpoints_.latest_at_or_before(from);
+  // Ids [start, from) are evaluated again from the recurrent state (and logits) of `start`. A
+  // model without recurrent layers keeps its KV cache and needs only the logits of from - 1:
+  // from a checkpoint at `from`, else by evaluating id from - 1 again.
+  if (recurrent_floats() == 0 && c && c->position != from) c = nullptr;
+  int start = c ? c->position : 0;
+  if (!c && recurrent_floats() == 0) start = std::max(0, from - 1);
+  if (c) {
+    load_recurrent(c->recurrent.data());
+    std::copy(c->logits.begin(), c->logits.end(), logits_.begin());
+  } else if (start == 0) {
+    engine_.reset_sequence(state_);
+  }
+  pos_ = start;
+  const std::vector<int> replay(tokens_.begin() + start, tokens_.begin() + from);
+  tokens_.resize(start);
+  if (!replay.empty()) {
+    eval_prompt(replay);
+    checkpoints_.count_restore(replay.size());
+  } else if (c) {
+    checkpoints_.count_restore(0);
+  }
 }
 
 void Session::check_tokens(std::span<const int> tokens) const {
@@ -65,9 +142,11 @@ const std::vector<float>& Session::eval_prompt(std::span<const int> tokens,
     }
     engine_.forward(part, {&seq, 1}, first, dst_);
     pos_ += static_cast<int>(T);
+    tokens_.insert(tokens_.end(), part.begin(), part.end());
   }
   if (all_logits && !tokens.empty())
     std::copy_n(all_logits->data() + (tokens.size() - 1) * V, V, logits_.data());
+  if (tokens.size() > 1) checkpoint();
   return logits_;
 }
 
@@ -90,7 +169,10 @@ void eval_batch(std::span<Session* const> sessions, std::span<const int> tokens)
     dst[i] = s.logits_.data();
   }
   engine.forward(tokens, seqs, 0, dst);
-  for (Session* s : sessions) ++s->pos_;
+  for (size_t i = 0; i < sessions.size(); ++i) {
+    ++sessions[i]->pos_;
+    sessions[i]->tokens_.push_back(tokens[i]);
+  }
 }
 
 }  // namespace moeflux

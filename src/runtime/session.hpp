@@ -1,11 +1,21 @@
 // Session: one sequence evaluated on an Engine — its position, KV cache and recurrent state
-// (preallocated for its context), and the logits of its last evaluated token.
+// (preallocated for its context), the ids evaluated so far, the logits of its last evaluated
+// token, and position checkpoints (runtime/checkpoints.hpp) to go back to an earlier position.
+//
+// State files (state_save / state_load, runtime/session_state.cpp): the ids, the logits of the
+// last position, the KV cache of positions [0, position) and the recurrent state, behind a
+// versioned header naming the model (its shape and its resident tensors' checksums) and followed
+// by a CRC-32C of everything before it. A state is validated whole (size, version, model,
+// checksum, ids, position within the context) before the session is changed.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
+#include "runtime/checkpoints.hpp"
 #include "runtime/engine.hpp"
 
 namespace moeflux {
@@ -32,10 +42,39 @@ class Session {
   const std::vector<float>& eval_prompt(std::span<const int> tokens,
                                         std::vector<float>* all_logits = nullptr);
 
-  // Forgets the sequence (position 0, empty caches). The expert cache is kept.
+  // Forgets the sequence (position 0, empty caches, no checkpoints). The expert cache is kept.
   void clear();
 
+  // Removes positions [from, to) (to < 0: to the end). Only the end of the sequence can be
+  // removed (to == position()); anything else throws moeflux::Error. Lossless: afterwards the
+  // session is as if only ids [0, from) had been evaluated, and logits() holds position
+  // from - 1's logits (from > 0). The recurrent layers resume from the latest checkpoint at or
+  // before `from` (or from position 0) and the ids between it and `from` are evaluated again.
+  void memory_seq_rm(int from, int to = -1);
+
+  // Stores a checkpoint at the current position. eval_prompt of more than one id stores one at
+  // its end (where a follow-up request or turn resumes); decode (eval_token, eval_batch)
+  // stores none.
+  void checkpoint();
+  // Bytes of checkpoints kept at most (least recently used evicted first); 0 keeps none.
+  void set_checkpoint_budget(size_t bytes) { checkpoints_.set_budget(bytes); }
+  CheckpointStats checkpoint_stats() const { return checkpoints_.stats(); }
+
+  // Bytes state_save writes for the current position.
+  size_t state_size() const;
+  // The state as bytes (state_size() of them).
+  std::vector<std::byte> state_save() const;
+  // Replaces the session's sequence with a saved one. Throws moeflux::Error, leaving the
+  // session unchanged, for a state that is truncated, of another version or model, corrupt
+  // (checksum), or longer than this session's context.
+  void state_load(std::span<const std::byte> state);
+  // The same through a file, written atomically (core/output_file.hpp). Errors name the path.
+  void state_save_file(const std::string& path) const;
+  void state_load_file(const std::string& path);
+
   int position() const { return pos_; }
+  // The ids at positions [0, position()).
+  const std::vector<int>& tokens() const { return tokens_; }
   size_t context() const { return context_; }
   int active_experts() const { return engine_.active_experts(); }
   const Model& model() const { return engine_.model(); }
@@ -51,7 +90,10 @@ class Session {
  private:
   friend void eval_batch(std::span<Session* const>, std::span<const int>);
   void check_tokens(std::span<const int> tokens) const;
-  void allocate_state();  // state, logits and scratch for context_ positions
+  void allocate_state();            // state, logits and scratch for context_ positions
+  size_t recurrent_floats() const;  // the recurrent layers' state, all of them
+  void save_recurrent(float* dst) const;
+  void load_recurrent(const float* src);
 
   std::unique_ptr<Engine> own_engine_;
   Engine& engine_;
@@ -60,7 +102,12 @@ class Session {
   SequenceState state_;
   std::vector<float> logits_;
   std::vector<float*> dst_;  // scratch: logits destinations of a chunk
+  std::vector<int> tokens_;  // ids at [0, pos_); capacity context_ (decode does not allocate)
+  CheckpointStore checkpoints_{kDefaultCheckpointBudget};
   int pos_ = 0;
+
+ public:
+  static constexpr size_t kDefaultCheckpointBudget = size_t(256) << 20;
 };
 
 // Batched decode: evaluates tokens[i] at the next position of sessions[i], all in one forward

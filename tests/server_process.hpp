@@ -1,0 +1,91 @@
+// A `moeflux serve` child process on a free loopback port, for tests that talk HTTP to it.
+#pragma once
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_util.hpp"
+
+namespace moeflux::test {
+
+inline std::string bundled_model() {
+  return std::string(MOEFLUX_FIXTURE_DIR) + "/../../models/moeflux-tiny-kjv";
+}
+
+class ServerProcess {
+ public:
+  // Starts `moeflux serve --port 0 ARGS` on the bundled model and waits for its port.
+  explicit ServerProcess(const std::vector<std::string>& args) {
+    int out[2];
+    if (::pipe(out) != 0) std::abort();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(out[1], 1);
+      ::close(out[0]);
+      ::close(out[1]);
+      std::vector<std::string> argv = {MOEFLUX_BINARY, "serve", "-m",        bundled_model(),
+                                       "--port",       "0",     "--threads", "2"};
+      argv.insert(argv.end(), args.begin(), args.end());
+      std::vector<char*> c;
+      for (auto& a : argv) c.push_back(a.data());
+      c.push_back(nullptr);
+      ::execv(c[0], c.data());
+      ::_exit(127);
+    }
+    ::close(out[1]);
+    out_ = ::fdopen(out[0], "r");
+    char line[256];
+    if (std::fgets(line, sizeof line, out_)) {
+      const std::string s = line;
+      const size_t colon = s.rfind(':');
+      if (s.starts_with("listening on ") && colon != std::string::npos)
+        port_ = std::stoi(s.substr(colon + 1));
+    }
+  }
+  ~ServerProcess() {
+    if (pid_ > 0 && !exited_) {
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, nullptr, 0);
+    }
+    if (out_) std::fclose(out_);
+  }
+  ServerProcess(const ServerProcess&) = delete;
+  ServerProcess& operator=(const ServerProcess&) = delete;
+
+  int port() const { return port_; }
+  httplib::Client client() const {
+    httplib::Client c("127.0.0.1", port_);
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+  // Sends SIGTERM and returns the exit status (-1 if it did not exit within `seconds`).
+  int terminate(int seconds = 20) {
+    ::kill(pid_, SIGTERM);
+    for (int i = 0; i < seconds * 20; ++i) {
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        exited_ = true;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* out_ = nullptr;
+  int port_ = 0;
+  bool exited_ = false;
+};
+
+}  // namespace moeflux::test
