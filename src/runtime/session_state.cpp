@@ -85,7 +85,7 @@ std::vector<std::byte> Session::state_save() const {
   std::vector<std::byte> out(state_size());
   std::byte* p = out.data();
   auto put = [&](const void* src, size_t n) {
-    std::memcpy(p, src, n);
+    if (n > 0) std::memcpy(p, src, n);  // an empty vector's data() may be null
     p += n;
   };
   put(&h, sizeof h);
@@ -133,7 +133,7 @@ void Session::state_load(std::span<const std::byte> in) {
     fail("session state: checksum mismatch (the data is corrupt)");
   const std::byte* p = in.data() + sizeof h;
   std::vector<int> ids(pos);
-  std::memcpy(ids.data(), p, pos * sizeof(int32_t));
+  if (pos > 0) std::memcpy(ids.data(), p, pos * sizeof(int32_t));
   p += pos * sizeof(int32_t);
   for (int t : ids)
     if (t < 0 || size_t(t) >= h.vocab)
@@ -149,13 +149,13 @@ void Session::state_load(std::span<const std::byte> in) {
     for (const Tensor* t : {&ls.kv.k, &ls.kv.v}) {
       // The bytes may not be aligned for float: stage them.
       std::vector<float> rows(pos * t->cols());
-      std::memcpy(rows.data(), p, rows.size() * sizeof(float));
+      if (!rows.empty()) std::memcpy(rows.data(), p, rows.size() * sizeof(float));
       engine_.upload(rows.data(), *t, pos);
       p += rows.size() * sizeof(float);
     }
   }
-  std::vector<float> rec(h.recurrent_floats);
-  std::memcpy(rec.data(), p, rec.size() * sizeof(float));
+  std::vector<float> rec(h.recurrent_floats);  // none without DeltaNet layers
+  if (!rec.empty()) std::memcpy(rec.data(), p, rec.size() * sizeof(float));
   load_recurrent(rec.data());
   tokens_.assign(ids.begin(), ids.end());
   pos_ = int(pos);
