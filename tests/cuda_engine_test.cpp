@@ -11,10 +11,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "cuda_available.hpp"
 #include "streaming_fixture.hpp"
-#ifdef MOEFLUX_HAVE_CUDA
-#include "backend/cuda/cuda_backend.hpp"
-#endif
 
 namespace moeflux::test {
 namespace {
@@ -22,12 +20,7 @@ namespace {
 class CudaEngine : public StreamingFixture {
  protected:
   void SetUp() override {
-#ifndef MOEFLUX_HAVE_CUDA
-    GTEST_SKIP() << "built without the CUDA backend (-DMOEFLUX_CUDA=OFF)";
-#else
-    if (!cuda::device_available())
-      GTEST_SKIP() << "no CUDA device here; the GPU machine runs these (bench/device/cuda.sh)";
-#endif
+    if (const std::string why = why_no_cuda(); !why.empty()) GTEST_SKIP() << why;
     StreamingFixture::SetUp();
   }
   EngineOptions on(const char* backend, size_t gpu_bytes = 0) const {

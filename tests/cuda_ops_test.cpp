@@ -19,11 +19,9 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.hpp"
+#include "cuda_available.hpp"
 #include "host_tensor.hpp"
 #include "random_weights.hpp"
-#ifdef MOEFLUX_HAVE_CUDA
-#include "backend/cuda/cuda_backend.hpp"
-#endif
 
 namespace moeflux::test {
 namespace {
@@ -31,11 +29,8 @@ namespace {
 class CudaOps : public testing::Test {
  protected:
   void SetUp() override {
-#ifndef MOEFLUX_HAVE_CUDA
-    GTEST_SKIP() << "built without the CUDA backend (-DMOEFLUX_CUDA=OFF)";
-#else
-    if (!cuda::device_available())
-      GTEST_SKIP() << "no CUDA device here; the GPU machine runs these (bench/device/cuda.sh)";
+    if (const std::string why = why_no_cuda(); !why.empty()) GTEST_SKIP() << why;
+#ifdef MOEFLUX_HAVE_CUDA
     gpu_ = cuda::make_backend({0});
 #endif
     cpu_ = std::make_unique<CpuBackend>(2);

@@ -111,18 +111,20 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
          " backend has no GPU expert cache (use --backend cuda)");
   StreamOptions so = opts.stream;
   so.max_active = active_experts_;
+  // A GPU budget for every expert (--gpu-mem all, or a size at least that large): the experts
+  // are loaded into backend memory once (load_resident_experts) and the GPU tier keeps only its
+  // working slots.
+  const size_t all = model.package().manifest().experts.record_bytes *
+                     static_cast<size_t>(c.num_experts) * static_cast<size_t>(c.num_layers);
+  const bool experts_resident = backend_->memory() == Memory::Device &&
+                                opts.gpu_cache_percent == 0 && opts.gpu_cache_bytes >= all;
   if (backend_->memory() == Memory::Device) {
     // The GPU tier computes from device memory: it is the fastest tier; the RAM tier it copies
     // from is page-locked.
     Backend* be = backend_.get();
-    const size_t all = model.package().manifest().experts.record_bytes *
-                       static_cast<size_t>(c.num_experts) * static_cast<size_t>(c.num_layers);
     TierSpec gpu;
     gpu.name = "gpu";
-    // --gpu-mem all: the experts are loaded into backend memory once (load_resident_experts);
-    // the GPU tier keeps only working slots.
-    const bool resident = opts.gpu_cache_percent == 0 && opts.gpu_cache_bytes >= all;
-    gpu.budget_bytes = resident ? 0
+    gpu.budget_bytes = experts_resident ? 0
                        : opts.gpu_cache_percent > 0
                            ? static_cast<size_t>(static_cast<double>(all) *
                                                  std::min(opts.gpu_cache_percent, 100.0) / 100.0)
@@ -135,9 +137,7 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     so.ram_memory = [be](size_t slots, size_t bytes) { return be->ram_tier_memory(slots, bytes); };
   }
   streamer_ = std::make_unique<ExpertStreamer>(model.package(), so);
-  if (backend_->memory() == Memory::Device && opts.gpu_cache_percent == 0 &&
-      opts.gpu_cache_bytes == EngineOptions::kGpuMemAll)
-    load_resident_experts();
+  if (experts_resident) load_resident_experts();
   if (opts.timing) timings_.layers.resize(c.num_layers);
 }
 

@@ -165,8 +165,8 @@ void CudaBackend::attention(const AttentionArgs& a) {
   MF_ASSERT(nkv > 0 && nh % nkv == 0 && a.pos0 >= 0);
   MF_ASSERT(dk <= size_t(kMaxHeadDim) && dv <= size_t(kMaxHeadDim));
   MF_ASSERT(a.out.rank == 2 && a.out.rows() == T && a.out.shape[1] == nh * dv);
-  MF_ASSERT(a.gate.empty() || (a.gate.rank == 3 && a.gate.shape[0] == T &&
-                               a.gate.shape[1] == nh && a.gate.shape[2] == dv));
+  MF_ASSERT(a.gate.empty() || (a.gate.rank == 3 && a.gate.shape[0] == T && a.gate.shape[1] == nh &&
+                               a.gate.shape[2] == dv));
   KvCache& c = *a.cache;
   MF_ASSERT(c.k.shape[1] == nkv * dk && c.v.shape[1] == nkv * dv &&
             size_t(a.pos0) + T <= c.k.rows() && c.v.rows() == c.k.rows());

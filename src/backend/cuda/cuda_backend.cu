@@ -379,9 +379,6 @@ CudaBackend::~CudaBackend() {
   }
   cudaStreamSynchronize(copy_stream_);
   for (void* p : resident_) cudaFree(p);
-  cudaFree(scratch_);
-  cudaFree(ids_);
-  cudaFree(attn_);
   cudaFree(staging_dev_);
   cudaFreeHost(staging_host_);
   cudaStreamDestroy(copy_stream_);
@@ -464,43 +461,19 @@ void* CudaBackend::stage(const void* host, size_t bytes) {
   return d;
 }
 
-float* CudaBackend::scratch(size_t bytes) {
-  if (bytes > scratch_bytes_) {
-    MF_CUDA(cudaStreamSynchronize(stream_));  // the old scratch may be in use
-    cudaFree(scratch_);
-    scratch_ = nullptr;
-    const size_t n = std::max(bytes, scratch_bytes_ * 2);
-    if (cudaMalloc(&scratch_, n) != cudaSuccess) {
-      cudaGetLastError();
-      scratch_bytes_ = 0;
-      fail("CUDA backend: cannot allocate " + human_bytes(double(n)) + " of scratch");
-    }
-    scratch_bytes_ = n;
+void* CudaBackend::GrowingBuffer::get(size_t bytes, cudaStream_t stream) {
+  if (bytes <= bytes_) return p_;
+  MF_CUDA(cudaStreamSynchronize(stream));
+  cudaFree(p_);
+  p_ = nullptr;
+  const size_t n = std::max(bytes, 2 * bytes_);
+  if (cudaMalloc(&p_, n) != cudaSuccess) {
+    cudaGetLastError();
+    bytes_ = 0;
+    fail("CUDA backend: cannot allocate " + human_bytes(double(n)) + " of scratch");
   }
-  return static_cast<float*>(scratch_);
-}
-
-int32_t* CudaBackend::scratch_ids(size_t n) {
-  if (n > ids_n_) {
-    MF_CUDA(cudaStreamSynchronize(stream_));
-    cudaFree(ids_);
-    ids_ = nullptr;
-    MF_CUDA(cudaMalloc(&ids_, n * sizeof(int32_t)));
-    ids_n_ = n;
-  }
-  return static_cast<int32_t*>(ids_);
-}
-
-float* CudaBackend::scratch_attention(size_t floats) {
-  if (floats > attn_n_) {
-    MF_CUDA(cudaStreamSynchronize(stream_));
-    cudaFree(attn_);
-    attn_ = nullptr;
-    const size_t n = std::max(floats, 2 * attn_n_);
-    MF_CUDA(cudaMalloc(&attn_, n * sizeof(float)));
-    attn_n_ = n;
-  }
-  return static_cast<float*>(attn_);
+  bytes_ = n;
+  return p_;
 }
 
 void CudaBackend::embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) {

@@ -80,11 +80,15 @@ class CudaBackend final : public Backend {
   // A device copy of `descs` that outlives synchronize(): found by content among those made
   // before, else made (the table is emptied when full).
   const MatmulDesc* persistent_descs(std::span<const MatmulDesc> descs);
-  // Device scratch of at least `bytes`, valid until the next call (grows; never shrinks).
-  float* scratch(size_t bytes);
-  int32_t* scratch_ids(size_t n);
-  // Device scratch of attention's per-split partial results (floats), valid until the next call.
-  float* scratch_attention(size_t floats);
+  // Device scratch of at least `bytes` (floats / ids / floats for attention's partial results),
+  // valid until the next call of the same kind (each grows; never shrinks).
+  float* scratch(size_t bytes) { return static_cast<float*>(expert_scratch_.get(bytes, stream_)); }
+  int32_t* scratch_ids(size_t n) {
+    return static_cast<int32_t*>(ids_scratch_.get(n * sizeof(int32_t), stream_));
+  }
+  float* scratch_attention(size_t floats) {
+    return static_cast<float*>(attention_scratch_.get(floats * sizeof(float), stream_));
+  }
 
   static constexpr int kMatvecRows = 8;
 
@@ -112,12 +116,18 @@ class CudaBackend final : public Backend {
   uint8_t* staging_host_ = nullptr;
   uint8_t* staging_dev_ = nullptr;
   size_t staging_bytes_ = 0, staging_used_ = 0;
-  void* scratch_ = nullptr;
-  size_t scratch_bytes_ = 0;
-  void* ids_ = nullptr;
-  size_t ids_n_ = 0;
-  void* attn_ = nullptr;
-  size_t attn_n_ = 0;
+  // A device buffer that grows on demand (to at least twice its size, after draining the
+  // stream: the old buffer may still be read by queued kernels).
+  class GrowingBuffer {
+   public:
+    ~GrowingBuffer() { cudaFree(p_); }
+    void* get(size_t bytes, cudaStream_t stream);
+
+   private:
+    void* p_ = nullptr;
+    size_t bytes_ = 0;
+  };
+  GrowingBuffer expert_scratch_, ids_scratch_, attention_scratch_;
   std::vector<void*> resident_;  // device copies made by resident()
   // persistent_descs(): host copies of the descriptor arrays kept on the device, their hashes
   // and device addresses, in one device arena filled front to back.
@@ -131,6 +141,7 @@ class CudaBackend final : public Backend {
   MatmulDesc* kept_dev_ = nullptr;
   size_t kept_capacity_ = 0;
   std::vector<MatmulDesc> descs_, group_;  // host scratch of matmul() / expert_ffn()
+  std::vector<char> done_;                 // host scratch of run_matmuls()
   bool profile_ = false;
   struct OpTime {
     const char* op;

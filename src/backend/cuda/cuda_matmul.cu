@@ -311,7 +311,8 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
   // except kSwiglu, which must follow the product that stored its Y (callers issue those in
   // separate calls).
   std::vector<MatmulDesc>& g = group_;
-  std::vector<bool> done(descs.size(), false);
+  std::vector<char>& done = done_;  // reused: no allocation per call once warm
+  done.assign(descs.size(), 0);
   for (size_t i = 0; i < descs.size(); ++i) {
     if (done[i]) continue;
     const bool gemm = descs[i].T > kMatvecRows;
@@ -323,7 +324,7 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     int max_rows = 0, max_t = 0, max_cols = 0;
     for (size_t j = i; j < descs.size(); ++j) {
       if (done[j] || (descs[j].T > kMatvecRows) != gemm || code_of(descs[j]) != code) continue;
-      done[j] = true;
+      done[j] = 1;
       g.push_back(descs[j]);
       max_rows = std::max(max_rows, descs[j].w.rows);
       max_t = std::max(max_t, descs[j].T);

@@ -20,13 +20,18 @@ namespace moeflux::cuda {
 
 namespace {
 
-class DeviceTierMemory final : public TierMemory {
-  static constexpr size_t kAlign = 4096;
+// Slots are 4096-aligned (the cache tiers' invariant; O_DIRECT reads land in RAM-tier slots):
+// arenas are allocated kAlign bytes larger and slot 0 starts at the first aligned address.
+constexpr size_t kAlign = 4096;
+uint8_t* aligned_slot(void* arena, size_t slot, size_t record_bytes) {
+  const uintptr_t base = (reinterpret_cast<uintptr_t>(arena) + kAlign - 1) / kAlign * kAlign;
+  return reinterpret_cast<uint8_t*>(base) + slot * record_bytes;
+}
 
+class DeviceTierMemory final : public TierMemory {
  public:
   DeviceTierMemory(CudaBackend& be, size_t slots, size_t record_bytes)
       : be_(be), record_bytes_(record_bytes) {
-    // Slots are 4096-aligned (the cache tiers' invariant): room to align the base.
     const size_t bytes = slots * record_bytes + kAlign;
     if (cudaMalloc(&arena_, bytes) != cudaSuccess) {
       cudaGetLastError();
@@ -40,10 +45,7 @@ class DeviceTierMemory final : public TierMemory {
     cudaEventDestroy(compute_done_);
     cudaFree(arena_);
   }
-  uint8_t* slot_data(size_t slot) override {
-    const uintptr_t base = (reinterpret_cast<uintptr_t>(arena_) + kAlign - 1) / kAlign * kAlign;
-    return reinterpret_cast<uint8_t*>(base) + slot * record_bytes_;
-  }
+  uint8_t* slot_data(size_t slot) override { return aligned_slot(arena_, slot, record_bytes_); }
   void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
     if (!open_) {
       MF_CUDA(cudaEventRecord(compute_done_, be_.stream()));
@@ -69,8 +71,6 @@ class DeviceTierMemory final : public TierMemory {
 };
 
 class PinnedTierMemory final : public TierMemory {
-  static constexpr size_t kAlign = 4096;  // slots are 4096-aligned (O_DIRECT reads land here)
-
  public:
   PinnedTierMemory(size_t slots, size_t record_bytes) : record_bytes_(record_bytes) {
     const size_t bytes = slots * record_bytes + kAlign;  // room to align the base
@@ -81,10 +81,7 @@ class PinnedTierMemory final : public TierMemory {
     }
   }
   ~PinnedTierMemory() override { cudaFreeHost(arena_); }
-  uint8_t* slot_data(size_t slot) override {
-    const uintptr_t base = (reinterpret_cast<uintptr_t>(arena_) + kAlign - 1) / kAlign * kAlign;
-    return reinterpret_cast<uint8_t*>(base) + slot * record_bytes_;
-  }
+  uint8_t* slot_data(size_t slot) override { return aligned_slot(arena_, slot, record_bytes_); }
   void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
     std::memcpy(dst, src_host, bytes);
   }
