@@ -5,7 +5,10 @@
 # CLI on the GPU (MOEFLUX_BACKEND=cuda), optionally compute-sanitizer, then `bench` on a
 # synthesized Qwen3-30B-A3B-shaped 8-layer 4-bit package for each GPU-tier size.
 # Environment: TESTS (gtest filter; "" skips), SANITIZE=1, VARIANTS ("name:flags;..."),
-# GEN (decode tokens per run, 128), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT
+# GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host time per layer), NSYS=1
+# (Nsight Systems kernel/API summaries of resident decode, when nsys is installed), NCU=1 (each
+# kernel's time and DRAM bytes over a window of decode launches: NCU_SKIP, NCU_COUNT),
+# CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT
 # reads: bench with and without --no-verify), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,7 +52,7 @@ for v in "${variants[@]}"; do
   name=${v%%:*}; flags=${v#*:}
   # shellcheck disable=SC2086
   "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len "${GEN:-128}" --repeat 3 \
-    --no-ceilings --ram-cache 64G --keep-cache $flags --json "$OUTD/bench-$name.json" \
+    --no-ceilings --ram-cache 64G --keep-cache $flags ${TIMING:+--timing} --json "$OUTD/bench-$name.json" \
     > "$OUTD/bench-$name.txt" 2>&1
   echo "== $name ($flags)"; grep -E '^(decode|experts|hits)' "$OUTD/bench-$name.txt"
 done
@@ -57,6 +60,39 @@ if [ "${PROFILE:-0}" = 1 ]; then  # each op's own GPU time (serialised), residen
   MOEFLUX_CUDA_PROFILE=1 "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len 64 \
     --repeat 1 --no-ceilings --gpu-mem all > "$OUTD/profile.txt" 2>&1
   grep -E '^\[cuda profile\]' "$OUTD/profile.txt"
+fi
+if [ "${NSYS:-0}" = 1 ]; then  # GPU kernel and CUDA API summaries of resident decode (Nsight Systems)
+  if command -v nsys >/dev/null; then
+    nsys profile -o "$OUTD/resident" --force-overwrite true --stats=true "$MF" bench -m "$PKG" \
+      --backend cuda --prompt-len 16 --gen-len 256 --repeat 1 --no-ceilings --gpu-mem all --timing \
+      > "$OUTD/nsys.txt" 2>&1
+    echo "nsys: exit $? ($(grep -c . "$OUTD/nsys.txt") lines in nsys.txt)"; rm -f "$OUTD"/resident.nsys-rep
+  else
+    echo "nsys: not installed on this host"
+  fi
+fi
+if [ "${NCU:-0}" = 1 ]; then  # each kernel's GPU time and DRAM bytes over ~2 decode tokens (Nsight Compute)
+  ncu --launch-skip "${NCU_SKIP:-3000}" --launch-count "${NCU_COUNT:-320}" --csv \
+    --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \
+    "$MF" bench -m "$PKG" --backend cuda --prompt-len 16 --gen-len 64 --repeat 1 --no-ceilings \
+    --gpu-mem all > "$OUTD/ncu.csv" 2> "$OUTD/ncu.err"
+  echo "ncu: exit $?"
+  python3 - "$OUTD/ncu.csv" <<'PY'
+import csv, sys, collections
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+hdr = rows[0]; rows = rows[1:]
+ki, mi, vi = hdr.index("Kernel Name"), hdr.index("Metric Name"), hdr.index("Metric Value")
+t = collections.defaultdict(float); b = collections.defaultdict(float); n = collections.Counter()
+for r in rows:
+    k = r[ki].replace("(anonymous namespace)::", "").replace("moeflux::cuda::", "").split("(")[0][:70]
+    v = float(r[vi].replace(",", ""))
+    if r[mi] == "gpu__time_duration.sum": t[k] += v; n[k] += 1
+    if r[mi] == "dram__bytes_read.sum": b[k] += v
+tot = sum(t.values())
+print(f"ncu: {sum(n.values())} kernels, {tot/1e3:.1f} us in all")
+for k in sorted(t, key=lambda k: -t[k]):
+    print(f"{k:72s} n={n[k]:4d} {t[k]/1e3:9.1f} us  {t[k]/n[k]/1e3:7.2f} us each  {b[k]/max(t[k],1):7.1f} GB/s")
+PY
 fi
 if [ "${CHECKSUM:-0}" = 1 ]; then
   for verify in off on off on; do

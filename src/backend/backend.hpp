@@ -66,14 +66,14 @@ struct Projection {
 // kv_lora_rank + qk_rope_head_dim and values [latent] of kv_lora_rank, one kv head). When the
 // cache's v is a column view of its k, v must be the same column view of k.
 struct AttentionArgs {
-  Tensor q;              // [T, heads, dk], already normalised and rotated
-  Tensor k;              // [T, kv_heads, dk]: this chunk's keys (rotated)
-  Tensor v;              // [T, kv_heads, dv]: this chunk's values
-  Tensor gate;           // [T, heads, dv], or empty: output *= sigmoid(gate)
+  Tensor q;     // [T, heads, dk], already normalised and rotated
+  Tensor k;     // [T, kv_heads, dk]: this chunk's keys (rotated)
+  Tensor v;     // [T, kv_heads, dv]: this chunk's values
+  Tensor gate;  // [T, heads, dv], or empty: output *= sigmoid(gate)
   KvCache* cache = nullptr;
-  int pos0 = 0;          // position of row 0; the cache holds [0, pos0) of this sequence
-  float scale = 1.0f;    // softmax scale (1/sqrt(dk) for plain attention)
-  Tensor out;            // [T, heads * dv]
+  int pos0 = 0;        // position of row 0; the cache holds [0, pos0) of this sequence
+  float scale = 1.0f;  // softmax scale (1/sqrt(dk) for plain attention)
+  Tensor out;          // [T, heads * dv]
 };
 
 // Gated DeltaNet recurrence over a chunk (transformers' chunk_gated_delta_rule /
@@ -110,9 +110,9 @@ struct RouterSpec {
   int top_k = 0;
   bool norm_topk_prob = true;
   // SigmoidGroupTopK only:
-  int n_group = 1, topk_group = 1;     // n_group divides E, E / n_group >= 2
+  int n_group = 1, topk_group = 1;  // n_group divides E, E / n_group >= 2
   float routed_scaling_factor = 1.0f;
-  const float* bias = nullptr;         // [E] e_score_correction_bias, backend memory
+  const float* bias = nullptr;  // [E] e_score_correction_bias, backend memory
 };
 
 // Routing decisions for T tokens: ids[t * k + i], weights[t * k + i], i < k, best first, in
@@ -171,6 +171,12 @@ struct CombineArgs {
   Tensor out;                     // [T, H]
 };
 
+// Host memory page-locked by Backend::pin_host while this lives.
+class HostPin {
+ public:
+  virtual ~HostPin() = default;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -192,6 +198,13 @@ class Backend {
   // Memory for the RAM tier, from which records are copied into the compute tier: page-locked
   // for a GPU (full-speed DMA); null = ordinary host memory will do (CPU).
   virtual std::unique_ptr<TierMemory> ram_tier_memory(size_t slots, size_t record_bytes) = 0;
+  // Makes `bytes` of existing host memory at `p` as fast to copy to and from as allocate_host's
+  // (page-locked, for a GPU) while the handle lives; null when that gains nothing (CPU) or the
+  // memory cannot be locked (copies then take the ordinary path). `p` must outlive the handle.
+  virtual std::unique_ptr<HostPin> pin_host(void* p, size_t bytes) {
+    (void)p, (void)bytes;
+    return nullptr;
+  }
   // The resident weights (a host mapping of `bytes` bytes) in backend memory: the CPU backend
   // uses the mapping itself; a GPU backend copies it once. Valid while the backend lives.
   virtual const uint8_t* resident(const uint8_t* host, size_t bytes) = 0;

@@ -18,7 +18,8 @@ Session::Session(const Model& model, const EngineOptions& opts)
 
 void Session::allocate_state() {
   state_ = engine_.new_sequence(context_, &state_buffer_);
-  logits_.assign(engine_.config().vocab_size, 0.0f);
+  logits_.assign(engine_.config().vocab_size, 0.0f);  // never resized: pinned below
+  logits_pin_ = engine_.backend().pin_host(logits_.data(), logits_.size() * sizeof(float));
   dst_.reserve(engine_.max_rows());
   tokens_.reserve(context_);
 }

@@ -101,7 +101,8 @@ class Session {
   std::unique_ptr<BackendBuffer> state_buffer_;
   SequenceState state_;
   std::vector<float> logits_;
-  std::vector<float*> dst_;  // scratch: logits destinations of a chunk
+  std::unique_ptr<HostPin> logits_pin_;  // logits_ page-locked for the GPU's copies; after it
+  std::vector<float*> dst_;              // scratch: logits destinations of a chunk
   std::vector<int> tokens_;  // ids at [0, pos_); capacity context_ (decode does not allocate)
   CheckpointStore checkpoints_{kDefaultCheckpointBudget};
   int pos_ = 0;

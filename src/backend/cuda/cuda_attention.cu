@@ -20,15 +20,27 @@ namespace {
 constexpr int kWarps = 4;
 constexpr int kMaxHeadDim = 576;  // MLA decode: keys of kv_lora_rank + rope dims
 
-// cache[pos0 + t][g * hd + d] = src[t][g][d]
-__global__ void append_kernel(const float* src, size_t s0, size_t s1, int T, int nkv, int hd,
-                              float* cache, size_t pitch, int pos0) {
+// kc[pos0 + t][g * dk + d] = k[t][g][d] and vc[pos0 + t][g * dv + d] = v[t][g][d]: one
+// thread per (t, g, d < max(dk, dv)). When the cache's v is a column view of its k (MLA), the
+// chunk's v is the same view of its k, so an element written through both gets one value.
+struct AppendArgs {
+  const float *k, *v;
+  size_t k0, k1, v0, v1;  // strides of the chunk's k [T, nkv, dk] and v [T, nkv, dv]
+  float *kc, *vc;
+  size_t k_pitch, v_pitch;
+  int T, nkv, dk, dv, pos0;
+};
+
+__global__ void append_kernel(AppendArgs a) {
+  const int dmax = max(a.dk, a.dv);
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
-  if (i >= size_t(T) * nkv * hd) return;
-  const int d = static_cast<int>(i % hd);
-  const int g = static_cast<int>((i / hd) % nkv);
-  const int t = static_cast<int>(i / (size_t(hd) * nkv));
-  cache[(pos0 + t) * pitch + size_t(g) * hd + d] = src[t * s0 + g * s1 + d];
+  if (i >= size_t(a.T) * a.nkv * dmax) return;
+  const int d = static_cast<int>(i % dmax);
+  const int g = static_cast<int>((i / dmax) % a.nkv);
+  const int t = static_cast<int>(i / (size_t(dmax) * a.nkv));
+  const size_t p = size_t(a.pos0) + t;
+  if (d < a.dk) a.kc[p * a.k_pitch + size_t(g) * a.dk + d] = a.k[t * a.k0 + g * a.k1 + d];
+  if (d < a.dv) a.vc[p * a.v_pitch + size_t(g) * a.dv + d] = a.v[t * a.v0 + g * a.v1 + d];
 }
 
 struct AttnParams {
@@ -87,6 +99,21 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
         }
       }
     }
+    // The step's value rows, loaded before the reductions so their latency overlaps them
+    // (PL <= 8: 4 * PL registers; MLA's wide rows are read where they are used).
+    constexpr int VP = PL <= 8 ? PL : 1;
+    [[maybe_unused]] float vv[kIlp][VP];
+    if constexpr (PL <= 8) {
+#pragma unroll
+      for (int u = 0; u < kIlp; ++u) {
+        const float* v = V + size_t(min(j0 + u, end - 1)) * p.v_pitch;
+#pragma unroll
+        for (int i = 0; i < PL; ++i) {
+          const int d = lane + 32 * i;
+          vv[u][i] = d < p.dv ? v[d] : 0.0f;
+        }
+      }
+    }
 #pragma unroll
     for (int u = 0; u < kIlp; ++u) part[u] = warp_sum(part[u]) * p.scale;
 #pragma unroll
@@ -96,11 +123,16 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
       const float m_new = fmaxf(m, s);
       const float c = expf(m - m_new), e = expf(s - m_new);
       l = l * c + e;
-      const float* v = V + size_t(j0 + u) * p.v_pitch;
+      if constexpr (PL <= 8) {
 #pragma unroll
-      for (int i = 0; i < PL; ++i) {
-        const int d = lane + 32 * i;
-        if (d < p.dv) acc[i] = acc[i] * c + e * v[d];
+        for (int i = 0; i < PL; ++i) acc[i] = acc[i] * c + e * vv[u][i];
+      } else {
+        const float* v = V + size_t(j0 + u) * p.v_pitch;
+#pragma unroll
+        for (int i = 0; i < PL; ++i) {
+          const int d = lane + 32 * i;
+          if (d < p.dv) acc[i] = acc[i] * c + e * v[d];
+        }
       }
       m = m_new;
     }
@@ -171,13 +203,10 @@ void CudaBackend::attention(const AttentionArgs& a) {
   MF_ASSERT(c.k.shape[1] == nkv * dk && c.v.shape[1] == nkv * dv &&
             size_t(a.pos0) + T <= c.k.rows() && c.v.rows() == c.k.rows());
   if (T == 0) return;
-  // Keys first, then values (a value column view of the keys, MLA's, gets the same numbers).
-  append_kernel<<<blocks_for(T * nkv * dk, 256), 256, 0, stream_>>>(
-      a.k.f32(), a.k.stride[0], a.k.stride[1], int(T), int(nkv), int(dk), c.k.f32(), c.k.pitch(),
-      a.pos0);
-  append_kernel<<<blocks_for(T * nkv * dv, 256), 256, 0, stream_>>>(
-      a.v.f32(), a.v.stride[0], a.v.stride[1], int(T), int(nkv), int(dv), c.v.f32(), c.v.pitch(),
-      a.pos0);
+  const AppendArgs ap{a.k.f32(),     a.v.f32(), a.k.stride[0], a.k.stride[1], a.v.stride[0],
+                      a.v.stride[1], c.k.f32(), c.v.f32(),     c.k.pitch(),   c.v.pitch(),
+                      int(T),        int(nkv),  int(dk),       int(dv),       a.pos0};
+  append_kernel<<<blocks_for(T * nkv * std::max(dk, dv), 256), 256, 0, stream_>>>(ap);
   check_launch("attention (cache append)");
   AttnParams p;
   p.q = a.q.f32();
@@ -198,15 +227,18 @@ void CudaBackend::attention(const AttentionArgs& a) {
   p.dv = int(dv);
   p.pos0 = a.pos0;
   p.scale = a.scale;
-  // Splits of the longest row's positions: enough blocks to fill the GPU (decode has only
-  // `heads` blocks per row), at least 64 positions each.
+  // Splits of the longest row's positions: about four blocks per SM (decode has only `heads`
+  // blocks per row), at least 32 positions each (two steps of each warp): a warp's steps form
+  // a chain of dependent loads, so short splits are what makes decode attention fast.
   const int max_len = a.pos0 + int(T);
-  const int want = std::max(1, 264 / int(T * nh));
-  p.split_len = std::max(64, (max_len + want - 1) / want);
+  const int want = std::max(1, 528 / int(T * nh));
+  p.split_len = std::max(32, (max_len + want - 1) / want);
   p.splits = (max_len + p.split_len - 1) / p.split_len;
   p.part = scratch_attention(T * nh * size_t(p.splits) * (dv + 2));
   const dim3 grid(unsigned(T * nh), unsigned(p.splits));
-  if (std::max(dk, dv) <= 256)
+  if (std::max(dk, dv) <= 128)
+    attention_partial_kernel<4><<<grid, kWarps * 32, 0, stream_>>>(p);
+  else if (std::max(dk, dv) <= 256)
     attention_partial_kernel<8><<<grid, kWarps * 32, 0, stream_>>>(p);
   else
     attention_partial_kernel<kMaxHeadDim / 32><<<grid, kWarps * 32, 0, stream_>>>(p);

@@ -92,16 +92,36 @@ __device__ float block_sum(float v) {
 }
 
 // y = x / sqrt(mean(x^2) + eps) * (zero_centered ? 1 + w : w), one block per vector; y may
-// alias x (each thread writes only the elements it read).
+// alias x (each thread writes only the elements it read). PER > 0: the vector fits in the
+// block's registers (dim <= PER * blockDim.x), read once and all loads issued before the sum;
+// PER = 0: any dim, read twice.
+template <int PER>
 __global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
   const float* xv = x.at(blockIdx.x);
   float* yv = y.at(blockIdx.x);
   float ss = 0.0f;
-  for (int d = threadIdx.x; d < x.dim; d += blockDim.x) ss += xv[d] * xv[d];
-  const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
-  for (int d = threadIdx.x; d < x.dim; d += blockDim.x) {
-    const float g = zero_centered ? 1.0f + w[d] : w[d];
-    yv[d] = xv[d] * inv * g;
+  if constexpr (PER > 0) {
+    float v[PER];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int d = threadIdx.x + i * blockDim.x;
+      v[i] = d < x.dim ? xv[d] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) ss += v[i] * v[i];
+    const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+      const int d = threadIdx.x + i * blockDim.x;
+      if (d < x.dim) yv[d] = v[i] * inv * (zero_centered ? 1.0f + w[d] : w[d]);
+    }
+  } else {
+    for (int d = threadIdx.x; d < x.dim; d += blockDim.x) ss += xv[d] * xv[d];
+    const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
+    for (int d = threadIdx.x; d < x.dim; d += blockDim.x) {
+      const float g = zero_centered ? 1.0f + w[d] : w[d];
+      yv[d] = xv[d] * inv * g;
+    }
   }
 }
 
@@ -406,6 +426,28 @@ std::unique_ptr<BackendBuffer> CudaBackend::allocate_host(size_t bytes, const ch
   return std::make_unique<PinnedBuffer>(p, n);
 }
 
+namespace {
+
+class RegisteredHost final : public HostPin {
+ public:
+  explicit RegisteredHost(void* p) : p_(p) {}
+  ~RegisteredHost() override { cudaHostUnregister(p_); }
+
+ private:
+  void* p_;
+};
+
+}  // namespace
+
+std::unique_ptr<HostPin> CudaBackend::pin_host(void* p, size_t bytes) {
+  if (p == nullptr || bytes == 0) return nullptr;
+  if (cudaHostRegister(p, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+    cudaGetLastError();  // not fatal: copies to and from p take the pageable path
+    return nullptr;
+  }
+  return std::make_unique<RegisteredHost>(p);
+}
+
 const uint8_t* CudaBackend::resident(const uint8_t* host, size_t bytes) {
   void* p = nullptr;
   if (cudaMalloc(&p, std::max<size_t>(bytes, 256)) != cudaSuccess) {
@@ -495,9 +537,27 @@ void CudaBackend::rmsnorm(const Tensor& x, const float* w, const Tensor& y, floa
   MF_ASSERT(x.rank == y.rank && x.shape == y.shape && w != nullptr);
   if (x.empty()) return;
   const Vecs xv = vecs_of(x), yv = vecs_of(y);
-  const int threads = xv.dim >= 512 ? 256 : xv.dim >= 128 ? 128 : 32;
-  rmsnorm_kernel<<<static_cast<unsigned>(xv.count), threads, 0, stream_>>>(xv, w, yv, eps,
-                                                                           zero_centered);
+  // Few long vectors (a decode row: one block) get a wide block holding the vector in
+  // registers; many short ones (per-head norms) a narrow block each.
+  const unsigned blocks = static_cast<unsigned>(xv.count);
+  if (xv.dim > 512 && xv.dim <= 8 * 1024) {
+    const int threads = xv.dim <= 1024 ? 256 : 1024;
+    const int per = (xv.dim + threads - 1) / threads;  // 1 .. 8
+    if (per <= 1)
+      rmsnorm_kernel<1><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
+    else if (per <= 2)
+      rmsnorm_kernel<2><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
+    else if (per <= 4)
+      rmsnorm_kernel<4><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
+    else
+      rmsnorm_kernel<8><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
+  } else {
+    const int threads = xv.dim >= 512 ? 256 : xv.dim >= 128 ? 128 : 32;
+    if (xv.dim <= threads)
+      rmsnorm_kernel<1><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
+    else
+      rmsnorm_kernel<0><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
+  }
   check_launch("rmsnorm");
 }
 

@@ -40,6 +40,7 @@ class CudaBackend final : public Backend {
   std::unique_ptr<BackendBuffer> allocate_host(size_t bytes, const char* what) override;
   std::unique_ptr<TierMemory> expert_tier_memory(size_t slots, size_t record_bytes) override;
   std::unique_ptr<TierMemory> ram_tier_memory(size_t slots, size_t record_bytes) override;
+  std::unique_ptr<HostPin> pin_host(void* p, size_t bytes) override;
   const uint8_t* resident(const uint8_t* host, size_t bytes) override;
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
@@ -164,9 +165,10 @@ inline unsigned blocks_for(size_t n, size_t per_block) {
 // rows are whole 16-byte chunks, 16-byte aligned; else kGeneric.
 int matvec_code(const DevMat& w, const DevMat* w2);
 // Launches the matrix-vector kernel `code` over the n products of `dev` (device memory), each
-// at most max_rows rows of W, max_t rows of X (<= kMatvecRows), max_cols columns.
-void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, int max_cols,
-                   cudaStream_t s);
+// at most max_rows rows of W (sum_rows in all), max_t rows of X (<= kMatvecRows), max_cols
+// columns; `dual`: all of them kDual, else none.
+void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
+                   int max_cols, bool dual, cudaStream_t s);
 
 // Checks the launch just issued.
 void check_launch(const char* what);

@@ -120,51 +120,83 @@ struct Chunk {
                                                            : 1;
 };
 
-// Elements [c0, c0 + Chunk<CODE>::n) of row r, with one 16-byte load of codes (c0 a multiple
-// of the chunk; the row 16-byte aligned). kGeneric: the one element c0.
+// The codes of elements [c0, c0 + Chunk<CODE>::n) of row r, as loaded (one 16-byte load, plus
+// the group's scale and bias), decoded element by element by chunk_code: a kernel can have
+// several rows' loads in flight before it decodes any (c0 a multiple of the chunk; the row
+// 16-byte aligned). kGeneric: the one element c0, decoded at once.
+struct RawChunk {
+  uint4 v;
+  float s, b;
+};
+
 template <int CODE>
-__device__ __forceinline__ void load_chunk(const DevMat& m, int r, int c0, float* out) {
+__device__ __forceinline__ RawChunk load_raw(const DevMat& m, int r, int c0) {
+  RawChunk c{};
   if constexpr (CODE == kGeneric) {
-    out[0] = decode_elem(m, r, c0);
+    c.s = decode_elem(m, r, c0);
   } else {
     const uint8_t* row = m.data + static_cast<size_t>(r) * m.row_bytes;
-    if constexpr (CODE == kF32) {
-      const float4 v = *reinterpret_cast<const float4*>(row + 4 * static_cast<size_t>(c0));
-      out[0] = v.x, out[1] = v.y, out[2] = v.z, out[3] = v.w;
-    } else if constexpr (CODE == kF16 || CODE == kBF16) {
-      const uint4 v = *reinterpret_cast<const uint4*>(row + 2 * static_cast<size_t>(c0));
-      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        if constexpr (CODE == kBF16) {
-          out[2 * i] = bf16_bits(w[i] & 0xffffu);
-          out[2 * i + 1] = bf16_bits(w[i] >> 16);
-        } else {
-          out[2 * i] = f16_bits(static_cast<uint16_t>(w[i] & 0xffffu));
-          out[2 * i + 1] = f16_bits(static_cast<uint16_t>(w[i] >> 16));
-        }
-      }
+    constexpr int bytes_per_elem4 = CODE == kF32 ? 16 : CODE == kF16 || CODE == kBF16 ? 8 : 0;
+    if constexpr (bytes_per_elem4 > 0) {
+      c.v = *reinterpret_cast<const uint4*>(row + static_cast<size_t>(c0) * bytes_per_elem4 / 4);
     } else if constexpr (CODE == kQ8) {
-      const uint4 v = *reinterpret_cast<const uint4*>(row + static_cast<size_t>(c0));
-      const float s =
-          f16_bits(load_u16(m.scales + 2 * (static_cast<size_t>(r) * (m.cols / 32) + c0 / 32)));
-      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 16; ++i)
-        out[i] = static_cast<float>(static_cast<int8_t>((w[i / 4] >> (8 * (i % 4))) & 0xffu)) * s;
+      c.v = *reinterpret_cast<const uint4*>(row + static_cast<size_t>(c0));
+      c.s = f16_bits(load_u16(m.scales + 2 * (static_cast<size_t>(r) * (m.cols / 32) + c0 / 32)));
     } else {  // kA4, kA8: one group holds the whole chunk (groups are >= 32 elements)
-      constexpr int bits = CODE == kA4 ? 4 : 8, per_word = 32 / bits;
-      constexpr uint32_t mask = (1u << bits) - 1u;
-      const uint4 v = *reinterpret_cast<const uint4*>(row + static_cast<size_t>(c0) / per_word * 4);
+      constexpr int per_word = CODE == kA4 ? 8 : 4;
+      c.v = *reinterpret_cast<const uint4*>(row + static_cast<size_t>(c0) / per_word * 4);
       const size_t g = static_cast<size_t>(r) * (m.cols / m.group) + c0 / m.group;
-      const float s = bf16_bits(load_u16(m.scales + 2 * g));
-      const float b = bf16_bits(load_u16(m.biases + 2 * g));
-      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-      for (int i = 0; i < 4 * per_word; ++i)
-        out[i] = static_cast<float>((w[i / per_word] >> (bits * (i % per_word))) & mask) * s + b;
+      c.s = bf16_bits(load_u16(m.scales + 2 * g));
+      c.b = bf16_bits(load_u16(m.biases + 2 * g));
     }
   }
+  return c;
+}
+
+// Products with a loaded chunk: Σ_i W_i x_i = chunk_scale(c, Σ_i code_i x_i, Σ_i x_i), where
+// code_i = chunk_code(c, i) (i < Chunk<CODE>::n; a constant once unrolled). For the float
+// formats the code is the element and chunk_scale returns the dot product; for Q8_0 (W = q s)
+// it is s · Σ q x; for the affine formats (W = q s + b, the chunk within one group)
+// s · Σ q x + b · Σ x, the decomposition the CPU kernels use too.
+//
+// Integer codes become floats without a conversion instruction (a quarter-rate operation on
+// the GPU, and decode would be bound by it): the code's bits placed under the exponent of 2^23
+// make the float 2^23 + q exactly, and subtracting 2^23 leaves q exactly. Signed Q8_0 codes are
+// offset by 128 first (q ^ 0x80 = q + 128 as an unsigned byte).
+template <int CODE>
+__device__ __forceinline__ float chunk_code(const RawChunk& c, int i) {
+  const uint32_t w[4] = {c.v.x, c.v.y, c.v.z, c.v.w};
+  if constexpr (CODE == kGeneric) {
+    return c.s;
+  } else if constexpr (CODE == kF32) {
+    return __uint_as_float(w[i]);
+  } else if constexpr (CODE == kBF16) {
+    return __uint_as_float(i % 2 ? w[i / 2] & 0xffff0000u : w[i / 2] << 16);
+  } else if constexpr (CODE == kF16) {
+    return f16_bits(static_cast<uint16_t>(i % 2 ? w[i / 2] >> 16 : w[i / 2] & 0xffffu));
+  } else if constexpr (CODE == kQ8) {
+    const uint32_t q = ((w[i / 4] >> (8 * (i % 4))) & 0xffu) ^ 0x80u;
+    return __uint_as_float(0x4b000000u | q) - 8388736.0f;  // 2^23 + 128
+  } else {
+    constexpr int bits = CODE == kA4 ? 4 : 8, per_word = 32 / bits;
+    constexpr uint32_t mask = (1u << bits) - 1u;
+    const uint32_t q = (w[i / per_word] >> (bits * (i % per_word))) & mask;
+    return __uint_as_float(0x4b000000u | q) - 8388608.0f;  // 2^23
+  }
+}
+
+// Whether chunk_scale needs Σ x (the affine formats).
+template <int CODE>
+inline constexpr bool kNeedsXSum = CODE == kA4 || CODE == kA8;
+
+template <int CODE>
+__device__ __forceinline__ float chunk_scale(const RawChunk& c, float dot, float sx) {
+  if constexpr (kNeedsXSum<CODE>)
+    return fmaf(c.s, dot, c.b * sx);
+  else if constexpr (CODE == kQ8)
+    return c.s * dot;
+  else
+    return dot;
 }
 
 }  // namespace moeflux::cuda

@@ -50,22 +50,49 @@ __host__ __device__ inline int padded_pitch(int cols) {
   return (cols + (cols >> 5) * 4 + 4) & ~3;
 }
 
+// Row t of X into shared memory at xs (the padded layout), by the whole block; float4 copies
+// when the row allows them.
+__device__ __forceinline__ void stage_x_row(const float* x, int cols, float* xs) {
+  if ((cols & 3) == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    for (int c = 4 * threadIdx.x; c < cols; c += 4 * blockDim.x)
+      *reinterpret_cast<float4*>(xs + padded(c)) = x4[c / 4];
+  } else {
+    for (int c = threadIdx.x; c < cols; c += blockDim.x) xs[padded(c)] = x[c];
+  }
+}
+
+// Each warp computes R consecutive rows of W (rows [R (8 blockIdx.x + warp), ... + R)), lanes
+// splitting the columns in chunks: a lane's loads of one column step, R chunks (2R for a dual
+// product), are all issued before any is decoded, so R 16-byte loads per lane are in flight,
+// and the first step's loads fly while the block copies X.
 // SMEM: the block first copies its T rows of X into shared memory (coalesced), then every lane
 // reads its chunk there; otherwise lanes read X from global memory (uncoalesced but cached).
-template <int CODE, int NT, bool SMEM>
+// DUAL: every product of the launch is kDual (two weight matrices), else none is.
+template <int CODE, int NT, bool SMEM, int R, bool DUAL>
 __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* descs) {
   // A copy in registers: the loop's address arithmetic must not reload fields from memory.
   const MatmulDesc d = descs[blockIdx.y];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int row = blockIdx.x * kWarps + warp;
-  if (blockIdx.x * kWarps >= d.w.rows) return;  // the whole block: no barrier is skipped
+  const int row0 = (blockIdx.x * kWarps + warp) * R;
+  if (blockIdx.x * kWarps * R >= d.w.rows) return;  // the whole block: no barrier is skipped
   constexpr int CH = Chunk<CODE>::n;
-  const bool dual = d.mode == kDual;
-  const int cols = d.w.cols;
+  constexpr int M = DUAL ? 2 : 1;  // weight matrices
+  const int cols = d.w.cols, rows = d.w.rows;
   const float* xr[NT];
 #pragma unroll
   for (int t = 0; t < NT; ++t)
     xr[t] = t < d.T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * d.ldx : d.x;
+  RawChunk raw[M][R];
+  auto load_step = [&](int c0) {
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (row0 + r >= rows || c0 >= cols) break;
+      raw[0][r] = load_raw<CODE>(d.w, row0 + r, c0);
+      if constexpr (DUAL) raw[M - 1][r] = load_raw<CODE>(d.w2, row0 + r, c0);
+    }
+  };
+  load_step(lane * CH);
   extern __shared__ float4 xs4[];
   float* xs = reinterpret_cast<float*>(xs4);
   const int pc = padded_pitch(cols);
@@ -73,49 +100,71 @@ __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* d
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       if (t >= d.T) break;
-      for (int c = threadIdx.x; c < cols; c += blockDim.x) xs[t * pc + padded(c)] = xr[t][c];
+      stage_x_row(xr[t], cols, xs + t * pc);
     }
     __syncthreads();
   }
-  if (row >= d.w.rows) return;
-  float acc[NT], acc2[NT];
+  if (row0 >= rows) return;
+  // Per row, matrix and input: the chunk's product (chunk_scale of Σ code x in element order),
+  // added to acc once per chunk; the same order whatever R is (results do not depend on the
+  // launch shape).
+  float acc[M][R][NT];
 #pragma unroll
-  for (int t = 0; t < NT; ++t) acc[t] = acc2[t] = 0.0f;
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int t = 0; t < NT; ++t) acc[m][r][t] = 0.0f;
   for (int c0 = lane * CH; c0 < cols; c0 += 32 * CH) {
-    float w[CH], w2[CH];
-    load_chunk<CODE>(d.w, row, c0, w);
-    if (dual) load_chunk<CODE>(d.w2, row, c0, w2);
+    if (c0 != lane * CH) load_step(c0);
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       if (t >= d.T) break;
-      float xv[CH];
-      if constexpr (SMEM) {
-        const float4* src = reinterpret_cast<const float4*>(xs + t * pc + padded(c0));
+      float s[M][R], sx = 0.0f;  // Σ code x per row and matrix; Σ x (kNeedsXSum)
 #pragma unroll
-        for (int i = 0; i < CH / 4; ++i) {
-          const float4 v = src[i];
-          xv[4 * i] = v.x, xv[4 * i + 1] = v.y, xv[4 * i + 2] = v.z, xv[4 * i + 3] = v.w;
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) s[m][r] = 0.0f;
+      // Four elements of X at a time (one from global memory without SMEM: kGeneric's chunk).
+      constexpr int XS = SMEM ? 4 : 1;
+#pragma unroll
+      for (int i0 = 0; i0 < CH; i0 += XS) {
+        float xv[XS];
+        if constexpr (SMEM) {
+          const float4 v = *reinterpret_cast<const float4*>(xs + t * pc + padded(c0 + i0));
+          xv[0] = v.x, xv[1] = v.y, xv[2] = v.z, xv[3] = v.w;
+        } else {
+          xv[0] = __ldg(xr[t] + c0 + i0);
         }
-      } else {
+        if constexpr (kNeedsXSum<CODE>) {
 #pragma unroll
-        for (int i = 0; i < CH; ++i) xv[i] = __ldg(xr[t] + c0 + i);
-      }
-      float s = 0.0f, s2 = 0.0f;
+          for (int i = 0; i < XS; ++i) sx += xv[i];
+        }
 #pragma unroll
-      for (int i = 0; i < CH; ++i) {
-        s = fmaf(w[i], xv[i], s);
-        if (dual) s2 = fmaf(w2[i], xv[i], s2);
+        for (int m = 0; m < M; ++m)
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int i = 0; i < XS; ++i)
+              s[m][r] = fmaf(chunk_code<CODE>(raw[m][r], i0 + i), xv[i], s[m][r]);
       }
-      acc[t] += s;
-      acc2[t] += s2;
+#pragma unroll
+      for (int m = 0; m < M; ++m)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc[m][r][t] += chunk_scale<CODE>(raw[m][r], s[m][r], sx);
     }
   }
 #pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    if (t >= d.T) break;
-    const float v = warp_sum(acc[t]);
-    const float v2 = dual ? warp_sum(acc2[t]) : 0.0f;
-    if (lane == 0) write_out(d, t, row, v + (d.bias ? d.bias[row] : 0.0f), v2);
+  for (int r = 0; r < R; ++r) {
+    const int row = row0 + r;
+    if (row >= rows) break;
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      if (t >= d.T) break;
+      const float v = warp_sum(acc[0][r][t]);
+      const float v2 = DUAL ? warp_sum(acc[M - 1][r][t]) : 0.0f;
+      if (lane == 0) write_out(d, t, row, v + (d.bias ? d.bias[row] : 0.0f), v2);
+    }
   }
 }
 
@@ -180,57 +229,84 @@ bool vector_path_ok(const DevMat& m, int chunk) {
 // Shared memory for X up to this size (the default limit without opting in).
 constexpr size_t kMaxMatvecSmem = 48 * 1024;
 
-template <int CODE, int NT>
-void launch_matvec_nt(const MatmulDesc* dev, dim3 grid, int max_cols, cudaStream_t s) {
+template <int CODE, int NT, int R>
+void launch_matvec_r(const MatmulDesc* dev, int n, int max_rows, int max_cols, bool dual,
+                     cudaStream_t s) {
+  const dim3 grid(blocks_for(max_rows, kWarps * R), n);
   const size_t smem = size_t(NT) * padded_pitch(max_cols) * sizeof(float);
   if constexpr (CODE != kGeneric) {
     if (smem <= kMaxMatvecSmem) {
-      matvec_kernel<CODE, NT, true><<<grid, kWarps * 32, smem, s>>>(dev);
+      if (dual)
+        matvec_kernel<CODE, NT, true, R, true><<<grid, kWarps * 32, smem, s>>>(dev);
+      else
+        matvec_kernel<CODE, NT, true, R, false><<<grid, kWarps * 32, smem, s>>>(dev);
       return;
     }
   }
-  matvec_kernel<CODE, NT, false><<<grid, kWarps * 32, 0, s>>>(dev);
+  if (dual)
+    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(dev);
+  else
+    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(dev);
+}
+
+// Rows per warp: as many as keep at least two blocks per SM of an H100/H200-sized GPU busy
+// (more rows per warp: more loads in flight per lane, X copied once for more rows). Up to 4
+// for one row of X, 2 for two (not dual); more rows of X already give each lane that much
+// work per load, and more registers would spill (ptxas -v: A4, one row of X, 4 rows per warp:
+// 75 registers, dual 119; two rows of X, dual, 2 rows per warp: 227).
+template <int CODE, int NT>
+void launch_matvec_nt(const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_cols,
+                      bool dual, cudaStream_t s) {
+  constexpr size_t kEnoughBlocks = 264;  // blocks with rows to compute (not the grid's size)
+  auto enough = [&](int r) { return blocks_for(sum_rows, kWarps * r) >= kEnoughBlocks; };
+  if constexpr (NT == 1 && CODE != kGeneric) {
+    if (enough(4)) return launch_matvec_r<CODE, NT, 4>(dev, n, max_rows, max_cols, dual, s);
+    if (enough(2)) return launch_matvec_r<CODE, NT, 2>(dev, n, max_rows, max_cols, dual, s);
+  } else if constexpr (NT == 2 && CODE != kGeneric) {
+    if (!dual && enough(2))
+      return launch_matvec_r<CODE, NT, 2>(dev, n, max_rows, max_cols, dual, s);
+  }
+  launch_matvec_r<CODE, NT, 1>(dev, n, max_rows, max_cols, dual, s);
 }
 
 template <int CODE>
-void launch_matvec_code(const MatmulDesc* dev, int n, int max_rows, int max_t, int max_cols,
-                        cudaStream_t s) {
-  const dim3 grid(blocks_for(max_rows, kWarps), n);
+void launch_matvec_code(const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
+                        int max_cols, bool dual, cudaStream_t s) {
   if (max_t <= 1)
-    launch_matvec_nt<CODE, 1>(dev, grid, max_cols, s);
+    launch_matvec_nt<CODE, 1>(dev, n, max_rows, sum_rows, max_cols, dual, s);
   else if (max_t <= 2)
-    launch_matvec_nt<CODE, 2>(dev, grid, max_cols, s);
+    launch_matvec_nt<CODE, 2>(dev, n, max_rows, sum_rows, max_cols, dual, s);
   else if (max_t <= 4)
-    launch_matvec_nt<CODE, 4>(dev, grid, max_cols, s);
+    launch_matvec_nt<CODE, 4>(dev, n, max_rows, sum_rows, max_cols, dual, s);
   else
-    launch_matvec_nt<CODE, 8>(dev, grid, max_cols, s);
+    launch_matvec_nt<CODE, 8>(dev, n, max_rows, sum_rows, max_cols, dual, s);
 }
 
 }  // namespace
 
-void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, int max_cols,
-                   cudaStream_t s) {
+void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
+                   int max_cols, bool dual, cudaStream_t s) {
   switch (code) {
     case kF32:
-      launch_matvec_code<kF32>(dev, n, max_rows, max_t, max_cols, s);
+      launch_matvec_code<kF32>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kF16:
-      launch_matvec_code<kF16>(dev, n, max_rows, max_t, max_cols, s);
+      launch_matvec_code<kF16>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kBF16:
-      launch_matvec_code<kBF16>(dev, n, max_rows, max_t, max_cols, s);
+      launch_matvec_code<kBF16>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kQ8:
-      launch_matvec_code<kQ8>(dev, n, max_rows, max_t, max_cols, s);
+      launch_matvec_code<kQ8>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kA4:
-      launch_matvec_code<kA4>(dev, n, max_rows, max_t, max_cols, s);
+      launch_matvec_code<kA4>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kA8:
-      launch_matvec_code<kA8>(dev, n, max_rows, max_t, max_cols, s);
+      launch_matvec_code<kA8>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     default:
-      launch_matvec_code<kGeneric>(dev, n, max_rows, max_t, max_cols, s);
+      launch_matvec_code<kGeneric>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
   }
   check_launch("matvec");
@@ -307,9 +383,9 @@ const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> desc
 
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
   // Launch groups: products of one kernel (format code; vector or generic path; matvec or
-  // GEMM), in the order given within a group. Products in one call write disjoint outputs,
-  // except kSwiglu, which must follow the product that stored its Y (callers issue those in
-  // separate calls).
+  // GEMM; dual or not), in the order given within a group. Products in one call write disjoint
+  // outputs, except kSwiglu, which must follow the product that stored its Y (callers issue those
+  // in separate calls).
   std::vector<MatmulDesc>& g = group_;
   std::vector<char>& done = done_;  // reused: no allocation per call once warm
   done.assign(descs.size(), 0);
@@ -320,13 +396,18 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
       return gemm ? d.w.code : matvec_code(d.w, d.mode == kDual ? &d.w2 : nullptr);
     };
     const int code = code_of(descs[i]);
+    const bool dual = descs[i].mode == kDual;
     g.clear();
     int max_rows = 0, max_t = 0, max_cols = 0;
+    size_t sum_rows = 0;
     for (size_t j = i; j < descs.size(); ++j) {
-      if (done[j] || (descs[j].T > kMatvecRows) != gemm || code_of(descs[j]) != code) continue;
+      if (done[j] || (descs[j].T > kMatvecRows) != gemm || code_of(descs[j]) != code ||
+          (descs[j].mode == kDual) != dual)
+        continue;
       done[j] = 1;
       g.push_back(descs[j]);
       max_rows = std::max(max_rows, descs[j].w.rows);
+      sum_rows += size_t(descs[j].w.rows);
       max_t = std::max(max_t, descs[j].T);
       max_cols = std::max(max_cols, descs[j].w.cols);
     }
@@ -338,7 +419,8 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     if (gemm)
       launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
     else
-      launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, max_t, max_cols, stream_);
+      launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, sum_rows, max_t, max_cols,
+                    dual, stream_);
   }
 }
 

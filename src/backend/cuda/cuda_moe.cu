@@ -161,8 +161,10 @@ void CudaBackend::expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t
       slots.f32(), int(slots.pitch()), int(S), descs, descs + pairs);
   check_launch("expert_ffn_indexed (descriptors)");
   // The formats are the records' (one per layer), so the kernels are chosen here.
-  launch_matvec(matvec_code(gate, &up), descs, int(pairs), int(I), 1, int(H), stream_);
-  launch_matvec(matvec_code(down, nullptr), descs + pairs, int(pairs), int(H), 1, int(I), stream_);
+  launch_matvec(matvec_code(gate, &up), descs, int(pairs), int(I), pairs * I, 1, int(H),
+                /*dual=*/true, stream_);
+  launch_matvec(matvec_code(down, nullptr), descs + pairs, int(pairs), int(H), pairs * H, 1, int(I),
+                /*dual=*/false, stream_);
 }
 
 }  // namespace moeflux::cuda
