@@ -123,7 +123,7 @@ TEST(ServerChatTemplate, ToolsAndToolCallsAreRenderedTheQwen3Way) {
   m[3] = {"tool", "sunny", {}, {}, "c"};
   const Json tools = Json::parse(
       R"([{"type": "function", "function": {"name": "get", "parameters": {"type": "object", "b": [1, 2.5]}}}])");
-  const std::string got = t->render(m, tools, {});
+  const std::string got = t->render(m, tools, {}).text;
   const std::string want =
       "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist "
       "with the user query.\n\nYou are provided with function signatures within <tools></tools> "
@@ -141,8 +141,10 @@ TEST(ServerChatTemplate, ToolsAndToolCallsAreRenderedTheQwen3Way) {
   TemplateOptions o;
   o.continue_final_message = true;
   o.enable_thinking = false;
-  EXPECT_EQ(t->render(c, Json::array(), o),
+  const Prompt p = t->render(c, Json::array(), o);
+  EXPECT_EQ(p.text,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nWell,");
+  EXPECT_EQ(p.continued, "Well,");
 }
 
 // Feeds `text` to a parser in pieces of `n` bytes.

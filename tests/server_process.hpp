@@ -23,8 +23,10 @@ inline std::string bundled_model() {
 
 class ServerProcess {
  public:
-  // Starts `moeflux serve --port 0 ARGS` on the bundled model and waits for its port.
-  explicit ServerProcess(const std::vector<std::string>& args) {
+  // Starts `moeflux serve --port 0 ARGS` on `model` (the bundled one by default) and waits for
+  // its port.
+  explicit ServerProcess(const std::vector<std::string>& args,
+                         const std::string& model = bundled_model()) {
     int out[2];
     if (::pipe(out) != 0) std::abort();
     pid_ = ::fork();
@@ -32,7 +34,7 @@ class ServerProcess {
       ::dup2(out[1], 1);
       ::close(out[0]);
       ::close(out[1]);
-      std::vector<std::string> argv = {MOEFLUX_BINARY, "serve", "-m",        bundled_model(),
+      std::vector<std::string> argv = {MOEFLUX_BINARY, "serve", "-m",        model,
                                        "--port",       "0",     "--threads", "2"};
       argv.insert(argv.end(), args.begin(), args.end());
       std::vector<char*> c;

@@ -34,7 +34,7 @@ void request(std::string_view body, bool chat) {
       TemplateOptions o;
       o.enable_thinking = r.enable_thinking;
       o.continue_final_message = r.continue_final_message;
-      (void)tmpl->render(r.messages, r.tools, o);
+      (void)tmpl->render(r.messages, r.tools, o).text;
     }
   } catch (const ApiError& e) {
     if (e.status() < 400 || e.status() >= 500) finding("status " + std::to_string(e.status()));
