@@ -170,5 +170,29 @@ TEST_F(ServerJinjaHttp, ToolCallsInTheTemplatesSyntaxRoundTrip) {
   EXPECT_EQ(r2["usage"]["prompt_tokens"].get<size_t>(), template_tokens(rendered, kTools));
 }
 
+TEST_F(ServerJinjaHttp, ACallCutShortStreamsItsLastPieceAtTheEnd) {
+  // The continued message opens a call and writes one parameter; the reply (text that is not the
+  // call's syntax) ends it: the call's first piece goes out at once, the closing brace at the end.
+  const ojson messages = ojson::array(
+      {{{"role", "user"}, {"content", "Genesis?"}},
+       {{"role", "assistant"},
+        {"content",
+         "<tool_call>\n<function=get_verse>\n<parameter=book>\nGenesis\n</parameter>\n"}}});
+  ojson body = {{"messages", messages},
+                {"tools", kTools},
+                {"max_tokens", 3},
+                {"temperature", 0},
+                {"continue_final_message", true}};
+  const ojson r = post(body);
+  ASSERT_TRUE(r.contains("choices")) << r.dump();
+  const std::string args = r["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"];
+  EXPECT_EQ(args, R"({"book":"Genesis"})");
+  body["stream"] = true;
+  const StreamedCall s = streamed_call(post(body).get<std::string>());
+  EXPECT_EQ(s.name, "get_verse");
+  EXPECT_GE(s.pieces, 2u);
+  EXPECT_EQ(s.arguments, args);
+}
+
 }  // namespace
 }  // namespace moeflux::test
