@@ -68,7 +68,8 @@ class ServerJinjaHttp : public testing::Test {
     std::ofstream(config) << c.dump(2);
     eos_ = c.at("eos_token").is_string() ? c.at("eos_token").get<std::string>() : "";
     tokenizer_ = new Tokenizer(Tokenizer::from_file((pkg / "tokenizer/tokenizer.json").string()));
-    server_ = new ServerProcess({"--parallel", "2", "--ctx", "2048"}, pkg.string());
+    server_ =
+        new ServerProcess({"--parallel", "2", "--ctx", "2048"}, pkg.string(), *dir_ / "server.err");
     ASSERT_GT(server_->port(), 0) << "the server did not start";
   }
   static void TearDownTestSuite() {
@@ -102,6 +103,14 @@ TempDir* ServerJinjaHttp::dir_ = nullptr;
 ServerProcess* ServerJinjaHttp::server_ = nullptr;
 Tokenizer* ServerJinjaHttp::tokenizer_ = nullptr;
 std::string ServerJinjaHttp::template_text_, ServerJinjaHttp::eos_;
+
+TEST_F(ServerJinjaHttp, SaysItRendersWithThePackagesTemplate) {
+  // Printed before "listening on", which the server process waited for.
+  EXPECT_NE(
+      read_text(*dir_ / "server.err").find("[serve] chat prompts: the package's Jinja template\n"),
+      std::string::npos)
+      << read_text(*dir_ / "server.err");
+}
 
 TEST_F(ServerJinjaHttp, PromptsAreTheTemplatesRendering) {
   const ojson messages = ojson::parse(R"([{"role": "user", "content": "In the beginning"}])");

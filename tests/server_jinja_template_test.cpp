@@ -293,6 +293,10 @@ TEST(ServerJinjaTemplate, TemplateWithoutToolsHandsToolRequestsToTheFallback) {
       chat_template_from_jinja(one_template("chatml"), base, chat_template_from_format(chatml()));
   const auto by_hand = chat_template_from_format(chatml());
   EXPECT_EQ(t->think_open(), "");
+  EXPECT_EQ(t->name(),
+            "the package's Jinja template (it writes no tool calls: tools in the hand-written "
+            "Qwen3 format)");
+  EXPECT_EQ(jinja("qwen3_5")->name(), "the package's Jinja template");
   const std::vector<Message> plain = {{"user", "Hi", {}, {}, {}}};
   EXPECT_EQ(t->render(plain, Json::array(), {}).text,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
