@@ -123,7 +123,7 @@ TEST(ServerChatTemplate, ToolsAndToolCallsAreRenderedTheQwen3Way) {
   m[3] = {"tool", "sunny", {}, {}, "c"};
   const Json tools = Json::parse(
       R"([{"type": "function", "function": {"name": "get", "parameters": {"type": "object", "b": [1, 2.5]}}}])");
-  const std::string got = t->render(m, tools, {});
+  const std::string got = t->render(m, tools, {}).text;
   const std::string want =
       "<|im_start|>system\nBe brief.\n\n# Tools\n\nYou may call one or more functions to assist "
       "with the user query.\n\nYou are provided with function signatures within <tools></tools> "
@@ -141,8 +141,10 @@ TEST(ServerChatTemplate, ToolsAndToolCallsAreRenderedTheQwen3Way) {
   TemplateOptions o;
   o.continue_final_message = true;
   o.enable_thinking = false;
-  EXPECT_EQ(t->render(c, Json::array(), o),
+  const Prompt p = t->render(c, Json::array(), o);
+  EXPECT_EQ(p.text,
             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\nWell,");
+  EXPECT_EQ(p.continued, "Well,");
 }
 
 // Feeds `text` to a parser in pieces of `n` bytes.
@@ -153,6 +155,7 @@ ParsedDelta parse_in_pieces(const std::string& text, size_t n, bool in_reasoning
     all.reasoning += d.reasoning;
     all.content += d.content;
     for (auto& c : d.tool_calls) all.tool_calls.push_back(c);
+    for (auto& t : d.tool_call_deltas) all.tool_call_deltas.push_back(t);
   };
   for (size_t i = 0; i < text.size(); i += n) take(p.push(text.substr(i, n)));
   take(p.finish());
@@ -186,6 +189,84 @@ TEST(ServerOutputParser, SplitsReasoningContentAndToolCallsWhateverThePieces) {
   EXPECT_EQ(b.content, "a <tool_call>{oops}</tool_call> b <tool");
   // Plain text with newlines inside is kept.
   EXPECT_EQ(parse_in_pieces("one\n\ntwo\n", 1).content, "one\n\ntwo");
+}
+
+// The streamed pieces of each call: the first names it, and the fragments concatenated are the
+// arguments of the call as it ended.
+void expect_pieces_make_the_calls(const ParsedDelta& d, const std::string& label) {
+  for (size_t i = 0; i < d.tool_calls.size(); ++i) {
+    std::string name, args;
+    size_t pieces = 0, named = 0;
+    for (const ToolCallDelta& t : d.tool_call_deltas) {
+      if (t.index != i) continue;
+      if (pieces++ == 0) name = t.name;
+      named += !t.name.empty();
+      args += t.arguments;
+    }
+    EXPECT_EQ(named, 1u) << label << " call " << i;
+    EXPECT_EQ(name, d.tool_calls[i].name) << label << " call " << i;
+    EXPECT_EQ(args, d.tool_calls[i].arguments) << label << " call " << i;
+  }
+}
+
+TEST(ServerOutputParser, ToolCallArgumentsStreamInFragments) {
+  const std::string json_args = R"({"s": "a}b\"}{", "t": {"u": [1, {"v": null}]}, "w": "é"})";
+  const std::string reply = "Text.\n<tool_call>\n{\"name\": \"get\", \"arguments\": " + json_args +
+                            "}\n</tool_call>\n<tool_call>\n<function=put>\n<parameter=n>\n3\n"
+                            "</parameter>\n<parameter=s>\nhello world\n</parameter>\n</function>\n"
+                            "</tool_call>";
+  for (size_t n : {1, 2, 5, 1000}) {
+    const std::string label = "pieces of " + std::to_string(n);
+    const ParsedDelta d = parse_in_pieces(reply, n);
+    EXPECT_EQ(d.content, "Text.") << label;
+    ASSERT_EQ(d.tool_calls.size(), 2u) << label;
+    // The Qwen3 syntax streams the arguments as written; Qwen3.5's are JSON built per parameter.
+    EXPECT_EQ(d.tool_calls[0].arguments, json_args) << label;
+    EXPECT_EQ(d.tool_calls[1].arguments, R"({"n":3,"s":"hello world"})") << label;
+    expect_pieces_make_the_calls(d, label);
+  }
+  // Byte by byte, the arguments go out as they are written: many pieces per call, and the
+  // first of them before the call's body is complete.
+  OutputParser p("<think>", "</think>", true, false);
+  size_t pieces_before_end = 0;
+  const size_t end_of_first = reply.find("</tool_call>");
+  for (size_t i = 0; i < reply.size(); ++i) {
+    const ParsedDelta d = p.push(reply.substr(i, 1));
+    for (const ToolCallDelta& t : d.tool_call_deltas)
+      if (t.index == 0 && i < end_of_first && !t.arguments.empty()) ++pieces_before_end;
+  }
+  EXPECT_GE(pieces_before_end, json_args.size() / 2);
+  // The XML syntax: one piece per parameter, then the closing brace.
+  const ParsedDelta x = parse_in_pieces(reply.substr(reply.find("<tool_call>\n<function")), 1);
+  std::vector<std::string> fragments;
+  for (const ToolCallDelta& t : x.tool_call_deltas)
+    if (!t.arguments.empty()) fragments.push_back(t.arguments);
+  EXPECT_EQ(fragments, (std::vector<std::string>{R"({"n":3)", R"(,"s":"hello world")", "}"}));
+}
+
+TEST(ServerOutputParser, ToolCallsCutShortOrInOtherForms) {
+  // A reply that ends inside the arguments: the call keeps what was written (JSON syntax) or is
+  // closed after its last whole parameter (XML syntax).
+  const ParsedDelta j =
+      parse_in_pieces("<tool_call>\n{\"name\": \"f\", \"arguments\": {\"a\": [1, 2", 3);
+  ASSERT_EQ(j.tool_calls.size(), 1u);
+  EXPECT_EQ(j.tool_calls[0].arguments, R"({"a": [1, 2)");
+  expect_pieces_make_the_calls(j, "cut JSON");
+  const ParsedDelta x = parse_in_pieces(
+      "<tool_call>\n<function=f>\n<parameter=a>\n1\n</parameter>\n<parameter=b>\nxx", 3);
+  ASSERT_EQ(x.tool_calls.size(), 1u);
+  EXPECT_EQ(x.tool_calls[0].arguments, R"({"a":1})");
+  expect_pieces_make_the_calls(x, "cut XML");
+  // Other key orders and string arguments are parsed whole at the end: one piece.
+  const ParsedDelta o = parse_in_pieces(
+      "<tool_call>{\"arguments\": {\"a\": 1}, \"name\": \"f\"}</tool_call>"
+      "<tool_call>{\"name\": \"g\", \"arguments\": \"{\\\"b\\\": 2}\"}</tool_call>",
+      2);
+  ASSERT_EQ(o.tool_calls.size(), 2u);
+  EXPECT_EQ(o.tool_calls[0].arguments, R"({"a":1})");
+  EXPECT_EQ(o.tool_calls[1].arguments, R"({"b": 2})");
+  EXPECT_EQ(o.tool_call_deltas.size(), 2u);
+  expect_pieces_make_the_calls(o, "whole");
 }
 
 TEST(ServerOutputParser, ToolCallBodies) {

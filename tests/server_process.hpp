@@ -1,6 +1,7 @@
 // A `moeflux serve` child process on a free loopback port, for tests that talk HTTP to it.
 #pragma once
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
@@ -23,16 +24,25 @@ inline std::string bundled_model() {
 
 class ServerProcess {
  public:
-  // Starts `moeflux serve --port 0 ARGS` on the bundled model and waits for its port.
-  explicit ServerProcess(const std::vector<std::string>& args) {
+  // Starts `moeflux serve --port 0 ARGS` on `model` (the bundled one by default) and waits for
+  // its port; `err_path`: a file that receives its stderr (else the test's stderr).
+  explicit ServerProcess(const std::vector<std::string>& args,
+                         const std::string& model = bundled_model(),
+                         const std::string& err_path = "") {
     int out[2];
     if (::pipe(out) != 0) std::abort();
     pid_ = ::fork();
     if (pid_ == 0) {
       ::dup2(out[1], 1);
+      if (!err_path.empty()) {
+        const int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (err < 0) ::_exit(126);
+        ::dup2(err, 2);
+        ::close(err);
+      }
       ::close(out[0]);
       ::close(out[1]);
-      std::vector<std::string> argv = {MOEFLUX_BINARY, "serve", "-m",        bundled_model(),
+      std::vector<std::string> argv = {MOEFLUX_BINARY, "serve", "-m",        model,
                                        "--port",       "0",     "--threads", "2"};
       argv.insert(argv.end(), args.begin(), args.end());
       std::vector<char*> c;

@@ -47,13 +47,15 @@ std::string with_tool_calls(const Message& m) {
 
 class FormatTemplate : public ChatTemplate {
  public:
-  explicit FormatTemplate(std::unique_ptr<ChatFormat> f) : f_(std::move(f)) {}
-  std::string_view name() const override { return f_->name(); }
+  explicit FormatTemplate(std::unique_ptr<ChatFormat> f)
+      : f_(std::move(f)),
+        name_("the " + std::string(f_->name()) + " format, tools written the Qwen3 way") {}
+  std::string_view name() const override { return name_; }
   std::string_view think_open() const override { return f_->think_open(); }
   std::string_view think_close() const override { return f_->think_close(); }
 
-  std::string render(std::span<const Message> messages, const Json& tools,
-                     const TemplateOptions& opts) const override {
+  Prompt render(std::span<const Message> messages, const Json& tools,
+                const TemplateOptions& opts) const override {
     std::vector<ChatMessage> cm;
     size_t first = 0;
     if (!tools.empty()) {
@@ -74,18 +76,21 @@ class FormatTemplate : public ChatTemplate {
     }
     ChatOptions co;
     co.enable_thinking = opts.enable_thinking;
-    if (!opts.continue_final_message) return f_->render(cm, co);
-    // The conversation before the last message, the assistant turn opened, then its text.
+    if (!opts.continue_final_message) return {f_->render(cm, co), ""};
+    // The conversation before the last message, the assistant turn opened, then its content (as
+    // transformers cuts a rendering right after the final message's content: tool calls written
+    // after it are left out).
     if (cm.empty() || cm.back().role != "assistant")
       throw ApiError(400, "continue_final_message: the last message must be an assistant message",
                      "continue_final_message");
-    const ChatMessage last = cm.back();
     cm.pop_back();
-    return f_->render(cm, co) + last.content;
+    const std::string& last = messages.back().content;
+    return {f_->render(cm, co) + last, last};
   }
 
  private:
   std::unique_ptr<ChatFormat> f_;
+  std::string name_;
 };
 
 }  // namespace

@@ -1,11 +1,14 @@
 // The server's view of a chat format: a conversation with tools -> the prompt text.
 //
-// The interface is what a renderer of the checkpoint's own Jinja template implements; today's
-// implementation adapts the hand-written formats (text/chat_format.hpp) and writes tools the
-// Qwen3 way (the ChatML family's): a system turn that lists the tools' JSON (Python's
-// json.dumps spacing, the client's key order) and asks for
-//   <tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>
-// and assistant tool calls written back in that form.
+// Two implementations:
+//   - the checkpoint's own Jinja template (server/jinja_chat_template.hpp), which writes tools,
+//     tool calls and tool results itself, as transformers' apply_chat_template does;
+//   - chat_template_from_format() below, over a hand-written format (text/chat_format.hpp) or a
+//     template that has no tools of its own: it writes tools the Qwen3 way (the ChatML family's):
+//     a system turn that lists the tools' JSON (Python's json.dumps spacing, the client's key
+//     order) and asks for
+//       <tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>
+//     and writes assistant tool calls back in that form.
 #pragma once
 
 #include <memory>
@@ -25,15 +28,23 @@ struct TemplateOptions {
   bool continue_final_message = false;
 };
 
+struct Prompt {
+  std::string text;
+  // With continue_final_message: the last message's text as `text` ends with it (the reply goes
+  // on from there; a template may have trimmed its whitespace), a suffix of `text`. Else empty.
+  std::string continued;
+};
+
 class ChatTemplate {
  public:
   virtual ~ChatTemplate() = default;
+  // What renders the prompts, for the server's start-up line.
   virtual std::string_view name() const = 0;
   // The prompt for `messages` (and the tools' definitions, an array, maybe empty), ending with
   // the assistant turn's opening (or inside the last message with continue_final_message).
   // Throws ApiError(400) for a conversation the template cannot render.
-  virtual std::string render(std::span<const Message> messages, const Json& tools,
-                             const TemplateOptions& opts) const = 0;
+  virtual Prompt render(std::span<const Message> messages, const Json& tools,
+                        const TemplateOptions& opts) const = 0;
   // Thinking markers ("<think>", "</think>"), empty when the format has none.
   virtual std::string_view think_open() const = 0;
   virtual std::string_view think_close() const = 0;

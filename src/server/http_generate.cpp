@@ -39,8 +39,10 @@ struct Reply {
   bool chat = false, stream = false, include_usage = false;
   OutputParser parser;
   ParsedDelta whole;              // non-streamed: everything
+  ParsedDelta prefilled;          // streamed: the tool calls of a continued message
   std::string text;               // completions: everything
-  size_t tool_calls = 0;          // tool calls named so far
+  size_t tool_calls = 0;          // tool calls begun so far
+  size_t ended_calls = 0;         // tool calls that ended so far
   bool started = false;           // streamed: the role chunk was written
   std::optional<JobEvent> first;  // the event taken to decide the status
 
@@ -49,22 +51,31 @@ struct Reply {
         parser(std::move(think_open), std::move(think_close), tools,
                job->params.starts_in_reasoning) {}
 
-  void name_calls(ParsedDelta& d) {
-    for (ToolCall& c : d.tool_calls) c.id = "call_" + id + "_" + std::to_string(tool_calls++);
+  std::string call_id(size_t index) const { return "call_" + id + "_" + std::to_string(index); }
+
+  // Counts the calls `d` begins and names those it ends (a call's id follows from its index).
+  void note(ParsedDelta& d) {
+    for (const ToolCallDelta& t : d.tool_call_deltas) tool_calls += !t.name.empty();
+    for (ToolCall& c : d.tool_calls) c.id = call_id(ended_calls++);
   }
 
-  // The SSE chunks of a parsed delta.
+  // The SSE chunks of a parsed delta: its tool calls as their pieces, one chunk per call.
   std::string chunks(const ParsedDelta& d) const {
     std::string out;
     if (!d.reasoning.empty())
       out += sse(chat_chunk(id, model, created, {{"reasoning_content", d.reasoning}}, ""));
     if (!d.content.empty())
       out += sse(chat_chunk(id, model, created, {{"content", d.content}}, ""));
-    if (!d.tool_calls.empty())
-      out += sse(chat_chunk(
-          id, model, created,
-          {{"tool_calls", tool_calls_json(d.tool_calls, tool_calls - d.tool_calls.size(), true)}},
-          ""));
+    for (size_t i = 0; i < d.tool_call_deltas.size();) {
+      // The consecutive pieces of one call go out together.
+      ToolCallDelta t = d.tool_call_deltas[i];
+      while (++i < d.tool_call_deltas.size() && d.tool_call_deltas[i].index == t.index)
+        t.arguments += d.tool_call_deltas[i].arguments;
+      out += sse(chat_chunk(id, model, created,
+                            {{"tool_calls", Json::array({tool_call_delta_json(
+                                                t, t.name.empty() ? "" : call_id(t.index))})}},
+                            ""));
+    }
     return out;
   }
 
@@ -88,7 +99,7 @@ struct Reply {
         return stream ? sse(completion_chunk(id, model, created, e.text, "")) : "";
       }
       ParsedDelta d = parser.push(e.text);
-      name_calls(d);
+      note(d);
       if (!stream) {
         absorb(std::move(d));
         return "";
@@ -105,7 +116,7 @@ struct Reply {
       out = sse(last);
     } else {
       ParsedDelta d = parser.finish();
-      name_calls(d);
+      note(d);
       if (!stream) {
         absorb(std::move(d));
         return dump(chat_response(id, model, whole, r));
@@ -150,9 +161,13 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
     ParsedDelta d = reply->parser.push(prefill);
     d.content.clear();
     d.reasoning.clear();
-    reply->name_calls(d);
-    if (g.stream) reply->first = JobEvent{JobEvent::Text, "", 0, {}};
-    reply->absorb(std::move(d));
+    reply->note(d);
+    if (g.stream) {
+      reply->first = JobEvent{JobEvent::Text, "", 0, {}};
+      reply->prefilled = std::move(d);
+    } else {
+      reply->absorb(std::move(d));
+    }
   }
 
   // The status is decided by the first event (a job that fails before writing anything gets
@@ -197,10 +212,7 @@ void HttpServer::generate(const httplib::Request& req, httplib::Response& res, b
                                           : Json();
             std::string head = reply->chat ? sse(role) : "";
             // Tool calls of a continued message go out first.
-            if (reply->chat && !reply->whole.tool_calls.empty()) {
-              head += reply->chunks(reply->whole);
-              reply->whole = {};
-            }
+            if (reply->chat) head += reply->chunks(reply->prefilled);
             if (!write(head)) {
               reply->job->cancel();
               return false;

@@ -168,13 +168,12 @@ std::shared_ptr<Job> HttpServer::make_job(const GenerationRequest& g, std::strin
     to.enable_thinking = g.enable_thinking;
     to.continue_final_message = g.continue_final_message;
     const Json none = Json::array();
-    const std::string text =
-        model_.chat->render(g.messages, g.tool_choice == "none" ? none : g.tools, to);
-    if (g.continue_final_message) *prefill = g.messages.back().content;
-    const std::string_view before(text.data(), text.size() - prefill->size());
+    Prompt prompt = model_.chat->render(g.messages, g.tool_choice == "none" ? none : g.tools, to);
+    *prefill = std::move(prompt.continued);  // a suffix of the text
+    const std::string_view before(prompt.text.data(), prompt.text.size() - prefill->size());
     p.starts_in_reasoning =
         opens_thought(before, model_.chat->think_open(), model_.chat->think_close());
-    p.prompt = tok.encode(text);
+    p.prompt = tok.encode(prompt.text);
   } else if (!g.prompt_ids.empty()) {
     for (size_t i = 0; i < g.prompt_ids.size(); ++i)
       if (g.prompt_ids[i] >= int(tok.vocab_size()))

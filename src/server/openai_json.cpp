@@ -23,11 +23,22 @@ Json timings_json(const JobResult& r) {
           {"decode_ms", r.decode_seconds * 1e3}};
 }
 
-Json tool_calls_json(const std::vector<ToolCall>& calls, size_t first_index, bool with_index) {
+Json tool_call_delta_json(const ToolCallDelta& d, const std::string& id) {
+  Json c = {{"index", d.index}};
+  if (d.name.empty()) {
+    c["function"] = {{"arguments", d.arguments}};
+    return c;
+  }
+  c["id"] = id;
+  c["type"] = "function";
+  c["function"] = {{"name", d.name}, {"arguments", d.arguments}};
+  return c;
+}
+
+Json tool_calls_json(const std::vector<ToolCall>& calls) {
   Json a = Json::array();
   for (size_t i = 0; i < calls.size(); ++i) {
     Json c;
-    if (with_index) c["index"] = first_index + i;
     c["id"] = calls[i].id;
     c["type"] = "function";
     c["function"] = {{"name", calls[i].name}, {"arguments", calls[i].arguments}};
@@ -42,7 +53,7 @@ Json chat_response(const std::string& id, const std::string& model, const Parsed
   msg["content"] =
       reply.content.empty() && !reply.tool_calls.empty() ? Json() : Json(reply.content);
   if (!reply.reasoning.empty()) msg["reasoning_content"] = reply.reasoning;
-  if (!reply.tool_calls.empty()) msg["tool_calls"] = tool_calls_json(reply.tool_calls, 0, false);
+  if (!reply.tool_calls.empty()) msg["tool_calls"] = tool_calls_json(reply.tool_calls);
   const std::string finish = reply.tool_calls.empty() ? r.finish_reason : "tool_calls";
   return {
       {"id", id},

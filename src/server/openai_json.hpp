@@ -18,7 +18,10 @@ long long unix_time();
 Json usage_json(const JobResult& r);
 // moeflux's own timings of a reply (ms): queue, prompt, decode.
 Json timings_json(const JobResult& r);
-Json tool_calls_json(const std::vector<ToolCall>& calls, size_t first_index, bool with_index);
+Json tool_calls_json(const std::vector<ToolCall>& calls);
+// One piece of a streamed tool call: {"index", "function": {"arguments"}}, with "id", "type" and
+// the function's "name" on the call's first piece (`id` is set for it only).
+Json tool_call_delta_json(const ToolCallDelta& d, const std::string& id);
 
 // The whole reply of /v1/chat/completions.
 Json chat_response(const std::string& id, const std::string& model, const ParsedDelta& reply,

@@ -54,9 +54,7 @@ std::optional<ToolCall> parse_xml_call(std::string_view b) {
     std::string_view value = b.substr(0, end);
     if (value.starts_with('\n')) value.remove_prefix(1);
     if (value.ends_with('\n')) value.remove_suffix(1);
-    // A value that is JSON (number, boolean, object, array) keeps its type; else a string.
-    Json v = Json::parse(value, nullptr, /*allow_exceptions=*/false);
-    args[key] = v.is_discarded() || v.is_string() ? Json(std::string(value)) : v;
+    args[key] = xml_parameter_value(value);
     b = trim(b.substr(end + kParamEnd.size()));
   }
   c.arguments = dump_json(args);
@@ -64,6 +62,11 @@ std::optional<ToolCall> parse_xml_call(std::string_view b) {
 }
 
 }  // namespace
+
+Json xml_parameter_value(std::string_view value) {
+  Json v = Json::parse(value, nullptr, /*allow_exceptions=*/false);
+  return v.is_discarded() || v.is_string() ? Json(std::string(value)) : v;
+}
 
 std::optional<ToolCall> parse_tool_call(std::string_view body) {
   body = trim(body);
@@ -111,6 +114,27 @@ void OutputParser::emit_content(ParsedDelta& d, std::string_view s) {
   pending_nl_.append(s.substr(keep));
 }
 
+void OutputParser::take(ParsedDelta& d, const ToolCallStream::Piece& p) {
+  if (p.empty()) return;
+  if (p.begins) {
+    ++calls_;
+    pending_nl_.clear();  // a call follows: the newlines before it are the format's
+  }
+  d.tool_call_deltas.push_back({calls_ - 1, p.name, p.arguments});
+}
+
+void OutputParser::end_call(ParsedDelta& d, bool closed) {
+  const std::optional<ToolCallStream::Piece> last = call_.finish();
+  if (!last) {
+    // No call: its text is content, verbatim.
+    emit_content(d, std::string(kCallOpen) + call_.body() +
+                        (closed ? std::string(kCallClose) : std::string()));
+    return;
+  }
+  take(d, *last);
+  d.tool_calls.push_back({"", call_.name(), call_.arguments()});
+}
+
 ParsedDelta OutputParser::push(std::string_view text) {
   buf_ += text;
   ParsedDelta d;
@@ -154,16 +178,16 @@ void OutputParser::run(ParsedDelta& d, bool final) {
     }
     if (mode_ == Mode::ToolCall) {
       const size_t at = buf_.find(kCallClose);
-      if (at == std::string::npos && !final) return;
-      const std::string body = buf_.substr(0, at);
-      if (auto call = parse_tool_call(body)) {
-        d.tool_calls.push_back(std::move(*call));
-        pending_nl_.clear();
-      } else {
-        emit_content(d, std::string(kCallOpen) + body +
-                            (at == std::string::npos ? "" : std::string(kCallClose)));
+      if (at == std::string::npos && !final) {
+        // The body so far, but a partial </tool_call> at the end.
+        const size_t n = buf_.size() - partial_tag(buf_, kCallClose);
+        take(d, call_.push(std::string_view(buf_).substr(0, n)));
+        buf_.erase(0, n);
+        return;
       }
+      take(d, call_.push(std::string_view(buf_).substr(0, at)));
       buf_.erase(0, at == std::string::npos ? buf_.size() : at + kCallClose.size());
+      end_call(d, at != std::string::npos);
       mode_ = Mode::Content;
       at_content_start_ = true;
       if (buf_.empty()) return;
@@ -184,6 +208,7 @@ void OutputParser::run(ParsedDelta& d, bool final) {
       pending_nl_.clear();  // the newline before a tool call is the format's
       buf_.erase(0, call + kCallOpen.size());
       mode_ = Mode::ToolCall;
+      call_ = ToolCallStream();
       continue;
     }
     const size_t keep =

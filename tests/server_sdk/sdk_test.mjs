@@ -99,6 +99,29 @@ test('tool calls stream as deltas', async () => {
   assert.ok(calls[0].id.length > 0);
 });
 
+test('tool call arguments stream in fragments that make the arguments', async () => {
+  // A call in the Qwen3.5 syntax whose reply ends inside it: its name and first parameter go
+  // out with the continued message, the closing brace when the reply ends.
+  const partial = '<tool_call>\n<function=get_verse>\n<parameter=book>\nGenesis\n</parameter>\n';
+  const req = {
+    model, tools, max_tokens: 2, temperature: 0, continue_final_message: true,
+    messages: [...user('Read me Genesis'), { role: 'assistant', content: partial }],
+  };
+  const plain = await client.chat.completions.create(req);
+  const whole = plain.choices[0].message.tool_calls;
+  assert.equal(whole.length, 1);
+  assert.deepEqual(JSON.parse(whole[0].function.arguments), { book: 'Genesis' });
+  const stream = await client.chat.completions.create({ ...req, stream: true });
+  const pieces = [];
+  for await (const chunk of stream)
+    for (const c of chunk.choices) pieces.push(...(c.delta.tool_calls ?? []));
+  assert.ok(pieces.length >= 2, `${pieces.length} pieces`);
+  assert.equal(pieces[0].function.name, 'get_verse');
+  assert.ok(pieces[0].id.length > 0);
+  assert.ok(pieces.slice(1).every((p) => p.index === 0 && p.id === undefined));
+  assert.equal(pieces.map((p) => p.function.arguments).join(''), whole[0].function.arguments);
+});
+
 test('errors surface as the SDK typed errors', async () => {
   await assert.rejects(
     client.chat.completions.create({ model, messages: user('x'), max_tokens: 1 << 30 }),

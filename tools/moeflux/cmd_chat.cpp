@@ -183,7 +183,7 @@ Runner add_chat(CLI::App& app) {
           for (const ChatMessage& c : messages) m.push_back({c.role, c.content, {}, {}, {}});
           server::TemplateOptions to;
           to.enable_thinking = co.enable_thinking;
-          text = with_tools->render(m, tools, to);
+          text = with_tools->render(m, tools, to).text;
         } else {
           text = chat->render(messages, co);
         }

@@ -14,6 +14,7 @@
 #include "engine_options.hpp"
 #include "model_dir.hpp"
 #include "server/http_server.hpp"
+#include "server/jinja_chat_template.hpp"
 #include "text_model.hpp"
 
 namespace moeflux::tool {
@@ -28,6 +29,20 @@ extern "C" void on_stop_signal(int sig) {
     std::raise(sig);
   }
   g_stop = 1;
+}
+
+// The package's own Jinja template when it has one (`format` renders it, for tools the template
+// does not write), else the hand-written `format`.
+std::unique_ptr<server::ChatTemplate> served_chat_template(const TextModel& tm,
+                                                           std::unique_ptr<ChatFormat> format) {
+  const ChatTemplates templates = tm.chat_templates();
+  if (templates.empty()) return server::chat_template_from_format(std::move(format));
+  try {
+    return server::chat_template_from_jinja(templates, tm.chat_render_options(),
+                                            server::chat_template_from_format(std::move(format)));
+  } catch (const Error& e) {
+    fail(tm.dir + ": the package's chat template: " + e.what());
+  }
 }
 
 Runner add_serve(CLI::App& app) {
@@ -85,8 +100,7 @@ Runner add_serve(CLI::App& app) {
     check_engine_options(engine_opts, tm.model->package());
     std::unique_ptr<ChatFormat> format = tm.chat_format();
     const GenerateOptions go = tm.generate_options(1, {}, -1, format.get());
-    const std::unique_ptr<server::ChatTemplate> chat =
-        server::chat_template_from_format(std::move(format));
+    const std::unique_ptr<server::ChatTemplate> chat = served_chat_template(tm, std::move(format));
     Engine engine(*tm.model, engine_opts);
 
     server::ServedModel m;
@@ -125,9 +139,10 @@ Runner add_serve(CLI::App& app) {
       std::fprintf(stderr, "[serve] shutting down: running replies end, new requests get 503\n");
       server.shutdown();
     });
-    std::fprintf(stderr, "[serve] %s (%s format) on http://%s:%d, %d slots, context %zu%s\n",
-                 tm.dir.c_str(), std::string(chat->name()).c_str(), a->host.c_str(), port,
-                 a->parallel, engine.context(), a->api_key.empty() ? "" : ", API key required");
+    std::fprintf(stderr, "[serve] %s on http://%s:%d, %d slots, context %zu%s\n", tm.dir.c_str(),
+                 a->host.c_str(), port, a->parallel, engine.context(),
+                 a->api_key.empty() ? "" : ", API key required");
+    std::fprintf(stderr, "[serve] chat prompts: %s\n", std::string(chat->name()).c_str());
     std::printf("listening on http://%s:%d\n", a->host.c_str(), port);
     std::fflush(stdout);
     server.serve();
