@@ -4,7 +4,7 @@
 # with the CPU backend, GPU-tier invariance), parity against transformers' references with the
 # CLI on the GPU (MOEFLUX_BACKEND=cuda), optionally compute-sanitizer, then `bench` on a
 # synthesized Qwen3-30B-A3B-shaped 8-layer 4-bit package for each GPU-tier size.
-# Environment: TESTS (gtest filter; "" skips), SANITIZE=1, VARIANTS ("name:flags;..."),
+# Environment: TESTS (gtest filter; "" skips), SANITIZE=1 (SANITIZE_TIMEOUT s, 300), VARIANTS ("name:flags;..."),
 # GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host time per layer), NSYS=1
 # (Nsight Systems kernel/API summaries of resident decode, when nsys is installed), NCU=1 (each
 # kernel's time and DRAM bytes over a window of decode launches: NCU_SKIP, NCU_COUNT),
@@ -38,11 +38,12 @@ if [ -n "$FILTER" ]; then
   grep -E '^\[  FAILED|cuda parity' "$OUTD/tests.log" | head -20
 fi
 if [ "${SANITIZE:-0}" = 1 ]; then
-  ( cd "$BUILD/tests" && LD_LIBRARY_PATH="$MF_DIR/lib" compute-sanitizer --tool memcheck \
+  ( cd "$BUILD/tests" && LD_LIBRARY_PATH="$MF_DIR/lib" timeout "${SANITIZE_TIMEOUT:-300}" \
+      compute-sanitizer --tool memcheck \
       --report-api-errors no --error-exitcode 9 "$MF_DIR/moeflux_tests" \
       --gtest_filter='*CudaEngine*:CudaOps.*' \
       > "$OUTD/sanitizer.log" 2>&1 )
-  echo "compute-sanitizer memcheck: exit $? — $(grep -E 'ERROR SUMMARY' "$OUTD/sanitizer.log" | tail -1)"
+  echo "compute-sanitizer memcheck: exit $? — $(grep -E "ERROR SUMMARY|^\[  (PASSED|FAILED)" "$OUTD/sanitizer.log" | tr "\n" " ")"
 fi
 
 PKG=/tmp/q30-8

@@ -171,6 +171,11 @@ struct CombineArgs {
   Tensor out;                     // [T, H]
 };
 
+// A device's memory: in use (by any process) and in all; zeros for host memory.
+struct DeviceMemory {
+  size_t used = 0, total = 0;
+};
+
 // Host memory page-locked by Backend::pin_host while this lives.
 class HostPin {
  public:
@@ -212,6 +217,8 @@ class Backend {
   virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
   virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
   virtual void fill(const Tensor& t, float value) = 0;
+  // The memory of the backend's device (zeros for the CPU).
+  virtual DeviceMemory device_memory() const { return {}; }
   // Waits for every op issued so far.
   virtual void synchronize() = 0;
 

@@ -129,7 +129,8 @@ Runner add_bench(CLI::App& app) {
   add_engine_options(cmd, &a->engine);
   return [a] {
     if (!a->json_out.empty()) check_output_path(a->json_out, "--json");
-    const EngineOptions opts = a->engine.to_options();
+    EngineOptions opts = a->engine.to_options();
+    opts.timing = true;  // the host time per token is always reported; the tables on --timing
     auto model =
         Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
     check_engine_options(opts, model->package());
@@ -142,7 +143,8 @@ Runner add_bench(CLI::App& app) {
     std::vector<int> prompt(a->prompt_len);
     for (int& t : prompt) t = id(rng);
 
-    std::vector<double> prefill, decode;
+    std::vector<double> prefill, decode, host_layers_ms, host_head_ms;
+    DeviceMemory device_memory;
     json last_stream;
     double last_decode_seconds = 0;
     uint64_t storage_bytes = 0, verified = 0;
@@ -164,7 +166,7 @@ Runner add_bench(CLI::App& app) {
       auto t0 = Clock::now();
       const std::vector<float>* logits = &s.eval_prompt(prompt);
       const double tp = std::chrono::duration<double>(Clock::now() - t0).count();
-      if (r + 1 == a->repeat && opts.timing) print_timings(s, "prefill");
+      if (r + 1 == a->repeat && a->engine.timing) print_timings(s, "prefill");
       s.engine().reset_timings();
       s.streamer().reset_stats();
       const ReaderStats before = s.streamer().reader().stats();
@@ -186,7 +188,17 @@ Runner add_bench(CLI::App& app) {
       verified = after.verified - before.verified;
       verify_seconds = after.verify_seconds - before.verify_seconds;
       last_decode_seconds = td;
-      if (r + 1 == a->repeat && opts.timing) print_timings(s, "decode");
+      if (r + 1 == a->repeat && a->engine.timing) print_timings(s, "decode");
+      {  // host time per decoded token: the layers (for a GPU backend: issuing their work, which
+         // runs behind), and the head, which ends by waiting for the device's results
+        const ForwardTimings& ft = s.timings();
+        double layers_s = ft.embed;
+        for (const LayerTimes& l : ft.layers) layers_s += l.wall;
+        const double n = static_cast<double>(std::max<uint64_t>(ft.tokens, 1));
+        host_layers_ms.push_back(1e3 * layers_s / n);
+        host_head_ms.push_back(1e3 * ft.head / n);
+      }
+      device_memory = engine.backend().device_memory();
     }
 
     json report;
@@ -211,6 +223,11 @@ Runner add_bench(CLI::App& app) {
     report["resident_expert_bytes"] = resident_bytes;
     report["decode_tok_s"] = {{"median", median(decode)}, {"runs", decode}};
     report["decode_streaming"] = last_stream;
+    report["host_ms_per_token"] = {{"layers", median(host_layers_ms)},
+                                   {"head_and_wait", median(host_head_ms)}};
+    if (device_memory.total > 0)
+      report["device_memory"] = {{"used_bytes", device_memory.used},
+                                 {"total_bytes", device_memory.total}};
     // What each position adds to the session's cache (MLA: latent + rope key per layer).
     report["kv_cache_bytes_per_token"] = c.kv_bytes_per_token();
     // Achieved storage bandwidth during the last decode: over its wall time (what the token
@@ -272,6 +289,15 @@ Runner add_bench(CLI::App& app) {
     if (resident_bytes > 0)
       std::printf("experts  all resident in %s memory (%s), loaded once: no streaming\n",
                   backend_name.c_str(), human_bytes(double(resident_bytes)).c_str());
+    std::printf(
+        "host     %.3f ms/token in the layers%s, %.3f in the head (final norm, LM head, "
+        "logits)\n",
+        median(host_layers_ms), backend_name == "cpu" ? "" : " (issuing the device's work)",
+        median(host_head_ms));
+    if (device_memory.total > 0)
+      std::printf("gpu mem  %s in use of %s (the whole device, after the last run)\n",
+                  human_bytes(double(device_memory.used)).c_str(),
+                  human_bytes(double(device_memory.total)).c_str());
     std::printf("kv cache %.1f KiB/token (float32, all layers)\n",
                 static_cast<double>(c.kv_bytes_per_token()) / 1024);
     std::printf("experts  %.2f MiB/token requested:", bpt["requested"].get<double>() / 1048576);

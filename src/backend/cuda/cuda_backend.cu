@@ -485,6 +485,15 @@ void CudaBackend::fill(const Tensor& t, float value) {
   check_launch("fill");
 }
 
+DeviceMemory CudaBackend::device_memory() const {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+    cudaGetLastError();
+    return {};
+  }
+  return {total - free, total};
+}
+
 void CudaBackend::synchronize() {
   MF_CUDA(cudaStreamSynchronize(stream_));
   staging_used_ = 0;

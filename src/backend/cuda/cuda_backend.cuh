@@ -45,6 +45,7 @@ class CudaBackend final : public Backend {
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
   void fill(const Tensor& t, float value) override;
+  DeviceMemory device_memory() const override;
   void synchronize() override;
 
   void embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) override;
