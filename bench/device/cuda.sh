@@ -6,7 +6,8 @@
 # synthesized Qwen3-30B-A3B-shaped 8-layer 4-bit package for each GPU-tier size.
 # Environment: TESTS (gtest filter; "" skips), SANITIZE=1, VARIANTS ("name:flags;..."),
 # GEN (decode tokens per run, 128), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT
-# reads: bench with and without --no-verify), OUT.
+# reads: bench with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh:
+# DeepSeek-V3 / Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
@@ -66,5 +67,9 @@ if [ "${CHECKSUM:-0}" = 1 ]; then
       --no-ceilings --threads "$(nproc)" $extra >> "$OUTD/checksum-$verify.txt" 2>&1
     echo "checksums $verify: $(grep -E '^(decode|verify)' "$OUTD/checksum-$verify.txt" | tail -2 | tr '\n' ' ')"
   done
+fi
+if [ "${DEEPSEEK:-0}" = 1 ]; then
+  rm -rf "$PKG"  # its disk space, for the larger packages
+  OUT="$OUTD/deepseek" MF="$MF" bench/device/deepseek_gpu.sh
 fi
 ( cd "$OUTD" && tar czf /tmp/cuda-all.tgz . && find . -mindepth 1 -delete && mv /tmp/cuda-all.tgz . )
