@@ -13,6 +13,7 @@
 #include "core/error.hpp"
 #include "formats/npy.hpp"
 #include "formats/package.hpp"
+#include "model/tensor_specs.hpp"
 #include "test_util.hpp"
 
 namespace moeflux::test {
@@ -154,6 +155,36 @@ TEST(SynthPresets, DeepseekKimiAndGlmShapes) {
   EXPECT_EQ(glm.kv_bytes_per_token(), size_t{46} * 2 * 8 * 128 * 4);
 }
 
+// Parameter counts of the full presets against the publishers' figures (MTP layers not
+// counted, as they are not converted): DeepSeek-V3 671B total, 37B active (its README_WEIGHTS:
+// 36.6B counting the LM head, not the embedding table); Kimi-K2 1T total (1.04T in its report)
+// and 32B active; GLM-4.5-Air 106B total, 12B active (counted without embedding and LM head).
+TEST(SynthPresets, ParameterCountsMatchThePublishedTotals) {
+  auto counts = [](const char* name) {
+    return count_parameters(
+        ModelConfig::from_hf_json(synth_config_json(find_synth_preset(name), 0), name));
+  };
+  auto B = [](uint64_t n) { return double(n) / 1e9; };
+  const ParameterCounts ds = counts("deepseek-v3");
+  EXPECT_NEAR(B(ds.total), 671.0, 0.5);
+  EXPECT_NEAR(B(ds.active - ds.embedding), 36.6, 0.05);
+  EXPECT_NEAR(B(ds.embedding), 0.93, 0.01);  // "0.9B" embedding, and the same for the head
+  EXPECT_EQ(ds.lm_head, ds.embedding);
+  const ParameterCounts kimi = counts("kimi-k2");
+  EXPECT_NEAR(B(kimi.total), 1026.4, 0.5);  // "1T"; 1.04T in the Kimi K2 report
+  EXPECT_NEAR(B(kimi.active), 32.5, 0.5);   // "32B" (32.6B in the report)
+  const ParameterCounts glm = counts("glm-4.5-air");
+  EXPECT_NEAR(B(glm.total), 106.5, 0.5);                                 // "106B"
+  EXPECT_NEAR(B(glm.active - glm.embedding - glm.lm_head), 12.0, 0.25);  // "12B"
+  // Every resident tensor once, experts 3 * H * I each: a hand count for the tiny preset.
+  const ModelConfig t =
+      ModelConfig::from_hf_json(synth_config_json(find_synth_preset("tiny-qwen3-moe"), 0), "tiny");
+  const ParameterCounts tiny = count_parameters(t);
+  EXPECT_EQ(tiny.embedding, 512u * 64);
+  EXPECT_EQ(tiny.total - tiny.active, uint64_t(3 * (8 - 2)) * 3 * 64 * 64);    // 3 MoE layers
+  EXPECT_EQ(describe_parameters(t).find("0."), 0u) << describe_parameters(t);  // in millions
+}
+
 TEST(SynthPresets, LayersKeepThePattern) {
   const ModelConfig c = ModelConfig::from_hf_json(
       synth_config_json(find_synth_preset("qwen3.6-35b-a3b"), 6), "qwen3.6 cut");
@@ -188,7 +219,22 @@ TEST(Synth, Qwen3MoePackageLoadsAndRuns) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("qwen3_moe"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("(none)"), std::string::npos) << r.out;
+  const std::string params = "parameters   " + describe_parameters(c) + "\n";
+  EXPECT_NE(r.out.find(params), std::string::npos) << r.out;
   expect_finite_logits(tmp / "pkg", tmp);
+}
+
+// --dry-run: the header lines (sizes, parameters) of the full model, nothing written.
+TEST(Synth, DryRunWritesNothing) {
+  TempDir tmp;
+  const CommandResult r = run_moeflux(
+      {"synth", "--dry-run", "--family", "deepseek_v3", "--preset", "deepseek-v3", tmp / "pkg"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("parameters: 671.0 B total, 37.6 B active per token (36.6 B without"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("dry run: would write"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::is_empty(tmp.path())) << "nothing may be written";
 }
 
 TEST(Synth, ResidentFormatRequantizesAllButRouters) {

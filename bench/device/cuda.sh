@@ -4,12 +4,13 @@
 # with the CPU backend, GPU-tier invariance), parity against transformers' references with the
 # CLI on the GPU (MOEFLUX_BACKEND=cuda), optionally compute-sanitizer, then `bench` on a
 # synthesized Qwen3-30B-A3B-shaped 8-layer 4-bit package for each GPU-tier size.
-# Environment: TESTS (gtest filter; "" skips), SANITIZE=1 (SANITIZE_TIMEOUT s, 300), VARIANTS ("name:flags;..."),
-# GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host time per layer), NSYS=1
-# (Nsight Systems kernel/API summaries of resident decode, when nsys is installed), NCU=1 (each
-# kernel's time and DRAM bytes over a window of decode launches: NCU_SKIP, NCU_COUNT),
-# CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT
-# reads: bench with and without --no-verify), OUT.
+# Environment: TESTS (gtest filter; "" skips), SANITIZE=1 (SANITIZE_TIMEOUT s, 300),
+# VARIANTS ("name:flags;..."), GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host
+# time per layer), NSYS=1 (Nsight Systems kernel/API summaries of resident decode, when nsys is
+# installed), NCU=1 (each kernel's time and DRAM bytes over a window of decode launches:
+# NCU_SKIP, NCU_COUNT), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT reads: bench
+# with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh: DeepSeek-V3 /
+# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
@@ -103,5 +104,9 @@ if [ "${CHECKSUM:-0}" = 1 ]; then
       --no-ceilings --threads "$(nproc)" $extra >> "$OUTD/checksum-$verify.txt" 2>&1
     echo "checksums $verify: $(grep -E '^(decode|verify)' "$OUTD/checksum-$verify.txt" | tail -2 | tr '\n' ' ')"
   done
+fi
+if [ "${DEEPSEEK:-0}" = 1 ]; then
+  rm -rf "$PKG"  # its disk space, for the larger packages
+  OUT="$OUTD/deepseek" MF="$MF" bench/device/deepseek_gpu.sh
 fi
 ( cd "$OUTD" && tar czf /tmp/cuda-all.tgz . && find . -mindepth 1 -delete && mv /tmp/cuda-all.tgz . )

@@ -695,8 +695,8 @@ SynthSummary synthesize_package(const std::string& out_dir, const SynthOptions& 
             : uint64_t(s.shape[0]) * (s.shape.size() == 2 ? s.shape[1] : 1) * 4;
   const int moe_layers = c.num_moe_layers();
   const uint64_t layer_bytes = uint64_t(c.num_experts) * m.experts.record_bytes;
-  Progress progress(opts.progress, resident_total + layer_bytes * moe_layers);
-  if (opts.progress)
+  Progress progress(opts.progress && !opts.dry_run, resident_total + layer_bytes * moe_layers);
+  if (opts.progress || opts.dry_run) {
     std::fprintf(stderr,
                  "[synth] %s (%d of %d layers), experts %s (%s), seed %llu: resident %s + "
                  "experts %d x %s\n",
@@ -708,6 +708,15 @@ SynthSummary synthesize_package(const std::string& out_dir, const SynthOptions& 
                  static_cast<unsigned long long>(opts.seed),
                  human_bytes(double(resident_total)).c_str(), moe_layers,
                  human_bytes(double(layer_bytes)).c_str());
+    std::fprintf(stderr, "[synth] parameters: %s\n", describe_parameters(c).c_str());
+  }
+  if (opts.dry_run) {
+    SynthSummary plan;
+    plan.resident_bytes = resident_total;
+    plan.expert_bytes = layer_bytes * uint64_t(moe_layers);
+    plan.moe_layers = moe_layers;
+    return plan;
+  }
 
   ThreadPool pool(opts.threads);
   const uint64_t resident_root = subkey(opts.seed, 1);

@@ -59,6 +59,7 @@ struct SynthOptions {
   bool quantize_each = false;  // quantize every expert from fresh floats (CPU-bound, slower)
   bool force = false;          // replace an existing OUT_DIR
   bool progress = true;        // progress lines on stderr
+  bool dry_run = false;        // validate and describe (header lines on stderr), write nothing
   size_t threads = 0;          // generation threads (0 = hardware)
 };
 
@@ -71,7 +72,8 @@ struct SynthSummary {
 
 // Writes the package atomically (as convert does: "<out_dir>.partial-<pid>", manifest last,
 // rename). Arguments are validated before anything is created. Throws moeflux::Error; on any
-// failure nothing is left behind.
+// failure nothing is left behind. With dry_run, returns after validation and the header lines
+// (sizes and parameter counts) with the byte counts it would write and seconds = 0.
 SynthSummary synthesize_package(const std::string& out_dir, const SynthOptions& opts);
 
 }  // namespace moeflux

@@ -1,5 +1,7 @@
 #include "model/tensor_specs.hpp"
 
+#include <cstdio>
+
 namespace moeflux {
 
 std::string layer_tensor(int layer, const std::string& rest) {
@@ -122,6 +124,39 @@ QuantFormat resident_matrix_format(const TensorSpec& spec, QuantFormat source,
   if (!wanted || spec.routing || spec.role != TensorRole::Matrix) return source;
   if (!format_accepts_cols(*wanted, static_cast<size_t>(spec.shape[1]))) return source;
   return *wanted;
+}
+
+ParameterCounts count_parameters(const ModelConfig& c) {
+  ParameterCounts p;
+  for (const TensorSpec& t : resident_tensor_specs(c)) {
+    uint64_t n = 1;
+    for (int64_t d : t.shape) n *= static_cast<uint64_t>(d);
+    p.total += n;
+    if (t.name == "embed_tokens.weight") p.embedding = n;
+    if (t.name == "lm_head.weight") p.lm_head = n;
+  }
+  p.active = p.total;
+  const uint64_t expert = 3 * uint64_t(c.hidden_size) * uint64_t(c.moe_intermediate_size);
+  const uint64_t moe = static_cast<uint64_t>(c.num_moe_layers());
+  p.total += moe * uint64_t(c.num_experts) * expert;
+  p.active += moe * uint64_t(c.top_k) * expert;
+  return p;
+}
+
+std::string describe_parameters(const ModelConfig& c) {
+  const ParameterCounts p = count_parameters(c);
+  auto b = [](uint64_t n) {
+    char s[32];
+    if (n >= 10'000'000)
+      std::snprintf(s, sizeof s, "%.1f B", double(n) / 1e9);
+    else
+      std::snprintf(s, sizeof s, "%.3f M", double(n) / 1e6);
+    return std::string(s);
+  };
+  const std::string out = b(p.total) + " total, " + b(p.active) + " active per token";
+  if (!p.lm_head) return out;  // tied: the embedding is read whole as the LM head
+  return out + " (" + b(p.active - p.embedding) + " without the embedding table, " +
+         b(p.active - p.embedding - p.lm_head) + " without it and the LM head)";
 }
 
 }  // namespace moeflux

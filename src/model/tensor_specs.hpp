@@ -60,4 +60,22 @@ QuantFormat resident_matrix_format(const TensorSpec& spec, QuantFormat source,
 // "layers.<layer>.<rest>"
 std::string layer_tensor(int layer, const std::string& rest);
 
+// Parameters of the model a config describes (the text model as converted: multi-token
+// prediction layers, which conversion skips, are not counted). Resident tensors as
+// resident_tensor_specs lists them (MLA's kv_b_proj counted once, as its two derived halves),
+// plus 3 * hidden * moe_intermediate per routed expert.
+struct ParameterCounts {
+  uint64_t total = 0;
+  uint64_t active = 0;     // per token: every resident tensor + top_k routed experts per MoE layer
+  uint64_t embedding = 0;  // embed_tokens (a lookup: a token reads one row of it)
+  uint64_t lm_head = 0;    // 0 when tied to the embedding
+};
+ParameterCounts count_parameters(const ModelConfig& c);
+
+// One line for `inspect` and `synth`: total and active parameters, and the active count without
+// the embedding table and without the LM head too (publishers count active parameters either
+// way; a model with tied embeddings gets total and active only), e.g. "671.0 B total, 37.6 B active
+// per token (36.6 B without the embedding table, 35.7 B without it and the LM head)".
+std::string describe_parameters(const ModelConfig& c);
+
 }  // namespace moeflux

@@ -3,6 +3,7 @@
 
 #include "commands.hpp"
 #include "formats/package.hpp"
+#include "model/tensor_specs.hpp"
 
 namespace moeflux::tool {
 
@@ -52,6 +53,7 @@ Runner add_inspect(CLI::App& app) {
     if (c.grouped_router())
       std::printf("router       sigmoid + correction bias, %d groups keep %d, scaling %g\n",
                   c.n_group, c.topk_group, c.routed_scaling_factor);
+    std::printf("parameters   %s\n", describe_parameters(c).c_str());
     std::map<std::string, std::pair<int, uint64_t>> fmts;
     for (const auto& t : pkg.manifest().resident) {
       auto& f = fmts[format_name(t.fmt)];

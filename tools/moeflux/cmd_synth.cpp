@@ -29,7 +29,7 @@ Runner add_synth(CLI::App& app) {
     std::string family, preset, out, experts = "q4", resident;
     int layers = 0;
     uint64_t seed = 1;
-    bool force = false, quiet = false, quantize_each = false;
+    bool force = false, quiet = false, quantize_each = false, dry_run = false;
     size_t threads = 0;
   };
   auto a = std::make_shared<Args>();
@@ -53,6 +53,8 @@ Runner add_synth(CLI::App& app) {
                 "codes over one quantized template per layer, at disk speed)");
   cmd->add_flag("--force", a->force, "Replace OUT_DIR if it exists");
   cmd->add_flag("-q,--quiet", a->quiet, "No progress output");
+  cmd->add_flag("--dry-run", a->dry_run,
+                "Check the arguments and print the sizes and parameter counts; write nothing");
   cmd->add_option("-t,--threads", a->threads, "Generation threads (default: all hardware threads)")
       ->check(integer_range(1, 4096));
   return [a] {
@@ -67,9 +69,17 @@ Runner add_synth(CLI::App& app) {
     o.force = a->force;
     o.progress = !a->quiet;
     o.threads = a->threads;
+    o.dry_run = a->dry_run;
     std::signal(SIGINT, on_interrupt);
     std::signal(SIGTERM, on_interrupt);
     const SynthSummary s = synthesize_package(a->out, o);
+    if (a->dry_run) {
+      std::fprintf(stderr,
+                   "[synth] dry run: would write resident %s, experts %s in %d layer files\n",
+                   human_bytes(double(s.resident_bytes)).c_str(),
+                   human_bytes(double(s.expert_bytes)).c_str(), s.moe_layers);
+      return 0;
+    }
     if (!a->quiet) {
       const double total = double(s.resident_bytes + s.expert_bytes);
       std::fprintf(stderr,
