@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "cuda_available.hpp"
@@ -70,6 +71,17 @@ TEST_P(CudaEngine, GpuTierSizeAndPrefetchChangeNothing) {
     EXPECT_EQ(std::memcmp(got.data(), all.data(), all.size() * sizeof(float)), 0)
         << "gpu-mem " << o.gpu_cache_bytes;
   }
+}
+
+// A decode step recorded into a CUDA graph (MOEFLUX_CUDA_GRAPHS=1; every expert resident, one
+// sequence) gives the logits of the same ops issued one by one.
+TEST_P(CudaEngine, RecordedDecodeStepsEqualOpByOp) {
+  const std::vector<float> plain = logits(on("cuda", EngineOptions::kGpuMemAll), 1);
+  ::setenv("MOEFLUX_CUDA_GRAPHS", "1", 1);
+  const std::vector<float> recorded = logits(on("cuda", EngineOptions::kGpuMemAll), 1);
+  ::unsetenv("MOEFLUX_CUDA_GRAPHS");
+  ASSERT_EQ(recorded.size(), plain.size());
+  EXPECT_EQ(std::memcmp(recorded.data(), plain.data(), plain.size() * sizeof(float)), 0);
 }
 
 TEST_P(CudaEngine, BatchedDecodeEqualsEachSessionAlone) {

@@ -157,6 +157,35 @@ TEST_F(CudaOps, MatmulEveryFormatFewAndManyRows) {
   }
 }
 
+// Launch shapes of the matrix-vector kernels: enough rows give each warp 4 rows (one row of
+// X) or 2 (1024 rows: 2 per warp still fill the GPU; two rows of X), the rows of all products
+// counted; a row of X wider than 48 KB of shared memory holds opts into more.
+TEST_F(CudaOps, MatmulRowsPerWarpAndWideRows) {
+  struct Case {
+    size_t rows, cols;
+  };
+  for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4()}) {
+    for (const Case c : {Case{9000, 256}, Case{4300, 512}, Case{300, 13312}}) {
+      for (size_t T : {1, 2}) {
+        SCOPED_TRACE(format_name(f) + " rows " + std::to_string(c.rows) + " cols " +
+                     std::to_string(c.cols) + " T " + std::to_string(T));
+        RandomMatrix A(f, c.rows, c.cols, rng_), B(f, 40, c.cols, rng_);
+        const MatrixView dA = dev_matrix(A), dB = dev_matrix(B);
+        HostTensor X(T, c.cols), YA(T, c.rows), YB(T, 40);
+        X.randomize(rng_);
+        YB.randomize(rng_);  // accumulated into
+        Mirror dX = mirror(X), dYA = mirror(YA), dYB = mirror(YB);
+        const Projection p[2] = {{&A.view, YA.t}, {&B.view, YB.t, nullptr, true}};
+        const Projection dp[2] = {{&dA, dYA.t}, {&dB, dYB.t, nullptr, true}};
+        cpu_->matmul(X.t, p);
+        gpu_->matmul(dX.t, dp);
+        expect_twins(YA, dYA, 2e-5, "plain");
+        expect_twins(YB, dYB, 2e-5, "accumulate");
+      }
+    }
+  }
+}
+
 TEST_F(CudaOps, MatmulOddWidthTakesTheGenericPath) {
   for (QuantFormat f : {QuantFormat::f32(), QuantFormat::bf16()}) {
     for (size_t T : {1, 12}) {
@@ -358,42 +387,46 @@ TEST_F(CudaOps, GroupedExpertFfnFewAndManyRows) {
 }
 
 TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
-  const size_t H = 256, I = 64, E = 5, T = 3, K = 2, S = 3;
-  for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q4()}) {
-    SCOPED_TRACE(format_name(f));
-    // Records laid out as the package does: gate | up | down, each a matrix_layout record.
-    const MatrixLayout lg = matrix_layout(f, I, H), ld = matrix_layout(f, H, I);
-    const size_t rb = (2 * lg.total_bytes + ld.total_bytes + 4095) / 4096 * 4096;
-    std::vector<uint8_t> host(E * rb);
-    for (size_t e = 0; e < E; ++e) {
-      RandomMatrix g(f, I, H, rng_), u(f, I, H, rng_), d(f, H, I, rng_);
-      std::memcpy(host.data() + e * rb, g.record.data(), lg.total_bytes);
-      std::memcpy(host.data() + e * rb + lg.total_bytes, u.record.data(), lg.total_bytes);
-      std::memcpy(host.data() + e * rb + 2 * lg.total_bytes, d.record.data(), ld.total_bytes);
+  const size_t E = 5, T = 3, K = 2, S = 3;
+  // Small experts (one row per warp), and large ones: gate+up of 6 x 2048 rows take 4 rows per
+  // warp (dual), down of 6 x 1024 rows 2.
+  for (const auto& [H, I] : {std::pair<size_t, size_t>{256, 64}, {1024, 2048}})
+    for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q4()}) {
+      SCOPED_TRACE(format_name(f) + " H " + std::to_string(H) + " I " + std::to_string(I));
+      // Records laid out as the package does: gate | up | down, each a matrix_layout record.
+      const MatrixLayout lg = matrix_layout(f, I, H), ld = matrix_layout(f, H, I);
+      const size_t rb = (2 * lg.total_bytes + ld.total_bytes + 4095) / 4096 * 4096;
+      std::vector<uint8_t> host(E * rb);
+      for (size_t e = 0; e < E; ++e) {
+        RandomMatrix g(f, I, H, rng_), u(f, I, H, rng_), d(f, H, I, rng_);
+        std::memcpy(host.data() + e * rb, g.record.data(), lg.total_bytes);
+        std::memcpy(host.data() + e * rb + lg.total_bytes, u.record.data(), lg.total_bytes);
+        std::memcpy(host.data() + e * rb + 2 * lg.total_bytes, d.record.data(), ld.total_bytes);
+      }
+      const uint8_t* dev = gpu_->resident(host.data(), host.size());
+      std::vector<const uint8_t*> cpu_table(E), gpu_table(E);
+      for (size_t e = 0; e < E; ++e)
+        cpu_table[e] = host.data() + e * rb, gpu_table[e] = dev + e * rb;
+      const auto* dtable = reinterpret_cast<const uint8_t* const*>(
+          gpu_->resident(reinterpret_cast<const uint8_t*>(gpu_table.data()), E * sizeof(void*)));
+      IndexedExperts ix;
+      ix.experts = E;
+      ix.gate = {f, I, H, 0};
+      ix.up = {f, I, H, lg.total_bytes};
+      ix.down = {f, H, I, 2 * lg.total_bytes};
+      IndexedExperts dix = ix;
+      ix.records = cpu_table.data();
+      dix.records = dtable;
+      const std::vector<int32_t> ids = {4, 0, 2, 4, 1, 3};  // [T, K]
+      const auto* dids = reinterpret_cast<const int32_t*>(
+          gpu_->resident(reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 4));
+      HostTensor X(T, H), slots(T * S, H);
+      X.randomize(rng_);
+      Mirror dX = mirror(X), dslots = mirror(slots);
+      cpu_->expert_ffn_indexed(X.t, ids.data(), K, ix, slots.t, S);
+      gpu_->expert_ffn_indexed(dX.t, dids, K, dix, dslots.t, S);
+      expect_twins(slots, dslots, 3e-5, "indexed expert slots");
     }
-    const uint8_t* dev = gpu_->resident(host.data(), host.size());
-    std::vector<const uint8_t*> cpu_table(E), gpu_table(E);
-    for (size_t e = 0; e < E; ++e) cpu_table[e] = host.data() + e * rb, gpu_table[e] = dev + e * rb;
-    const auto* dtable = reinterpret_cast<const uint8_t* const*>(
-        gpu_->resident(reinterpret_cast<const uint8_t*>(gpu_table.data()), E * sizeof(void*)));
-    IndexedExperts ix;
-    ix.experts = E;
-    ix.gate = {f, I, H, 0};
-    ix.up = {f, I, H, lg.total_bytes};
-    ix.down = {f, H, I, 2 * lg.total_bytes};
-    IndexedExperts dix = ix;
-    ix.records = cpu_table.data();
-    dix.records = dtable;
-    const std::vector<int32_t> ids = {4, 0, 2, 4, 1, 3};  // [T, K]
-    const auto* dids = reinterpret_cast<const int32_t*>(
-        gpu_->resident(reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 4));
-    HostTensor X(T, H), slots(T * S, H);
-    X.randomize(rng_);
-    Mirror dX = mirror(X), dslots = mirror(slots);
-    cpu_->expert_ffn_indexed(X.t, ids.data(), K, ix, slots.t, S);
-    gpu_->expert_ffn_indexed(dX.t, dids, K, dix, dslots.t, S);
-    expect_twins(slots, dslots, 3e-5, "indexed expert slots");
-  }
 }
 
 TEST_F(CudaOps, LatentAttentionKeysWiderThanValuesSharingTheCache) {

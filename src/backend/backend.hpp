@@ -217,6 +217,19 @@ class Backend {
   virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
   virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
   virtual void fill(const Tensor& t, float value) = 0;
+  // --- capture (optional) ------------------------------------------------------------------
+  // A GPU backend may record the ops issued between begin_capture() and end_capture() and run
+  // them as one unit (CUDA graphs: one launch instead of one per op, the host's cost per op
+  // cut to recording it). end_capture() starts what was recorded: afterwards everything is as
+  // if the ops had been issued one by one. begin_capture() returns false when the backend does
+  // not capture now (the CPU backend never does); then nothing changes. Ops that cannot be
+  // recorded (they would wait for the device, or grow a buffer) throw moeflux::Error; the
+  // caller then calls abort_capture() — nothing recorded has run or will — and issues the ops
+  // again without capturing. Nothing issued in a capture may be waited for before end_capture().
+  virtual bool begin_capture() { return false; }
+  virtual void end_capture() {}
+  virtual void abort_capture() {}
+
   // The memory of the backend's device (zeros for the CPU).
   virtual DeviceMemory device_memory() const { return {}; }
   // Waits for every op issued so far.

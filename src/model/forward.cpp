@@ -1,16 +1,19 @@
 #include "model/forward.hpp"
 
+#include "core/error.hpp"
 #include "model/family.hpp"
 #include "model/layers.hpp"
 #include "model/workspace.hpp"
 
 namespace moeflux {
 
-void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
-             PrefetchMode pf, size_t logits_row, std::span<float* const> logits) {
+namespace {
+
+// Embedding and every layer of the pass (the ops issued, in order).
+void issue_layers(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
+                  PrefetchMode pf) {
   const ModelConfig& c = ctx.config;
   const size_t T = tokens.size();
-  MF_ASSERT(T == ctx.rows && T > 0 && T <= ctx.ws.max_rows);
   const bool zc = ctx.family.zero_centered_norms;
   {
     ScopedTimer timer(ctx.timings ? &ctx.timings->embed : nullptr);
@@ -34,11 +37,45 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
     }
     mlp_sublayer(ctx, lw, l, zc);
   }
-  ScopedTimer timer(ctx.timings ? &ctx.timings->head : nullptr);
-  if (!logits.empty()) final_logits(ctx, w, zc, logits_row, logits);
-  ctx.be.synchronize();
-  // Routing decided on the device (every expert resident): recorded now that it has landed.
-  if (ctx.resident && T <= ctx.resident->max_indexed_rows && !ctx.on_routing)
+}
+
+}  // namespace
+
+void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
+             PrefetchMode pf, size_t logits_row, std::span<float* const> logits) {
+  const ModelConfig& c = ctx.config;
+  const size_t T = tokens.size();
+  MF_ASSERT(T == ctx.rows && T > 0 && T <= ctx.ws.max_rows);
+  const bool zc = ctx.family.zero_centered_norms;
+  // Every expert resident and routed on the device: nothing in the pass waits for the device,
+  // so a single sequence's decode step — embedding, layers, final norm and LM head — can be
+  // recorded and run as one unit where the backend captures (CUDA graphs), the host's cost per
+  // op cut to recording it. If something cannot be recorded, nothing recorded has run: the ops
+  // are issued again one by one.
+  const bool device_routed = ctx.resident && T <= ctx.resident->max_indexed_rows && !ctx.on_routing;
+  const bool whole = device_routed && T == 1 && logits.size() == 1;
+  bool head_issued = false;
+  if (whole && ctx.be.begin_capture()) {
+    try {
+      issue_layers(ctx, w, tokens, pf);
+      head_rows(ctx, w, zc, logits_row, 1);
+      ctx.be.end_capture();
+      head_issued = true;
+    } catch (const Error&) {
+      ctx.be.abort_capture();
+    }
+  }
+  if (!head_issued) issue_layers(ctx, w, tokens, pf);
+  {
+    ScopedTimer timer(ctx.timings ? &ctx.timings->head : nullptr);
+    if (head_issued)
+      download_logits(ctx, logits);
+    else if (!logits.empty())
+      final_logits(ctx, w, zc, logits_row, logits);
+    ctx.be.synchronize();
+  }
+  // Routing decided on the device: recorded now that it has landed.
+  if (device_routed)
     for (int l = 0; l < c.num_layers; ++l)
       if (w.layers[l].is_moe) record_routing(ctx, l);
   if (ctx.timings) ctx.timings->tokens += T;

@@ -339,18 +339,27 @@ void lookahead_prefetch(const ForwardContext& ctx, const LayerWeights& next_w, i
     ctx.streamer.prefetch(next, guess, PrefetchKind::Lookahead);
 }
 
+void head_rows(const ForwardContext& ctx, const ModelWeights& w, bool zero_centered,
+               size_t first_row, size_t n) {
+  const Workspace& ws = ctx.ws;
+  MF_ASSERT(n <= Workspace::kLogitRows);
+  const Tensor xn = ws.xn.rows_view(0, n);
+  ctx.be.rmsnorm(ws.h.rows_view(first_row, n), w.final_norm, xn, eps_of(ctx.config), zero_centered);
+  const Projection p{&w.lm_head, ws.logits.rows_view(0, n)};
+  ctx.be.matmul(xn, {&p, 1});
+}
+
+void download_logits(const ForwardContext& ctx, std::span<float* const> dst) {
+  const size_t V = ctx.config.vocab_size;
+  for (size_t i = 0; i < dst.size(); ++i) ctx.be.download(ctx.ws.logits.rows_view(i, 1), dst[i], V);
+}
+
 void final_logits(const ForwardContext& ctx, const ModelWeights& w, bool zero_centered,
                   size_t first_row, std::span<float* const> dst) {
-  const Workspace& ws = ctx.ws;
-  const size_t V = ctx.config.vocab_size;
   for (size_t b = 0; b < dst.size(); b += Workspace::kLogitRows) {
     const size_t n = std::min(Workspace::kLogitRows, dst.size() - b);
-    const Tensor xn = ws.xn.rows_view(0, n);
-    ctx.be.rmsnorm(ws.h.rows_view(first_row + b, n), w.final_norm, xn, eps_of(ctx.config),
-                   zero_centered);
-    const Projection p{&w.lm_head, ws.logits.rows_view(0, n)};
-    ctx.be.matmul(xn, {&p, 1});
-    for (size_t i = 0; i < n; ++i) ctx.be.download(ws.logits.rows_view(i, 1), dst[b + i], V);
+    head_rows(ctx, w, zero_centered, first_row + b, n);
+    download_logits(ctx, dst.subspan(b, n));
   }
 }
 

@@ -48,6 +48,12 @@ void record_routing(const ForwardContext& ctx, int layer);
 void lookahead_prefetch(const ForwardContext& ctx, const LayerWeights& next_w, int next,
                         bool zero_centered, bool after_demand);
 
+// The final norm and LM head of rows [first_row, first_row + n) of ws.h into rows [0, n) of
+// ws.logits (n <= Workspace::kLogitRows); nothing is downloaded.
+void head_rows(const ForwardContext& ctx, const ModelWeights& w, bool zero_centered,
+               size_t first_row, size_t n);
+// Rows [0, dst.size()) of ws.logits into dst (waits for the device).
+void download_logits(const ForwardContext& ctx, std::span<float* const> dst);
 // logits of rows [first_row, first_row + dst.size()): final norm and LM head, in blocks of
 // Workspace::kLogitRows rows, each row downloaded to its host destination dst[i] ([vocab]).
 void final_logits(const ForwardContext& ctx, const ModelWeights& w, bool zero_centered,

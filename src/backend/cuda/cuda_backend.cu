@@ -383,10 +383,15 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   staging_bytes_ = kStagingBytes;
   MF_CUDA(cudaMallocHost(&staging_host_, staging_bytes_));
   MF_CUDA(cudaMalloc(&staging_dev_, staging_bytes_));
+  // Off unless asked for: recording every token anew costs more than it saves (docs/PERF.md).
+  const char* graphs = std::getenv("MOEFLUX_CUDA_GRAPHS");
+  graphs_enabled_ = graphs && std::string(graphs) == "1";
 }
 
 CudaBackend::~CudaBackend() {
+  if (capturing_) abort_capture();
   cudaStreamSynchronize(stream_);
+  if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
   if (profile_ && !op_times_.empty()) {
     double total = 0;
     for (const OpTime& o : op_times_) total += o.seconds;
@@ -483,6 +488,70 @@ void CudaBackend::fill(const Tensor& t, float value) {
   const size_t n = v.count * v.dim;
   fill_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(v, value);
   check_launch("fill");
+}
+
+bool CudaBackend::begin_capture() {
+  // Profiling waits around every op: nothing to record then.
+  if (!graphs_enabled_ || profile_ || capturing_ || capture_failures_ >= kMaxCaptureFailures)
+    return false;
+  // Thread-local mode: a call of this thread that cannot be recorded (a wait, an allocation)
+  // fails, and with it the capture, instead of running while the recorded work has not.
+  MF_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  capturing_ = true;
+  staging_at_capture_ = staging_used_;
+  return true;
+}
+
+void CudaBackend::end_capture() {
+  MF_ASSERT(capturing_);
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+  if (err != cudaSuccess || graph == nullptr) {
+    cudaGetLastError();
+    if (graph) cudaGraphDestroy(graph);
+    staging_used_ = staging_at_capture_;
+    ++capture_failures_;
+    fail(std::string("CUDA: recording the ops into a graph failed: ") + cudaGetErrorString(err));
+  }
+  // Same shape as the last recording (the usual case, decode token after token): update the
+  // executable graph's parameters in place; otherwise make it anew.
+  bool updated = false;
+  if (graph_exec_) {
+    cudaGraphExecUpdateResultInfo info;
+    updated = cudaGraphExecUpdate(graph_exec_, graph, &info) == cudaSuccess;
+    if (!updated) {
+      cudaGetLastError();
+      cudaGraphExecDestroy(graph_exec_);
+      graph_exec_ = nullptr;
+    }
+  }
+  cudaError_t run = cudaSuccess;
+  if (!updated) run = cudaGraphInstantiate(&graph_exec_, graph, 0);
+  cudaGraphDestroy(graph);
+  if (run == cudaSuccess) run = cudaGraphLaunch(graph_exec_, stream_);
+  if (run != cudaSuccess) {
+    // Nothing recorded has run: the caller issues the ops again (end_capture throws like an op).
+    cudaGetLastError();
+    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+    graph_exec_ = nullptr;
+    staging_used_ = staging_at_capture_;
+    ++capture_failures_;
+    fail(std::string("CUDA: running the recorded graph failed: ") + cudaGetErrorString(run));
+  }
+  capture_failures_ = 0;
+}
+
+void CudaBackend::abort_capture() {
+  if (!capturing_) return;
+  capturing_ = false;
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(stream_, &graph);  // invalidated, usually: nothing of it runs
+  if (graph) cudaGraphDestroy(graph);
+  cudaGetLastError();
+  // What was staged for the recording is not needed; what was staged before may still be read.
+  staging_used_ = staging_at_capture_;
+  ++capture_failures_;
 }
 
 DeviceMemory CudaBackend::device_memory() const {

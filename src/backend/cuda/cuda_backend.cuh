@@ -45,6 +45,9 @@ class CudaBackend final : public Backend {
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
   void fill(const Tensor& t, float value) override;
+  bool begin_capture() override;
+  void end_capture() override;
+  void abort_capture() override;
   DeviceMemory device_memory() const override;
   void synchronize() override;
 
@@ -145,6 +148,17 @@ class CudaBackend final : public Backend {
   std::vector<MatmulDesc> descs_, group_;  // host scratch of matmul() / expert_ffn()
   std::vector<char> done_;                 // host scratch of run_matmuls()
   bool profile_ = false;
+  // Capture into a CUDA graph (begin_capture): the executable graph, updated in place with each
+  // new recording of the same shape (cudaGraphExecUpdate) or made anew; the staging area's fill
+  // when the capture began (restored if it is aborted); failures since the last success (after
+  // kMaxCaptureFailures, capture stops being tried). Off unless MOEFLUX_CUDA_GRAPHS=1: the
+  // decode step is recorded anew every token, and the GPU then waits for the whole recording
+  // before it starts (measured slower than issuing op by op; docs/PERF.md).
+  cudaGraphExec_t graph_exec_ = nullptr;
+  bool capturing_ = false, graphs_enabled_ = true;
+  size_t staging_at_capture_ = 0;
+  int capture_failures_ = 0;
+  static constexpr int kMaxCaptureFailures = 16;
   struct OpTime {
     const char* op;
     bool prompt;

@@ -10,6 +10,7 @@
 //
 // Both add bias, then store, accumulate or apply the SwiGLU epilogues of MatmulMode.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 
 #include "backend/cuda/cuda_backend.cuh"
@@ -226,8 +227,32 @@ bool vector_path_ok(const DevMat& m, int chunk) {
          reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
 }
 
-// Shared memory for X up to this size (the default limit without opting in).
-constexpr size_t kMaxMatvecSmem = 48 * 1024;
+// Shared memory a block may have when its kernel opts in (the device's limit; 48 KB without).
+size_t opt_in_smem_limit() {
+  static const size_t limit = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return size_t{48 * 1024};
+    }
+    return size_t(v);
+  }();
+  return limit;
+}
+
+// Launches matvec_kernel with `smem` bytes of dynamic shared memory, opting the kernel into
+// more than 48 KB first when it needs that (once per kernel and size reached).
+template <int CODE, int NT, int R, bool DUAL>
+void launch_staged(const MatmulDesc* dev, dim3 grid, size_t smem, cudaStream_t s) {
+  static std::atomic<size_t> opted{48 * 1024};
+  if (smem > opted.load(std::memory_order_relaxed)) {
+    MF_CUDA(cudaFuncSetAttribute(matvec_kernel<CODE, NT, true, R, DUAL>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    opted.store(smem, std::memory_order_relaxed);
+  }
+  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(dev);
+}
 
 template <int CODE, int NT, int R>
 void launch_matvec_r(const MatmulDesc* dev, int n, int max_rows, int max_cols, bool dual,
@@ -235,11 +260,11 @@ void launch_matvec_r(const MatmulDesc* dev, int n, int max_rows, int max_cols, b
   const dim3 grid(blocks_for(max_rows, kWarps * R), n);
   const size_t smem = size_t(NT) * padded_pitch(max_cols) * sizeof(float);
   if constexpr (CODE != kGeneric) {
-    if (smem <= kMaxMatvecSmem) {
+    if (smem <= opt_in_smem_limit()) {  // X staged in shared memory
       if (dual)
-        matvec_kernel<CODE, NT, true, R, true><<<grid, kWarps * 32, smem, s>>>(dev);
+        launch_staged<CODE, NT, R, true>(dev, grid, smem, s);
       else
-        matvec_kernel<CODE, NT, true, R, false><<<grid, kWarps * 32, smem, s>>>(dev);
+        launch_staged<CODE, NT, R, false>(dev, grid, smem, s);
       return;
     }
   }
@@ -360,6 +385,8 @@ const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> desc
     if (k.hash == h && k.count == descs.size() &&
         std::memcmp(kept_host_.data() + k.first, descs.data(), descs.size_bytes()) == 0)
       return k.dev;
+  // Keeping descriptors copies them from pageable memory and waits: not recordable.
+  if (capturing_) fail("CUDA: new product descriptors while recording a graph");
   if (kept_dev_ == nullptr) {
     kept_capacity_ = 1 << 14;
     MF_CUDA(cudaMalloc(&kept_dev_, kept_capacity_ * sizeof(MatmulDesc)));
