@@ -128,6 +128,18 @@ TEST_F(CudaOps, RmsNormRowsAndStridedHeads) {
     gpu_->rmsnorm(dz.t, dev_floats(w2), dz.t, 1e-6f, zc);
     expect_twins(y, dy, 1e-5, "rmsnorm heads");
     expect_twins(z, dz, 1e-5, "rmsnorm rows in place");
+    // Rows held in the registers of a 1024-thread block (2, 4 and 7-8 elements per thread), and
+    // a row too long for that (the two-pass loop).
+    for (size_t dim : {size_t{2048}, size_t{4000}, size_t{7168}, size_t{9000}}) {
+      SCOPED_TRACE("dim " + std::to_string(dim));
+      const std::vector<float> wd = random_vector(dim, rng_);
+      HostTensor r(2, dim), o(2, dim);
+      r.randomize(rng_);
+      Mirror dr = mirror(r), dout = mirror(o);
+      cpu_->rmsnorm(r.t, wd.data(), o.t, 1e-6f, zc);
+      gpu_->rmsnorm(dr.t, dev_floats(wd), dout.t, 1e-6f, zc);
+      expect_twins(o, dout, 1e-5, "rmsnorm long rows");
+    }
   }
 }
 
