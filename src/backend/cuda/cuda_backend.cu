@@ -496,7 +496,11 @@ bool CudaBackend::begin_capture() {
     return false;
   // Thread-local mode: a call of this thread that cannot be recorded (a wait, an allocation)
   // fails, and with it the capture, instead of running while the recorded work has not.
-  MF_CUDA(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
+  if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+    cudaGetLastError();  // not fatal: the ops are issued one by one
+    ++capture_failures_;
+    return false;
+  }
   capturing_ = true;
   staging_at_capture_ = staging_used_;
   return true;
