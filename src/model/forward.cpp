@@ -52,7 +52,7 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
   // recorded and run as one unit where the backend captures (CUDA graphs), the host's cost per
   // op cut to recording it. If something cannot be recorded, nothing recorded has run: the ops
   // are issued again one by one.
-  const bool device_routed = ctx.resident && T <= ctx.resident->max_indexed_rows && !ctx.on_routing;
+  const bool device_routed = ctx.routes_on_device();
   const bool whole = device_routed && T == 1 && logits.size() == 1;
   bool head_issued = false;
   if (whole && ctx.be.begin_capture()) {

@@ -118,6 +118,11 @@ struct ForwardContext {
   double* timer(int layer, double LayerTimes::*field) const {
     return timings ? &(timings->layers[layer].*field) : nullptr;
   }
+  // Every expert resident and few rows, no routing sink: each MoE layer routes on the device
+  // and nothing in the pass waits for it (the routing is recorded after the pass).
+  bool routes_on_device() const {
+    return resident && rows <= resident->max_indexed_rows && !on_routing;
+  }
 };
 
 }  // namespace moeflux

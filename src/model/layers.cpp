@@ -290,9 +290,8 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
     return;
   }
   const size_t K = ctx.active_experts, S = K + (w.moe.has_shared ? 1 : 0);
-  // Every expert resident and few rows (decode): routing stays on the device, nothing waits;
-  // the routing is recorded after the pass (record_routing, forward.cpp).
-  const bool indexed = ctx.resident && T <= ctx.resident->max_indexed_rows && !ctx.on_routing;
+  // Routing stays on the device, nothing waits; recorded after the pass (forward.cpp).
+  const bool indexed = ctx.routes_on_device();
   Tensor shared_gate;
   {
     ScopedTimer timer(ctx.timer(layer, &LayerTimes::router));

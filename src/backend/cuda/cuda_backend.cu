@@ -496,14 +496,20 @@ bool CudaBackend::begin_capture() {
     return false;
   // Thread-local mode: a call of this thread that cannot be recorded (a wait, an allocation)
   // fails, and with it the capture, instead of running while the recorded work has not.
+  staging_at_capture_ = staging_used_;
   if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
-    cudaGetLastError();  // not fatal: the ops are issued one by one
-    ++capture_failures_;
+    drop_recording();  // not fatal: the ops are issued one by one
     return false;
   }
   capturing_ = true;
-  staging_at_capture_ = staging_used_;
   return true;
+}
+
+void CudaBackend::drop_recording() {
+  cudaGetLastError();
+  // What was staged for the recording is not needed; what was staged before may still be read.
+  staging_used_ = staging_at_capture_;
+  ++capture_failures_;
 }
 
 void CudaBackend::end_capture() {
@@ -512,10 +518,8 @@ void CudaBackend::end_capture() {
   cudaGraph_t graph = nullptr;
   const cudaError_t err = cudaStreamEndCapture(stream_, &graph);
   if (err != cudaSuccess || graph == nullptr) {
-    cudaGetLastError();
     if (graph) cudaGraphDestroy(graph);
-    staging_used_ = staging_at_capture_;
-    ++capture_failures_;
+    drop_recording();
     fail(std::string("CUDA: recording the ops into a graph failed: ") + cudaGetErrorString(err));
   }
   // Same shape as the last recording (the usual case, decode token after token): update the
@@ -536,11 +540,9 @@ void CudaBackend::end_capture() {
   if (run == cudaSuccess) run = cudaGraphLaunch(graph_exec_, stream_);
   if (run != cudaSuccess) {
     // Nothing recorded has run: the caller issues the ops again (end_capture throws like an op).
-    cudaGetLastError();
     if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
     graph_exec_ = nullptr;
-    staging_used_ = staging_at_capture_;
-    ++capture_failures_;
+    drop_recording();
     fail(std::string("CUDA: running the recorded graph failed: ") + cudaGetErrorString(run));
   }
   capture_failures_ = 0;
@@ -552,10 +554,7 @@ void CudaBackend::abort_capture() {
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(stream_, &graph);  // invalidated, usually: nothing of it runs
   if (graph) cudaGraphDestroy(graph);
-  cudaGetLastError();
-  // What was staged for the recording is not needed; what was staged before may still be read.
-  staging_used_ = staging_at_capture_;
-  ++capture_failures_;
+  drop_recording();
 }
 
 DeviceMemory CudaBackend::device_memory() const {

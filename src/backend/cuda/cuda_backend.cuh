@@ -159,6 +159,8 @@ class CudaBackend final : public Backend {
   size_t staging_at_capture_ = 0;
   int capture_failures_ = 0;
   static constexpr int kMaxCaptureFailures = 16;
+  // A recording that will not run: its staging space given back, one more failure counted.
+  void drop_recording();
   struct OpTime {
     const char* op;
     bool prompt;

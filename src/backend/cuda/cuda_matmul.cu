@@ -1,12 +1,13 @@
 // Products of stored matrices with float32 activations, every weight format.
 //
-// Few rows (decode; T <= kMatvecRows): one warp per weight row streams the row once with
+// Few rows (decode; T <= kMatvecRows): each warp streams 1, 2 or 4 weight rows once with
 // 16-byte loads, decodes in registers and accumulates the dot products with all T inputs;
 // bandwidth-bound by design. A launch covers a batch of products of one format (blockIdx.y =
 // product), so a layer's projections or all of its experts' gate/up take one launch.
 //
 // More rows (prompts): a tiled GEMM, 64 weight rows x 64 inputs per block, 32 columns at a
-// time decoded into shared memory, 4 x 4 outputs per thread, float32 FMA.
+// time decoded element by element (any format) into shared memory, 4 x 4 outputs per thread,
+// float32 FMA; one launch covers every product of a call.
 //
 // Both add bias, then store, accumulate or apply the SwiGLU epilogues of MatmulMode.
 #include <algorithm>
@@ -173,7 +174,6 @@ constexpr int kBM = 64, kBN = 64, kBK = 32;
 
 // Y tile [64 rows of W] x [64 inputs]: blockIdx.x = row tile, blockIdx.y = input tile,
 // blockIdx.z = product. 256 threads, each 4 rows x 4 inputs.
-template <int CODE>
 __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
   const MatmulDesc d = descs[blockIdx.z];
   const int row0 = blockIdx.x * kBM, t0 = blockIdx.y * kBN;
@@ -349,28 +349,9 @@ int matvec_code(const DevMat& w, const DevMat* w2) {
 
 namespace {
 
-void launch_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s) {
+void launch_gemm(const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s) {
   const dim3 grid(blocks_for(max_rows, kBM), blocks_for(max_t, kBN), n);
-  switch (code) {
-    case kF32:
-      gemm_kernel<kF32><<<grid, 256, 0, s>>>(dev);
-      break;
-    case kF16:
-      gemm_kernel<kF16><<<grid, 256, 0, s>>>(dev);
-      break;
-    case kBF16:
-      gemm_kernel<kBF16><<<grid, 256, 0, s>>>(dev);
-      break;
-    case kQ8:
-      gemm_kernel<kQ8><<<grid, 256, 0, s>>>(dev);
-      break;
-    case kA4:
-      gemm_kernel<kA4><<<grid, 256, 0, s>>>(dev);
-      break;
-    default:
-      gemm_kernel<kA8><<<grid, 256, 0, s>>>(dev);
-      break;
-  }
+  gemm_kernel<<<grid, 256, 0, s>>>(dev);
   check_launch("gemm");
 }
 
@@ -409,10 +390,10 @@ const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> desc
 }
 
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
-  // Launch groups: products of one kernel (format code; vector or generic path; matvec or
-  // GEMM; dual or not), in the order given within a group. Products in one call write disjoint
-  // outputs, except kSwiglu, which must follow the product that stored its Y (callers issue those
-  // in separate calls).
+  // Launch groups: products of one kernel (matrix-vector: format code, vector or generic
+  // path, dual or not; GEMM: one for every format), in the order given within a group. Products in
+  // one call write disjoint outputs, except kSwiglu, which must follow the product that stored its
+  // Y (callers issue those in separate calls).
   std::vector<MatmulDesc>& g = group_;
   std::vector<char>& done = done_;  // reused: no allocation per call once warm
   done.assign(descs.size(), 0);
@@ -420,7 +401,7 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     if (done[i]) continue;
     const bool gemm = descs[i].T > kMatvecRows;
     auto code_of = [&](const MatmulDesc& d) {
-      return gemm ? d.w.code : matvec_code(d.w, d.mode == kDual ? &d.w2 : nullptr);
+      return gemm ? int(kGeneric) : matvec_code(d.w, d.mode == kDual ? &d.w2 : nullptr);
     };
     const int code = code_of(descs[i]);
     const bool dual = descs[i].mode == kDual;
@@ -444,7 +425,7 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
         reused ? persistent_descs(g)
                : static_cast<const MatmulDesc*>(stage(g.data(), g.size() * sizeof(MatmulDesc)));
     if (gemm)
-      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
+      launch_gemm(dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
     else
       launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, sum_rows, max_t, max_cols,
                     dual, stream_);
