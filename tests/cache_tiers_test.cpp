@@ -26,9 +26,12 @@ class DeferredCopyMemory final : public TierMemory {
     std::memset(arena_.data(), 0xff, arena_.size());  // NaN in every float format
   }
   uint8_t* slot_data(size_t slot) override { return arena_.data() + slot * record_bytes_; }
-  void copy_in(uint8_t* dst, const uint8_t* src, size_t bytes) override {
+  // Returns null although the copy has not landed: a host-accessible fastest tier's records are
+  // handed out after a fence (the CPU computes from them directly).
+  const void* copy_in(uint8_t* dst, const uint8_t* src, size_t bytes) override {
     std::memset(dst, 0xff, bytes);  // the old contents are gone; the new ones not yet there
     queued_.push_back({dst, src, bytes});
+    return nullptr;
   }
   void fence() override {
     for (const Copy& c : queued_) std::memcpy(c.dst, c.src, c.bytes);
@@ -187,6 +190,46 @@ TEST_P(CacheTiers, AsynchronousCopiesAreFencedBeforeCompute) {
   s.eval_token(tokens_[0]);
   ASSERT_NE(mem, nullptr);
   EXPECT_GT(mem->fences, 0u);
+}
+
+// Hybrid compute asks for some records to be left in the RAM tier: they are handed out there,
+// whole, flagged on_host and counted, and the faster tier receives no copy of them; the others
+// are promoted as usual.
+TEST_P(CacheTiers, RecordsForTheCpuStayInTheRamTier) {
+  int layer = 0;
+  while (!model_->config().layer_is_moe[layer]) ++layer;
+  StreamOptions o;
+  o.max_active = 2;
+  o.ram_cache_bytes = all_experts_bytes();
+  o.upper_tiers = {host_tier("gpu-like", 0)};  // working slots only: keeps nothing
+  ExpertStreamer st(model_->package(), o);
+  const int experts[2] = {0, 1};
+  std::vector<const uint8_t*> out;
+  st.acquire(layer, experts, out);
+  const size_t rb = st.record_bytes();
+  const std::vector<uint8_t> first(out[0], out[0] + rb), second(out[1], out[1] + rb);
+  st.release();
+  EXPECT_EQ(st.tier_of(layer, 0), int(st.ram_tier()));
+  EXPECT_EQ(st.tier_of(layer, 5), -1);
+  const uint64_t fills = st.stats().tiers[0].fills;
+
+  const uint8_t on_host[2] = {1, 0};
+  const int ticket = st.request(layer, experts, on_host);
+  std::vector<ExpertHandle> ready, all;
+  while (st.take_ready(ticket, ready)) all.insert(all.end(), ready.begin(), ready.end());
+  ASSERT_EQ(all.size(), 2u);
+  for (const ExpertHandle& h : all) {
+    EXPECT_EQ(h.on_host, h.index == 0);
+    EXPECT_EQ(h.ready, nullptr);
+    EXPECT_EQ(std::memcmp(h.record, h.index == 0 ? first.data() : second.data(), rb), 0);
+    // Left in the RAM tier: the record lies in one of its slots.
+    bool in_ram = false;
+    for (const auto& slot : st.tier(st.ram_tier()).slots()) in_ram |= slot->data == h.record;
+    EXPECT_EQ(in_ram, h.on_host);
+  }
+  st.release(ticket);
+  EXPECT_EQ(st.stats().tiers[0].fills, fills + 1);  // only the second was promoted
+  EXPECT_EQ(st.stats().total().host_computed, 1u);
 }
 
 TEST_P(CacheTiers, OnlyTheFastestTierMayBeDeviceMemory) {

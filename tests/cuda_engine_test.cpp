@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #include "cuda_available.hpp"
 #include "streaming_fixture.hpp"
@@ -24,10 +25,12 @@ class CudaEngine : public StreamingFixture {
     if (const std::string why = why_no_cuda(); !why.empty()) GTEST_SKIP() << why;
     StreamingFixture::SetUp();
   }
+  // No expert computed on the CPU unless a test asks (CPU and GPU kernels round differently).
   EngineOptions on(const char* backend, size_t gpu_bytes = 0) const {
     EngineOptions o;
     o.backend = backend;
     o.gpu_cache_bytes = gpu_bytes;
+    o.cpu_experts = CpuExpertsMode::Off;
     return o;
   }
   // Relative L2 error of b against a, per position of V logits.
@@ -70,6 +73,33 @@ TEST_P(CudaEngine, GpuTierSizeAndPrefetchChangeNothing) {
     ASSERT_EQ(got.size(), all.size());
     EXPECT_EQ(std::memcmp(got.data(), all.data(), all.size() * sizeof(float)), 0)
         << "gpu-mem " << o.gpu_cache_bytes;
+  }
+}
+
+// Experts computed by the CPU from the RAM tier while the GPU computes the rest (--cpu-experts
+// all and auto, decode and chunked prompts): the logits agree with every expert on the GPU
+// within the CPU backend's tolerance, and with `all` the CPU computed some.
+TEST_P(CudaEngine, CpuComputedExpertsMatchTheGpu) {
+  const size_t V = model_->config().vocab_size;
+  for (size_t chunk : {size_t{1}, size_t{4}, size_t{16}}) {
+    const std::vector<float> all = logits(on("cuda", EngineOptions::kGpuMemAll), chunk);
+    for (const CpuExpertsMode mode : {CpuExpertsMode::All, CpuExpertsMode::Auto}) {
+      SCOPED_TRACE(std::string(cpu_experts_mode_name(mode)) + " chunk " + std::to_string(chunk));
+      EngineOptions o = on("cuda", all_experts_bytes() / 4);
+      o.stream.ram_cache_bytes = all_experts_bytes();
+      o.cpu_experts = mode;
+      o.threads = 2;
+      o.prefill_chunk = chunk;
+      Session s(*model_, o);
+      std::vector<float> got;
+      s.eval_prompt(tokens_, &got);
+      EXPECT_LT(worst_rel_l2(all, got, V), 1e-4);
+      const LayerStreamStats t = s.streamer().stats().total();
+      if (mode == CpuExpertsMode::All && chunk == 1) {
+        EXPECT_GT(t.host_computed, 0u);
+      }
+      EXPECT_LE(t.host_computed, t.tier_hits[s.streamer().ram_tier()] + t.prefetch_hits);
+    }
   }
 }
 

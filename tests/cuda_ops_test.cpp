@@ -11,6 +11,7 @@
 // GPU machine runs them (bench/device/cuda.sh).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -542,6 +543,20 @@ TEST_F(CudaOps, CombineWithSharedGate) {
     gpu_->combine(d);
     expect_twins(out, dout, 1e-6, "combine");
   }
+}
+
+// Host rows into chosen rows of a device tensor, in issue order; the host rows may be reused
+// as soon as the call returns (they are staged).
+TEST_F(CudaOps, ScatterRowsFromHost) {
+  HostTensor dst(10, 37), src(3, 37, 5);
+  dst.randomize(rng_);
+  src.randomize(rng_);
+  Mirror d = mirror(dst);
+  const std::vector<int32_t> rows = {7, 0, 4};
+  gpu_->scatter_rows(src.t.row(0), src.t.pitch(), rows, d.t);
+  cpu_->scatter_rows(src.t.row(0), src.t.pitch(), rows, dst.t);
+  std::fill(src.mem.begin(), src.mem.end(), kNaN);  // reused at once
+  expect_twins(dst, d, 0, "scatter rows");
 }
 
 TEST_F(CudaOps, MemoryTiersAndErrors) {

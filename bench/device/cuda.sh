@@ -56,7 +56,7 @@ for v in "${variants[@]}"; do
   "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len "${GEN:-128}" --repeat 3 \
     --no-ceilings --ram-cache 64G --keep-cache $flags ${TIMING:+--timing} --json "$OUTD/bench-$name.json" \
     > "$OUTD/bench-$name.txt" 2>&1
-  echo "== $name ($flags)"; grep -E '^(decode|experts|hits)' "$OUTD/bench-$name.txt"
+  echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|host)' "$OUTD/bench-$name.txt"
 done
 if [ "${PROFILE:-0}" = 1 ]; then  # each op's own GPU time (serialised), resident experts
   MOEFLUX_CUDA_PROFILE=1 "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len 64 \

@@ -216,6 +216,11 @@ class Backend {
   // Copies between host memory and a tensor (same shape; rows may have different pitches).
   virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
   virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
+  // dst[rows[j]] = host row j (rows host_pitch floats apart, dst's width), j < rows.size(), in
+  // issue order with the ops around it. Does not wait: the host rows are copied before it
+  // returns (a GPU backend stages them), so the caller may reuse them at once.
+  virtual void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
+                            const Tensor& dst) = 0;
   virtual void fill(const Tensor& t, float value) = 0;
   // --- capture (optional) ------------------------------------------------------------------
   // A GPU backend may record the ops issued between begin_capture() and end_capture() and run

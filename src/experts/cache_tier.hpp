@@ -36,10 +36,12 @@ struct TierSlot {
 };
 
 struct TierStats {
-  uint64_t hits = 0;        // requests served from this tier (prefetched records included)
-  uint64_t fills = 0;       // records that entered it (storage reads or promotions)
-  uint64_t evictions = 0;   // records pushed out to make room
-  double copy_seconds = 0;  // time spent copying promotions in (upper tiers)
+  uint64_t hits = 0;            // requests served from this tier (prefetched records included)
+  uint64_t fills = 0;           // records that entered it (storage reads or promotions)
+  uint64_t evictions = 0;       // records pushed out to make room
+  double copy_seconds = 0;      // host time spent issuing (or doing) promotion copies (upper tiers)
+  uint64_t copied_bytes = 0;    // bytes promoted in (upper tiers)
+  double transfer_seconds = 0;  // time those copies took where they ran (device tiers; 0 else)
 };
 
 class CacheTier {

@@ -75,6 +75,7 @@ LayerStreamStats StreamStats::total() const {
     for (size_t i = 0; i < kMaxCacheTiers; ++i) t.tier_hits[i] += l.tier_hits[i];
     t.prefetch_hits += l.prefetch_hits;
     t.misses += l.misses;
+    t.host_computed += l.host_computed;
     t.io_wait_seconds += l.io_wait_seconds;
   }
   return t;
@@ -276,17 +277,20 @@ void ExpertStreamer::score_predictions(int layer, std::span<const int> experts) 
   }
 }
 
-TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier) {
+TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier,
+                                  const void** ready) {
   TierSlot* fastest = &src;
+  *ready = nullptr;
   for (size_t t = src_tier; t-- > 0;) {
     CacheTier& dst_tier = *tiers_[t];
     if (t > 0 && !dst_tier.keeps_records()) continue;  // would be dropped at once
     TierSlot* dst = dst_tier.take_free(spare_hot_, nullptr);
     MF_ASSERT(dst != nullptr);  // nothing loads in an upper tier, and one acquire pins K < 3K
     const auto t0 = std::chrono::steady_clock::now();
-    dst_tier.memory().copy_in(dst->data, src.data, record_bytes_);
+    *ready = dst_tier.memory().copy_in(dst->data, src.data, record_bytes_);
     dst_tier.stats.copy_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    dst_tier.stats.copied_bytes += record_bytes_;
     dst_tier.insert(*dst, key);
     fastest = dst;
   }
@@ -294,7 +298,17 @@ TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier) 
 }
 
 void ExpertStreamer::fence_upper_tiers() {
-  for (size_t t = 0; t + 1 < tiers_.size(); ++t) tiers_[t]->memory().fence();
+  for (size_t t = 0; t + 1 < tiers_.size(); ++t) {
+    TierMemory& m = tiers_[t]->memory();
+    const double before = m.transfer_seconds();
+    m.fence();
+    tiers_[t]->stats.transfer_seconds += m.transfer_seconds() - before;
+  }
+}
+
+int ExpertStreamer::tier_of(int layer, int expert) {
+  TierSlot* s = nullptr;
+  return locate(expert_key(layer, expert), &s);
 }
 
 void ExpertStreamer::unpin(const Pin& p) {
@@ -306,7 +320,9 @@ void ExpertStreamer::unpin(const Pin& p) {
     tier.drop(s);
 }
 
-int ExpertStreamer::request(int layer, std::span<const int> experts) {
+int ExpertStreamer::request(int layer, std::span<const int> experts,
+                            std::span<const uint8_t> on_host) {
+  MF_ASSERT(on_host.empty() || on_host.size() == experts.size());
   const int ticket = next_ticket_++;
   LayerStreamStats& ls = stats_.layers[layer];
   score_predictions(layer, experts);
@@ -324,6 +340,7 @@ int ExpertStreamer::request(int layer, std::span<const int> experts) {
     en.layer = layer;
     en.expert = e;
     en.index = i;
+    en.on_host = !on_host.empty() && on_host[i] != 0;
     TierSlot* s = nullptr;
     const int t = locate(key, &s);
     if (t >= 0) {
@@ -386,14 +403,20 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
       return false;
     }
   }
+  e.taken = true;
+  if (e.on_host && e.tier == ram_tier) {  // the CPU computes it where it is (pinned already)
+    ++stats_.layers[e.layer].host_computed;
+    ready.push_back({e.index, e.expert, s->data, nullptr, true});
+    return true;
+  }
+  const void* copied = nullptr;
   if (e.tier > 0) {
-    TierSlot* top = promote(expert_key(e.layer, e.expert), *s, e.tier);
+    TierSlot* top = promote(expert_key(e.layer, e.expert), *s, e.tier, &copied);
     ++top->pins;
     pinned_.push_back({0, top, e.ticket});
     s = top;
   }
-  e.taken = true;
-  ready.push_back({e.index, e.expert, s->data, nullptr});
+  ready.push_back({e.index, e.expert, s->data, copied, false});
   return true;
 }
 
@@ -415,7 +438,9 @@ bool ExpertStreamer::take_ready(int ticket, std::vector<ExpertHandle>& ready) {
         // try_take decides: retry a failed prefetch read, or fail.
       }
     }
-    fence_upper_tiers();
+    // The CPU computes from a host-accessible compute tier directly: its records must be whole.
+    // A device tier's records carry their readiness instead (release() fences).
+    if (tiers_.front()->memory().host_accessible()) fence_upper_tiers();
   } catch (...) {
     abandon_all();
     throw;
@@ -449,6 +474,7 @@ void ExpertStreamer::abandon_all() {
 }
 
 void ExpertStreamer::release(int ticket) {
+  fence_upper_tiers();  // the copies' sources may be reused once unpinned
   size_t kept = 0;
   for (const Pin& p : pinned_) {
     if (p.ticket == ticket)
@@ -469,9 +495,11 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
   out.assign(experts.size(), nullptr);
   while (take_ready(ticket, handles_))
     for (const ExpertHandle& h : handles_) out[h.index] = h.record;
+  fence_upper_tiers();
 }
 
 void ExpertStreamer::release() {
+  fence_upper_tiers();
   for (const Pin& p : pinned_) unpin(p);
   pinned_.clear();
   entries_.clear();

@@ -15,6 +15,15 @@
 // second request() issued before the first set is consumed overlaps its reads with that
 // compute (prompt evaluation). At most two requests are outstanding.
 //
+// Promotion copies into a device tier are asynchronous: a handed-out record carries its copy's
+// readiness (ExpertHandle::ready), which the backend's compute waits for on the device, and
+// release() waits for the copies before it unpins their sources. Into a host-accessible tier the
+// CPU computes from directly, records are handed out complete (take_ready fences).
+//
+// Host compute (hybrid CPU/GPU): request() may ask for some records to be handed out where they
+// are in the RAM tier (ExpertHandle::on_host) instead of being promoted, for the CPU to compute
+// them while the device computes the others.
+//
 // Single-threaded use: one thread at a time calls prefetch / request / take_ready / release
 // (the Engine serialises forward passes); reads complete on the reader's threads and only touch
 // their ReadOp. After warm-up no call allocates (scratch vectors keep their capacity).
@@ -78,6 +87,7 @@ struct LayerStreamStats {
   std::array<uint64_t, kMaxCacheTiers> tier_hits{};
   uint64_t prefetch_hits = 0;  // brought (or being brought) by a prefetch
   uint64_t misses = 0;         // read on demand
+  uint64_t host_computed = 0;  // handed out in the RAM tier for the CPU (not promoted)
   double io_wait_seconds = 0;  // compute blocked on reads
 
   uint64_t cache_hits() const;  // sum of tier_hits
@@ -103,8 +113,9 @@ struct StreamStats {
 struct ExpertHandle {
   size_t index = 0;
   int expert = 0;
-  const uint8_t* record = nullptr;  // in the fastest tier's memory
+  const uint8_t* record = nullptr;  // in the fastest tier's memory (RAM tier when on_host)
   const void* ready = nullptr;      // readiness event of an asynchronous copy; null = usable now
+  bool on_host = false;             // left in the RAM tier for the CPU, as request() was asked
 };
 
 class ExpertStreamer {
@@ -127,18 +138,24 @@ class ExpertStreamer {
   // Pins the records of `experts` of `layer` (found in a tier, or read into the RAM tier: every
   // miss submitted at once) and returns a ticket for take_ready / release. Waits for nothing.
   // At most two tickets may be outstanding; together they pin at most 2 * max_active records.
-  int request(int layer, std::span<const int> experts);
+  // on_host (empty, or one flag per expert): a flagged record that is in the RAM tier when
+  // handed out stays there, for the CPU (ExpertHandle::on_host); elsewhere it is promoted.
+  int request(int layer, std::span<const int> experts, std::span<const uint8_t> on_host = {});
+  // The fastest tier holding (layer, expert) now (0 = the compute tier, ram_tier() = RAM), or
+  // -1 when none does (a read in flight into the RAM tier counts as there).
+  int tier_of(int layer, int expert);
   // Hands out (appends to `ready`, cleared first) every record of `ticket` not handed out yet
   // that is usable now, promoted into the fastest tier; if none is, first waits for the next
   // read of the ticket to land. Returns false, with `ready` empty, once all were handed out.
   // Throws moeflux::Error if a read fails; the streamer stays usable (every outstanding ticket
   // is dropped: failed records forgotten, pins released).
   bool take_ready(int ticket, std::vector<ExpertHandle>& ready);
-  // Unpins the records of `ticket` (they stay cached as the tiers' budgets allow).
+  // Waits for the promotion copies issued so far, then unpins the records of `ticket` (they
+  // stay cached as the tiers' budgets allow).
   void release(int ticket);
 
-  // request + take_ready until done: out[i] points at the record of experts[i]; release() ends
-  // the pin. For tools and tests that want a whole set at once.
+  // request + take_ready until done, copies fenced: out[i] points at the whole record of
+  // experts[i]; release() ends the pin. For tools and tests that want a whole set at once.
   void acquire(int layer, std::span<const int> experts, std::vector<const uint8_t*>& out);
   void release();  // every outstanding ticket
 
@@ -165,6 +182,7 @@ class ExpertStreamer {
     size_t tier = 0;   // where it was found (the RAM tier for misses)
     TierSlot* slot = nullptr;
     bool demand_read = false;  // this request submitted the read (a failure is final)
+    bool on_host = false;      // hand out in the RAM tier if it is there (request's on_host)
     bool taken = false;
   };
 
@@ -175,8 +193,9 @@ class ExpertStreamer {
   TierSlot* take_ram_slot();
   // Gives a free RAM-tier slot to (layer, expert) and prepares its read (the caller submits).
   void claim_read(TierSlot& s, int layer, int expert);
-  // Copies the record in `src` (tier src_tier) into the faster tiers; returns the fastest copy.
-  TierSlot* promote(uint64_t key, TierSlot& src, size_t src_tier);
+  // Copies the record in `src` (tier src_tier) into the faster tiers; returns the fastest copy
+  // and, in *ready, the readiness of the copy into it (null: complete).
+  TierSlot* promote(uint64_t key, TierSlot& src, size_t src_tier, const void** ready);
   void score_predictions(int layer, std::span<const int> experts);
   bool is_hot(int layer, int expert) const;
   void count_use(int layer, int expert);
@@ -184,7 +203,8 @@ class ExpertStreamer {
   // A RAM-tier record dropped before any acquire used it: its prefetch reads were wasted.
   void count_wasted_prefetch(const TierSlot& s);
   void unpin(const Pin& p);
-  // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous).
+  // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous) and
+  // counts the time the copies took (TierStats::transfer_seconds).
   void fence_upper_tiers();
   // Hands out entry e: checks its read, retries a failed prefetch read once, promotes it.
   // Returns false if its read is still in flight.

@@ -17,8 +17,9 @@ class HostTierMemory final : public TierMemory {
   HostTierMemory(AlignedBuffer arena, size_t record_bytes)
       : arena_(std::move(arena)), record_bytes_(record_bytes) {}
   uint8_t* slot_data(size_t slot) override { return arena_.data() + slot * record_bytes_; }
-  void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
+  const void* copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
     std::memcpy(dst, src_host, bytes);
+    return nullptr;
   }
   void fence() override {}
   bool host_accessible() const override { return true; }

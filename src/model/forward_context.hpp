@@ -17,6 +17,7 @@
 #include "experts/expert_streamer.hpp"
 #include "formats/package.hpp"
 #include "model/config.hpp"
+#include "model/host_experts.hpp"
 
 namespace moeflux {
 
@@ -114,6 +115,7 @@ struct ForwardContext {
   ForwardTimings* timings;                    // null unless --timing
   const RoutingSink* on_routing;              // null unless tracing
   const ResidentExperts* resident = nullptr;  // null: experts come from the streamer
+  HostExperts* host_experts = nullptr;        // null: no expert is computed on the CPU
 
   double* timer(int layer, double LayerTimes::*field) const {
     return timings ? &(timings->layers[layer].*field) : nullptr;

@@ -1,6 +1,7 @@
 #include "model/layers.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 namespace moeflux {
@@ -169,6 +170,50 @@ MlpWeights expert_weights(const ExpertLayout& el, const uint8_t* rec) {
   return e;
 }
 
+// The CPU's share of a layer (hybrid): its tasks over the downloaded rows hx.x, into compact
+// output rows, then scattered into the device slots (queued behind the GPU's expert work, ahead
+// of the combine). The planner learns the CPU's rate from the wall time.
+void run_on_host(const ForwardContext& ctx, HostExperts& hx, size_t T, size_t S) {
+  const size_t H = hx.hidden;
+  const auto t0 = std::chrono::steady_clock::now();
+  hx.out_local.clear();
+  hx.out_device.clear();
+  double bytes = 0;
+  for (ExpertTask& t : hx.tasks) {
+    const size_t first = hx.out_local.size();
+    for (size_t j = 0; j < t.n; ++j) {
+      hx.out_local.push_back(static_cast<int32_t>(first + j));
+      hx.out_device.push_back(t.out_rows[j]);
+    }
+    bytes += static_cast<double>(ctx.expert_layout.record_bytes * t.n);
+  }
+  size_t at = 0;
+  for (ExpertTask& t : hx.tasks) {  // out_local is final now: point the tasks into it
+    t.out_rows = hx.out_local.data() + at;
+    at += t.n;
+  }
+  MF_ASSERT(hx.out_local.size() <= T * S);
+  const Tensor x = Tensor::matrix(hx.x.data(), T, H, H, Memory::Host);
+  const Tensor out = Tensor::matrix(hx.out.data(), hx.out_local.size(), H, H, Memory::Host);
+  hx.cpu->expert_ffn(x, hx.tasks, out);
+  ctx.be.scatter_rows(hx.out.data(), H, hx.out_device, ctx.ws.slots);
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  hx.planner.observe_cpu(bytes, s);
+  hx.cpu_seconds += s;
+  hx.cpu_bytes += bytes;
+}
+
+// After a layer's release (its copies fenced): the planner learns the copy rate from the
+// compute tier's device-timed copies of that layer.
+void observe_copies(const ForwardContext& ctx, HostExperts& hx) {
+  const TierStats& ts = ctx.streamer.stats().tiers.front();
+  const double bytes = static_cast<double>(ts.copied_bytes) - hx.seen_copied_bytes;
+  const double seconds = ts.transfer_seconds - hx.seen_transfer_seconds;
+  hx.seen_copied_bytes = static_cast<double>(ts.copied_bytes);
+  hx.seen_transfer_seconds = ts.transfer_seconds;
+  hx.planner.observe_copy(bytes, seconds);
+}
+
 // The routed experts of the batch (+ an extra task, e.g. the shared expert, run with the first
 // experts ready): every expert any row chose is fetched once and run over its rows; rows of
 // expert e write slot t * S + i (i: e's rank in row t's choice). Experts go to the streamer in
@@ -218,14 +263,39 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
   auto group = [&](size_t g) {
     return std::span<const int>(m.wanted.data() + g * K, std::min(K, m.wanted.size() - g * K));
   };
+  HostExperts* hx = ctx.host_experts && ctx.host_experts->usable(T) ? ctx.host_experts : nullptr;
+  bool x_on_host = false;
+  // The CPU's share of group g (hybrid), flags per expert; empty: the GPU computes all.
+  auto plan = [&](size_t g) -> std::span<const uint8_t> {
+    if (!hx) return {};
+    const std::span<const int> experts = group(g);
+    hx->where.resize(experts.size());
+    hx->rows.resize(experts.size());
+    hx->on_host.resize(experts.size());
+    for (size_t i = 0; i < experts.size(); ++i) {
+      const int e = experts[i], tier = st.tier_of(layer, e);
+      hx->where[i] = tier < 0                                    ? RecordPlace::Storage
+                     : size_t(tier) == st.ram_tier() && tier > 0 ? RecordPlace::Ram
+                                                                 : RecordPlace::Gpu;
+      hx->rows[i] = static_cast<size_t>(m.first[e + 1] - m.first[e]);
+    }
+    if (hx->planner.plan(hx->where, hx->rows, el.record_bytes, hx->on_host) == 0) return {};
+    if (!x_on_host) {  // the CPU's inputs, before GPU expert work is queued ahead of the copy
+      ctx.be.download(ctx.ws.xn.rows_view(0, T), hx->x.data(), hx->hidden);
+      x_on_host = true;
+    }
+    return hx->on_host;
+  };
   const double waited_before = st.stats().layers[layer].io_wait_seconds;
-  int ticket = groups > 0 ? st.request(layer, group(0)) : -1;
+  int ticket = groups > 0 ? st.request(layer, group(0), plan(0)) : -1;
   bool extra_done = extra == nullptr;
   for (size_t g = 0; g < groups; ++g) {
-    const int next = g + 1 < groups ? st.request(layer, group(g + 1)) : -1;
+    const int next = g + 1 < groups ? st.request(layer, group(g + 1), plan(g + 1)) : -1;
     const std::span<const int> experts = group(g);
     while (st.take_ready(ticket, m.ready)) {
       m.tasks.clear();
+      if (hx) hx->tasks.clear();
+      size_t copied = 0;  // tasks at the back of m.tasks whose records are still being copied
       for (const ExpertHandle& h : m.ready) {
         const int e = experts[h.index];
         ExpertTask t;
@@ -235,17 +305,33 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
         t.out_rows = &m.out_rows[m.first[e]];
         t.n = static_cast<size_t>(m.first[e + 1] - m.first[e]);
         t.ready = h.ready;
-        m.tasks.push_back(t);
+        if (h.on_host) {
+          hx->tasks.push_back(t);
+        } else if (h.ready) {
+          m.tasks.push_back(t);
+          ++copied;
+        } else {
+          m.tasks.insert(m.tasks.end() - static_cast<std::ptrdiff_t>(copied), t);
+        }
       }
       if (!extra_done) {
-        m.tasks.push_back(*extra);
+        m.tasks.insert(m.tasks.end() - static_cast<std::ptrdiff_t>(copied), *extra);
         extra_done = true;
       }
-      ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), m.tasks, ctx.ws.slots);
+      // The records already on the GPU first, then those being copied (their launches wait on
+      // the device for the copies; the host goes on), then the CPU's share meanwhile.
+      const std::span<const ExpertTask> tasks = m.tasks;
+      if (tasks.size() > copied)
+        ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), tasks.first(tasks.size() - copied),
+                          ctx.ws.slots);
+      if (copied > 0)
+        ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), tasks.last(copied), ctx.ws.slots);
+      if (hx && !hx->tasks.empty()) run_on_host(ctx, *hx, T, S);
     }
     st.release(ticket);
     ticket = next;
   }
+  if (hx) observe_copies(ctx, *hx);
   if (!extra_done) ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), {extra, 1}, ctx.ws.slots);
   if (ctx.timings) {  // move the time blocked on reads from "experts" to "io_wait"
     const double waited = st.stats().layers[layer].io_wait_seconds - waited_before;

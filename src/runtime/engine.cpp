@@ -138,6 +138,11 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
   }
   streamer_ = std::make_unique<ExpertStreamer>(model.package(), so);
   if (experts_resident) load_resident_experts();
+  if (backend_->memory() == Memory::Device && !experts_resident &&
+      opts.cpu_experts != CpuExpertsMode::Off)
+    host_experts_ =
+        std::make_unique<HostExperts>(std::make_unique<CpuBackend>(opts.threads), opts.cpu_experts,
+                                      size_t(c.hidden_size), size_t(active_experts_) + 1);
   if (opts.timing) timings_.layers.resize(c.num_layers);
 }
 
@@ -309,7 +314,8 @@ void Engine::forward(std::span<const int> tokens, std::span<const SequenceChunk>
                            seqs,
                            opts_.timing ? &timings_ : nullptr,
                            opts_.on_routing ? &opts_.on_routing : nullptr,
-                           resident_.get()};
+                           resident_.get(),
+                           host_experts_.get()};
   moeflux::forward(ctx, weights_, tokens, opts_.stream.prefetch, logits_row, logits);
 }
 

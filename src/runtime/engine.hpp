@@ -37,8 +37,11 @@ struct EngineOptions {
   size_t prefill_chunk = 256;    // rows per forward pass (prompt chunk; batched decode width)
   size_t context = 0;            // --ctx: positions a session can hold; 0 = the model's maximum
   bool timing = false;           // collect per-layer timings (--timing)
-  StreamOptions stream;          // RAM cache, I/O, prefetch (max_active is set from --k)
-  RoutingSink on_routing;        // routing traces (null: none)
+  // --cpu-experts: with a GPU backend and streamed experts, RAM-tier experts of small batches
+  // may be computed by the CPU meanwhile (model/host_experts.hpp).
+  CpuExpertsMode cpu_experts = CpuExpertsMode::Auto;
+  StreamOptions stream;    // RAM cache, I/O, prefetch (max_active is set from --k)
+  RoutingSink on_routing;  // routing traces (null: none)
 };
 
 class Model {
@@ -105,6 +108,9 @@ class Engine {
   // Every expert copied into backend memory at creation (a GPU backend with --gpu-mem all):
   // null when experts stream through the cache tiers.
   const ResidentExperts* resident_experts() const { return resident_.get(); }
+  // The CPU's share of the expert compute (--cpu-experts): null when the CPU computes none
+  // (a CPU backend, every expert resident, or --cpu-experts off).
+  const HostExperts* host_experts() const { return host_experts_.get(); }
 
  private:
   // Reads every expert record (checked like any read) into backend memory: resident_.
@@ -122,6 +128,7 @@ class Engine {
   RopeTable rope_;
   std::unique_ptr<ExpertStreamer> streamer_;
   std::unique_ptr<ResidentExperts> resident_;
+  std::unique_ptr<HostExperts> host_experts_;
   std::vector<std::unique_ptr<BackendBuffer>> resident_buffers_;
   ForwardTimings timings_;
   std::mutex mu_;

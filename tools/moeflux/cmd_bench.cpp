@@ -84,10 +84,15 @@ json layer_stats_json(const ExpertStreamer& streamer, uint64_t tokens) {
          {"fills", ts.fills},
          {"evictions", ts.evictions},
          {"promoted_bytes_per_token", promoted * per_tok},
-         {"promotion_gb_s", ts.copy_seconds > 0 ? promoted / ts.copy_seconds / 1e9 : 0.0}});
+         {"promotion_gb_s", ts.copy_seconds > 0 ? promoted / ts.copy_seconds / 1e9 : 0.0},
+         // Copies into this tier timed where they ran (a GPU tier: host->device over PCIe).
+         {"copied_bytes_per_token", double(ts.copied_bytes) * per_tok},
+         {"transfer_gb_s",
+          ts.transfer_seconds > 0 ? double(ts.copied_bytes) / ts.transfer_seconds / 1e9 : 0.0}});
   }
   hit_rate["prefetch"] = t.prefetch_hits / req;
   hit_rate["miss"] = t.misses / req;
+  hit_rate["cpu_computed"] = t.host_computed / req;  // of the RAM-tier hits: left for the CPU
   bytes["prefetched"] = double(t.prefetch_hits) * record_bytes * per_tok;
   bytes["storage"] = double(st.storage_reads) * record_bytes * per_tok;
   return {{"tokens", tokens},
@@ -144,6 +149,7 @@ Runner add_bench(CLI::App& app) {
     for (int& t : prompt) t = id(rng);
 
     std::vector<double> prefill, decode, host_layers_ms, host_head_ms;
+    json hybrid;  // the CPU's share of the expert compute in the last decode (--cpu-experts)
     DeviceMemory device_memory;
     json last_stream;
     double last_decode_seconds = 0;
@@ -170,6 +176,8 @@ Runner add_bench(CLI::App& app) {
       s.engine().reset_timings();
       s.streamer().reset_stats();
       const ReaderStats before = s.streamer().reader().stats();
+      const HostExperts* hx = engine.host_experts();
+      const double cpu_bytes0 = hx ? hx->cpu_bytes : 0, cpu_seconds0 = hx ? hx->cpu_seconds : 0;
       t0 = Clock::now();
       for (int g = 0; g < a->gen_len; ++g) {  // greedy: the model's own continuation
         const int next =
@@ -182,6 +190,16 @@ Runner add_bench(CLI::App& app) {
       std::fprintf(stderr, "[bench] run %d/%d: prefill %.1f tok/s, decode %.2f tok/s\n", r + 1,
                    a->repeat, prefill.back(), decode.back());
       last_stream = layer_stats_json(s.streamer(), a->gen_len);
+      if (hx) {
+        const double b = hx->cpu_bytes - cpu_bytes0, sec = hx->cpu_seconds - cpu_seconds0;
+        hybrid = {{"mode", cpu_experts_mode_name(hx->planner.mode())},
+                  {"threads", hx->cpu->threads()},
+                  {"cpu_bytes_per_token", b / a->gen_len},
+                  {"cpu_gb_s", sec > 0 ? b / sec / 1e9 : 0.0},
+                  {"cpu_ms_per_token", 1e3 * sec / a->gen_len},
+                  {"planner_cpu_gb_s", hx->planner.cpu_rate() / 1e9},
+                  {"planner_copy_gb_s", hx->planner.copy_rate() / 1e9}};
+      }
       const ReaderStats after = s.streamer().reader().stats();
       storage_bytes = after.bytes - before.bytes;
       reader_busy = after.busy_seconds - before.busy_seconds;
@@ -223,6 +241,7 @@ Runner add_bench(CLI::App& app) {
     report["resident_expert_bytes"] = resident_bytes;
     report["decode_tok_s"] = {{"median", median(decode)}, {"runs", decode}};
     report["decode_streaming"] = last_stream;
+    if (!hybrid.is_null()) report["cpu_experts"] = hybrid;
     report["host_ms_per_token"] = {{"layers", median(host_layers_ms)},
                                    {"head_and_wait", median(host_head_ms)}};
     if (device_memory.total > 0)
@@ -316,6 +335,20 @@ Runner add_bench(CLI::App& app) {
                 100 * last_stream["hit_rate"]["prefetch"].get<double>(),
                 100 * last_stream["hit_rate"]["miss"].get<double>(),
                 last_stream["io_wait_ms_per_token"].get<double>());
+    if (!hybrid.is_null())
+      std::printf(
+          "cpu      --cpu-experts %s: %.1f%% of expert requests computed on the CPU, %.2f "
+          "MiB/token at %.2f GB/s (%.3f ms/token, %zu threads)\n",
+          hybrid["mode"].get<std::string>().c_str(),
+          100 * last_stream["hit_rate"]["cpu_computed"].get<double>(),
+          hybrid["cpu_bytes_per_token"].get<double>() / 1048576, hybrid["cpu_gb_s"].get<double>(),
+          hybrid["cpu_ms_per_token"].get<double>(), hybrid["threads"].get<size_t>());
+    for (const json& tier : last_stream["tiers"])
+      if (tier["transfer_gb_s"].get<double>() > 0)
+        std::printf("copies   into the %s tier: %.2f MiB/token at %.2f GB/s (device-timed)\n",
+                    tier["name"].get<std::string>().c_str(),
+                    tier["copied_bytes_per_token"].get<double>() / 1048576,
+                    tier["transfer_gb_s"].get<double>());
     for (const char* k : {"temporal", "lookahead"}) {
       const json& p = last_stream["prefetch"][k];
       if (p["predictions"].get<uint64_t>() == 0) continue;

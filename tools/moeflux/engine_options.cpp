@@ -20,6 +20,12 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
                   "GPU expert cache: bytes of experts kept on the GPU besides the working slots "
                   "(e.g. 0, 8G), a share of the model's experts (25%), or 'all' (every expert "
                   "resident; default 0)");
+  cmd->add_option("--cpu-experts", a->cpu_experts,
+                  "With --backend cuda and streamed experts: experts in the RAM cache that the "
+                  "CPU computes while the GPU computes the rest, decode only. auto = split by "
+                  "measured CPU and copy rates, all = every RAM-cache expert, off = none "
+                  "(default auto)")
+      ->check(CLI::IsMember({"auto", "all", "off"}));
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all hardware threads)")
       ->check(integer_range(1, 4096));
   cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")
@@ -73,6 +79,7 @@ EngineOptions EngineArgs::to_options() const {
     } else {
       o.gpu_cache_bytes = parse_byte_size(gpu_mem, "--gpu-mem");
     }
+    o.cpu_experts = parse_cpu_experts_mode(cpu_experts);
     o.threads = threads;
     o.active_experts = k;
     o.prefill_chunk = prefill_chunk;

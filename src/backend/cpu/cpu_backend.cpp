@@ -97,6 +97,15 @@ void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
     }
 }
 
+void CpuBackend::scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
+                              const Tensor& dst) {
+  MF_ASSERT(dst.rank == 2);
+  for (size_t j = 0; j < rows.size(); ++j) {
+    MF_ASSERT(rows[j] >= 0 && size_t(rows[j]) < dst.rows());
+    std::memcpy(dst.row(size_t(rows[j])), host + j * host_pitch, dst.shape[1] * sizeof(float));
+  }
+}
+
 void CpuBackend::fill(const Tensor& t, float value) {
   for_each_vector(t, [&](size_t, float* p, size_t n) { std::fill(p, p + n, value); });
 }
@@ -120,7 +129,8 @@ void CpuBackend::rmsnorm(const Tensor& x, const float* w, const Tensor& y, float
   pool_.parallel_for(
       vectors,
       [&](size_t b, size_t e) {
-        for (size_t v = b; v < e; ++v) cpu::rmsnorm(vec(x, v), w, vec(y, v), dim, eps, zero_centered);
+        for (size_t v = b; v < e; ++v)
+          cpu::rmsnorm(vec(x, v), w, vec(y, v), dim, eps, zero_centered);
       },
       std::max<size_t>(1, 16384 / std::max<size_t>(dim, 1)));
 }

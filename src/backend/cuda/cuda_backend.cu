@@ -288,6 +288,15 @@ __global__ void copy_kernel(Vecs src, Vecs dst) {
   dst.at(i / src.dim)[i % src.dim] = src.at(i / src.dim)[i % src.dim];
 }
 
+// dst[rows[j]] = src row j, j < n (src: n rows of `cols` floats, packed).
+__global__ void scatter_rows_kernel(const float* src, const int32_t* rows, int n, int cols,
+                                    float* dst, size_t ldd) {
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= size_t(n) * cols) return;
+  const size_t j = i / cols, c = i % cols;
+  dst[size_t(rows[j]) * ldd + c] = src[i];
+}
+
 // out[t] += Σ_s w[t,s] slots[t*S + s] in slot order; w from routed (s < K) or the gate.
 __global__ void combine_kernel(const float* slots, size_t lds, int S, const float* routed, int K,
                                const float* gate, size_t ldg, float* out, size_t ldo, int T,
@@ -480,6 +489,26 @@ void CudaBackend::download(const Tensor& src, float* host, size_t host_pitch) {
                             src.shape[1] * sizeof(float), src.rows(), cudaMemcpyDeviceToHost,
                             stream_));
   MF_CUDA(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
+                               const Tensor& dst) {
+  const OpTimer timer(*this, "scatter_rows");
+  MF_ASSERT(dst.rank == 2 && dst.memory == Memory::Device);
+  if (rows.empty()) return;
+  const size_t n = rows.size(), cols = dst.shape[1];
+  for (const int32_t r : rows) MF_ASSERT(r >= 0 && size_t(r) < dst.rows());
+  // Rows and indices staged in one piece: [n * cols floats | n indices].
+  thread_local std::vector<float> packed;
+  packed.resize(n * cols + n);
+  for (size_t j = 0; j < n; ++j)
+    std::memcpy(packed.data() + j * cols, host + j * host_pitch, cols * sizeof(float));
+  std::memcpy(packed.data() + n * cols, rows.data(), n * sizeof(int32_t));
+  const auto* src = static_cast<const float*>(stage(packed.data(), packed.size() * sizeof(float)));
+  const auto* idx = reinterpret_cast<const int32_t*>(src + n * cols);
+  scatter_rows_kernel<<<blocks_for(n * cols, 256), 256, 0, stream_>>>(src, idx, int(n), int(cols),
+                                                                      dst.f32(), dst.pitch());
+  check_launch("scatter_rows");
 }
 
 void CudaBackend::fill(const Tensor& t, float value) {

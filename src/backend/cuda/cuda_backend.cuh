@@ -44,6 +44,8 @@ class CudaBackend final : public Backend {
   const uint8_t* resident(const uint8_t* host, size_t bytes) override;
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
+  void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
+                    const Tensor& dst) override;
   void fill(const Tensor& t, float value) override;
   bool begin_capture() override;
   void end_capture() override;

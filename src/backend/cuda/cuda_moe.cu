@@ -1,6 +1,7 @@
 // CudaBackend::expert_ffn: every task's SwiGLU FFN over its rows of X, into its slot rows.
 //
-// Three batched product launches (per weight format) for all tasks together:
+// Three batched product launches (per weight format) for all tasks together, after every task's
+// weights have landed (ExpertTask::ready, waited for on the device):
 //   1. h = silu(gate x) * up x: tasks of few rows in one dual matrix-vector pass (gate and up
 //      rows streamed side by side); tasks of many rows as a GEMM storing gate x, then
 //   1b. a GEMM of up whose epilogue makes h = silu(stored) * up x;
@@ -84,7 +85,12 @@ void CudaBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
   rows.clear();
   size_t h_floats = 0;
   for (const ExpertTask& t : tasks) {
-    MF_ASSERT(t.ready == nullptr && t.n > 0 && t.in_rows && t.out_rows);
+    MF_ASSERT(t.n > 0 && t.in_rows && t.out_rows);
+    // A record still being copied into the GPU tier: the launches wait for it on the device
+    // (the copy stream's event; the host does not wait).
+    if (t.ready)
+      MF_CUDA(
+          cudaStreamWaitEvent(stream_, static_cast<cudaEvent_t>(const_cast<void*>(t.ready)), 0));
     MF_ASSERT(t.w.gate.rows == t.intermediate && t.w.up.rows == t.intermediate &&
               t.w.gate.cols == H && t.w.up.cols == H && t.w.down.rows == H &&
               t.w.down.cols == t.intermediate);

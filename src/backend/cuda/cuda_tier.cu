@@ -1,16 +1,19 @@
 // Expert cache tiers of the CUDA backend: the compute tier in device memory, and the RAM tier
 // in page-locked host memory (DMA at full PCIe speed, and asynchronous copies at all).
 //
-// Copies into the device tier run on the backend's copy stream. Two orderings matter:
+// Copies into the device tier run on the backend's copy stream. Three orderings matter:
 //   - a slot being overwritten may still be read by compute issued earlier (an evicted record
 //     of a previous layer): the first copy after a fence waits for the compute stream's work
 //     issued so far (an event, not a host wait);
-//   - the source RAM slot may be reused once the streamer's pins drop, and compute must not
-//     read a record before it lands: fence() waits on the host for the copy stream, so records
-//     handed out after a fence are complete and their sources free.
+//   - compute must not read a record before it lands: each copy records its slot's event, which
+//     copy_in returns and expert_ffn waits for on the device (compute of records that are
+//     already there, or land early, overlaps the copies still running);
+//   - the source RAM slot may be reused once the streamer's pins drop: the streamer calls
+//     fence(), a host wait for the copy stream, before it unpins.
 #include <algorithm>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_check.hpp"
@@ -31,7 +34,7 @@ uint8_t* aligned_slot(void* arena, size_t slot, size_t record_bytes) {
 class DeviceTierMemory final : public TierMemory {
  public:
   DeviceTierMemory(CudaBackend& be, size_t slots, size_t record_bytes)
-      : be_(be), record_bytes_(record_bytes) {
+      : be_(be), record_bytes_(record_bytes), landed_(slots) {
     const size_t bytes = slots * record_bytes + kAlign;
     if (cudaMalloc(&arena_, bytes) != cudaSuccess) {
       cudaGetLastError();
@@ -39,26 +42,44 @@ class DeviceTierMemory final : public TierMemory {
            std::to_string(slots) + " expert records (lower --gpu-mem)");
     }
     MF_CUDA(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+    MF_CUDA(cudaEventCreate(&window_start_));
+    for (cudaEvent_t& e : landed_) MF_CUDA(cudaEventCreate(&e));  // timed: they end windows
   }
   ~DeviceTierMemory() override {
     cudaStreamSynchronize(be_.copy_stream());
+    for (cudaEvent_t e : landed_) cudaEventDestroy(e);
+    cudaEventDestroy(window_start_);
     cudaEventDestroy(compute_done_);
     cudaFree(arena_);
   }
   uint8_t* slot_data(size_t slot) override { return aligned_slot(arena_, slot, record_bytes_); }
-  void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
+  const void* copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
     if (!open_) {
       MF_CUDA(cudaEventRecord(compute_done_, be_.stream()));
       MF_CUDA(cudaStreamWaitEvent(be_.copy_stream(), compute_done_, 0));
+      MF_CUDA(cudaEventRecord(window_start_, be_.copy_stream()));
       open_ = true;
     }
     MF_CUDA(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, be_.copy_stream()));
+    const size_t slot = size_t(dst - slot_data(0)) / record_bytes_;
+    MF_ASSERT(slot < landed_.size() && dst == slot_data(slot));
+    MF_CUDA(cudaEventRecord(landed_[slot], be_.copy_stream()));
+    last_ = landed_[slot];
+    return last_;
   }
   void fence() override {
     if (!open_) return;
-    MF_CUDA(cudaStreamSynchronize(be_.copy_stream()));
+    // The copies run in order: the last one landed, all have. (An event recorded now would
+    // time the fence's call, which may come long after the copies.)
+    MF_CUDA(cudaEventSynchronize(last_));
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, window_start_, last_) == cudaSuccess)
+      transfer_seconds_ += 1e-3 * double(ms);
+    else
+      cudaGetLastError();
     open_ = false;
   }
+  double transfer_seconds() const override { return transfer_seconds_; }
   bool host_accessible() const override { return false; }
   const char* kind() const override { return "cuda"; }
 
@@ -67,7 +88,12 @@ class DeviceTierMemory final : public TierMemory {
   size_t record_bytes_;
   void* arena_ = nullptr;
   cudaEvent_t compute_done_ = nullptr;
-  bool open_ = false;  // copies issued since the last fence
+  // The copy window (first copy after a fence to the last before the next) on the copy
+  // stream, timed: its start, and the last copy's landing.
+  cudaEvent_t window_start_ = nullptr, last_ = nullptr;
+  std::vector<cudaEvent_t> landed_;  // per slot: its last copy has landed
+  bool open_ = false;                // copies issued since the last fence
+  double transfer_seconds_ = 0;
 };
 
 class PinnedTierMemory final : public TierMemory {
@@ -82,8 +108,9 @@ class PinnedTierMemory final : public TierMemory {
   }
   ~PinnedTierMemory() override { cudaFreeHost(arena_); }
   uint8_t* slot_data(size_t slot) override { return aligned_slot(arena_, slot, record_bytes_); }
-  void copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
+  const void* copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
     std::memcpy(dst, src_host, bytes);
+    return nullptr;
   }
   void fence() override {}
   bool host_accessible() const override { return true; }

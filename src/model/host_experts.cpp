@@ -1,0 +1,65 @@
+#include "model/host_experts.hpp"
+
+#include "core/error.hpp"
+
+namespace moeflux {
+
+CpuExpertsMode parse_cpu_experts_mode(const std::string& s) {
+  if (s == "off") return CpuExpertsMode::Off;
+  if (s == "auto") return CpuExpertsMode::Auto;
+  if (s == "all") return CpuExpertsMode::All;
+  fail("--cpu-experts: unknown mode '" + s + "' (expected auto, off or all)");
+}
+
+const char* cpu_experts_mode_name(CpuExpertsMode m) {
+  switch (m) {
+    case CpuExpertsMode::Off:
+      return "off";
+    case CpuExpertsMode::Auto:
+      return "auto";
+    case CpuExpertsMode::All:
+      return "all";
+  }
+  return "?";
+}
+
+size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const size_t> rows,
+                           size_t record_bytes, std::span<uint8_t> on_host) const {
+  MF_ASSERT(where.size() == rows.size() && on_host.size() == where.size());
+  const double bytes = static_cast<double>(record_bytes);
+  const double copy = bytes / copy_rate_;
+  double gpu = 0, cpu = 0;  // seconds each side has taken on
+  for (size_t i = 0; i < where.size(); ++i) {
+    on_host[i] = 0;
+    if (where[i] == RecordPlace::Storage) gpu += copy;
+  }
+  size_t n = 0;
+  for (size_t i = 0; i < where.size(); ++i) {
+    if (where[i] != RecordPlace::Ram || rows[i] > kMaxRowsPerRecord || mode_ == CpuExpertsMode::Off)
+      continue;
+    const double on_cpu = bytes * static_cast<double>(rows[i]) / cpu_rate_;
+    if (mode_ == CpuExpertsMode::All || cpu + on_cpu <= gpu + copy) {
+      on_host[i] = 1;
+      cpu += on_cpu;
+      ++n;
+    } else {
+      gpu += copy;
+    }
+  }
+  return n;
+}
+
+void HybridPlanner::observe(double& rate, double bytes, double seconds) {
+  if (!(bytes > 0) || !(seconds > 1e-7)) return;  // nothing measured, or below timer noise
+  constexpr double kWeight = 0.2;                 // of the newest observation
+  rate = (1 - kWeight) * rate + kWeight * (bytes / seconds);
+}
+
+HostExperts::HostExperts(std::unique_ptr<Backend> cpu_backend, CpuExpertsMode mode, size_t h,
+                         size_t slots_per_token)
+    : cpu(std::move(cpu_backend)), planner(mode), hidden(h) {
+  x.resize(kMaxRows * hidden);
+  out.resize(kMaxRows * slots_per_token * hidden);
+}
+
+}  // namespace moeflux

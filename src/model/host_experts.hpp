@@ -1,0 +1,94 @@
+// Hybrid expert compute (--cpu-experts): with a GPU backend and experts streamed through the
+// cache tiers, a layer's experts that are in neither the GPU tier nor on their way can be
+// computed by the CPU straight from the RAM tier, while the GPU computes its hits and the
+// records copied to it. Copying a 4-bit Qwen3-30B expert over PCIe takes as long as the CPU
+// needs to stream it through its cores once, so doing both at once roughly adds the two rates.
+//
+// Per MoE layer of a small batch (at most kMaxRows rows): the planner splits the layer's
+// RAM-tier experts between the two sides so that both finish together, by the rates it has
+// measured (its estimate of each side's time is bytes / rate); the CPU's inputs (the normalised
+// rows) are downloaded before any GPU expert work is issued, its outputs scattered into the
+// slot rows before the combine. Prompt chunks (more rows) use the GPU only: a GEMM over an
+// expert's many rows beats the CPU at any copy cost.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "backend/backend.hpp"
+
+namespace moeflux {
+
+enum class CpuExpertsMode {
+  Off,   // every expert on the GPU (copied in when it is not there)
+  Auto,  // the planner splits RAM-tier experts between CPU and copies by measured rates
+  All,   // every RAM-tier expert on the CPU (llama.cpp's --n-cpu-moe, per record)
+};
+CpuExpertsMode parse_cpu_experts_mode(const std::string& s);  // off|auto|all; throws Error
+const char* cpu_experts_mode_name(CpuExpertsMode m);
+
+// Where a requested record is when a layer is planned.
+enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
+
+// Splits a layer's experts between the CPU and copies to the GPU, and learns the two rates.
+//   copy time of a record   = record_bytes / copy_rate
+//   CPU time of a record    = record_bytes * rows / cpu_rate      (rows: batch rows using it)
+// Greedy, in request order: storage misses load the GPU side first (they are read and copied
+// whatever happens); each RAM-tier record then goes to the side that would finish earlier with
+// it (ties to the CPU). Rates start at a guess and follow the measurements (exponential moving
+// average of each observation's bytes / seconds).
+class HybridPlanner {
+ public:
+  explicit HybridPlanner(CpuExpertsMode mode) : mode_(mode) {}
+  // Starting from given rates (bytes per second) instead of the first guesses.
+  HybridPlanner(CpuExpertsMode mode, double cpu_rate, double copy_rate)
+      : mode_(mode), cpu_rate_(cpu_rate), copy_rate_(copy_rate) {}
+  // on_host[i] = 1 for the records the CPU computes; returns their count. Records with more
+  // than kMaxRowsPerRecord rows stay on the GPU.
+  size_t plan(std::span<const RecordPlace> where, std::span<const size_t> rows, size_t record_bytes,
+              std::span<uint8_t> on_host) const;
+  void observe_cpu(double bytes, double seconds) { observe(cpu_rate_, bytes, seconds); }
+  void observe_copy(double bytes, double seconds) { observe(copy_rate_, bytes, seconds); }
+  double cpu_rate() const { return cpu_rate_; }    // bytes per second (one row)
+  double copy_rate() const { return copy_rate_; }  // bytes per second
+  CpuExpertsMode mode() const { return mode_; }
+
+  static constexpr size_t kMaxRowsPerRecord = 2;
+
+ private:
+  static void observe(double& rate, double bytes, double seconds);
+  CpuExpertsMode mode_;
+  double cpu_rate_ = 20e9, copy_rate_ = 25e9;  // first guesses; measured from the first layer
+};
+
+// What a forward pass needs to compute experts on the CPU (owned by the Engine).
+struct HostExperts {
+  HostExperts(std::unique_ptr<Backend> cpu_backend, CpuExpertsMode mode, size_t hidden,
+              size_t slots_per_token);
+  static constexpr size_t kMaxRows = 8;  // batches of more rows: the GPU alone
+  bool usable(size_t rows) const {
+    return planner.mode() != CpuExpertsMode::Off && rows <= kMaxRows;
+  }
+
+  std::unique_ptr<Backend> cpu;  // a CPU backend on host memory
+  HybridPlanner planner;
+  size_t hidden;
+  // Scratch: the batch's normalised rows, the CPU's output rows (compact), and per layer the
+  // plan and the CPU's tasks with their compact and device slot rows.
+  std::vector<float> x, out;
+  std::vector<RecordPlace> where;
+  std::vector<size_t> rows;
+  std::vector<uint8_t> on_host;
+  std::vector<ExpertTask> tasks;
+  std::vector<int32_t> out_local, out_device;
+  // Totals over the engine's life: the CPU's wall time and bytes (record bytes x rows).
+  double cpu_seconds = 0, cpu_bytes = 0;
+  // The compute tier's copy counters at the last observation (the planner takes differences).
+  double seen_copied_bytes = 0, seen_transfer_seconds = 0;
+};
+
+}  // namespace moeflux

@@ -1,0 +1,101 @@
+// The hybrid planner (model/host_experts.hpp): how a layer's experts are split between the CPU
+// and copies to the GPU, and how the rates it splits by follow measurements.
+#include "model/host_experts.hpp"
+
+#include <gtest/gtest.h>
+
+#include <vector>
+
+#include "core/error.hpp"
+
+namespace moeflux::test {
+namespace {
+
+using P = RecordPlace;
+
+std::vector<uint8_t> plan(const HybridPlanner& p, const std::vector<P>& where,
+                          const std::vector<size_t>& rows, size_t* n = nullptr) {
+  std::vector<uint8_t> on_host(where.size(), 7);  // poisoned: every flag must be written
+  const size_t got = p.plan(where, rows, 1 << 20, on_host);
+  if (n) *n = got;
+  return on_host;
+}
+
+HybridPlanner with_rates(CpuExpertsMode mode, double cpu, double copy) {
+  return HybridPlanner(mode, cpu, copy);
+}
+
+TEST(HybridPlanner, EqualRatesSplitTheRamRecordsEvenly) {
+  const HybridPlanner p = with_rates(CpuExpertsMode::Auto, 30e9, 30e9);
+  size_t n = 0;
+  const std::vector<uint8_t> got =
+      plan(p, std::vector<P>(6, P::Ram), std::vector<size_t>(6, 1), &n);
+  EXPECT_EQ(n, 3u);
+  EXPECT_EQ(got, (std::vector<uint8_t>{1, 0, 1, 0, 1, 0}));  // ties go to the CPU
+}
+
+TEST(HybridPlanner, TheFasterSideTakesMore) {
+  // A CPU 10/3 times as fast as the copies (0.3 copy times a record): of 8 records, 6 go to
+  // the CPU (1.8 copy times) and 2 are copied; a 7th on the CPU would end last (2.1).
+  const HybridPlanner p = with_rates(CpuExpertsMode::Auto, 100e9, 30e9);
+  size_t n = 0;
+  plan(p, std::vector<P>(8, P::Ram), std::vector<size_t>(8, 1), &n);
+  EXPECT_EQ(n, 6u);
+  const HybridPlanner slow_cpu = with_rates(CpuExpertsMode::Auto, 1e9, 30e9);
+  plan(slow_cpu, std::vector<P>(8, P::Ram), std::vector<size_t>(8, 1), &n);
+  EXPECT_EQ(n, 0u);
+}
+
+TEST(HybridPlanner, GpuHitsStayAndStorageMissesLoadTheCopySide) {
+  const HybridPlanner p = with_rates(CpuExpertsMode::Auto, 30e9, 30e9);
+  // Two storage misses are copied whatever happens: the CPU takes the next two RAM records.
+  const std::vector<uint8_t> got =
+      plan(p, {P::Storage, P::Gpu, P::Storage, P::Ram, P::Ram, P::Ram, P::Gpu},
+           std::vector<size_t>(7, 1));
+  EXPECT_EQ(got, (std::vector<uint8_t>{0, 0, 0, 1, 1, 1, 0}));
+}
+
+TEST(HybridPlanner, RecordsOfManyRowsStayOnTheGpu) {
+  const HybridPlanner p = with_rates(CpuExpertsMode::All, 30e9, 30e9);
+  const std::vector<uint8_t> got = plan(p, std::vector<P>(3, P::Ram), {1, 3, 2});
+  EXPECT_EQ(got, (std::vector<uint8_t>{1, 0, 1}));
+}
+
+TEST(HybridPlanner, ModesAllAndOff) {
+  size_t n = 0;
+  plan(with_rates(CpuExpertsMode::All, 1e9, 100e9), std::vector<P>(5, P::Ram),
+       std::vector<size_t>(5, 1), &n);
+  EXPECT_EQ(n, 5u);  // however slow the CPU
+  plan(with_rates(CpuExpertsMode::Off, 100e9, 1e9), std::vector<P>(5, P::Ram),
+       std::vector<size_t>(5, 1), &n);
+  EXPECT_EQ(n, 0u);
+}
+
+TEST(HybridPlanner, RatesFollowObservations) {
+  HybridPlanner p(CpuExpertsMode::Auto);
+  const double cpu = p.cpu_rate(), copy = p.copy_rate();
+  p.observe_cpu(1e6, 0.0);  // below timer noise, or nothing moved: ignored
+  p.observe_copy(0.0, 1.0);
+  EXPECT_EQ(p.cpu_rate(), cpu);
+  EXPECT_EQ(p.copy_rate(), copy);
+  for (int i = 0; i < 100; ++i) {
+    p.observe_cpu(2e9, 0.5);  // 4 GB/s
+    p.observe_copy(40e9, 1.0);
+  }
+  EXPECT_NEAR(p.cpu_rate(), 4e9, 1e6);
+  EXPECT_NEAR(p.copy_rate(), 40e9, 1e6);
+  size_t n = 0;  // the CPU is now 10x slower than the copies: of 8 records it takes none
+  plan(p, std::vector<P>(8, P::Ram), std::vector<size_t>(8, 1), &n);
+  EXPECT_EQ(n, 0u);
+}
+
+TEST(HybridPlanner, ParsesItsModes) {
+  EXPECT_EQ(parse_cpu_experts_mode("auto"), CpuExpertsMode::Auto);
+  EXPECT_EQ(parse_cpu_experts_mode("all"), CpuExpertsMode::All);
+  EXPECT_EQ(parse_cpu_experts_mode("off"), CpuExpertsMode::Off);
+  EXPECT_THROW(parse_cpu_experts_mode("some"), Error);
+  EXPECT_STREQ(cpu_experts_mode_name(CpuExpertsMode::All), "all");
+}
+
+}  // namespace
+}  // namespace moeflux::test
