@@ -170,6 +170,66 @@ TEST_F(CudaOps, MatmulEveryFormatFewAndManyRows) {
   }
 }
 
+// The tensor-core GEMM (more than kMatvecRows rows of X, whole 32-column tiles): every format;
+// rows of W off the 64-row tile and the 16-row MMA tile; inputs off the 32- and 64-input tiles
+// (and both tile widths: 9 and 31 inputs pick 32-input tiles, 64 and more 64-input ones);
+// columns from 8 to 128 k-tiles; bias and accumulate; X rows with a pitch a multiple of 4
+// (float4 staging) or not (float by float).
+TEST_F(CudaOps, MatmulTensorCoreGemm) {
+  struct Shape {
+    size_t cols, rows[3];  // rows of the plain, bias and accumulate products
+  };
+  for (QuantFormat f : kFormats) {
+    for (const Shape sh :
+         {Shape{256, {700, 40, 130}}, Shape{2048, {130, 17, 64}}, Shape{4096, {40, 96, 17}}}) {
+      RandomMatrix A(f, sh.rows[0], sh.cols, rng_), B(f, sh.rows[1], sh.cols, rng_),
+          C(f, sh.rows[2], sh.cols, rng_);
+      const MatrixView dA = dev_matrix(A), dB = dev_matrix(B), dC = dev_matrix(C);
+      const std::vector<float> bias = random_vector(sh.rows[1], rng_);
+      const float* dbias = dev_floats(bias);
+      for (size_t T : {9, 31, 64, 100, 512}) {
+        if (sh.cols == 4096 && T == 512) continue;  // the CPU twin's time; 2048 covers 512
+        SCOPED_TRACE(format_name(f) + " cols " + std::to_string(sh.cols) + " T " +
+                     std::to_string(T));
+        HostTensor X(T, sh.cols, T % 2 ? 3 : 4), YA(T, sh.rows[0]), YB(T, sh.rows[1]),
+            YC(T, sh.rows[2]);
+        X.randomize(rng_);
+        YC.randomize(rng_);  // accumulated into
+        Mirror dX = mirror(X), dYA = mirror(YA), dYB = mirror(YB), dYC = mirror(YC);
+        const Projection p[3] = {
+            {&A.view, YA.t}, {&B.view, YB.t, bias.data()}, {&C.view, YC.t, nullptr, true}};
+        const Projection dp[3] = {{&dA, dYA.t}, {&dB, dYB.t, dbias}, {&dC, dYC.t, nullptr, true}};
+        cpu_->matmul(X.t, p);
+        gpu_->matmul(dX.t, dp);
+        expect_twins(YA, dYA, 2e-5, "plain");
+        expect_twins(YB, dYB, 2e-5, "bias");
+        expect_twins(YC, dYC, 2e-5, "accumulate");
+      }
+    }
+  }
+  // Products of different formats in one call (one launch, a format per block).
+  const size_t cols = 512, T = 77;
+  std::vector<RandomMatrix> W;
+  for (QuantFormat f : kFormats) W.emplace_back(f, 70 + 3 * W.size(), cols, rng_);
+  HostTensor X(T, cols);
+  X.randomize(rng_);
+  Mirror dX = mirror(X);
+  std::vector<HostTensor> Y;
+  std::vector<Mirror> dY;
+  std::vector<MatrixView> dW;
+  for (const RandomMatrix& w : W) Y.emplace_back(T, w.view.rows), dW.push_back(dev_matrix(w));
+  std::vector<Projection> p, dp;
+  for (size_t i = 0; i < W.size(); ++i) {
+    dY.push_back(mirror(Y[i]));
+    p.push_back({&W[i].view, Y[i].t});
+    dp.push_back({&dW[i], dY[i].t});
+  }
+  cpu_->matmul(X.t, p);
+  gpu_->matmul(dX.t, dp);
+  for (size_t i = 0; i < W.size(); ++i)
+    expect_twins(Y[i], dY[i], 2e-5, format_name(kFormats[i]).c_str());
+}
+
 // Launch shapes of the matrix-vector kernels: enough rows give each warp 4 rows (one row of
 // X) or 2 (1024 rows: 2 per warp still fill the GPU; two rows of X), the rows of all products
 // counted; a row of X wider than 48 KB of shared memory holds opts into more.
@@ -396,6 +456,62 @@ TEST_F(CudaOps, GroupedExpertFfnFewAndManyRows) {
     cpu_->expert_ffn(X.t, tasks, slots.t);
     gpu_->expert_ffn(dX.t, dtasks, dslots.t);
     expect_twins(slots, dslots, 3e-5, "expert slots");
+  }
+}
+
+// Experts over many rows each (the GEMM path for gate, up and down: x_rows gathers, kSwiglu,
+// y_rows scatters), every format, Qwen3-like proportions at a smaller width; rows gathered in
+// shuffled order and scattered to shuffled slots. Rows per expert around 32 (32-input tiles)
+// and up to 100 (64-input tiles).
+TEST_F(CudaOps, GroupedExpertFfnTensorCoreGemm) {
+  const size_t H = 512, I = 192, T = 100, S = 4;
+  for (const std::vector<size_t>& counts :
+       {std::vector<size_t>{9, 20, 31, 33}, std::vector<size_t>{9, 33, 64, 100}}) {
+    for (QuantFormat f : kFormats) {
+      SCOPED_TRACE(format_name(f) + " experts of " + std::to_string(counts[1]) + ", " +
+                   std::to_string(counts[3]) + " rows");
+      struct Expert {
+        RandomMatrix gate, up, down;
+        MlpWeights dev;
+      };
+      std::vector<Expert> ex;
+      for (size_t e = 0; e < counts.size(); ++e) {
+        ex.push_back({RandomMatrix(f, I, H, rng_),
+                      RandomMatrix(f, I, H, rng_),
+                      RandomMatrix(f, H, I, rng_),
+                      {}});
+        ex.back().dev = {dev_matrix(ex.back().gate), dev_matrix(ex.back().up),
+                         dev_matrix(ex.back().down)};
+      }
+      HostTensor X(T, H), slots(T * S, H);
+      X.randomize(rng_);
+      Mirror dX = mirror(X), dslots = mirror(slots);
+      std::vector<int32_t> tokens(T), free_slots(T * S);
+      for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t(i);
+      for (size_t i = 0; i < free_slots.size(); ++i) free_slots[i] = int32_t(i);
+      std::shuffle(free_slots.begin(), free_slots.end(), rng_);
+      std::vector<std::vector<int32_t>> in, out;
+      size_t next_slot = 0;
+      for (size_t n : counts) {
+        std::shuffle(tokens.begin(), tokens.end(), rng_);
+        in.emplace_back(tokens.begin(), tokens.begin() + n);
+        out.emplace_back(free_slots.begin() + next_slot, free_slots.begin() + next_slot + n);
+        next_slot += n;
+      }
+      std::vector<ExpertTask> tasks, dtasks;
+      for (size_t e = 0; e < counts.size(); ++e) {
+        tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view},
+                         I,
+                         in[e].data(),
+                         out[e].data(),
+                         in[e].size(),
+                         nullptr});
+        dtasks.push_back({ex[e].dev, I, in[e].data(), out[e].data(), in[e].size(), nullptr});
+      }
+      cpu_->expert_ffn(X.t, tasks, slots.t);
+      gpu_->expert_ffn(dX.t, dtasks, dslots.t);
+      expect_twins(slots, dslots, 3e-5, "expert slots");
+    }
   }
 }
 

@@ -5,9 +5,11 @@
 // bandwidth-bound by design. A launch covers a batch of products of one format (blockIdx.y =
 // product), so a layer's projections or all of its experts' gate/up take one launch.
 //
-// More rows (prompts): a tiled GEMM, 64 weight rows x 64 inputs per block, 32 columns at a
-// time decoded element by element (any format) into shared memory, 4 x 4 outputs per thread,
-// float32 FMA; one launch covers every product of a call.
+// More rows (prompts): a tiled GEMM on the tensor cores (mma.sync, bf16 operands split into
+// exact terms, float32 accumulation: float32-level accuracy), 64 weight rows x 64 or 32 inputs
+// per block, 32 columns at a time decoded into shared memory; one launch covers every product
+// of a call. Shapes it cannot take (columns not whole 32-column tiles, misaligned rows) use a
+// SIMT GEMM that decodes element by element (float32 FMA, 4 x 4 outputs per thread).
 //
 // Both add bias, then store, accumulate or apply the SwiGLU epilogues of MatmulMode.
 #include <algorithm>
@@ -221,6 +223,282 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor-core GEMM (mma.sync m16n8k16, bf16 operands, float32 accumulation) at float32 accuracy.
+//
+// Operands: M = rows of W (the A operand, row-major, k contiguous), N = inputs (the B operand,
+// "col": k contiguous per input), K = columns. Every operand is a sum of exact bf16 terms:
+//   X = X_hi + X_lo, X_hi = bf16(X), X_lo = bf16(X - X_hi): 16 significant bits, relative error
+//       at most 2^-17 per element;
+//   W: bf16, and the integer codes of Q8_0 and the affine formats (|q| <= 255), are exact in one
+//       term; f32 and f16 take two, W_hi + W_lo (f16 exactly: 11 significant bits);
+// and a k-tile's product is W_hi X_lo + W_lo X_hi + W_hi X_hi (W_lo X_lo, ~2^-16 relative, is
+// dropped), small terms first. The quantized formats run the MMA on the codes and scale per
+// 32-column k-tile (one Q8_0 group, within one affine group), as chunk_scale does:
+//   acc += s[row, g] P + b[row, g] Σ_k-tile x,  P = Σ_k-tile q x,
+// Σ x summed in float32 from the original X while staging (affine only).
+//
+// Block: 128 threads, 4 warps in 2 x 2, a tile of kTcBM = 64 rows of W x BN inputs (BN 64 or
+// 32); each warp 32 rows x BN/2 inputs = 2 m16 x BN/16 n8 MMA tiles. Per k-tile of 32 columns,
+// W is decoded (load_raw/chunk_code: 16-byte loads) and X split into bf16 terms in shared
+// memory, rows of kTcPitch = 40 bf16 (20 words): the fragment loads (word 20 r + q, r < 8,
+// q < 4) hit 32 distinct banks. Two buffers: the next k-tile's global loads are issued into
+// registers before the MMAs of this one and stored after them (one barrier per k-tile).
+// blockIdx = (row tile, input tile, product); every format in one kernel, a switch per block.
+
+constexpr int kTcBM = 64, kTcBK = 32, kTcPitch = 40, kTcThreads = 128;
+constexpr int kTcWords = kTcPitch / 2;  // 32-bit words per shared row
+
+template <int BN>
+struct __align__(16) TcSmem {
+  uint32_t w_hi[2][kTcBM * kTcWords], w_lo[2][kTcBM * kTcWords];  // [row][k], bf16 pairs
+  uint32_t x_hi[2][BN * kTcWords], x_lo[2][BN * kTcWords];        // [input][k]
+  float w_s[2][kTcBM], w_b[2][kTcBM];  // scale, bias of the k-tile's group per row
+  float x_sum[2][BN];                  // Σ x over the k-tile per input (affine)
+};
+
+// Whether W needs a low bf16 term; whether its k-tile partial products are scaled.
+template <int CODE>
+inline constexpr bool kTcWLo = CODE == kF32 || CODE == kF16;
+template <int CODE>
+inline constexpr bool kTcScaled = CODE == kQ8 || CODE == kA4 || CODE == kA8;
+
+// Two floats as a bf16 pair, round to nearest (a in the low half: the lower k index).
+__device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+// a = hi.lo16 + lo.lo16, b = hi.hi16 + lo.hi16 to 16 significant bits (a - bf16(a) is exact
+// in float32).
+__device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint32_t& lo) {
+  hi = pack_bf16(a, b);
+  lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+
+// C (16 x 8, float32) += A (16 x 16, row) B (16 x 8, col). Fragments (g = lane / 4,
+// q = lane % 4; pairs along k, lower k in the low half): a = {(g, 2q), (g + 8, 2q),
+// (g, 2q + 8), (g + 8, 2q + 8)} as (row, k); b = {(2q, g), (2q + 8, g)} as (k, col);
+// c = {(g, 2q), (g, 2q + 1), (g + 8, 2q), (g + 8, 2q + 1)} as (row, col).
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4],
+                                         const uint32_t (&b)[2]) {
+#if __CUDA_ARCH__ >= 800
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  (void)c, (void)a, (void)b;
+  __trap();  // never launched: gemm_kernel_for() requires sm_80
+#endif
+}
+
+// One block's tile of one product, W of format CODE.
+template <int CODE, int BN>
+__device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm, int row0,
+                                             int t0) {
+  constexpr int CH = Chunk<CODE>::n, CPR = kTcBK / CH;  // W chunks per tile row
+  constexpr int W_CHUNKS = kTcBM * CPR;
+  constexpr int WPT = (W_CHUNKS + kTcThreads - 1) / kTcThreads;  // W chunks per thread
+  constexpr int XPT = BN * (kTcBK / 4) / kTcThreads;             // X float4s per thread
+  constexpr int NI = BN / 16;                                    // n8 tiles per warp
+  static_assert(XPT >= 1 && BN * (kTcBK / 4) % kTcThreads == 0);
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, q = lane % 4;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * (BN / 2);  // the warp's rows and inputs
+  const int rows = d.w.rows, T = d.T;
+
+  // X staging: float4 e = tid + i * 128 is input e / 8, columns 4 (e % 8) .. + 3 of the
+  // k-tile; the 8 lanes of an input are consecutive (the Σ x shuffles).
+  const float* xp[XPT];
+#pragma unroll
+  for (int i = 0; i < XPT; ++i) {
+    const int t = t0 + (tid + i * kTcThreads) / 8;
+    xp[i] = t < T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * d.ldx +
+                        ((tid + i * kTcThreads) % 8) * 4
+                  : nullptr;
+  }
+  const bool x_vec = (reinterpret_cast<uintptr_t>(d.x) & 15) == 0 && (d.ldx & 3) == 0;
+
+  RawChunk raw[WPT];
+  float4 xv[XPT];
+  auto load = [&](int k0) {
+#pragma unroll
+    for (int i = 0; i < WPT; ++i) {
+      const int e = tid + i * kTcThreads, r = row0 + e / CPR;
+      raw[i] = e < W_CHUNKS && r < rows ? load_raw<CODE>(d.w, r, k0 + (e % CPR) * CH) : RawChunk{};
+    }
+#pragma unroll
+    for (int i = 0; i < XPT; ++i) {
+      if (!xp[i]) {
+        xv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      } else {
+        const float* p = xp[i] + k0;
+        xv[i] = x_vec ? __ldg(reinterpret_cast<const float4*>(p))
+                      : make_float4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
+      }
+    }
+  };
+  // A zero RawChunk decodes to 0 in every format: rows past the end contribute nothing.
+  auto store = [&](int buf) {
+#pragma unroll
+    for (int i = 0; i < WPT; ++i) {
+      const int e = tid + i * kTcThreads;
+      if (e >= W_CHUNKS) break;
+      const int r = e / CPR, c = (e % CPR) * CH;
+      uint32_t hi[CH / 2], lo[CH / 2];
+#pragma unroll
+      for (int j = 0; j < CH / 2; ++j) {
+        if constexpr (CODE == kBF16) {
+          const uint32_t v[4] = {raw[i].v.x, raw[i].v.y, raw[i].v.z, raw[i].v.w};
+          hi[j] = v[j];  // the stored pair as it is
+        } else {
+          const float a = chunk_code<CODE>(raw[i], 2 * j), b = chunk_code<CODE>(raw[i], 2 * j + 1);
+          if constexpr (kTcWLo<CODE>)
+            split_bf16(a, b, hi[j], lo[j]);
+          else
+            hi[j] = pack_bf16(a, b);  // exact: integer codes, |q| <= 255
+        }
+      }
+      uint32_t* wh = sm.w_hi[buf] + r * kTcWords + c / 2;
+      uint32_t* wl = sm.w_lo[buf] + r * kTcWords + c / 2;
+      if constexpr (CH == 4) {
+        *reinterpret_cast<uint2*>(wh) = make_uint2(hi[0], hi[1]);
+        *reinterpret_cast<uint2*>(wl) = make_uint2(lo[0], lo[1]);
+      } else {
+#pragma unroll
+        for (int j = 0; j < CH / 2; j += 4) {
+          *reinterpret_cast<uint4*>(wh + j) = make_uint4(hi[j], hi[j + 1], hi[j + 2], hi[j + 3]);
+          if constexpr (kTcWLo<CODE>)
+            *reinterpret_cast<uint4*>(wl + j) = make_uint4(lo[j], lo[j + 1], lo[j + 2], lo[j + 3]);
+        }
+      }
+      if constexpr (kTcScaled<CODE>) {
+        if (c == 0) sm.w_s[buf][r] = raw[i].s, sm.w_b[buf][r] = raw[i].b;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < XPT; ++i) {
+      const int e = tid + i * kTcThreads, t = e / 8, c = (e % 8) * 4;
+      uint32_t hi[2], lo[2];
+      split_bf16(xv[i].x, xv[i].y, hi[0], lo[0]);
+      split_bf16(xv[i].z, xv[i].w, hi[1], lo[1]);
+      *reinterpret_cast<uint2*>(sm.x_hi[buf] + t * kTcWords + c / 2) = make_uint2(hi[0], hi[1]);
+      *reinterpret_cast<uint2*>(sm.x_lo[buf] + t * kTcWords + c / 2) = make_uint2(lo[0], lo[1]);
+      if constexpr (kNeedsXSum<CODE>) {
+        float s = (xv[i].x + xv[i].y) + (xv[i].z + xv[i].w);
+        s += __shfl_xor_sync(0xffffffffu, s, 1);
+        s += __shfl_xor_sync(0xffffffffu, s, 2);
+        s += __shfl_xor_sync(0xffffffffu, s, 4);
+        if (e % 8 == 0) sm.x_sum[buf][t] = s;
+      }
+    }
+  };
+
+  float acc[2][NI][4] = {};
+  auto compute = [&](int buf) {
+    // Scaled formats: the k-tile's code products P, scaled into acc at the end.
+    float part[2][NI][4] = {};
+    float(&c)[2][NI][4] = kTcScaled<CODE> ? part : acc;
+#pragma unroll
+    for (int ks = 0; ks < kTcBK / 2; ks += 8) {  // two k16 steps, 8 words each
+      uint32_t ah[2][4], al[2][4], bh[NI][2], bl[NI][2];
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi) {
+        const int o = (wm + mi * 16 + g) * kTcWords + ks + q;
+        const int of[4] = {o, o + 8 * kTcWords, o + 4, o + 8 * kTcWords + 4};
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          ah[mi][j] = sm.w_hi[buf][of[j]];
+          if constexpr (kTcWLo<CODE>) al[mi][j] = sm.w_lo[buf][of[j]];
+        }
+      }
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni) {
+        const int o = (wn + ni * 8 + g) * kTcWords + ks + q;
+        bh[ni][0] = sm.x_hi[buf][o], bh[ni][1] = sm.x_hi[buf][o + 4];
+        bl[ni][0] = sm.x_lo[buf][o], bl[ni][1] = sm.x_lo[buf][o + 4];
+      }
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni) {
+          mma_bf16(c[mi][ni], ah[mi], bl[ni]);
+          if constexpr (kTcWLo<CODE>) mma_bf16(c[mi][ni], al[mi], bh[ni]);
+          mma_bf16(c[mi][ni], ah[mi], bh[ni]);
+        }
+    }
+    if constexpr (kTcScaled<CODE>) {
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the m16 tile
+          const int r = wm + mi * 16 + g + 8 * h;
+          const float s = sm.w_s[buf][r], b = sm.w_b[buf][r];
+#pragma unroll
+          for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const float p = part[mi][ni][2 * h + j];
+              if constexpr (kNeedsXSum<CODE>)
+                acc[mi][ni][2 * h + j] += fmaf(s, p, b * sm.x_sum[buf][wn + ni * 8 + 2 * q + j]);
+              else
+                acc[mi][ni][2 * h + j] += s * p;
+            }
+        }
+    }
+  };
+
+  const int k_tiles = d.w.cols / kTcBK;
+  load(0);
+  store(0);
+  __syncthreads();
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    // Buffer kt % 2 holds k-tile kt; the other one was last read before the previous barrier.
+    const bool next = kt + 1 < k_tiles;
+    if (next) load((kt + 1) * kTcBK);
+    compute(kt % 2);
+    if (next) store((kt + 1) % 2);
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int r = row0 + wm + mi * 16 + g + 8 * h;
+      if (r >= rows) continue;
+      const float bias = d.bias ? d.bias[r] : 0.0f;
+#pragma unroll
+      for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int t = t0 + wn + ni * 8 + 2 * q + j;
+          if (t < T) write_out(d, t, r, acc[mi][ni][2 * h + j] + bias, 0.0f);
+        }
+    }
+}
+
+template <int BN>
+__global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(const MatmulDesc* descs) {
+  __shared__ TcSmem<BN> sm;
+  const MatmulDesc d = descs[blockIdx.z];
+  const int row0 = blockIdx.x * kTcBM, t0 = blockIdx.y * BN;
+  if (row0 >= d.w.rows || t0 >= d.T) return;  // the whole block: no barrier is skipped
+  switch (d.w.code) {
+    case kF32:
+      return tc_gemm_tile<kF32, BN>(d, sm, row0, t0);
+    case kF16:
+      return tc_gemm_tile<kF16, BN>(d, sm, row0, t0);
+    case kBF16:
+      return tc_gemm_tile<kBF16, BN>(d, sm, row0, t0);
+    case kQ8:
+      return tc_gemm_tile<kQ8, BN>(d, sm, row0, t0);
+    case kA4:
+      return tc_gemm_tile<kA4, BN>(d, sm, row0, t0);
+    default:
+      return tc_gemm_tile<kA8, BN>(d, sm, row0, t0);
+  }
+}
+
 // The vector path needs whole 16-byte chunks: rows a multiple of the chunk, 16-byte aligned.
 bool vector_path_ok(const DevMat& m, int chunk) {
   return m.cols % chunk == 0 && m.row_bytes % 16 == 0 &&
@@ -349,9 +627,52 @@ int matvec_code(const DevMat& w, const DevMat* w2) {
 
 namespace {
 
-void launch_gemm(const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s) {
-  const dim3 grid(blocks_for(max_rows, kBM), blocks_for(max_t, kBN), n);
-  gemm_kernel<<<grid, 256, 0, s>>>(dev);
+// Whether the device runs mma.sync with bf16 operands (sm_80 and later).
+bool tensor_cores_present() {
+  static const bool present = [] {
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
+      cudaGetLastError();
+      return false;
+    }
+    return major >= 8;
+  }();
+  return present;
+}
+
+// The GEMM kernel of a product: the tensor-core one when W is whole 32-column k-tiles (a k-tile
+// is one Q8_0 group and lies within one affine group) in 16-byte aligned rows (load_raw's
+// chunks) on an sm_80+ device; else the SIMT one, which decodes element by element. X needs
+// nothing: the tensor kernel reads it with float4 loads when aligned, else float by float.
+enum GemmKernel : int { kSimtGemm = kGeneric, kTensorGemm = kGeneric + 1 };
+
+int gemm_kernel_for(const DevMat& w) {
+  const bool tiles =
+      w.cols % kTcBK == 0 && ((w.code != kA4 && w.code != kA8) || w.group % kTcBK == 0);
+  const bool aligned = w.row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+  return tiles && aligned && tensor_cores_present() ? kTensorGemm : kSimtGemm;
+}
+
+// tiles32 / tiles64: Σ over the products of their input tiles of 32 / 64 inputs. Narrow tiles
+// (32 inputs) decode each W tile for fewer inputs but waste fewer MMAs on short products (MoE
+// experts of ~32 rows); the choice minimises Σ tiles x (decode + BN), a W tile's decode counted
+// as 64 inputs' MMAs (an estimate).
+void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, size_t tiles32,
+                 size_t tiles64, cudaStream_t s) {
+  if (kernel == kTensorGemm) {
+    constexpr size_t kDecode = 64;
+    if (tiles32 * (kDecode + 32) < tiles64 * (kDecode + 64)) {
+      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 32), n);
+      tc_gemm_kernel<32><<<grid, kTcThreads, 0, s>>>(dev);
+    } else {
+      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 64), n);
+      tc_gemm_kernel<64><<<grid, kTcThreads, 0, s>>>(dev);
+    }
+  } else {
+    const dim3 grid(blocks_for(max_rows, kBM), blocks_for(max_t, kBN), n);
+    gemm_kernel<<<grid, 256, 0, s>>>(dev);
+  }
   check_launch("gemm");
 }
 
@@ -391,9 +712,9 @@ const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> desc
 
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
   // Launch groups: products of one kernel (matrix-vector: format code, vector or generic
-  // path, dual or not; GEMM: one for every format), in the order given within a group. Products in
-  // one call write disjoint outputs, except kSwiglu, which must follow the product that stored its
-  // Y (callers issue those in separate calls).
+  // path, dual or not; GEMM: tensor-core or SIMT, each for every format), in the order given
+  // within a group. Products in one call write disjoint outputs, except kSwiglu, which must
+  // follow the product that stored its Y (callers issue those in separate calls).
   std::vector<MatmulDesc>& g = group_;
   std::vector<char>& done = done_;  // reused: no allocation per call once warm
   done.assign(descs.size(), 0);
@@ -401,13 +722,13 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     if (done[i]) continue;
     const bool gemm = descs[i].T > kMatvecRows;
     auto code_of = [&](const MatmulDesc& d) {
-      return gemm ? int(kGeneric) : matvec_code(d.w, d.mode == kDual ? &d.w2 : nullptr);
+      return gemm ? gemm_kernel_for(d.w) : matvec_code(d.w, d.mode == kDual ? &d.w2 : nullptr);
     };
     const int code = code_of(descs[i]);
     const bool dual = descs[i].mode == kDual;
     g.clear();
     int max_rows = 0, max_t = 0, max_cols = 0;
-    size_t sum_rows = 0;
+    size_t sum_rows = 0, tiles32 = 0, tiles64 = 0;
     for (size_t j = i; j < descs.size(); ++j) {
       if (done[j] || (descs[j].T > kMatvecRows) != gemm || code_of(descs[j]) != code ||
           (descs[j].mode == kDual) != dual)
@@ -418,6 +739,8 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
       sum_rows += size_t(descs[j].w.rows);
       max_t = std::max(max_t, descs[j].T);
       max_cols = std::max(max_cols, descs[j].w.cols);
+      tiles32 += blocks_for(descs[j].T, 32);
+      tiles64 += blocks_for(descs[j].T, 64);
     }
     if (max_t == 0) continue;
     for (const MatmulDesc& d : g) MF_ASSERT(!gemm || d.mode != kDual);  // dual: matvec only
@@ -425,7 +748,8 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
         reused ? persistent_descs(g)
                : static_cast<const MatmulDesc*>(stage(g.data(), g.size() * sizeof(MatmulDesc)));
     if (gemm)
-      launch_gemm(dev, static_cast<int>(g.size()), max_rows, max_t, stream_);
+      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, tiles32, tiles64,
+                  stream_);
     else
       launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, sum_rows, max_t, max_cols,
                     dual, stream_);
