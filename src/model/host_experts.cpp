@@ -24,7 +24,7 @@ const char* cpu_experts_mode_name(CpuExpertsMode m) {
 }
 
 size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const size_t> rows,
-                           size_t record_bytes, std::span<uint8_t> on_host) const {
+                           size_t record_bytes, std::span<uint8_t> on_host) {
   MF_ASSERT(where.size() == rows.size() && on_host.size() == where.size());
   const double bytes = static_cast<double>(record_bytes);
   const double copy = bytes / copy_rate_;
@@ -33,11 +33,13 @@ size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const s
     on_host[i] = 0;
     if (where[i] == RecordPlace::Storage) gpu += copy;
   }
-  size_t n = 0;
+  size_t n = 0, first_candidate = where.size();
   for (size_t i = 0; i < where.size(); ++i) {
     if (where[i] != RecordPlace::Ram || rows[i] > kMaxRowsPerRecord || mode_ == CpuExpertsMode::Off)
       continue;
-    const double on_cpu = bytes * static_cast<double>(rows[i]) / cpu_rate_;
+    if (first_candidate == where.size()) first_candidate = i;
+    const double on_cpu =
+        bytes * static_cast<double>(rows[i]) / cpu_rate_ + (n == 0 ? kCpuBatchSeconds : 0.0);
     if (mode_ == CpuExpertsMode::All || cpu + on_cpu <= gpu + copy) {
       on_host[i] = 1;
       cpu += on_cpu;
@@ -46,6 +48,11 @@ size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const s
       gpu += copy;
     }
   }
+  if (n == 0 && first_candidate < where.size() && ++plans_without_cpu_ >= kProbeEvery) {
+    on_host[first_candidate] = 1;  // a probe: keeps the CPU's rate measured
+    n = 1;
+  }
+  if (n > 0) plans_without_cpu_ = 0;
   return n;
 }
 

@@ -12,6 +12,7 @@
 // expert's many rows beats the CPU at any copy cost.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -39,8 +40,11 @@ enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
 //   CPU time of a record    = record_bytes * rows / cpu_rate      (rows: batch rows using it)
 // Greedy, in request order: storage misses load the GPU side first (they are read and copied
 // whatever happens); each RAM-tier record then goes to the side that would finish earlier with
-// it (ties to the CPU). Rates start at a guess and follow the measurements (exponential moving
-// average of each observation's bytes / seconds).
+// it (ties to the CPU); the CPU side starts with its fixed batch cost. Rates start at a guess and
+// follow the measurements (exponential moving average of each observation's bytes / seconds). A
+// side that gets no work is not measured, so one slow early observation (a cold pool, page faults)
+// could keep the CPU out for good: in auto mode, after kProbeEvery plans in a row without CPU work,
+// one record goes to the CPU anyway.
 class HybridPlanner {
  public:
   explicit HybridPlanner(CpuExpertsMode mode) : mode_(mode) {}
@@ -50,19 +54,28 @@ class HybridPlanner {
   // on_host[i] = 1 for the records the CPU computes; returns their count. Records with more
   // than kMaxRowsPerRecord rows stay on the GPU.
   size_t plan(std::span<const RecordPlace> where, std::span<const size_t> rows, size_t record_bytes,
-              std::span<uint8_t> on_host) const;
-  void observe_cpu(double bytes, double seconds) { observe(cpu_rate_, bytes, seconds); }
+              std::span<uint8_t> on_host);
+  // The CPU's batch time less its fixed cost (kCpuBatchSeconds) is what the rate explains.
+  void observe_cpu(double bytes, double seconds) {
+    observe(cpu_rate_, bytes, std::max(seconds - kCpuBatchSeconds, 0.25 * seconds));
+  }
   void observe_copy(double bytes, double seconds) { observe(copy_rate_, bytes, seconds); }
   double cpu_rate() const { return cpu_rate_; }    // bytes per second (one row)
   double copy_rate() const { return copy_rate_; }  // bytes per second
   CpuExpertsMode mode() const { return mode_; }
 
   static constexpr size_t kMaxRowsPerRecord = 2;
+  static constexpr int kProbeEvery = 16;
+  // Fixed cost of a CPU batch, whatever its size: the CPU backend's four pool passes and their
+  // barriers (~25 us with 16 threads on the GPU host; batches of 1-4 records measured 31-42
+  // GB/s against ~48 GB/s streaming). Counted once when the CPU takes its first record.
+  static constexpr double kCpuBatchSeconds = 25e-6;
 
  private:
   static void observe(double& rate, double bytes, double seconds);
   CpuExpertsMode mode_;
   double cpu_rate_ = 20e9, copy_rate_ = 25e9;  // first guesses; measured from the first layer
+  int plans_without_cpu_ = 0;                  // consecutive plans with candidates, none taken
 };
 
 // What a forward pass needs to compute experts on the CPU (owned by the Engine).

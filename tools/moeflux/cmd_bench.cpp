@@ -338,11 +338,13 @@ Runner add_bench(CLI::App& app) {
     if (!hybrid.is_null())
       std::printf(
           "cpu      --cpu-experts %s: %.1f%% of expert requests computed on the CPU, %.2f "
-          "MiB/token at %.2f GB/s (%.3f ms/token, %zu threads)\n",
+          "MiB/token at %.2f GB/s (%.3f ms/token, %zu threads; planner rates: CPU %.1f, copies "
+          "%.1f GB/s)\n",
           hybrid["mode"].get<std::string>().c_str(),
           100 * last_stream["hit_rate"]["cpu_computed"].get<double>(),
           hybrid["cpu_bytes_per_token"].get<double>() / 1048576, hybrid["cpu_gb_s"].get<double>(),
-          hybrid["cpu_ms_per_token"].get<double>(), hybrid["threads"].get<size_t>());
+          hybrid["cpu_ms_per_token"].get<double>(), hybrid["threads"].get<size_t>(),
+          hybrid["planner_cpu_gb_s"].get<double>(), hybrid["planner_copy_gb_s"].get<double>());
     for (const json& tier : last_stream["tiers"])
       if (tier["transfer_gb_s"].get<double>() > 0)
         std::printf("copies   into the %s tier: %.2f MiB/token at %.2f GB/s (device-timed)\n",
