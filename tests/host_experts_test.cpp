@@ -76,6 +76,17 @@ TEST(HybridPlanner, ModesAllAndOff) {
   }
 }
 
+// Batches of 1 to 4 records of 2.5 MB taking 80 us + bytes / 40 GB/s: the fit finds both.
+TEST(HybridPlanner, TheCpusFixedCostAndRateAreFitted) {
+  HybridPlanner p(CpuExpertsMode::Auto);
+  for (int i = 0; i < 200; ++i) {
+    const double bytes = 2.5e6 * (1 + i % 4);
+    p.observe_cpu(bytes, 80e-6 + bytes / 40e9);
+  }
+  EXPECT_NEAR(p.cpu_fixed(), 80e-6, 1e-6);
+  EXPECT_NEAR(p.cpu_rate(), 40e9, 0.5e9);
+}
+
 // A CPU judged too slow still gets one record every kProbeEvery plans that had candidates,
 // so that a rate measured on a cold start can recover.
 TEST(HybridPlanner, ASlowCpuIsProbedNowAndThen) {
@@ -102,7 +113,7 @@ TEST(HybridPlanner, RatesFollowObservations) {
   EXPECT_EQ(p.cpu_rate(), cpu);
   EXPECT_EQ(p.copy_rate(), copy);
   for (int i = 0; i < 100; ++i) {
-    p.observe_cpu(2e9, 0.5);  // 4 GB/s
+    p.observe_cpu(2e9, 0.5 + p.cpu_fixed());  // 4 GB/s, batches of one size
     p.observe_copy(40e9, 1.0);
   }
   EXPECT_NEAR(p.cpu_rate(), 4e9, 1e6);

@@ -1,5 +1,7 @@
 #include "model/host_experts.hpp"
 
+#include <algorithm>
+
 #include "core/error.hpp"
 
 namespace moeflux {
@@ -39,7 +41,7 @@ size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const s
       continue;
     if (first_candidate == where.size()) first_candidate = i;
     const double on_cpu =
-        bytes * static_cast<double>(rows[i]) / cpu_rate_ + (n == 0 ? kCpuBatchSeconds : 0.0);
+        bytes * static_cast<double>(rows[i]) / cpu_rate_ + (n == 0 ? cpu_fixed_ : 0.0);
     if (mode_ == CpuExpertsMode::All || cpu + on_cpu <= gpu + copy) {
       on_host[i] = 1;
       cpu += on_cpu;
@@ -60,6 +62,25 @@ void HybridPlanner::observe(double& rate, double bytes, double seconds) {
   if (!(bytes > 0) || !(seconds > 1e-7)) return;  // nothing measured, or below timer noise
   constexpr double kWeight = 0.2;                 // of the newest observation
   rate = (1 - kWeight) * rate + kWeight * (bytes / seconds);
+}
+
+void HybridPlanner::observe_cpu(double bytes, double seconds) {
+  if (!(bytes > 0) || !(seconds > 1e-7)) return;
+  constexpr double kKeep = 0.95;  // weight of the older batches per new one
+  w_ = kKeep * w_ + 1;
+  sx_ = kKeep * sx_ + bytes;
+  sy_ = kKeep * sy_ + seconds;
+  sxx_ = kKeep * sxx_ + bytes * bytes;
+  sxy_ = kKeep * sxy_ + bytes * seconds;
+  const double mx = sx_ / w_, my = sy_ / w_;
+  const double var = sxx_ / w_ - mx * mx, cov = sxy_ / w_ - mx * my;
+  double slope = 0;                                 // seconds per byte
+  if (w_ > 3 && var > 0.01 * mx * mx && cov > 0) {  // batches of different sizes: fit the line
+    slope = cov / var;
+    cpu_fixed_ = std::clamp(my - slope * mx, 0.0, 1e-3);
+  }
+  if (!(slope > 0)) slope = std::max(my - cpu_fixed_, 0.25 * my) / mx;  // keep the fixed cost
+  cpu_rate_ = std::clamp(1.0 / slope, 1e8, 1e12);
 }
 
 HostExperts::HostExperts(std::unique_ptr<Backend> cpu_backend, CpuExpertsMode mode, size_t h,

@@ -38,10 +38,14 @@ enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
 // Splits a layer's experts between the CPU and copies to the GPU, and learns the two rates.
 //   copy time of a record   = record_bytes / copy_rate
 //   CPU time of a record    = record_bytes * rows / cpu_rate      (rows: batch rows using it)
+//   CPU time of a batch     = cpu_fixed + the sum over its records (pool hand-offs, barriers)
 // Greedy, in request order: storage misses load the GPU side first (they are read and copied
 // whatever happens); each RAM-tier record then goes to the side that would finish earlier with
 // it (ties to the CPU); the CPU side starts with its fixed batch cost. Rates start at a guess and
-// follow the measurements (exponential moving average of each observation's bytes / seconds). A
+// follow the measurements: copies by an exponential moving average of each observation's
+// bytes / seconds; the CPU's fixed cost and rate by a least-squares line through its batches
+// (seconds against bytes, older batches weighing less), the fixed cost kept when the batches
+// are all of one size. A
 // side that gets no work is not measured, so one slow early observation (a cold pool, page faults)
 // could keep the CPU out for good: in auto mode, after kProbeEvery plans in a row without CPU work,
 // one record goes to the CPU anyway.
@@ -55,27 +59,25 @@ class HybridPlanner {
   // than kMaxRowsPerRecord rows stay on the GPU.
   size_t plan(std::span<const RecordPlace> where, std::span<const size_t> rows, size_t record_bytes,
               std::span<uint8_t> on_host);
-  // The CPU's batch time less its fixed cost (kCpuBatchSeconds) is what the rate explains.
-  void observe_cpu(double bytes, double seconds) {
-    observe(cpu_rate_, bytes, std::max(seconds - kCpuBatchSeconds, 0.25 * seconds));
-  }
+  void observe_cpu(double bytes, double seconds);  // one CPU batch: bytes (x rows), wall time
   void observe_copy(double bytes, double seconds) { observe(copy_rate_, bytes, seconds); }
   double cpu_rate() const { return cpu_rate_; }    // bytes per second (one row)
+  double cpu_fixed() const { return cpu_fixed_; }  // seconds per batch
   double copy_rate() const { return copy_rate_; }  // bytes per second
   CpuExpertsMode mode() const { return mode_; }
 
   static constexpr size_t kMaxRowsPerRecord = 2;
   static constexpr int kProbeEvery = 16;
-  // Fixed cost of a CPU batch, whatever its size: the CPU backend's four pool passes and their
-  // barriers (~25 us with 16 threads on the GPU host; batches of 1-4 records measured 31-42
-  // GB/s against ~48 GB/s streaming). Counted once when the CPU takes its first record.
-  static constexpr double kCpuBatchSeconds = 25e-6;
 
  private:
   static void observe(double& rate, double bytes, double seconds);
   CpuExpertsMode mode_;
-  double cpu_rate_ = 20e9, copy_rate_ = 25e9;  // first guesses; measured from the first layer
-  int plans_without_cpu_ = 0;                  // consecutive plans with candidates, none taken
+  // First guesses, measured from the first layer on. The fixed cost: the CPU backend's four pool
+  // passes and their barriers, ~25 us with 16 threads on the GPU host.
+  double cpu_rate_ = 20e9, copy_rate_ = 25e9, cpu_fixed_ = 25e-6;
+  // Exponentially weighted sums of the CPU batches (x = bytes, y = seconds) for the line fit.
+  double w_ = 0, sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
+  int plans_without_cpu_ = 0;  // consecutive plans with candidates, none taken
 };
 
 // What a forward pass needs to compute experts on the CPU (owned by the Engine).
