@@ -1,7 +1,5 @@
 #include "model/host_experts.hpp"
 
-#include <algorithm>
-
 #include "core/error.hpp"
 
 namespace moeflux {
@@ -26,7 +24,7 @@ const char* cpu_experts_mode_name(CpuExpertsMode m) {
 }
 
 size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const size_t> rows,
-                           size_t record_bytes, std::span<uint8_t> on_host) {
+                           size_t record_bytes, std::span<uint8_t> on_host) const {
   MF_ASSERT(where.size() == rows.size() && on_host.size() == where.size());
   const double bytes = static_cast<double>(record_bytes);
   const double copy = bytes / copy_rate_;
@@ -35,13 +33,11 @@ size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const s
     on_host[i] = 0;
     if (where[i] == RecordPlace::Storage) gpu += copy;
   }
-  size_t n = 0, first_candidate = where.size();
+  size_t n = 0;
   for (size_t i = 0; i < where.size(); ++i) {
     if (where[i] != RecordPlace::Ram || rows[i] > kMaxRowsPerRecord || mode_ == CpuExpertsMode::Off)
       continue;
-    if (first_candidate == where.size()) first_candidate = i;
-    const double on_cpu =
-        bytes * static_cast<double>(rows[i]) / cpu_rate_ + (n == 0 ? cpu_fixed_ : 0.0);
+    const double on_cpu = bytes * static_cast<double>(rows[i]) / cpu_rate_;
     if (mode_ == CpuExpertsMode::All || cpu + on_cpu <= gpu + copy) {
       on_host[i] = 1;
       cpu += on_cpu;
@@ -50,11 +46,6 @@ size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const s
       gpu += copy;
     }
   }
-  if (n == 0 && first_candidate < where.size() && ++plans_without_cpu_ >= kProbeEvery) {
-    on_host[first_candidate] = 1;  // a probe: keeps the CPU's rate measured
-    n = 1;
-  }
-  if (n > 0) plans_without_cpu_ = 0;
   return n;
 }
 
@@ -62,25 +53,6 @@ void HybridPlanner::observe(double& rate, double bytes, double seconds) {
   if (!(bytes > 0) || !(seconds > 1e-7)) return;  // nothing measured, or below timer noise
   constexpr double kWeight = 0.2;                 // of the newest observation
   rate = (1 - kWeight) * rate + kWeight * (bytes / seconds);
-}
-
-void HybridPlanner::observe_cpu(double bytes, double seconds) {
-  if (!(bytes > 0) || !(seconds > 1e-7)) return;
-  constexpr double kKeep = 0.95;  // weight of the older batches per new one
-  w_ = kKeep * w_ + 1;
-  sx_ = kKeep * sx_ + bytes;
-  sy_ = kKeep * sy_ + seconds;
-  sxx_ = kKeep * sxx_ + bytes * bytes;
-  sxy_ = kKeep * sxy_ + bytes * seconds;
-  const double mx = sx_ / w_, my = sy_ / w_;
-  const double var = sxx_ / w_ - mx * mx, cov = sxy_ / w_ - mx * my;
-  double slope = 0;                                 // seconds per byte
-  if (w_ > 3 && var > 0.01 * mx * mx && cov > 0) {  // batches of different sizes: fit the line
-    slope = cov / var;
-    cpu_fixed_ = std::clamp(my - slope * mx, 0.0, 1e-3);
-  }
-  if (!(slope > 0)) slope = std::max(my - cpu_fixed_, 0.25 * my) / mx;  // keep the fixed cost
-  cpu_rate_ = std::clamp(1.0 / slope, 1e8, 1e12);
 }
 
 HostExperts::HostExperts(std::unique_ptr<Backend> cpu_backend, CpuExpertsMode mode, size_t h,

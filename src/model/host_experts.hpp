@@ -1,6 +1,6 @@
-// Hybrid expert compute (--cpu-experts): with a GPU backend and experts streamed through the
-// cache tiers, a layer's experts that are in neither the GPU tier nor on their way can be
-// computed by the CPU straight from the RAM tier, while the GPU computes its hits and the
+// Hybrid expert compute (--cpu-experts, default off): with a GPU backend and experts streamed
+// through the cache tiers, a layer's experts that are in neither the GPU tier nor on their way can
+// be computed by the CPU straight from the RAM tier, while the GPU computes its hits and the
 // records copied to it. Copying a 4-bit Qwen3-30B expert over PCIe takes as long as the CPU
 // needs to stream it through its cores once, so doing both at once roughly adds the two rates.
 //
@@ -12,7 +12,6 @@
 // expert's many rows beats the CPU at any copy cost.
 #pragma once
 
-#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -27,6 +26,7 @@ namespace moeflux {
 enum class CpuExpertsMode {
   Off,   // every expert on the GPU (copied in when it is not there)
   Auto,  // the planner splits RAM-tier experts between CPU and copies by measured rates
+         // (experimental: docs/PERF.md has where it helps and where it does not)
   All,   // every RAM-tier expert on the CPU (llama.cpp's --n-cpu-moe, per record)
 };
 CpuExpertsMode parse_cpu_experts_mode(const std::string& s);  // off|auto|all; throws Error
@@ -38,17 +38,13 @@ enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
 // Splits a layer's experts between the CPU and copies to the GPU, and learns the two rates.
 //   copy time of a record   = record_bytes / copy_rate
 //   CPU time of a record    = record_bytes * rows / cpu_rate      (rows: batch rows using it)
-//   CPU time of a batch     = cpu_fixed + the sum over its records (pool hand-offs, barriers)
 // Greedy, in request order: storage misses load the GPU side first (they are read and copied
 // whatever happens); each RAM-tier record then goes to the side that would finish earlier with
-// it (ties to the CPU); the CPU side starts with its fixed batch cost. Rates start at a guess and
-// follow the measurements: copies by an exponential moving average of each observation's
-// bytes / seconds; the CPU's fixed cost and rate by a least-squares line through its batches
-// (seconds against bytes, older batches weighing less), the fixed cost kept when the batches
-// are all of one size. A
-// side that gets no work is not measured, so one slow early observation (a cold pool, page faults)
-// could keep the CPU out for good: in auto mode, after kProbeEvery plans in a row without CPU work,
-// one record goes to the CPU anyway.
+// it (ties to the CPU). Rates start at a guess and follow the measurements (exponential moving
+// average of each observation's bytes / seconds). A side that gets no work is not measured: once
+// the CPU's rate makes it lose every split it stays out, and auto acts as off. Probing it again
+// was tried and dropped: a lone record on a pool idle for a while took ~1.5 ms on the GPU host,
+// so the probes cost more than they found (docs/PERF.md, "hybrid expert compute").
 class HybridPlanner {
  public:
   explicit HybridPlanner(CpuExpertsMode mode) : mode_(mode) {}
@@ -58,26 +54,19 @@ class HybridPlanner {
   // on_host[i] = 1 for the records the CPU computes; returns their count. Records with more
   // than kMaxRowsPerRecord rows stay on the GPU.
   size_t plan(std::span<const RecordPlace> where, std::span<const size_t> rows, size_t record_bytes,
-              std::span<uint8_t> on_host);
-  void observe_cpu(double bytes, double seconds);  // one CPU batch: bytes (x rows), wall time
+              std::span<uint8_t> on_host) const;
+  void observe_cpu(double bytes, double seconds) { observe(cpu_rate_, bytes, seconds); }
   void observe_copy(double bytes, double seconds) { observe(copy_rate_, bytes, seconds); }
   double cpu_rate() const { return cpu_rate_; }    // bytes per second (one row)
-  double cpu_fixed() const { return cpu_fixed_; }  // seconds per batch
   double copy_rate() const { return copy_rate_; }  // bytes per second
   CpuExpertsMode mode() const { return mode_; }
 
   static constexpr size_t kMaxRowsPerRecord = 2;
-  static constexpr int kProbeEvery = 16;
 
  private:
   static void observe(double& rate, double bytes, double seconds);
   CpuExpertsMode mode_;
-  // First guesses, measured from the first layer on. The fixed cost: the CPU backend's four pool
-  // passes and their barriers, ~25 us with 16 threads on the GPU host.
-  double cpu_rate_ = 20e9, copy_rate_ = 25e9, cpu_fixed_ = 25e-6;
-  // Exponentially weighted sums of the CPU batches (x = bytes, y = seconds) for the line fit.
-  double w_ = 0, sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;
-  int plans_without_cpu_ = 0;  // consecutive plans with candidates, none taken
+  double cpu_rate_ = 20e9, copy_rate_ = 25e9;  // first guesses; measured from the first layer
 };
 
 // What a forward pass needs to compute experts on the CPU (owned by the Engine).

@@ -39,7 +39,7 @@ struct EngineOptions {
   bool timing = false;           // collect per-layer timings (--timing)
   // --cpu-experts: with a GPU backend and streamed experts, RAM-tier experts of small batches
   // may be computed by the CPU meanwhile (model/host_experts.hpp).
-  CpuExpertsMode cpu_experts = CpuExpertsMode::Auto;
+  CpuExpertsMode cpu_experts = CpuExpertsMode::Off;
   StreamOptions stream;    // RAM cache, I/O, prefetch (max_active is set from --k)
   RoutingSink on_routing;  // routing traces (null: none)
 };

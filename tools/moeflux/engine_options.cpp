@@ -22,9 +22,9 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
                   "resident; default 0)");
   cmd->add_option("--cpu-experts", a->cpu_experts,
                   "With --backend cuda and streamed experts: experts in the RAM cache that the "
-                  "CPU computes while the GPU computes the rest, decode only. auto = split by "
-                  "measured CPU and copy rates, all = every RAM-cache expert, off = none "
-                  "(default auto)")
+                  "CPU computes while the GPU computes the rest, decode only. off = none "
+                  "(default), all = every RAM-cache expert, auto = split by measured CPU and "
+                  "copy rates (experimental)")
       ->check(CLI::IsMember({"auto", "all", "off"}));
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all hardware threads)")
       ->check(integer_range(1, 4096));

@@ -16,7 +16,7 @@ struct EngineArgs {
   std::string backend;  // "" = $MOEFLUX_BACKEND, else auto
   int gpu = 0;
   std::string gpu_mem = "0";
-  std::string cpu_experts = "auto";
+  std::string cpu_experts = "off";
   size_t threads = 0;
   int k = 0;
   std::string ram_cache = "0";
