@@ -49,7 +49,7 @@ fi
 
 PKG=/tmp/q30-8
 "$MF" synth --family qwen3_moe --preset qwen3-30b-a3b --layers 8 --experts q4 --resident q4 -q "$PKG"
-IFS=';' read -ra variants <<< "${VARIANTS:-resident:--gpu-mem all;gpu25:--gpu-mem 25%;slots:--gpu-mem 0}"
+IFS=";" read -ra variants <<< "${VARIANTS:-resident:--gpu-mem all;gpu25:--gpu-mem 25%;slots:--gpu-mem 0;slots-cpu:--gpu-mem 0 --cpu-experts auto}"
 for v in "${variants[@]}"; do
   name=${v%%:*}; flags=${v#*:}
   # shellcheck disable=SC2086
