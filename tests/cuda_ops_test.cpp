@@ -94,6 +94,43 @@ class CudaOps : public testing::Test {
     }
   }
 
+  // Random experts of format f ([I, H] gate and up, [H, I] down), expert e over rows in[e] of X
+  // [T, H] into slots out[e] of [T * S, H], through expert_ffn on both backends; the slots are
+  // compared whole.
+  void expect_grouped_experts_match(QuantFormat f, size_t H, size_t I, size_t T, size_t S,
+                                    const std::vector<std::vector<int32_t>>& in,
+                                    const std::vector<std::vector<int32_t>>& out) {
+    struct Expert {
+      RandomMatrix gate, up, down;
+      MlpWeights dev;
+    };
+    std::vector<Expert> ex;
+    for (size_t e = 0; e < in.size(); ++e) {
+      ex.push_back({RandomMatrix(f, I, H, rng_),
+                    RandomMatrix(f, I, H, rng_),
+                    RandomMatrix(f, H, I, rng_),
+                    {}});
+      ex.back().dev = {dev_matrix(ex.back().gate), dev_matrix(ex.back().up),
+                       dev_matrix(ex.back().down)};
+    }
+    HostTensor X(T, H), slots(T * S, H);
+    X.randomize(rng_);
+    Mirror dX = mirror(X), dslots = mirror(slots);
+    std::vector<ExpertTask> tasks, dtasks;
+    for (size_t e = 0; e < in.size(); ++e) {
+      tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view},
+                       I,
+                       in[e].data(),
+                       out[e].data(),
+                       in[e].size(),
+                       nullptr});
+      dtasks.push_back({ex[e].dev, I, in[e].data(), out[e].data(), in[e].size(), nullptr});
+    }
+    cpu_->expert_ffn(X.t, tasks, slots.t);
+    gpu_->expert_ffn(dX.t, dtasks, dslots.t);
+    expect_twins(slots, dslots, 3e-5, "expert slots");
+  }
+
   std::unique_ptr<Backend> cpu_, gpu_;
   uint32_t seed_ = 0;
   std::mt19937 rng_;
@@ -421,41 +458,13 @@ TEST_F(CudaOps, GroupedExpertFfnFewAndManyRows) {
   const size_t H = 256, I = 128, T = 24, S = 3;
   for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4()}) {
     SCOPED_TRACE(format_name(f));
-    struct Expert {
-      RandomMatrix gate, up, down;
-      MlpWeights dev;
-    };
-    std::vector<Expert> ex;
-    for (int e = 0; e < 3; ++e) {
-      ex.push_back({RandomMatrix(f, I, H, rng_),
-                    RandomMatrix(f, I, H, rng_),
-                    RandomMatrix(f, H, I, rng_),
-                    {}});
-      ex.back().dev = {dev_matrix(ex.back().gate), dev_matrix(ex.back().up),
-                       dev_matrix(ex.back().down)};
-    }
-    HostTensor X(T, H), slots(T * S, H);
-    X.randomize(rng_);
-    Mirror dX = mirror(X), dslots = mirror(slots);
     // Expert 0: one row; expert 1: three rows (matrix-vector); expert 2: twenty rows (GEMM).
     std::vector<std::vector<int32_t>> in = {{4}, {0, 2, 3}, {}}, out = {{13}, {0, 6, 9}, {}};
     for (int32_t t = 4; t < 24; ++t) {
       in[2].push_back(t);
       out[2].push_back(t * 3 + 1);
     }
-    std::vector<ExpertTask> tasks, dtasks;
-    for (int e = 0; e < 3; ++e) {
-      tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view},
-                       I,
-                       in[e].data(),
-                       out[e].data(),
-                       in[e].size(),
-                       nullptr});
-      dtasks.push_back({ex[e].dev, I, in[e].data(), out[e].data(), in[e].size(), nullptr});
-    }
-    cpu_->expert_ffn(X.t, tasks, slots.t);
-    gpu_->expert_ffn(dX.t, dtasks, dslots.t);
-    expect_twins(slots, dslots, 3e-5, "expert slots");
+    expect_grouped_experts_match(f, H, I, T, S, in, out);
   }
 }
 
@@ -470,22 +479,6 @@ TEST_F(CudaOps, GroupedExpertFfnTensorCoreGemm) {
     for (QuantFormat f : kFormats) {
       SCOPED_TRACE(format_name(f) + " experts of " + std::to_string(counts[1]) + ", " +
                    std::to_string(counts[3]) + " rows");
-      struct Expert {
-        RandomMatrix gate, up, down;
-        MlpWeights dev;
-      };
-      std::vector<Expert> ex;
-      for (size_t e = 0; e < counts.size(); ++e) {
-        ex.push_back({RandomMatrix(f, I, H, rng_),
-                      RandomMatrix(f, I, H, rng_),
-                      RandomMatrix(f, H, I, rng_),
-                      {}});
-        ex.back().dev = {dev_matrix(ex.back().gate), dev_matrix(ex.back().up),
-                         dev_matrix(ex.back().down)};
-      }
-      HostTensor X(T, H), slots(T * S, H);
-      X.randomize(rng_);
-      Mirror dX = mirror(X), dslots = mirror(slots);
       std::vector<int32_t> tokens(T), free_slots(T * S);
       for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = int32_t(i);
       for (size_t i = 0; i < free_slots.size(); ++i) free_slots[i] = int32_t(i);
@@ -498,19 +491,7 @@ TEST_F(CudaOps, GroupedExpertFfnTensorCoreGemm) {
         out.emplace_back(free_slots.begin() + next_slot, free_slots.begin() + next_slot + n);
         next_slot += n;
       }
-      std::vector<ExpertTask> tasks, dtasks;
-      for (size_t e = 0; e < counts.size(); ++e) {
-        tasks.push_back({{ex[e].gate.view, ex[e].up.view, ex[e].down.view},
-                         I,
-                         in[e].data(),
-                         out[e].data(),
-                         in[e].size(),
-                         nullptr});
-        dtasks.push_back({ex[e].dev, I, in[e].data(), out[e].data(), in[e].size(), nullptr});
-      }
-      cpu_->expert_ffn(X.t, tasks, slots.t);
-      gpu_->expert_ffn(dX.t, dtasks, dslots.t);
-      expect_twins(slots, dslots, 3e-5, "expert slots");
+      expect_grouped_experts_match(f, H, I, T, S, in, out);
     }
   }
 }

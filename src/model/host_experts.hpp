@@ -91,8 +91,6 @@ struct HostExperts {
   std::vector<int32_t> out_local, out_device;
   // Totals over the engine's life: the CPU's wall time and bytes (record bytes x rows).
   double cpu_seconds = 0, cpu_bytes = 0;
-  // The compute tier's copy counters at the last observation (the planner takes differences).
-  double seen_copied_bytes = 0, seen_transfer_seconds = 0;
 };
 
 }  // namespace moeflux

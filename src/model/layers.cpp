@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 
 namespace moeflux {
 
@@ -176,42 +177,29 @@ MlpWeights expert_weights(const ExpertLayout& el, const uint8_t* rec) {
 void run_on_host(const ForwardContext& ctx, HostExperts& hx, size_t T, size_t S) {
   const size_t H = hx.hidden;
   const auto t0 = std::chrono::steady_clock::now();
-  hx.out_local.clear();
+  size_t rows = 0;
+  for (const ExpertTask& t : hx.tasks) rows += t.n;
+  MF_ASSERT(rows <= T * S);
+  // The CPU writes its rows compactly (task after task): out_local = 0, 1, ...; out_device says
+  // where each goes among the device's slots.
+  hx.out_local.resize(rows);
+  std::iota(hx.out_local.begin(), hx.out_local.end(), 0);
   hx.out_device.clear();
-  double bytes = 0;
-  for (ExpertTask& t : hx.tasks) {
-    const size_t first = hx.out_local.size();
-    for (size_t j = 0; j < t.n; ++j) {
-      hx.out_local.push_back(static_cast<int32_t>(first + j));
-      hx.out_device.push_back(t.out_rows[j]);
-    }
-    bytes += static_cast<double>(ctx.expert_layout.record_bytes * t.n);
-  }
   size_t at = 0;
-  for (ExpertTask& t : hx.tasks) {  // out_local is final now: point the tasks into it
+  for (ExpertTask& t : hx.tasks) {
+    hx.out_device.insert(hx.out_device.end(), t.out_rows, t.out_rows + t.n);
     t.out_rows = hx.out_local.data() + at;
     at += t.n;
   }
-  MF_ASSERT(hx.out_local.size() <= T * S);
+  const double bytes = static_cast<double>(ctx.expert_layout.record_bytes * rows);
   const Tensor x = Tensor::matrix(hx.x.data(), T, H, H, Memory::Host);
-  const Tensor out = Tensor::matrix(hx.out.data(), hx.out_local.size(), H, H, Memory::Host);
+  const Tensor out = Tensor::matrix(hx.out.data(), rows, H, H, Memory::Host);
   hx.cpu->expert_ffn(x, hx.tasks, out);
   ctx.be.scatter_rows(hx.out.data(), H, hx.out_device, ctx.ws.slots);
   const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   hx.planner.observe_cpu(bytes, s);
   hx.cpu_seconds += s;
   hx.cpu_bytes += bytes;
-}
-
-// After a layer's release (its copies fenced): the planner learns the copy rate from the
-// compute tier's device-timed copies of that layer.
-void observe_copies(const ForwardContext& ctx, HostExperts& hx) {
-  const TierStats& ts = ctx.streamer.stats().tiers.front();
-  const double bytes = static_cast<double>(ts.copied_bytes) - hx.seen_copied_bytes;
-  const double seconds = ts.transfer_seconds - hx.seen_transfer_seconds;
-  hx.seen_copied_bytes = static_cast<double>(ts.copied_bytes);
-  hx.seen_transfer_seconds = ts.transfer_seconds;
-  hx.planner.observe_copy(bytes, seconds);
 }
 
 // The routed experts of the batch (+ an extra task, e.g. the shared expert, run with the first
@@ -265,6 +253,11 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
   };
   HostExperts* hx = ctx.host_experts && ctx.host_experts->usable(T) ? ctx.host_experts : nullptr;
   bool x_on_host = false;
+  // The compute tier's copy counters before the layer: the planner learns the copy rate from
+  // this layer's device-timed copies.
+  const TierStats& copies = st.stats().tiers.front();
+  const double copied_before = static_cast<double>(copies.copied_bytes);
+  const double transfer_before = copies.transfer_seconds;
   // The CPU's share of group g (hybrid), flags per expert; empty: the GPU computes all.
   auto plan = [&](size_t g) -> std::span<const uint8_t> {
     if (!hx) return {};
@@ -331,7 +324,9 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
     st.release(ticket);
     ticket = next;
   }
-  if (hx) observe_copies(ctx, *hx);
+  if (hx)
+    hx->planner.observe_copy(static_cast<double>(copies.copied_bytes) - copied_before,
+                             copies.transfer_seconds - transfer_before);
   if (!extra_done) ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), {extra, 1}, ctx.ws.slots);
   if (ctx.timings) {  // move the time blocked on reads from "experts" to "io_wait"
     const double waited = st.stats().layers[layer].io_wait_seconds - waited_before;

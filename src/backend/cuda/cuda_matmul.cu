@@ -505,17 +505,20 @@ bool vector_path_ok(const DevMat& m, int chunk) {
          reinterpret_cast<uintptr_t>(m.data) % 16 == 0;
 }
 
+// An attribute of the current device, or `fallback` when it cannot be read.
+int device_attribute(cudaDeviceAttr attr, int fallback) {
+  int dev = 0, v = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&v, attr, dev) != cudaSuccess) {
+    cudaGetLastError();
+    return fallback;
+  }
+  return v;
+}
+
 // Shared memory a block may have when its kernel opts in (the device's limit; 48 KB without).
 size_t opt_in_smem_limit() {
-  static const size_t limit = [] {
-    int dev = 0, v = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return size_t{48 * 1024};
-    }
-    return size_t(v);
-  }();
+  static const size_t limit =
+      size_t(device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, 48 * 1024));
   return limit;
 }
 
@@ -629,15 +632,7 @@ namespace {
 
 // Whether the device runs mma.sync with bf16 operands (sm_80 and later).
 bool tensor_cores_present() {
-  static const bool present = [] {
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return false;
-    }
-    return major >= 8;
-  }();
+  static const bool present = device_attribute(cudaDevAttrComputeCapabilityMajor, 0) >= 8;
   return present;
 }
 
