@@ -4,7 +4,9 @@
 // before compute; only the fastest tier may be non-host memory.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 #include "core/aligned_buffer.hpp"
@@ -230,6 +232,114 @@ TEST_P(CacheTiers, RecordsForTheCpuStayInTheRamTier) {
   st.release(ticket);
   EXPECT_EQ(st.stats().tiers[0].fills, fills + 1);  // only the second was promoted
   EXPECT_EQ(st.stats().total().host_computed, 1u);
+}
+
+// Device-like memory whose copies land in windows, as a GPU tier's do: a window's copies land
+// when landed() is polled (or, with lands_when_polled false, only at fence()). At landing each
+// copy checks that its source still holds what it held when the copy was issued: a source
+// reused before its window landed is counted in sources_changed.
+class WindowedCopyMemory final : public TierMemory {
+ public:
+  WindowedCopyMemory(size_t slots, size_t record_bytes, bool lands_when_polled)
+      : arena_(slots * record_bytes, 4096), record_bytes_(record_bytes), polled_(lands_when_polled) {}
+  uint8_t* slot_data(size_t slot) override { return arena_.data() + slot * record_bytes_; }
+  const void* copy_in(uint8_t* dst, const uint8_t* src, size_t bytes) override {
+    queued_.push_back({dst, src, std::vector<uint8_t>(src, src + bytes), closed_ + 1});
+    open_ = true;
+    return &queued_;  // any non-null readiness: the copy is asynchronous
+  }
+  uint64_t close_window() override {
+    if (!open_) return 0;
+    open_ = false;
+    return ++closed_;
+  }
+  bool landed(uint64_t id) override {
+    if (polled_) land_through(id);
+    return landed_ >= id;
+  }
+  void fence() override {
+    close_window();
+    ++fences;
+    land_through(closed_);
+  }
+  Transferred take_transferred() override { return std::exchange(transferred_, Transferred{}); }
+  bool host_accessible() const override { return false; }
+  const char* kind() const override { return "test-windowed"; }
+  size_t fences = 0, sources_changed = 0;
+
+ private:
+  struct Copy {
+    uint8_t* dst;
+    const uint8_t* src;
+    std::vector<uint8_t> issued;  // the source's bytes when the copy was issued
+    uint64_t window;
+  };
+  void land_through(uint64_t id) {
+    size_t n = 0;
+    for (; n < queued_.size() && queued_[n].window <= id; ++n) {
+      const Copy& c = queued_[n];
+      if (std::memcmp(c.src, c.issued.data(), c.issued.size()) != 0) ++sources_changed;
+      std::memcpy(c.dst, c.src, c.issued.size());
+      transferred_.bytes += double(c.issued.size());
+      transferred_.seconds += 1e-6;
+    }
+    queued_.erase(queued_.begin(), queued_.begin() + static_cast<std::ptrdiff_t>(n));
+    landed_ = std::max(landed_, id);
+  }
+  AlignedBuffer arena_;
+  size_t record_bytes_;
+  bool polled_;
+  std::vector<Copy> queued_;
+  uint64_t closed_ = 0, landed_ = 0;
+  bool open_ = false;
+  Transferred transferred_;
+};
+
+// release() does not wait for the copies into a device-like tier: their sources stay pinned
+// until the copy window lands — polled by the next request, or, when the RAM tier has no other
+// slot to give, waited for. Either way no source is overwritten (by a storage read into a
+// reused RAM slot) before its copy has landed, and every copied byte is counted once landed.
+TEST_P(CacheTiers, CopySourcesStayPinnedUntilTheirCopiesLand) {
+  int layer = 0;
+  while (!model_->config().layer_is_moe[layer]) ++layer;
+  const int experts = model_->config().num_experts;
+  for (const bool polled : {true, false}) {
+    SCOPED_TRACE(polled ? "copies land when polled" : "copies land only at a fence");
+    WindowedCopyMemory* mem = nullptr;
+    StreamOptions o;
+    o.max_active = 2;
+    o.ram_cache_bytes = 0;  // working slots only: a released source slot is read into next
+    TierSpec t = host_tier("gpu-like", 0);
+    t.make_memory = [&](size_t slots, size_t record_bytes) {
+      auto m = std::make_unique<WindowedCopyMemory>(slots, record_bytes, polled);
+      mem = m.get();
+      return m;
+    };
+    o.upper_tiers = {t};
+    ExpertStreamer st(model_->package(), o);
+    ASSERT_NE(mem, nullptr);
+    std::vector<ExpertHandle> ready;
+    size_t handed = 0;
+    for (int round = 0; round < 2; ++round)
+      for (int e = 0; e + 1 < experts; e += 2) {
+        const int pair[2] = {e, e + 1};
+        const int ticket = st.request(layer, pair);
+        while (st.take_ready(ticket, ready))
+          for (const ExpertHandle& h : ready) {
+            EXPECT_NE(h.ready, nullptr);  // promoted by an asynchronous copy
+            ++handed;
+          }
+        st.release(ticket);
+      }
+    EXPECT_EQ(handed, size_t(experts / 2 * 2 * 2));
+    if (polled) EXPECT_EQ(mem->fences, 0u) << "the decode loop waited for copies";
+    else EXPECT_GT(mem->fences, 0u) << "the RAM tier ran out of slots, yet nothing waited";
+    st.release();  // fences the rest
+    EXPECT_EQ(mem->sources_changed, 0u) << "a copy's source was reused before it landed";
+    const TierStats& gpu = st.stats().tiers.front();
+    EXPECT_EQ(gpu.transfer_bytes, double(gpu.copied_bytes));
+    EXPECT_GT(gpu.transfer_seconds, 0.0);
+  }
 }
 
 TEST_P(CacheTiers, OnlyTheFastestTierMayBeDeviceMemory) {

@@ -677,8 +677,28 @@ TEST_F(CudaOps, MemoryTiersAndErrors) {
   dev->copy_in(dev->slot_data(2), ram->slot_data(1), record);
   dev->fence();
   std::vector<float> back(record / sizeof(float), kNaN);
-  gpu_->download(Tensor::matrix(dev->slot_data(2), 1, back.size(), back.size(), Memory::Device),
-                 back.data(), back.size());
+  auto slot_tensor = [&](size_t slot) {
+    return Tensor::matrix(dev->slot_data(slot), 1, back.size(), back.size(), Memory::Device);
+  };
+  gpu_->download(slot_tensor(2), back.data(), back.size());
+  EXPECT_EQ(back, src);
+  // Copy windows: closing one does not wait; it lands (polled) with every byte counted once.
+  EXPECT_EQ(dev->close_window(), 0u);  // nothing outstanding after the fence
+  std::vector<float> src2 = random_vector(record / sizeof(float), rng_);
+  std::memcpy(ram->slot_data(0), src2.data(), record);
+  EXPECT_NE(dev->copy_in(dev->slot_data(0), ram->slot_data(0), record), nullptr);
+  dev->copy_in(dev->slot_data(1), ram->slot_data(1), record);
+  const uint64_t window = dev->close_window();
+  EXPECT_GT(window, 0u);
+  while (!dev->landed(window)) {
+  }
+  const TierMemory::Transferred moved = dev->take_transferred();
+  EXPECT_EQ(moved.bytes, double(3 * record));  // the fenced copy, then this window's two
+  EXPECT_GT(moved.seconds, 0.0);
+  EXPECT_EQ(dev->take_transferred().bytes, 0.0);
+  gpu_->download(slot_tensor(0), back.data(), back.size());
+  EXPECT_EQ(back, src2);
+  gpu_->download(slot_tensor(1), back.data(), back.size());
   EXPECT_EQ(back, src);
 }
 

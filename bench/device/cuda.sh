@@ -8,7 +8,8 @@
 # VARIANTS ("name:flags;..."), GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host
 # time per layer), NSYS=1 (Nsight Systems kernel/API summaries of resident decode, when nsys is
 # installed), NCU=1 (each kernel's time and DRAM bytes over a window of decode launches:
-# NCU_SKIP, NCU_COUNT), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT reads: bench
+# NCU_SKIP, NCU_COUNT), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
+# measured ceilings), REAL=1 (the bundled model's real routing: REAL_VARIANTS), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT reads: bench
 # with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh: DeepSeek-V3 /
 # Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), OUT.
 set -uo pipefail
@@ -58,6 +59,26 @@ for v in "${variants[@]}"; do
     > "$OUTD/bench-$name.txt" 2>&1
   echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|host)' "$OUTD/bench-$name.txt"
 done
+if [ "${DIRECT:-0}" = 1 ]; then  # experts from storage (O_DIRECT, 1 GiB RAM tier), with the ceilings
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
+  "$MF" bench -m "$PKG" --backend cuda --prompt-len 64 --gen-len "${GEN:-128}" --repeat 3 \
+    --io direct --ram-cache 1G --gpu-mem 0 --json "$OUTD/bench-direct.json" \
+    > "$OUTD/bench-direct.txt" 2>&1
+  echo "== direct (--io direct --ram-cache 1G --gpu-mem 0)"
+  grep -E '^(decode|experts|hits|copies|host|storage|ceilings)' "$OUTD/bench-direct.txt"
+fi
+if [ "${REAL:-0}" = 1 ]; then  # the bundled model's real routing: GPU-tier hits, prefetch accuracy
+  IFS=";" read -ra real <<< "${REAL_VARIANTS:-gpu25:--gpu-mem 25%;gpu25-lookahead:--gpu-mem 25% --prefetch lookahead}"
+  for v in "${real[@]}"; do
+    name=${v%%:*}; flags=${v#*:}
+    # shellcheck disable=SC2086
+    "$MF" bench -m models/moeflux-tiny-kjv --backend cuda --prompt-len 64 --gen-len 256 --repeat 3 \
+      --no-ceilings --ram-cache 1G --keep-cache $flags --json "$OUTD/real-$name.json" \
+      > "$OUTD/real-$name.txt" 2>&1
+    echo "== real routing, $name ($flags)"
+    grep -E '^(decode|experts|hits|copies|host|prefetch)' "$OUTD/real-$name.txt"
+  done
+fi
 if [ "${PROFILE:-0}" = 1 ]; then  # each op's own GPU time (serialised), resident experts
   MOEFLUX_CUDA_PROFILE=1 "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len 64 \
     --repeat 1 --no-ceilings --gpu-mem all > "$OUTD/profile.txt" 2>&1

@@ -41,7 +41,10 @@ struct TierStats {
   uint64_t evictions = 0;       // records pushed out to make room
   double copy_seconds = 0;      // host time spent issuing (or doing) promotion copies (upper tiers)
   uint64_t copied_bytes = 0;    // bytes promoted in (upper tiers)
-  double transfer_seconds = 0;  // time those copies took where they ran (device tiers; 0 else)
+  // Of those, the copies timed where they ran (device tiers; 0 else), once they have landed:
+  // their bytes and time (copy windows, TierMemory::take_transferred).
+  double transfer_bytes = 0;
+  double transfer_seconds = 0;
 };
 
 class CacheTier {

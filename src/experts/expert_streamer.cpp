@@ -123,6 +123,13 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
 }
 
 ExpertStreamer::~ExpertStreamer() {
+  // Copies in flight read from the slower tiers' slots: let them land first.
+  for (size_t t = 0; t + 1 < tiers_.size(); ++t) {
+    try {
+      tiers_[t]->memory().fence();
+    } catch (const Error&) {
+    }
+  }
   // Reads in flight write into the RAM tier: let them finish before anything is freed.
   for (const auto& s : tiers_.back()->slots())
     if (s->read_in_flight) {
@@ -175,7 +182,12 @@ TierSlot* ExpertStreamer::take_ram_slot() {
   CacheTier& ram = *tiers_.back();
   TierSlot* s;
   while (!(s = ram.take_free(spare_hot_, evicted_from_ram_))) {
-    // Every slot is pinned or loading: wait for some unpinned read to land.
+    // Every slot is pinned or loading. Sources of copies still in flight: wait for the copies.
+    if (!draining_.empty()) {
+      fence_upper_tiers();
+      continue;
+    }
+    // Else wait for some unpinned read to land.
     TierSlot* busy = nullptr;
     for (const auto& c : ram.slots())
       if (c->occupied && c->pins == 0 && c->read_in_flight) busy = c.get();
@@ -297,13 +309,33 @@ TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier,
   return fastest;
 }
 
-void ExpertStreamer::fence_upper_tiers() {
+void ExpertStreamer::count_transferred() {
   for (size_t t = 0; t + 1 < tiers_.size(); ++t) {
-    TierMemory& m = tiers_[t]->memory();
-    const double before = m.transfer_seconds();
-    m.fence();
-    tiers_[t]->stats.transfer_seconds += m.transfer_seconds() - before;
+    const TierMemory::Transferred x = tiers_[t]->memory().take_transferred();
+    tiers_[t]->stats.transfer_bytes += x.bytes;
+    tiers_[t]->stats.transfer_seconds += x.seconds;
   }
+}
+
+void ExpertStreamer::fence_upper_tiers() {
+  for (size_t t = 0; t + 1 < tiers_.size(); ++t) tiers_[t]->memory().fence();
+  count_transferred();
+  for (const Pin& p : draining_) unpin(p);
+  draining_.clear();
+}
+
+void ExpertStreamer::unpin_landed_sources() {
+  if (draining_.empty()) return;
+  TierMemory& top = tiers_.front()->memory();
+  size_t kept = 0;
+  for (const Pin& p : draining_) {
+    if (top.landed(p.window))
+      unpin(p);
+    else
+      draining_[kept++] = p;
+  }
+  draining_.resize(kept);
+  count_transferred();
 }
 
 int ExpertStreamer::tier_of(int layer, int expert) {
@@ -324,6 +356,7 @@ int ExpertStreamer::request(int layer, std::span<const int> experts,
                             std::span<const uint8_t> on_host) {
   MF_ASSERT(on_host.empty() || on_host.size() == experts.size());
   const int ticket = next_ticket_++;
+  unpin_landed_sources();
   LayerStreamStats& ls = stats_.layers[layer];
   score_predictions(layer, experts);
   const size_t ram_tier = tiers_.size() - 1;
@@ -364,7 +397,7 @@ int ExpertStreamer::request(int layer, std::span<const int> experts,
     }
     en.slot = s;
     ++s->pins;
-    pinned_.push_back({en.tier, s, ticket});
+    pinned_.push_back({en.tier, s, ticket, 0});
     entries_.push_back(en);
   }
   stats_.storage_reads += reads_.size();
@@ -413,7 +446,7 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
   if (e.tier > 0) {
     TierSlot* top = promote(expert_key(e.layer, e.expert), *s, e.tier, &copied);
     ++top->pins;
-    pinned_.push_back({0, top, e.ticket});
+    pinned_.push_back({0, top, e.ticket, 0});
     s = top;
   }
   ready.push_back({e.index, e.expert, s->data, copied, false});
@@ -474,13 +507,21 @@ void ExpertStreamer::abandon_all() {
 }
 
 void ExpertStreamer::release(int ticket) {
-  fence_upper_tiers();  // the copies' sources may be reused once unpinned
+  // Copies into the host tiers between the RAM tier and the fastest complete at once (fence is
+  // free there); the fastest tier's window closes without a wait, and the records in slower
+  // tiers — the copies' sources — stay pinned until it has landed (unpin_landed_sources).
+  for (size_t t = 1; t + 1 < tiers_.size(); ++t) tiers_[t]->memory().fence();
+  const uint64_t window = tiers_.front()->memory().close_window();
   size_t kept = 0;
-  for (const Pin& p : pinned_) {
-    if (p.ticket == ticket)
-      unpin(p);
-    else
+  for (Pin p : pinned_) {
+    if (p.ticket != ticket) {
       pinned_[kept++] = p;
+    } else if (window != 0 && p.tier > 0) {
+      p.window = window;
+      draining_.push_back(p);
+    } else {
+      unpin(p);
+    }
   }
   pinned_.resize(kept);
   kept = 0;

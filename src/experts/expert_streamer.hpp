@@ -16,9 +16,11 @@
 // compute (prompt evaluation). At most two requests are outstanding.
 //
 // Promotion copies into a device tier are asynchronous: a handed-out record carries its copy's
-// readiness (ExpertHandle::ready), which the backend's compute waits for on the device, and
-// release() waits for the copies before it unpins their sources. Into a host-accessible tier the
-// CPU computes from directly, records are handed out complete (take_ready fences).
+// readiness (ExpertHandle::ready), which the backend's compute waits for on the device.
+// release() does not wait for the copies: their sources stay pinned until the copy window they
+// belong to has landed (polled by the next request; waited for only when the RAM tier has no
+// other slot to give). Into a host-accessible tier the CPU computes from directly, records are
+// handed out complete (take_ready fences).
 //
 // Host compute (hybrid CPU/GPU): request() may ask for some records to be handed out where they
 // are in the RAM tier (ExpertHandle::on_host) instead of being promoted, for the CPU to compute
@@ -150,8 +152,8 @@ class ExpertStreamer {
   // Throws moeflux::Error if a read fails; the streamer stays usable (every outstanding ticket
   // is dropped: failed records forgotten, pins released).
   bool take_ready(int ticket, std::vector<ExpertHandle>& ready);
-  // Waits for the promotion copies issued so far, then unpins the records of `ticket` (they
-  // stay cached as the tiers' budgets allow).
+  // Unpins the records of `ticket` (they stay cached as the tiers' budgets allow); records that
+  // are sources of copies still in flight stay pinned until those land. Does not wait.
   void release(int ticket);
 
   // request + take_ready until done, copies fenced: out[i] points at the whole record of
@@ -173,6 +175,7 @@ class ExpertStreamer {
     size_t tier;
     TierSlot* slot;
     int ticket;
+    uint64_t window;  // draining_: the fastest tier's copy window it is a source of
   };
   // One requested record of an outstanding ticket.
   struct Entry {
@@ -203,9 +206,13 @@ class ExpertStreamer {
   // A RAM-tier record dropped before any acquire used it: its prefetch reads were wasted.
   void count_wasted_prefetch(const TierSlot& s);
   void unpin(const Pin& p);
-  // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous) and
-  // counts the time the copies took (TierStats::transfer_seconds).
+  // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous),
+  // counts what the copies took (TierStats::transfer_*) and unpins every draining source.
   void fence_upper_tiers();
+  // Unpins the draining sources whose copy windows have landed. Does not wait.
+  void unpin_landed_sources();
+  // Moves what the tiers' memories measured of landed copies into TierStats.
+  void count_transferred();
   // Hands out entry e: checks its read, retries a failed prefetch read once, promotes it.
   // Returns false if its read is still in flight.
   bool try_take(Entry& e, std::vector<ExpertHandle>& ready);
@@ -219,6 +226,9 @@ class ExpertStreamer {
   std::function<bool(uint64_t)> spare_hot_;
   std::function<void(TierSlot&)> evicted_from_ram_;
   std::vector<Pin> pinned_;
+  // Released records that are sources of copies into the fastest tier not known to have landed:
+  // pinned (not reusable) until their window lands.
+  std::vector<Pin> draining_;
   std::vector<Entry> entries_;          // of the outstanding tickets
   std::vector<ReadOp*> reads_;          // scratch: reads to submit
   std::vector<ExpertHandle> handles_;   // scratch of acquire()

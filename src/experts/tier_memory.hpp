@@ -5,8 +5,14 @@
 // copy from a slower tier's slot (promotion). A copy may be asynchronous (a GPU tier queues
 // host->device copies): copy_in returns the copy's readiness (an event of the backend's copy
 // stream, which ops wait for on the device: ExpertTask::ready), or null when the record is
-// complete on return. fence() waits on the host for every copy issued so far: afterwards their
-// sources may be overwritten.
+// complete on return.
+//
+// Copies are grouped in windows: a window opens with the first copy after the last close and
+// ends at close_window(), which does not wait. A new window's copies may overwrite slots that
+// compute issued before it still reads: the memory orders them after that compute (a GPU tier:
+// its copy stream waits for the compute stream on the device). A copy's source must stay
+// unchanged until its window has landed (landed(), polled) or until fence(), which waits on the
+// host for every copy issued so far.
 //
 // Invariant the streamer relies on: every tier except the fastest is host-accessible, because
 // promotions copy *from* host memory. The fastest tier may be device memory (CUDA backend).
@@ -24,12 +30,22 @@ class TierMemory {
   virtual uint8_t* slot_data(size_t slot) = 0;
   // Copies `bytes` from host memory into `dst` (a slot of this tier). May return before the
   // copy is done: then returns its readiness (valid until the next copy into `dst`), else null.
-  // The source must stay unchanged until fence().
+  // The source must stay unchanged until the copy's window has landed.
   virtual const void* copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) = 0;
+  // Ends the open copy window without waiting: returns its id (ids increase from 1), or 0 when
+  // no copy is outstanding (every copy so far is complete, e.g. synchronous memory).
+  virtual uint64_t close_window() { return 0; }
+  // Whether every copy of window `id`, and of every window before it, has landed. Does not wait.
+  virtual bool landed(uint64_t id) { return id == 0; }
+  // Closes the open window and waits on the host until every copy issued so far has landed.
   virtual void fence() = 0;
-  // Time the copies took where they ran (device time from the first copy of a fence window
-  // starting to its last one ending, summed over the windows fenced so far); 0 when unknown.
-  virtual double transfer_seconds() const { return 0; }
+  // Copies whose windows are known to have landed since the last call: the bytes they moved
+  // and the time they took where they ran (device time from a window's first copy starting to
+  // its last one ending, summed over windows); zeros when unknown (synchronous memory).
+  struct Transferred {
+    double bytes = 0, seconds = 0;
+  };
+  virtual Transferred take_transferred() { return {}; }
   virtual bool host_accessible() const = 0;  // the CPU can read (and copy from) the slots
   virtual const char* kind() const = 0;      // "host", "cuda", ...
 };

@@ -254,9 +254,9 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
   HostExperts* hx = ctx.host_experts && ctx.host_experts->usable(T) ? ctx.host_experts : nullptr;
   bool x_on_host = false;
   // The compute tier's copy counters before the layer: the planner learns the copy rate from
-  // this layer's device-timed copies.
+  // the device-timed copies that landed meanwhile (this layer's, or the ones before).
   const TierStats& copies = st.stats().tiers.front();
-  const double copied_before = static_cast<double>(copies.copied_bytes);
+  const double copied_before = copies.transfer_bytes;
   const double transfer_before = copies.transfer_seconds;
   // The CPU's share of group g (hybrid), flags per expert; empty: the GPU computes all.
   auto plan = [&](size_t g) -> std::span<const uint8_t> {
@@ -325,7 +325,7 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
     ticket = next;
   }
   if (hx)
-    hx->planner.observe_copy(static_cast<double>(copies.copied_bytes) - copied_before,
+    hx->planner.observe_copy(copies.transfer_bytes - copied_before,
                              copies.transfer_seconds - transfer_before);
   if (!extra_done) ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), {extra, 1}, ctx.ws.slots);
   if (ctx.timings) {  // move the time blocked on reads from "experts" to "io_wait"

@@ -88,7 +88,7 @@ json layer_stats_json(const ExpertStreamer& streamer, uint64_t tokens) {
          // Copies into this tier timed where they ran (a GPU tier: host->device over PCIe).
          {"copied_bytes_per_token", double(ts.copied_bytes) * per_tok},
          {"transfer_gb_s",
-          ts.transfer_seconds > 0 ? double(ts.copied_bytes) / ts.transfer_seconds / 1e9 : 0.0}});
+          ts.transfer_seconds > 0 ? ts.transfer_bytes / ts.transfer_seconds / 1e9 : 0.0}});
   }
   hit_rate["prefetch"] = t.prefetch_hits / req;
   hit_rate["miss"] = t.misses / req;

@@ -1,18 +1,22 @@
 // Expert cache tiers of the CUDA backend: the compute tier in device memory, and the RAM tier
 // in page-locked host memory (DMA at full PCIe speed, and asynchronous copies at all).
 //
-// Copies into the device tier run on the backend's copy stream. Three orderings matter:
+// Copies into the device tier run on the backend's copy stream, in windows (TierMemory). Three
+// orderings matter:
 //   - a slot being overwritten may still be read by compute issued earlier (an evicted record
-//     of a previous layer): the first copy after a fence waits for the compute stream's work
-//     issued so far (an event, not a host wait);
+//     of a previous layer): a window's first copy waits for the compute stream's work issued so
+//     far (an event, not a host wait);
 //   - compute must not read a record before it lands: each copy records its slot's event, which
 //     copy_in returns and expert_ffn waits for on the device (compute of records that are
 //     already there, or land early, overlaps the copies still running);
-//   - the source RAM slot may be reused once the streamer's pins drop: the streamer calls
-//     fence(), a host wait for the copy stream, before it unpins.
+//   - the source RAM slot may be reused once its window has landed: each window ends with an
+//     event of its own, which landed() queries and fence() waits for; the streamer keeps the
+//     sources pinned until then, so the host never waits for copies in the decode loop.
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.cuh"
@@ -42,58 +46,100 @@ class DeviceTierMemory final : public TierMemory {
            std::to_string(slots) + " expert records (lower --gpu-mem)");
     }
     MF_CUDA(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
-    MF_CUDA(cudaEventCreate(&window_start_));
-    for (cudaEvent_t& e : landed_) MF_CUDA(cudaEventCreate(&e));  // timed: they end windows
+    for (cudaEvent_t& e : landed_) MF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    for (Window& w : windows_) {  // timed: they measure the copies' device time
+      MF_CUDA(cudaEventCreate(&w.start));
+      MF_CUDA(cudaEventCreate(&w.end));
+    }
   }
   ~DeviceTierMemory() override {
     cudaStreamSynchronize(be_.copy_stream());
     for (cudaEvent_t e : landed_) cudaEventDestroy(e);
-    cudaEventDestroy(window_start_);
+    for (Window& w : windows_) {
+      cudaEventDestroy(w.start);
+      cudaEventDestroy(w.end);
+    }
     cudaEventDestroy(compute_done_);
     cudaFree(arena_);
   }
   uint8_t* slot_data(size_t slot) override { return aligned_slot(arena_, slot, record_bytes_); }
   const void* copy_in(uint8_t* dst, const uint8_t* src_host, size_t bytes) override {
-    if (!open_) {
-      MF_CUDA(cudaEventRecord(compute_done_, be_.stream()));
-      MF_CUDA(cudaStreamWaitEvent(be_.copy_stream(), compute_done_, 0));
-      MF_CUDA(cudaEventRecord(window_start_, be_.copy_stream()));
-      open_ = true;
-    }
+    if (!open_) open_window();
     MF_CUDA(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, be_.copy_stream()));
     const size_t slot = size_t(dst - slot_data(0)) / record_bytes_;
     MF_ASSERT(slot < landed_.size() && dst == slot_data(slot));
     MF_CUDA(cudaEventRecord(landed_[slot], be_.copy_stream()));
-    last_ = landed_[slot];
-    return last_;
+    window(closed_ + 1).bytes += double(bytes);
+    return landed_[slot];
+  }
+  uint64_t close_window() override {
+    if (!open_) return 0;
+    MF_CUDA(cudaEventRecord(window(closed_ + 1).end, be_.copy_stream()));
+    open_ = false;
+    return ++closed_;
+  }
+  bool landed(uint64_t id) override {
+    MF_ASSERT(id <= closed_);
+    while (harvested_ < id) {
+      const cudaError_t q = cudaEventQuery(window(harvested_ + 1).end);
+      if (q == cudaErrorNotReady) return false;
+      MF_CUDA(q);
+      harvest();
+    }
+    return true;
   }
   void fence() override {
-    if (!open_) return;
-    // The copies run in order: the last one landed, all have. (An event recorded now would
-    // time the fence's call, which may come long after the copies.)
-    MF_CUDA(cudaEventSynchronize(last_));
-    float ms = 0;
-    if (cudaEventElapsedTime(&ms, window_start_, last_) == cudaSuccess)
-      transfer_seconds_ += 1e-3 * double(ms);
-    else
-      cudaGetLastError();
-    open_ = false;
+    close_window();
+    if (harvested_ < closed_) MF_CUDA(cudaEventSynchronize(window(closed_).end));
+    while (harvested_ < closed_) harvest();  // in stream order: the last landed, all have
   }
-  double transfer_seconds() const override { return transfer_seconds_; }
+  Transferred take_transferred() override { return std::exchange(transferred_, Transferred{}); }
   bool host_accessible() const override { return false; }
   const char* kind() const override { return "cuda"; }
 
  private:
+  // A copy window on the copy stream, timed: its start, and its end (after its last copy).
+  struct Window {
+    cudaEvent_t start = nullptr, end = nullptr;
+    double bytes = 0;
+  };
+  Window& window(uint64_t id) { return windows_[id % windows_.size()]; }
+
+  void open_window() {
+    // Its ring entry is reused: an old window not yet harvested has long landed; wait anyway.
+    if (closed_ + 1 - harvested_ > windows_.size()) {
+      MF_CUDA(cudaEventSynchronize(window(harvested_ + 1).end));
+      harvest();
+    }
+    MF_CUDA(cudaEventRecord(compute_done_, be_.stream()));
+    MF_CUDA(cudaStreamWaitEvent(be_.copy_stream(), compute_done_, 0));
+    Window& w = window(closed_ + 1);
+    MF_CUDA(cudaEventRecord(w.start, be_.copy_stream()));
+    w.bytes = 0;
+    open_ = true;
+  }
+  // Counts the oldest window not yet harvested, which has landed.
+  void harvest() {
+    Window& w = window(++harvested_);
+    float ms = 0;
+    if (cudaEventElapsedTime(&ms, w.start, w.end) == cudaSuccess) {
+      transferred_.bytes += w.bytes;
+      transferred_.seconds += 1e-3 * double(ms);
+    } else {
+      cudaGetLastError();
+    }
+  }
+
   CudaBackend& be_;
   size_t record_bytes_;
   void* arena_ = nullptr;
   cudaEvent_t compute_done_ = nullptr;
-  // The copy window (first copy after a fence to the last before the next) on the copy
-  // stream, timed: its start, and the last copy's landing.
-  cudaEvent_t window_start_ = nullptr, last_ = nullptr;
   std::vector<cudaEvent_t> landed_;  // per slot: its last copy has landed
-  bool open_ = false;                // copies issued since the last fence
-  double transfer_seconds_ = 0;
+  std::array<Window, 64> windows_;   // window id i at windows_[i % 64]
+  uint64_t closed_ = 0;              // windows closed: ids 1..closed_
+  uint64_t harvested_ = 0;           // windows known landed and counted: ids 1..harvested_
+  bool open_ = false;                // window closed_ + 1 has copies
+  Transferred transferred_;          // harvested since take_transferred()
 };
 
 class PinnedTierMemory final : public TierMemory {
