@@ -81,6 +81,7 @@ TEST_P(CacheTiers, ResultsDoNotDependOnTiers) {
       std::vector<TierSpec> upper;
       size_t ram;
       PrefetchMode prefetch;
+      size_t prefetch_copies = 0;  // copied up from the first prediction on
     };
     const std::vector<Case> cases = {
         {"fast 0 over ram 0", {host_tier("fast", 0)}, 0, PrefetchMode::None},
@@ -105,6 +106,11 @@ TEST_P(CacheTiers, ResultsDoNotDependOnTiers) {
          2 * rec,
          PrefetchMode::Lookahead},
         {"deferred 0 over ram 0", {deferred_tier("gpu-like", 0)}, 0, PrefetchMode::None},
+        {"deferred 3 over ram 4, prefetch both, copies",
+         {deferred_tier("gpu-like", 3 * rec)},
+         4 * rec,
+         PrefetchMode::Both,
+         3},
         {"fast 2 over deferred mid 6 over ram 2, prefetch both",
          {host_tier("fast", 2 * rec), deferred_tier("mid", 6 * rec)},
          2 * rec,
@@ -115,7 +121,13 @@ TEST_P(CacheTiers, ResultsDoNotDependOnTiers) {
       o.stream.upper_tiers = c.upper;
       o.stream.ram_cache_bytes = c.ram;
       o.stream.prefetch = c.prefetch;
+      o.stream.prefetch_copies = c.prefetch_copies;
+      o.stream.prefetch_copy_after = 0;
       expect_identical(ref, logits(o, chunk), c.what);
+      if (c.prefetch_copies > 0 && chunk == 1) {  // (prompt chunks do not prefetch)
+        EXPECT_GT(last_stream_.prefetch[0].copies + last_stream_.prefetch[1].copies, 0u)
+            << c.what << ": no guess was copied up";
+      }
     }
     EngineOptions hot;
     hot.stream.upper_tiers = {host_tier("fast", 4 * rec)};
@@ -241,7 +253,9 @@ TEST_P(CacheTiers, RecordsForTheCpuStayInTheRamTier) {
 class WindowedCopyMemory final : public TierMemory {
  public:
   WindowedCopyMemory(size_t slots, size_t record_bytes, bool lands_when_polled)
-      : arena_(slots * record_bytes, 4096), record_bytes_(record_bytes), polled_(lands_when_polled) {}
+      : arena_(slots * record_bytes, 4096),
+        record_bytes_(record_bytes),
+        polled_(lands_when_polled) {}
   uint8_t* slot_data(size_t slot) override { return arena_.data() + slot * record_bytes_; }
   const void* copy_in(uint8_t* dst, const uint8_t* src, size_t bytes) override {
     queued_.push_back({dst, src, std::vector<uint8_t>(src, src + bytes), closed_ + 1});
@@ -265,6 +279,7 @@ class WindowedCopyMemory final : public TierMemory {
   Transferred take_transferred() override { return std::exchange(transferred_, Transferred{}); }
   bool host_accessible() const override { return false; }
   const char* kind() const override { return "test-windowed"; }
+  bool window_open() const { return open_; }
   size_t fences = 0, sources_changed = 0;
 
  private:
@@ -295,10 +310,11 @@ class WindowedCopyMemory final : public TierMemory {
   Transferred transferred_;
 };
 
-// release() does not wait for the copies into a device-like tier: their sources stay pinned
-// until the copy window lands — polled by the next request, or, when the RAM tier has no other
-// slot to give, waited for. Either way no source is overwritten (by a storage read into a
-// reused RAM slot) before its copy has landed, and every copied byte is counted once landed.
+// release() does not wait for the copies into a device-like tier (take_ready closes their
+// window, so that it times the copies alone): their sources stay pinned until the window lands
+// — polled by the next request, or, when the RAM tier has no other slot to give, waited for. Either
+// way no source is overwritten (by a storage read into a reused RAM slot) before its copy has
+// landed, and every copied byte is counted once landed.
 TEST_P(CacheTiers, CopySourcesStayPinnedUntilTheirCopiesLand) {
   int layer = 0;
   while (!model_->config().layer_is_moe[layer]) ++layer;
@@ -324,21 +340,112 @@ TEST_P(CacheTiers, CopySourcesStayPinnedUntilTheirCopiesLand) {
       for (int e = 0; e + 1 < experts; e += 2) {
         const int pair[2] = {e, e + 1};
         const int ticket = st.request(layer, pair);
-        while (st.take_ready(ticket, ready))
+        while (st.take_ready(ticket, ready)) {
+          // The copies just issued are a closed window already: its device time ends with
+          // them, not with release() after whatever the host does meanwhile.
+          EXPECT_FALSE(mem->window_open()) << "take_ready left its copies' window open";
           for (const ExpertHandle& h : ready) {
             EXPECT_NE(h.ready, nullptr);  // promoted by an asynchronous copy
             ++handed;
           }
+        }
         st.release(ticket);
       }
     EXPECT_EQ(handed, size_t(experts / 2 * 2 * 2));
-    if (polled) EXPECT_EQ(mem->fences, 0u) << "the decode loop waited for copies";
-    else EXPECT_GT(mem->fences, 0u) << "the RAM tier ran out of slots, yet nothing waited";
+    if (polled)
+      EXPECT_EQ(mem->fences, 0u) << "the decode loop waited for copies";
+    else
+      EXPECT_GT(mem->fences, 0u) << "the RAM tier ran out of slots, yet nothing waited";
     st.release();  // fences the rest
     EXPECT_EQ(mem->sources_changed, 0u) << "a copy's source was reused before it landed";
     const TierStats& gpu = st.stats().tiers.front();
     EXPECT_EQ(gpu.transfer_bytes, double(gpu.copied_bytes));
     EXPECT_GT(gpu.transfer_seconds, 0.0);
+  }
+}
+
+// Prefetch copies: once a prediction kind has proven accurate, its guesses that are in the RAM
+// tier are copied into the fastest tier ahead of use — at once, or, when deferred behind a
+// request, at that ticket's release() (behind the ticket's own copies). The first use of such a
+// record carries the copy's readiness; a guess not used is counted as a wasted copy; a kind that
+// is mostly wrong never copies; prefetch_copies 0 keeps prefetch at the RAM tier, and 1 copies
+// only the first (best) guess.
+TEST_P(CacheTiers, AccuratePredictionsAreCopiedIntoTheFastestTierAhead) {
+  int layer = 0;
+  while (!model_->config().layer_is_moe[layer]) ++layer;
+  const int experts = model_->config().num_experts;
+  ASSERT_GE(experts, 14);
+  const size_t rec = model_->package().manifest().experts.record_bytes;
+  for (const size_t limit : {size_t{2}, size_t{1}, size_t{0}}) {
+    SCOPED_TRACE("prefetch copies " + std::to_string(limit));
+    const bool enabled = limit > 0;
+    WindowedCopyMemory* mem = nullptr;
+    StreamOptions o;
+    o.max_active = 2;
+    o.ram_cache_bytes = size_t(experts) * rec;  // the layer's records all stay in RAM
+    o.prefetch_copies = limit;
+    // Working slots only: a record leaves the tier when released, unless prefetched unused.
+    TierSpec t = host_tier("gpu-like", 0);
+    t.make_memory = [&](size_t slots, size_t record_bytes) {
+      auto m = std::make_unique<WindowedCopyMemory>(slots, record_bytes, /*polled=*/true);
+      mem = m.get();
+      return m;
+    };
+    o.upper_tiers = {t};
+    ExpertStreamer st(model_->package(), o);
+    const int ram = static_cast<int>(st.ram_tier());
+    std::vector<ExpertHandle> ready, handed;
+    auto use = [&](int a, int b) {
+      const int pair[2] = {a, b};
+      const int ticket = st.request(layer, pair);
+      handed.clear();
+      while (st.take_ready(ticket, ready)) handed.insert(handed.end(), ready.begin(), ready.end());
+      st.release(ticket);
+    };
+    for (int e = 0; e + 1 < experts; e += 2) use(e, e + 1);  // every record into the RAM tier
+    // Learning: look-ahead guesses always right, temporal ones always wrong.
+    for (uint64_t i = 0; i < o.prefetch_copy_after / 2; ++i) {
+      const int right[2] = {0, 1}, wrong[2] = {experts - 2, experts - 1};
+      st.prefetch(layer, right, PrefetchKind::Lookahead);
+      st.prefetch(layer, wrong, PrefetchKind::Temporal);
+      use(0, 1);
+    }
+    EXPECT_EQ(st.stats().prefetch[1].copies, 0u) << "copied before the kind proved accurate";
+    // A look-ahead guess is copied up at once.
+    ASSERT_EQ(st.tier_of(layer, 4), ram);
+    const int guess[2] = {4, 5}, temporal[2] = {6, 7};
+    st.prefetch(layer, guess, PrefetchKind::Lookahead);
+    st.prefetch(layer, temporal, PrefetchKind::Temporal);
+    EXPECT_EQ(st.tier_of(layer, 4), enabled ? 0 : ram);
+    EXPECT_EQ(st.tier_of(layer, 5), limit >= 2 ? 0 : ram) << "copied beyond the best guesses";
+    EXPECT_EQ(st.tier_of(layer, 6), ram) << "an inaccurate kind's guess was copied";
+    const uint64_t prefetch_hits = st.stats().layers[layer].prefetch_hits;
+    use(4, 5);
+    ASSERT_EQ(handed.size(), 2u);
+    // Found in the fastest tier, yet the use waits for the copy that put it there.
+    for (const ExpertHandle& h : handed) EXPECT_NE(h.ready, nullptr);
+    EXPECT_EQ(st.stats().layers[layer].prefetch_hits - prefetch_hits, limit);
+    EXPECT_EQ(st.tier_of(layer, 4), ram) << "a used prefetch copy outstayed a zero budget";
+    // A wrong guess is a wasted copy.
+    const int miss[2] = {8, 9};
+    st.prefetch(layer, miss, PrefetchKind::Lookahead);
+    use(10, 11);
+    // Deferred behind a request: copied at its release, after the ticket's own copies.
+    const int later[2] = {12, 13};
+    st.prefetch_after_next_demand(layer, later, PrefetchKind::Lookahead);
+    const int pair[2] = {2, 3};
+    const int ticket = st.request(layer, pair);
+    while (st.take_ready(ticket, ready)) {
+    }
+    EXPECT_EQ(st.tier_of(layer, 12), ram) << "a deferred copy went ahead of the ticket's own";
+    st.release(ticket);
+    EXPECT_EQ(st.tier_of(layer, 12), enabled ? 0 : ram);
+    const PrefetchStats& look = st.stats().prefetch[1];
+    EXPECT_EQ(look.copies, 3 * limit);
+    EXPECT_EQ(look.wasted_copies, limit);
+    EXPECT_EQ(st.stats().prefetch[0].copies, 0u);
+    st.release();
+    EXPECT_EQ(mem->sources_changed, 0u) << "a copy's source was reused before it landed";
   }
 }
 

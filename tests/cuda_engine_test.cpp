@@ -68,11 +68,24 @@ TEST_P(CudaEngine, GpuTierSizeAndPrefetchChangeNothing) {
   EngineOptions prefetch = on("cuda", all_experts_bytes() / 4);
   prefetch.stream.prefetch = PrefetchMode::Both;
   prefetch.stream.ram_cache_bytes = all_experts_bytes() / 2;
-  for (const EngineOptions& o : {slots_only, prefetch}) {
+  prefetch.stream.prefetch_copies = 0;
+  // Guesses copied into the GPU tier from the first one on (uses wait for those copies), into
+  // kept slots or, with --gpu-mem 0, into working slots.
+  EngineOptions copies = prefetch;
+  copies.stream.prefetch_copies = 3;  // of K = 4 guesses
+  copies.stream.prefetch_copy_after = 0;
+  EngineOptions copies_slots = copies;
+  copies_slots.gpu_cache_bytes = 0;
+  for (const EngineOptions& o : {slots_only, prefetch, copies, copies_slots}) {
     const std::vector<float> got = logits(o, 1);
     ASSERT_EQ(got.size(), all.size());
     EXPECT_EQ(std::memcmp(got.data(), all.data(), all.size() * sizeof(float)), 0)
-        << "gpu-mem " << o.gpu_cache_bytes;
+        << "gpu-mem " << o.gpu_cache_bytes << ", prefetch copies " << o.stream.prefetch_copies;
+    const uint64_t copied = last_stream_.prefetch[0].copies + last_stream_.prefetch[1].copies;
+    if (o.stream.prefetch_copies > 0 && o.stream.prefetch != PrefetchMode::None)
+      EXPECT_GT(copied, 0u) << "no guess was copied into the GPU tier";
+    else
+      EXPECT_EQ(copied, 0u);
   }
 }
 

@@ -89,6 +89,28 @@ TEST(HybridPlanner, RatesFollowObservations) {
   EXPECT_EQ(n, 0u);
 }
 
+// The CPU's time per layer is a fixed overhead plus its bytes at a rate: both are recovered
+// from shares of varying size (a bare ratio would call small shares slow), and the overhead
+// keeps a lone record off the CPU when copying it is cheaper.
+TEST(HybridPlanner, LearnsTheCpuOverheadApartFromItsRate) {
+  HybridPlanner p(CpuExpertsMode::Auto, 20e9, 50e9);
+  constexpr double kOverhead = 60e-6, kRate = 50e9, kRecord = 1 << 20;
+  for (int i = 0; i < 200; ++i) {
+    const double bytes = kRecord * (1 + i % 4);
+    p.observe_cpu(bytes, kOverhead + bytes / kRate);
+  }
+  EXPECT_NEAR(p.cpu_overhead(), kOverhead, 1e-6);
+  EXPECT_NEAR(p.cpu_rate(), kRate, 0.01 * kRate);
+  size_t n = 0;
+  // One RAM record: 21 us to copy, 81 us on the CPU: copied.
+  plan(p, {P::Ram}, {1}, &n);
+  EXPECT_EQ(n, 0u);
+  // Eight: the CPU's overhead amortised, it takes a share (the copies' 21 us each against its
+  // 60 + 21 per record: 3 on the CPU end at 123 us, 5 copied at 105).
+  plan(p, std::vector<P>(8, P::Ram), std::vector<size_t>(8, 1), &n);
+  EXPECT_EQ(n, 3u);
+}
+
 TEST(HybridPlanner, ParsesItsModes) {
   EXPECT_EQ(parse_cpu_experts_mode("auto"), CpuExpertsMode::Auto);
   EXPECT_EQ(parse_cpu_experts_mode("all"), CpuExpertsMode::All);

@@ -37,6 +37,7 @@ class StreamingFixture : public testing::TestWithParam<std::string> {
     std::vector<float> all;
     s.eval_prompt(tokens_, &all);
     const LayerStreamStats t = s.streamer().stats().total();
+    last_stream_ = s.streamer().stats();
     EXPECT_EQ(t.requests, t.cache_hits() + t.prefetch_hits + t.misses);
     if (o.stream.ram_cache_bytes == 0 && o.stream.upper_tiers.empty() &&
         o.stream.prefetch == PrefetchMode::None) {
@@ -44,6 +45,8 @@ class StreamingFixture : public testing::TestWithParam<std::string> {
     }
     return all;
   }
+
+  StreamStats last_stream_;  // of the last logits() call
 
   size_t all_experts_bytes() const {
     const auto& m = model_->package().manifest();

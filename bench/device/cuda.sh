@@ -4,7 +4,8 @@
 # with the CPU backend, GPU-tier invariance), parity against transformers' references with the
 # CLI on the GPU (MOEFLUX_BACKEND=cuda), optionally compute-sanitizer, then `bench` on a
 # synthesized Qwen3-30B-A3B-shaped 8-layer 4-bit package for each GPU-tier size.
-# Environment: TESTS (gtest filter; "" skips), SANITIZE=1 (SANITIZE_TIMEOUT s, 300),
+# Environment: TESTS (gtest filter; "" skips), SANITIZE=1 (SANITIZE_RUNS "tool=filter;...",
+# SANITIZE_TIMEOUT s each, 300),
 # VARIANTS ("name:flags;..."), GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host
 # time per layer), NSYS=1 (Nsight Systems kernel/API summaries of resident decode, when nsys is
 # installed), NCU=1 (each kernel's time and DRAM bytes over a window of decode launches:
@@ -40,12 +41,17 @@ if [ -n "$FILTER" ]; then
   grep -E '^\[  FAILED|cuda parity' "$OUTD/tests.log" | head -20
 fi
 if [ "${SANITIZE:-0}" = 1 ]; then
-  ( cd "$BUILD/tests" && LD_LIBRARY_PATH="$MF_DIR/lib" timeout "${SANITIZE_TIMEOUT:-300}" \
-      compute-sanitizer --tool memcheck \
-      --report-api-errors no --error-exitcode 9 "$MF_DIR/moeflux_tests" \
-      --gtest_filter='*CudaEngine*:CudaOps.*' \
-      > "$OUTD/sanitizer.log" 2>&1 )
-  echo "compute-sanitizer memcheck: exit $? — $(grep -E "ERROR SUMMARY|^\[  (PASSED|FAILED)" "$OUTD/sanitizer.log" | tr "\n" " ")"
+  # SANITIZE_RUNS: "tool=gtest filter;..." (compute-sanitizer tools: memcheck, racecheck,
+  # synccheck, initcheck), each within SANITIZE_TIMEOUT seconds, into $OUT/sanitizer-TOOL.log.
+  IFS=";" read -ra runs <<< "${SANITIZE_RUNS:-memcheck=*CudaEngine*:CudaOps.*}"
+  for r in "${runs[@]}"; do
+    tool=${r%%=*}; filter=${r#*=}
+    ( cd "$BUILD/tests" && LD_LIBRARY_PATH="$MF_DIR/lib" timeout "${SANITIZE_TIMEOUT:-300}" \
+        compute-sanitizer --tool "$tool" --report-api-errors no --error-exitcode 9 \
+        "$MF_DIR/moeflux_tests" --gtest_filter="$filter" > "$OUTD/sanitizer-$tool.log" 2>&1 )
+    echo "compute-sanitizer $tool ($filter): exit $? — $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[  (PASSED|FAILED)" "$OUTD/sanitizer-$tool.log" | tr "\n" " ")"
+    grep -E -A6 "Failure$" "$OUTD/sanitizer-$tool.log" | head -24
+  done
 fi
 
 PKG=/tmp/q30-8

@@ -65,6 +65,7 @@ void CacheTier::insert(TierSlot& s, uint64_t key) {
   s.occupied = true;
   s.prefetched = false;
   s.prefetch_kinds = 0;
+  s.copy_ready = nullptr;
   index_[key] = &s;
   policy_->on_insert(key);
   ++stats.fills;
@@ -77,6 +78,7 @@ void CacheTier::drop(TierSlot& s) {
   s.occupied = false;
   s.prefetched = false;
   s.prefetch_kinds = 0;
+  s.copy_ready = nullptr;
   free_.push_back(&s);
 }
 

@@ -32,15 +32,18 @@ struct TierSlot {
   bool read_in_flight = false;  // storage read submitted, completion not yet observed
   bool prefetched = false;      // brought by a prefetch and not yet used
   uint8_t prefetch_kinds = 0;   // bit k: PrefetchKind k asked for it
-  ReadOp op;                    // the storage read that fills it (the RAM tier only)
+  // The readiness of an asynchronous copy into it that no compute has waited for yet (a
+  // prefetch promoted the record into a device tier): the first use waits for it.
+  const void* copy_ready = nullptr;
+  ReadOp op;  // the storage read that fills it (the RAM tier only)
 };
 
 struct TierStats {
-  uint64_t hits = 0;            // requests served from this tier (prefetched records included)
-  uint64_t fills = 0;           // records that entered it (storage reads or promotions)
-  uint64_t evictions = 0;       // records pushed out to make room
-  double copy_seconds = 0;      // host time spent issuing (or doing) promotion copies (upper tiers)
-  uint64_t copied_bytes = 0;    // bytes promoted in (upper tiers)
+  uint64_t hits = 0;          // requests served from this tier (prefetched records included)
+  uint64_t fills = 0;         // records that entered it (storage reads or promotions)
+  uint64_t evictions = 0;     // records pushed out to make room
+  double copy_seconds = 0;    // host time spent issuing (or doing) promotion copies (upper tiers)
+  uint64_t copied_bytes = 0;  // bytes promoted in (upper tiers)
   // Of those, the copies timed where they ran (device tiers; 0 else), once they have landed:
   // their bytes and time (copy windows, TierMemory::take_transferred).
   double transfer_bytes = 0;

@@ -116,6 +116,16 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
       opts.reader_factory ? opts.reader_factory(pkg, opts.io) : make_expert_reader(pkg, opts.io);
   spare_hot_ = [this](uint64_t k) { return is_hot(key_layer(k), key_expert(k)); };
   evicted_from_ram_ = [this](TierSlot& v) { count_wasted_prefetch(v); };  // evicted unused
+  // The fastest tier spares records copied there by a prefetch until their use is scored.
+  spare_top_ = [this](uint64_t k) {
+    const TierSlot* s = tiers_.front()->find(k);
+    return is_hot(key_layer(k), key_expert(k)) || (s && s->prefetched);
+  };
+  evicted_from_top_ = [this](TierSlot& v) {  // (only above the RAM tier)
+    if (!v.prefetched) return;
+    for (int k = 0; k < 2; ++k)
+      if (v.prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_copies;
+  };
   predicted_.resize(c.num_layers);
   use_counts_.assign(c.num_layers, std::vector<uint32_t>(c.num_experts, 0));
   hot_threshold_.assign(c.num_layers, 0);
@@ -218,10 +228,14 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
   stats_.prefetch[k].predictions += experts.size();
   std::vector<ReadOp*>& ops = reads_;
   ops.clear();
-  for (int e : experts) {
+  const size_t copies = tiers_.size() > 1 && copies_earned(k) ? opts_.prefetch_copies : 0;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const int e = experts[i];
     TierSlot* s = nullptr;
-    if (locate(expert_key(layer, e), &s) >= 0) {  // already cached somewhere, or on its way
+    const uint64_t key = expert_key(layer, e);
+    if (const int t = locate(key, &s); t >= 0) {  // already cached somewhere, or on its way
       if (s->prefetched) s->prefetch_kinds |= static_cast<uint8_t>(1 << k);
+      if (t > 0 && i < copies) copy_queue_.emplace_back(key, k);
       continue;
     }
     s = tiers_.back()->take_free(spare_hot_, evicted_from_ram_);
@@ -234,6 +248,53 @@ void ExpertStreamer::prefetch(int layer, std::span<const int> experts, PrefetchK
   }
   stats_.storage_reads += ops.size();
   if (!ops.empty()) reader_->submit(ops);
+  if (!in_request_) issue_prefetch_copies();
+}
+
+bool ExpertStreamer::copies_earned(int k) const {
+  return scored_[k] >= opts_.prefetch_copy_after &&
+         double(scored_correct_[k]) >= kMinCopyAccuracy * double(scored_[k]);
+}
+
+void ExpertStreamer::issue_prefetch_copies() {
+  if (copy_queue_.empty()) return;
+  CacheTier& top = *tiers_.front();
+  const size_t first_source = draining_.size();
+  for (const auto& [key, k] : copy_queue_) {
+    TierSlot* src = nullptr;
+    const int t = locate(key, &src);
+    if (t <= 0) continue;  // copied up meanwhile, or gone
+    if (tiers_[t]->loading(*src) || src->op.state.load(std::memory_order_acquire) == ReadOp::Failed)
+      continue;  // not readable yet: a use will promote it
+    TierSlot* dst = top.take_free(spare_top_, evicted_from_top_);
+    if (!dst) break;
+    const auto t0 = std::chrono::steady_clock::now();
+    const void* ready = top.memory().copy_in(dst->data, src->data, record_bytes_);
+    top.stats.copy_seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    top.stats.copied_bytes += record_bytes_;
+    top.insert(*dst, key);
+    dst->copy_ready = ready;
+    // The prefetched mark moves up with the record: its use (or waste) is counted once, there.
+    dst->prefetched = true;
+    dst->prefetch_kinds =
+        static_cast<uint8_t>((1 << k) | (src->prefetched ? src->prefetch_kinds : 0));
+    src->prefetched = false;
+    src->prefetch_kinds = 0;
+    ++stats_.prefetch[k].copies;
+    ++src->pins;  // the copy's source, until its window lands
+    draining_.push_back({static_cast<size_t>(t), src, -1, 0});
+  }
+  copy_queue_.clear();
+  // One window of their own: it waits for the compute issued so far (the slots taken may be
+  // read by it), and the sources drain as release()'s do.
+  const uint64_t window = top.memory().close_window();
+  for (size_t i = first_source; i < draining_.size(); ++i) draining_[i].window = window;
+  if (window == 0) {  // memory without windows (host): land them now (free when synchronous)
+    top.memory().fence();
+    for (size_t i = first_source; i < draining_.size(); ++i) unpin(draining_[i]);
+    draining_.resize(first_source);
+  }
 }
 
 void ExpertStreamer::prefetch_after_next_demand(int layer, std::span<const int> experts,
@@ -267,21 +328,30 @@ void ExpertStreamer::wait_for(TierSlot& s, int layer) {
 }
 
 void ExpertStreamer::score_predictions(int layer, std::span<const int> experts) {
-  CacheTier& ram = *tiers_.back();
   for (int k = 0; k < 2; ++k) {
     auto& pred = predicted_[layer][k];
+    scored_[k] += pred.size();
     for (int e : pred) {
       const bool used = std::find(experts.begin(), experts.end(), e) != experts.end();
+      TierSlot* s = nullptr;
+      const int t = used ? -1 : locate(expert_key(layer, e), &s);
       if (used) {
         ++stats_.prefetch[k].correct;
-      } else if (TierSlot* s = ram.find(expert_key(layer, e)); s && s->prefetched) {
-        if (s->prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_reads;
+        ++scored_correct_[k];
+      } else if (t >= 0 && s->prefetched) {
+        CacheTier& tier = *tiers_[t];
+        if (s->prefetch_kinds & (1 << k)) {
+          if (size_t(t) == ram_tier())
+            ++stats_.prefetch[k].wasted_reads;
+          else
+            ++stats_.prefetch[k].wasted_copies;
+        }
         s->prefetch_kinds &= static_cast<uint8_t>(~(1 << k));
         if (s->prefetch_kinds == 0) {
           s->prefetched = false;
           // Without a cache budget a mispredicted record is not kept (unless still loading;
           // then it lingers until evicted and may still serve a later request).
-          if (!ram.keeps_records() && s->pins == 0 && !ram.loading(*s)) ram.drop(*s);
+          if (!tier.keeps_records() && s->pins == 0 && !tier.loading(*s)) tier.drop(*s);
         }
       }
     }
@@ -296,7 +366,8 @@ TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier,
   for (size_t t = src_tier; t-- > 0;) {
     CacheTier& dst_tier = *tiers_[t];
     if (t > 0 && !dst_tier.keeps_records()) continue;  // would be dropped at once
-    TierSlot* dst = dst_tier.take_free(spare_hot_, nullptr);
+    TierSlot* dst = t == 0 ? dst_tier.take_free(spare_top_, evicted_from_top_)
+                           : dst_tier.take_free(spare_hot_, nullptr);
     MF_ASSERT(dst != nullptr);  // nothing loads in an upper tier, and one acquire pins K < 3K
     const auto t0 = std::chrono::steady_clock::now();
     *ready = dst_tier.memory().copy_in(dst->data, src.data, record_bytes_);
@@ -377,7 +448,7 @@ int ExpertStreamer::request(int layer, std::span<const int> experts,
     TierSlot* s = nullptr;
     const int t = locate(key, &s);
     if (t >= 0) {
-      if (s->prefetched) {  // only RAM-tier records are ever prefetched
+      if (s->prefetched) {  // brought by a prefetch read, or a prefetch copy
         ++ls.prefetch_hits;
         s->prefetched = false;
         s->prefetch_kinds = 0;
@@ -412,8 +483,10 @@ int ExpertStreamer::request(int layer, std::span<const int> experts,
   // Guesses about later layers queue behind this layer's demand reads.
   const size_t n = n_deferred_;
   n_deferred_ = 0;
+  in_request_ = true;  // their copies, if any, wait for this ticket's release()
   for (size_t i = 0; i < n; ++i)
     prefetch(deferred_[i].layer, deferred_[i].experts, deferred_[i].kind);
+  in_request_ = false;
   return ticket;
 }
 
@@ -448,6 +521,8 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
     ++top->pins;
     pinned_.push_back({0, top, e.ticket, 0});
     s = top;
+  } else {
+    copied = std::exchange(s->copy_ready, nullptr);  // a prefetch copy: its first use waits
   }
   ready.push_back({e.index, e.expert, s->data, copied, false});
   return true;
@@ -472,8 +547,16 @@ bool ExpertStreamer::take_ready(int ticket, std::vector<ExpertHandle>& ready) {
       }
     }
     // The CPU computes from a host-accessible compute tier directly: its records must be whole.
-    // A device tier's records carry their readiness instead (release() fences).
-    if (tiers_.front()->memory().host_accessible()) fence_upper_tiers();
+    // A device tier's records carry their readiness instead; the copies just issued end their
+    // window here, so that its timing (TierMemory::take_transferred) covers the copies and not
+    // what the host does before release() (the CPU's share of a hybrid layer, waiting for reads).
+    TierMemory& top = tiers_.front()->memory();
+    if (top.host_accessible()) {
+      fence_upper_tiers();
+    } else if (const uint64_t w = top.close_window()) {
+      window_ticket_ = ticket;
+      ticket_window_ = w;
+    }
   } catch (...) {
     abandon_all();
     throw;
@@ -511,7 +594,8 @@ void ExpertStreamer::release(int ticket) {
   // free there); the fastest tier's window closes without a wait, and the records in slower
   // tiers — the copies' sources — stay pinned until it has landed (unpin_landed_sources).
   for (size_t t = 1; t + 1 < tiers_.size(); ++t) tiers_[t]->memory().fence();
-  const uint64_t window = tiers_.front()->memory().close_window();
+  uint64_t window = tiers_.front()->memory().close_window();
+  if (window == 0 && window_ticket_ == ticket) window = ticket_window_;  // closed by take_ready
   size_t kept = 0;
   for (Pin p : pinned_) {
     if (p.ticket != ticket) {
@@ -528,6 +612,7 @@ void ExpertStreamer::release(int ticket) {
   for (const Entry& e : entries_)
     if (e.ticket != ticket) entries_[kept++] = e;
   entries_.resize(kept);
+  issue_prefetch_copies();  // deferred ones: behind this ticket's copies
 }
 
 void ExpertStreamer::acquire(int layer, std::span<const int> experts,
@@ -540,6 +625,7 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
 }
 
 void ExpertStreamer::release() {
+  copy_queue_.clear();
   fence_upper_tiers();
   for (const Pin& p : pinned_) unpin(p);
   pinned_.clear();

@@ -7,7 +7,9 @@
 // copied into every faster tier that keeps records, and always into the fastest (the compute
 // tier), where it stays pinned until release(). Tiers are neither inclusive nor exclusive:
 // records are read-only, so evicting a copy from one tier never touches the others.
-// Prefetch reads into the RAM tier; promotion happens when compute asks.
+// Prefetch reads into the RAM tier. A predicted record already in the RAM tier is promoted into
+// the fastest tier ahead of use (prefetch copies), once that kind of prediction has proven
+// accurate enough (kMinCopyAccuracy); otherwise promotion happens when compute asks.
 //
 // Per-record readiness: request() pins a set of records and starts every miss at once;
 // take_ready() hands records out as they become usable (cache hits at once, misses as their
@@ -36,6 +38,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "experts/cache_tier.hpp"
@@ -73,6 +76,14 @@ struct StreamOptions {
   size_t ram_cache_bytes = 0;         // --ram-cache
   std::string policy = "lfu";  // --cache-policy (default chosen by measurement, docs/PERF.md)
   PrefetchMode prefetch = PrefetchMode::None;
+  // Of each prediction (guesses best first: router order), the first this many that are in the
+  // RAM tier are copied into the fastest tier ahead of use, once the prediction kind's accuracy
+  // has earned it (--prefetch-copies); 0: prefetch stops at the RAM tier.
+  size_t prefetch_copies = 0;
+  // A prediction kind's copies start once this many of its predictions have been scored, at
+  // least ExpertStreamer::kMinCopyAccuracy of them used: below that, copying the guesses would
+  // spend more copy bandwidth on misses than it saves.
+  uint64_t prefetch_copy_after = 128;
   ReaderOptions io;
   int max_active = 8;        // experts per token (K); sizes the working slots
   size_t hot_per_layer = 0;  // --hot N: keep each layer's N most used experts resident
@@ -96,10 +107,12 @@ struct LayerStreamStats {
 };
 
 struct PrefetchStats {
-  uint64_t predictions = 0;   // experts predicted
-  uint64_t correct = 0;       // predicted experts that the next request of that layer used
-  uint64_t reads = 0;         // records read because of a prediction
-  uint64_t wasted_reads = 0;  // of those, not used by the next request of that layer
+  uint64_t predictions = 0;    // experts predicted
+  uint64_t correct = 0;        // predicted experts that the next request of that layer used
+  uint64_t reads = 0;          // records read because of a prediction
+  uint64_t wasted_reads = 0;   // of those, not used by the next request of that layer
+  uint64_t copies = 0;         // records copied into the fastest tier because of a prediction
+  uint64_t wasted_copies = 0;  // of those, not used by the next request of that layer
 };
 
 struct StreamStats {
@@ -128,14 +141,23 @@ class ExpertStreamer {
   ExpertStreamer& operator=(const ExpertStreamer&) = delete;
 
   // Starts reading `experts` of `layer` that are not already present (fire and forget).
-  // Skipped for experts no slot can be freed for.
+  // Skipped for experts no slot can be freed for. Those already in the RAM tier are copied into
+  // the fastest tier (prefetch copies, see StreamOptions::prefetch_copies): at once, or, when
+  // called from request() (a deferred prefetch), by that ticket's release() — behind the
+  // ticket's own copies, which the compute of this layer waits for.
   void prefetch(int layer, std::span<const int> experts, PrefetchKind kind);
+  // The share of a kind's scored predictions that must have been used for its copies to run
+  // (StreamOptions::prefetch_copy_after).
+  static constexpr double kMinCopyAccuracy = 0.5;
   // The same, issued by the next acquire() right after it has submitted its own misses: the
   // reader serves requests in order, so a guess about the next layer never delays the reads
   // this layer is about to wait for, and it runs while those finish and while compute runs.
   void prefetch_after_next_demand(int layer, std::span<const int> experts, PrefetchKind kind);
   // Forgets deferred prefetches not issued yet (the evaluation they belonged to was abandoned).
-  void cancel_deferred_prefetches() { n_deferred_ = 0; }
+  void cancel_deferred_prefetches() {
+    n_deferred_ = 0;
+    copy_queue_.clear();
+  }
 
   // Pins the records of `experts` of `layer` (found in a tier, or read into the RAM tier: every
   // miss submitted at once) and returns a ticket for take_ready / release. Waits for nothing.
@@ -213,6 +235,11 @@ class ExpertStreamer {
   void unpin_landed_sources();
   // Moves what the tiers' memories measured of landed copies into TierStats.
   void count_transferred();
+  // Whether predictions of kind k are accurate enough to copy into the fastest tier.
+  bool copies_earned(int k) const;
+  // Copies the records in copy_queue_ that are still in a slower tier (and not loading) into
+  // the fastest tier, in one window of their own; their sources drain like release()'s.
+  void issue_prefetch_copies();
   // Hands out entry e: checks its read, retries a failed prefetch read once, promotes it.
   // Returns false if its read is still in flight.
   bool try_take(Entry& e, std::vector<ExpertHandle>& ready);
@@ -224,11 +251,17 @@ class ExpertStreamer {
   std::unique_ptr<ExpertReader> reader_;
   std::vector<std::unique_ptr<CacheTier>> tiers_;  // fastest first; back() is the RAM tier
   std::function<bool(uint64_t)> spare_hot_;
+  std::function<bool(uint64_t)> spare_top_;  // the fastest tier: hot, or prefetched unused
+  std::function<void(TierSlot&)> evicted_from_top_;
   std::function<void(TierSlot&)> evicted_from_ram_;
   std::vector<Pin> pinned_;
   // Released records that are sources of copies into the fastest tier not known to have landed:
   // pinned (not reusable) until their window lands.
   std::vector<Pin> draining_;
+  // The fastest tier's last copy window closed by take_ready, and its ticket: release() hands
+  // it to the ticket's copy sources (windows land in order: the last one covers the earlier).
+  int window_ticket_ = -1;
+  uint64_t ticket_window_ = 0;
   std::vector<Entry> entries_;          // of the outstanding tickets
   std::vector<ReadOp*> reads_;          // scratch: reads to submit
   std::vector<ExpertHandle> handles_;   // scratch of acquire()
@@ -242,6 +275,11 @@ class ExpertStreamer {
   // deferred_[0, n_deferred_) are issued by the next request (entries are reused).
   std::vector<DeferredPrefetch> deferred_;
   size_t n_deferred_ = 0;
+  // Prefetch copies waiting for the current ticket's release(): (key, kind).
+  std::vector<std::pair<uint64_t, int>> copy_queue_;
+  bool in_request_ = false;  // prefetch() called by request(): its copies wait (copy_queue_)
+  // Per kind, over the streamer's life (not reset with the stats): predictions scored, used.
+  std::array<uint64_t, 2> scored_{}, scored_correct_{};
   // Last prediction per layer and kind, scored at the layer's next acquire.
   std::vector<std::array<std::vector<int>, 2>> predicted_;
   std::vector<std::vector<uint32_t>> use_counts_;  // [layer][expert], for the hot set

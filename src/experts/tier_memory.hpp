@@ -41,7 +41,8 @@ class TierMemory {
   virtual void fence() = 0;
   // Copies whose windows are known to have landed since the last call: the bytes they moved
   // and the time they took where they ran (device time from a window's first copy starting to
-  // its last one ending, summed over windows); zeros when unknown (synchronous memory).
+  // its close, summed over windows: close a window right after its last copy for that to be the
+  // copies' time); zeros when unknown (synchronous memory).
   struct Transferred {
     double bytes = 0, seconds = 0;
   };

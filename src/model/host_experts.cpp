@@ -1,5 +1,7 @@
 #include "model/host_experts.hpp"
 
+#include <algorithm>
+
 #include "core/error.hpp"
 
 namespace moeflux {
@@ -37,7 +39,8 @@ size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const s
   for (size_t i = 0; i < where.size(); ++i) {
     if (where[i] != RecordPlace::Ram || rows[i] > kMaxRowsPerRecord || mode_ == CpuExpertsMode::Off)
       continue;
-    const double on_cpu = bytes * static_cast<double>(rows[i]) / cpu_rate_;
+    const double on_cpu =
+        (n == 0 ? cpu_overhead_ : 0) + bytes * static_cast<double>(rows[i]) / cpu_rate_;
     if (mode_ == CpuExpertsMode::All || cpu + on_cpu <= gpu + copy) {
       on_host[i] = 1;
       cpu += on_cpu;
@@ -53,6 +56,33 @@ void HybridPlanner::observe(double& rate, double bytes, double seconds) {
   if (!(bytes > 0) || !(seconds > 1e-7)) return;  // nothing measured, or below timer noise
   constexpr double kWeight = 0.2;                 // of the newest observation
   rate = (1 - kWeight) * rate + kWeight * (bytes / seconds);
+}
+
+void HybridPlanner::observe_cpu(double bytes, double seconds) {
+  if (!(bytes > 0) || !(seconds > 1e-7)) return;
+  // seconds = overhead + bytes / rate, fitted by weighted least squares; an observation's
+  // weight decays by kKeep per newer one (a memory of ~1 / (1 - kKeep) layers).
+  constexpr double kKeep = 0.97;
+  LineFit& f = cpu_fit_;
+  f.w = kKeep * f.w + 1;
+  f.x = kKeep * f.x + bytes;
+  f.y = kKeep * f.y + seconds;
+  f.xx = kKeep * f.xx + bytes * bytes;
+  f.xy = kKeep * f.xy + bytes * seconds;
+  const double mx = f.x / f.w, my = f.y / f.w;
+  const double var = f.xx / f.w - mx * mx, cov = f.xy / f.w - mx * my;
+  // The line is trusted when the shares' sizes spread (by 10% of their mean or more) and it
+  // slopes up; its overhead is kept within [0, the mean time].
+  if (f.w >= 4 && var > 0.01 * mx * mx && cov > 0) {
+    const double slope = cov / var;
+    cpu_overhead_ = std::clamp(my - slope * mx, 0.0, my);
+    cpu_rate_ = mx / (my - cpu_overhead_);
+    return;
+  }
+  // Shares all alike: the overhead cannot be told from the rate; keep the overhead, follow the
+  // rate of the rest.
+  const double t = seconds - cpu_overhead_;
+  observe(cpu_rate_, bytes, t > 0.1 * seconds ? t : seconds);
 }
 
 HostExperts::HostExperts(std::unique_ptr<Backend> cpu_backend, CpuExpertsMode mode, size_t h,

@@ -37,11 +37,17 @@ enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
 
 // Splits a layer's experts between the CPU and copies to the GPU, and learns the two rates.
 //   copy time of a record   = record_bytes / copy_rate
-//   CPU time of a record    = record_bytes * rows / cpu_rate      (rows: batch rows using it)
+//   CPU time of a layer's share = cpu_overhead + sum of record_bytes * rows / cpu_rate
+//                                 (rows: batch rows using a record; the overhead is the pool's
+//                                 hand-offs and the scatter of the results, paid once a layer)
 // Greedy, in request order: storage misses load the GPU side first (they are read and copied
 // whatever happens); each RAM-tier record then goes to the side that would finish earlier with
-// it (ties to the CPU). Rates start at a guess and follow the measurements (exponential moving
-// average of each observation's bytes / seconds). A side that gets no work is not measured: once
+// it (ties to the CPU). Rates start at a guess and follow the measurements: the copy rate is an
+// exponential moving average of each observation's bytes / seconds; the CPU's overhead and rate
+// are a least-squares line through its recent (bytes, seconds), exponentially forgotten — a
+// bare ratio would charge the overhead to the bytes, so that a small share looks slow, gets
+// smaller and looks slower (measured: 28.6% on the CPU at 19 GB/s "rate" where 53 GB/s was
+// true; docs/PERF.md). A side that gets no work is not measured: once
 // the CPU's rate makes it lose every split it stays out, and auto acts as off. Probing it again
 // was tried and dropped: a lone record on a pool idle for a while took ~1.5 ms on the GPU host,
 // so the probes cost more than they found (docs/PERF.md, "hybrid expert compute").
@@ -55,10 +61,11 @@ class HybridPlanner {
   // than kMaxRowsPerRecord rows stay on the GPU.
   size_t plan(std::span<const RecordPlace> where, std::span<const size_t> rows, size_t record_bytes,
               std::span<uint8_t> on_host) const;
-  void observe_cpu(double bytes, double seconds) { observe(cpu_rate_, bytes, seconds); }
+  void observe_cpu(double bytes, double seconds);  // one layer's share: its bytes x rows, time
   void observe_copy(double bytes, double seconds) { observe(copy_rate_, bytes, seconds); }
-  double cpu_rate() const { return cpu_rate_; }    // bytes per second (one row)
-  double copy_rate() const { return copy_rate_; }  // bytes per second
+  double cpu_rate() const { return cpu_rate_; }          // bytes per second (one row)
+  double cpu_overhead() const { return cpu_overhead_; }  // seconds per layer with a CPU share
+  double copy_rate() const { return copy_rate_; }        // bytes per second
   CpuExpertsMode mode() const { return mode_; }
 
   static constexpr size_t kMaxRowsPerRecord = 2;
@@ -67,6 +74,11 @@ class HybridPlanner {
   static void observe(double& rate, double bytes, double seconds);
   CpuExpertsMode mode_;
   double cpu_rate_ = 20e9, copy_rate_ = 25e9;  // first guesses; measured from the first layer
+  double cpu_overhead_ = 0;
+  // Exponentially weighted sums over the CPU's observations (x = bytes, y = seconds).
+  struct LineFit {
+    double w = 0, x = 0, y = 0, xx = 0, xy = 0;
+  } cpu_fit_;
 };
 
 // What a forward pass needs to compute experts on the CPU (owned by the Engine).

@@ -65,7 +65,9 @@ json layer_stats_json(const ExpertStreamer& streamer, uint64_t tokens) {
         {"accuracy", p.predictions ? double(p.correct) / p.predictions : 0.0},
         {"reads", p.reads},
         {"wasted_reads", p.wasted_reads},
-        {"wasted_bytes_per_token", double(p.wasted_reads) * record_bytes * per_tok}};
+        {"wasted_bytes_per_token", double(p.wasted_reads) * record_bytes * per_tok},
+        {"copies", p.copies},
+        {"wasted_copies", p.wasted_copies}};
   }
   json hit_rate = json::object(), bytes = json::object(), tiers = json::array();
   bytes["requested"] = double(t.requests) * record_bytes * per_tok;
@@ -198,6 +200,7 @@ Runner add_bench(CLI::App& app) {
                   {"cpu_gb_s", sec > 0 ? b / sec / 1e9 : 0.0},
                   {"cpu_ms_per_token", 1e3 * sec / a->gen_len},
                   {"planner_cpu_gb_s", hx->planner.cpu_rate() / 1e9},
+                  {"planner_cpu_overhead_us", hx->planner.cpu_overhead() * 1e6},
                   {"planner_copy_gb_s", hx->planner.copy_rate() / 1e9}};
       }
       const ReaderStats after = s.streamer().reader().stats();
@@ -338,13 +341,14 @@ Runner add_bench(CLI::App& app) {
     if (!hybrid.is_null())
       std::printf(
           "cpu      --cpu-experts %s: %.1f%% of expert requests computed on the CPU, %.2f "
-          "MiB/token at %.2f GB/s (%.3f ms/token, %zu threads; planner rates: CPU %.1f, copies "
-          "%.1f GB/s)\n",
+          "MiB/token at %.2f GB/s (%.3f ms/token, %zu threads; planner: CPU %.1f GB/s + %.0f "
+          "us a layer, copies %.1f GB/s)\n",
           hybrid["mode"].get<std::string>().c_str(),
           100 * last_stream["hit_rate"]["cpu_computed"].get<double>(),
           hybrid["cpu_bytes_per_token"].get<double>() / 1048576, hybrid["cpu_gb_s"].get<double>(),
           hybrid["cpu_ms_per_token"].get<double>(), hybrid["threads"].get<size_t>(),
-          hybrid["planner_cpu_gb_s"].get<double>(), hybrid["planner_copy_gb_s"].get<double>());
+          hybrid["planner_cpu_gb_s"].get<double>(), hybrid["planner_cpu_overhead_us"].get<double>(),
+          hybrid["planner_copy_gb_s"].get<double>());
     for (const json& tier : last_stream["tiers"])
       if (tier["transfer_gb_s"].get<double>() > 0)
         std::printf("copies   into the %s tier: %.2f MiB/token at %.2f GB/s (device-timed)\n",
@@ -354,10 +358,14 @@ Runner add_bench(CLI::App& app) {
     for (const char* k : {"temporal", "lookahead"}) {
       const json& p = last_stream["prefetch"][k];
       if (p["predictions"].get<uint64_t>() == 0) continue;
-      std::printf("prefetch %-9s accuracy %.1f%%, %llu reads, %llu wasted\n", k,
-                  100 * p["accuracy"].get<double>(),
-                  static_cast<unsigned long long>(p["reads"].get<uint64_t>()),
-                  static_cast<unsigned long long>(p["wasted_reads"].get<uint64_t>()));
+      std::printf(
+          "prefetch %-9s accuracy %.1f%%, %llu reads (%llu wasted), %llu copies up (%llu "
+          "wasted)\n",
+          k, 100 * p["accuracy"].get<double>(),
+          static_cast<unsigned long long>(p["reads"].get<uint64_t>()),
+          static_cast<unsigned long long>(p["wasted_reads"].get<uint64_t>()),
+          static_cast<unsigned long long>(p["copies"].get<uint64_t>()),
+          static_cast<unsigned long long>(p["wasted_copies"].get<uint64_t>()));
     }
     if (opts.stream.io.verify)
       std::printf(

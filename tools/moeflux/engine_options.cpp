@@ -47,6 +47,11 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
                 "checksums");
   cmd->add_option("--prefetch", a->prefetch, "none, temporal, lookahead or both (default none)")
       ->check(CLI::IsMember({"none", "temporal", "lookahead", "both"}));
+  cmd->add_option("--prefetch-copies", a->prefetch_copies,
+                  "Of each prefetch prediction, copy its N best guesses that are in the RAM "
+                  "cache into the GPU cache ahead of use, once that kind of prediction has been "
+                  "right at least half the time (default 0: prefetch stops at the RAM cache)")
+      ->check(integer_range(0, 1 << 20));
   cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per chunk (default 256)")
       ->check(integer_range(1, 1 << 20));
   if (context_option)
@@ -89,6 +94,7 @@ EngineOptions EngineArgs::to_options() const {
     o.stream.policy = cache_policy;
     o.stream.hot_per_layer = hot;
     o.stream.prefetch = parse_prefetch_mode(prefetch);
+    o.stream.prefetch_copies = prefetch_copies;
     o.stream.io.mode = parse_io_mode(io);
     o.stream.io.backend = parse_io_backend(io_backend);
     o.stream.io.threads = io_threads;

@@ -1,7 +1,7 @@
 // The options every evaluating command shares (logits, run, chat, perplexity, bench):
 // --backend --gpu --gpu-mem --threads --k --ram-cache --cache-policy --hot --io --io-backend
 // --io-threads --no-verify
-// --prefetch --prefill-chunk --ctx --timing.
+// --prefetch --prefetch-copies --prefill-chunk --ctx --timing.
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -27,6 +27,7 @@ struct EngineArgs {
   size_t io_threads = 8;
   bool no_verify = false;
   std::string prefetch = "none";
+  size_t prefetch_copies = 0;
   size_t prefill_chunk = 256;
   size_t ctx = 0;  // --ctx: 0 = the model's context
   bool timing = false;
