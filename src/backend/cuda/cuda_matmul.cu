@@ -232,8 +232,9 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 //       at most 2^-17 per element;
 //   W: bf16, and the integer codes of Q8_0 and the affine formats (|q| <= 255), are exact in one
 //       term; f32 and f16 take two, W_hi + W_lo (f16 exactly: 11 significant bits);
-// and a k-tile's product is W_hi X_lo + W_lo X_hi + W_hi X_hi (W_lo X_lo, ~2^-16 relative, is
-// dropped), small terms first. The quantized formats run the MMA on the codes and scale per
+// and a k-tile's product is W_lo X_lo + W_hi X_lo + W_lo X_hi + W_hi X_hi, small terms first,
+// summed from zero per k-tile and added into the float32 accumulator outside the MMAs (W_lo X_lo,
+// up to 2^-16 of a term, costs f32/f16 weights a fourth MMA). The quantized formats run the MMA on the codes and scale per
 // 32-column k-tile (one Q8_0 group, within one affine group), as chunk_scale does:
 //   acc += s[row, g] P + b[row, g] Σ_k-tile x,  P = Σ_k-tile q x,
 // Σ x summed in float32 from the original X while staging (affine only).
@@ -395,9 +396,13 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
 
   float acc[2][NI][4] = {};
   auto compute = [&](int buf) {
-    // Scaled formats: the k-tile's code products P, scaled into acc at the end.
+    // The k-tile's products P, summed by the MMAs from zero, then added into acc on the FP32
+    // units (scaled formats: scaled first). The MMAs' accumulation truncates (does not round)
+    // its sum to the accumulator's exponent: run over all of K into one accumulator, that bias
+    // toward zero grew with K (2.5e-5 of the largest output at K = 4096, failing the CPU twin's
+    // 2e-5 bound); over one k-tile it stays at the partial's size.
     float part[2][NI][4] = {};
-    float(&c)[2][NI][4] = kTcScaled<CODE> ? part : acc;
+    float(&c)[2][NI][4] = part;
 #pragma unroll
     for (int ks = 0; ks < kTcBK / 2; ks += 8) {  // two k16 steps, 8 words each
       uint32_t ah[2][4], al[2][4], bh[NI][2], bl[NI][2];
@@ -421,6 +426,7 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
       for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
         for (int ni = 0; ni < NI; ++ni) {
+          if constexpr (kTcWLo<CODE>) mma_bf16(c[mi][ni], al[mi], bl[ni]);
           mma_bf16(c[mi][ni], ah[mi], bl[ni]);
           if constexpr (kTcWLo<CODE>) mma_bf16(c[mi][ni], al[mi], bh[ni]);
           mma_bf16(c[mi][ni], ah[mi], bh[ni]);
@@ -444,6 +450,13 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
                 acc[mi][ni][2 * h + j] += s * p;
             }
         }
+    } else {
+#pragma unroll
+      for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[mi][ni][j] += part[mi][ni][j];
     }
   };
 
