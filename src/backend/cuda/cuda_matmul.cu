@@ -234,8 +234,9 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 //       term; f32 and f16 take two, W_hi + W_lo (f16 exactly: 11 significant bits);
 // and a k-tile's product is W_lo X_lo + W_hi X_lo + W_lo X_hi + W_hi X_hi, small terms first,
 // summed from zero per k-tile and added into the float32 accumulator outside the MMAs (W_lo X_lo,
-// up to 2^-16 of a term, costs f32/f16 weights a fourth MMA). The quantized formats run the MMA on the codes and scale per
-// 32-column k-tile (one Q8_0 group, within one affine group), as chunk_scale does:
+// up to 2^-16 of a term, costs f32/f16 weights a fourth MMA). The quantized formats run the MMA
+// on the codes and scale per 32-column k-tile (one Q8_0 group, within one affine group), as
+// chunk_scale does:
 //   acc += s[row, g] P + b[row, g] Σ_k-tile x,  P = Σ_k-tile q x,
 // Σ x summed in float32 from the original X while staging (affine only).
 //
