@@ -239,6 +239,10 @@ class Backend {
   virtual DeviceMemory device_memory() const { return {}; }
   // Waits for every op issued so far.
   virtual void synchronize() = 0;
+  // A hint that ops follow soon, given before the caller waits for something else: a backend
+  // whose workers sleep when idle (the CPU's pool) wakes them now, so that their wake-up
+  // overlaps that wait instead of delaying the ops. Changes no result.
+  virtual void wake() {}
 
   // --- ops --------------------------------------------------------------------------------
   // X[t] = E[tokens[t]] (any weight format, decoded to float32).

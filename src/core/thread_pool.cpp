@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
+#include <string>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -50,6 +51,15 @@ class SpinClock {
   bool done_ = false;
 };
 
+// MOEFLUX_POOL_WAKE=0 turns wake() into a no-op (for measurements).
+bool wake_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("MOEFLUX_POOL_WAKE");
+    return !(env && std::string(env) == "0");
+  }();
+  return on;
+}
+
 }  // namespace
 
 ThreadPool::ThreadPool(size_t n_threads, bool spin) {
@@ -89,11 +99,34 @@ void ThreadPool::worker_loop(size_t index) {
     if (stop_.load(std::memory_order_acquire)) return;
     seen = g;
     const auto range = ranges_[index];
-    if (range.first < range.second) (*job_)(range.first, range.second);
+    if (range.first < range.second) (*job_)(range.first, range.second);  // (none: a wake-up)
     if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       std::lock_guard<std::mutex> lock(mu_);  // pairs with the caller's predicate check
       done_.notify_one();
     }
+  }
+}
+
+void ThreadPool::wake() {
+  // Never waits: workers still busy with (or waking up to) the last hand-off are awake enough.
+  if (workers_.empty() || !wake_enabled() || pending_.load(std::memory_order_acquire) != 0) return;
+  std::fill(ranges_.begin(), ranges_.end(), std::pair<size_t, size_t>{0, 0});
+  pending_.store(workers_.size(), std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  wake_.notify_all();
+}
+
+void ThreadPool::wait_idle() {
+  SpinClock clock;
+  for (int spin = 0; spin_ && pending_.load(std::memory_order_acquire) != 0 && clock.spinning(spin);
+       ++spin)
+    cpu_relax();
+  if (pending_.load(std::memory_order_acquire) != 0) {
+    std::unique_lock<std::mutex> lock(mu_);
+    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
   }
 }
 
@@ -106,6 +139,7 @@ void ThreadPool::parallel_for(size_t n, FunctionRef<void(size_t, size_t)> fn, si
     fn(0, n);
     return;
   }
+  wait_idle();  // a wake-up not yet answered by every worker
   // Balanced split in units of `grain`; workers 0..parts-2 and the caller (last slot) run one
   // range each, the other workers get empty ranges.
   std::fill(ranges_.begin(), ranges_.end(), std::pair<size_t, size_t>{0, 0});
@@ -125,13 +159,7 @@ void ThreadPool::parallel_for(size_t n, FunctionRef<void(size_t, size_t)> fn, si
   wake_.notify_all();
   const auto mine = ranges_.back();
   if (mine.first < mine.second) fn(mine.first, mine.second);
-  SpinClock clock;
-  for (int spin = 0; spin_ && pending_.load(std::memory_order_acquire) != 0 && clock.spinning(spin); ++spin)
-    cpu_relax();
-  if (pending_.load(std::memory_order_acquire) != 0) {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_.wait(lock, [&] { return pending_.load(std::memory_order_acquire) == 0; });
-  }
+  wait_idle();
 }
 
 void ThreadPool::parallel_for_dynamic(size_t n, FunctionRef<void(size_t, size_t)> fn,

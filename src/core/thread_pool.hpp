@@ -43,8 +43,17 @@ class ThreadPool {
   // runs inline.
   void parallel_for_dynamic(size_t n, FunctionRef<void(size_t, size_t)> fn, size_t chunk = 1);
 
+  // Wakes the workers without giving them work and returns at once (nothing happens while they
+  // are still busy with the last hand-off): they spin afresh, so that a parallel_for issued
+  // soon after (within the spin time) starts without their futex wake-ups, which a worker asleep
+  // for a while takes long to answer (up to milliseconds). For a caller that knows work is
+  // coming and is about to wait for something else first.
+  void wake();
+
  private:
   void worker_loop(size_t index);
+  // Waits until every worker is done with the last job (or wake-up).
+  void wait_idle();
 
   std::vector<std::thread> workers_;
   std::mutex mu_;                 // guards sleeping; generation_ changes under it too

@@ -272,7 +272,9 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
                                                                  : RecordPlace::Gpu;
       hx->rows[i] = static_cast<size_t>(m.first[e + 1] - m.first[e]);
     }
-    if (hx->planner.plan(hx->where, hx->rows, el.record_bytes, hx->on_host) == 0) return {};
+    hx->cpu_share_last = hx->planner.plan(hx->where, hx->rows, el.record_bytes, hx->on_host) > 0;
+    if (!hx->cpu_share_last) return {};
+    hx->cpu->wake();   // (spinning already, if woken before the routing wait: then nearly free)
     if (!x_on_host) {  // the CPU's inputs, before GPU expert work is queued ahead of the copy
       ctx.be.download(ctx.ws.xn.rows_view(0, T), hx->x.data(), hx->hidden);
       x_on_host = true;
@@ -377,6 +379,8 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
   {
     ScopedTimer timer(ctx.timer(layer, &LayerTimes::router));
     ctx.be.rmsnorm(h, w.post_norm, ctx.ws.xn.rows_view(0, T), eps_of(c), zero_centered);
+    if (HostExperts* hx = ctx.host_experts; !indexed && hx && hx->usable(T) && hx->cpu_share_last)
+      hx->cpu->wake();  // its wake-up overlaps the routing wait
     shared_gate = route_rows(ctx, w.moe, T, layer, /*wait=*/!indexed);
     if (!indexed) record_routing(ctx, layer);
   }

@@ -23,6 +23,7 @@ class CpuBackend final : public Backend {
   const char* name() const override { return "cpu"; }
   Memory memory() const override { return Memory::Host; }
   size_t threads() const override { return pool_.size(); }
+  void wake() override { pool_.wake(); }
   ThreadPool& pool() { return pool_; }
 
   std::unique_ptr<BackendBuffer> allocate(size_t bytes, const char* what) override;
