@@ -228,13 +228,13 @@ TEST_F(LogitsErrors, ManifestFieldLies) {
       {"tokenizer file outside the package",
        [](nlohmann::json& m) { m["tokenizer_files"] = {"../../../etc/passwd"}; },
        "tokenizer file '../../../etc/passwd' is not a file name under tokenizer/"},
-      {"tokenizer file absolute",
-       [](nlohmann::json& m) { m["tokenizer_files"] = {"/etc/passwd"}; }, "tokenizer file"},
+      {"tokenizer file absolute", [](nlohmann::json& m) { m["tokenizer_files"] = {"/etc/passwd"}; },
+       "tokenizer file"},
       {"tokenizer file escaping its directory",
        [](nlohmann::json& m) { m["tokenizer_files"] = {"tokenizer/../../x/tokenizer.json"}; },
        "tokenizer file"},
-      {"tokenizer file dot-dot",
-       [](nlohmann::json& m) { m["tokenizer_files"] = {"tokenizer/.."}; }, "tokenizer file"},
+      {"tokenizer file dot-dot", [](nlohmann::json& m) { m["tokenizer_files"] = {"tokenizer/.."}; },
+       "tokenizer file"},
       {"format not a string", [](nlohmann::json& m) { m["format"] = 7; }, "not a moeflux package"},
       {"version a string", [](nlohmann::json& m) { m["version"] = "1"; }, "version"},
   };
@@ -316,6 +316,7 @@ TEST_F(LogitsErrors, OptionsBeyondTheModel) {
   expect_usage_error(logits({"--hot", "100000", "--ram-cache", "1G"}),
                      "--hot 100000 exceeds the model's");
   expect_usage_error(logits({"--hot", "2"}), "--hot needs a --ram-cache");
+  expect_usage_error(logits({"--prefetch-copies", "4"}), "--prefetch-copies needs predictions");
   expect_usage_error(logits({"--ram-cache", "1"}), "--ram-cache: 1 bytes hold no expert record");
   expect_usage_error(logits({"--ram-cache", "lots"}), "--ram-cache");
   EXPECT_FALSE(fs::exists(t / "o.npy"));

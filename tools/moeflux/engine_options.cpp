@@ -104,6 +104,9 @@ EngineOptions EngineArgs::to_options() const {
   }
   if (hot > 0 && o.stream.ram_cache_bytes == 0)
     usage_fail("--hot needs a --ram-cache budget to keep experts in");
+  if (prefetch_copies > 0 && o.stream.prefetch == PrefetchMode::None)
+    usage_fail(
+        "--prefetch-copies needs predictions to copy: --prefetch temporal, lookahead or both");
   return o;
 }
 
