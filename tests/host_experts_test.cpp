@@ -111,6 +111,27 @@ TEST(HybridPlanner, LearnsTheCpuOverheadApartFromItsRate) {
   EXPECT_EQ(n, 3u);
 }
 
+// The CPU's first shares pay for first use and are not measured; once fitted, one stalled share
+// barely moves the fit.
+TEST(HybridPlanner, FirstSharesAndStallsDoNotSwingTheCpuFit) {
+  HybridPlanner p(CpuExpertsMode::Auto, 20e9, 50e9);
+  constexpr double kOverhead = 60e-6, kRate = 50e9, kRecord = 1 << 20;
+  for (int i = 0; i < 8; ++i) p.observe_cpu(kRecord, 0.05);  // 20 MB/s: cold
+  EXPECT_EQ(p.cpu_rate(), 20e9);
+  EXPECT_EQ(p.cpu_overhead(), 0.0);
+  for (int i = 0; i < 200; ++i) {
+    const double bytes = kRecord * (1 + i % 4);
+    p.observe_cpu(bytes, kOverhead + bytes / kRate);
+  }
+  EXPECT_NEAR(p.cpu_rate(), kRate, 0.01 * kRate);
+  p.observe_cpu(4 * kRecord, 0.05);  // one share stalled for 50 ms (taken whole: 1.7 GB/s)
+  EXPECT_NEAR(p.cpu_rate(), kRate, 0.25 * kRate);
+  EXPECT_NEAR(p.cpu_overhead(), kOverhead, 15e-6);
+  size_t n = 0;  // and the CPU still gets its share of eight records
+  plan(p, std::vector<P>(8, P::Ram), std::vector<size_t>(8, 1), &n);
+  EXPECT_GE(n, 2u);
+}
+
 TEST(HybridPlanner, ParsesItsModes) {
   EXPECT_EQ(parse_cpu_experts_mode("auto"), CpuExpertsMode::Auto);
   EXPECT_EQ(parse_cpu_experts_mode("all"), CpuExpertsMode::All);

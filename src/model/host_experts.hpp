@@ -47,7 +47,9 @@ enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
 // are a least-squares line through its recent (bytes, seconds), exponentially forgotten — a
 // bare ratio would charge the overhead to the bytes, so that a small share looks slow, gets
 // smaller and looks slower (measured: 28.6% on the CPU at 19 GB/s "rate" where 53 GB/s was
-// true; docs/PERF.md). A side that gets no work is not measured: once
+// true; docs/PERF.md). The CPU's first kCpuWarmup shares are not measured (they pay for first
+// use), and a stalled share counts as at most 2x the model's prediction. A side that gets no
+// work is not measured: once
 // the CPU's rate makes it lose every split it stays out, and auto acts as off. Probing it again
 // was tried and dropped: a lone record on a pool idle for a while took ~1.5 ms on the GPU host,
 // so the probes cost more than they found (docs/PERF.md, "hybrid expert compute").
@@ -75,6 +77,9 @@ class HybridPlanner {
   CpuExpertsMode mode_;
   double cpu_rate_ = 20e9, copy_rate_ = 25e9;  // first guesses; measured from the first layer
   double cpu_overhead_ = 0;
+  static constexpr int kCpuWarmup = 8;  // CPU shares not measured, then fitted before capping
+  int cpu_warmup_left_ = kCpuWarmup;
+  int cpu_observed_ = 0;
   // Exponentially weighted sums over the CPU's observations (x = bytes, y = seconds).
   struct LineFit {
     double w = 0, x = 0, y = 0, xx = 0, xy = 0;
