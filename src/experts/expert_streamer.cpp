@@ -566,7 +566,8 @@ bool ExpertStreamer::take_ready(int ticket, std::vector<ExpertHandle>& ready) {
 
 void ExpertStreamer::abandon_all() {
   // Let the copies already issued land (their sources must not be reused before), wait out
-  // the outstanding reads, drop what failed, unpin.
+  // the outstanding reads, drop what failed, unpin; prefetch copies not issued are forgotten.
+  copy_queue_.clear();
   fence_upper_tiers();
   CacheTier& ram = *tiers_.back();
   const size_t ram_tier = tiers_.size() - 1;
