@@ -115,16 +115,17 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
   reader_ =
       opts.reader_factory ? opts.reader_factory(pkg, opts.io) : make_expert_reader(pkg, opts.io);
   spare_hot_ = [this](uint64_t k) { return is_hot(key_layer(k), key_expert(k)); };
-  evicted_from_ram_ = [this](TierSlot& v) { count_wasted_prefetch(v); };  // evicted unused
+  // Evicted unused: a wasted prefetch read (RAM tier) or copy (the fastest tier above it).
+  evicted_from_ram_ = [this](TierSlot& v) {
+    count_wasted_prefetch(v, &PrefetchStats::wasted_reads);
+  };
+  evicted_from_top_ = [this](TierSlot& v) {
+    count_wasted_prefetch(v, &PrefetchStats::wasted_copies);
+  };
   // The fastest tier spares records copied there by a prefetch until their use is scored.
   spare_top_ = [this](uint64_t k) {
     const TierSlot* s = tiers_.front()->find(k);
     return is_hot(key_layer(k), key_expert(k)) || (s && s->prefetched);
-  };
-  evicted_from_top_ = [this](TierSlot& v) {  // (only above the RAM tier)
-    if (!v.prefetched) return;
-    for (int k = 0; k < 2; ++k)
-      if (v.prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_copies;
   };
   predicted_.resize(c.num_layers);
   use_counts_.assign(c.num_layers, std::vector<uint32_t>(c.num_experts, 0));
@@ -158,10 +159,10 @@ void ExpertStreamer::reset_stats() {
   stats_.storage_reads = 0;
 }
 
-void ExpertStreamer::count_wasted_prefetch(const TierSlot& s) {
+void ExpertStreamer::count_wasted_prefetch(const TierSlot& s, uint64_t PrefetchStats::*wasted) {
   if (!s.prefetched) return;
   for (int k = 0; k < 2; ++k)
-    if (s.prefetch_kinds & (1 << k)) ++stats_.prefetch[k].wasted_reads;
+    if (s.prefetch_kinds & (1 << k)) ++(stats_.prefetch[k].*wasted);
 }
 
 bool ExpertStreamer::is_hot(int layer, int expert) const {
@@ -266,14 +267,9 @@ void ExpertStreamer::issue_prefetch_copies() {
     if (t <= 0) continue;  // copied up meanwhile, or gone
     if (tiers_[t]->loading(*src) || src->op.state.load(std::memory_order_acquire) == ReadOp::Failed)
       continue;  // not readable yet: a use will promote it
-    TierSlot* dst = top.take_free(spare_top_, evicted_from_top_);
+    const void* ready = nullptr;
+    TierSlot* dst = copy_into(0, key, *src, &ready);
     if (!dst) break;
-    const auto t0 = std::chrono::steady_clock::now();
-    const void* ready = top.memory().copy_in(dst->data, src->data, record_bytes_);
-    top.stats.copy_seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    top.stats.copied_bytes += record_bytes_;
-    top.insert(*dst, key);
     dst->copy_ready = ready;
     // The prefetched mark moves up with the record: its use (or waste) is counted once, there.
     dst->prefetched = true;
@@ -332,31 +328,44 @@ void ExpertStreamer::score_predictions(int layer, std::span<const int> experts) 
     auto& pred = predicted_[layer][k];
     scored_[k] += pred.size();
     for (int e : pred) {
-      const bool used = std::find(experts.begin(), experts.end(), e) != experts.end();
-      TierSlot* s = nullptr;
-      const int t = used ? -1 : locate(expert_key(layer, e), &s);
-      if (used) {
+      if (std::find(experts.begin(), experts.end(), e) != experts.end()) {
         ++stats_.prefetch[k].correct;
         ++scored_correct_[k];
-      } else if (t >= 0 && s->prefetched) {
-        CacheTier& tier = *tiers_[t];
-        if (s->prefetch_kinds & (1 << k)) {
-          if (size_t(t) == ram_tier())
-            ++stats_.prefetch[k].wasted_reads;
-          else
-            ++stats_.prefetch[k].wasted_copies;
-        }
-        s->prefetch_kinds &= static_cast<uint8_t>(~(1 << k));
-        if (s->prefetch_kinds == 0) {
-          s->prefetched = false;
-          // Without a cache budget a mispredicted record is not kept (unless still loading;
-          // then it lingers until evicted and may still serve a later request).
-          if (!tier.keeps_records() && s->pins == 0 && !tier.loading(*s)) tier.drop(*s);
-        }
+        continue;
+      }
+      TierSlot* s = nullptr;
+      const int t = locate(expert_key(layer, e), &s);
+      if (t < 0 || !s->prefetched) continue;
+      CacheTier& tier = *tiers_[t];
+      if (s->prefetch_kinds & (1 << k)) {
+        PrefetchStats& p = stats_.prefetch[k];
+        ++(size_t(t) == ram_tier() ? p.wasted_reads : p.wasted_copies);
+      }
+      s->prefetch_kinds &= static_cast<uint8_t>(~(1 << k));
+      if (s->prefetch_kinds == 0) {
+        s->prefetched = false;
+        // Without a cache budget a mispredicted record is not kept (unless still loading;
+        // then it lingers until evicted and may still serve a later request).
+        if (!tier.keeps_records() && s->pins == 0 && !tier.loading(*s)) tier.drop(*s);
       }
     }
     pred.clear();
   }
+}
+
+TierSlot* ExpertStreamer::copy_into(size_t t, uint64_t key, const TierSlot& src,
+                                    const void** ready) {
+  CacheTier& tier = *tiers_[t];
+  TierSlot* dst =
+      t == 0 ? tier.take_free(spare_top_, evicted_from_top_) : tier.take_free(spare_hot_, nullptr);
+  if (!dst) return nullptr;
+  const auto t0 = std::chrono::steady_clock::now();
+  *ready = tier.memory().copy_in(dst->data, src.data, record_bytes_);
+  tier.stats.copy_seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  tier.stats.copied_bytes += record_bytes_;
+  tier.insert(*dst, key);
+  return dst;
 }
 
 TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier,
@@ -364,17 +373,9 @@ TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier,
   TierSlot* fastest = &src;
   *ready = nullptr;
   for (size_t t = src_tier; t-- > 0;) {
-    CacheTier& dst_tier = *tiers_[t];
-    if (t > 0 && !dst_tier.keeps_records()) continue;  // would be dropped at once
-    TierSlot* dst = t == 0 ? dst_tier.take_free(spare_top_, evicted_from_top_)
-                           : dst_tier.take_free(spare_hot_, nullptr);
+    if (t > 0 && !tiers_[t]->keeps_records()) continue;  // would be dropped at once
+    TierSlot* dst = copy_into(t, key, src, ready);
     MF_ASSERT(dst != nullptr);  // nothing loads in an upper tier, and one acquire pins K < 3K
-    const auto t0 = std::chrono::steady_clock::now();
-    *ready = dst_tier.memory().copy_in(dst->data, src.data, record_bytes_);
-    dst_tier.stats.copy_seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    dst_tier.stats.copied_bytes += record_bytes_;
-    dst_tier.insert(*dst, key);
     fastest = dst;
   }
   return fastest;

@@ -218,6 +218,9 @@ class ExpertStreamer {
   TierSlot* take_ram_slot();
   // Gives a free RAM-tier slot to (layer, expert) and prepares its read (the caller submits).
   void claim_read(TierSlot& s, int layer, int expert);
+  // Takes a slot of tier t (evicting as the tier's policy says) and copies `src` into it as
+  // `key`, counting the copy; *ready as TierMemory::copy_in. nullptr when every slot is pinned.
+  TierSlot* copy_into(size_t t, uint64_t key, const TierSlot& src, const void** ready);
   // Copies the record in `src` (tier src_tier) into the faster tiers; returns the fastest copy
   // and, in *ready, the readiness of the copy into it (null: complete).
   TierSlot* promote(uint64_t key, TierSlot& src, size_t src_tier, const void** ready);
@@ -225,8 +228,9 @@ class ExpertStreamer {
   bool is_hot(int layer, int expert) const;
   void count_use(int layer, int expert);
   void wait_for(TierSlot& s, int layer);
-  // A RAM-tier record dropped before any acquire used it: its prefetch reads were wasted.
-  void count_wasted_prefetch(const TierSlot& s);
+  // A record evicted before any request used it: its prefetch reads (or copies) were wasted,
+  // counted in PrefetchStats::*wasted of every kind that asked for it.
+  void count_wasted_prefetch(const TierSlot& s, uint64_t PrefetchStats::*wasted);
   void unpin(const Pin& p);
   // Waits for every promotion copy issued so far (TierMemory::copy_in may be asynchronous),
   // counts what the copies took (TierStats::transfer_*) and unpins every draining source.

@@ -63,16 +63,12 @@ void HybridPlanner::observe_cpu(double bytes, double seconds) {
   // The first shares also pay for first use (the CPU backend's scratch allocated and faulted in
   // on every worker): not the CPU's rate. Read as its rate, they made the planner give the CPU
   // nothing more for the rest of a run (docs/PERF.md, 2026-12-04).
-  if (cpu_warmup_left_ > 0) {
-    --cpu_warmup_left_;
-    return;
-  }
-  // Once fitted, a share that stalled (the host busy elsewhere) counts as at most kStall times
-  // what the model predicts, so that one does not swing the fit.
+  if (++cpu_shares_ <= kCpuWarmup) return;
+  // Once fitted (over kCpuWarmup more), a share that stalled (the host busy elsewhere) counts as
+  // at most kStall times what the model predicts, so that one does not swing the fit.
   constexpr double kStall = 2;
-  if (cpu_observed_ >= kCpuWarmup)
+  if (cpu_shares_ > 2 * kCpuWarmup)
     seconds = std::min(seconds, kStall * (cpu_overhead_ + bytes / cpu_rate_));
-  ++cpu_observed_;
   // seconds = overhead + bytes / rate, fitted by weighted least squares; an observation's
   // weight decays by kKeep per newer one (a memory of ~1 / (1 - kKeep) layers).
   constexpr double kKeep = 0.97;

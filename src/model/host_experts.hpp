@@ -77,9 +77,8 @@ class HybridPlanner {
   CpuExpertsMode mode_;
   double cpu_rate_ = 20e9, copy_rate_ = 25e9;  // first guesses; measured from the first layer
   double cpu_overhead_ = 0;
-  static constexpr int kCpuWarmup = 8;  // CPU shares not measured, then fitted before capping
-  int cpu_warmup_left_ = kCpuWarmup;
-  int cpu_observed_ = 0;
+  static constexpr uint64_t kCpuWarmup = 8;  // CPU shares not measured, then fitted uncapped
+  uint64_t cpu_shares_ = 0;                  // observe_cpu calls with something measured
   // Exponentially weighted sums over the CPU's observations (x = bytes, y = seconds).
   struct LineFit {
     double w = 0, x = 0, y = 0, xx = 0, xy = 0;
