@@ -116,15 +116,48 @@ TEST_P(CudaEngine, CpuComputedExpertsMatchTheGpu) {
   }
 }
 
-// A decode step recorded into a CUDA graph (MOEFLUX_CUDA_GRAPHS=1; every expert resident, one
-// sequence) gives the logits of the same ops issued one by one.
+// A decode step recorded into a CUDA graph once and replayed for the tokens after (every expert
+// resident, one sequence) gives the logits of the same ops issued one by one
+// (MOEFLUX_CUDA_GRAPHS=0), bit for bit — across a second session of the same engine (its own
+// recording), a prompt chunk between decode steps (it grows the scratch the recording uses:
+// recorded anew) and clear().
 TEST_P(CudaEngine, RecordedDecodeStepsEqualOpByOp) {
-  const std::vector<float> plain = logits(on("cuda", EngineOptions::kGpuMemAll), 1);
-  ::setenv("MOEFLUX_CUDA_GRAPHS", "1", 1);
-  const std::vector<float> recorded = logits(on("cuda", EngineOptions::kGpuMemAll), 1);
+  auto run = [&](Backend::RecordingStats* stats) {
+    EngineOptions o = on("cuda", EngineOptions::kGpuMemAll);
+    o.threads = 2;
+    o.prefill_chunk = 8;
+    Engine engine(*model_, o);
+    Session a(engine), b(engine);
+    std::vector<float> all;
+    auto take = [&all](const std::vector<float>& l) { all.insert(all.end(), l.begin(), l.end()); };
+    const size_t n = tokens_.size();
+    for (size_t i = 0; i < n / 2; ++i) {
+      take(a.eval_token(tokens_[i]));
+      take(b.eval_token(tokens_[n - 1 - i]));
+    }
+    take(a.eval_prompt(std::span<const int>(tokens_).subspan(0, 8)));  // a longer batch
+    for (size_t i = 0; i < 4; ++i) take(a.eval_token(tokens_[i]));
+    b.clear();
+    for (size_t i = 0; i < 4; ++i) take(b.eval_token(tokens_[i]));
+    if (stats) *stats = engine.backend().recording_stats();
+    return all;
+  };
+  ::setenv("MOEFLUX_CUDA_GRAPHS", "0", 1);
+  Backend::RecordingStats off;
+  const std::vector<float> plain = run(&off);
   ::unsetenv("MOEFLUX_CUDA_GRAPHS");
+  EXPECT_EQ(off.recorded + off.replayed, 0u);
+  Backend::RecordingStats st;
+  const std::vector<float> recorded = run(&st);
   ASSERT_EQ(recorded.size(), plain.size());
   EXPECT_EQ(std::memcmp(recorded.data(), plain.data(), plain.size() * sizeof(float)), 0);
+  // Two sessions, then one recorded anew after the prompt chunk; the rest replays.
+  std::printf("[cuda graphs] %s: %llu recorded, %llu replayed, %llu abandoned (last: %s)\n",
+              GetParam().c_str(), (unsigned long long)st.recorded, (unsigned long long)st.replayed,
+              (unsigned long long)st.failed, st.last_failure.c_str());
+  EXPECT_GE(st.recorded, 3u);
+  EXPECT_LE(st.recorded, 4u);
+  EXPECT_GE(st.replayed, tokens_.size() - 8);
 }
 
 TEST_P(CudaEngine, BatchedDecodeEqualsEachSessionAlone) {

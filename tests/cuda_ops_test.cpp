@@ -364,6 +364,101 @@ TEST_F(CudaOps, AttentionPromptAndDecodeWithGqaAndGate) {
   }
 }
 
+// A decode step's token and position ops (embed, rope, attention) recorded once and replayed at
+// later tokens and positions — read from device memory, attention's split length derived from
+// the position on the device — give bit for bit what the same ops give issued one by one, on
+// fresh inputs and poisoned outputs each step, across the positions where the split length
+// changes (32 positions a split up to 16 splits of 32 heads, longer after). An op given other
+// inputs than the step's, or one that stages host data, is not recorded.
+TEST_F(CudaOps, RecordedStepReplaysAtNewTokensAndPositions) {
+  const size_t nh = 32, nkv = 4, hd = 128, cap = 2100, vocab = 50, H = 256, half = 32;
+  RandomMatrix E(QuantFormat::q8_0(), vocab, H, rng_);
+  const MatrixView dE = dev_matrix(E);
+  HostTensor cs(cap, half, 0), sn(cap, half, 0), K(cap, nkv * hd, 0), Vc(cap, nkv * hd, 0);
+  for (HostTensor* h : {&cs, &sn, &K, &Vc}) h->randomize(rng_);
+  Mirror dcs = mirror(cs), dsn = mirror(sn);
+  const RopeTable table{dcs.t, dsn.t, int(2 * half)};
+  HostTensor X(1, H), q(1, nh * hd), k(1, nkv * hd), v(1, nkv * hd), out(1, nh * hd);
+  // What a step reads and writes, twice: the recorded step's and the one-by-one twin's.
+  struct Step {
+    Mirror X, q, k, v, out, K, V;
+  };
+  auto make = [&] {
+    return Step{mirror(X), mirror(q), mirror(k), mirror(v), mirror(out), mirror(K), mirror(Vc)};
+  };
+  Step rec = make(), ref = make();
+  auto issue = [&](Step& s, int token, int pos) {
+    const int t[1] = {token};
+    gpu_->embed(dE, t, s.X.t);
+    gpu_->rope(s.q.t.heads(nh, hd, hd), table, pos);
+    gpu_->rope(s.k.t.heads(nkv, hd, hd), table, pos);
+    KvCache cache{s.K.t, s.V.t};
+    AttentionArgs a;
+    a.q = s.q.t.heads(nh, hd, hd);
+    a.k = s.k.t.heads(nkv, hd, hd);
+    a.v = s.v.t.heads(nkv, hd, hd);
+    a.cache = &cache;
+    a.pos0 = pos;
+    a.scale = 1.0f / std::sqrt(float(hd));
+    a.out = s.out.t;
+    gpu_->attention(a);
+  };
+  auto load = [&](const HostTensor& h, const Mirror& m) {
+    gpu_->upload(h.mem.data(), m.n, Tensor::matrix(m.buf->data(), 1, m.n, m.n, Memory::Device));
+  };
+  auto expect_same_bits = [&](const Mirror& a, const Mirror& b, const char* what, int pos) {
+    const std::vector<float> x = fetch(a), y = fetch(b);
+    EXPECT_EQ(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)), 0)
+        << what << " at position " << pos << " (seed " << seed_ << ")";
+  };
+  const uint64_t key = 42;
+  const std::vector<int> positions = {3, 31, 32, 100, 511, 512, 513, 700, 1500, 2047, 2099};
+  std::uniform_int_distribution<int> pick(0, int(vocab) - 1);
+  for (const int pos : positions) {
+    const int token = pick(rng_);
+    for (HostTensor* h : {&q, &k, &v}) h->randomize(rng_);
+    std::fill(X.mem.begin(), X.mem.end(), kNaN);
+    std::fill(out.mem.begin(), out.mem.end(), kNaN);
+    for (Step* s : {&rec, &ref}) {
+      load(q, s->q), load(k, s->k), load(v, s->v), load(X, s->X), load(out, s->out);
+    }
+    issue(ref, token, pos);  // first: the scratch it grows is there for the recording
+    const Backend::StepInputs in{token, pos};
+    if (!gpu_->replay(key, in)) {
+      ASSERT_EQ(pos, positions[0]) << "a recording was not replayed";
+      ASSERT_TRUE(gpu_->begin_recording(key, in));
+      issue(rec, token, pos);
+      gpu_->end_recording();
+    }
+    gpu_->synchronize();
+    expect_same_bits(rec.X, ref.X, "embedding", pos);
+    expect_same_bits(rec.q, ref.q, "rotated queries", pos);
+    expect_same_bits(rec.K, ref.K, "key cache", pos);
+    expect_same_bits(rec.V, ref.V, "value cache", pos);
+    expect_same_bits(rec.out, ref.out, "attention output", pos);
+  }
+  const Backend::RecordingStats st = gpu_->recording_stats();
+  EXPECT_EQ(st.recorded, 1u);
+  EXPECT_EQ(st.replayed, positions.size() - 1);
+  EXPECT_EQ(st.failed, 0u);
+
+  // Refused while recording: a position or token other than the step's, staged host data.
+  ASSERT_TRUE(gpu_->begin_recording(7, {1, 5}));
+  EXPECT_THROW(gpu_->rope(ref.q.t.heads(nh, hd, hd), table, 6), Error);
+  gpu_->abort_recording("refused");
+  ASSERT_TRUE(gpu_->begin_recording(7, {1, 5}));
+  const int other[1] = {2};
+  EXPECT_THROW(gpu_->embed(dE, other, ref.X.t), Error);
+  gpu_->abort_recording("refused");
+  ASSERT_TRUE(gpu_->begin_recording(7, {1, 5}));
+  const std::vector<float> row(H, 1.0f);
+  const int32_t row0[1] = {0};
+  EXPECT_THROW(gpu_->scatter_rows(row.data(), H, row0, ref.X.t), Error);
+  gpu_->abort_recording("refused");
+  EXPECT_FALSE(gpu_->replay(7, {1, 5}));
+  EXPECT_EQ(gpu_->recording_stats().failed, 3u);
+}
+
 TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
   const size_t C = 300, K = 4;
   for (size_t T : {1, 6}) {

@@ -6,7 +6,7 @@
 # synthesized Qwen3-30B-A3B-shaped 8-layer 4-bit package for each GPU-tier size.
 # Environment: TESTS (gtest filter; "" skips), SANITIZE=1 (SANITIZE_RUNS "tool=filter;...",
 # SANITIZE_TIMEOUT s each, 300),
-# VARIANTS ("name:flags;..."), GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host
+# VARIANTS ("name:flags;...", flags may start with NAME=value environment words), GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host
 # time per layer), NSYS=1 (Nsight Systems kernel/API summaries of resident decode, when nsys is
 # installed), NCU=1 (each kernel's time and DRAM bytes over a window of decode launches:
 # NCU_SKIP, NCU_COUNT), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
@@ -59,11 +59,15 @@ PKG=/tmp/q30-8
 IFS=";" read -ra variants <<< "${VARIANTS:-resident:--gpu-mem all;gpu25:--gpu-mem 25%;slots:--gpu-mem 0;slots-cpu:--gpu-mem 0 --cpu-experts auto}"
 for v in "${variants[@]}"; do
   name=${v%%:*}; flags=${v#*:}
-  # shellcheck disable=SC2086
-  "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len "${GEN:-128}" --repeat 3 \
-    --no-ceilings --ram-cache 64G --keep-cache $flags ${TIMING:+--timing} --json "$OUTD/bench-$name.json" \
-    > "$OUTD/bench-$name.txt" 2>&1
-  echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|host)' "$OUTD/bench-$name.txt"
+  # Words of the form NAME=value set the environment (MOEFLUX_CUDA_GRAPHS=0); the rest are flags.
+  envs=(); args=()
+  for w in $flags; do
+    if [[ $w =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$w"); else args+=("$w"); fi
+  done
+  env "${envs[@]}" "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len "${GEN:-128}" \
+    --repeat 3 --no-ceilings --ram-cache 64G --keep-cache "${args[@]}" ${TIMING:+--timing} \
+    --json "$OUTD/bench-$name.json" > "$OUTD/bench-$name.txt" 2>&1
+  echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|host|graphs)' "$OUTD/bench-$name.txt"
 done
 if [ "${DIRECT:-0}" = 1 ]; then  # experts from storage (O_DIRECT, 1 GiB RAM tier), with the ceilings
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null

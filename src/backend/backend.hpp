@@ -18,6 +18,8 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <string_view>
 
 #include "backend/tensor.hpp"
 #include "core/quant_format.hpp"
@@ -222,18 +224,47 @@ class Backend {
   virtual void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
                             const Tensor& dst) = 0;
   virtual void fill(const Tensor& t, float value) = 0;
-  // --- capture (optional) ------------------------------------------------------------------
-  // A GPU backend may record the ops issued between begin_capture() and end_capture() and run
-  // them as one unit (CUDA graphs: one launch instead of one per op, the host's cost per op
-  // cut to recording it). end_capture() starts what was recorded: afterwards everything is as
-  // if the ops had been issued one by one. begin_capture() returns false when the backend does
-  // not capture now (the CPU backend never does); then nothing changes. Ops that cannot be
-  // recorded (they would wait for the device, or grow a buffer) throw moeflux::Error; the
-  // caller then calls abort_capture() — nothing recorded has run or will — and issues the ops
-  // again without capturing. Nothing issued in a capture may be waited for before end_capture().
-  virtual bool begin_capture() { return false; }
-  virtual void end_capture() {}
-  virtual void abort_capture() {}
+  // --- recorded decode steps (optional) ---------------------------------------------------
+  // A GPU backend may record the ops of a one-row decode step once and replay the recording
+  // for later tokens (CUDA graphs: a token's host cost becomes one launch instead of one per
+  // op). A recording's only inputs that change between replays are the step's token id and
+  // position (StepInputs): while recording, the ops that take them (embed, rope, attention)
+  // must be given exactly those values and read them from backend memory, where replay()
+  // writes the new ones. Everything else an op is given — buffers, shapes, weights — is baked
+  // in, so the caller names it by `key`: equal keys promise the same ops on the same buffers.
+  //
+  // begin_recording(key, in): false when the backend does not record now (the CPU backend
+  // never does); then nothing changes. Ops issued until end_recording() are recorded, not run;
+  // an op that cannot be recorded (it would wait for the device, grow a buffer or stage host
+  // data) throws moeflux::Error, and the caller calls abort_recording() — nothing recorded has
+  // run or will — and issues the ops again one by one; `why` is kept for recording_stats().
+  // end_recording() keeps the recording under `key` and runs it once with `in`; afterwards
+  // everything is as if the ops had been issued one by one. replay(key, in): runs the recording
+  // kept under `key` with new inputs and returns true; false when there is none, or when the
+  // backend has since replaced memory the recording uses (a scratch buffer grown by a longer
+  // batch). Nothing issued in a recording or a replay may be waited for except by synchronize() or
+  // download().
+  struct StepInputs {
+    int token = 0;
+    int pos = 0;
+  };
+  struct RecordingStats {
+    uint64_t recorded = 0;     // recordings made and run
+    uint64_t replayed = 0;     // replays run
+    uint64_t failed = 0;       // recordings abandoned (an op that cannot be recorded)
+    std::string last_failure;  // why the last one was abandoned
+  };
+  virtual bool begin_recording(uint64_t key, StepInputs in) {
+    (void)key, (void)in;
+    return false;
+  }
+  virtual void end_recording() {}
+  virtual void abort_recording(std::string_view why) { (void)why; }
+  virtual bool replay(uint64_t key, StepInputs in) {
+    (void)key, (void)in;
+    return false;
+  }
+  virtual RecordingStats recording_stats() const { return {}; }
 
   // The memory of the backend's device (zeros for the CPU).
   virtual DeviceMemory device_memory() const { return {}; }

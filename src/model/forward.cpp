@@ -39,6 +39,22 @@ void issue_layers(const ForwardContext& ctx, const ModelWeights& w, std::span<co
   }
 }
 
+// What a recorded decode step bakes in besides the weights and the engine's workspace (one per
+// engine, as is the backend that keeps recordings): the sequence's state buffers. Equal keys
+// mean the same ops on the same buffers; only the token and the position differ.
+uint64_t decode_step_key(const ForwardContext& ctx) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the addresses
+  auto mix = [&h](const void* p) {
+    auto v = reinterpret_cast<uintptr_t>(p);
+    for (size_t i = 0; i < sizeof(v); ++i, v >>= 8) h = (h ^ (v & 0xff)) * 1099511628211ull;
+  };
+  mix(&ctx.ws);
+  mix(ctx.resident);
+  for (const LayerState& ls : ctx.seqs[0].state->layers)
+    for (const Tensor* t : {&ls.kv.k, &ls.kv.v, &ls.delta.conv, &ls.delta.S}) mix(t->data);
+  return h;
+}
+
 }  // namespace
 
 void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
@@ -48,21 +64,27 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
   MF_ASSERT(T == ctx.rows && T > 0 && T <= ctx.ws.max_rows);
   const bool zc = ctx.family.zero_centered_norms;
   // Every expert resident and routed on the device: nothing in the pass waits for the device,
-  // so a single sequence's decode step — embedding, layers, final norm and LM head — can be
-  // recorded and run as one unit where the backend captures (CUDA graphs), the host's cost per
-  // op cut to recording it. If something cannot be recorded, nothing recorded has run: the ops
-  // are issued again one by one.
+  // so a single sequence's decode step — embedding, layers, final norm and LM head — is
+  // recorded once where the backend records (CUDA graphs) and replayed for the tokens after,
+  // the host's cost per token cut to one launch. If something cannot be recorded, nothing
+  // recorded has run: the ops are issued again one by one.
   const bool device_routed = ctx.routes_on_device();
   const bool whole = device_routed && T == 1 && logits.size() == 1;
   bool head_issued = false;
-  if (whole && ctx.be.begin_capture()) {
-    try {
-      issue_layers(ctx, w, tokens, pf);
-      head_rows(ctx, w, zc, logits_row, 1);
-      ctx.be.end_capture();
+  if (whole) {
+    const uint64_t key = decode_step_key(ctx);
+    const Backend::StepInputs in{tokens[0], ctx.seqs[0].pos0};
+    if (ctx.be.replay(key, in)) {
       head_issued = true;
-    } catch (const Error&) {
-      ctx.be.abort_capture();
+    } else if (ctx.be.begin_recording(key, in)) {
+      try {
+        issue_layers(ctx, w, tokens, pf);
+        head_rows(ctx, w, zc, logits_row, 1);
+        ctx.be.end_recording();
+        head_issued = true;
+      } catch (const Error& e) {
+        ctx.be.abort_recording(e.what());
+      }
     }
   }
   if (!head_issued) issue_layers(ctx, w, tokens, pf);

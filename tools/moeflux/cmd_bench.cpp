@@ -153,6 +153,7 @@ Runner add_bench(CLI::App& app) {
     std::vector<double> prefill, decode, host_layers_ms, host_head_ms;
     json hybrid;  // the CPU's share of the expert compute in the last decode (--cpu-experts)
     DeviceMemory device_memory;
+    Backend::RecordingStats steps;  // recorded decode steps during the last decode
     json last_stream;
     double last_decode_seconds = 0;
     uint64_t storage_bytes = 0, verified = 0;
@@ -180,6 +181,7 @@ Runner add_bench(CLI::App& app) {
       const ReaderStats before = s.streamer().reader().stats();
       const HostExperts* hx = engine.host_experts();
       const double cpu_bytes0 = hx ? hx->cpu_bytes : 0, cpu_seconds0 = hx ? hx->cpu_seconds : 0;
+      const Backend::RecordingStats steps0 = engine.backend().recording_stats();
       t0 = Clock::now();
       for (int g = 0; g < a->gen_len; ++g) {  // greedy: the model's own continuation
         const int next =
@@ -187,6 +189,11 @@ Runner add_bench(CLI::App& app) {
         logits = &s.eval_token(next);
       }
       const double td = std::chrono::duration<double>(Clock::now() - t0).count();
+      {
+        const Backend::RecordingStats s1 = engine.backend().recording_stats();
+        steps = {s1.recorded - steps0.recorded, s1.replayed - steps0.replayed,
+                 s1.failed - steps0.failed, s1.last_failure};
+      }
       prefill.push_back(a->prompt_len / tp);
       decode.push_back(a->gen_len / td);
       std::fprintf(stderr, "[bench] run %d/%d: prefill %.1f tok/s, decode %.2f tok/s\n", r + 1,
@@ -245,6 +252,10 @@ Runner add_bench(CLI::App& app) {
     report["decode_tok_s"] = {{"median", median(decode)}, {"runs", decode}};
     report["decode_streaming"] = last_stream;
     if (!hybrid.is_null()) report["cpu_experts"] = hybrid;
+    report["recorded_steps"] = {{"recorded", steps.recorded},
+                                {"replayed", steps.replayed},
+                                {"abandoned", steps.failed},
+                                {"last_abandoned_because", steps.last_failure}};
     report["host_ms_per_token"] = {{"layers", median(host_layers_ms)},
                                    {"head_and_wait", median(host_head_ms)}};
     if (device_memory.total > 0)
@@ -316,6 +327,14 @@ Runner add_bench(CLI::App& app) {
         "logits)\n",
         median(host_layers_ms), backend_name == "cpu" ? "" : " (issuing the device's work)",
         median(host_head_ms));
+    if (steps.recorded + steps.replayed + steps.failed > 0)
+      std::printf(
+          "graphs   %llu of %d decode steps replayed from a recording (%llu recorded, %llu "
+          "abandoned and issued op by op%s%s)\n",
+          static_cast<unsigned long long>(steps.replayed), a->gen_len,
+          static_cast<unsigned long long>(steps.recorded),
+          static_cast<unsigned long long>(steps.failed), steps.failed ? ": " : "",
+          steps.failed ? steps.last_failure.c_str() : "");
     if (device_memory.total > 0)
       std::printf("gpu mem  %s in use of %s (the whole device, after the last run)\n",
                   human_bytes(double(device_memory.used)).c_str(),

@@ -29,6 +29,8 @@ struct AppendArgs {
   float *kc, *vc;
   size_t k_pitch, v_pitch;
   int T, nkv, dk, dv, pos0;
+  const int* pos_dev;  // a recorded decode step's position in device memory, else null
+  int kv_rows;         // the cache's capacity: positions beyond it are not written
 };
 
 __global__ void append_kernel(AppendArgs a) {
@@ -38,7 +40,8 @@ __global__ void append_kernel(AppendArgs a) {
   const int d = static_cast<int>(i % dmax);
   const int g = static_cast<int>((i / dmax) % a.nkv);
   const int t = static_cast<int>(i / (size_t(dmax) * a.nkv));
-  const size_t p = size_t(a.pos0) + t;
+  const size_t p = size_t(a.pos_dev ? *a.pos_dev : a.pos0) + t;
+  if (p >= size_t(a.kv_rows)) return;
   if (d < a.dk) a.kc[p * a.k_pitch + size_t(g) * a.dk + d] = a.k[t * a.k0 + g * a.k1 + d];
   if (d < a.dv) a.vc[p * a.v_pitch + size_t(g) * a.dv + d] = a.v[t * a.v0 + g * a.v1 + d];
 }
@@ -56,6 +59,11 @@ struct AttnParams {
   float* part;  // [T * heads][splits][dv + 2]: per split m, l, then the unnormalised sum
   int heads, kv_heads, dk, dv, pos0, split_len, splits;
   float scale;
+  // A recorded decode step: pos0 is read from here and split_len derived from it as on the host
+  // (max(32, ceil(positions / splits)), `splits` fixed at the most the host would use; splits
+  // past the last position stay empty and the merge skips them). Null otherwise.
+  const int* pos_dev;
+  int kv_rows;  // the cache's capacity: positions beyond it are not read
 };
 
 // Keys per warp step: that many independent dot products in flight hide the load latency.
@@ -70,9 +78,15 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
   const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
   const int g = h / (p.heads / p.kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int len = p.pos0 + t + 1;
-  const int begin = blockIdx.y * p.split_len;
-  const int end = min(len, begin + p.split_len);
+  int pos0 = p.pos0, split_len = p.split_len;
+  if (p.pos_dev) {
+    pos0 = *p.pos_dev;
+    const int max_len = pos0 + static_cast<int>(gridDim.x) / p.heads;
+    split_len = max(32, (max_len + p.splits - 1) / p.splits);
+  }
+  const int len = min(pos0 + t + 1, p.kv_rows);
+  const int begin = blockIdx.y * split_len;
+  const int end = min(len, begin + split_len);
   __shared__ float qs[PL * 32];
   __shared__ float wm[kWarps], wl[kWarps];
   __shared__ float wacc[kWarps][PL * 32];
@@ -203,9 +217,12 @@ void CudaBackend::attention(const AttentionArgs& a) {
   MF_ASSERT(c.k.shape[1] == nkv * dk && c.v.shape[1] == nkv * dv &&
             size_t(a.pos0) + T <= c.k.rows() && c.v.rows() == c.k.rows());
   if (T == 0) return;
-  const AppendArgs ap{a.k.f32(),     a.v.f32(), a.k.stride[0], a.k.stride[1], a.v.stride[0],
-                      a.v.stride[1], c.k.f32(), c.v.f32(),     c.k.pitch(),   c.v.pitch(),
-                      int(T),        int(nkv),  int(dk),       int(dv),       a.pos0};
+  const StepInputs* step = recorded_step("attention", -1, a.pos0);
+  const int* pos_dev = step ? &step->pos : nullptr;
+  const AppendArgs ap{a.k.f32(),     a.v.f32(),      a.k.stride[0], a.k.stride[1], a.v.stride[0],
+                      a.v.stride[1], c.k.f32(),      c.v.f32(),     c.k.pitch(),   c.v.pitch(),
+                      int(T),        int(nkv),       int(dk),       int(dv),       a.pos0,
+                      pos_dev,       int(c.k.rows())};
   append_kernel<<<blocks_for(T * nkv * std::max(dk, dv), 256), 256, 0, stream_>>>(ap);
   check_launch("attention (cache append)");
   AttnParams p;
@@ -227,14 +244,19 @@ void CudaBackend::attention(const AttentionArgs& a) {
   p.dv = int(dv);
   p.pos0 = a.pos0;
   p.scale = a.scale;
+  p.pos_dev = pos_dev;
+  p.kv_rows = int(c.k.rows());
   // Splits of the longest row's positions: about four blocks per SM (decode has only `heads`
   // blocks per row), at least 32 positions each (two steps of each warp): a warp's steps form
   // a chain of dependent loads, so short splits are what makes decode attention fast.
   const int max_len = a.pos0 + int(T);
   const int want = std::max(1, 528 / int(T * nh));
   p.split_len = std::max(32, (max_len + want - 1) / want);
-  p.splits = (max_len + p.split_len - 1) / p.split_len;
-  p.part = scratch_attention(T * nh * size_t(p.splits) * (dv + 2));
+  p.splits = (max_len + p.split_len - 1) / p.split_len;  // <= want
+  // Recorded: as many splits as any position may need (the kernel sizes them from the step's
+  // position). Scratch for that many either way, so that a recording finds it grown.
+  if (step) p.splits = want;
+  p.part = scratch_attention(T * nh * size_t(want) * (dv + 2));
   const dim3 grid(unsigned(T * nh), unsigned(p.splits));
   if (std::max(dk, dv) <= 128)
     attention_partial_kernel<4><<<grid, kWarps * 32, 0, stream_>>>(p);

@@ -18,6 +18,7 @@ namespace moeflux::cuda {
 namespace {
 
 constexpr size_t kStagingBytes = size_t{4} << 20;
+constexpr size_t kKeptBytes = size_t{4} << 20;
 
 class DeviceBuffer final : public BackendBuffer {
  public:
@@ -138,10 +139,12 @@ __global__ void rmsnorm_gated_kernel(Vecs x, Vecs z, const float* w, float eps, 
 
 // Rotates (v[i], v[i + half]) of every vector of x [T, heads, dim], i < half, by the angle of
 // position pos0 + t: rotate_half convention.
+// pos_dev: the position of row 0 in device memory (a recorded decode step), else null.
 __global__ void rope_kernel(Vecs x, const float* cos_t, const float* sin_t, size_t table_pitch,
-                            int half, int pos0) {
+                            int half, int pos0, const int* pos_dev) {
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= x.count * half) return;
+  if (pos_dev) pos0 = *pos_dev;
   const size_t v = i / half;
   const int d = static_cast<int>(i % half);
   const size_t t = v / x.inner;
@@ -392,15 +395,22 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   staging_bytes_ = kStagingBytes;
   MF_CUDA(cudaMallocHost(&staging_host_, staging_bytes_));
   MF_CUDA(cudaMalloc(&staging_dev_, staging_bytes_));
-  // Off unless asked for: recording every token anew costs more than it saves (docs/PERF.md).
+  MF_CUDA(cudaMallocHost(&kept_host_, kKeptBytes));
+  MF_CUDA(cudaMalloc(&kept_dev_, kKeptBytes));
   const char* graphs = std::getenv("MOEFLUX_CUDA_GRAPHS");
-  graphs_enabled_ = graphs && std::string(graphs) == "1";
+  graphs_enabled_ = !(graphs && std::string(graphs) == "0");
+  MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
+  MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
+  MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));
 }
 
 CudaBackend::~CudaBackend() {
-  if (capturing_) abort_capture();
+  if (capturing_) abort_recording("the backend is destroyed");
   cudaStreamSynchronize(stream_);
-  if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
+  for (const Recording& r : recordings_) cudaGraphExecDestroy(r.exec);
+  cudaEventDestroy(step_read_);
+  cudaFree(step_dev_);
+  cudaFreeHost(step_host_);
   if (profile_ && !op_times_.empty()) {
     double total = 0;
     for (const OpTime& o : op_times_) total += o.seconds;
@@ -415,6 +425,8 @@ CudaBackend::~CudaBackend() {
   for (void* p : resident_) cudaFree(p);
   cudaFree(staging_dev_);
   cudaFreeHost(staging_host_);
+  cudaFree(kept_dev_);
+  cudaFreeHost(kept_host_);
   cudaStreamDestroy(copy_stream_);
   cudaStreamDestroy(stream_);
 }
@@ -519,71 +531,126 @@ void CudaBackend::fill(const Tensor& t, float value) {
   check_launch("fill");
 }
 
-bool CudaBackend::begin_capture() {
+void CudaBackend::set_step_inputs(StepInputs in) {
+  // The last run's first node may not have read the previous inputs yet.
+  if (runs_ > 0) MF_CUDA(cudaEventSynchronize(step_read_));
+  *step_host_ = in;
+  step_ = in;
+}
+
+void CudaBackend::launch_recording(Recording& r) {
+  MF_CUDA(cudaGraphLaunch(r.exec, stream_));
+  MF_CUDA(cudaEventRecord(step_read_, stream_));
+  r.last_run = ++runs_;
+}
+
+bool CudaBackend::replay(uint64_t key, StepInputs in) {
+  if (!graphs_enabled_ || profile_ || capturing_) return false;
+  for (size_t i = 0; i < recordings_.size(); ++i) {
+    Recording& r = recordings_[i];
+    if (r.key != key) continue;
+    if (r.epoch != memory_epoch_) {  // its scratch or descriptors were replaced: record anew
+      MF_CUDA(cudaStreamSynchronize(stream_));
+      cudaGraphExecDestroy(r.exec);
+      recordings_.erase(recordings_.begin() + std::ptrdiff_t(i));
+      return false;
+    }
+    set_step_inputs(in);
+    launch_recording(r);
+    ++rec_stats_.replayed;
+    return true;
+  }
+  return false;
+}
+
+bool CudaBackend::begin_recording(uint64_t key, StepInputs in) {
   // Profiling waits around every op: nothing to record then.
-  if (!graphs_enabled_ || profile_ || capturing_ || capture_failures_ >= kMaxCaptureFailures)
-    return false;
+  if (!graphs_enabled_ || profile_ || capturing_ || capture_failures_ >= kMaxFailures) return false;
+  set_step_inputs(in);
   // Thread-local mode: a call of this thread that cannot be recorded (a wait, an allocation)
-  // fails, and with it the capture, instead of running while the recorded work has not.
-  staging_at_capture_ = staging_used_;
+  // fails, and with it the recording, instead of running while the recorded work has not.
   if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
-    drop_recording();  // not fatal: the ops are issued one by one
+    rec_stats_.last_failure = cudaGetErrorString(cudaGetLastError());
+    ++capture_failures_;  // not fatal: the ops are issued one by one
+    ++rec_stats_.failed;
     return false;
   }
   capturing_ = true;
+  recording_key_ = key;
+  kept_blocks_at_capture_ = kept_.size();
+  kept_used_at_capture_ = kept_used_;
+  // The recording's first node: the inputs the host wrote before this run.
+  if (cudaMemcpyAsync(step_dev_, step_host_, sizeof(StepInputs), cudaMemcpyHostToDevice, stream_) !=
+      cudaSuccess) {
+    abort_recording("the step inputs' copy cannot be recorded");
+    return false;
+  }
   return true;
 }
 
-void CudaBackend::drop_recording() {
-  cudaGetLastError();
-  // What was staged for the recording is not needed; what was staged before may still be read.
-  staging_used_ = staging_at_capture_;
-  ++capture_failures_;
+const Backend::StepInputs* CudaBackend::recorded_step(const char* op, int token, int pos) const {
+  if (!capturing_) return nullptr;
+  if ((token != -1 && token != step_.token) || (pos != -1 && pos != step_.pos))
+    fail(std::string("CUDA: ") + op + " recorded with inputs other than the step's");
+  return step_dev_;
 }
 
-void CudaBackend::end_capture() {
+void CudaBackend::end_recording() {
   MF_ASSERT(capturing_);
   capturing_ = false;
   cudaGraph_t graph = nullptr;
-  const cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+  cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+  Recording r;
+  r.key = recording_key_;
+  r.epoch = memory_epoch_;
+  if (err == cudaSuccess && graph != nullptr) err = cudaGraphInstantiate(&r.exec, graph, 0);
+  if (graph) cudaGraphDestroy(graph);
+  if (err == cudaSuccess && graph != nullptr) err = cudaGraphLaunch(r.exec, stream_);
   if (err != cudaSuccess || graph == nullptr) {
-    if (graph) cudaGraphDestroy(graph);
-    drop_recording();
-    fail(std::string("CUDA: recording the ops into a graph failed: ") + cudaGetErrorString(err));
+    // Nothing recorded has run: the caller issues the ops again (end_recording throws like an
+    // op).
+    cudaGetLastError();
+    if (r.exec) cudaGraphExecDestroy(r.exec);
+    forget_blocks_kept_in_recording();
+    ++capture_failures_;
+    ++rec_stats_.failed;
+    rec_stats_.last_failure =
+        std::string("CUDA: recording the decode step failed: ") + cudaGetErrorString(err);
+    fail(rec_stats_.last_failure);
   }
-  // Same shape as the last recording (the usual case, decode token after token): update the
-  // executable graph's parameters in place; otherwise make it anew.
-  bool updated = false;
-  if (graph_exec_) {
-    cudaGraphExecUpdateResultInfo info;
-    updated = cudaGraphExecUpdate(graph_exec_, graph, &info) == cudaSuccess;
-    if (!updated) {
-      cudaGetLastError();
-      cudaGraphExecDestroy(graph_exec_);
-      graph_exec_ = nullptr;
-    }
-  }
-  cudaError_t run = cudaSuccess;
-  if (!updated) run = cudaGraphInstantiate(&graph_exec_, graph, 0);
-  cudaGraphDestroy(graph);
-  if (run == cudaSuccess) run = cudaGraphLaunch(graph_exec_, stream_);
-  if (run != cudaSuccess) {
-    // Nothing recorded has run: the caller issues the ops again (end_capture throws like an op).
-    if (graph_exec_) cudaGraphExecDestroy(graph_exec_);
-    graph_exec_ = nullptr;
-    drop_recording();
-    fail(std::string("CUDA: running the recorded graph failed: ") + cudaGetErrorString(run));
-  }
+  MF_CUDA(cudaEventRecord(step_read_, stream_));
+  r.last_run = ++runs_;
   capture_failures_ = 0;
+  ++rec_stats_.recorded;
+  // One recording per key: a new one replaces an older of the same key, else the least
+  // recently run goes when the table is full (after the stream drains: it may still run).
+  auto same_or_oldest = recordings_.end();
+  for (auto it = recordings_.begin(); it != recordings_.end(); ++it)
+    if (it->key == r.key) same_or_oldest = it;
+  if (same_or_oldest == recordings_.end() && recordings_.size() >= kMaxRecordings)
+    same_or_oldest = std::min_element(
+        recordings_.begin(), recordings_.end(),
+        [](const Recording& a, const Recording& b) { return a.last_run < b.last_run; });
+  if (same_or_oldest != recordings_.end()) {
+    MF_CUDA(cudaStreamSynchronize(stream_));
+    cudaGraphExecDestroy(same_or_oldest->exec);
+    *same_or_oldest = r;
+  } else {
+    recordings_.push_back(r);
+  }
 }
 
-void CudaBackend::abort_capture() {
+void CudaBackend::abort_recording(std::string_view why) {
   if (!capturing_) return;
+  rec_stats_.last_failure = why;
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(stream_, &graph);  // invalidated, usually: nothing of it runs
   if (graph) cudaGraphDestroy(graph);
-  drop_recording();
+  cudaGetLastError();
+  forget_blocks_kept_in_recording();
+  ++capture_failures_;
+  ++rec_stats_.failed;
 }
 
 DeviceMemory CudaBackend::device_memory() const {
@@ -601,6 +668,8 @@ void CudaBackend::synchronize() {
 }
 
 void* CudaBackend::stage(const void* host, size_t bytes) {
+  // A recording would bake in the staged copy's source, which later staging overwrites.
+  if (capturing_) fail("CUDA: staged host data cannot be recorded");
   const size_t aligned = (bytes + 255) / 256 * 256;
   if (aligned > staging_bytes_)
     fail("CUDA backend: " + std::to_string(bytes) + " bytes of arguments exceed the staging area");
@@ -613,9 +682,39 @@ void* CudaBackend::stage(const void* host, size_t bytes) {
   return d;
 }
 
+const void* CudaBackend::keep(const void* host, size_t bytes) {
+  // FNV-1a over the bytes (descriptors are plain data, zero-initialised padding included).
+  const auto* b = static_cast<const unsigned char*>(host);
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < bytes; ++i) h = (h ^ b[i]) * 1099511628211ull;
+  for (const KeptBlock& k : kept_)
+    if (k.hash == h && k.bytes == bytes && std::memcmp(kept_host_ + k.offset, host, bytes) == 0)
+      return kept_dev_ + k.offset;
+  const size_t aligned = (bytes + 255) / 256 * 256;
+  if (aligned > kKeptBytes) {
+    if (capturing_) fail("CUDA: arguments too large to keep while recording");
+    return stage(host, bytes);
+  }
+  if (kept_used_ + aligned > kKeptBytes) {
+    if (capturing_) fail("CUDA: the kept arguments' arena is full while recording");
+    synchronize();    // nothing issued may still read the arena
+    ++memory_epoch_;  // nor may a recording replay it
+    kept_.clear();
+    kept_used_ = 0;
+  }
+  const size_t offset = kept_used_;
+  kept_used_ += aligned;
+  std::memcpy(kept_host_ + offset, host, bytes);
+  MF_CUDA(cudaMemcpyAsync(kept_dev_ + offset, kept_host_ + offset, bytes, cudaMemcpyHostToDevice,
+                          stream_));
+  kept_.push_back({h, offset, bytes});
+  return kept_dev_ + offset;
+}
+
 void* CudaBackend::GrowingBuffer::get(size_t bytes, cudaStream_t stream) {
   if (bytes <= bytes_) return p_;
-  MF_CUDA(cudaStreamSynchronize(stream));
+  MF_CUDA(cudaStreamSynchronize(stream));  // fails while recording: the recording is dropped
+  ++epoch_;
   cudaFree(p_);
   p_ = nullptr;
   const size_t n = std::max(bytes, 2 * bytes_);
@@ -634,7 +733,10 @@ void CudaBackend::embed(const MatrixView& E, std::span<const int> tokens, const 
   if (tokens.empty()) return;
   for (int t : tokens) MF_ASSERT(t >= 0 && static_cast<size_t>(t) < E.rows);
   static_assert(sizeof(int) == sizeof(int32_t));
-  const auto* ids = static_cast<const int32_t*>(stage(tokens.data(), tokens.size_bytes()));
+  // Recording: the step's token, read from device memory at each run.
+  const StepInputs* step = recorded_step("embed", tokens.size() == 1 ? tokens[0] : -2, -1);
+  const auto* ids =
+      step ? &step->token : static_cast<const int32_t*>(stage(tokens.data(), tokens.size_bytes()));
   const size_t n = tokens.size() * E.cols;
   embed_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(
       dev_mat(E), ids, static_cast<int>(tokens.size()), X.f32(), X.pitch());
@@ -691,8 +793,10 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
   if (x.empty() || half == 0) return;
   const Vecs v = vecs_of(x);
   const size_t n = v.count * half;
+  const StepInputs* step = recorded_step("rope", -1, pos0);
   rope_kernel<<<blocks_for(n, 256), 256, 0, stream_>>>(v, table.cos.f32(), table.sin.f32(),
-                                                       table.cos.pitch(), half, pos0);
+                                                       table.cos.pitch(), half, pos0,
+                                                       step ? &step->pos : nullptr);
   check_launch("rope");
 }
 

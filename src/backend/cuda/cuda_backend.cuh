@@ -47,9 +47,11 @@ class CudaBackend final : public Backend {
   void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
                     const Tensor& dst) override;
   void fill(const Tensor& t, float value) override;
-  bool begin_capture() override;
-  void end_capture() override;
-  void abort_capture() override;
+  bool begin_recording(uint64_t key, StepInputs in) override;
+  void end_recording() override;
+  void abort_recording(std::string_view why) override;
+  bool replay(uint64_t key, StepInputs in) override;
+  RecordingStats recording_stats() const override { return rec_stats_; }
   DeviceMemory device_memory() const override;
   void synchronize() override;
 
@@ -82,13 +84,26 @@ class CudaBackend final : public Backend {
   // Launches the products of `descs` (cuda_matmul.cu): one launch per weight format (rows of
   // X at most kMatvecRows: matrix-vector kernels; else the GEMM). `reused`: the same
   // descriptors recur (a layer's projections, token after token), so their device copy is
-  // kept and found again instead of staged each time.
+  // kept (keep()) and found again instead of staged each time; while recording, every
+  // descriptor is kept (a recording cannot stage).
   void run_matmuls(std::span<const MatmulDesc> descs, bool reused = false);
-  // A device copy of `descs` that outlives synchronize(): found by content among those made
-  // before, else made (the table is emptied when full).
-  const MatmulDesc* persistent_descs(std::span<const MatmulDesc> descs);
+  // A device copy of `bytes` at `host` that outlives synchronize() and may be recorded: found
+  // by content among the blocks kept before, else copied on the compute stream from a
+  // page-locked copy that stays unchanged (when the arena is full it is emptied first, after
+  // the stream drains — refused while recording).
+  const void* keep(const void* host, size_t bytes);
+  // stage() outside a recording (arguments that change call by call), keep() inside one.
+  const void* stage_or_keep(const void* host, size_t bytes) {
+    return capturing_ ? keep(host, bytes) : stage(host, bytes);
+  }
+  // While recording: the step's inputs in device memory, which the ops that take a token or a
+  // position read (the values they are given must equal the step's, else the op throws; -1:
+  // the op does not take that input); null otherwise.
+  const StepInputs* recorded_step(const char* op, int token, int pos) const;
+  bool recording() const { return capturing_; }
   // Device scratch of at least `bytes` (floats / ids / floats for attention's partial results),
-  // valid until the next call of the same kind (each grows; never shrinks).
+  // valid until the next call of the same kind (each grows; never shrinks; growing one ends the
+  // recordings that use it).
   float* scratch(size_t bytes) { return static_cast<float*>(expert_scratch_.get(bytes, stream_)); }
   int32_t* scratch_ids(size_t n) {
     return static_cast<int32_t*>(ids_scratch_.get(n * sizeof(int32_t), stream_));
@@ -123,46 +138,74 @@ class CudaBackend final : public Backend {
   uint8_t* staging_host_ = nullptr;
   uint8_t* staging_dev_ = nullptr;
   size_t staging_bytes_ = 0, staging_used_ = 0;
+  // Bumped whenever device memory that a recording may have baked in is replaced (a scratch
+  // buffer grown, the kept descriptors dropped): recordings made before are not replayed.
+  uint64_t memory_epoch_ = 0;
   // A device buffer that grows on demand (to at least twice its size, after draining the
   // stream: the old buffer may still be read by queued kernels).
   class GrowingBuffer {
    public:
+    explicit GrowingBuffer(uint64_t& epoch) : epoch_(epoch) {}
     ~GrowingBuffer() { cudaFree(p_); }
     void* get(size_t bytes, cudaStream_t stream);
 
    private:
+    uint64_t& epoch_;
     void* p_ = nullptr;
     size_t bytes_ = 0;
   };
-  GrowingBuffer expert_scratch_, ids_scratch_, attention_scratch_;
+  GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
+      attention_scratch_{memory_epoch_};
   std::vector<void*> resident_;  // device copies made by resident()
-  // persistent_descs(): host copies of the descriptor arrays kept on the device, their hashes
-  // and device addresses, in one device arena filled front to back.
-  struct KeptDescs {
+  // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
+  // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
+  // bytes never change until the arena is emptied (which drains the stream and ends the
+  // recordings), so a copy of them may be issued, or recorded and replayed, at any time.
+  struct KeptBlock {
     uint64_t hash = 0;
-    size_t first = 0, count = 0;  // in kept_host_
-    const MatmulDesc* dev = nullptr;
+    size_t offset = 0, bytes = 0;
   };
-  std::vector<KeptDescs> kept_;
-  std::vector<MatmulDesc> kept_host_;
-  MatmulDesc* kept_dev_ = nullptr;
-  size_t kept_capacity_ = 0;
+  std::vector<KeptBlock> kept_;
+  uint8_t* kept_host_ = nullptr;
+  uint8_t* kept_dev_ = nullptr;
+  size_t kept_used_ = 0;
+  // The arena's fill when the recording began: blocks kept since have their device copy only
+  // in the recording, so they are forgotten if it does not run.
+  size_t kept_blocks_at_capture_ = 0, kept_used_at_capture_ = 0;
+  void forget_blocks_kept_in_recording() {
+    kept_.resize(kept_blocks_at_capture_);
+    kept_used_ = kept_used_at_capture_;
+  }
   std::vector<MatmulDesc> descs_, group_;  // host scratch of matmul() / expert_ffn()
   std::vector<char> done_;                 // host scratch of run_matmuls()
   bool profile_ = false;
-  // Capture into a CUDA graph (begin_capture): the executable graph, updated in place with each
-  // new recording of the same shape (cudaGraphExecUpdate) or made anew; the staging area's fill
-  // when the capture began (restored if it is aborted); failures since the last success (after
-  // kMaxCaptureFailures, capture stops being tried). Off unless MOEFLUX_CUDA_GRAPHS=1: the
-  // decode step is recorded anew every token, and the GPU then waits for the whole recording
-  // before it starts (measured slower than issuing op by op; docs/PERF.md).
-  cudaGraphExec_t graph_exec_ = nullptr;
+  // Recorded decode steps (begin_recording / replay): executable graphs by key, each with the
+  // memory epoch it was recorded in and when it last ran (the least recently run is dropped
+  // beyond kMaxRecordings); the step inputs, page-locked (a recording's first node copies them
+  // to step_dev_, so a replay reads what the host wrote before launching it) and an event after
+  // the last run (the host writes new inputs only once that run has read the old ones).
+  // Recording stops being tried after kMaxFailures failures in a row. MOEFLUX_CUDA_GRAPHS=0
+  // turns recording off (ops issued one by one, for comparison).
+  struct Recording {
+    uint64_t key = 0, epoch = 0, last_run = 0;
+    cudaGraphExec_t exec = nullptr;
+  };
+  std::vector<Recording> recordings_;
+  static constexpr size_t kMaxRecordings = 8;
+  StepInputs* step_host_ = nullptr;
+  StepInputs* step_dev_ = nullptr;
+  cudaEvent_t step_read_ = nullptr;
+  StepInputs step_ = {};
+  uint64_t recording_key_ = 0, runs_ = 0;
   bool capturing_ = false, graphs_enabled_ = true;
-  size_t staging_at_capture_ = 0;
   int capture_failures_ = 0;
-  static constexpr int kMaxCaptureFailures = 16;
-  // A recording that will not run: its staging space given back, one more failure counted.
-  void drop_recording();
+  static constexpr int kMaxFailures = 16;
+  RecordingStats rec_stats_;
+  // Writes the inputs for the next run of a recording (waiting, rarely, for the last run to
+  // have read the previous ones).
+  void set_step_inputs(StepInputs in);
+  // Launches `r` and notes the run.
+  void launch_recording(Recording& r);
   struct OpTime {
     const char* op;
     bool prompt;

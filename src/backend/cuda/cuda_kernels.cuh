@@ -49,7 +49,7 @@ struct MatmulDesc {
 };
 
 // A descriptor with every byte zero, padding included (descriptors are compared and hashed
-// as bytes: CudaBackend::persistent_descs).
+// as bytes: CudaBackend::keep).
 __host__ __device__ inline MatmulDesc blank_desc() {
   MatmulDesc d;
   std::memset(static_cast<void*>(&d), 0, sizeof d);

@@ -687,38 +687,6 @@ void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max
 
 }  // namespace
 
-const MatmulDesc* CudaBackend::persistent_descs(std::span<const MatmulDesc> descs) {
-  // FNV-1a over the bytes (descriptors are plain data, zero-initialised padding included).
-  const auto* bytes = reinterpret_cast<const unsigned char*>(descs.data());
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < descs.size_bytes(); ++i) h = (h ^ bytes[i]) * 1099511628211ull;
-  for (const KeptDescs& k : kept_)
-    if (k.hash == h && k.count == descs.size() &&
-        std::memcmp(kept_host_.data() + k.first, descs.data(), descs.size_bytes()) == 0)
-      return k.dev;
-  // Keeping descriptors copies them from pageable memory and waits: not recordable.
-  if (capturing_) fail("CUDA: new product descriptors while recording a graph");
-  if (kept_dev_ == nullptr) {
-    kept_capacity_ = 1 << 14;
-    MF_CUDA(cudaMalloc(&kept_dev_, kept_capacity_ * sizeof(MatmulDesc)));
-    kept_host_.reserve(kept_capacity_);
-  }
-  if (descs.size() > kept_capacity_)
-    return static_cast<const MatmulDesc*>(stage(descs.data(), descs.size_bytes()));
-  if (kept_host_.size() + descs.size() > kept_capacity_) {
-    synchronize();  // nothing issued may still read the arena
-    kept_.clear();
-    kept_host_.clear();
-  }
-  const size_t first = kept_host_.size();
-  kept_host_.insert(kept_host_.end(), descs.begin(), descs.end());
-  MatmulDesc* dev = kept_dev_ + first;
-  MF_CUDA(cudaMemcpyAsync(dev, descs.data(), descs.size_bytes(), cudaMemcpyHostToDevice, stream_));
-  MF_CUDA(cudaStreamSynchronize(stream_));  // the pageable source is the caller's
-  kept_.push_back({h, first, descs.size(), dev});
-  return dev;
-}
-
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
   // Launch groups: products of one kernel (matrix-vector: format code, vector or generic
   // path, dual or not; GEMM: tensor-core or SIMT, each for every format), in the order given
@@ -753,9 +721,9 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     }
     if (max_t == 0) continue;
     for (const MatmulDesc& d : g) MF_ASSERT(!gemm || d.mode != kDual);  // dual: matvec only
-    const MatmulDesc* dev =
-        reused ? persistent_descs(g)
-               : static_cast<const MatmulDesc*>(stage(g.data(), g.size() * sizeof(MatmulDesc)));
+    const size_t bytes = g.size() * sizeof(MatmulDesc);
+    const auto* dev = static_cast<const MatmulDesc*>(reused ? keep(g.data(), bytes)
+                                                            : stage_or_keep(g.data(), bytes));
     if (gemm)
       launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, tiles32, tiles64,
                   stream_);

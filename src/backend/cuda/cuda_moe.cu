@@ -100,7 +100,7 @@ void CudaBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     h_floats += t.n * t.intermediate;
   }
   const auto* dev_rows =
-      static_cast<const int32_t*>(stage(rows.data(), rows.size() * sizeof(int32_t)));
+      static_cast<const int32_t*>(stage_or_keep(rows.data(), rows.size() * sizeof(int32_t)));
   float* h = scratch(h_floats * sizeof(float));
 
   thread_local std::vector<MatmulDesc> up_pass, gate_pass, down_pass;
