@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
+#include "core/argmax.hpp"
 #include "core/error.hpp"
 
 namespace moeflux::test {
@@ -34,6 +36,42 @@ std::vector<int> ids(const std::vector<TokenProb>& d) {
   std::vector<int> v;
   for (const auto& t : d) v.push_back(t.id);
   return v;
+}
+
+// argmax against the plain definition (the first index of the largest non-NaN value; 0 when
+// there is none), on random arrays of sizes around its 16 lanes and a vocabulary's, with ties
+// planted in different lanes, NaN, and arrays of only -inf or NaN.
+TEST(Argmax, FirstIndexOfTheLargestNonNanValue) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::nanf("");
+  auto reference = [](const std::vector<float>& x) {
+    size_t best = 0;
+    bool any = false;
+    for (size_t i = 0; i < x.size(); ++i)
+      if (!std::isnan(x[i]) && (!any || x[i] > x[best])) best = i, any = true;
+    return best;
+  };
+  std::mt19937 rng(std::random_device{}());
+  std::uniform_real_distribution<float> u(-5, 5);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{33},
+                   size_t{1000}, size_t{151936}}) {
+    for (int round = 0; round < 4; ++round) {
+      std::vector<float> x(n);
+      for (float& v : x) v = u(rng);
+      if (n > 2 && round >= 1) {  // a tie: the later copy must lose
+        std::uniform_int_distribution<size_t> at(0, n - 1);
+        const size_t a = at(rng), b = at(rng);
+        x[std::max(a, b)] = x[std::min(a, b)] = 6.0f;
+      }
+      if (n > 0 && round >= 2) x[0] = nan;
+      if (n > 3 && round == 3) x[n / 2] = nan, x[n - 1] = -inf;
+      EXPECT_EQ(argmax(x), reference(x)) << "n " << n << " round " << round;
+    }
+  }
+  EXPECT_EQ(argmax(std::vector<float>(40, -inf)), 0u);
+  EXPECT_EQ(argmax(std::vector<float>(40, nan)), 0u);
+  std::vector<float> late(40, nan);
+  late[37] = -inf;
+  EXPECT_EQ(argmax(late), 37u);
 }
 
 TEST(Sampler, GreedyPicksArgmaxLowestIdOnTies) {

@@ -74,7 +74,12 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
   if (whole) {
     const uint64_t key = decode_step_key(ctx);
     const Backend::StepInputs in{tokens[0], ctx.seqs[0].pos0};
-    if (ctx.be.replay(key, in)) {
+    bool replayed = false;
+    {
+      ScopedTimer timer(ctx.timings ? &ctx.timings->replay : nullptr);
+      replayed = ctx.be.replay(key, in);
+    }
+    if (replayed) {
       head_issued = true;
     } else if (ctx.be.begin_recording(key, in)) {
       try {

@@ -64,6 +64,7 @@ struct LayerTimes {
 struct ForwardTimings {
   std::vector<LayerTimes> layers;
   double embed = 0, head = 0;  // embedding lookup, final norm + LM head
+  double replay = 0;           // launching recorded decode steps (instead of embed and layers)
   uint64_t tokens = 0;
 };
 

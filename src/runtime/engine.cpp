@@ -275,7 +275,7 @@ void Engine::reset_sequence(SequenceState& s) {
 void Engine::reset_timings() {
   std::lock_guard<std::mutex> lock(mu_);
   for (LayerTimes& l : timings_.layers) l = LayerTimes{};
-  timings_.embed = timings_.head = 0;
+  timings_.embed = timings_.head = timings_.replay = 0;
   timings_.tokens = 0;
 }
 

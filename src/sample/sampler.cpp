@@ -6,6 +6,7 @@
 #include <limits>
 #include <string>
 
+#include "core/argmax.hpp"
 #include "core/error.hpp"
 
 namespace moeflux {
@@ -142,8 +143,7 @@ std::vector<TokenProb> Sampler::distribution(std::span<const float> logits,
                                              std::span<const int> history) {
   apply_penalties(logits, history);
   if (opts_.temperature == 0.0f) {
-    const size_t best = size_t(std::max_element(work_.begin(), work_.end()) - work_.begin());
-    return {{int(best), 1.0}};
+    return {{int(argmax(work_)), 1.0}};
   }
   filter();
   return cand_;
@@ -151,9 +151,8 @@ std::vector<TokenProb> Sampler::distribution(std::span<const float> logits,
 
 int Sampler::sample(std::span<const float> logits, std::span<const int> history) {
   apply_penalties(logits, history);
-  // Greedy: argmax; std::max_element returns the first (lowest id) of equal maxima.
-  if (opts_.temperature == 0.0f)
-    return int(std::max_element(work_.begin(), work_.end()) - work_.begin());
+  // Greedy: argmax, the first (lowest id) of equal maxima.
+  if (opts_.temperature == 0.0f) return int(argmax(work_));
   filter();
   const double u = uniform01(rng_);
   double acc = 0;

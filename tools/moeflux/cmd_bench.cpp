@@ -7,6 +7,7 @@
 #include <random>
 
 #include "commands.hpp"
+#include "core/argmax.hpp"
 #include "core/crc32c.hpp"
 #include "core/error.hpp"
 #include "core/output_file.hpp"
@@ -150,7 +151,7 @@ Runner add_bench(CLI::App& app) {
     std::vector<int> prompt(a->prompt_len);
     for (int& t : prompt) t = id(rng);
 
-    std::vector<double> prefill, decode, host_layers_ms, host_head_ms;
+    std::vector<double> prefill, decode, host_layers_ms, host_head_ms, host_other_ms;
     json hybrid;  // the CPU's share of the expert compute in the last decode (--cpu-experts)
     DeviceMemory device_memory;
     Backend::RecordingStats steps;  // recorded decode steps during the last decode
@@ -184,8 +185,7 @@ Runner add_bench(CLI::App& app) {
       const Backend::RecordingStats steps0 = engine.backend().recording_stats();
       t0 = Clock::now();
       for (int g = 0; g < a->gen_len; ++g) {  // greedy: the model's own continuation
-        const int next =
-            static_cast<int>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+        const int next = static_cast<int>(argmax(*logits));
         logits = &s.eval_token(next);
       }
       const double td = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -220,11 +220,14 @@ Runner add_bench(CLI::App& app) {
       {  // host time per decoded token: the layers (for a GPU backend: issuing their work, which
          // runs behind), and the head, which ends by waiting for the device's results
         const ForwardTimings& ft = s.timings();
-        double layers_s = ft.embed;
+        double layers_s = ft.embed + ft.replay;
         for (const LayerTimes& l : ft.layers) layers_s += l.wall;
         const double n = static_cast<double>(std::max<uint64_t>(ft.tokens, 1));
         host_layers_ms.push_back(1e3 * layers_s / n);
         host_head_ms.push_back(1e3 * ft.head / n);
+        // The rest of a decoded token's time: the greedy pick over the logits, the session.
+        host_other_ms.push_back(
+            std::max(0.0, 1e3 * (td / a->gen_len) - host_layers_ms.back() - host_head_ms.back()));
       }
       device_memory = engine.backend().device_memory();
     }
@@ -257,7 +260,8 @@ Runner add_bench(CLI::App& app) {
                                 {"abandoned", steps.failed},
                                 {"last_abandoned_because", steps.last_failure}};
     report["host_ms_per_token"] = {{"layers", median(host_layers_ms)},
-                                   {"head_and_wait", median(host_head_ms)}};
+                                   {"head_and_wait", median(host_head_ms)},
+                                   {"outside_the_pass", median(host_other_ms)}};
     if (device_memory.total > 0)
       report["device_memory"] = {{"used_bytes", device_memory.used},
                                  {"total_bytes", device_memory.total}};
@@ -324,9 +328,9 @@ Runner add_bench(CLI::App& app) {
                   backend_name.c_str(), human_bytes(double(resident_bytes)).c_str());
     std::printf(
         "host     %.3f ms/token in the layers%s, %.3f in the head (final norm, LM head, "
-        "logits)\n",
+        "logits), %.3f outside the pass (greedy pick, session)\n",
         median(host_layers_ms), backend_name == "cpu" ? "" : " (issuing the device's work)",
-        median(host_head_ms));
+        median(host_head_ms), median(host_other_ms));
     if (steps.recorded + steps.replayed + steps.failed > 0)
       std::printf(
           "graphs   %llu of %d decode steps replayed from a recording (%llu recorded, %llu "

@@ -10,6 +10,7 @@
 #include <random>
 
 #include "commands.hpp"
+#include "core/argmax.hpp"
 #include "core/error.hpp"
 #include "engine_options.hpp"
 #include "model_dir.hpp"
@@ -73,7 +74,7 @@ Runner add_bench_batch(CLI::App& app) {
       for (int g = 0; g < a->gen_len; ++g) {
         for (int i = 0; i < n; ++i) {
           const std::vector<float>& l = ptrs[i]->logits();
-          next[i] = int(std::max_element(l.begin(), l.end()) - l.begin());
+          next[i] = int(argmax(l));
         }
         eval_batch(ptrs, next);
       }

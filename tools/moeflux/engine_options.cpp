@@ -151,8 +151,11 @@ void print_timings(const Session& s, const char* what) {
     sum.wall += x.wall;
   }
   row("all", sum);
-  std::fprintf(stderr, "[timing] + embed %.3f, final norm + LM head %.3f = %.3f ms per token\n",
-               ms * t.embed, ms * t.head, ms * (sum.wall + t.embed + t.head));
+  std::fprintf(stderr,
+               "[timing] + embed %.3f, recorded steps launched %.3f, final norm + LM head %.3f = "
+               "%.3f ms per token\n",
+               ms * t.embed, ms * t.replay, ms * t.head,
+               ms * (sum.wall + t.embed + t.replay + t.head));
 }
 
 std::string streaming_summary(const Session& s, double seconds, uint64_t tokens) {

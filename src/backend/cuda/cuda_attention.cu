@@ -34,6 +34,7 @@ struct AppendArgs {
 };
 
 __global__ void append_kernel(AppendArgs a) {
+  await_inputs();
   const int dmax = max(a.dk, a.dv);
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= size_t(a.T) * a.nkv * dmax) return;
@@ -75,6 +76,7 @@ constexpr int kIlp = 4;
 // PL: head-dim elements per lane (dims up to 32 * PL).
 template <int PL>
 __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnParams p) {
+  await_inputs();
   const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
   const int g = h / (p.heads / p.kv_heads);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -178,6 +180,7 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
 
 // out[t, h] = Σ_splits e^{m_s - M} acc_s / Σ_splits e^{m_s - M} l_s  (· sigmoid(gate)).
 __global__ void attention_merge_kernel(AttnParams p) {
+  await_inputs();
   const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
   const float* part = p.part + size_t(blockIdx.x) * p.splits * (p.dv + 2);
   float M = -INFINITY;

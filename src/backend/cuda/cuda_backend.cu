@@ -68,12 +68,14 @@ Vecs vecs_of(const Tensor& t) {
 }
 
 __global__ void fill_kernel(Vecs t, float value) {
+  await_inputs();
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= t.count * t.dim) return;
   t.at(i / t.dim)[i % t.dim] = value;
 }
 
 __global__ void embed_kernel(DevMat E, const int32_t* tokens, int T, float* X, size_t ldx) {
+  await_inputs();
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= size_t(T) * E.cols) return;
   const int t = static_cast<int>(i / E.cols), c = static_cast<int>(i % E.cols);
@@ -98,6 +100,7 @@ __device__ float block_sum(float v) {
 // PER = 0: any dim, read twice.
 template <int PER>
 __global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
+  await_inputs();
   const float* xv = x.at(blockIdx.x);
   float* yv = y.at(blockIdx.x);
   float ss = 0.0f;
@@ -128,6 +131,7 @@ __global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int ze
 
 // y = rmsnorm(x) * w * silu(z), one block per (row, head).
 __global__ void rmsnorm_gated_kernel(Vecs x, Vecs z, const float* w, float eps, Vecs y) {
+  await_inputs();
   const float* xv = x.at(blockIdx.x);
   const float* zv = z.at(blockIdx.x);
   float* yv = y.at(blockIdx.x);
@@ -142,6 +146,7 @@ __global__ void rmsnorm_gated_kernel(Vecs x, Vecs z, const float* w, float eps, 
 // pos_dev: the position of row 0 in device memory (a recorded decode step), else null.
 __global__ void rope_kernel(Vecs x, const float* cos_t, const float* sin_t, size_t table_pitch,
                             int half, int pos0, const int* pos_dev) {
+  await_inputs();
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= x.count * half) return;
   if (pos_dev) pos0 = *pos_dev;
@@ -158,6 +163,7 @@ __global__ void rope_kernel(Vecs x, const float* cos_t, const float* sin_t, size
 // Causal depthwise conv over [state | x] + SiLU, one thread per channel (kernel <= 16).
 __global__ void conv1d_silu_kernel(const float* x, size_t ldx, int T, int C, const float* w,
                                    int kernel, float* state, size_t lds, float* y, size_t ldy) {
+  await_inputs();
   const int c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= C) return;
   const int S = kernel - 1;
@@ -179,6 +185,7 @@ __global__ void conv1d_silu_kernel(const float* x, size_t ldx, int T, int C, con
 // renormalised over the chosen when asked.
 __global__ void route_softmax_kernel(const float* logits, size_t ld, int E, int k, int norm,
                                      int32_t* ids, float* weights) {
+  await_inputs();
   extern __shared__ float p[];
   const int t = blockIdx.x, lane = threadIdx.x;
   const float* l = logits + static_cast<size_t>(t) * ld;
@@ -221,6 +228,7 @@ __global__ void route_softmax_kernel(const float* logits, size_t ld, int E, int 
 __global__ void route_group_kernel(const float* logits, size_t ld, int E, int k, int G, int keep,
                                    int norm, float scaling, const float* bias, int32_t* ids,
                                    float* weights) {
+  await_inputs();
   extern __shared__ float sm[];
   float* s = sm;
   float* c = sm + E;
@@ -286,6 +294,7 @@ __global__ void route_group_kernel(const float* logits, size_t ld, int E, int k,
 }
 
 __global__ void copy_kernel(Vecs src, Vecs dst) {
+  await_inputs();
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= src.count * src.dim) return;
   dst.at(i / src.dim)[i % src.dim] = src.at(i / src.dim)[i % src.dim];
@@ -294,6 +303,7 @@ __global__ void copy_kernel(Vecs src, Vecs dst) {
 // dst[rows[j]] = src row j, j < n (src: n rows of `cols` floats, packed).
 __global__ void scatter_rows_kernel(const float* src, const int32_t* rows, int n, int cols,
                                     float* dst, size_t ldd) {
+  await_inputs();
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= size_t(n) * cols) return;
   const size_t j = i / cols, c = i % cols;
@@ -304,6 +314,7 @@ __global__ void scatter_rows_kernel(const float* src, const int32_t* rows, int n
 __global__ void combine_kernel(const float* slots, size_t lds, int S, const float* routed, int K,
                                const float* gate, size_t ldg, float* out, size_t ldo, int T,
                                int H) {
+  await_inputs();
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
   if (i >= size_t(T) * H) return;
   const int t = static_cast<int>(i / H), c = static_cast<int>(i % H);
@@ -399,6 +410,11 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   MF_CUDA(cudaMalloc(&kept_dev_, kKeptBytes));
   const char* graphs = std::getenv("MOEFLUX_CUDA_GRAPHS");
   graphs_enabled_ = !(graphs && std::string(graphs) == "0");
+  // Programmatic edges need sm_90 or later; MOEFLUX_CUDA_PDL=0 keeps full ones (to compare).
+  int major = 0;
+  MF_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  const char* pdl = std::getenv("MOEFLUX_CUDA_PDL");
+  programmatic_edges_ = major >= 9 && !(pdl && std::string(pdl) == "0");
   MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
   MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));
@@ -595,6 +611,43 @@ const Backend::StepInputs* CudaBackend::recorded_step(const char* op, int token,
   return step_dev_;
 }
 
+namespace {
+
+// Turns every edge between two kernel nodes of `g` into a programmatic one: the later kernel
+// may start once every block of the earlier has called await_inputs() (griddepcontrol
+// .launch_dependents) or finished, and its own await_inputs() waits for the earlier kernel to
+// complete (cuda_kernels.cuh). Other edges (copies) stay full.
+cudaError_t make_kernel_edges_programmatic(cudaGraph_t g) {
+  size_t n = 0;
+  if (cudaError_t e = cudaGraphGetEdges(g, nullptr, nullptr, nullptr, &n); e != cudaSuccess)
+    return e;
+  std::vector<cudaGraphNode_t> from(n), to(n);
+  std::vector<cudaGraphEdgeData> data(n);
+  if (cudaError_t e = cudaGraphGetEdges(g, from.data(), to.data(), data.data(), &n);
+      e != cudaSuccess)
+    return e;
+  auto is_kernel = [](cudaGraphNode_t node) {
+    cudaGraphNodeType t{};
+    return cudaGraphNodeGetType(node, &t) == cudaSuccess && t == cudaGraphNodeTypeKernel;
+  };
+  cudaGraphEdgeData programmatic{};
+  programmatic.from_port = cudaGraphKernelNodePortProgrammatic;
+  programmatic.type = cudaGraphDependencyTypeProgrammatic;
+  for (size_t i = 0; i < n; ++i) {
+    if (data[i].type != cudaGraphDependencyTypeDefault || !is_kernel(from[i]) || !is_kernel(to[i]))
+      continue;
+    if (cudaError_t e = cudaGraphRemoveDependencies(g, &from[i], &to[i], &data[i], 1);
+        e != cudaSuccess)
+      return e;
+    if (cudaError_t e = cudaGraphAddDependencies(g, &from[i], &to[i], &programmatic, 1);
+        e != cudaSuccess)
+      return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
 void CudaBackend::end_recording() {
   MF_ASSERT(capturing_);
   capturing_ = false;
@@ -603,6 +656,8 @@ void CudaBackend::end_recording() {
   Recording r;
   r.key = recording_key_;
   r.epoch = memory_epoch_;
+  if (err == cudaSuccess && graph != nullptr && programmatic_edges_)
+    err = make_kernel_edges_programmatic(graph);
   if (err == cudaSuccess && graph != nullptr) err = cudaGraphInstantiate(&r.exec, graph, 0);
   if (graph) cudaGraphDestroy(graph);
   if (err == cudaSuccess && graph != nullptr) err = cudaGraphLaunch(r.exec, stream_);

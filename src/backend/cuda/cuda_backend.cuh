@@ -198,6 +198,9 @@ class CudaBackend final : public Backend {
   StepInputs step_ = {};
   uint64_t recording_key_ = 0, runs_ = 0;
   bool capturing_ = false, graphs_enabled_ = true;
+  // A recording's kernel-to-kernel edges made programmatic (each kernel's preamble overlaps the
+  // end of the one before; cuda_kernels.cuh await_inputs): sm_90+, MOEFLUX_CUDA_PDL != 0.
+  bool programmatic_edges_ = true;
   int capture_failures_ = 0;
   static constexpr int kMaxFailures = 16;
   RecordingStats rec_stats_;
@@ -228,9 +231,10 @@ inline unsigned blocks_for(size_t n, size_t per_block) {
 int matvec_code(const DevMat& w, const DevMat* w2);
 // Launches the matrix-vector kernel `code` over the n products of `dev` (device memory), each
 // at most max_rows rows of W (sum_rows in all), max_t rows of X (<= kMatvecRows), max_cols
-// columns; `dual`: all of them kDual, else none.
+// columns; `dual`: all of them kDual, else none. descs_written: an earlier kernel wrote the
+// descriptors (the kernel reads them only once that kernel has finished).
 void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
-                   int max_cols, bool dual, cudaStream_t s);
+                   int max_cols, bool dual, cudaStream_t s, bool descs_written = false);
 
 // Checks the launch just issued.
 void check_launch(const char* what);

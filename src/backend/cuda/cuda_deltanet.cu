@@ -22,6 +22,7 @@ constexpr int kMaxKeyDim = 512;
 // v <- v / max(||v||, eps') * extra  with the CPU's convention: v / sqrt(Σ v^2 + eps).
 __global__ void l2norm_kernel(float* base, size_t s0, size_t s1, int heads, int dim, float eps,
                               float extra) {
+  await_inputs();
   const int t = blockIdx.x / heads, h = blockIdx.x % heads;
   float* v = base + t * s0 + h * s1;
   float ss = 0.0f;
@@ -42,6 +43,7 @@ struct DeltaParams {
 };
 
 __global__ void delta_rule_kernel(DeltaParams p) {
+  await_inputs();
   const int h = blockIdx.x, j = threadIdx.x, kh = h / p.ratio;
   __shared__ float qs[kMaxKeyDim], ks[kMaxKeyDim];
   __shared__ float decay_beta[2];

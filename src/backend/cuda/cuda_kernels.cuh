@@ -56,6 +56,21 @@ __host__ __device__ inline MatmulDesc blank_desc() {
   return d;
 }
 
+// Programmatic dependent launch (sm_90 and later; nothing on older GPUs). In a recorded decode
+// step the edges between consecutive kernels are programmatic (CudaBackend::end_recording), so
+// a kernel may start while the one before it still runs. Every kernel therefore calls
+// await_inputs() before it reads anything an earlier kernel wrote or writes anything an earlier
+// kernel reads, and before any of its blocks returns: only what never changes (weights, kept
+// descriptors) may be read before it. Because every kernel waits before it can finish, waiting
+// for the kernel just before is waiting for all earlier ones. Once its inputs are there, a
+// kernel lets the next one start its own preamble. Outside such edges both are no-ops.
+__device__ __forceinline__ void await_inputs() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 __device__ __forceinline__ float bf16_bits(uint32_t u16) {
   return __uint_as_float(u16 << 16);
 }

@@ -74,12 +74,20 @@ __device__ __forceinline__ void stage_x_row(const float* x, int cols, float* xs)
 // reads its chunk there; otherwise lanes read X from global memory (uncoalesced but cached).
 // DUAL: every product of the launch is kDual (two weight matrices), else none is.
 template <int CODE, int NT, bool SMEM, int R, bool DUAL>
-__global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* descs) {
+// descs_written: an earlier kernel wrote the descriptors (device-side routing), so they are
+// read only after await_inputs(); otherwise the descriptor and the first column step's weights
+// (which never change) are loaded before it, while the kernel before may still run.
+__global__ void __launch_bounds__(kWarps * 32)
+    matvec_kernel(const MatmulDesc* descs, bool descs_written) {
+  if (descs_written) await_inputs();
   // A copy in registers: the loop's address arithmetic must not reload fields from memory.
   const MatmulDesc d = descs[blockIdx.y];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = (blockIdx.x * kWarps + warp) * R;
-  if (blockIdx.x * kWarps * R >= d.w.rows) return;  // the whole block: no barrier is skipped
+  if (blockIdx.x * kWarps * R >= d.w.rows) {  // the whole block: no barrier is skipped
+    if (!descs_written) await_inputs();
+    return;
+  }
   constexpr int CH = Chunk<CODE>::n;
   constexpr int M = DUAL ? 2 : 1;  // weight matrices
   const int cols = d.w.cols, rows = d.w.rows;
@@ -97,6 +105,7 @@ __global__ void __launch_bounds__(kWarps * 32) matvec_kernel(const MatmulDesc* d
     }
   };
   load_step(lane * CH);
+  if (!descs_written) await_inputs();  // X may be the kernel before's output
   extern __shared__ float4 xs4[];
   float* xs = reinterpret_cast<float*>(xs4);
   const int pc = padded_pitch(cols);
@@ -177,6 +186,7 @@ constexpr int kBM = 64, kBN = 64, kBK = 32;
 // Y tile [64 rows of W] x [64 inputs]: blockIdx.x = row tile, blockIdx.y = input tile,
 // blockIdx.z = product. 256 threads, each 4 rows x 4 inputs.
 __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
+  await_inputs();
   const MatmulDesc d = descs[blockIdx.z];
   const int row0 = blockIdx.x * kBM, t0 = blockIdx.y * kBN;
   if (row0 >= d.w.rows || t0 >= d.T) return;
@@ -493,6 +503,7 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
 
 template <int BN>
 __global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(const MatmulDesc* descs) {
+  await_inputs();
   __shared__ TcSmem<BN> sm;
   const MatmulDesc d = descs[blockIdx.z];
   const int row0 = blockIdx.x * kTcBM, t0 = blockIdx.y * BN;
@@ -539,34 +550,34 @@ size_t opt_in_smem_limit() {
 // Launches matvec_kernel with `smem` bytes of dynamic shared memory, opting the kernel into
 // more than 48 KB first when it needs that (once per kernel and size reached).
 template <int CODE, int NT, int R, bool DUAL>
-void launch_staged(const MatmulDesc* dev, dim3 grid, size_t smem, cudaStream_t s) {
+void launch_staged(const MatmulDesc* dev, bool written, dim3 grid, size_t smem, cudaStream_t s) {
   static std::atomic<size_t> opted{48 * 1024};
   if (smem > opted.load(std::memory_order_relaxed)) {
     MF_CUDA(cudaFuncSetAttribute(matvec_kernel<CODE, NT, true, R, DUAL>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     opted.store(smem, std::memory_order_relaxed);
   }
-  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(dev);
+  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(dev, written);
 }
 
 template <int CODE, int NT, int R>
-void launch_matvec_r(const MatmulDesc* dev, int n, int max_rows, int max_cols, bool dual,
-                     cudaStream_t s) {
+void launch_matvec_r(const MatmulDesc* dev, bool written, int n, int max_rows, int max_cols,
+                     bool dual, cudaStream_t s) {
   const dim3 grid(blocks_for(max_rows, kWarps * R), n);
   const size_t smem = size_t(NT) * padded_pitch(max_cols) * sizeof(float);
   if constexpr (CODE != kGeneric) {
     if (smem <= opt_in_smem_limit()) {  // X staged in shared memory
       if (dual)
-        launch_staged<CODE, NT, R, true>(dev, grid, smem, s);
+        launch_staged<CODE, NT, R, true>(dev, written, grid, smem, s);
       else
-        launch_staged<CODE, NT, R, false>(dev, grid, smem, s);
+        launch_staged<CODE, NT, R, false>(dev, written, grid, smem, s);
       return;
     }
   }
   if (dual)
-    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(dev);
+    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(dev, written);
   else
-    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(dev);
+    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(dev, written);
 }
 
 // Rows per warp: as many as keep at least two blocks per SM of an H100/H200-sized GPU busy
@@ -575,58 +586,62 @@ void launch_matvec_r(const MatmulDesc* dev, int n, int max_rows, int max_cols, b
 // work per load, and more registers would spill (ptxas -v: A4, one row of X, 4 rows per warp:
 // 75 registers, dual 119; two rows of X, dual, 2 rows per warp: 227).
 template <int CODE, int NT>
-void launch_matvec_nt(const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_cols,
-                      bool dual, cudaStream_t s) {
+void launch_matvec_nt(const MatmulDesc* dev, bool written, int n, int max_rows, size_t sum_rows,
+                      int max_cols, bool dual, cudaStream_t s) {
   constexpr size_t kEnoughBlocks = 264;  // blocks with rows to compute (not the grid's size)
   auto enough = [&](int r) { return blocks_for(sum_rows, kWarps * r) >= kEnoughBlocks; };
   if constexpr (NT == 1 && CODE != kGeneric) {
-    if (enough(4)) return launch_matvec_r<CODE, NT, 4>(dev, n, max_rows, max_cols, dual, s);
-    if (enough(2)) return launch_matvec_r<CODE, NT, 2>(dev, n, max_rows, max_cols, dual, s);
+    if (enough(4))
+      return launch_matvec_r<CODE, NT, 4>(dev, written, n, max_rows, max_cols, dual, s);
+    if (enough(2))
+      return launch_matvec_r<CODE, NT, 2>(dev, written, n, max_rows, max_cols, dual, s);
   } else if constexpr (NT == 2 && CODE != kGeneric) {
     if (!dual && enough(2))
-      return launch_matvec_r<CODE, NT, 2>(dev, n, max_rows, max_cols, dual, s);
+      return launch_matvec_r<CODE, NT, 2>(dev, written, n, max_rows, max_cols, dual, s);
   }
-  launch_matvec_r<CODE, NT, 1>(dev, n, max_rows, max_cols, dual, s);
+  launch_matvec_r<CODE, NT, 1>(dev, written, n, max_rows, max_cols, dual, s);
 }
 
 template <int CODE>
-void launch_matvec_code(const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
-                        int max_cols, bool dual, cudaStream_t s) {
+void launch_matvec_code(const MatmulDesc* dev, bool written, int n, int max_rows, size_t sum_rows,
+                        int max_t, int max_cols, bool dual, cudaStream_t s) {
   if (max_t <= 1)
-    launch_matvec_nt<CODE, 1>(dev, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 1>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
   else if (max_t <= 2)
-    launch_matvec_nt<CODE, 2>(dev, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 2>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
   else if (max_t <= 4)
-    launch_matvec_nt<CODE, 4>(dev, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 4>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
   else
-    launch_matvec_nt<CODE, 8>(dev, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 8>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
 }
 
 }  // namespace
 
 void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
-                   int max_cols, bool dual, cudaStream_t s) {
+                   int max_cols, bool dual, cudaStream_t s, bool descs_written) {
   switch (code) {
     case kF32:
-      launch_matvec_code<kF32>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kF32>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kF16:
-      launch_matvec_code<kF16>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kF16>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kBF16:
-      launch_matvec_code<kBF16>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kBF16>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual,
+                                s);
       break;
     case kQ8:
-      launch_matvec_code<kQ8>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kQ8>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kA4:
-      launch_matvec_code<kA4>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kA4>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kA8:
-      launch_matvec_code<kA8>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kA8>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     default:
-      launch_matvec_code<kGeneric>(dev, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kGeneric>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual,
+                                   s);
       break;
   }
   check_launch("matvec");

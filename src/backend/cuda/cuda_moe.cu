@@ -31,6 +31,7 @@ __global__ void indexed_descs_kernel(const int32_t* ids, int pairs, int k,
                                      DevMat down, const float* X, int ldx, float* h, int I,
                                      float* slots, int lds, int S, MatmulDesc* gate_up,
                                      MatmulDesc* down_out) {
+  await_inputs();
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= pairs) return;
   const int t = p / k, i = p % k;
@@ -168,9 +169,9 @@ void CudaBackend::expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t
   check_launch("expert_ffn_indexed (descriptors)");
   // The formats are the records' (one per layer), so the kernels are chosen here.
   launch_matvec(matvec_code(gate, &up), descs, int(pairs), int(I), pairs * I, 1, int(H),
-                /*dual=*/true, stream_);
+                /*dual=*/true, stream_, /*descs_written=*/true);
   launch_matvec(matvec_code(down, nullptr), descs + pairs, int(pairs), int(H), pairs * H, 1, int(I),
-                /*dual=*/false, stream_);
+                /*dual=*/false, stream_, /*descs_written=*/true);
 }
 
 }  // namespace moeflux::cuda
