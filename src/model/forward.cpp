@@ -43,15 +43,18 @@ void issue_layers(const ForwardContext& ctx, const ModelWeights& w, std::span<co
 // engine, as is the backend that keeps recordings): the sequence's state buffers. Equal keys
 // mean the same ops on the same buffers; only the token and the position differ.
 uint64_t decode_step_key(const ForwardContext& ctx) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a over the addresses
-  auto mix = [&h](const void* p) {
-    auto v = reinterpret_cast<uintptr_t>(p);
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over the addresses and capacities
+  auto mix = [&h](uint64_t v) {
     for (size_t i = 0; i < sizeof(v); ++i, v >>= 8) h = (h ^ (v & 0xff)) * 1099511628211ull;
   };
-  mix(&ctx.ws);
-  mix(ctx.resident);
+  auto address = [](const void* p) { return uint64_t(reinterpret_cast<uintptr_t>(p)); };
+  mix(address(&ctx.ws));
+  mix(address(ctx.resident));
   for (const LayerState& ls : ctx.seqs[0].state->layers)
-    for (const Tensor* t : {&ls.kv.k, &ls.kv.v, &ls.delta.conv, &ls.delta.S}) mix(t->data);
+    for (const Tensor* t : {&ls.kv.k, &ls.kv.v, &ls.delta.conv, &ls.delta.S}) {
+      mix(address(t->data));
+      mix(t->rank ? t->rows() : 0);  // a cache's capacity (positions)
+    }
   return h;
 }
 
@@ -89,6 +92,9 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
         head_issued = true;
       } catch (const Error& e) {
         ctx.be.abort_recording(e.what());
+      } catch (...) {  // not a refusal to record: end the recording, then let it through
+        ctx.be.abort_recording("an exception");
+        throw;
       }
     }
   }
