@@ -548,16 +548,24 @@ void CudaBackend::fill(const Tensor& t, float value) {
 }
 
 void CudaBackend::set_step_inputs(StepInputs in) {
-  // The last run's first node may not have read the previous inputs yet.
-  if (runs_ > 0) MF_CUDA(cudaEventSynchronize(step_read_));
+  // The last run's first node may not have read the previous inputs yet (an event never
+  // recorded counts as reached).
+  MF_CUDA(cudaEventSynchronize(step_read_));
   *step_host_ = in;
-  step_ = in;
 }
 
-void CudaBackend::launch_recording(Recording& r) {
-  MF_CUDA(cudaGraphLaunch(r.exec, stream_));
-  MF_CUDA(cudaEventRecord(step_read_, stream_));
+cudaError_t CudaBackend::launch_recording(Recording& r) {
+  if (cudaError_t e = cudaGraphLaunch(r.exec, stream_); e != cudaSuccess) return e;
   r.last_run = ++runs_;
+  return cudaEventRecord(step_read_, stream_);
+}
+
+void CudaBackend::count_failure(std::string why) {
+  cudaGetLastError();  // not fatal: the ops are issued one by one
+  forget_blocks_kept_in_recording();
+  ++capture_failures_;
+  ++rec_stats_.failed;
+  rec_stats_.last_failure = std::move(why);
 }
 
 bool CudaBackend::replay(uint64_t key, StepInputs in) {
@@ -572,7 +580,7 @@ bool CudaBackend::replay(uint64_t key, StepInputs in) {
       return false;
     }
     set_step_inputs(in);
-    launch_recording(r);
+    MF_CUDA(launch_recording(r));
     ++rec_stats_.replayed;
     return true;
   }
@@ -585,16 +593,15 @@ bool CudaBackend::begin_recording(uint64_t key, StepInputs in) {
   set_step_inputs(in);
   // Thread-local mode: a call of this thread that cannot be recorded (a wait, an allocation)
   // fails, and with it the recording, instead of running while the recorded work has not.
-  if (cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
-    rec_stats_.last_failure = cudaGetErrorString(cudaGetLastError());
-    ++capture_failures_;  // not fatal: the ops are issued one by one
-    ++rec_stats_.failed;
+  kept_blocks_at_capture_ = kept_.size();
+  kept_used_at_capture_ = kept_used_;
+  if (cudaError_t e = cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal);
+      e != cudaSuccess) {
+    count_failure(cudaGetErrorString(e));
     return false;
   }
   capturing_ = true;
   recording_key_ = key;
-  kept_blocks_at_capture_ = kept_.size();
-  kept_used_at_capture_ = kept_used_;
   // The recording's first node: the inputs the host wrote before this run.
   if (cudaMemcpyAsync(step_dev_, step_host_, sizeof(StepInputs), cudaMemcpyHostToDevice, stream_) !=
       cudaSuccess) {
@@ -606,7 +613,7 @@ bool CudaBackend::begin_recording(uint64_t key, StepInputs in) {
 
 const Backend::StepInputs* CudaBackend::recorded_step(const char* op, int token, int pos) const {
   if (!capturing_) return nullptr;
-  if ((token != -1 && token != step_.token) || (pos != -1 && pos != step_.pos))
+  if ((token != -1 && token != step_host_->token) || (pos != -1 && pos != step_host_->pos))
     fail(std::string("CUDA: ") + op + " recorded with inputs other than the step's");
   return step_dev_;
 }
@@ -660,21 +667,16 @@ void CudaBackend::end_recording() {
     err = make_kernel_edges_programmatic(graph);
   if (err == cudaSuccess && graph != nullptr) err = cudaGraphInstantiate(&r.exec, graph, 0);
   if (graph) cudaGraphDestroy(graph);
-  if (err == cudaSuccess && graph != nullptr) err = cudaGraphLaunch(r.exec, stream_);
+  if (err == cudaSuccess && graph != nullptr) err = launch_recording(r);
   if (err != cudaSuccess || graph == nullptr) {
     // Nothing recorded has run: the caller issues the ops again (end_recording throws like an
     // op).
-    cudaGetLastError();
     if (r.exec) cudaGraphExecDestroy(r.exec);
-    forget_blocks_kept_in_recording();
-    ++capture_failures_;
-    ++rec_stats_.failed;
-    rec_stats_.last_failure =
+    const std::string why =
         std::string("CUDA: recording the decode step failed: ") + cudaGetErrorString(err);
-    fail(rec_stats_.last_failure);
+    count_failure(why);
+    fail(why);
   }
-  MF_CUDA(cudaEventRecord(step_read_, stream_));
-  r.last_run = ++runs_;
   capture_failures_ = 0;
   ++rec_stats_.recorded;
   // One recording per key: a new one replaces an older of the same key, else the least
@@ -697,15 +699,11 @@ void CudaBackend::end_recording() {
 
 void CudaBackend::abort_recording(std::string_view why) {
   if (!capturing_) return;
-  rec_stats_.last_failure = why;
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(stream_, &graph);  // invalidated, usually: nothing of it runs
   if (graph) cudaGraphDestroy(graph);
-  cudaGetLastError();
-  forget_blocks_kept_in_recording();
-  ++capture_failures_;
-  ++rec_stats_.failed;
+  count_failure(std::string(why));
 }
 
 DeviceMemory CudaBackend::device_memory() const {

@@ -100,7 +100,6 @@ class CudaBackend final : public Backend {
   // position read (the values they are given must equal the step's, else the op throws; -1:
   // the op does not take that input); null otherwise.
   const StepInputs* recorded_step(const char* op, int token, int pos) const;
-  bool recording() const { return capturing_; }
   // Device scratch of at least `bytes` (floats / ids / floats for attention's partial results),
   // valid until the next call of the same kind (each grows; never shrinks; growing one ends the
   // recordings that use it).
@@ -195,7 +194,6 @@ class CudaBackend final : public Backend {
   StepInputs* step_host_ = nullptr;
   StepInputs* step_dev_ = nullptr;
   cudaEvent_t step_read_ = nullptr;
-  StepInputs step_ = {};
   uint64_t recording_key_ = 0, runs_ = 0;
   bool capturing_ = false, graphs_enabled_ = true;
   // A recording's kernel-to-kernel edges made programmatic (each kernel's preamble overlaps the
@@ -208,7 +206,10 @@ class CudaBackend final : public Backend {
   // have read the previous ones).
   void set_step_inputs(StepInputs in);
   // Launches `r` and notes the run.
-  void launch_recording(Recording& r);
+  cudaError_t launch_recording(Recording& r);
+  // A recording that will not run: the error state cleared, the blocks kept for it forgotten,
+  // the failure counted with its reason.
+  void count_failure(std::string why);
   struct OpTime {
     const char* op;
     bool prompt;
