@@ -591,47 +591,70 @@ TEST_F(CudaOps, GroupedExpertFfnTensorCoreGemm) {
   }
 }
 
+// Pairs (row, rank) of router ids: few rows, one matrix-vector product per pair; prompts,
+// grouped by expert on the device and a GEMM per expert (tensor-core when the records are
+// 16-byte aligned, SIMT when not), one expert never chosen.
 TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
-  const size_t E = 5, T = 3, K = 2, S = 3;
-  // Small experts (one row per warp), and large ones: gate+up of 6 x 2048 rows take 4 rows per
-  // warp (dual), down of 6 x 1024 rows 2.
-  for (const auto& [H, I] : {std::pair<size_t, size_t>{256, 64}, {1024, 2048}})
-    for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q4()}) {
-      SCOPED_TRACE(format_name(f) + " H " + std::to_string(H) + " I " + std::to_string(I));
-      // Records laid out as the package does: gate | up | down, each a matrix_layout record.
-      const MatrixLayout lg = matrix_layout(f, I, H), ld = matrix_layout(f, H, I);
-      const size_t rb = (2 * lg.total_bytes + ld.total_bytes + 4095) / 4096 * 4096;
-      std::vector<uint8_t> host(E * rb);
-      for (size_t e = 0; e < E; ++e) {
-        RandomMatrix g(f, I, H, rng_), u(f, I, H, rng_), d(f, H, I, rng_);
-        std::memcpy(host.data() + e * rb, g.record.data(), lg.total_bytes);
-        std::memcpy(host.data() + e * rb + lg.total_bytes, u.record.data(), lg.total_bytes);
-        std::memcpy(host.data() + e * rb + 2 * lg.total_bytes, d.record.data(), ld.total_bytes);
+  struct Case {
+    size_t E, T, K, alignment;
+  };
+  for (const Case c :
+       {Case{5, 3, 2, 256}, Case{16, 40, 4, 256}, Case{12, 130, 3, 256}, Case{12, 70, 3, 8}}) {
+    const size_t E = c.E, T = c.T, K = c.K, S = K + 1;
+    // [T, K], each row's ids distinct (as top-k's), expert E - 1 never chosen.
+    std::vector<int32_t> ids;
+    if (T == 3) {
+      ids = {4, 0, 2, 4, 1, 3};
+    } else {
+      std::vector<int32_t> order(E - 1);
+      for (size_t e = 0; e + 1 < E; ++e) order[e] = int32_t(e);
+      for (size_t t = 0; t < T; ++t) {
+        std::shuffle(order.begin(), order.end(), rng_);
+        ids.insert(ids.end(), order.begin(), order.begin() + K);
       }
-      const uint8_t* dev = gpu_->resident(host.data(), host.size());
-      std::vector<const uint8_t*> cpu_table(E), gpu_table(E);
-      for (size_t e = 0; e < E; ++e)
-        cpu_table[e] = host.data() + e * rb, gpu_table[e] = dev + e * rb;
-      const auto* dtable = reinterpret_cast<const uint8_t* const*>(
-          gpu_->resident(reinterpret_cast<const uint8_t*>(gpu_table.data()), E * sizeof(void*)));
-      IndexedExperts ix;
-      ix.experts = E;
-      ix.gate = {f, I, H, 0};
-      ix.up = {f, I, H, lg.total_bytes};
-      ix.down = {f, H, I, 2 * lg.total_bytes};
-      IndexedExperts dix = ix;
-      ix.records = cpu_table.data();
-      dix.records = dtable;
-      const std::vector<int32_t> ids = {4, 0, 2, 4, 1, 3};  // [T, K]
-      const auto* dids = reinterpret_cast<const int32_t*>(
-          gpu_->resident(reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 4));
-      HostTensor X(T, H), slots(T * S, H);
-      X.randomize(rng_);
-      Mirror dX = mirror(X), dslots = mirror(slots);
-      cpu_->expert_ffn_indexed(X.t, ids.data(), K, ix, slots.t, S);
-      gpu_->expert_ffn_indexed(dX.t, dids, K, dix, dslots.t, S);
-      expect_twins(slots, dslots, 3e-5, "indexed expert slots");
     }
+    // Small experts (one row per warp), and large ones: gate+up of 6 x 2048 rows take 4 rows
+    // per warp (dual), down of 6 x 1024 rows 2.
+    for (const auto& [H, I] : {std::pair<size_t, size_t>{256, 64}, {1024, 2048}})
+      for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4()}) {
+        SCOPED_TRACE(format_name(f) + " H " + std::to_string(H) + " I " + std::to_string(I) +
+                     " E " + std::to_string(E) + " T " + std::to_string(T) + " alignment " +
+                     std::to_string(c.alignment));
+        // Records laid out as the package does: gate | up | down, each a matrix_layout record.
+        const MatrixLayout lg = matrix_layout(f, I, H), ld = matrix_layout(f, H, I);
+        const size_t rb = (2 * lg.total_bytes + ld.total_bytes + 4095) / 4096 * 4096;
+        std::vector<uint8_t> host(E * rb);
+        for (size_t e = 0; e < E; ++e) {
+          RandomMatrix g(f, I, H, rng_), u(f, I, H, rng_), d(f, H, I, rng_);
+          std::memcpy(host.data() + e * rb, g.record.data(), lg.total_bytes);
+          std::memcpy(host.data() + e * rb + lg.total_bytes, u.record.data(), lg.total_bytes);
+          std::memcpy(host.data() + e * rb + 2 * lg.total_bytes, d.record.data(), ld.total_bytes);
+        }
+        const uint8_t* dev = gpu_->resident(host.data(), host.size());
+        std::vector<const uint8_t*> cpu_table(E), gpu_table(E);
+        for (size_t e = 0; e < E; ++e)
+          cpu_table[e] = host.data() + e * rb, gpu_table[e] = dev + e * rb;
+        const auto* dtable = reinterpret_cast<const uint8_t* const*>(
+            gpu_->resident(reinterpret_cast<const uint8_t*>(gpu_table.data()), E * sizeof(void*)));
+        IndexedExperts ix;
+        ix.experts = E;
+        ix.gate = {f, I, H, 0};
+        ix.up = {f, I, H, lg.total_bytes};
+        ix.down = {f, H, I, 2 * lg.total_bytes};
+        IndexedExperts dix = ix;
+        ix.records = cpu_table.data();
+        dix.records = dtable;
+        dix.record_alignment = c.alignment;  // 8: as if misaligned (the SIMT GEMM)
+        const auto* dids = reinterpret_cast<const int32_t*>(
+            gpu_->resident(reinterpret_cast<const uint8_t*>(ids.data()), ids.size() * 4));
+        HostTensor X(T, H), slots(T * S, H);
+        X.randomize(rng_);
+        Mirror dX = mirror(X), dslots = mirror(slots);
+        cpu_->expert_ffn_indexed(X.t, ids.data(), K, ix, slots.t, S);
+        gpu_->expert_ffn_indexed(dX.t, dids, K, dix, dslots.t, S);
+        expect_twins(slots, dslots, 3e-5, "indexed expert slots");
+      }
+  }
 }
 
 TEST_F(CudaOps, LatentAttentionKeysWiderThanValuesSharingTheCache) {

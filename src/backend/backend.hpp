@@ -159,6 +159,7 @@ struct IndexedExperts {
   const uint8_t* const* records = nullptr;  // [experts] record addresses, in backend memory
   size_t experts = 0;
   RecordMatrix gate, up, down;  // gate, up: [intermediate, H]; down: [H, intermediate]
+  size_t record_alignment = 1;  // every record address is a multiple of this
 };
 
 // out[t] += Σ_{s<S} w[t,s] · slots[t*S + s]  for t < T, where w[t,s] = routed[t*K + s] for s < K

@@ -93,7 +93,8 @@ using RoutingSink =
 
 // Every expert of every MoE layer in backend memory (a GPU backend with --gpu-mem all): the
 // forward pass reads records from here instead of the streamer, and batches of at most
-// max_indexed_rows rows route on the device (Backend::expert_ffn_indexed) without waiting.
+// max_indexed_rows rows (the engine: any) route on the device (Backend::expert_ffn_indexed)
+// without waiting.
 struct ResidentExperts {
   std::vector<IndexedExperts> layers;                     // per layer (empty: dense layer)
   std::vector<std::vector<const uint8_t*>> host_records;  // the same addresses, host-readable

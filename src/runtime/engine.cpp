@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "backend/cpu/cpu_backend.hpp"
 #ifdef MOEFLUX_HAVE_CUDA
@@ -206,9 +207,11 @@ void Engine::load_resident_experts() {
     ix.gate = part(el.gate);
     ix.up = part(el.up);
     ix.down = part(el.down);
+    // Records start at arena + e * rb, the arena aligned to 256 bytes.
+    ix.record_alignment = std::min<size_t>(256, rb & (~rb + 1));
     r->bytes += E * rb;
   }
-  r->max_indexed_rows = 8;
+  r->max_indexed_rows = std::numeric_limits<size_t>::max();  // prompts group on the device too
   resident_ = std::move(r);
 }
 

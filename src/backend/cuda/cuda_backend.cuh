@@ -73,6 +73,11 @@ class CudaBackend final : public Backend {
   void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k, const IndexedExperts& ex,
                           const Tensor& slots, size_t slots_per_token) override;
   void combine(const CombineArgs& a) override;
+  // expert_ffn_indexed with the pairs grouped by expert on the device (cuda_moe.cu): taken
+  // for batches of more than kMatvecRows rows averaging kGroupedPairsPerExpert pairs per expert.
+  void expert_ffn_grouped(const Tensor& X, const int32_t* ids, size_t k, const IndexedExperts& ex,
+                          const Tensor& slots, size_t slots_per_token);
+  static constexpr size_t kGroupedPairsPerExpert = 2;
 
   cudaStream_t stream() const { return stream_; }
   cudaStream_t copy_stream() const { return copy_stream_; }
@@ -236,6 +241,17 @@ int matvec_code(const DevMat& w, const DevMat* w2);
 // descriptors (the kernel reads them only once that kernel has finished).
 void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
                    int max_cols, bool dual, cudaStream_t s, bool descs_written = false);
+
+// The GEMM kernel for products of W (format, whole 32-column k-tiles, 16-byte aligned rows;
+// base_aligned: W's records start 16-byte aligned where W.data holds an offset into them):
+// the tensor-core one where it can take them, else the SIMT one.
+int gemm_kernel_for(const DevMat& w, bool base_aligned = true);
+// Launches GEMM kernel `kernel` over the n products of `dev` (device memory): each at most
+// max_rows rows of W and max_t rows of X (blocks past a product's own T return at once).
+// tiles32 / tiles64: Σ over the products of their input tiles of 32 / 64 inputs, which choose
+// the tile width.
+void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, size_t tiles32,
+                 size_t tiles64, cudaStream_t s);
 
 // Checks the launch just issued.
 void check_launch(const char* what);

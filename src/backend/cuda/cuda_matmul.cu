@@ -671,10 +671,13 @@ bool tensor_cores_present() {
 // nothing: the tensor kernel reads it with float4 loads when aligned, else float by float.
 enum GemmKernel : int { kSimtGemm = kGeneric, kTensorGemm = kGeneric + 1 };
 
-int gemm_kernel_for(const DevMat& w) {
+}  // namespace
+
+int gemm_kernel_for(const DevMat& w, bool base_aligned) {
   const bool tiles =
       w.cols % kTcBK == 0 && ((w.code != kA4 && w.code != kA8) || w.group % kTcBK == 0);
-  const bool aligned = w.row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
+  const bool aligned =
+      base_aligned && w.row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
   return tiles && aligned && tensor_cores_present() ? kTensorGemm : kSimtGemm;
 }
 
@@ -699,8 +702,6 @@ void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max
   }
   check_launch("gemm");
 }
-
-}  // namespace
 
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
   // Launch groups: products of one kernel (matrix-vector: format code, vector or generic
