@@ -736,13 +736,10 @@ void* CudaBackend::stage(const void* host, size_t bytes) {
 }
 
 const void* CudaBackend::keep(const void* host, size_t bytes) {
-  // FNV-1a over the bytes (descriptors are plain data, zero-initialised padding included).
-  const auto* b = static_cast<const unsigned char*>(host);
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < bytes; ++i) h = (h ^ b[i]) * 1099511628211ull;
-  for (const KeptBlock& k : kept_)
-    if (k.hash == h && k.bytes == bytes && std::memcmp(kept_host_ + k.offset, host, bytes) == 0)
-      return kept_dev_ + k.offset;
+  // Descriptors are plain data, zero-initialised padding included: equal bytes, equal arguments.
+  const uint64_t h = KeptBlocks::hash(host, bytes);
+  if (const size_t at = kept_.find(host, bytes, h, kept_host_); at != KeptBlocks::npos)
+    return kept_dev_ + at;
   const size_t aligned = (bytes + 255) / 256 * 256;
   if (aligned > kKeptBytes) {
     if (capturing_) fail("CUDA: arguments too large to keep while recording");
@@ -760,7 +757,7 @@ const void* CudaBackend::keep(const void* host, size_t bytes) {
   std::memcpy(kept_host_ + offset, host, bytes);
   MF_CUDA(cudaMemcpyAsync(kept_dev_ + offset, kept_host_ + offset, bytes, cudaMemcpyHostToDevice,
                           stream_));
-  kept_.push_back({h, offset, bytes});
+  kept_.add(h, offset, bytes);
   return kept_dev_ + offset;
 }
 

@@ -24,6 +24,7 @@
 
 #include "backend/backend.hpp"
 #include "backend/cuda/cuda_kernels.cuh"
+#include "core/kept_blocks.hpp"
 
 namespace moeflux::cuda {
 
@@ -165,11 +166,7 @@ class CudaBackend final : public Backend {
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
   // bytes never change until the arena is emptied (which drains the stream and ends the
   // recordings), so a copy of them may be issued, or recorded and replayed, at any time.
-  struct KeptBlock {
-    uint64_t hash = 0;
-    size_t offset = 0, bytes = 0;
-  };
-  std::vector<KeptBlock> kept_;
+  KeptBlocks kept_;
   uint8_t* kept_host_ = nullptr;
   uint8_t* kept_dev_ = nullptr;
   size_t kept_used_ = 0;
@@ -177,7 +174,7 @@ class CudaBackend final : public Backend {
   // in the recording, so they are forgotten if it does not run.
   size_t kept_blocks_at_capture_ = 0, kept_used_at_capture_ = 0;
   void forget_blocks_kept_in_recording() {
-    kept_.resize(kept_blocks_at_capture_);
+    kept_.truncate(kept_blocks_at_capture_);
     kept_used_ = kept_used_at_capture_;
   }
   std::vector<MatmulDesc> descs_, group_;  // host scratch of matmul() / expert_ffn()
