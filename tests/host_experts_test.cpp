@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "core/error.hpp"
@@ -130,6 +131,86 @@ TEST(HybridPlanner, FirstSharesAndStallsDoNotSwingTheCpuFit) {
   size_t n = 0;  // and the CPU still gets its share of eight records
   plan(p, std::vector<P>(8, P::Ram), std::vector<size_t>(8, 1), &n);
   EXPECT_GE(n, 2u);
+}
+
+// A CPU locked out by a slow first reading is probed with one record now and then, and wins its
+// share back once the probes measure it fast; a CPU that stays slow is probed ever more rarely.
+TEST(HybridPlanner, ProbesACpuThatGetsNoShare) {
+  constexpr double kRecord = 1 << 20, kFast = 50e9;
+  const std::vector<P> where = {P::Gpu, P::Ram, P::Ram, P::Ram, P::Ram, P::Ram, P::Ram, P::Storage};
+  const std::vector<size_t> rows = {1, 2, 1, 2, 1, 1, 2, 1};
+  for (const bool fast : {true, false}) {
+    SCOPED_TRACE(fast ? "the CPU is fast" : "the CPU stays slow");
+    HybridPlanner p(CpuExpertsMode::Auto, 0.5e9, 50e9);  // read slow: every split lost
+    std::vector<uint8_t> on_host(where.size());
+    size_t layers_to_first_probe = 0, shares = 0, probes_seen = 0;
+    for (size_t layer = 0; layer < 20000; ++layer) {
+      const bool due = p.probe_due();
+      std::fill(on_host.begin(), on_host.end(), uint8_t(7));
+      const uint64_t probes_before = p.probes();
+      const size_t n = p.plan_layer(where, rows, size_t(kRecord), on_host);
+      const bool probe = p.probes() > probes_before;
+      if (probe) {
+        EXPECT_TRUE(due) << "layer " << layer;  // announced a layer ahead
+      }
+      if (due) {
+        EXPECT_GT(n, 0u) << "layer " << layer;
+      }
+      if (probe) {
+        ++probes_seen;
+        if (layers_to_first_probe == 0) layers_to_first_probe = layer + 1;
+        // The probe: one record of one row, in the RAM tier.
+        ASSERT_EQ(std::count(on_host.begin(), on_host.end(), uint8_t(1)), 1);
+        const size_t i =
+            size_t(std::find(on_host.begin(), on_host.end(), uint8_t(1)) - on_host.begin());
+        EXPECT_EQ(where[i], P::Ram);
+        EXPECT_EQ(rows[i], 1u);
+      } else if (n > 0) {
+        ++shares;
+      }
+      double bytes = 0;
+      for (size_t i = 0; i < where.size(); ++i) {
+        EXPECT_LE(on_host[i], 1) << "flag " << i << " not written";
+        if (on_host[i]) bytes += kRecord * double(rows[i]);
+      }
+      if (n > 0) p.observe_cpu(bytes, 20e-6 + bytes / (fast ? kFast : 0.5e9));
+      if (fast && shares > 0) break;
+    }
+    EXPECT_EQ(layers_to_first_probe, HybridPlanner::kProbeFirst);
+    if (fast) {
+      // Warm-up probes are not measured (kCpuWarmup); the next ones raise its rate, so they keep
+      // coming every 64 layers until it wins shares of its own.
+      EXPECT_GT(shares, 0u);
+      EXPECT_LE(probes_seen, 8u + 8u);
+      EXPECT_EQ(p.probe_interval(), HybridPlanner::kProbeFirst);
+      EXPECT_GT(p.cpu_rate(), 10e9);
+    } else {
+      // Every 64 layers through the 8 unmeasured warm-up probes and the first measured one,
+      // then intervals 64, 128, ..., 4096, then every 4096.
+      EXPECT_EQ(shares, 0u);
+      EXPECT_EQ(p.probe_interval(), HybridPlanner::kProbeMax);
+      EXPECT_LE(probes_seen, 9u + 7u + 20000 / HybridPlanner::kProbeMax);
+      EXPECT_GE(probes_seen, 9u + 7u);
+    }
+  }
+}
+
+TEST(HybridPlanner, NoProbeWithoutARecordTheCpuCouldTake) {
+  HybridPlanner p(CpuExpertsMode::Auto, 0.5e9, 50e9);
+  std::vector<uint8_t> on_host(3);
+  // GPU hits, storage misses, many-row records: nothing the CPU could take.
+  const std::vector<P> where = {P::Gpu, P::Storage, P::Ram};
+  const std::vector<size_t> rows = {1, 1, 3};
+  for (size_t layer = 0; layer < 1000; ++layer)
+    EXPECT_EQ(p.plan_layer(where, rows, 1 << 20, on_host), 0u);
+  EXPECT_EQ(p.probes(), 0u);
+  HybridPlanner off(CpuExpertsMode::Off, 100e9, 1e9);
+  const std::vector<P> ram(3, P::Ram);
+  const std::vector<size_t> one(3, 1);
+  for (size_t layer = 0; layer < 1000; ++layer)
+    EXPECT_EQ(off.plan_layer(ram, one, 1 << 20, on_host), 0u);
+  EXPECT_EQ(off.probes(), 0u);
+  EXPECT_FALSE(off.probe_due());
 }
 
 TEST(HybridPlanner, ParsesItsModes) {

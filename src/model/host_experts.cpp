@@ -52,6 +52,34 @@ size_t HybridPlanner::plan(std::span<const RecordPlace> where, std::span<const s
   return n;
 }
 
+size_t HybridPlanner::plan_layer(std::span<const RecordPlace> where, std::span<const size_t> rows,
+                                 size_t record_bytes, std::span<uint8_t> on_host) {
+  const size_t n = plan(where, rows, record_bytes, on_host);
+  if (mode_ != CpuExpertsMode::Auto) return n;
+  if (n > 0) {  // the CPU won a share on its own
+    idle_layers_ = 0;
+    probe_interval_ = kProbeFirst;
+    return n;
+  }
+  // The record the CPU could take with the fewest rows (the cheapest probe), if any.
+  size_t best = where.size();
+  for (size_t i = 0; i < where.size(); ++i)
+    if (where[i] == RecordPlace::Ram && rows[i] <= kMaxRowsPerRecord &&
+        (best == where.size() || rows[i] < rows[best]))
+      best = i;
+  if (best == where.size()) return 0;  // nothing it could have taken: not a lost split
+  if (++idle_layers_ < probe_interval_) return 0;
+  idle_layers_ = 0;
+  // Back off once the probes are measured (past the CPU's warm-up shares) and the last one did
+  // not make the CPU look faster; while they keep raising its rate, keep probing as often.
+  if (cpu_shares_ > kCpuWarmup && !(cpu_rate_ > 1.05 * rate_at_probe_))
+    probe_interval_ = std::min(2 * probe_interval_, kProbeMax);
+  rate_at_probe_ = cpu_rate_;
+  ++probes_;
+  on_host[best] = 1;
+  return 1;
+}
+
 void HybridPlanner::observe(double& rate, double bytes, double seconds) {
   if (!(bytes > 0) || !(seconds > 1e-7)) return;  // nothing measured, or below timer noise
   constexpr double kWeight = 0.2;                 // of the newest observation

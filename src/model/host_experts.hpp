@@ -48,11 +48,18 @@ enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
 // bare ratio would charge the overhead to the bytes, so that a small share looks slow, gets
 // smaller and looks slower (measured: 28.6% on the CPU at 19 GB/s "rate" where 53 GB/s was
 // true; docs/PERF.md). The CPU's first kCpuWarmup shares are not measured (they pay for first
-// use), and a stalled share counts as at most 2x the model's prediction. A side that gets no
-// work is not measured: once
-// the CPU's rate makes it lose every split it stays out, and auto acts as off. Probing it again
-// was tried and dropped: a lone record on a pool idle for a while took ~1.5 ms on the GPU host,
-// so the probes cost more than they found (docs/PERF.md, "hybrid expert compute").
+// use), and a stalled share counts as at most 2x the model's prediction.
+// A side that gets no work is not measured: once a slow reading makes the CPU lose every split,
+// nothing would correct it (measured: runs that read 5-7 GB/s early on never gave the CPU work
+// again; docs/PERF.md, 2026-12-04). So plan_layer() probes: after probe_interval() plans in a
+// row (one per layer in decode) in which the CPU could have taken a record but got none, it gets
+// one (the one of fewest rows) and is measured again. The interval starts at kProbeFirst plans;
+// it doubles, up to kProbeMax, after each measured probe that did not raise the CPU's rate, so
+// that a CPU that really is slower costs at most one such layer in kProbeMax; it falls back to
+// kProbeFirst once the CPU wins a share on its own. probe_due()
+// tells the layer before, so that the CPU's pool is woken ahead (a probe on a pool asleep took
+// ~1.5 ms on the GPU host, which is why an earlier probing scheme without the wake-up was
+// dropped).
 class HybridPlanner {
  public:
   explicit HybridPlanner(CpuExpertsMode mode) : mode_(mode) {}
@@ -63,6 +70,15 @@ class HybridPlanner {
   // than kMaxRowsPerRecord rows stay on the GPU.
   size_t plan(std::span<const RecordPlace> where, std::span<const size_t> rows, size_t record_bytes,
               std::span<uint8_t> on_host) const;
+  // plan(), then the probe rule above (auto mode): what a forward pass calls once per layer.
+  size_t plan_layer(std::span<const RecordPlace> where, std::span<const size_t> rows,
+                    size_t record_bytes, std::span<uint8_t> on_host);
+  // The next plan_layer() probes if the CPU again gets no share of its own.
+  bool probe_due() const {
+    return mode_ == CpuExpertsMode::Auto && idle_layers_ + 1 >= probe_interval_;
+  }
+  size_t probe_interval() const { return probe_interval_; }
+  uint64_t probes() const { return probes_; }      // CPU shares given by the probe rule
   void observe_cpu(double bytes, double seconds);  // one layer's share: its bytes x rows, time
   void observe_copy(double bytes, double seconds) { observe(copy_rate_, bytes, seconds); }
   double cpu_rate() const { return cpu_rate_; }          // bytes per second (one row)
@@ -71,6 +87,7 @@ class HybridPlanner {
   CpuExpertsMode mode() const { return mode_; }
 
   static constexpr size_t kMaxRowsPerRecord = 2;
+  static constexpr size_t kProbeFirst = 64, kProbeMax = 4096;  // layers between probes
 
  private:
   static void observe(double& rate, double bytes, double seconds);
@@ -79,6 +96,11 @@ class HybridPlanner {
   double cpu_overhead_ = 0;
   static constexpr uint64_t kCpuWarmup = 8;  // CPU shares not measured, then fitted uncapped
   uint64_t cpu_shares_ = 0;                  // observe_cpu calls with something measured
+  // Layers in a row in which the CPU could have taken a record but got none; the probe rule's
+  // current interval; probes made.
+  size_t idle_layers_ = 0, probe_interval_ = kProbeFirst;
+  uint64_t probes_ = 0;
+  double rate_at_probe_ = 0;  // the CPU's rate when the last probe was planned
   // Exponentially weighted sums over the CPU's observations (x = bytes, y = seconds).
   struct LineFit {
     double w = 0, x = 0, y = 0, xx = 0, xy = 0;
@@ -107,8 +129,9 @@ struct HostExperts {
   std::vector<int32_t> out_local, out_device;
   // Totals over the engine's life: the CPU's wall time and bytes (record bytes x rows).
   double cpu_seconds = 0, cpu_bytes = 0;
-  // The last plan gave the CPU a share: the next layer wakes its pool before waiting for its
-  // routing (a pool asleep between layers took up to milliseconds to answer; docs/PERF.md).
+  // The last plan gave the CPU a share (or the next may probe it): the next layer wakes its
+  // pool before waiting for its routing (a pool asleep between layers took up to milliseconds
+  // to answer; docs/PERF.md).
   bool cpu_share_last = false;
 };
 

@@ -272,8 +272,10 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
                                                                  : RecordPlace::Gpu;
       hx->rows[i] = static_cast<size_t>(m.first[e + 1] - m.first[e]);
     }
-    hx->cpu_share_last = hx->planner.plan(hx->where, hx->rows, el.record_bytes, hx->on_host) > 0;
-    if (!hx->cpu_share_last) return {};
+    const bool share =
+        hx->planner.plan_layer(hx->where, hx->rows, el.record_bytes, hx->on_host) > 0;
+    hx->cpu_share_last = share || hx->planner.probe_due();  // wake the pool ahead of a probe too
+    if (!share) return {};
     hx->cpu->wake();   // (spinning already, if woken before the routing wait: then nearly free)
     if (!x_on_host) {  // the CPU's inputs, before GPU expert work is queued ahead of the copy
       ctx.be.download(ctx.ws.xn.rows_view(0, T), hx->x.data(), hx->hidden);

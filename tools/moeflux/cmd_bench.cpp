@@ -208,7 +208,8 @@ Runner add_bench(CLI::App& app) {
                   {"cpu_ms_per_token", 1e3 * sec / a->gen_len},
                   {"planner_cpu_gb_s", hx->planner.cpu_rate() / 1e9},
                   {"planner_cpu_overhead_us", hx->planner.cpu_overhead() * 1e6},
-                  {"planner_copy_gb_s", hx->planner.copy_rate() / 1e9}};
+                  {"planner_copy_gb_s", hx->planner.copy_rate() / 1e9},
+                  {"planner_probes", hx->planner.probes()}};
       }
       const ReaderStats after = s.streamer().reader().stats();
       storage_bytes = after.bytes - before.bytes;
@@ -365,13 +366,14 @@ Runner add_bench(CLI::App& app) {
       std::printf(
           "cpu      --cpu-experts %s: %.1f%% of expert requests computed on the CPU, %.2f "
           "MiB/token at %.2f GB/s (%.3f ms/token, %zu threads; planner: CPU %.1f GB/s + %.0f "
-          "us a layer, copies %.1f GB/s)\n",
+          "us a layer, copies %.1f GB/s, %llu probes of a CPU left without a share)\n",
           hybrid["mode"].get<std::string>().c_str(),
           100 * last_stream["hit_rate"]["cpu_computed"].get<double>(),
           hybrid["cpu_bytes_per_token"].get<double>() / 1048576, hybrid["cpu_gb_s"].get<double>(),
           hybrid["cpu_ms_per_token"].get<double>(), hybrid["threads"].get<size_t>(),
           hybrid["planner_cpu_gb_s"].get<double>(), hybrid["planner_cpu_overhead_us"].get<double>(),
-          hybrid["planner_copy_gb_s"].get<double>());
+          hybrid["planner_copy_gb_s"].get<double>(),
+          static_cast<unsigned long long>(hybrid["planner_probes"].get<uint64_t>()));
     for (const json& tier : last_stream["tiers"])
       if (tier["transfer_gb_s"].get<double>() > 0)
         std::printf("copies   into the %s tier: %.2f MiB/token at %.2f GB/s (device-timed)\n",
