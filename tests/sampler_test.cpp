@@ -121,6 +121,27 @@ TEST(Sampler, TopKKeepsTheKLargest) {
   EXPECT_EQ(Sampler(o).distribution(logits_of({0.1, 0.4, 0.2, 0.3}), {}).size(), 4u);
 }
 
+// Top-k over a vocabulary of many blocks (the selection skips blocks whose largest logit cannot
+// enter): ties keep the lowest ids, a logit equal to the k-th best arriving later stays out,
+// larger ones anywhere in a block (its first and last slots included) come in, NaN never.
+TEST(Sampler, TopKOverManyBlocksKeepsTheLowestIdsOfTies) {
+  const size_t V = 1000;
+  std::vector<float> l(V, 1.0f);
+  l[3] = std::nanf("");
+  SamplerOptions o = plain();
+  o.top_k = 5;
+  auto top = [&] { return ids(Sampler(o).distribution(l, {})); };
+  EXPECT_EQ(top(), (std::vector<int>{0, 1, 2, 4, 5}));
+  l[640] = 2.0f;  // the first slot of a block
+  l[703] = 3.0f;  // the last slot of one
+  l[999] = 2.5f;  // in the tail after the last whole block
+  l[64] = std::nanf("");
+  EXPECT_EQ(top(), (std::vector<int>{703, 999, 640, 0, 1}));
+  for (float& v : l) v = -1.0f;  // all equal, but one NaN: the k lowest ids without it
+  l[2] = std::nanf("");
+  EXPECT_EQ(top(), (std::vector<int>{0, 1, 3, 4, 5}));
+}
+
 TEST(Sampler, TopPKeepsTheSmallestPrefixReachingP) {
   const auto l = logits_of({0.15, 0.5, 0.05, 0.3});  // sorted: 1 (.5), 3 (.3), 0 (.15), 2 (.05)
   auto kept = [&](float p) {
