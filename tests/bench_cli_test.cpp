@@ -89,6 +89,21 @@ TEST(BenchCli, JsonReportHasEveryFigure) {
   EXPECT_TRUE(j["ceilings"]["expert_batches"]["measured"].get<bool>());
 }
 
+// --sample decodes with the default sampler (seeded) instead of the greedy pick, and says so.
+TEST(BenchCli, SampleDecodesWithTheSampler) {
+  TempDir tmp;
+  const std::string model = fixture_dir("../../models/moeflux-tiny-kjv");
+  const CommandResult r =
+      run_moeflux({"bench", "-m", model, "--prompt-len", "8", "--gen-len", "6", "--repeat", "1",
+                   "--no-ceilings", "--threads", "2", "--sample", "--json", tmp / "bench.json"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("outside the pass (sampling, session)"), std::string::npos) << r.out;
+  std::ifstream in(tmp / "bench.json");
+  const json j = json::parse(in);
+  EXPECT_TRUE(j["options"]["sample"].get<bool>());
+  EXPECT_GT(j["decode_tok_s"]["median"].get<double>(), 0);
+}
+
 TEST(BenchCli, BadOptionsAreClearErrors) {
   const std::string model = fixture_dir("../../models/moeflux-tiny-kjv");
   const CommandResult r = run_moeflux({"bench", "-m", model, "--ram-cache", "lots"});

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <optional>
 #include <random>
 
 #include "commands.hpp"
@@ -14,6 +15,7 @@
 #include "engine_options.hpp"
 #include "experts/ceilings.hpp"
 #include "model_dir.hpp"
+#include "sample/sampler.hpp"
 
 namespace moeflux::tool {
 
@@ -118,6 +120,7 @@ Runner add_bench(CLI::App& app) {
     uint64_t seed = 1;
     bool no_ceilings = false;
     bool keep_cache = false;
+    bool sample = false;
     EngineArgs engine;
   };
   auto a = std::make_shared<Args>();
@@ -131,6 +134,10 @@ Runner add_bench(CLI::App& app) {
   cmd->add_option("--seed", a->seed, "Seed of the random token ids (default 1)");
   cmd->add_option("--json", a->json_out, "Write the full report as JSON");
   cmd->add_flag("--no-ceilings", a->no_ceilings, "Skip measuring the storage and memory ceilings");
+  cmd->add_flag("--sample", a->sample,
+                "Decode by sampling with the default options (temperature 0.7, top-k 40, top-p "
+                "0.95, min-p 0.05; seeded by --seed) instead of the greedy pick, so that the "
+                "sampler's host time counts as in `run`");
   cmd->add_flag("--keep-cache", a->keep_cache,
                 "One engine for all repeats: later repeats find the expert cache warm (a "
                 "server's steady state); default: every repeat starts cold");
@@ -184,8 +191,18 @@ Runner add_bench(CLI::App& app) {
       const double cpu_bytes0 = hx ? hx->cpu_bytes : 0, cpu_seconds0 = hx ? hx->cpu_seconds : 0;
       const Backend::RecordingStats steps0 = engine.backend().recording_stats();
       t0 = Clock::now();
-      for (int g = 0; g < a->gen_len; ++g) {  // greedy: the model's own continuation
-        const int next = static_cast<int>(argmax(*logits));
+      // The model's own continuation: greedy, or sampled (--sample) over the sequence so far.
+      std::optional<Sampler> sampler;
+      if (a->sample) {
+        SamplerOptions so;
+        so.seed = a->seed + uint64_t(r);
+        sampler.emplace(so);
+      }
+      std::vector<int> sequence = prompt;
+      for (int g = 0; g < a->gen_len; ++g) {
+        const int next =
+            sampler ? sampler->sample(*logits, sequence) : static_cast<int>(argmax(*logits));
+        sequence.push_back(next);
         logits = &s.eval_token(next);
       }
       const double td = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -226,7 +243,7 @@ Runner add_bench(CLI::App& app) {
         const double n = static_cast<double>(std::max<uint64_t>(ft.tokens, 1));
         host_layers_ms.push_back(1e3 * layers_s / n);
         host_head_ms.push_back(1e3 * ft.head / n);
-        // The rest of a decoded token's time: the greedy pick over the logits, the session.
+        // The rest of a decoded token's time: the pick over the logits, the session.
         host_other_ms.push_back(
             std::max(0.0, 1e3 * (td / a->gen_len) - host_layers_ms.back() - host_head_ms.back()));
       }
@@ -249,7 +266,8 @@ Runner add_bench(CLI::App& app) {
                          {"prompt_len", a->prompt_len},
                          {"gen_len", a->gen_len},
                          {"repeat", a->repeat},
-                         {"keep_cache", a->keep_cache}};
+                         {"keep_cache", a->keep_cache},
+                         {"sample", a->sample}};
     report["prefill_tok_s"] = {{"median", median(prefill)}, {"runs", prefill}};
     report["backend"] = backend_name;
     report["resident_expert_bytes"] = resident_bytes;
@@ -329,9 +347,9 @@ Runner add_bench(CLI::App& app) {
                   backend_name.c_str(), human_bytes(double(resident_bytes)).c_str());
     std::printf(
         "host     %.3f ms/token in the layers%s, %.3f in the head (final norm, LM head, "
-        "logits), %.3f outside the pass (greedy pick, session)\n",
+        "logits), %.3f outside the pass (%s, session)\n",
         median(host_layers_ms), backend_name == "cpu" ? "" : " (issuing the device's work)",
-        median(host_head_ms), median(host_other_ms));
+        median(host_head_ms), median(host_other_ms), a->sample ? "sampling" : "greedy pick");
     if (steps.recorded + steps.replayed + steps.failed > 0)
       std::printf(
           "graphs   %llu of %d decode steps replayed from a recording (%llu recorded, %llu "
