@@ -155,6 +155,11 @@ struct RecordMatrix {
   }
 };
 
+// expert_ffn_indexed groups a batch's (row, rank) pairs by expert itself (a GEMM per expert)
+// when it has more than 8 rows and at least this many pairs per expert on average; fewer pairs
+// run one matrix-vector product each.
+inline constexpr size_t kGroupedPairsPerExpert = 2;
+
 struct IndexedExperts {
   const uint8_t* const* records = nullptr;  // [experts] record addresses, in backend memory
   size_t experts = 0;

@@ -93,13 +93,16 @@ using RoutingSink =
 
 // Every expert of every MoE layer in backend memory (a GPU backend with --gpu-mem all): the
 // forward pass reads records from here instead of the streamer, and batches of at most
-// max_indexed_rows rows (the engine: any) route on the device (Backend::expert_ffn_indexed)
-// without waiting.
+// max_indexed_rows rows, or of at least min_grouped_rows (kGroupedPairsPerExpert pairs per
+// expert: the backend groups them by expert itself), route on the device
+// (Backend::expert_ffn_indexed) without waiting. Batches between (batched decode of 9 to ~31
+// sequences for Qwen3-30B) wait for the routing and group on the host, as measured so far.
 struct ResidentExperts {
   std::vector<IndexedExperts> layers;                     // per layer (empty: dense layer)
   std::vector<std::vector<const uint8_t*>> host_records;  // the same addresses, host-readable
   size_t max_indexed_rows = 8;
-  size_t bytes = 0;  // backend memory they take
+  size_t min_grouped_rows = 0;  // 0: none
+  size_t bytes = 0;             // backend memory they take
 };
 
 struct ForwardContext {
@@ -125,7 +128,9 @@ struct ForwardContext {
   // Every expert resident and few rows, no routing sink: each MoE layer routes on the device
   // and nothing in the pass waits for it (the routing is recorded after the pass).
   bool routes_on_device() const {
-    return resident && rows <= resident->max_indexed_rows && !on_routing;
+    return resident && !on_routing &&
+           (rows <= resident->max_indexed_rows ||
+            (resident->min_grouped_rows > 0 && rows >= resident->min_grouped_rows));
   }
 };
 

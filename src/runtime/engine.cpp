@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 
 #include "backend/cpu/cpu_backend.hpp"
 #ifdef MOEFLUX_HAVE_CUDA
@@ -211,7 +210,9 @@ void Engine::load_resident_experts() {
     ix.record_alignment = std::min<size_t>(256, rb & (~rb + 1));
     r->bytes += E * rb;
   }
-  r->max_indexed_rows = std::numeric_limits<size_t>::max();  // prompts group on the device too
+  r->max_indexed_rows = 8;
+  const size_t K = static_cast<size_t>(active_experts_);
+  r->min_grouped_rows = (kGroupedPairsPerExpert * E + K - 1) / K;
   resident_ = std::move(r);
 }
 

@@ -78,7 +78,6 @@ class CudaBackend final : public Backend {
   // for batches of more than kMatvecRows rows averaging kGroupedPairsPerExpert pairs per expert.
   void expert_ffn_grouped(const Tensor& X, const int32_t* ids, size_t k, const IndexedExperts& ex,
                           const Tensor& slots, size_t slots_per_token);
-  static constexpr size_t kGroupedPairsPerExpert = 2;
 
   cudaStream_t stream() const { return stream_; }
   cudaStream_t copy_stream() const { return copy_stream_; }
