@@ -129,10 +129,10 @@ struct HostExperts {
   std::vector<int32_t> out_local, out_device;
   // Totals over the engine's life: the CPU's wall time and bytes (record bytes x rows).
   double cpu_seconds = 0, cpu_bytes = 0;
-  // The last plan gave the CPU a share (or the next may probe it): the next layer wakes its
-  // pool before waiting for its routing (a pool asleep between layers took up to milliseconds
-  // to answer; docs/PERF.md).
-  bool cpu_share_last = false;
+  // The last plan gave the CPU a share, or the next may probe it: the next layer wakes its pool
+  // before waiting for its routing (a pool asleep between layers took up to milliseconds to
+  // answer; docs/PERF.md).
+  bool wake_pool_next = false;
 };
 
 }  // namespace moeflux

@@ -274,7 +274,7 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
     }
     const bool share =
         hx->planner.plan_layer(hx->where, hx->rows, el.record_bytes, hx->on_host) > 0;
-    hx->cpu_share_last = share || hx->planner.probe_due();  // wake the pool ahead of a probe too
+    hx->wake_pool_next = share || hx->planner.probe_due();  // wake the pool ahead of a probe too
     if (!share) return {};
     hx->cpu->wake();   // (spinning already, if woken before the routing wait: then nearly free)
     if (!x_on_host) {  // the CPU's inputs, before GPU expert work is queued ahead of the copy
@@ -381,7 +381,7 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
   {
     ScopedTimer timer(ctx.timer(layer, &LayerTimes::router));
     ctx.be.rmsnorm(h, w.post_norm, ctx.ws.xn.rows_view(0, T), eps_of(c), zero_centered);
-    if (HostExperts* hx = ctx.host_experts; !indexed && hx && hx->usable(T) && hx->cpu_share_last)
+    if (HostExperts* hx = ctx.host_experts; !indexed && hx && hx->usable(T) && hx->wake_pool_next)
       hx->cpu->wake();  // its wake-up overlaps the routing wait
     shared_gate = route_rows(ctx, w.moe, T, layer, /*wait=*/!indexed);
     if (!indexed) record_routing(ctx, layer);

@@ -119,7 +119,7 @@ void Sampler::filter() {
     MF_ASSERT(std::isfinite(lmax));  // some token must be possible
     for (auto& c : pool_) Z += (c.w = weight(c.logit));
   } else {
-    lmax = work_[argmax(work_)];
+    lmax = max_value(work_);         // one pass (argmax's first)
     MF_ASSERT(std::isfinite(lmax));  // some token must be possible
     weights_.resize(V);
     for (size_t i = 0; i < V; ++i) Z += (weights_[i] = weight(work_[i]));
