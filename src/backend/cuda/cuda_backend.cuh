@@ -159,7 +159,7 @@ class CudaBackend final : public Backend {
     size_t bytes_ = 0;
   };
   GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
-      attention_scratch_{memory_epoch_};
+      attention_scratch_{memory_epoch_}, partial_scratch_{memory_epoch_};
   std::vector<void*> resident_;  // device copies made by resident()
   // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
@@ -242,12 +242,22 @@ void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t 
 // base_aligned: W's records start 16-byte aligned where W.data holds an offset into them):
 // the tensor-core one where it can take them, else the SIMT one.
 int gemm_kernel_for(const DevMat& w, bool base_aligned = true);
+// The tensor-core GEMM's tile width (inputs per block, 32 or 64) for products of tiles32 /
+// tiles64 input tiles of 32 / 64 inputs in all: narrow tiles decode each W tile for fewer
+// inputs but waste fewer MMAs on short products (MoE experts of ~32 rows); the choice minimises
+// Σ tiles x (decode + width), a W tile's decode counted as 64 inputs' MMAs (an estimate).
+int gemm_tile_width(size_t tiles32, size_t tiles64);
+// Columns of each product split across `splits` blocks (tensor-core GEMM only), their sums in
+// `partial` (n * splits * max_t * max_rows floats), then reduced in split order.
+struct GemmSplit {
+  int splits = 1;
+  float* partial = nullptr;
+};
 // Launches GEMM kernel `kernel` over the n products of `dev` (device memory): each at most
-// max_rows rows of W and max_t rows of X (blocks past a product's own T return at once).
-// tiles32 / tiles64: Σ over the products of their input tiles of 32 / 64 inputs, which choose
-// the tile width.
-void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, size_t tiles32,
-                 size_t tiles64, cudaStream_t s);
+// max_rows rows of W and max_t rows of X (blocks past a product's own T return at once), in
+// tiles of bn inputs (the tensor-core kernel).
+void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
+                 cudaStream_t s, const GemmSplit& split = {});
 
 // Checks the launch just issued.
 void check_launch(const char* what);

@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_check.hpp"
@@ -305,9 +306,18 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4],
 }
 
 // One block's tile of one product, W of format CODE.
+// Part of a product a block computes: its k-tiles [kt0, kt1); part: where it stores its sums
+// (row r of input t at part[t * part_ld + r], no bias) when the columns are split across
+// blocks, else null (write_out).
+struct TcSplit {
+  int kt0, kt1;
+  float* part;
+  int part_ld;
+};
+
 template <int CODE, int BN>
 __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm, int row0,
-                                             int t0) {
+                                             int t0, const TcSplit sp) {
   constexpr int CH = Chunk<CODE>::n, CPR = kTcBK / CH;  // W chunks per tile row
   constexpr int W_CHUNKS = kTcBM * CPR;
   constexpr int WPT = (W_CHUNKS + kTcThreads - 1) / kTcThreads;  // W chunks per thread
@@ -471,16 +481,16 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
     }
   };
 
-  const int k_tiles = d.w.cols / kTcBK;
-  load(0);
+  load(sp.kt0 * kTcBK);
   store(0);
   __syncthreads();
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    // Buffer kt % 2 holds k-tile kt; the other one was last read before the previous barrier.
-    const bool next = kt + 1 < k_tiles;
+  for (int kt = sp.kt0; kt < sp.kt1; ++kt) {
+    // Buffer (kt - kt0) % 2 holds k-tile kt; the other was last read before the previous barrier.
+    const int buf = (kt - sp.kt0) % 2;
+    const bool next = kt + 1 < sp.kt1;
     if (next) load((kt + 1) * kTcBK);
-    compute(kt % 2);
-    if (next) store((kt + 1) % 2);
+    compute(buf);
+    if (next) store(buf ^ 1);
     __syncthreads();
   }
 
@@ -496,32 +506,69 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int t = t0 + wn + ni * 8 + 2 * q + j;
-          if (t < T) write_out(d, t, r, acc[mi][ni][2 * h + j] + bias, 0.0f);
+          if (t >= T) continue;
+          if (sp.part)
+            sp.part[static_cast<size_t>(t) * sp.part_ld + r] = acc[mi][ni][2 * h + j];
+          else
+            write_out(d, t, r, acc[mi][ni][2 * h + j] + bias, 0.0f);
         }
     }
 }
 
+// blockIdx.z = product * splits + split: with splits > 1, split s of a product computes its
+// share of the k-tiles and stores the sums in partial, slab z of part_t x part_rows floats
+// (splitk_reduce_kernel finishes the product).
 template <int BN>
-__global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(const MatmulDesc* descs) {
+__global__ void __launch_bounds__(kTcThreads)
+    tc_gemm_kernel(const MatmulDesc* descs, int splits, float* partial, int part_rows, int part_t) {
   await_inputs();
   __shared__ TcSmem<BN> sm;
-  const MatmulDesc d = descs[blockIdx.z];
+  const MatmulDesc d = descs[blockIdx.z / splits];
   const int row0 = blockIdx.x * kTcBM, t0 = blockIdx.y * BN;
   if (row0 >= d.w.rows || t0 >= d.T) return;  // the whole block: no barrier is skipped
+  const int k_tiles = d.w.cols / kTcBK, s = blockIdx.z % splits;
+  const int per = (k_tiles + splits - 1) / splits;
+  TcSplit sp{s * per, min(k_tiles, (s + 1) * per), nullptr, part_rows};
+  if (splits > 1) {
+    sp.part = partial + static_cast<size_t>(blockIdx.z) * part_t * part_rows;
+    if (sp.kt0 >= sp.kt1) {  // no k-tiles left for this split: its share is zero
+      for (int i = threadIdx.x; i < BN * kTcBM; i += kTcThreads) {
+        const int t = t0 + i / kTcBM, r = row0 + i % kTcBM;
+        if (t < d.T && r < d.w.rows) sp.part[static_cast<size_t>(t) * part_rows + r] = 0.0f;
+      }
+      return;
+    }
+  }
   switch (d.w.code) {
     case kF32:
-      return tc_gemm_tile<kF32, BN>(d, sm, row0, t0);
+      return tc_gemm_tile<kF32, BN>(d, sm, row0, t0, sp);
     case kF16:
-      return tc_gemm_tile<kF16, BN>(d, sm, row0, t0);
+      return tc_gemm_tile<kF16, BN>(d, sm, row0, t0, sp);
     case kBF16:
-      return tc_gemm_tile<kBF16, BN>(d, sm, row0, t0);
+      return tc_gemm_tile<kBF16, BN>(d, sm, row0, t0, sp);
     case kQ8:
-      return tc_gemm_tile<kQ8, BN>(d, sm, row0, t0);
+      return tc_gemm_tile<kQ8, BN>(d, sm, row0, t0, sp);
     case kA4:
-      return tc_gemm_tile<kA4, BN>(d, sm, row0, t0);
+      return tc_gemm_tile<kA4, BN>(d, sm, row0, t0, sp);
     default:
-      return tc_gemm_tile<kA8, BN>(d, sm, row0, t0);
+      return tc_gemm_tile<kA8, BN>(d, sm, row0, t0, sp);
   }
+}
+
+// Finishes products whose columns were split across `splits` blocks: y = Σ_s partial_s + bias,
+// summed in split order, through write_out. blockIdx.y = product; one thread per (t, r).
+__global__ void splitk_reduce_kernel(const MatmulDesc* descs, int splits, const float* partial,
+                                     int part_rows, int part_t) {
+  await_inputs();
+  const MatmulDesc d = descs[blockIdx.y];
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int t = static_cast<int>(i / part_rows), r = static_cast<int>(i % part_rows);
+  if (t >= d.T || r >= d.w.rows) return;
+  const size_t slab = static_cast<size_t>(part_t) * part_rows;
+  const float* p = partial + blockIdx.y * splits * slab + static_cast<size_t>(t) * part_rows + r;
+  float v = 0.0f;
+  for (int s = 0; s < splits; ++s) v += p[s * slab];
+  write_out(d, t, r, v + (d.bias ? d.bias[r] : 0.0f), 0.0f);
 }
 
 // The vector path needs whole 16-byte chunks: rows a multiple of the chunk, 16-byte aligned.
@@ -681,27 +728,58 @@ int gemm_kernel_for(const DevMat& w, bool base_aligned) {
   return tiles && aligned && tensor_cores_present() ? kTensorGemm : kSimtGemm;
 }
 
-// tiles32 / tiles64: Σ over the products of their input tiles of 32 / 64 inputs. Narrow tiles
-// (32 inputs) decode each W tile for fewer inputs but waste fewer MMAs on short products (MoE
-// experts of ~32 rows); the choice minimises Σ tiles x (decode + BN), a W tile's decode counted
-// as 64 inputs' MMAs (an estimate).
-void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, size_t tiles32,
-                 size_t tiles64, cudaStream_t s) {
+int gemm_tile_width(size_t tiles32, size_t tiles64) {
+  constexpr size_t kDecode = 64;
+  return tiles32 * (kDecode + 32) < tiles64 * (kDecode + 64) ? 32 : 64;
+}
+
+void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
+                 cudaStream_t s, const GemmSplit& split) {
   if (kernel == kTensorGemm) {
-    constexpr size_t kDecode = 64;
-    if (tiles32 * (kDecode + 32) < tiles64 * (kDecode + 64)) {
-      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 32), n);
-      tc_gemm_kernel<32><<<grid, kTcThreads, 0, s>>>(dev);
+    const unsigned z = static_cast<unsigned>(n * split.splits);
+    if (bn == 32) {
+      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 32), z);
+      tc_gemm_kernel<32><<<grid, kTcThreads, 0, s>>>(dev, split.splits, split.partial, max_rows,
+                                                      max_t);
     } else {
-      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 64), n);
-      tc_gemm_kernel<64><<<grid, kTcThreads, 0, s>>>(dev);
+      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 64), z);
+      tc_gemm_kernel<64><<<grid, kTcThreads, 0, s>>>(dev, split.splits, split.partial, max_rows,
+                                                      max_t);
+    }
+    check_launch("gemm");
+    if (split.splits > 1) {
+      const dim3 grid(blocks_for(size_t(max_rows) * max_t, 256), unsigned(n));
+      splitk_reduce_kernel<<<grid, 256, 0, s>>>(dev, split.splits, split.partial, max_rows, max_t);
+      check_launch("gemm (split reduction)");
     }
   } else {
+    MF_ASSERT(split.splits == 1);
     const dim3 grid(blocks_for(max_rows, kBM), blocks_for(max_t, kBN), n);
     gemm_kernel<<<grid, 256, 0, s>>>(dev);
+    check_launch("gemm");
   }
-  check_launch("gemm");
 }
+
+namespace {
+
+// Splits of the columns for a launch of `kernel` over `descs` in tiles of bn inputs: 1 unless
+// the tensor-core GEMM would have too few blocks for the SMs.
+int gemm_splits(int kernel, std::span<const MatmulDesc> descs, int bn) {
+  if (kernel != kTensorGemm) return 1;
+  static const size_t sms = size_t(device_attribute(cudaDevAttrMultiProcessorCount, 1));
+  size_t blocks = 0;
+  int k_tiles = std::numeric_limits<int>::max();
+  for (const MatmulDesc& d : descs) {
+    blocks += size_t(blocks_for(d.w.rows, kTcBM)) * blocks_for(d.T, bn);
+    k_tiles = std::min(k_tiles, d.w.cols / kTcBK);
+  }
+  // Enough blocks to keep every SM's 3-4 resident blocks busy; each split at least 4 k-tiles.
+  const size_t want = 4 * sms;
+  if (blocks == 0 || blocks * 2 > want) return 1;
+  return int(std::clamp<size_t>((want + blocks - 1) / blocks, 1, size_t(std::max(1, k_tiles / 4))));
+}
+
+}  // namespace
 
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
   // Launch groups: products of one kernel (matrix-vector: format code, vector or generic
@@ -740,10 +818,17 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     const size_t bytes = g.size() * sizeof(MatmulDesc);
     const auto* dev = static_cast<const MatmulDesc*>(reused ? keep(g.data(), bytes)
                                                             : stage_or_keep(g.data(), bytes));
-    if (gemm)
-      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, tiles32, tiles64,
-                  stream_);
-    else
+    if (gemm) {
+      // Products of few blocks (a router, one projection at a short prompt): the columns split
+      // across blocks, partial sums in their own scratch.
+      const int bn = gemm_tile_width(tiles32, tiles64);
+      GemmSplit split;
+      split.splits = gemm_splits(code, g, bn);
+      if (split.splits > 1)
+        split.partial = static_cast<float*>(partial_scratch_.get(
+            g.size() * split.splits * size_t(max_t) * max_rows * sizeof(float), stream_));
+      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, bn, stream_, split);
+    } else
       launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, sum_rows, max_t, max_cols,
                     dual, stream_);
   }
