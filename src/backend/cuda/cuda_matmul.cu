@@ -262,10 +262,11 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 constexpr int kTcBM = 64, kTcBK = 32, kTcPitch = 40, kTcThreads = 128;
 constexpr int kTcWords = kTcPitch / 2;  // 32-bit words per shared row
 
-template <int BN>
+// WLO: W has a low term (f32, f16); the other formats' kernels leave its buffers out (10 KB).
+template <int BN, bool WLO>
 struct __align__(16) TcSmem {
-  uint32_t w_hi[2][kTcBM * kTcWords], w_lo[2][kTcBM * kTcWords];  // [row][k], bf16 pairs
-  uint32_t x_hi[2][BN * kTcWords], x_lo[2][BN * kTcWords];        // [input][k]
+  uint32_t w_hi[2][kTcBM * kTcWords], w_lo[2][WLO ? kTcBM * kTcWords : 4];  // [row][k], pairs
+  uint32_t x_hi[2][BN * kTcWords], x_lo[2][BN * kTcWords];                  // [input][k]
   float w_s[2][kTcBM], w_b[2][kTcBM];  // scale, bias of the k-tile's group per row
   float x_sum[2][BN];                  // Σ x over the k-tile per input (affine)
 };
@@ -286,6 +287,79 @@ __device__ __forceinline__ uint32_t pack_bf16(float a, float b) {
 __device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint32_t& lo) {
   hi = pack_bf16(a, b);
   lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
+}
+
+// 16 bytes global -> shared without passing through registers (sm_80+); valid = false fills
+// zeros (nothing read). Completed by cp_async_wait_all() (which also covers the commit).
+__device__ __forceinline__ void cp_async16(uint32_t* smem, const uint32_t* gmem, bool valid) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  *reinterpret_cast<uint4*>(smem) =
+      valid ? *reinterpret_cast<const uint4*>(gmem) : make_uint4(0u, 0u, 0u, 0u);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// X split into the tensor-core GEMM's bf16 terms once per call instead of by every block that
+// reads it (each row tile of W re-split the same X: 64 times for a 4096-row projection). One
+// thread per four columns; a 32-column k-tile's eight threads are consecutive lanes (K is a
+// multiple of 32), whose shuffles sum Σ x exactly as the staging did:
+// ((x0 + x1) + (x2 + x3)) per thread, then the eight by halves. blockIdx.y = job.
+__global__ void split_x_kernel(const SplitJob* jobs) {
+  await_inputs();
+  const SplitJob j = jobs[blockIdx.y];
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int per_row = j.K / 4;
+  const bool live = i < static_cast<size_t>(j.rows) * per_row;  // no return: all lanes shuffle
+  const int r = live ? static_cast<int>(i / per_row) : 0;
+  const int c = live ? static_cast<int>(i % per_row) * 4 : 0;
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (live) {
+    const float* p = j.x + static_cast<size_t>(r) * j.ldx + c;
+    v = (reinterpret_cast<uintptr_t>(p) & 15) == 0 ? __ldg(reinterpret_cast<const float4*>(p))
+                                                   : make_float4(p[0], p[1], p[2], p[3]);
+  }
+  uint32_t hi[2], lo[2];
+  split_bf16(v.x, v.y, hi[0], lo[0]);
+  split_bf16(v.z, v.w, hi[1], lo[1]);
+  float sum = (v.x + v.y) + (v.z + v.w);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+  if (!live) return;
+  uint32_t* row = j.xs + static_cast<size_t>(r) * j.K;
+  *reinterpret_cast<uint2*>(row + c / 2) = make_uint2(hi[0], hi[1]);
+  *reinterpret_cast<uint2*>(row + j.K / 2 + c / 2) = make_uint2(lo[0], lo[1]);
+  if (c % kTcBK == 0) j.xsum[static_cast<size_t>(r) * (j.K / kTcBK) + c / kTcBK] = sum;
+}
+
+// Four 8 x 8 bf16 matrices from shared memory (rows of 16 bytes at 16-byte aligned addresses):
+// register j of lane l holds row l / 4, elements 2 (l % 4) and + 1 of matrix j, whose row
+// addresses lanes 8 j .. 8 j + 7 gave.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* row) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#else
+  (void)row;
+  r[0] = r[1] = r[2] = r[3] = 0;
+  __trap();  // never launched: gemm_kernel_for() requires sm_80
+#endif
 }
 
 // C (16 x 8, float32) += A (16 x 16, row) B (16 x 8, col). Fragments (g = lane / 4,
@@ -316,48 +390,55 @@ struct TcSplit {
 };
 
 template <int CODE, int BN>
-__device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm, int row0,
-                                             int t0, const TcSplit sp) {
+__device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTcWLo<CODE>>& sm,
+                                             int row0, int t0, const TcSplit sp) {
   constexpr int CH = Chunk<CODE>::n, CPR = kTcBK / CH;  // W chunks per tile row
   constexpr int W_CHUNKS = kTcBM * CPR;
   constexpr int WPT = (W_CHUNKS + kTcThreads - 1) / kTcThreads;  // W chunks per thread
-  constexpr int XPT = BN * (kTcBK / 4) / kTcThreads;             // X float4s per thread
-  constexpr int NI = BN / 16;                                    // n8 tiles per warp
-  static_assert(XPT >= 1 && BN * (kTcBK / 4) % kTcThreads == 0);
+  constexpr int XPT = BN * 8 / kTcThreads;  // 16-byte chunks of split X per thread
+  constexpr int NI = BN / 16;               // n8 tiles per warp
+  static_assert(XPT >= 1 && BN * 8 % kTcThreads == 0 && NI % 2 == 0);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, q = lane % 4;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * (BN / 2);  // the warp's rows and inputs
-  const int rows = d.w.rows, T = d.T;
+  const int rows = d.w.rows, T = d.T, K = d.w.cols;
 
-  // X staging: float4 e = tid + i * 128 is input e / 8, columns 4 (e % 8) .. + 3 of the
-  // k-tile; the 8 lanes of an input are consecutive (the Σ x shuffles).
-  const float* xp[XPT];
+  // X staging from its split terms (split_x_kernel): chunk e = tid + i * 128 is input e / 8,
+  // words 4 (e % 4) .. + 3 of the k-tile's 16, of the high terms for e % 8 < 4, else the low
+  // ones (e % 8 = tid % 8: one half per thread). Copied asynchronously; inputs past T are
+  // zero-filled.
+  const bool x_low = tid % 8 >= 4;
+  const uint32_t* xsrc[XPT];
+  int xdst[XPT];
 #pragma unroll
   for (int i = 0; i < XPT; ++i) {
-    const int t = t0 + (tid + i * kTcThreads) / 8;
-    xp[i] = t < T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * d.ldx +
-                        ((tid + i * kTcThreads) % 8) * 4
-                  : nullptr;
+    const int e = tid + i * kTcThreads, t = t0 + e / 8;
+    xsrc[i] = t < T ? d.xs + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * K +
+                          (x_low ? K / 2 : 0) + (e % 4) * 4
+                    : nullptr;
+    xdst[i] = (e / 8) * kTcWords + (e % 4) * 4;
   }
-  const bool x_vec = (reinterpret_cast<uintptr_t>(d.x) & 15) == 0 && (d.ldx & 3) == 0;
+  // Σ x of the k-tile per input (affine formats): thread t < BN loads input t's.
+  const float* xsum_row = nullptr;
+  if constexpr (kNeedsXSum<CODE>) {
+    const int t = t0 + tid;
+    if (tid < BN && t < T)
+      xsum_row = d.xsum + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * (K / kTcBK);
+  }
+  float xsum_v = 0.0f;
 
   RawChunk raw[WPT];
-  float4 xv[XPT];
-  auto load = [&](int k0) {
+  auto load = [&](int k0, int buf) {
 #pragma unroll
     for (int i = 0; i < WPT; ++i) {
       const int e = tid + i * kTcThreads, r = row0 + e / CPR;
       raw[i] = e < W_CHUNKS && r < rows ? load_raw<CODE>(d.w, r, k0 + (e % CPR) * CH) : RawChunk{};
     }
+    uint32_t* xt = x_low ? sm.x_lo[buf] : sm.x_hi[buf];
 #pragma unroll
-    for (int i = 0; i < XPT; ++i) {
-      if (!xp[i]) {
-        xv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      } else {
-        const float* p = xp[i] + k0;
-        xv[i] = x_vec ? __ldg(reinterpret_cast<const float4*>(p))
-                      : make_float4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
-      }
-    }
+    for (int i = 0; i < XPT; ++i)
+      cp_async16(xt + xdst[i], xsrc[i] ? xsrc[i] + k0 / 2 : d.xs, xsrc[i] != nullptr);
+    cp_async_commit();
+    if constexpr (kNeedsXSum<CODE>) xsum_v = xsum_row ? __ldg(xsum_row + k0 / kTcBK) : 0.0f;
   };
   // A zero RawChunk decodes to 0 in every format: rows past the end contribute nothing.
   auto store = [&](int buf) {
@@ -381,8 +462,9 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
         }
       }
       uint32_t* wh = sm.w_hi[buf] + r * kTcWords + c / 2;
-      uint32_t* wl = sm.w_lo[buf] + r * kTcWords + c / 2;
-      if constexpr (CH == 4) {
+      uint32_t* wl = nullptr;
+      if constexpr (kTcWLo<CODE>) wl = sm.w_lo[buf] + r * kTcWords + c / 2;
+      if constexpr (CH == 4) {  // f32: always a low term
         *reinterpret_cast<uint2*>(wh) = make_uint2(hi[0], hi[1]);
         *reinterpret_cast<uint2*>(wl) = make_uint2(lo[0], lo[1]);
       } else {
@@ -397,21 +479,8 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
         if (c == 0) sm.w_s[buf][r] = raw[i].s, sm.w_b[buf][r] = raw[i].b;
       }
     }
-#pragma unroll
-    for (int i = 0; i < XPT; ++i) {
-      const int e = tid + i * kTcThreads, t = e / 8, c = (e % 8) * 4;
-      uint32_t hi[2], lo[2];
-      split_bf16(xv[i].x, xv[i].y, hi[0], lo[0]);
-      split_bf16(xv[i].z, xv[i].w, hi[1], lo[1]);
-      *reinterpret_cast<uint2*>(sm.x_hi[buf] + t * kTcWords + c / 2) = make_uint2(hi[0], hi[1]);
-      *reinterpret_cast<uint2*>(sm.x_lo[buf] + t * kTcWords + c / 2) = make_uint2(lo[0], lo[1]);
-      if constexpr (kNeedsXSum<CODE>) {
-        float s = (xv[i].x + xv[i].y) + (xv[i].z + xv[i].w);
-        s += __shfl_xor_sync(0xffffffffu, s, 1);
-        s += __shfl_xor_sync(0xffffffffu, s, 2);
-        s += __shfl_xor_sync(0xffffffffu, s, 4);
-        if (e % 8 == 0) sm.x_sum[buf][t] = s;
-      }
+    if constexpr (kNeedsXSum<CODE>) {
+      if (tid < BN) sm.x_sum[buf][tid] = xsum_v;
     }
   };
 
@@ -427,21 +496,24 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
 #pragma unroll
     for (int ks = 0; ks < kTcBK / 2; ks += 8) {  // two k16 steps, 8 words each
       uint32_t ah[2][4], al[2][4], bh[NI][2], bl[NI][2];
+      // Fragments by ldmatrix (8 x 8 matrices of bf16; lane l gives the address of row l % 8 of
+      // matrix l / 8). A: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) in the order a[0..3];
+      // B: (inputs of n8 tile ni | ni + 1) x (k 0-7 | 8-15), b[ni][0..1], b[ni + 1][0..1].
+      const int m = lane / 8, mr = lane % 8;
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
-        const int o = (wm + mi * 16 + g) * kTcWords + ks + q;
-        const int of[4] = {o, o + 8 * kTcWords, o + 4, o + 8 * kTcWords + 4};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          ah[mi][j] = sm.w_hi[buf][of[j]];
-          if constexpr (kTcWLo<CODE>) al[mi][j] = sm.w_lo[buf][of[j]];
-        }
+        const int o = (wm + mi * 16 + (m % 2) * 8 + mr) * kTcWords + ks + (m / 2) * 4;
+        ldmatrix_x4(ah[mi], sm.w_hi[buf] + o);
+        if constexpr (kTcWLo<CODE>) ldmatrix_x4(al[mi], sm.w_lo[buf] + o);
       }
 #pragma unroll
-      for (int ni = 0; ni < NI; ++ni) {
-        const int o = (wn + ni * 8 + g) * kTcWords + ks + q;
-        bh[ni][0] = sm.x_hi[buf][o], bh[ni][1] = sm.x_hi[buf][o + 4];
-        bl[ni][0] = sm.x_lo[buf][o], bl[ni][1] = sm.x_lo[buf][o + 4];
+      for (int ni = 0; ni < NI; ni += 2) {
+        const int o = (wn + (ni + m / 2) * 8 + mr) * kTcWords + ks + (m % 2) * 4;
+        uint32_t r[4];
+        ldmatrix_x4(r, sm.x_hi[buf] + o);
+        bh[ni][0] = r[0], bh[ni][1] = r[1], bh[ni + 1][0] = r[2], bh[ni + 1][1] = r[3];
+        ldmatrix_x4(r, sm.x_lo[buf] + o);
+        bl[ni][0] = r[0], bl[ni][1] = r[1], bl[ni + 1][0] = r[2], bl[ni + 1][1] = r[3];
       }
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
@@ -481,16 +553,19 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
     }
   };
 
-  load(sp.kt0 * kTcBK);
+  load(sp.kt0 * kTcBK, 0);
   store(0);
+  cp_async_wait_all();
   __syncthreads();
   for (int kt = sp.kt0; kt < sp.kt1; ++kt) {
-    // Buffer (kt - kt0) % 2 holds k-tile kt; the other was last read before the previous barrier.
+    // Buffer (kt - kt0) % 2 holds k-tile kt; the other was last read before the previous
+    // barrier, so the next k-tile's X may be copied into it while this one computes.
     const int buf = (kt - sp.kt0) % 2;
     const bool next = kt + 1 < sp.kt1;
-    if (next) load((kt + 1) * kTcBK);
+    if (next) load((kt + 1) * kTcBK, buf ^ 1);
     compute(buf);
     if (next) store(buf ^ 1);
+    cp_async_wait_all();
     __syncthreads();
   }
 
@@ -517,15 +592,19 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
 
 // blockIdx.z = product * splits + split: with splits > 1, split s of a product computes its
 // share of the k-tiles and stores the sums in partial, slab z of part_t x part_rows floats
-// (splitk_reduce_kernel finishes the product).
-template <int BN>
+// (splitk_reduce_kernel finishes the product). One kernel per weight format: the registers and
+// shared memory are each format's own (one kernel switching over all took the f32 path's 168
+// registers a thread and 42.5 KB a block for every format).
+template <int BN, int CODE>
 __global__ void __launch_bounds__(kTcThreads)
     tc_gemm_kernel(const MatmulDesc* descs, int splits, float* partial, int part_rows, int part_t) {
   await_inputs();
-  __shared__ TcSmem<BN> sm;
+  __shared__ TcSmem<BN, kTcWLo<CODE>> sm;
   const MatmulDesc d = descs[blockIdx.z / splits];
   const int row0 = blockIdx.x * kTcBM, t0 = blockIdx.y * BN;
   if (row0 >= d.w.rows || t0 >= d.T) return;  // the whole block: no barrier is skipped
+  // X not split (split_inputs), or a product of another format in the launch.
+  if (d.xs == nullptr || d.xsum == nullptr || d.w.code != CODE) __trap();
   const int k_tiles = d.w.cols / kTcBK, s = blockIdx.z % splits;
   const int per = (k_tiles + splits - 1) / splits;
   TcSplit sp{s * per, min(k_tiles, (s + 1) * per), nullptr, part_rows};
@@ -539,20 +618,7 @@ __global__ void __launch_bounds__(kTcThreads)
       return;
     }
   }
-  switch (d.w.code) {
-    case kF32:
-      return tc_gemm_tile<kF32, BN>(d, sm, row0, t0, sp);
-    case kF16:
-      return tc_gemm_tile<kF16, BN>(d, sm, row0, t0, sp);
-    case kBF16:
-      return tc_gemm_tile<kBF16, BN>(d, sm, row0, t0, sp);
-    case kQ8:
-      return tc_gemm_tile<kQ8, BN>(d, sm, row0, t0, sp);
-    case kA4:
-      return tc_gemm_tile<kA4, BN>(d, sm, row0, t0, sp);
-    default:
-      return tc_gemm_tile<kA8, BN>(d, sm, row0, t0, sp);
-  }
+  tc_gemm_tile<CODE, BN>(d, sm, row0, t0, sp);
 }
 
 // Finishes products whose columns were split across `splits` blocks: y = Σ_s partial_s + bias,
@@ -716,16 +782,21 @@ bool tensor_cores_present() {
 // is one Q8_0 group and lies within one affine group) in 16-byte aligned rows (load_raw's
 // chunks) on an sm_80+ device; else the SIMT one, which decodes element by element. X needs
 // nothing: the tensor kernel reads it with float4 loads when aligned, else float by float.
+// The tensor-core kernels are one per format: kTensorGemm + the format's code.
 enum GemmKernel : int { kSimtGemm = kGeneric, kTensorGemm = kGeneric + 1 };
 
 }  // namespace
+
+bool is_tensor_gemm(int kernel) {
+  return kernel >= kTensorGemm;
+}
 
 int gemm_kernel_for(const DevMat& w, bool base_aligned) {
   const bool tiles =
       w.cols % kTcBK == 0 && ((w.code != kA4 && w.code != kA8) || w.group % kTcBK == 0);
   const bool aligned =
       base_aligned && w.row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
-  return tiles && aligned && tensor_cores_present() ? kTensorGemm : kSimtGemm;
+  return tiles && aligned && tensor_cores_present() ? kTensorGemm + w.code : kSimtGemm;
 }
 
 int gemm_tile_width(size_t tiles32, size_t tiles64) {
@@ -733,19 +804,42 @@ int gemm_tile_width(size_t tiles32, size_t tiles64) {
   return tiles32 * (kDecode + 32) < tiles64 * (kDecode + 64) ? 32 : 64;
 }
 
+namespace {
+
+template <int BN>
+void launch_tc_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s,
+                    const GemmSplit& sp) {
+  const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, BN), unsigned(n * sp.splits));
+  auto go = [&](auto kernel) {
+    kernel<<<grid, kTcThreads, 0, s>>>(dev, sp.splits, sp.partial, max_rows, max_t);
+  };
+  switch (code) {
+    case kF32:
+      return go(tc_gemm_kernel<BN, kF32>);
+    case kF16:
+      return go(tc_gemm_kernel<BN, kF16>);
+    case kBF16:
+      return go(tc_gemm_kernel<BN, kBF16>);
+    case kQ8:
+      return go(tc_gemm_kernel<BN, kQ8>);
+    case kA4:
+      return go(tc_gemm_kernel<BN, kA4>);
+    case kA8:
+      return go(tc_gemm_kernel<BN, kA8>);
+    default:
+      fail("CUDA backend: a tensor-core GEMM of an unknown format");
+  }
+}
+
+}  // namespace
+
 void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
                  cudaStream_t s, const GemmSplit& split) {
-  if (kernel == kTensorGemm) {
-    const unsigned z = static_cast<unsigned>(n * split.splits);
-    if (bn == 32) {
-      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 32), z);
-      tc_gemm_kernel<32><<<grid, kTcThreads, 0, s>>>(dev, split.splits, split.partial, max_rows,
-                                                      max_t);
-    } else {
-      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 64), z);
-      tc_gemm_kernel<64><<<grid, kTcThreads, 0, s>>>(dev, split.splits, split.partial, max_rows,
-                                                      max_t);
-    }
+  if (is_tensor_gemm(kernel)) {
+    if (bn == 32)
+      launch_tc_gemm<32>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split);
+    else
+      launch_tc_gemm<64>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split);
     check_launch("gemm");
     if (split.splits > 1) {
       const dim3 grid(blocks_for(size_t(max_rows) * max_t, 256), unsigned(n));
@@ -765,7 +859,7 @@ namespace {
 // Splits of the columns for a launch of `kernel` over `descs` in tiles of bn inputs: 1 unless
 // the tensor-core GEMM would have too few blocks for the SMs.
 int gemm_splits(int kernel, std::span<const MatmulDesc> descs, int bn) {
-  if (kernel != kTensorGemm) return 1;
+  if (!is_tensor_gemm(kernel)) return 1;
   static const size_t sms = size_t(device_attribute(cudaDevAttrMultiProcessorCount, 1));
   size_t blocks = 0;
   int k_tiles = std::numeric_limits<int>::max();
@@ -780,6 +874,71 @@ int gemm_splits(int kernel, std::span<const MatmulDesc> descs, int bn) {
 }
 
 }  // namespace
+
+void CudaBackend::split_inputs(std::span<MatmulDesc> g) {
+  // Each distinct X (pointer, pitch, rows, columns) split once into xsplit_scratch_: its terms,
+  // then its sums, each region 256-byte aligned.
+  struct Key {
+    const float* x;
+    int ldx, rows, K;
+    size_t offset;
+  };
+  thread_local std::vector<Key> keys;
+  thread_local std::vector<size_t> key_of;
+  thread_local std::vector<SplitJob> jobs;
+  keys.clear();
+  key_of.resize(g.size());
+  auto region = [](size_t b) { return (b + 255) / 256 * 256; };
+  size_t bytes = 0, most = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const MatmulDesc& d = g[i];
+    const int rows = d.x_rows ? d.x_count : d.T, K = d.w.cols;
+    MF_ASSERT(rows > 0 && K % kTcBK == 0);
+    size_t k = 0;
+    while (k < keys.size() &&
+           !(keys[k].x == d.x && keys[k].ldx == d.ldx && keys[k].rows == rows && keys[k].K == K))
+      ++k;
+    if (k == keys.size()) {
+      keys.push_back({d.x, d.ldx, rows, K, bytes});
+      bytes += region(size_t(rows) * K * 4) + region(size_t(rows) * (K / kTcBK) * 4);
+      most = std::max(most, size_t(rows) * K / 4);
+    }
+    key_of[i] = k;
+  }
+  auto* base = static_cast<uint8_t*>(xsplit_scratch_.get(bytes, stream_));
+  jobs.clear();
+  for (const Key& k : keys) {
+    SplitJob j;
+    j.x = k.x;
+    j.ldx = k.ldx;
+    j.rows = k.rows;
+    j.K = k.K;
+    j.xs = reinterpret_cast<uint32_t*>(base + k.offset);
+    j.xsum = reinterpret_cast<float*>(base + k.offset + region(size_t(k.rows) * k.K * 4));
+    jobs.push_back(j);
+  }
+  for (size_t i = 0; i < g.size(); ++i) {
+    g[i].xs = jobs[key_of[i]].xs;
+    g[i].xsum = jobs[key_of[i]].xsum;
+  }
+  const auto* dev =
+      static_cast<const SplitJob*>(stage(jobs.data(), jobs.size() * sizeof(SplitJob)));
+  split_x_kernel<<<dim3(blocks_for(most, 256), unsigned(jobs.size())), 256, 0, stream_>>>(dev);
+  check_launch("split_x");
+}
+
+void CudaBackend::split_rows(const float* x, int ldx, int rows, int K, uint32_t* xs, float* xsum) {
+  SplitJob j;
+  j.x = x;
+  j.ldx = ldx;
+  j.rows = rows;
+  j.K = K;
+  j.xs = xs;
+  j.xsum = xsum;
+  const auto* dev = static_cast<const SplitJob*>(stage(&j, sizeof j));
+  split_x_kernel<<<dim3(blocks_for(size_t(rows) * K / 4, 256), 1), 256, 0, stream_>>>(dev);
+  check_launch("split_x");
+}
 
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
   // Launch groups: products of one kernel (matrix-vector: format code, vector or generic
@@ -815,6 +974,7 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     }
     if (max_t == 0) continue;
     for (const MatmulDesc& d : g) MF_ASSERT(!gemm || d.mode != kDual);  // dual: matvec only
+    if (gemm && is_tensor_gemm(code)) split_inputs(g);
     const size_t bytes = g.size() * sizeof(MatmulDesc);
     const auto* dev = static_cast<const MatmulDesc*>(reused ? keep(g.data(), bytes)
                                                             : stage_or_keep(g.data(), bytes));

@@ -75,6 +75,8 @@ __global__ void indexed_descs_kernel(const int32_t* ids, int pairs, int k,
 // places its pairs in order, 32 at a time (the lanes of one expert found by __match_any_sync,
 // ranked by lane). Shared memory: [hist W E | count E | off E | tile_off E] ints. An id outside
 // [0, E) traps (the router writes only valid ids). descs: [gate | up | down] of max_tiles each.
+// xs_x / xsum_x: X's bf16 terms (gate and up gather its rows); xs_h / xsum_h: h's (down reads
+// rows off + j0 on), or null where the SIMT GEMM runs (it reads x itself).
 // out[e] = Σ_{e' < e} f(in[e']) for e < n, by one warp: lane l sums a contiguous run of n / 32.
 template <typename F>
 __device__ void exclusive_scan_warp(const int* in, int* out, int n, F f) {
@@ -95,7 +97,8 @@ __global__ void group_pairs_kernel(const int32_t* ids, int pairs, int k, int E, 
                                    const uint8_t* const* records, DevMat gate, DevMat up,
                                    DevMat down, const float* X, int ldx, float* h, int I,
                                    float* slots, int lds, int32_t* in_rows, int32_t* out_rows,
-                                   int bn, int max_tiles, MatmulDesc* descs) {
+                                   int bn, int max_tiles, const uint32_t* xs_x, const float* xsum_x,
+                                   const uint32_t* xs_h, const float* xsum_h, MatmulDesc* descs) {
   extern __shared__ int group_sm[];
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, W = blockDim.x / 32;
   int* hist = group_sm;
@@ -141,6 +144,9 @@ __global__ void group_pairs_kernel(const int32_t* ids, int pairs, int k, int E, 
       g.y = h + static_cast<size_t>(off[e] + j0) * I;
       g.ldy = I;
       g.T = min(bn, count[e] - j0);
+      g.x_count = pairs / k;  // T: the rows of X that in_rows names
+      g.xs = xs_x;
+      g.xsum = xsum_x;
       g.mode = kStore;
       descs[u] = g;
       g.w = at_record(up, rec);
@@ -154,6 +160,10 @@ __global__ void group_pairs_kernel(const int32_t* ids, int pairs, int k, int E, 
       o.y_rows = out_rows + off[e] + j0;
       o.ldy = lds;
       o.T = g.T;
+      if (xs_h) {
+        o.xs = xs_h + static_cast<size_t>(off[e] + j0) * I;
+        o.xsum = xsum_h + static_cast<size_t>(off[e] + j0) * (I / 32);
+      }
       o.mode = kStore;
       descs[2 * max_tiles + u] = o;
     }
@@ -238,6 +248,7 @@ void CudaBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     d.x = X.f32();
     d.ldx = static_cast<int>(X.pitch());
     d.x_rows = in;
+    d.x_count = static_cast<int>(X.rows());
     d.y = h + h_off;
     d.ldy = I;
     d.T = n;
@@ -318,19 +329,40 @@ void CudaBackend::expert_ffn_grouped(const Tensor& X, const int32_t* ids, size_t
   auto* in_rows = reinterpret_cast<int32_t*>(base + desc_bytes);
   float* h = reinterpret_cast<float*>(base + desc_bytes + row_bytes);
   const DevMat gate = relative_mat(ex.gate), up = relative_mat(ex.up), down = relative_mat(ex.down);
+  const bool aligned = ex.record_alignment % 16 == 0;
+  const int gate_kernel = gemm_kernel_for(gate, aligned),
+            down_kernel = gemm_kernel_for(down, aligned);
+  // The tensor-core GEMM's inputs split into bf16 terms: X (T x H) before gate and up, h
+  // (pairs x I) once up has made it.
+  uint32_t *xs_x = nullptr, *xs_h = nullptr;
+  float *xsum_x = nullptr, *xsum_h = nullptr;
+  {
+    const size_t x_terms = round(T * H * 4), x_sums = round(T * H / 32 * 4);
+    const size_t h_terms = round(pairs * I * 4), h_sums = round(pairs * I / 32 * 4);
+    auto* split =
+        static_cast<uint8_t*>(xsplit_scratch_.get(x_terms + x_sums + h_terms + h_sums, stream_));
+    if (is_tensor_gemm(gate_kernel)) {
+      xs_x = reinterpret_cast<uint32_t*>(split);
+      xsum_x = reinterpret_cast<float*>(split + x_terms);
+      split_rows(X.f32(), int(X.pitch()), int(T), int(H), xs_x, xsum_x);
+    }
+    if (is_tensor_gemm(down_kernel)) {
+      xs_h = reinterpret_cast<uint32_t*>(split + x_terms + x_sums);
+      xsum_h = reinterpret_cast<float*>(split + x_terms + x_sums + h_terms);
+    }
+  }
   group_pairs_kernel<<<1, unsigned(32 * group_warps), (group_warps + 3) * E * sizeof(int),
                        stream_>>>(ids, int(pairs), int(k), int(E), int(S), ex.records, gate, up,
                                   down, X.f32(), int(X.pitch()), h, int(I), slots.f32(),
                                   int(slots.pitch()), in_rows, in_rows + pairs, bn, int(max_tiles),
-                                  descs);
+                                  xs_x, xsum_x, xs_h, xsum_h, descs);
   check_launch("expert_ffn_grouped (grouping)");
   // The tiles stay on the device: each launch covers max_tiles descriptors of at most bn rows,
   // those past the last tile return at once.
-  const bool aligned = ex.record_alignment % 16 == 0;
-  const int gate_kernel = gemm_kernel_for(gate, aligned), down_kernel = gemm_kernel_for(down, aligned);
   const int n = int(max_tiles);
   launch_gemm(gate_kernel, descs, n, int(I), bn, bn, stream_);
   launch_gemm(gate_kernel, descs + max_tiles, n, int(I), bn, bn, stream_);
+  if (xs_h) split_rows(h, int(I), int(pairs), int(I), xs_h, xsum_h);
   launch_gemm(down_kernel, descs + 2 * max_tiles, n, int(H), bn, bn, stream_);
 }
 
