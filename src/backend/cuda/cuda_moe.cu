@@ -57,6 +57,22 @@ __global__ void indexed_descs_kernel(const int32_t* ids, int pairs, int k,
   down_out[p] = o;
 }
 
+// out[e] = Σ_{e' < e} f(in[e']) for e < n, by one warp: lane l sums a contiguous run of n / 32.
+template <typename F>
+__device__ void exclusive_scan_warp(const int* in, int* out, int n, F f) {
+  const int lane = threadIdx.x % 32, each = (n + 31) / 32;
+  const int e0 = min(n, lane * each), e1 = min(n, e0 + each);
+  int run = 0;
+  for (int e = e0; e < e1; ++e) run += f(in[e]);
+  int before = run;  // inclusive scan over lanes, then minus its own run
+  for (int o = 1; o < 32; o *= 2) {
+    const int v = __shfl_up_sync(0xffffffffu, before, o);
+    if (lane >= o) before += v;
+  }
+  before -= run;
+  for (int e = e0; e < e1; ++e) out[e] = before, before += f(in[e]);
+}
+
 // Prompts: the pairs grouped by expert on the device, so that each expert's GEMMs run over
 // all of its rows and the host never reads the routing. One block of W warps; for E experts,
 // P = T k pairs (p = t k + i: row t, rank i, expert ids[p]):
@@ -77,22 +93,6 @@ __global__ void indexed_descs_kernel(const int32_t* ids, int pairs, int k,
 // [0, E) traps (the router writes only valid ids). descs: [gate | up | down] of max_tiles each.
 // xs_x / xsum_x: X's bf16 terms (gate and up gather its rows); xs_h / xsum_h: h's (down reads
 // rows off + j0 on), or null where the SIMT GEMM runs (it reads x itself).
-// out[e] = Σ_{e' < e} f(in[e']) for e < n, by one warp: lane l sums a contiguous run of n / 32.
-template <typename F>
-__device__ void exclusive_scan_warp(const int* in, int* out, int n, F f) {
-  const int lane = threadIdx.x % 32, each = (n + 31) / 32;
-  const int e0 = min(n, lane * each), e1 = min(n, e0 + each);
-  int run = 0;
-  for (int e = e0; e < e1; ++e) run += f(in[e]);
-  int before = run;  // inclusive scan over lanes, then minus its own run
-  for (int o = 1; o < 32; o *= 2) {
-    const int v = __shfl_up_sync(0xffffffffu, before, o);
-    if (lane >= o) before += v;
-  }
-  before -= run;
-  for (int e = e0; e < e1; ++e) out[e] = before, before += f(in[e]);
-}
-
 __global__ void group_pairs_kernel(const int32_t* ids, int pairs, int k, int E, int S,
                                    const uint8_t* const* records, DevMat gate, DevMat up,
                                    DevMat down, const float* X, int ldx, float* h, int I,
