@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace moeflux::cuda {
 
@@ -52,7 +53,10 @@ struct MatmulDesc {
   const uint32_t* xs = nullptr;
   const float* xsum = nullptr;
   int ldx = 0, ldy = 0, T = 0, mode = kStore, x_count = 0;
+  int pad_ = 0;  // explicit, so that no byte is padding (descriptors are hashed as bytes)
 };
+static_assert(std::has_unique_object_representations_v<MatmulDesc>,
+              "MatmulDesc must have no padding: CudaBackend::keep compares descriptors as bytes");
 
 // One X of the tensor-core GEMM split into bf16 terms (split_x_kernel): rows x K of x (pitch
 // ldx) into xs (row stride K words: high pairs then low pairs) and xsum (row stride K / 32).

@@ -252,12 +252,13 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 // Σ x summed in float32 from the original X while staging (affine only).
 //
 // Block: 128 threads, 4 warps in 2 x 2, a tile of kTcBM = 64 rows of W x BN inputs (BN 64 or
-// 32); each warp 32 rows x BN/2 inputs = 2 m16 x BN/16 n8 MMA tiles. Per k-tile of 32 columns,
-// W is decoded (load_raw/chunk_code: 16-byte loads) and X split into bf16 terms in shared
-// memory, rows of kTcPitch = 40 bf16 (20 words): the fragment loads (word 20 r + q, r < 8,
-// q < 4) hit 32 distinct banks. Two buffers: the next k-tile's global loads are issued into
-// registers before the MMAs of this one and stored after them (one barrier per k-tile).
-// blockIdx = (row tile, input tile, product); every format in one kernel, a switch per block.
+// 32); each warp 32 rows x BN/2 inputs = 2 m16 x BN/16 n8 MMA tiles. X arrives already split
+// into its bf16 terms (split_x_kernel, once per call) and is copied to shared memory with
+// cp.async; per k-tile of 32 columns W is decoded (load_raw/chunk_code: 16-byte loads) into
+// shared memory. Shared rows are kTcPitch = 40 bf16 (20 words, 80 bytes): the 8 rows an ldmatrix
+// reads fall on disjoint groups of 4 banks. Two buffers: the next k-tile's copies and W loads
+// are issued before the MMAs of this one and W stored after them (one barrier per k-tile).
+// blockIdx = (row tile, input tile, product x split of K); one kernel per weight format.
 
 constexpr int kTcBM = 64, kTcBK = 32, kTcPitch = 40, kTcThreads = 128;
 constexpr int kTcWords = kTcPitch / 2;  // 32-bit words per shared row
@@ -781,7 +782,7 @@ bool tensor_cores_present() {
 // The GEMM kernel of a product: the tensor-core one when W is whole 32-column k-tiles (a k-tile
 // is one Q8_0 group and lies within one affine group) in 16-byte aligned rows (load_raw's
 // chunks) on an sm_80+ device; else the SIMT one, which decodes element by element. X needs
-// nothing: the tensor kernel reads it with float4 loads when aligned, else float by float.
+// nothing: the tensor kernel reads its split terms (split_x_kernel handles any pitch).
 // The tensor-core kernels are one per format: kTensorGemm + the format's code.
 enum GemmKernel : int { kSimtGemm = kGeneric, kTensorGemm = kGeneric + 1 };
 
@@ -809,6 +810,7 @@ namespace {
 template <int BN>
 void launch_tc_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s,
                     const GemmSplit& sp) {
+  MF_ASSERT(size_t(n) * sp.splits <= 65535);  // grid z (products x splits)
   const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, BN), unsigned(n * sp.splits));
   auto go = [&](auto kernel) {
     kernel<<<grid, kTcThreads, 0, s>>>(dev, sp.splits, sp.partial, max_rows, max_t);
@@ -921,8 +923,9 @@ void CudaBackend::split_inputs(std::span<MatmulDesc> g) {
     g[i].xs = jobs[key_of[i]].xs;
     g[i].xsum = jobs[key_of[i]].xsum;
   }
+  // stage_or_keep: a recording cannot stage (a recorded batched step would reach here).
   const auto* dev =
-      static_cast<const SplitJob*>(stage(jobs.data(), jobs.size() * sizeof(SplitJob)));
+      static_cast<const SplitJob*>(stage_or_keep(jobs.data(), jobs.size() * sizeof(SplitJob)));
   split_x_kernel<<<dim3(blocks_for(most, 256), unsigned(jobs.size())), 256, 0, stream_>>>(dev);
   check_launch("split_x");
 }
@@ -935,7 +938,7 @@ void CudaBackend::split_rows(const float* x, int ldx, int rows, int K, uint32_t*
   j.K = K;
   j.xs = xs;
   j.xsum = xsum;
-  const auto* dev = static_cast<const SplitJob*>(stage(&j, sizeof j));
+  const auto* dev = static_cast<const SplitJob*>(stage_or_keep(&j, sizeof j));
   split_x_kernel<<<dim3(blocks_for(size_t(rows) * K / 4, 256), 1), 256, 0, stream_>>>(dev);
   check_launch("split_x");
 }
