@@ -244,7 +244,7 @@ TEST_F(CudaOps, MatmulTensorCoreGemm) {
       }
     }
   }
-  // Products of different formats in one call (one launch, a format per block).
+  // Products of different formats in one call (a launch per format).
   const size_t cols = 512, T = 77;
   std::vector<RandomMatrix> W;
   for (QuantFormat f : kFormats) W.emplace_back(f, 70 + 3 * W.size(), cols, rng_);

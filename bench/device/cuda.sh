@@ -10,7 +10,7 @@
 # time per layer), NSYS=1 (Nsight Systems kernel/API summaries of resident decode, when nsys is
 # installed), NCU=1 (each kernel's time and DRAM bytes over a window of decode launches:
 # NCU_SKIP, NCU_COUNT), NCU_PROMPT=1 (the prompt's GEMM kernels, NCU_KERNELS regex: speed of
-# light, warp state, occupancy; the raw CSV per launch in ncu-prompt.csv), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
+# light, warp stalls, occupancy), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
 # measured ceilings), REAL=1 (the bundled model's real routing: REAL_VARIANTS), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT reads: bench
 # with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh: DeepSeek-V3 /
 # Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), OUT.
@@ -128,28 +128,26 @@ for k in sorted(t, key=lambda k: -t[k]):
     print(f"{k:72s} n={n[k]:4d} {t[k]/1e3:9.1f} us  {t[k]/n[k]/1e3:7.2f} us each  {b[k]/max(t[k],1):7.1f} GB/s")
 PY
 fi
-if [ "${NCU_PROMPT:-0}" = 1 ]; then  # the prompt's GEMM kernels: speed of light, warp state, occupancy
-  ncu -k "regex:${NCU_KERNELS:-gemm|group_pairs}" --launch-skip "${NCU_SKIP:-0}" \
+if [ "${NCU_PROMPT:-0}" = 1 ]; then  # the prompt's kernels one by one: time, grid, throughput, occupancy
+  ncu -k "regex:${NCU_KERNELS:-gemm|group_pairs|split}" --launch-skip "${NCU_SKIP:-0}" \
     --launch-count "${NCU_COUNT:-24}" --csv --section SpeedOfLight --section WarpStateStats \
     --section Occupancy --section LaunchStats "$MF" bench -m "$PKG" --backend cuda \
-    --prompt-len 512 --gen-len 1 --repeat 1 --no-ceilings --gpu-mem all \
+    --prompt-len 512 --gen-len 1 --repeat 1 --no-ceilings --gpu-mem all ${NCU_PROMPT_FLAGS:-} \
     > "$OUTD/ncu-prompt.csv" 2> "$OUTD/ncu-prompt.err"
   echo "ncu (prompt): exit $?"
   python3 - "$OUTD/ncu-prompt.csv" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr = rows[0]; rows = rows[1:]
-ki, mi, vi, ui = (hdr.index(h) for h in ("Kernel Name", "Metric Name", "Metric Value", "Metric Unit"))
-per = collections.defaultdict(lambda: collections.defaultdict(list))
+ii, ki, mi, vi = (hdr.index(h) for h in ("ID", "Kernel Name", "Metric Name", "Metric Value"))
+launches = collections.OrderedDict()
 for r in rows:
-    k = r[ki].replace("(anonymous namespace)::", "").replace("moeflux::cuda::", "").split("(")[0][:40]
-    try: per[k][(r[mi], r[ui])].append(float(r[vi].replace(",", "")))
-    except ValueError: pass
-for k, m in per.items():
-    print(f"== {k}")
-    for (name, unit), v in sorted(m.items()):
-        if any(w in name.lower() for w in ("throughput", "duration", "occupancy", "registers", "shared memory per", "warp cycles", "block limit")):
-            print(f"   {name[:60]:60s} {sum(v)/len(v):12.2f} {unit}")
+    launches.setdefault(r[ii], {"name": r[ki].replace("(anonymous namespace)::", "").replace("moeflux::cuda::", "").split("(")[0][-28:]})[r[mi]] = r[vi]
+print(f"{'kernel':28s} {'grid':>14s} {'us':>8s} {'SM%':>6s} {'mem%':>6s} {'occ%':>6s} {'regs':>5s}")
+for l in launches.values():
+    print(f"{l['name']:28s} {l.get('Grid Size','?'):>14s} {float(l.get('Duration','0').replace(',',''))/1e3:8.1f} "
+          f"{l.get('Compute (SM) Throughput','?'):>6s} {l.get('Memory Throughput','?'):>6s} "
+          f"{l.get('Achieved Occupancy','?'):>6s} {l.get('Registers Per Thread','?'):>5s}")
 PY
 fi
 if [ "${CHECKSUM:-0}" = 1 ]; then

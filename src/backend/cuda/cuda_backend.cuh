@@ -92,6 +92,11 @@ class CudaBackend final : public Backend {
   // kept (keep()) and found again instead of staged each time; while recording, every
   // descriptor is kept (a recording cannot stage).
   void run_matmuls(std::span<const MatmulDesc> descs, bool reused = false);
+  // The tensor-core GEMM's inputs: every distinct X of `g` split into bf16 terms once, the
+  // descriptors pointed at them (cuda_matmul.cu). split_rows: one X into given buffers
+  // (rows * K words, rows * K / 32 floats).
+  void split_inputs(std::span<MatmulDesc> g);
+  void split_rows(const float* x, int ldx, int rows, int K, uint32_t* xs, float* xsum);
   // A device copy of `bytes` at `host` that outlives synchronize() and may be recorded: found
   // by content among the blocks kept before, else copied on the compute stream from a
   // page-locked copy that stays unchanged (when the arena is full it is emptied first, after
@@ -159,7 +164,8 @@ class CudaBackend final : public Backend {
     size_t bytes_ = 0;
   };
   GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
-      attention_scratch_{memory_epoch_};
+      attention_scratch_{memory_epoch_}, partial_scratch_{memory_epoch_},
+      xsplit_scratch_{memory_epoch_};
   std::vector<void*> resident_;  // device copies made by resident()
   // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
@@ -242,12 +248,24 @@ void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t 
 // base_aligned: W's records start 16-byte aligned where W.data holds an offset into them):
 // the tensor-core one where it can take them, else the SIMT one.
 int gemm_kernel_for(const DevMat& w, bool base_aligned = true);
+// Whether gemm_kernel_for's answer is the tensor-core kernel (which reads X's split terms).
+bool is_tensor_gemm(int kernel);
+// The tensor-core GEMM's tile width (inputs per block, 32 or 64) for products of tiles32 /
+// tiles64 input tiles of 32 / 64 inputs in all: narrow tiles decode each W tile for fewer
+// inputs but waste fewer MMAs on short products (MoE experts of ~32 rows); the choice minimises
+// Σ tiles x (decode + width), a W tile's decode counted as 64 inputs' MMAs (an estimate).
+int gemm_tile_width(size_t tiles32, size_t tiles64);
+// Columns of each product split across `splits` blocks (tensor-core GEMM only), their sums in
+// `partial` (n * splits * max_t * max_rows floats), then reduced in split order.
+struct GemmSplit {
+  int splits = 1;
+  float* partial = nullptr;
+};
 // Launches GEMM kernel `kernel` over the n products of `dev` (device memory): each at most
-// max_rows rows of W and max_t rows of X (blocks past a product's own T return at once).
-// tiles32 / tiles64: Σ over the products of their input tiles of 32 / 64 inputs, which choose
-// the tile width.
-void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, size_t tiles32,
-                 size_t tiles64, cudaStream_t s);
+// max_rows rows of W and max_t rows of X (blocks past a product's own T return at once), in
+// tiles of bn inputs (the tensor-core kernel).
+void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
+                 cudaStream_t s, const GemmSplit& split = {});
 
 // Checks the launch just issued.
 void check_launch(const char* what);
