@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -655,6 +656,37 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
         expect_twins(slots, dslots, 3e-5, "indexed expert slots");
       }
   }
+}
+
+// The greedy pick on the device against the CPU's, over vocabulary-sized rows spanning many
+// blocks: random; the maximum twice, far apart; NaN sprinkled with the maximum last; every
+// value NaN; -inf and NaN only; an infinity.
+TEST_F(CudaOps, ArgmaxRowsMatchTheCpu) {
+  const size_t R = 6, n = 151936;
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  HostTensor x(R, n);
+  x.randomize(rng_);
+  float* row[R];
+  for (size_t r = 0; r < R; ++r) row[r] = x.t.row(r);
+  row[1][7] = row[1][100000] = 50.0f;
+  for (size_t i = 0; i < n; i += 97) row[2][i] = nan;
+  row[2][n - 1] = 50.0f;
+  std::fill(row[3], row[3] + n, nan);
+  for (size_t i = 0; i < n; ++i) row[4][i] = i % 3 ? -inf : nan;
+  row[5][123456] = inf;
+  Mirror dx = mirror(x);
+  std::vector<int32_t> cpu_id(R, -7), gpu_id(R, -8);
+  std::vector<uint8_t> cpu_ok(R, 7), gpu_ok(R, 8);
+  cpu_->argmax_rows(x.t, cpu_id, cpu_ok);
+  gpu_->argmax_rows(dx.t, gpu_id, gpu_ok);
+  EXPECT_EQ(gpu_id, cpu_id);
+  EXPECT_EQ(gpu_ok, cpu_ok);
+  EXPECT_EQ(cpu_id[1], 7);
+  EXPECT_EQ(cpu_id[2], int32_t(n - 1));
+  EXPECT_EQ(cpu_id[3], 0);
+  EXPECT_EQ(cpu_id[4], 1);
+  EXPECT_EQ(cpu_id[5], 123456);
+  EXPECT_EQ(cpu_ok, (std::vector<uint8_t>{1, 1, 0, 0, 0, 0}));
 }
 
 TEST_F(CudaOps, LatentAttentionKeysWiderThanValuesSharingTheCache) {

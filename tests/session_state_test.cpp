@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/argmax.hpp"
 #include "runtime/session.hpp"
 #include "streaming_fixture.hpp"
 #include "test_util.hpp"
@@ -216,6 +217,25 @@ TEST_P(SessionStateTest, OnlyTheEndCanBeRemovedAndCheckpointsStayInBudget) {
   s.memory_seq_rm(9);
   EXPECT_EQ(s.checkpoint_stats().replayed_tokens, 0u);
   EXPECT_EQ(s.checkpoint_stats().count, 1u);  // 10 is past the cut
+}
+
+// eval_token's greedy pick is the argmax of the logits it returns, which are the same as
+// without the pick; eval_prompt's is its last token's.
+TEST_P(SessionStateTest, GreedyPickIsTheArgmaxOfTheLogits) {
+  ASSERT_GE(tokens_.size(), 12u);
+  Session a(*engine_), b(*engine_);
+  GreedyPick pick{-1, false};
+  expect_identical(a.eval_prompt(ids(0, 6), nullptr, &pick), b.eval_prompt(ids(0, 6)), "prompt");
+  EXPECT_EQ(pick.id, int(argmax(b.logits())));
+  EXPECT_TRUE(pick.finite);
+  for (size_t i = 6; i < 12; ++i) {
+    pick = {-1, false};
+    expect_identical(a.eval_token(tokens_[i], &pick), b.eval_token(tokens_[i]), "decode");
+    EXPECT_EQ(pick.id, int(argmax(b.logits()))) << "token " << i;
+    EXPECT_TRUE(pick.finite);
+  }
+  EXPECT_EQ(a.position(), b.position());
+  EXPECT_EQ(a.tokens(), b.tokens());
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SessionStateTest,

@@ -224,6 +224,11 @@ class Backend {
   // Copies between host memory and a tensor (same shape; rows may have different pitches).
   virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
   virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
+  // out[r] = the index of row r's largest value, NaN never counting (the lowest index on ties;
+  // 0 when every value is NaN), and finite[r] = 1 if every value of row r is finite, else 0, for
+  // r < x.rows(): core/argmax.hpp's greedy pick and core/finite.hpp's check, computed where x
+  // lives so that a GPU backend need not scan a vocabulary's logits on the host. Waits.
+  virtual void argmax_rows(const Tensor& x, std::span<int32_t> out, std::span<uint8_t> finite) = 0;
   // dst[rows[j]] = host row j (rows host_pitch floats apart, dst's width), j < rows.size(), in
   // issue order with the ops around it. Does not wait: the host rows are copied before it
   // returns (a GPU backend stages them), so the caller may reuse them at once.

@@ -1,6 +1,10 @@
 #include "model/forward.hpp"
 
+#include <vector>
+
+#include "core/argmax.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
 #include "model/family.hpp"
 #include "model/layers.hpp"
 #include "model/workspace.hpp"
@@ -58,10 +62,33 @@ uint64_t decode_step_key(const ForwardContext& ctx) {
   return h;
 }
 
+// The greedy picks where the logits are (the workspace holds the last kLogitRows rows of them),
+// else from the host's copies.
+void pick_greedy(const ForwardContext& ctx, std::span<float* const> logits,
+                 std::span<GreedyPick> greedy) {
+  MF_ASSERT(greedy.size() == logits.size());
+  const size_t n = greedy.size(), V = size_t(ctx.config.vocab_size);
+  thread_local std::vector<int32_t> ids;
+  thread_local std::vector<uint8_t> finite;
+  ids.resize(n);
+  finite.resize(n);
+  if (n <= Workspace::kLogitRows) {
+    ctx.be.argmax_rows(ctx.ws.logits.rows_view(0, n), ids, finite);
+  } else {
+    for (size_t i = 0; i < n; ++i) {
+      const std::span<const float> row(logits[i], V);
+      ids[i] = static_cast<int32_t>(argmax(row));
+      finite[i] = all_finite(row) ? 1 : 0;
+    }
+  }
+  for (size_t i = 0; i < n; ++i) greedy[i] = {ids[i], finite[i] != 0};
+}
+
 }  // namespace
 
 void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
-             PrefetchMode pf, size_t logits_row, std::span<float* const> logits) {
+             PrefetchMode pf, size_t logits_row, std::span<float* const> logits,
+             std::span<GreedyPick> greedy) {
   const ModelConfig& c = ctx.config;
   const size_t T = tokens.size();
   MF_ASSERT(T == ctx.rows && T > 0 && T <= ctx.ws.max_rows);
@@ -106,6 +133,7 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
     else if (!logits.empty())
       final_logits(ctx, w, zc, logits_row, logits);
     ctx.be.synchronize();
+    if (!greedy.empty()) pick_greedy(ctx, logits, greedy);
   }
   // Routing decided on the device: recorded now that it has landed.
   if (device_routed)

@@ -14,8 +14,15 @@ namespace moeflux {
 // decode (every sequence contributes one row): temporal (each sequence's previous experts of a
 // layer, read while the layer's mixer runs) and look-ahead (the next MoE layer's router on the
 // post-attention state, queued behind this layer's reads). Logits of rows
-// [logits_row, logits_row + logits.size()) go to the host buffers logits[i] ([vocab] each).
+// [logits_row, logits_row + logits.size()) go to the host buffers logits[i] ([vocab] each);
+// greedy (empty, or one per logits row): each row's greedy pick and whether its logits are all
+// finite (Backend::argmax_rows, computed where the logits are; the host's copy is not read).
+struct GreedyPick {
+  int id = 0;          // core/argmax.hpp's pick
+  bool finite = true;  // every logit of the row finite (else the caller reports it)
+};
 void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
-             PrefetchMode prefetch, size_t logits_row, std::span<float* const> logits);
+             PrefetchMode prefetch, size_t logits_row, std::span<float* const> logits,
+             std::span<GreedyPick> greedy = {});
 
 }  // namespace moeflux

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -152,6 +153,10 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   const ReaderStats s0 = reader.stats();
   auto t0 = Clock::now();
   const std::vector<float>* logits = &checked(session_.eval_prompt(r.prompt));
+  // Greedy without penalties: after the prompt, each token's pick is the engine's, computed
+  // where the logits are (with their finiteness), so the host need not scan the vocabulary.
+  const bool engine_picks = sampler_.plain_greedy();
+  std::optional<GreedyPick> pick;
   r.prompt_seconds = since(t0);
   const ReaderStats s1 = reader.stats();
   const std::optional<uint64_t> device1 = process_storage_read_bytes();
@@ -199,6 +204,8 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
         think_tokens >= opts_.think_budget) {
       t = *opts_.think_close_id;  // budget spent: close the thought
       ++r.forced_think_close;
+    } else if (pick) {
+      t = pick->id;
     } else {
       t = sampler_.sample(*logits, sequence_);
     }
@@ -227,7 +234,14 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
       r.reason = StopReason::ContextFull;
       break;
     }
-    logits = &checked(session_.eval_token(t));
+    if (engine_picks) {
+      GreedyPick p;
+      logits = &session_.eval_token(t, &p);
+      if (!p.finite) checked(*logits);  // throws, naming the position
+      pick = p;
+    } else {
+      logits = &checked(session_.eval_token(t));
+    }
     pending_.reset();
     ++r.decode_evals;
   }

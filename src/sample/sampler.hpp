@@ -62,6 +62,13 @@ class Sampler {
   std::vector<TokenProb> distribution(std::span<const float> logits, std::span<const int> history);
 
   const SamplerOptions& options() const { return opts_; }
+  // sample() is the logits' plain greedy pick (core/argmax.hpp): temperature 0 and no penalty,
+  // so a caller may take the pick the engine computed where the logits are (Session::eval_token)
+  // instead; it draws no random number either way.
+  bool plain_greedy() const {
+    return opts_.temperature == 0.0f && opts_.repetition_penalty == 1.0f &&
+           opts_.presence_penalty == 0.0f;
+  }
   void reseed(uint64_t seed) { rng_.seed(seed); }
 
  private:

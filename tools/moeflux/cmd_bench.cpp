@@ -191,7 +191,8 @@ Runner add_bench(CLI::App& app) {
       const double cpu_bytes0 = hx ? hx->cpu_bytes : 0, cpu_seconds0 = hx ? hx->cpu_seconds : 0;
       const Backend::RecordingStats steps0 = engine.backend().recording_stats();
       t0 = Clock::now();
-      // The model's own continuation: greedy, or sampled (--sample) over the sequence so far.
+      // The model's own continuation: sampled (--sample) over the sequence so far, or greedy,
+      // the engine picking each token where the logits are after the prompt (as `run --temp 0`).
       std::optional<Sampler> sampler;
       if (a->sample) {
         SamplerOptions so;
@@ -199,11 +200,11 @@ Runner add_bench(CLI::App& app) {
         sampler.emplace(so);
       }
       std::vector<int> sequence = prompt;
+      GreedyPick pick{static_cast<int>(argmax(*logits)), true};
       for (int g = 0; g < a->gen_len; ++g) {
-        const int next =
-            sampler ? sampler->sample(*logits, sequence) : static_cast<int>(argmax(*logits));
+        const int next = sampler ? sampler->sample(*logits, sequence) : pick.id;
         sequence.push_back(next);
-        logits = &s.eval_token(next);
+        logits = &s.eval_token(next, sampler ? nullptr : &pick);
       }
       const double td = std::chrono::duration<double>(Clock::now() - t0).count();
       {
