@@ -662,7 +662,7 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
 // blocks: random; the maximum twice, far apart; NaN sprinkled with the maximum last; every
 // value NaN; -inf and NaN only; an infinity.
 TEST_F(CudaOps, ArgmaxRowsMatchTheCpu) {
-  const size_t R = 6, n = 151936;
+  const size_t R = 7, n = 151936;
   const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
   HostTensor x(R, n);
   x.randomize(rng_);
@@ -674,6 +674,11 @@ TEST_F(CudaOps, ArgmaxRowsMatchTheCpu) {
   std::fill(row[3], row[3] + n, nan);
   for (size_t i = 0; i < n; ++i) row[4][i] = i % 3 ? -inf : nan;
   row[5][123456] = inf;
+  std::fill(row[6], row[6] + n, -1.0f);  // -0 before +0, both the maximum: -0 == +0, lower id
+  row[6][5] = -0.0f;
+  row[6][3] = 0.0f;
+  row[6][9] = -0.0f;
+  row[6][2] = -0.0f;
   Mirror dx = mirror(x);
   std::vector<int32_t> cpu_id(R, -7), gpu_id(R, -8);
   std::vector<uint8_t> cpu_ok(R, 7), gpu_ok(R, 8);
@@ -686,7 +691,8 @@ TEST_F(CudaOps, ArgmaxRowsMatchTheCpu) {
   EXPECT_EQ(cpu_id[3], 0);
   EXPECT_EQ(cpu_id[4], 1);
   EXPECT_EQ(cpu_id[5], 123456);
-  EXPECT_EQ(cpu_ok, (std::vector<uint8_t>{1, 1, 0, 0, 0, 0}));
+  EXPECT_EQ(cpu_id[6], 2);
+  EXPECT_EQ(cpu_ok, (std::vector<uint8_t>{1, 1, 0, 0, 0, 0, 1}));
 }
 
 TEST_F(CudaOps, LatentAttentionKeysWiderThanValuesSharingTheCache) {

@@ -11,6 +11,7 @@
 // maximum with the row's key (atomicMax: the order of the blocks does not matter); a block that
 // saw a value that is not finite sets the row's flag (atomicOr).
 #include <algorithm>
+#include <limits>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.cuh"
@@ -65,7 +66,7 @@ void CudaBackend::argmax_rows(const Tensor& x, std::span<int32_t> out, std::span
             finite.size() == x.rows());
   const size_t R = x.rows(), n = x.shape[1];
   if (R == 0) return;
-  MF_ASSERT(n > 0 && n < 0xffffffffu);
+  MF_ASSERT(n > 0 && n <= size_t(std::numeric_limits<int>::max()));  // the kernel counts in int
   // Device scratch: [keys: R 64-bit | flags: R ints], zeroed.
   auto* keys = static_cast<unsigned long long*>(argmax_scratch_.get(R * 12, stream_));
   auto* flags = reinterpret_cast<int*>(keys + R);

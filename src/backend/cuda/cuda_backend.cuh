@@ -162,7 +162,11 @@ class CudaBackend final : public Backend {
     size_t bytes_ = 0;
   };
   GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
-      attention_scratch_{memory_epoch_}, argmax_scratch_{memory_epoch_};
+      attention_scratch_{memory_epoch_};
+  // Scratch of ops that wait for the device themselves and so are never recorded (argmax_rows):
+  // growing it must not end the recordings, so it counts in an epoch of its own.
+  uint64_t unrecorded_epoch_ = 0;
+  GrowingBuffer argmax_scratch_{unrecorded_epoch_};
   std::vector<void*> resident_;  // device copies made by resident()
   // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
