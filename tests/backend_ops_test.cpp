@@ -16,6 +16,7 @@
 
 #include "backend/backend.hpp"
 #include "backend/cpu/cpu_backend.hpp"
+#include "core/top_k.hpp"
 #include "host_tensor.hpp"
 #include "random_weights.hpp"
 
@@ -648,6 +649,52 @@ TEST_P(BackendOps, ArgmaxRowsIgnoresNanAndTakesTheLowestIndexOfTies) {
   be_->argmax_rows(w, id, finite);
   for (size_t r = 0; r < R; ++r) {
     EXPECT_EQ(id[r], int32_t(4000 - r)) << "row " << r;
+    EXPECT_EQ(finite[r], 1) << "row " << r;
+  }
+}
+
+// top_k_rows: core/top_k.hpp's k best of each row (NaN as -inf, ties to the lower index) and the
+// rows' finiteness, over rows of edge cases and wide random rows with a tie at the top.
+TEST_P(BackendOps, TopKRowsRankNanAsMinusInfinityAndTiesByIndex) {
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::vector<float>> rows = {
+      {1, 3, 3, 2}, {nan, 2, 5, nan, 5}, {nan, nan, nan}, {-1, -0.0f, 0.0f}, {1, inf, 2, -inf}};
+  const std::vector<std::vector<int>> want_ids = {
+      {1, 2, 3}, {2, 4, 1}, {0, 1, 2}, {1, 2, 0}, {1, 2, 0}};
+  const std::vector<uint8_t> want_finite = {1, 0, 0, 1, 0};
+  const size_t pitch = 8, k = 3;
+  auto buf = be_->allocate(rows.size() * pitch * sizeof(float), "top-k rows");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const Tensor one = Tensor::matrix(static_cast<float*>(buf->data()) + r * pitch, 1,
+                                      rows[r].size(), pitch, be_->memory());
+    be_->upload(rows[r].data(), rows[r].size(), one);
+    std::vector<TopEntry> best(k, TopEntry{-7, 7.0f});
+    std::vector<uint8_t> finite(1, 7);
+    be_->top_k_rows(one, k, best, finite);
+    for (size_t i = 0; i < k; ++i) EXPECT_EQ(best[i].id, want_ids[r][i]) << "row " << r;
+    EXPECT_EQ(finite[0], want_finite[r]) << "row " << r;
+  }
+  // Many rows at once, wide and random, the maximum placed twice.
+  const size_t R = 3, n = 5000;
+  std::vector<float> wide(R * n);
+  std::uniform_real_distribution<float> u(-10, 10);
+  for (float& v : wide) v = u(rng_);
+  for (size_t r = 0; r < R; ++r) wide[r * n + 4000 - r] = wide[r * n + 4990] = 11.0f;
+  auto wbuf = be_->allocate(wide.size() * sizeof(float), "top-k wide rows");
+  const Tensor w = Tensor::matrix(wbuf->data(), R, n, n, be_->memory());
+  be_->upload(wide.data(), n, w);
+  const size_t kk = 40;
+  std::vector<TopEntry> best(R * kk), want;
+  std::vector<uint8_t> finite(R, 7);
+  be_->top_k_rows(w, kk, best, finite);
+  for (size_t r = 0; r < R; ++r) {
+    top_k(std::span<const float>(wide.data() + r * n, n), kk, want);
+    EXPECT_EQ(best[r * kk].id, int(4000 - r)) << "row " << r;
+    EXPECT_EQ(best[r * kk + 1].id, 4990) << "row " << r;
+    for (size_t i = 0; i < kk; ++i) {
+      EXPECT_EQ(best[r * kk + i].id, want[i].id) << "row " << r << " rank " << i;
+      EXPECT_EQ(best[r * kk + i].value, want[i].value) << "row " << r << " rank " << i;
+    }
     EXPECT_EQ(finite[r], 1) << "row " << r;
   }
 }

@@ -97,6 +97,19 @@ void CpuBackend::argmax_rows(const Tensor& x, std::span<int32_t> out, std::span<
   }
 }
 
+void CpuBackend::top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                            std::span<uint8_t> finite) {
+  MF_ASSERT(x.rank == 2 && k > 0 && k <= x.shape[1] && best.size() == x.rows() * k &&
+            finite.size() == x.rows());
+  thread_local std::vector<TopEntry> row_best;
+  for (size_t r = 0; r < x.rows(); ++r) {
+    const std::span<const float> row(x.row(r), x.shape[1]);
+    top_k(row, k, row_best);
+    std::copy(row_best.begin(), row_best.end(), best.begin() + r * k);
+    finite[r] = all_finite(row) ? 1 : 0;
+  }
+}
+
 void CpuBackend::copy(const Tensor& src, const Tensor& dst) {
   MF_ASSERT(src.rank == dst.rank && src.shape == dst.shape && (src.rank == 2 || src.rank == 3));
   const size_t inner = src.rank == 2 ? 1 : src.shape[1], dim = src.shape[src.rank - 1];

@@ -47,7 +47,9 @@ class CudaBackend final : public Backend {
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
   void argmax_rows(const Tensor& x, std::span<int32_t> out,
-                   std::span<uint8_t> finite) override;  // cuda_argmax.cu
+                   std::span<uint8_t> finite) override;  // cuda_pick.cu
+  void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                  std::span<uint8_t> finite) override;  // cuda_pick.cu
   void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
                     const Tensor& dst) override;
   void fill(const Tensor& t, float value) override;
@@ -163,10 +165,10 @@ class CudaBackend final : public Backend {
   };
   GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
       attention_scratch_{memory_epoch_};
-  // Scratch of ops that wait for the device themselves and so are never recorded (argmax_rows):
-  // growing it must not end the recordings, so it counts in an epoch of its own.
+  // Scratch of ops that wait for the device themselves and so are never recorded (argmax_rows,
+  // top_k_rows): growing it must not end the recordings, so it counts in an epoch of its own.
   uint64_t unrecorded_epoch_ = 0;
-  GrowingBuffer argmax_scratch_{unrecorded_epoch_};
+  GrowingBuffer pick_scratch_{unrecorded_epoch_};
   std::vector<void*> resident_;  // device copies made by resident()
   // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
