@@ -231,7 +231,8 @@ class Backend {
   // lives so that a GPU backend need not scan a vocabulary's logits on the host. Waits.
   virtual void argmax_rows(const Tensor& x, std::span<int32_t> out, std::span<uint8_t> finite) = 0;
   // best[r * k + i], i < k: the k best values of row r (core/top_k.hpp: value descending, then
-  // the lower index; NaN ranks as -inf and is reported as -inf), best first, and finite[r] as
+  // the lower index; NaN ranks as -inf and is reported as -inf, -0 may come back as +0: equal
+  // values either way), best first, and finite[r] as
   // argmax_rows', for r < x.rows(); 0 < k <= x.cols. The sampler's top-k (Sampler::
   // sample_top_k) computed where x lives. Waits.
   virtual void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,

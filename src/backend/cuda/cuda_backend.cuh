@@ -14,7 +14,7 @@
 // Files: cuda_backend.cu (memory, staging, element-wise ops, norms, rope, routing, combine),
 // cuda_matmul.cu (products of every weight format: warp-per-row matrix-vector for few rows,
 // tiled GEMM for prompts), cuda_attention.cu, cuda_deltanet.cu, cuda_moe.cu (grouped expert
-// FFN), cuda_tier.cu (expert cache tiers in device and page-locked memory), cuda_argmax.cu
+// FFN), cuda_tier.cu (expert cache tiers in device and page-locked memory), cuda_pick.cu
 // (the greedy pick).
 #pragma once
 
