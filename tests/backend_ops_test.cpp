@@ -616,6 +616,23 @@ TEST_P(BackendOps, MemoryAndCopies) {
 
 // The greedy pick of each row: the largest value, NaN never counting, the lowest index on ties
 // (-0 and +0 equal), 0 when every value is NaN; and whether the row is all finite.
+// kRows rows of kCols uniform values in [-10, 10) in backend memory (and on the host), each row's
+// maximum 11 placed twice: at 4000 - r and at 4990.
+struct WideRows {
+  static constexpr size_t kRows = 3, kCols = 5000;
+  std::vector<float> host;
+  std::unique_ptr<BackendBuffer> buf;
+  Tensor t;
+  WideRows(Backend& be, std::mt19937& rng) : host(kRows * kCols) {
+    std::uniform_real_distribution<float> u(-10, 10);
+    for (float& v : host) v = u(rng);
+    for (size_t r = 0; r < kRows; ++r) host[r * kCols + 4000 - r] = host[r * kCols + 4990] = 11.0f;
+    buf = be.allocate(host.size() * sizeof(float), "wide rows");
+    t = Tensor::matrix(buf->data(), kRows, kCols, kCols, be.memory());
+    be.upload(host.data(), kCols, t);
+  }
+};
+
 TEST_P(BackendOps, ArgmaxRowsIgnoresNanAndTakesTheLowestIndexOfTies) {
   const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
   const std::vector<std::vector<float>> rows = {
@@ -636,14 +653,9 @@ TEST_P(BackendOps, ArgmaxRowsIgnoresNanAndTakesTheLowestIndexOfTies) {
     EXPECT_EQ(finite[0], want_finite[r]) << "row " << r;
   }
   // Many rows at once, wide and random, the maximum placed twice.
-  const size_t R = 3, n = 5000;
-  std::vector<float> wide(R * n);
-  std::uniform_real_distribution<float> u(-10, 10);
-  for (float& v : wide) v = u(rng_);
-  for (size_t r = 0; r < R; ++r) wide[r * n + 4000 - r] = wide[r * n + 4990] = 11.0f;
-  auto wbuf = be_->allocate(wide.size() * sizeof(float), "argmax wide rows");
-  const Tensor w = Tensor::matrix(wbuf->data(), R, n, n, be_->memory());
-  be_->upload(wide.data(), n, w);
+  const WideRows wr(*be_, rng_);
+  const size_t R = WideRows::kRows;
+  const Tensor& w = wr.t;
   std::vector<int32_t> id(R, -7);
   std::vector<uint8_t> finite(R, 7);
   be_->argmax_rows(w, id, finite);
@@ -675,14 +687,10 @@ TEST_P(BackendOps, TopKRowsRankNanAsMinusInfinityAndTiesByIndex) {
     EXPECT_EQ(finite[0], want_finite[r]) << "row " << r;
   }
   // Many rows at once, wide and random, the maximum placed twice.
-  const size_t R = 3, n = 5000;
-  std::vector<float> wide(R * n);
-  std::uniform_real_distribution<float> u(-10, 10);
-  for (float& v : wide) v = u(rng_);
-  for (size_t r = 0; r < R; ++r) wide[r * n + 4000 - r] = wide[r * n + 4990] = 11.0f;
-  auto wbuf = be_->allocate(wide.size() * sizeof(float), "top-k wide rows");
-  const Tensor w = Tensor::matrix(wbuf->data(), R, n, n, be_->memory());
-  be_->upload(wide.data(), n, w);
+  const WideRows wr(*be_, rng_);
+  const size_t R = WideRows::kRows, n = WideRows::kCols;
+  const Tensor& w = wr.t;
+  const std::vector<float>& wide = wr.host;
   const size_t kk = 40;
   std::vector<TopEntry> best(R * kk), want;
   std::vector<uint8_t> finite(R, 7);
