@@ -169,6 +169,11 @@ class CudaBackend final : public Backend {
   // top_k_rows): growing it must not end the recordings, so it counts in an epoch of its own.
   uint64_t unrecorded_epoch_ = 0;
   GrowingBuffer pick_scratch_{unrecorded_epoch_};
+  // Page-locked host memory the picks copy their results into (a DMA straight from the device;
+  // pageable memory would be staged): grown on demand, only between picks, which wait.
+  void* pick_host_ = nullptr;
+  size_t pick_host_bytes_ = 0;
+  void* pick_host(size_t bytes);
   std::vector<void*> resident_;  // device copies made by resident()
   // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host

@@ -125,6 +125,18 @@ TopEntry entry_of(unsigned long long key) {
 
 }  // namespace
 
+void* CudaBackend::pick_host(size_t bytes) {
+  if (bytes > pick_host_bytes_) {
+    cudaFreeHost(pick_host_);  // no copy into it is pending: every pick waits for its own
+    pick_host_ = nullptr;
+    pick_host_bytes_ = 0;
+    const size_t n = std::max<size_t>(bytes, 64 * 1024);
+    MF_CUDA(cudaMallocHost(&pick_host_, n));
+    pick_host_bytes_ = n;
+  }
+  return pick_host_;
+}
+
 void CudaBackend::top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
                              std::span<uint8_t> finite) {
   const OpTimer timer(*this, "top_k");
@@ -133,7 +145,6 @@ void CudaBackend::top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best
   MF_ASSERT(k > 0 && k <= n && best.size() == R * k);
   MF_ASSERT(n <= size_t(std::numeric_limits<int>::max()));  // the kernel counts in int
   if (R == 0) return;
-  thread_local std::vector<unsigned long long> host;
   if (k > kMaxDeviceTopK) {  // a sort per chunk would not hold its k: the host selects
     thread_local std::vector<float> row;
     thread_local std::vector<TopEntry> row_best;
@@ -155,17 +166,17 @@ void CudaBackend::top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best
   top_k_chunk_kernel<<<dim3(unsigned(chunks), unsigned(R)), kTopKThreads, 0, stream_>>>(
       x.f32(), x.pitch(), int(n), int(k), keys, flags);
   check_launch("top-k");
-  host.resize(R * per_row + (R * 4 + 7) / 8);
-  MF_CUDA(cudaMemcpyAsync(host.data(), keys, key_bytes + R * 4, cudaMemcpyDeviceToHost, stream_));
+  auto* host = static_cast<unsigned long long*>(pick_host(key_bytes + R * 4));
+  MF_CUDA(cudaMemcpyAsync(host, keys, key_bytes + R * 4, cudaMemcpyDeviceToHost, stream_));
   MF_CUDA(cudaStreamSynchronize(stream_));
-  const auto* host_flags = reinterpret_cast<const int*>(host.data() + R * per_row);
+  const auto* host_flags = reinterpret_cast<const int*>(host + R * per_row);
   for (size_t r = 0; r < R; ++r) {
     // The k largest candidates (the padding keys, 0, rank last and k <= n real keys exist).
-    const auto first = host.begin() + std::ptrdiff_t(r * per_row);
-    const auto kth = first + std::ptrdiff_t(k), last = first + std::ptrdiff_t(per_row);
+    unsigned long long* const first = host + r * per_row;
+    unsigned long long *const kth = first + k, *const last = first + per_row;
     std::nth_element(first, kth - 1, last, std::greater<>());
     std::sort(first, kth, std::greater<>());
-    for (size_t i = 0; i < k; ++i) best[r * k + i] = entry_of(first[std::ptrdiff_t(i)]);
+    for (size_t i = 0; i < k; ++i) best[r * k + i] = entry_of(first[i]);
     finite[r] = host_flags[r] == 0 ? 1 : 0;
   }
 }
@@ -186,11 +197,10 @@ void CudaBackend::argmax_rows(const Tensor& x, std::span<int32_t> out, std::span
   argmax_kernel<<<dim3(blocks, unsigned(R)), kArgmaxThreads, 0, stream_>>>(x.f32(), x.pitch(),
                                                                            int(n), keys, flags);
   check_launch("argmax");
-  thread_local std::vector<unsigned long long> host;  // keys, then the flags' bytes
-  host.resize(R + (R * 4 + 7) / 8);
-  MF_CUDA(cudaMemcpyAsync(host.data(), keys, R * 12, cudaMemcpyDeviceToHost, stream_));
+  auto* host = static_cast<unsigned long long*>(pick_host(R * 12));  // keys, then the flags
+  MF_CUDA(cudaMemcpyAsync(host, keys, R * 12, cudaMemcpyDeviceToHost, stream_));
   MF_CUDA(cudaStreamSynchronize(stream_));
-  const auto* host_flags = reinterpret_cast<const int*>(host.data() + R);
+  const auto* host_flags = reinterpret_cast<const int*>(host + R);
   for (size_t r = 0; r < R; ++r) {
     out[r] = host[r] == 0 ? 0 : static_cast<int32_t>(0xffffffffu - uint32_t(host[r]));
     finite[r] = host_flags[r] == 0 ? 1 : 0;
