@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -654,6 +655,97 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
         gpu_->expert_ffn_indexed(dX.t, dids, K, dix, dslots.t, S);
         expect_twins(slots, dslots, 3e-5, "indexed expert slots");
       }
+  }
+}
+
+// The greedy pick on the device against the CPU's, over vocabulary-sized rows spanning many
+// blocks: random; the maximum twice, far apart; NaN sprinkled with the maximum last; every
+// value NaN; -inf and NaN only; an infinity.
+TEST_F(CudaOps, ArgmaxRowsMatchTheCpu) {
+  const size_t R = 7, n = 151936;
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  HostTensor x(R, n);
+  x.randomize(rng_);
+  float* row[R];
+  for (size_t r = 0; r < R; ++r) row[r] = x.t.row(r);
+  row[1][7] = row[1][100000] = 50.0f;
+  for (size_t i = 0; i < n; i += 97) row[2][i] = nan;
+  row[2][n - 1] = 50.0f;
+  std::fill(row[3], row[3] + n, nan);
+  for (size_t i = 0; i < n; ++i) row[4][i] = i % 3 ? -inf : nan;
+  row[5][123456] = inf;
+  std::fill(row[6], row[6] + n, -1.0f);  // -0 before +0, both the maximum: -0 == +0, lower id
+  row[6][5] = -0.0f;
+  row[6][3] = 0.0f;
+  row[6][9] = -0.0f;
+  row[6][2] = -0.0f;
+  Mirror dx = mirror(x);
+  std::vector<int32_t> cpu_id(R, -7), gpu_id(R, -8);
+  std::vector<uint8_t> cpu_ok(R, 7), gpu_ok(R, 8);
+  cpu_->argmax_rows(x.t, cpu_id, cpu_ok);
+  gpu_->argmax_rows(dx.t, gpu_id, gpu_ok);
+  EXPECT_EQ(gpu_id, cpu_id);
+  EXPECT_EQ(gpu_ok, cpu_ok);
+  EXPECT_EQ(cpu_id[1], 7);
+  EXPECT_EQ(cpu_id[2], int32_t(n - 1));
+  EXPECT_EQ(cpu_id[3], 0);
+  EXPECT_EQ(cpu_id[4], 1);
+  EXPECT_EQ(cpu_id[5], 123456);
+  EXPECT_EQ(cpu_id[6], 2);
+  EXPECT_EQ(cpu_ok, (std::vector<uint8_t>{1, 1, 0, 0, 0, 0, 1}));
+}
+
+// top_k_rows on the device against the CPU twin: a vocabulary-sized row (chunks of 2,048, the
+// last ragged) with ties across chunks, NaN and infinities, -0 against +0, a row shorter than a
+// chunk with k equal to its length, and k beyond the device's limit (read on the host).
+TEST_F(CudaOps, TopKRowsMatchTheCpu) {
+  const size_t R = 4, n = 151936;
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  HostTensor x(R, n);
+  x.randomize(rng_, -20, 20);
+  float* row[R];
+  for (size_t r = 0; r < R; ++r) row[r] = x.t.row(r);
+  for (size_t i : {5, 2048, 70000, 151935}) row[0][i] = 25.0f;  // a tie across chunks
+  for (size_t i = 0; i < n; i += 13) row[1][i] = nan;
+  row[1][100] = inf;
+  row[1][101] = -inf;
+  std::fill(row[2], row[2] + n, -1.0f);  // all equal but for zeros of both signs
+  row[2][4097] = -0.0f;
+  row[2][4096] = 0.0f;
+  for (size_t i = 0; i < n; ++i) row[3][i] = i % 2 ? -inf : nan;  // nothing finite
+  Mirror dx = mirror(x);
+  for (size_t k : {1, 40, 256, 300}) {
+    SCOPED_TRACE("k " + std::to_string(k));
+    std::vector<TopEntry> cpu_best(R * k, TopEntry{-7, 7}), gpu_best(R * k, TopEntry{-8, 8});
+    std::vector<uint8_t> cpu_ok(R, 7), gpu_ok(R, 8);
+    cpu_->top_k_rows(x.t, k, cpu_best, cpu_ok);
+    gpu_->top_k_rows(dx.t, k, gpu_best, gpu_ok);
+    EXPECT_EQ(gpu_ok, cpu_ok);
+    for (size_t i = 0; i < R * k; ++i) {
+      ASSERT_EQ(gpu_best[i].id, cpu_best[i].id) << "row " << i / k << " rank " << i % k;
+      ASSERT_EQ(gpu_best[i].value, cpu_best[i].value) << "row " << i / k << " rank " << i % k;
+    }
+    EXPECT_EQ(cpu_best[0].id, 5);
+    EXPECT_EQ(cpu_best[2 * k].id, 4096);
+  }
+  EXPECT_EQ(std::vector<uint8_t>({1, 0, 1, 0}), [&] {
+    std::vector<TopEntry> b(R);
+    std::vector<uint8_t> ok(R);
+    gpu_->top_k_rows(dx.t, 1, b, ok);
+    return ok;
+  }());
+  // A row shorter than one chunk, k its whole length.
+  HostTensor s(2, 37);
+  s.randomize(rng_);
+  s.at(1, 3) = s.at(1, 30) = 2.0f;
+  Mirror ds = mirror(s);
+  std::vector<TopEntry> cpu_best(2 * 37), gpu_best(2 * 37);
+  std::vector<uint8_t> cpu_ok(2), gpu_ok(2);
+  cpu_->top_k_rows(s.t, 37, cpu_best, cpu_ok);
+  gpu_->top_k_rows(ds.t, 37, gpu_best, gpu_ok);
+  for (size_t i = 0; i < cpu_best.size(); ++i) {
+    EXPECT_EQ(gpu_best[i].id, cpu_best[i].id) << i;
+    EXPECT_EQ(gpu_best[i].value, cpu_best[i].value) << i;
   }
 }
 

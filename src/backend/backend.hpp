@@ -23,6 +23,7 @@
 
 #include "backend/tensor.hpp"
 #include "core/quant_format.hpp"
+#include "core/top_k.hpp"
 #include "experts/tier_memory.hpp"
 
 namespace moeflux {
@@ -224,6 +225,18 @@ class Backend {
   // Copies between host memory and a tensor (same shape; rows may have different pitches).
   virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
   virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
+  // out[r] = the index of row r's largest value, NaN never counting (the lowest index on ties;
+  // 0 when every value is NaN), and finite[r] = 1 if every value of row r is finite, else 0, for
+  // r < x.rows(): core/argmax.hpp's greedy pick and core/finite.hpp's check, computed where x
+  // lives so that a GPU backend need not scan a vocabulary's logits on the host. Waits.
+  virtual void argmax_rows(const Tensor& x, std::span<int32_t> out, std::span<uint8_t> finite) = 0;
+  // best[r * k + i], i < k: the k best values of row r (core/top_k.hpp: value descending, then
+  // the lower index; NaN ranks as -inf and is reported as -inf, -0 may come back as +0: equal
+  // values either way), best first, and finite[r] as
+  // argmax_rows', for r < x.rows(); 0 < k <= x.cols. The sampler's top-k (Sampler::
+  // sample_top_k) computed where x lives. Waits.
+  virtual void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                          std::span<uint8_t> finite) = 0;
   // dst[rows[j]] = host row j (rows host_pitch floats apart, dst's width), j < rows.size(), in
   // issue order with the ops around it. Does not wait: the host rows are copied before it
   // returns (a GPU backend stages them), so the caller may reuse them at once.

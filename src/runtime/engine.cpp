@@ -303,7 +303,8 @@ void Engine::upload(const float* host, const Tensor& t, size_t rows) {
 }
 
 void Engine::forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs,
-                     size_t logits_row, std::span<float* const> logits) {
+                     size_t logits_row, std::span<float* const> logits,
+                     std::span<LogitsPick> picks) {
   std::lock_guard<std::mutex> lock(mu_);
   const ForwardContext ctx{config(),
                            family_def(config().family),
@@ -320,7 +321,7 @@ void Engine::forward(std::span<const int> tokens, std::span<const SequenceChunk>
                            opts_.on_routing ? &opts_.on_routing : nullptr,
                            resident_.get(),
                            host_experts_.get()};
-  moeflux::forward(ctx, weights_, tokens, opts_.stream.prefetch, logits_row, logits);
+  moeflux::forward(ctx, weights_, tokens, opts_.stream.prefetch, logits_row, logits, picks);
 }
 
 }  // namespace moeflux

@@ -427,6 +427,7 @@ CudaBackend::~CudaBackend() {
   cudaEventDestroy(step_read_);
   cudaFree(step_dev_);
   cudaFreeHost(step_host_);
+  cudaFreeHost(pick_host_);
   if (profile_ && !op_times_.empty()) {
     double total = 0;
     for (const OpTime& o : op_times_) total += o.seconds;

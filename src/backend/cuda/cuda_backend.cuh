@@ -14,7 +14,8 @@
 // Files: cuda_backend.cu (memory, staging, element-wise ops, norms, rope, routing, combine),
 // cuda_matmul.cu (products of every weight format: warp-per-row matrix-vector for few rows,
 // tiled GEMM for prompts), cuda_attention.cu, cuda_deltanet.cu, cuda_moe.cu (grouped expert
-// FFN), cuda_tier.cu (expert cache tiers in device and page-locked memory).
+// FFN), cuda_tier.cu (expert cache tiers in device and page-locked memory), cuda_pick.cu
+// (the greedy pick).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -45,6 +46,10 @@ class CudaBackend final : public Backend {
   const uint8_t* resident(const uint8_t* host, size_t bytes) override;
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
+  void argmax_rows(const Tensor& x, std::span<int32_t> out,
+                   std::span<uint8_t> finite) override;  // cuda_pick.cu
+  void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                  std::span<uint8_t> finite) override;  // cuda_pick.cu
   void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
                     const Tensor& dst) override;
   void fill(const Tensor& t, float value) override;
@@ -166,6 +171,15 @@ class CudaBackend final : public Backend {
   GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
       attention_scratch_{memory_epoch_}, partial_scratch_{memory_epoch_},
       xsplit_scratch_{memory_epoch_};
+  // Scratch of ops that wait for the device themselves and so are never recorded (argmax_rows,
+  // top_k_rows): growing it must not end the recordings, so it counts in an epoch of its own.
+  uint64_t unrecorded_epoch_ = 0;
+  GrowingBuffer pick_scratch_{unrecorded_epoch_};
+  // Page-locked host memory the picks copy their results into (a DMA straight from the device;
+  // pageable memory would be staged): grown on demand, only between picks, which wait.
+  void* pick_host_ = nullptr;
+  size_t pick_host_bytes_ = 0;
+  void* pick_host(size_t bytes);
   std::vector<void*> resident_;  // device copies made by resident()
   // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
