@@ -474,43 +474,51 @@ TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
   }
 }
 
+// The recurrence below 16 tokens, the chunked form from 16 (chunks of 64: one whole, one
+// ragged, several); key dims a multiple of 4 and not (the chunked form pads rows to 4), of more
+// than 48 KB of shared memory in the chunk kernel (dk 128), value dims not a multiple of 32.
 TEST_F(CudaOps, GatedDeltaRule) {
-  const size_t nk = 2, nv = 4, dk = 64, dv = 48;
-  for (size_t T : {1, 7}) {
-    HostTensor q(T, nk * dk), k(T, nk * dk), v(T, nv * dv), a(T, nv), b(T, nv), out(T, nv * dv),
-        S(nv, dk * dv, 0);
-    for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
-    S.randomize(rng_, -0.1f, 0.1f);
-    const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
-    Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b),
-           dout = mirror(out), dS = mirror(S);
-    DeltaNetState st{Tensor{}, S.t}, dst{Tensor{}, dS.t};
-    DeltaRuleArgs d;
-    d.q = q.t.heads(nk, dk, dk);
-    d.k = k.t.heads(nk, dk, dk);
-    d.v = v.t.heads(nv, dv, dv);
-    d.a = a.t;
-    d.b = b.t;
-    d.A_log = A_log.data();
-    d.dt_bias = dt.data();
-    d.state = &st;
-    d.out = out.t.heads(nv, dv, dv);
-    DeltaRuleArgs g = d;
-    g.q = dq.t.heads(nk, dk, dk);
-    g.k = dk_.t.heads(nk, dk, dk);
-    g.v = dv_.t.heads(nv, dv, dv);
-    g.a = da.t;
-    g.b = db.t;
-    g.A_log = dev_floats(A_log);
-    g.dt_bias = dev_floats(dt);
-    g.state = &dst;
-    g.out = dout.t.heads(nv, dv, dv);
-    cpu_->gated_delta_rule(d);
-    gpu_->gated_delta_rule(g);
-    expect_twins(out, dout, 1e-5, "delta rule output");
-    expect_twins(S, dS, 1e-5, "delta rule state");
-    expect_twins(q, dq, 1e-6, "normalised q");
-  }
+  struct Shape {
+    size_t nk, nv, dk, dv;
+  };
+  for (const Shape shape : {Shape{2, 4, 64, 48}, Shape{1, 3, 30, 20}, Shape{2, 2, 128, 128}})
+    for (size_t T : {1, 7, 16, 64, 150}) {
+      const auto [nk, nv, dk, dv] = shape;
+      SCOPED_TRACE("T " + std::to_string(T) + " dk " + std::to_string(dk));
+      HostTensor q(T, nk * dk), k(T, nk * dk), v(T, nv * dv), a(T, nv), b(T, nv), out(T, nv * dv),
+          S(nv, dk * dv, 0);
+      for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
+      S.randomize(rng_, -0.1f, 0.1f);
+      const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
+      Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b),
+             dout = mirror(out), dS = mirror(S);
+      DeltaNetState st{Tensor{}, S.t}, dst{Tensor{}, dS.t};
+      DeltaRuleArgs d;
+      d.q = q.t.heads(nk, dk, dk);
+      d.k = k.t.heads(nk, dk, dk);
+      d.v = v.t.heads(nv, dv, dv);
+      d.a = a.t;
+      d.b = b.t;
+      d.A_log = A_log.data();
+      d.dt_bias = dt.data();
+      d.state = &st;
+      d.out = out.t.heads(nv, dv, dv);
+      DeltaRuleArgs g = d;
+      g.q = dq.t.heads(nk, dk, dk);
+      g.k = dk_.t.heads(nk, dk, dk);
+      g.v = dv_.t.heads(nv, dv, dv);
+      g.a = da.t;
+      g.b = db.t;
+      g.A_log = dev_floats(A_log);
+      g.dt_bias = dev_floats(dt);
+      g.state = &dst;
+      g.out = dout.t.heads(nv, dv, dv);
+      cpu_->gated_delta_rule(d);
+      gpu_->gated_delta_rule(g);
+      expect_twins(out, dout, 1e-5, "delta rule output");
+      expect_twins(S, dS, 1e-5, "delta rule state");
+      expect_twins(q, dq, 1e-6, "normalised q");
+    }
 }
 
 TEST_F(CudaOps, GatedRmsNorm) {
