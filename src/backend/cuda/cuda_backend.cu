@@ -415,6 +415,9 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   MF_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   const char* pdl = std::getenv("MOEFLUX_CUDA_PDL");
   programmatic_edges_ = major >= 9 && !(pdl && std::string(pdl) == "0");
+  // MOEFLUX_CUDA_DELTA_CHUNKED=0: prompts run the DeltaNet recurrence token by token (to compare).
+  const char* chunked = std::getenv("MOEFLUX_CUDA_DELTA_CHUNKED");
+  delta_chunked_ = !(chunked && std::string(chunked) == "0");
   MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
   MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));

@@ -360,7 +360,7 @@ void CudaBackend::gated_delta_rule(const DeltaRuleArgs& a) {
   p.dk = int(dk);
   p.dv = int(dv);
   p.ratio = int(nv / nk);
-  if (T >= size_t(kChunkedFrom) && dk <= size_t(kMaxChunkedKeyDim)) {
+  if (delta_chunked_ && T >= size_t(kChunkedFrom) && dk <= size_t(kMaxChunkedKeyDim)) {
     const ChunkRecord rec = chunk_record(int(dk), int(dv));
     const size_t prep_smem = prepare_smem_bytes(int(dk)), scan_smem = scan_smem_bytes(rec.dkp);
     // The opt-in is asked once per size reached (a kernel's attribute is per process).
