@@ -476,12 +476,14 @@ TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
 
 // The recurrence below 16 tokens, the chunked form from 16 (chunks of 64: one whole, one
 // ragged, several); key dims a multiple of 4 and not (the chunked form pads rows to 4), of more
-// than 48 KB of shared memory in the chunk kernel (dk 128), value dims not a multiple of 32.
+// than 48 KB of shared memory in the chunk kernel (dk 128, 256), rows per thread of the
+// recurrence 8, 16 and 32 (dk 64, 128, 256), value dims not a multiple of 32.
 TEST_F(CudaOps, GatedDeltaRule) {
   struct Shape {
     size_t nk, nv, dk, dv;
   };
-  for (const Shape shape : {Shape{2, 4, 64, 48}, Shape{1, 3, 30, 20}, Shape{2, 2, 128, 128}})
+  for (const Shape shape :
+       {Shape{2, 4, 64, 48}, Shape{1, 3, 30, 20}, Shape{2, 2, 128, 128}, Shape{1, 2, 256, 40}})
     for (size_t T : {1, 7, 16, 64, 150}) {
       const auto [nk, nv, dk, dv] = shape;
       SCOPED_TRACE("T " + std::to_string(T) + " dk " + std::to_string(dk));

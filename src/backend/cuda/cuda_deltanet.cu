@@ -3,13 +3,14 @@
 // q and k are l2-normalised in place first (q also scaled by 1/sqrt(dk)), one block per
 // (token, key head). Then one of two forms, which compute the same S and out:
 //
-// The recurrence (decode, short chunks): one block per value head, one thread per value column
-// j: thread j owns column S[:, j] of the head's state (in device memory, [dk][dv] row-major),
-// so every update is a per-column loop with no communication beyond the token's q, k in shared
-// memory:
+// The recurrence (decode, short chunks): S's columns evolve independently given the token, so a
+// block takes 32 value columns of one value head (lane = column j) and its warps split the
+// column's dk rows, held in registers across the chunk's tokens (S, [dk][dv] row-major in device
+// memory, is read and written once per call). Per token, with q, k in shared memory:
 //   S <- decay S;  kv_j = Σ_i S[i][j] k_i;  δ_j = β (v_j - kv_j);  S[i][j] += k_i δ_j;
 //   out_j = Σ_i S[i][j] q_i
-// Tokens are processed in order (the recurrence is sequential in t).
+// each Σ_i a per-warp partial sum, the warps' partials added in warp order. Tokens are processed
+// in order (the recurrence is sequential in t).
 //
 // The chunked form (prompts of at least kChunkedFrom tokens): tokens in chunks of C = 64. Within
 // a chunk (rows r, s < n), with g_r = log decay_r ≤ 0, γ_r = Σ_{m≤r} g_m (cumulative over the
@@ -63,15 +64,28 @@ struct DeltaParams {
   int T, dk, dv, ratio;
 };
 
-__global__ void delta_rule_kernel(DeltaParams p) {
+// The recurrence: blockIdx = (value head, 32 value columns); lane = column j, warp w holds rows
+// i = w + kStepWarps m (m < R) of S's column j in registers.
+constexpr int kStepWarps = 8;
+
+template <int R>  // rows of S per thread: dk <= kStepWarps R
+__global__ void __launch_bounds__(kStepWarps * 32) delta_rule_kernel(DeltaParams p) {
   await_inputs();
-  const int h = blockIdx.x, j = threadIdx.x, kh = h / p.ratio;
+  const int h = blockIdx.x, kh = h / p.ratio, lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int j = blockIdx.y * 32 + lane;
+  const bool live = j < p.dv;
   __shared__ float qs[kMaxKeyDim], ks[kMaxKeyDim];
+  __shared__ float part[2][kStepWarps][32];  // per-warp partial sums: kv, then out
   __shared__ float decay_beta[2];
   float* S = p.S + h * p.S_pitch;  // S[i * dv + j]
+  float s[R];
+#pragma unroll
+  for (int m = 0; m < R; ++m) {
+    const int i = warp + kStepWarps * m;
+    s[m] = live && i < p.dk ? S[size_t(i) * p.dv + j] : 0.0f;
+  }
   const float A = expf(p.A_log[h]);
   for (int t = 0; t < p.T; ++t) {
-    __syncthreads();  // the previous token's q, k are no longer read
     for (int i = threadIdx.x; i < p.dk; i += blockDim.x) {
       qs[i] = p.q[t * p.q0 + kh * p.q1 + i];
       ks[i] = p.k[t * p.q0 + kh * p.q1 + i];
@@ -81,22 +95,47 @@ __global__ void delta_rule_kernel(DeltaParams p) {
       decay_beta[1] = sigmoidf_(p.b[t * p.b0 + h]);
     }
     __syncthreads();
-    if (j >= p.dv) continue;
     const float decay = decay_beta[0], beta = decay_beta[1];
+    // S <- decay S;  kv_j = Σ_i S[i][j] k_i
     float kv = 0.0f;
-    for (int i = 0; i < p.dk; ++i) {
-      const float s = S[i * p.dv + j] * decay;
-      S[i * p.dv + j] = s;
-      kv = fmaf(s, ks[i], kv);
+#pragma unroll
+    for (int m = 0; m < R; ++m) {
+      const int i = warp + kStepWarps * m;
+      s[m] *= decay;
+      if (i < p.dk) kv = fmaf(s[m], ks[i], kv);
     }
-    const float delta = (p.v[t * p.v0 + h * p.v1 + j] - kv) * beta;
+    part[0][warp][lane] = kv;
+    __syncthreads();
+    kv = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kStepWarps; ++w) kv += part[0][w][lane];
+    // δ_j = β (v_j - kv_j);  S[i][j] += k_i δ_j;  out_j = Σ_i S[i][j] q_i
+    const float delta = live ? (p.v[t * p.v0 + h * p.v1 + j] - kv) * beta : 0.0f;
     float o = 0.0f;
-    for (int i = 0; i < p.dk; ++i) {
-      const float s = fmaf(ks[i], delta, S[i * p.dv + j]);
-      S[i * p.dv + j] = s;
-      o = fmaf(s, qs[i], o);
+#pragma unroll
+    for (int m = 0; m < R; ++m) {
+      const int i = warp + kStepWarps * m;
+      if (i < p.dk) {
+        s[m] = fmaf(ks[i], delta, s[m]);
+        o = fmaf(s[m], qs[i], o);
+      }
     }
-    p.out[t * p.o0 + h * p.o1 + j] = o;
+    part[1][warp][lane] = o;
+    __syncthreads();
+    if (warp == 0 && live) {
+      o = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kStepWarps; ++w) o += part[1][w][lane];
+      p.out[t * p.o0 + h * p.o1 + j] = o;
+    }
+    __syncthreads();  // this token's q, k and partial sums are read before the next overwrites
+  }
+  if (live) {
+#pragma unroll
+    for (int m = 0; m < R; ++m) {
+      const int i = warp + kStepWarps * m;
+      if (i < p.dk) S[size_t(i) * p.dv + j] = s[m];
+    }
   }
 }
 
@@ -329,7 +368,7 @@ void CudaBackend::gated_delta_rule(const DeltaRuleArgs& a) {
             a.b.rows() == T && a.b.shape[1] == nv);
   MF_ASSERT(a.out.rank == 3 && a.out.shape == a.v.shape);
   MF_ASSERT(a.state->S.rows() == nv && a.state->S.shape[1] == dk * dv);
-  MF_ASSERT(dk <= size_t(kMaxKeyDim) && dv <= 1024);
+  MF_ASSERT(dk <= size_t(kMaxKeyDim) && (dv + 31) / 32 <= 65535);
   if (T == 0) return;
   const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
   l2norm_kernel<<<static_cast<unsigned>(T * nk), 32, 0, stream_>>>(
@@ -387,8 +426,15 @@ void CudaBackend::gated_delta_rule(const DeltaRuleArgs& a) {
       return;
     }
   }
-  const unsigned threads = static_cast<unsigned>((dv + 31) / 32 * 32);
-  delta_rule_kernel<<<static_cast<unsigned>(nv), threads, 0, stream_>>>(p);
+  const dim3 grid(unsigned(nv), unsigned((dv + 31) / 32));
+  if (dk <= 8 * kStepWarps)
+    delta_rule_kernel<8><<<grid, kStepWarps * 32, 0, stream_>>>(p);
+  else if (dk <= 16 * kStepWarps)
+    delta_rule_kernel<16><<<grid, kStepWarps * 32, 0, stream_>>>(p);
+  else if (dk <= 32 * kStepWarps)
+    delta_rule_kernel<32><<<grid, kStepWarps * 32, 0, stream_>>>(p);
+  else
+    delta_rule_kernel<kMaxKeyDim / kStepWarps><<<grid, kStepWarps * 32, 0, stream_>>>(p);
   check_launch("delta rule");
 }
 
