@@ -461,7 +461,7 @@ TEST_F(CudaOps, RecordedStepReplaysAtNewTokensAndPositions) {
 
 TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
   const size_t C = 300, K = 4;
-  for (size_t T : {1, 6}) {
+  for (size_t T : {1, 2, 6, 8, 100}) {  // one thread per channel below 8 rows, per row from 8
     HostTensor x(T, C), y(T, C), state(C, K - 1, 0);
     x.randomize(rng_);
     state.randomize(rng_);
@@ -519,7 +519,6 @@ TEST_F(CudaOps, GatedDeltaRule) {
       gpu_->gated_delta_rule(g);
       expect_twins(out, dout, 1e-5, "delta rule output");
       expect_twins(S, dS, 1e-5, "delta rule state");
-      expect_twins(q, dq, 1e-6, "normalised q");
     }
 }
 

@@ -1,7 +1,8 @@
 // CudaBackend::gated_delta_rule: the Gated DeltaNet recurrence (backend.hpp states the math).
 //
-// q and k are l2-normalised in place first (q also scaled by 1/sqrt(dk)), one block per
-// (token, key head). Then one of two forms, which compute the same S and out:
+// q and k are l2-normalised (q also scaled by 1/sqrt(dk)): by the recurrence's kernel as it
+// reads each token's (decode: one launch in all), or in place first for the chunked form, one
+// block per (token, key head). The two forms compute the same S and out:
 //
 // The recurrence (decode, short chunks): S's columns evolve independently given the token, so a
 // block takes 32 value columns of one value head (lane = column j) and its warps split the
@@ -62,6 +63,7 @@ struct DeltaParams {
   float* out;
   size_t o0, o1;
   int T, dk, dv, ratio;
+  float q_scale;  // 1 / sqrt(dk)
 };
 
 // The recurrence: blockIdx = (value head, 32 value columns); lane = column j, warp w holds rows
@@ -76,6 +78,7 @@ __global__ void __launch_bounds__(kStepWarps * 32) delta_rule_kernel(DeltaParams
   const bool live = j < p.dv;
   __shared__ float qs[kMaxKeyDim], ks[kMaxKeyDim];
   __shared__ float part[2][kStepWarps][32];  // per-warp partial sums: kv, then out
+  __shared__ float norms[2][kStepWarps];     // per-warp partial Σ q², Σ k²
   __shared__ float decay_beta[2];
   float* S = p.S + h * p.S_pitch;  // S[i * dv + j]
   float s[R];
@@ -93,6 +96,32 @@ __global__ void __launch_bounds__(kStepWarps * 32) delta_rule_kernel(DeltaParams
     if (threadIdx.x == 0) {
       decay_beta[0] = expf(-A * softplusf_(p.a[t * p.a0 + h] + p.dt_bias[h]));
       decay_beta[1] = sigmoidf_(p.b[t * p.b0 + h]);
+    }
+    __syncthreads();
+    // q, k l2-normalised here (q also scaled by 1/sqrt(dk)), v / sqrt(Σ v² + eps) as the CPU's;
+    // the tensors in memory are left as they were (every block of the key head reads them).
+    float sq = 0.0f, sk = 0.0f;
+    for (int i = threadIdx.x; i < p.dk; i += blockDim.x) {
+      sq = fmaf(qs[i], qs[i], sq);
+      sk = fmaf(ks[i], ks[i], sk);
+    }
+    sq = warp_sum(sq);
+    sk = warp_sum(sk);
+    if (lane == 0) {
+      norms[0][warp] = sq;
+      norms[1][warp] = sk;
+    }
+    __syncthreads();
+    sq = sk = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kStepWarps; ++w) {
+      sq += norms[0][w];
+      sk += norms[1][w];
+    }
+    const float inv_q = rsqrtf(sq + 1e-6f) * p.q_scale, inv_k = rsqrtf(sk + 1e-6f);
+    for (int i = threadIdx.x; i < p.dk; i += blockDim.x) {
+      qs[i] *= inv_q;
+      ks[i] *= inv_k;
     }
     __syncthreads();
     const float decay = decay_beta[0], beta = decay_beta[1];
@@ -371,11 +400,6 @@ void CudaBackend::gated_delta_rule(const DeltaRuleArgs& a) {
   MF_ASSERT(dk <= size_t(kMaxKeyDim) && (dv + 31) / 32 <= 65535);
   if (T == 0) return;
   const float q_scale = 1.0f / std::sqrt(static_cast<float>(dk));
-  l2norm_kernel<<<static_cast<unsigned>(T * nk), 32, 0, stream_>>>(
-      a.q.f32(), a.q.stride[0], a.q.stride[1], int(nk), int(dk), 1e-6f, q_scale);
-  l2norm_kernel<<<static_cast<unsigned>(T * nk), 32, 0, stream_>>>(
-      a.k.f32(), a.k.stride[0], a.k.stride[1], int(nk), int(dk), 1e-6f, 1.0f);
-  check_launch("delta rule (l2 norm)");
   DeltaParams p;
   p.q = a.q.f32();
   p.k = a.k.f32();
@@ -399,6 +423,7 @@ void CudaBackend::gated_delta_rule(const DeltaRuleArgs& a) {
   p.dk = int(dk);
   p.dv = int(dv);
   p.ratio = int(nv / nk);
+  p.q_scale = q_scale;
   if (delta_chunked_ && T >= size_t(kChunkedFrom) && dk <= size_t(kMaxChunkedKeyDim)) {
     const ChunkRecord rec = chunk_record(int(dk), int(dv));
     const size_t prep_smem = prepare_smem_bytes(int(dk)), scan_smem = scan_smem_bytes(rec.dkp);
@@ -414,6 +439,12 @@ void CudaBackend::gated_delta_rule(const DeltaRuleArgs& a) {
       if (fits) scan_allowed.store(scan_smem, std::memory_order_relaxed);
     }
     if (fits) {
+      // q, k normalised in place first: every chunk reads them.
+      l2norm_kernel<<<static_cast<unsigned>(T * nk), 32, 0, stream_>>>(
+          a.q.f32(), a.q.stride[0], a.q.stride[1], int(nk), int(dk), 1e-6f, q_scale);
+      l2norm_kernel<<<static_cast<unsigned>(T * nk), 32, 0, stream_>>>(
+          a.k.f32(), a.k.stride[0], a.k.stride[1], int(nk), int(dk), 1e-6f, 1.0f);
+      check_launch("delta rule (l2 norm)");
       const unsigned chunks = static_cast<unsigned>((T + kChunk - 1) / kChunk);
       float* records = scratch_attention(size_t(nv) * chunks * rec.floats());
       delta_chunk_prepare_kernel<<<dim3(unsigned(nv), chunks), kPrepareThreads, prep_smem,
