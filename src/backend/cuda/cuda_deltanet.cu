@@ -201,9 +201,9 @@ ChunkRecord chunk_record(int dk, int dv) {
 }
 
 // Shared memory of prepare: the chunk's keys [C][dk+1] (odd pitch: column reads are
-// conflict-free), A / Tm [C][C+1], the substitution's row copy, γ and β.
+// conflict-free), A / Tm [C][C+1], the substitution's row copy, γ, β and e^{γ_{n-1}-γ_s}.
 size_t prepare_smem_bytes(int dk) {
-  return sizeof(float) * (size_t(kChunk) * (dk + 1) + size_t(kChunk) * (kChunk + 1) + 3 * kChunk);
+  return sizeof(float) * (size_t(kChunk) * (dk + 1) + size_t(kChunk) * (kChunk + 1) + 4 * kChunk);
 }
 size_t scan_smem_bytes(int dkp) {
   return sizeof(float) * (size_t(dkp) * kScanCols + size_t(kChunk) * kScanCols);
@@ -216,11 +216,12 @@ __global__ void __launch_bounds__(kPrepareThreads)
   const int c0 = c * kChunk, n = min(kChunk, p.T - c0);
   const int dk = p.dk, dkp = rec.dkp, dv = p.dv, ldk = dk + 1, ldl = kChunk + 1;
   extern __shared__ float sm[];
-  float* Ks = sm;                 // Ks[r * ldk + i] = k_{c0+r}[i]
-  float* L = Ks + kChunk * ldk;   // L[r * ldl + s]: A, then Tm (strictly lower part)
-  float* row = L + kChunk * ldl;  // row r of A during its substitution step
-  float* gam = row + kChunk;      // γ_r
-  float* beta = gam + kChunk;     // β_r
+  float* Ks = sm;                  // Ks[r * ldk + i] = k_{c0+r}[i]
+  float* L = Ks + kChunk * ldk;    // L[r * ldl + s]: A, then Tm (strictly lower part)
+  float* row = L + kChunk * ldl;   // row r of A during its substitution step
+  float* gam = row + kChunk;       // γ_r
+  float* beta = gam + kChunk;      // β_r
+  float* to_last = beta + kChunk;  // e^{γ_{n-1}-γ_s}
   float* dst = records + (size_t(h) * gridDim.y + c) * rec.floats();  // this block's record
   const float* q = p.q + size_t(c0) * p.q0 + size_t(kh) * p.q1;
   const float* k = p.k + size_t(c0) * p.q0 + size_t(kh) * p.q1;
@@ -273,7 +274,10 @@ __global__ void __launch_bounds__(kPrepareThreads)
   }
 
   float* bg = row;  // the row copy is free now: bg[s] = β_s e^{γ_s}
-  if (tid < n) bg[tid] = beta[tid] * expf(gam[tid]);
+  if (tid < n) {
+    bg[tid] = beta[tid] * expf(gam[tid]);
+    to_last[tid] = expf(gam[n - 1] - gam[tid]);
+  }
   __syncthreads();
 
   // U[r][j] = Σ_{s≤r} Tm[r][s] β_s v_s[j]
@@ -298,7 +302,7 @@ __global__ void __launch_bounds__(kPrepareThreads)
   // Kd^T[i][s] = e^{γ_{n-1}-γ_s} k_s[i]
   for (int e = tid; e < dk * n; e += blockDim.x) {
     const int i = e / n, s = e % n;
-    dst[rec.kdt() + size_t(i) * kChunk + s] = expf(gam[n - 1] - gam[s]) * Ks[s * ldk + i];
+    dst[rec.kdt() + size_t(i) * kChunk + s] = to_last[s] * Ks[s * ldk + i];
   }
   // P[r][s] = e^{γ_r-γ_s} q_r·k_s, s ≤ r
   for (int e = tid; e < n * kChunk; e += blockDim.x) {
