@@ -502,22 +502,29 @@ TEST_F(CudaOps, GatedDeltaRule) {
       for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
       S.randomize(rng_, -0.1f, 0.1f);
       const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
+      auto args = [&](const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& a_,
+                      const Tensor& b_, const float* A, const float* dt_bias, DeltaNetState* state,
+                      const Tensor& out_) {
+        DeltaRuleArgs d;
+        d.q = q_.heads(nk, dk, dk);
+        d.k = k_.heads(nk, dk, dk);
+        d.v = v_.heads(nv, dv, dv);
+        d.a = a_;
+        d.b = b_;
+        d.A_log = A;
+        d.dt_bias = dt_bias;
+        d.state = state;
+        d.out = out_.heads(nv, dv, dv);
+        return d;
+      };
       // The GPU runs first, on copies of the inputs (every backend may overwrite q and k).
       auto on_gpu = [&](Backend& be, Mirror& dout, Mirror& dS) {
         Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b);
         dout = mirror(out);
         dS = mirror(S);
         DeltaNetState dst{Tensor{}, dS.t};
-        DeltaRuleArgs g;
-        g.q = dq.t.heads(nk, dk, dk);
-        g.k = dk_.t.heads(nk, dk, dk);
-        g.v = dv_.t.heads(nv, dv, dv);
-        g.a = da.t;
-        g.b = db.t;
-        g.A_log = dev_floats(A_log);
-        g.dt_bias = dev_floats(dt);
-        g.state = &dst;
-        g.out = dout.t.heads(nv, dv, dv);
+        const DeltaRuleArgs g =
+            args(dq.t, dk_.t, dv_.t, da.t, db.t, dev_floats(A_log), dev_floats(dt), &dst, dout.t);
         gpu_->synchronize();  // the mirrors are written on gpu_'s stream
         be.gated_delta_rule(g);
         be.synchronize();
@@ -526,17 +533,7 @@ TEST_F(CudaOps, GatedDeltaRule) {
       on_gpu(*gpu_, dout, dS);
       if (T >= 16) on_gpu(*recurrent, rout, rS);
       DeltaNetState st{Tensor{}, S.t};
-      DeltaRuleArgs d;
-      d.q = q.t.heads(nk, dk, dk);
-      d.k = k.t.heads(nk, dk, dk);
-      d.v = v.t.heads(nv, dv, dv);
-      d.a = a.t;
-      d.b = b.t;
-      d.A_log = A_log.data();
-      d.dt_bias = dt.data();
-      d.state = &st;
-      d.out = out.t.heads(nv, dv, dv);
-      cpu_->gated_delta_rule(d);
+      cpu_->gated_delta_rule(args(q.t, k.t, v.t, a.t, b.t, A_log.data(), dt.data(), &st, out.t));
       expect_twins(out, dout, 1e-5, "delta rule output");
       expect_twins(S, dS, 1e-5, "delta rule state");
       if (T >= 16) {
