@@ -891,7 +891,7 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
 
 void CudaBackend::conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
                               const Tensor& y) {
-  const OpTimer timer(*this, "conv1d_silu");
+  const OpTimer timer(*this, "conv1d_silu", x.rows());
   MF_ASSERT(kernel >= 1 && kernel <= 16 && w != nullptr);
   MF_ASSERT(x.rank == 2 && y.rank == 2 && x.rows() == y.rows() && x.shape[1] == y.shape[1]);
   const size_t T = x.rows(), C = x.shape[1];

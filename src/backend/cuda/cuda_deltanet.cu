@@ -391,7 +391,7 @@ bool allow_smem(Kernel kernel, size_t bytes) {
 }  // namespace
 
 void CudaBackend::gated_delta_rule(const DeltaRuleArgs& a) {
-  const OpTimer timer(*this, "delta_rule");
+  const OpTimer timer(*this, "delta_rule", a.q.shape[0]);  // prompts apart from decode
   MF_ASSERT(a.q.rank == 3 && a.k.rank == 3 && a.v.rank == 3 && a.state != nullptr);
   const size_t T = a.q.shape[0], nk = a.q.shape[1], dk = a.q.shape[2];
   const size_t nv = a.v.shape[1], dv = a.v.shape[2];
