@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -462,7 +463,7 @@ TEST_F(CudaOps, RecordedStepReplaysAtNewTokensAndPositions) {
 
 TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
   const size_t C = 300, K = 4;
-  for (size_t T : {1, 6}) {
+  for (size_t T : {1, 2, 6, 8, 100}) {  // one thread per channel below 8 rows, per row from 8
     HostTensor x(T, C), y(T, C), state(C, K - 1, 0);
     x.randomize(rng_);
     state.randomize(rng_);
@@ -475,43 +476,72 @@ TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
   }
 }
 
+// The recurrence below 16 tokens, the chunked form from 16 (chunks of 64: one whole, one
+// ragged, a last chunk of one token, several); key dims a multiple of 4 and not (the chunked form
+// pads rows to 4), of more than 48 KB of shared memory in the chunk kernel (dk 128, 256), rows per
+// thread of the recurrence 8, 16 and 32 (dk 64, 128, 256), value dims not a multiple of 32.
 TEST_F(CudaOps, GatedDeltaRule) {
-  const size_t nk = 2, nv = 4, dk = 64, dv = 48;
-  for (size_t T : {1, 7}) {
-    HostTensor q(T, nk * dk), k(T, nk * dk), v(T, nv * dv), a(T, nv), b(T, nv), out(T, nv * dv),
-        S(nv, dk * dv, 0);
-    for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
-    S.randomize(rng_, -0.1f, 0.1f);
-    const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
-    Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b),
-           dout = mirror(out), dS = mirror(S);
-    DeltaNetState st{Tensor{}, S.t}, dst{Tensor{}, dS.t};
-    DeltaRuleArgs d;
-    d.q = q.t.heads(nk, dk, dk);
-    d.k = k.t.heads(nk, dk, dk);
-    d.v = v.t.heads(nv, dv, dv);
-    d.a = a.t;
-    d.b = b.t;
-    d.A_log = A_log.data();
-    d.dt_bias = dt.data();
-    d.state = &st;
-    d.out = out.t.heads(nv, dv, dv);
-    DeltaRuleArgs g = d;
-    g.q = dq.t.heads(nk, dk, dk);
-    g.k = dk_.t.heads(nk, dk, dk);
-    g.v = dv_.t.heads(nv, dv, dv);
-    g.a = da.t;
-    g.b = db.t;
-    g.A_log = dev_floats(A_log);
-    g.dt_bias = dev_floats(dt);
-    g.state = &dst;
-    g.out = dout.t.heads(nv, dv, dv);
-    cpu_->gated_delta_rule(d);
-    gpu_->gated_delta_rule(g);
-    expect_twins(out, dout, 1e-5, "delta rule output");
-    expect_twins(S, dS, 1e-5, "delta rule state");
-    expect_twins(q, dq, 1e-6, "normalised q");
-  }
+  struct Shape {
+    size_t nk, nv, dk, dv;
+  };
+  // A second backend that keeps prompts on the recurrence (MOEFLUX_CUDA_DELTA_CHUNKED=0): the
+  // recurrence over long chunks too, against the same CPU results.
+  std::unique_ptr<Backend> recurrent;
+#ifdef MOEFLUX_HAVE_CUDA
+  setenv("MOEFLUX_CUDA_DELTA_CHUNKED", "0", 1);
+  recurrent = cuda::make_backend({0});
+  unsetenv("MOEFLUX_CUDA_DELTA_CHUNKED");
+#endif
+  ASSERT_TRUE(recurrent);
+  for (const Shape shape :
+       {Shape{2, 4, 64, 48}, Shape{1, 3, 30, 20}, Shape{2, 2, 128, 128}, Shape{1, 2, 256, 40}})
+    for (size_t T : {1, 7, 16, 64, 65, 150}) {
+      const auto [nk, nv, dk, dv] = shape;
+      SCOPED_TRACE("T " + std::to_string(T) + " dk " + std::to_string(dk));
+      HostTensor q(T, nk * dk), k(T, nk * dk), v(T, nv * dv), a(T, nv), b(T, nv), out(T, nv * dv),
+          S(nv, dk * dv, 0);
+      for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
+      S.randomize(rng_, -0.1f, 0.1f);
+      const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
+      auto args = [&](const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& a_,
+                      const Tensor& b_, const float* A, const float* dt_bias, DeltaNetState* state,
+                      const Tensor& out_) {
+        DeltaRuleArgs d;
+        d.q = q_.heads(nk, dk, dk);
+        d.k = k_.heads(nk, dk, dk);
+        d.v = v_.heads(nv, dv, dv);
+        d.a = a_;
+        d.b = b_;
+        d.A_log = A;
+        d.dt_bias = dt_bias;
+        d.state = state;
+        d.out = out_.heads(nv, dv, dv);
+        return d;
+      };
+      // The GPU runs first, on copies of the inputs (every backend may overwrite q and k).
+      auto on_gpu = [&](Backend& be, Mirror& dout, Mirror& dS) {
+        Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b);
+        dout = mirror(out);
+        dS = mirror(S);
+        DeltaNetState dst{Tensor{}, dS.t};
+        const DeltaRuleArgs g =
+            args(dq.t, dk_.t, dv_.t, da.t, db.t, dev_floats(A_log), dev_floats(dt), &dst, dout.t);
+        gpu_->synchronize();  // the mirrors are written on gpu_'s stream
+        be.gated_delta_rule(g);
+        be.synchronize();
+      };
+      Mirror dout, dS, rout, rS;
+      on_gpu(*gpu_, dout, dS);
+      if (T >= 16) on_gpu(*recurrent, rout, rS);
+      DeltaNetState st{Tensor{}, S.t};
+      cpu_->gated_delta_rule(args(q.t, k.t, v.t, a.t, b.t, A_log.data(), dt.data(), &st, out.t));
+      expect_twins(out, dout, 1e-5, "delta rule output");
+      expect_twins(S, dS, 1e-5, "delta rule state");
+      if (T >= 16) {
+        expect_twins(out, rout, 1e-5, "delta rule output, recurrence");
+        expect_twins(S, rS, 1e-5, "delta rule state, recurrence");
+      }
+    }
 }
 
 TEST_F(CudaOps, GatedRmsNorm) {

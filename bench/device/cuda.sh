@@ -13,7 +13,9 @@
 # light, warp stalls, occupancy), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
 # measured ceilings), REAL=1 (the bundled model's real routing: REAL_VARIANTS), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT reads: bench
 # with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh: DeepSeek-V3 /
-# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), OUT.
+# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), QWEN35=1 (a Qwen3.6-35B-A3B-shaped 8-layer
+# hybrid package, every expert resident: prompt 512 with the DeltaNet's chunked form and with its
+# recurrence, MOEFLUX_CUDA_DELTA_CHUNKED=0), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
@@ -158,6 +160,19 @@ if [ "${CHECKSUM:-0}" = 1 ]; then
       --no-ceilings --threads "$(nproc)" $extra >> "$OUTD/checksum-$verify.txt" 2>&1
     echo "checksums $verify: $(grep -E '^(decode|verify)' "$OUTD/checksum-$verify.txt" | tail -2 | tr '\n' ' ')"
   done
+fi
+if [ "${QWEN35:-0}" = 1 ]; then  # the hybrid family's prompts: DeltaNet chunked vs recurrent
+  Q35=/tmp/q35-8
+  "$MF" synth --family qwen3_5_moe --preset qwen3.6-35b-a3b --layers 8 --experts q4 --resident q4 \
+    -q "$Q35"
+  for v in chunked:1 recurrent:0; do
+    MOEFLUX_CUDA_DELTA_CHUNKED=${v#*:} "$MF" bench -m "$Q35" --backend cuda --prompt-len 512 \
+      --gen-len 64 --repeat 3 --no-ceilings --ram-cache 64G --keep-cache --gpu-mem all \
+      --json "$OUTD/bench-q35-${v%%:*}.json" > "$OUTD/bench-q35-${v%%:*}.txt" 2>&1
+    echo "== qwen3.6-35b shape, DeltaNet ${v%%:*}"
+    grep -E '^(prefill|decode|host)' "$OUTD/bench-q35-${v%%:*}.txt"
+  done
+  rm -rf "$Q35"
 fi
 if [ "${DEEPSEEK:-0}" = 1 ]; then
   rm -rf "$PKG"  # its disk space, for the larger packages

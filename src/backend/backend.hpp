@@ -86,7 +86,7 @@ struct AttentionArgs {
 //   g = -exp(A_log[h]) softplus(a[t,h] + dt_bias[h]),  beta = sigmoid(b[t,h])
 //   S_h <- exp(g) S_h;  S_h <- S_h + k (beta (v - S_h^T k))^T;  out[t,h] = S_h^T q
 struct DeltaRuleArgs {
-  Tensor q, k;  // [T, key_heads, dk]  (normalised in place)
+  Tensor q, k;  // [T, key_heads, dk]; the op may overwrite them (the CPU normalises in place)
   Tensor v;     // [T, value_heads, dv]
   Tensor a, b;  // [T, value_heads]
   const float* A_log = nullptr;

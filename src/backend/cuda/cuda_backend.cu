@@ -160,7 +160,43 @@ __global__ void rope_kernel(Vecs x, const float* cos_t, const float* sin_t, size
   p[d + half] = b * c + a * s;
 }
 
-// Causal depthwise conv over [state | x] + SiLU, one thread per channel (kernel <= 16).
+// Causal depthwise conv over u = [state | x] + SiLU, y[t][c] = silu(Σ_j w[c][j] u[t + j]).
+// Prompts: one thread per (row, channel), every row at once; the state (the last kernel - 1
+// inputs) is replaced afterwards by conv_state_kernel, once every row has read the old one.
+__global__ void conv1d_silu_rows_kernel(const float* x, size_t ldx, int T, int C, const float* w,
+                                        int kernel, const float* state, size_t lds, float* y,
+                                        size_t ldy) {
+  await_inputs();
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= size_t(T) * C) return;
+  const int t = static_cast<int>(i / C), c = static_cast<int>(i % C), S = kernel - 1;
+  const float* st = state + c * lds;
+  const float* wc = w + static_cast<size_t>(c) * kernel;
+  float acc = 0.0f;
+  for (int j = 0; j < kernel; ++j) {
+    const int u = t + j;  // index into [state | x]
+    acc += wc[j] * (u < S ? st[u] : x[static_cast<size_t>(u - S) * ldx + c]);
+  }
+  y[static_cast<size_t>(t) * ldy + c] = siluf_(acc);
+}
+
+// state[c] <- the last kernel - 1 entries of [state | x] (ascending: each read is at or after
+// the slot it fills).
+__global__ void conv_state_kernel(const float* x, size_t ldx, int T, int C, int kernel,
+                                  float* state, size_t lds) {
+  await_inputs();
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int S = kernel - 1;
+  float* st = state + c * lds;
+  for (int j = 0; j < S; ++j) {
+    const int u = T + j;
+    st[j] = u < S ? st[u] : x[static_cast<size_t>(u - S) * ldx + c];
+  }
+}
+
+// Causal depthwise conv over [state | x] + SiLU, one thread per channel (kernel <= 16): decode
+// and short chunks, one launch.
 __global__ void conv1d_silu_kernel(const float* x, size_t ldx, int T, int C, const float* w,
                                    int kernel, float* state, size_t lds, float* y, size_t ldy) {
   await_inputs();
@@ -415,6 +451,9 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   MF_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   const char* pdl = std::getenv("MOEFLUX_CUDA_PDL");
   programmatic_edges_ = major >= 9 && !(pdl && std::string(pdl) == "0");
+  // MOEFLUX_CUDA_DELTA_CHUNKED=0: prompts run the DeltaNet recurrence token by token (to compare).
+  const char* chunked = std::getenv("MOEFLUX_CUDA_DELTA_CHUNKED");
+  delta_chunked_ = !(chunked && std::string(chunked) == "0");
   MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
   MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));
@@ -853,11 +892,21 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
 
 void CudaBackend::conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
                               const Tensor& y) {
-  const OpTimer timer(*this, "conv1d_silu");
+  const OpTimer timer(*this, "conv1d_silu", x.rows());
   MF_ASSERT(kernel >= 1 && kernel <= 16 && w != nullptr);
   MF_ASSERT(x.rank == 2 && y.rank == 2 && x.rows() == y.rows() && x.shape[1] == y.shape[1]);
   const size_t T = x.rows(), C = x.shape[1];
   MF_ASSERT(state.rank == 2 && state.rows() == C && state.shape[1] == kernel - 1);
+  if (T >= kMatvecRows) {  // every row in parallel, then the state
+    conv1d_silu_rows_kernel<<<blocks_for(T * C, 256), 256, 0, stream_>>>(
+        x.f32(), x.pitch(), static_cast<int>(T), static_cast<int>(C), w, static_cast<int>(kernel),
+        state.f32(), state.pitch(), y.f32(), y.pitch());
+    conv_state_kernel<<<blocks_for(C, 128), 128, 0, stream_>>>(
+        x.f32(), x.pitch(), static_cast<int>(T), static_cast<int>(C), static_cast<int>(kernel),
+        state.f32(), state.pitch());
+    check_launch("conv1d_silu");
+    return;
+  }
   conv1d_silu_kernel<<<blocks_for(C, 128), 128, 0, stream_>>>(
       x.f32(), x.pitch(), static_cast<int>(T), static_cast<int>(C), w, static_cast<int>(kernel),
       state.f32(), state.pitch(), y.f32(), y.pitch());
