@@ -326,13 +326,14 @@ TEST_F(CudaOps, Rope) {
 
 // norm_rope (one kernel over queries and keys) against the CPU's composition of rmsnorm and rope:
 // q and k as head views of one projection row (q heads strided past a gate half), with and
-// without norm weights, zero-centred or not, RoPE over all of the head or part of it, keys
-// absent, head dims under and over a block's threads.
+// without norm weights (or the queries' alone), zero-centred or not, RoPE over all of the head
+// or part of it, keys absent, head dims under and over a block's threads.
 TEST_F(CudaOps, NormRopeMatchesRmsNormThenRope) {
   for (size_t hd : {size_t{12}, size_t{128}, size_t{192}})
     for (size_t rotary : {hd, hd / 2})
-      for (int variant = 0; variant < 4; ++variant) {
-        const bool norms = variant & 1, zc = variant & 2;
+      for (int variant = 0; variant < 5; ++variant) {
+        // bit 0: both norms; bit 1: zero-centred; 4: the queries' norm alone
+        const bool norms = variant & 1, zc = variant & 2, q_only = variant == 4;
         const size_t nh = 4, nkv = 2, positions = 40, T = variant == 3 ? 1 : 3;
         SCOPED_TRACE("hd " + std::to_string(hd) + " rotary " + std::to_string(rotary) +
                      " variant " + std::to_string(variant));
@@ -349,9 +350,9 @@ TEST_F(CudaOps, NormRopeMatchesRmsNormThenRope) {
         const auto [dq, dk] = views(dx.t);
         const Tensor no_keys = variant == 2 ? Tensor{} : k, dno_keys = variant == 2 ? Tensor{} : dk;
         const int pos0 = 17;
-        cpu_->norm_rope(q, norms ? wq.data() : nullptr, no_keys, norms ? wk.data() : nullptr, 1e-6f,
-                        zc, {cs.t, sn.t, int(rotary)}, pos0);
-        gpu_->norm_rope(dq, norms ? dev_floats(wq) : nullptr, dno_keys,
+        cpu_->norm_rope(q, norms || q_only ? wq.data() : nullptr, no_keys,
+                        norms ? wk.data() : nullptr, 1e-6f, zc, {cs.t, sn.t, int(rotary)}, pos0);
+        gpu_->norm_rope(dq, norms || q_only ? dev_floats(wq) : nullptr, dno_keys,
                         norms ? dev_floats(wk) : nullptr, 1e-6f, zc, {dcs.t, dsn.t, int(rotary)},
                         pos0);
         expect_twins(x, dx, 2e-6, "norm_rope");
