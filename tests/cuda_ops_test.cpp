@@ -326,6 +326,41 @@ TEST_F(CudaOps, Rope) {
   expect_twins(x, dx, 1e-6, "rope");
 }
 
+// norm_rope (one kernel over queries and keys) against the CPU's composition of rmsnorm and rope:
+// q and k as head views of one projection row (q heads strided past a gate half), with and
+// without norm weights (or the queries' alone), zero-centred or not, RoPE over all of the head
+// or part of it, keys absent, head dims under and over a block's threads.
+TEST_F(CudaOps, NormRopeMatchesRmsNormThenRope) {
+  for (size_t hd : {size_t{12}, size_t{128}, size_t{192}})
+    for (size_t rotary : {hd, hd / 2})
+      for (int variant = 0; variant < 5; ++variant) {
+        // bit 0: both norms; bit 1: zero-centred; 4: the queries' norm alone
+        const bool norms = variant & 1, zc = variant & 2, q_only = variant == 4;
+        const size_t nh = 4, nkv = 2, positions = 40, T = variant == 3 ? 1 : 3;
+        SCOPED_TRACE("hd " + std::to_string(hd) + " rotary " + std::to_string(rotary) +
+                     " variant " + std::to_string(variant));
+        HostTensor cs(positions, rotary / 2, 0), sn(positions, rotary / 2, 0),
+            x(T, 2 * nh * hd + nkv * hd);
+        for (HostTensor* h : {&cs, &sn, &x}) h->randomize(rng_);
+        const std::vector<float> wq = random_vector(hd, rng_), wk = random_vector(hd, rng_);
+        Mirror dcs = mirror(cs), dsn = mirror(sn), dx = mirror(x);
+        auto views = [&](const Tensor& t) {
+          return std::pair{t.cols_view(0, 2 * nh * hd).heads(nh, hd, 2 * hd),
+                           t.cols_view(2 * nh * hd, nkv * hd).heads(nkv, hd, hd)};
+        };
+        const auto [q, k] = views(x.t);
+        const auto [dq, dk] = views(dx.t);
+        const Tensor no_keys = variant == 2 ? Tensor{} : k, dno_keys = variant == 2 ? Tensor{} : dk;
+        const int pos0 = 17;
+        cpu_->norm_rope(q, norms || q_only ? wq.data() : nullptr, no_keys,
+                        norms ? wk.data() : nullptr, 1e-6f, zc, {cs.t, sn.t, int(rotary)}, pos0);
+        gpu_->norm_rope(dq, norms || q_only ? dev_floats(wq) : nullptr, dno_keys,
+                        norms ? dev_floats(wk) : nullptr, 1e-6f, zc, {dcs.t, dsn.t, int(rotary)},
+                        pos0);
+        expect_twins(x, dx, 2e-6, "norm_rope");
+      }
+}
+
 TEST_F(CudaOps, AttentionPromptAndDecodeWithGqaAndGate) {
   for (size_t hd : {size_t{16}, size_t{128}}) {
     for (size_t T : {1, 5}) {

@@ -20,6 +20,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "backend/tensor.hpp"
 #include "core/quant_format.hpp"
@@ -310,6 +311,20 @@ class Backend {
   // Rotates each vector of x [T, heads, dim] in place, row t at position pos0 + t, on its first
   // rotary_dim dims (rotate_half convention, rope.hpp).
   virtual void rope(const Tensor& x, const RopeTable& table, int pos0) = 0;
+
+  // An attention layer's queries and keys normalised and rotated: for x = a, then b (each
+  // [T, heads, dim], T the same; b may be empty), every vector in place,
+  //   x <- rmsnorm(x, w)   (as rmsnorm(), with eps and zero_centered)  when w is given,
+  //   x <- rope(x)         (as rope(), row t at position pos0 + t).
+  // This composition by default; a backend may do it in one pass over both.
+  virtual void norm_rope(const Tensor& a, const float* wa, const Tensor& b, const float* wb,
+                         float eps, bool zero_centered, const RopeTable& table, int pos0) {
+    for (auto [x, w] : {std::pair{&a, wa}, std::pair{&b, wb}}) {
+      if (x->empty()) continue;
+      if (w) rmsnorm(*x, w, *x, eps, zero_centered);
+      rope(*x, table, pos0);
+    }
+  }
 
   // Appends k, v at positions [pos0, pos0 + T) of the cache, then causal attention with GQA
   // (kv head = h / (heads / kv_heads)) over positions [0, pos0 + t] for row t:

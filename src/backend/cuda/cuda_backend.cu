@@ -160,6 +160,48 @@ __global__ void rope_kernel(Vecs x, const float* cos_t, const float* sin_t, size
   p[d + half] = b * c + a * s;
 }
 
+// norm_rope: one block per vector of a, then of b (blockIdx.x < a.count: a's). The vector is
+// read once into shared memory, normalised there when its weight is given (as rmsnorm_kernel,
+// with the same per-thread sums and block_sum when dim <= blockDim.x), then rotated pairwise as
+// rope_kernel rotates (the same expressions) and written back.
+__global__ void norm_rope_kernel(Vecs a, const float* wa, Vecs b, const float* wb, float eps,
+                                 int zero_centered, const float* cos_t, const float* sin_t,
+                                 size_t table_pitch, int half, int pos0, const int* pos_dev) {
+  await_inputs();
+  extern __shared__ float v[];  // the vector, [dim]
+  const bool first = blockIdx.x < a.count;
+  const Vecs x = first ? a : b;
+  const float* w = first ? wa : wb;
+  const size_t vi = first ? blockIdx.x : blockIdx.x - a.count;
+  float* p = x.at(vi);
+  const int dim = x.dim;
+  float ss = 0.0f;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    const float e = p[d];
+    v[d] = e;
+    ss += e * e;
+  }
+  if (w) {  // the same branch for the whole block (block_sum has barriers)
+    const float inv = rsqrtf(block_sum(ss) / dim + eps);
+    for (int d = threadIdx.x; d < dim; d += blockDim.x)
+      v[d] = v[d] * inv * (zero_centered ? 1.0f + w[d] : w[d]);
+  }
+  __syncthreads();  // every element normalised before any is paired
+  if (pos_dev) pos0 = *pos_dev;
+  const size_t row = (pos0 + vi / x.inner) * table_pitch;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float out = v[d];
+    if (d < half) {
+      const float c = cos_t[row + d], s = sin_t[row + d];
+      out = v[d] * c - v[d + half] * s;
+    } else if (d < 2 * half) {
+      const float c = cos_t[row + d - half], s = sin_t[row + d - half];
+      out = v[d] * c + v[d - half] * s;
+    }
+    p[d] = out;
+  }
+}
+
 // Causal depthwise conv over u = [state | x] + SiLU, y[t][c] = silu(Σ_j w[c][j] u[t + j]).
 // Prompts: one thread per (row, channel), every row at once; the state (the last kernel - 1
 // inputs) is replaced afterwards by conv_state_kernel, once every row has read the old one.
@@ -888,6 +930,31 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
                                                        table.cos.pitch(), half, pos0,
                                                        step ? &step->pos : nullptr);
   check_launch("rope");
+}
+
+void CudaBackend::norm_rope(const Tensor& a, const float* wa, const Tensor& b, const float* wb,
+                            float eps, bool zero_centered, const RopeTable& table, int pos0) {
+  const OpTimer timer(*this, "norm_rope", a.rows());
+  MF_ASSERT(a.rank == 3 && pos0 >= 0);
+  MF_ASSERT(b.empty() || (b.rank == 3 && b.shape[0] == a.shape[0]));
+  const int half = table.rotary_dim / 2;
+  MF_ASSERT(2 * static_cast<size_t>(half) <= a.shape[2] && pos0 + a.shape[0] <= table.cos.rows());
+  MF_ASSERT(b.empty() || 2 * static_cast<size_t>(half) <= b.shape[2]);
+  if (a.empty() && b.empty()) return;
+  const Vecs av = vecs_of(a);
+  Vecs bv{};
+  bv.inner = 1;
+  if (!b.empty()) bv = vecs_of(b);
+  const int dim = std::max(av.dim, b.empty() ? 0 : bv.dim);
+  const size_t blocks = av.count + bv.count;
+  MF_ASSERT(blocks <= 0x7fffffffu && dim <= 8 * 1024);
+  // As rmsnorm() picks for short vectors, so that a norm here sums as it does there.
+  const int threads = dim >= 512 ? 256 : dim >= 128 ? 128 : 32;
+  const StepInputs* step = recorded_step("norm_rope", -1, pos0);
+  norm_rope_kernel<<<static_cast<unsigned>(blocks), threads, dim * sizeof(float), stream_>>>(
+      av, wa, bv, wb, eps, zero_centered ? 1 : 0, table.cos.f32(), table.sin.f32(),
+      table.cos.pitch(), half, pos0, step ? &step->pos : nullptr);
+  check_launch("norm_rope");
 }
 
 void CudaBackend::conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,

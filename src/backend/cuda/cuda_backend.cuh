@@ -66,6 +66,8 @@ class CudaBackend final : public Backend {
                bool zero_centered) override;
   void matmul(const Tensor& X, std::span<const Projection> proj) override;
   void rope(const Tensor& x, const RopeTable& table, int pos0) override;
+  void norm_rope(const Tensor& a, const float* wa, const Tensor& b, const float* wb, float eps,
+                 bool zero_centered, const RopeTable& table, int pos0) override;
   void attention(const AttentionArgs& a) override;
   void head_matmul(const Tensor& X, const MatrixView& W, const Tensor& Y) override;
   void copy(const Tensor& src, const Tensor& dst) override;
