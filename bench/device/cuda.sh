@@ -13,7 +13,9 @@
 # light, warp state, occupancy; the raw CSV per launch in ncu-prompt.csv), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
 # measured ceilings), REAL=1 (the bundled model's real routing: REAL_VARIANTS), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT reads: bench
 # with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh: DeepSeek-V3 /
-# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), OUT.
+# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), BATCH=1 (bench-batch of 1-32 sessions, every
+# expert resident, 9-31 rows grouped on the host and routed on the device:
+# MOEFLUX_DEVICE_ROUTING=all), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
@@ -159,6 +161,13 @@ if [ "${CHECKSUM:-0}" = 1 ]; then
     "$MF" bench -m "$PKG" --backend cpu --io direct --prompt-len 64 --gen-len 32 --repeat 3 \
       --no-ceilings --threads "$(nproc)" $extra >> "$OUTD/checksum-$verify.txt" 2>&1
     echo "checksums $verify: $(grep -E '^(decode|verify)' "$OUTD/checksum-$verify.txt" | tail -2 | tr '\n' ' ')"
+  done
+fi
+if [ "${BATCH:-0}" = 1 ]; then  # batched decode: 9-31 rows grouped on the host or routed on the device
+  for v in host:default device:all; do
+    MOEFLUX_DEVICE_ROUTING=${v#*:} "$MF" bench-batch -m "$PKG" --backend cuda --gpu-mem all \
+      --sessions 1,8,12,16,24,32 --prompt-len 32 --gen-len 64 > "$OUTD/batch-${v%%:*}.txt" 2>&1
+    echo "== bench-batch, 9-31 rows ${v%%:*}"; tail -8 "$OUTD/batch-${v%%:*}.txt"
   done
 fi
 if [ "${DEEPSEEK:-0}" = 1 ]; then
