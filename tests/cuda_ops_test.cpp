@@ -664,8 +664,11 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
   struct Case {
     size_t E, T, K, alignment;
   };
-  for (const Case c :
-       {Case{5, 3, 2, 256}, Case{16, 40, 4, 256}, Case{12, 130, 3, 256}, Case{12, 70, 3, 8}}) {
+  // 3 rows: a matrix-vector product per pair; 12 rows of 2 among 40 experts: more than 8 rows
+  // but fewer than kGroupedPairsPerExpert pairs per expert, one product per pair too (what
+  // MOEFLUX_DEVICE_ROUTING=all routes there); the rest grouped by expert.
+  for (const Case c : {Case{5, 3, 2, 256}, Case{40, 12, 2, 256}, Case{16, 40, 4, 256},
+                       Case{12, 130, 3, 256}, Case{12, 70, 3, 8}}) {
     const size_t E = c.E, T = c.T, K = c.K, S = K + 1;
     // [T, K], each row's ids distinct (as top-k's), expert E - 1 never chosen.
     std::vector<int32_t> ids;

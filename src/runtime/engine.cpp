@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "backend/cpu/cpu_backend.hpp"
@@ -213,6 +214,11 @@ void Engine::load_resident_experts() {
   r->max_indexed_rows = 8;
   const size_t K = static_cast<size_t>(active_experts_);
   r->min_grouped_rows = (kGroupedPairsPerExpert * E + K - 1) / K;
+  // MOEFLUX_DEVICE_ROUTING=all: every batch routes on the device, the 9 to min_grouped_rows - 1
+  // rows between too (one matrix-vector product per pair there): to measure that range against
+  // the host's grouping (`bench-batch`), which stays the default until it is measured.
+  if (const char* v = std::getenv("MOEFLUX_DEVICE_ROUTING"); v && std::string(v) == "all")
+    r->min_grouped_rows = r->max_indexed_rows + 1;
   resident_ = std::move(r);
 }
 
