@@ -15,10 +15,9 @@
 # with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh: DeepSeek-V3 /
 # Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), QWEN35=1 (a Qwen3.6-35B-A3B-shaped 8-layer
 # hybrid package, every expert resident: prompt 512 with the DeltaNet's chunked form and with its
-# recurrence, MOEFLUX_CUDA_DELTA_CHUNKED=0), OUT.
-# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), BATCH=1 (bench-batch of 1-32 sessions, every
-# expert resident, 9-31 rows grouped on the host and routed on the device:
-# MOEFLUX_DEVICE_ROUTING=all), OUT.
+# recurrence, MOEFLUX_CUDA_DELTA_CHUNKED=0), BATCH=1 (bench-batch of 1-32 sessions, every expert
+# resident, 9-31 rows grouped on the host and routed on the device: MOEFLUX_DEVICE_ROUTING=all),
+# OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
@@ -176,6 +175,7 @@ if [ "${QWEN35:-0}" = 1 ]; then  # the hybrid family's prompts: DeltaNet chunked
     grep -E '^(prefill|decode|host)' "$OUTD/bench-q35-${v%%:*}.txt"
   done
   rm -rf "$Q35"
+fi
 if [ "${BATCH:-0}" = 1 ]; then  # batched decode: 9-31 rows grouped on the host or routed on the device
   for v in host:default device:all; do
     MOEFLUX_DEVICE_ROUTING=${v#*:} "$MF" bench-batch -m "$PKG" --backend cuda --gpu-mem all \
