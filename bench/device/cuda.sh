@@ -16,7 +16,7 @@
 # Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), QWEN35=1 (a Qwen3.6-35B-A3B-shaped 8-layer
 # hybrid package, every expert resident: prompt 512 with the DeltaNet's chunked form and with its
 # recurrence, MOEFLUX_CUDA_DELTA_CHUNKED=0), BATCH=1 (bench-batch of 1-32 sessions, every expert
-# resident, 9-31 rows grouped on the host and routed on the device: MOEFLUX_DEVICE_ROUTING=all),
+# resident, 9-31 rows routed on the device and grouped on the host: MOEFLUX_DEVICE_ROUTING=host),
 # OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -177,7 +177,7 @@ if [ "${QWEN35:-0}" = 1 ]; then  # the hybrid family's prompts: DeltaNet chunked
   rm -rf "$Q35"
 fi
 if [ "${BATCH:-0}" = 1 ]; then  # batched decode: 9-31 rows grouped on the host or routed on the device
-  for v in host:default device:all; do
+  for v in host:host device:default; do
     MOEFLUX_DEVICE_ROUTING=${v#*:} "$MF" bench-batch -m "$PKG" --backend cuda --gpu-mem all \
       --sessions 1,8,12,16,24,32 --prompt-len 32 --gen-len 64 > "$OUTD/batch-${v%%:*}.txt" 2>&1
     echo "== bench-batch, 9-31 rows ${v%%:*}"; tail -8 "$OUTD/batch-${v%%:*}.txt"
