@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <random>
@@ -15,13 +16,16 @@
 
 #include "backend/backend.hpp"
 #include "backend/cpu/cpu_backend.hpp"
+#include "core/top_k.hpp"
 #include "host_tensor.hpp"
 #include "random_weights.hpp"
 
 namespace moeflux::test {
 namespace {
 
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+double sigmoid(double x) {
+  return 1.0 / (1.0 + std::exp(-x));
+}
 
 // One query's attention in float64: o = Σ_j softmax_j(scale · q·K[j]) V[j] over len positions,
 // K[j] = K0 + j * k_pitch (dk floats), V[j] = V0 + j * v_pitch (dv floats).
@@ -40,8 +44,12 @@ std::vector<double> reference_attention(const float* q, const float* K0, size_t 
     for (size_t d = 0; d < dv; ++d) o[d] += s[j] / sum * V0[j * v_pitch + d];
   return o;
 }
-double silu(double x) { return x * sigmoid(x); }
-double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(x)); }
+double silu(double x) {
+  return x * sigmoid(x);
+}
+double softplus(double x) {
+  return x > 20 ? x : std::log1p(std::exp(x));
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& name) {
   if (name == "cpu") return std::make_unique<CpuBackend>(3);  // > cores: exercises the splits
@@ -218,8 +226,8 @@ TEST_P(BackendOps, CausalAttentionWithGqaOverTheCache) {
       for (size_t h = 0; h < nh; ++h) {
         const size_t kv = h / (nh / nkv), len = pos0 + t + 1;
         const std::vector<double> ref =
-            reference_attention(&q.at(t, h * hd), &K.at(0, kv * hd), K.t.pitch(),
-                                &V.at(0, kv * hd), V.t.pitch(), len, hd, hd, 0.25);
+            reference_attention(&q.at(t, h * hd), &K.at(0, kv * hd), K.t.pitch(), &V.at(0, kv * hd),
+                                V.t.pitch(), len, hd, hd, 0.25);
         for (size_t d = 0; d < hd; ++d) {
           double o = ref[d];
           if (gated) o *= sigmoid(g.at(t, h * hd + d));
@@ -254,9 +262,9 @@ TEST_P(BackendOps, AttentionWithValuesNarrowerThanKeysSharingTheCache) {
     for (size_t d = 0; d < dk; ++d) ASSERT_EQ(K.at(pos0 + t, d), kv.at(t, d)) << "not appended";
   for (size_t t = 0; t < T; ++t)
     for (size_t h = 0; h < nh; ++h) {
-      const std::vector<double> ref = reference_attention(
-          &q.at(t, h * dk), &K.at(0, 0), K.t.pitch(), &K.at(0, 0), K.t.pitch(), pos0 + t + 1, dk,
-          L, 0.3);
+      const std::vector<double> ref =
+          reference_attention(&q.at(t, h * dk), &K.at(0, 0), K.t.pitch(), &K.at(0, 0), K.t.pitch(),
+                              pos0 + t + 1, dk, L, 0.3);
       for (size_t d = 0; d < L; ++d)
         ASSERT_NEAR(out.at(t, h * L + d), ref[d], 1e-5) << t << "," << h << "," << d;
     }
@@ -604,6 +612,99 @@ TEST_P(BackendOps, MemoryAndCopies) {
     for (size_t c = 0; c < 10; ++c)
       ASSERT_EQ(back[r * 11 + c], r == 1 || r == 2 ? 2.5f : src[r * 12 + c]);
   EXPECT_THROW(be_->allocate(size_t{1} << 62, "an impossible buffer"), Error);
+}
+
+// The greedy pick of each row: the largest value, NaN never counting, the lowest index on ties
+// (-0 and +0 equal), 0 when every value is NaN; and whether the row is all finite.
+// kRows rows of kCols uniform values in [-10, 10) in backend memory (and on the host), each row's
+// maximum 11 placed twice: at 4000 - r and at 4990.
+struct WideRows {
+  static constexpr size_t kRows = 3, kCols = 5000;
+  std::vector<float> host;
+  std::unique_ptr<BackendBuffer> buf;
+  Tensor t;
+  WideRows(Backend& be, std::mt19937& rng) : host(kRows * kCols) {
+    std::uniform_real_distribution<float> u(-10, 10);
+    for (float& v : host) v = u(rng);
+    for (size_t r = 0; r < kRows; ++r) host[r * kCols + 4000 - r] = host[r * kCols + 4990] = 11.0f;
+    buf = be.allocate(host.size() * sizeof(float), "wide rows");
+    t = Tensor::matrix(buf->data(), kRows, kCols, kCols, be.memory());
+    be.upload(host.data(), kCols, t);
+  }
+};
+
+TEST_P(BackendOps, ArgmaxRowsIgnoresNanAndTakesTheLowestIndexOfTies) {
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::vector<float>> rows = {
+      {1, 3, 3, 2},      {nan, 2, 5, nan, 5}, {nan, nan, nan},    {nan, -inf, -inf},
+      {-1, -0.0f, 0.0f}, {1, inf, 2, inf},    {-inf, -inf, -inf}, {-5, -2, -3}};
+  const std::vector<int32_t> want_id = {1, 2, 0, 1, 1, 1, 0, 1};
+  const std::vector<uint8_t> want_finite = {1, 0, 0, 0, 1, 0, 0, 1};
+  const size_t pitch = 8;
+  auto buf = be_->allocate(rows.size() * pitch * sizeof(float), "argmax rows");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const Tensor one = Tensor::matrix(static_cast<float*>(buf->data()) + r * pitch, 1,
+                                      rows[r].size(), pitch, be_->memory());
+    be_->upload(rows[r].data(), rows[r].size(), one);
+    std::vector<int32_t> id(1, -7);
+    std::vector<uint8_t> finite(1, 7);
+    be_->argmax_rows(one, id, finite);
+    EXPECT_EQ(id[0], want_id[r]) << "row " << r;
+    EXPECT_EQ(finite[0], want_finite[r]) << "row " << r;
+  }
+  // Many rows at once, wide and random, the maximum placed twice.
+  const WideRows wr(*be_, rng_);
+  const size_t R = WideRows::kRows;
+  const Tensor& w = wr.t;
+  std::vector<int32_t> id(R, -7);
+  std::vector<uint8_t> finite(R, 7);
+  be_->argmax_rows(w, id, finite);
+  for (size_t r = 0; r < R; ++r) {
+    EXPECT_EQ(id[r], int32_t(4000 - r)) << "row " << r;
+    EXPECT_EQ(finite[r], 1) << "row " << r;
+  }
+}
+
+// top_k_rows: core/top_k.hpp's k best of each row (NaN as -inf, ties to the lower index) and the
+// rows' finiteness, over rows of edge cases and wide random rows with a tie at the top.
+TEST_P(BackendOps, TopKRowsRankNanAsMinusInfinityAndTiesByIndex) {
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  const std::vector<std::vector<float>> rows = {
+      {1, 3, 3, 2}, {nan, 2, 5, nan, 5}, {nan, nan, nan}, {-1, -0.0f, 0.0f}, {1, inf, 2, -inf}};
+  const std::vector<std::vector<int>> want_ids = {
+      {1, 2, 3}, {2, 4, 1}, {0, 1, 2}, {1, 2, 0}, {1, 2, 0}};
+  const std::vector<uint8_t> want_finite = {1, 0, 0, 1, 0};
+  const size_t pitch = 8, k = 3;
+  auto buf = be_->allocate(rows.size() * pitch * sizeof(float), "top-k rows");
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const Tensor one = Tensor::matrix(static_cast<float*>(buf->data()) + r * pitch, 1,
+                                      rows[r].size(), pitch, be_->memory());
+    be_->upload(rows[r].data(), rows[r].size(), one);
+    std::vector<TopEntry> best(k, TopEntry{-7, 7.0f});
+    std::vector<uint8_t> finite(1, 7);
+    be_->top_k_rows(one, k, best, finite);
+    for (size_t i = 0; i < k; ++i) EXPECT_EQ(best[i].id, want_ids[r][i]) << "row " << r;
+    EXPECT_EQ(finite[0], want_finite[r]) << "row " << r;
+  }
+  // Many rows at once, wide and random, the maximum placed twice.
+  const WideRows wr(*be_, rng_);
+  const size_t R = WideRows::kRows, n = WideRows::kCols;
+  const Tensor& w = wr.t;
+  const std::vector<float>& wide = wr.host;
+  const size_t kk = 40;
+  std::vector<TopEntry> best(R * kk), want;
+  std::vector<uint8_t> finite(R, 7);
+  be_->top_k_rows(w, kk, best, finite);
+  for (size_t r = 0; r < R; ++r) {
+    top_k(std::span<const float>(wide.data() + r * n, n), kk, want);
+    EXPECT_EQ(best[r * kk].id, int(4000 - r)) << "row " << r;
+    EXPECT_EQ(best[r * kk + 1].id, 4990) << "row " << r;
+    for (size_t i = 0; i < kk; ++i) {
+      EXPECT_EQ(best[r * kk + i].id, want[i].id) << "row " << r << " rank " << i;
+      EXPECT_EQ(best[r * kk + i].value, want[i].value) << "row " << r << " rank " << i;
+    }
+    EXPECT_EQ(finite[r], 1) << "row " << r;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendOps, testing::Values(std::string("cpu")));

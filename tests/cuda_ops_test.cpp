@@ -13,7 +13,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -244,7 +246,7 @@ TEST_F(CudaOps, MatmulTensorCoreGemm) {
       }
     }
   }
-  // Products of different formats in one call (one launch, a format per block).
+  // Products of different formats in one call (a launch per format).
   const size_t cols = 512, T = 77;
   std::vector<RandomMatrix> W;
   for (QuantFormat f : kFormats) W.emplace_back(f, 70 + 3 * W.size(), cols, rng_);
@@ -322,6 +324,41 @@ TEST_F(CudaOps, Rope) {
   cpu_->rope(x.t.heads(heads, dim, 2 * dim), {cs.t, sn.t, int(2 * half)}, 7);
   gpu_->rope(dx.t.heads(heads, dim, 2 * dim), {dcs.t, dsn.t, int(2 * half)}, 7);
   expect_twins(x, dx, 1e-6, "rope");
+}
+
+// norm_rope (one kernel over queries and keys) against the CPU's composition of rmsnorm and rope:
+// q and k as head views of one projection row (q heads strided past a gate half), with and
+// without norm weights (or the queries' alone), zero-centred or not, RoPE over all of the head
+// or part of it, keys absent, head dims under and over a block's threads.
+TEST_F(CudaOps, NormRopeMatchesRmsNormThenRope) {
+  for (size_t hd : {size_t{12}, size_t{128}, size_t{192}})
+    for (size_t rotary : {hd, hd / 2})
+      for (int variant = 0; variant < 5; ++variant) {
+        // bit 0: both norms; bit 1: zero-centred; 4: the queries' norm alone
+        const bool norms = variant & 1, zc = variant & 2, q_only = variant == 4;
+        const size_t nh = 4, nkv = 2, positions = 40, T = variant == 3 ? 1 : 3;
+        SCOPED_TRACE("hd " + std::to_string(hd) + " rotary " + std::to_string(rotary) +
+                     " variant " + std::to_string(variant));
+        HostTensor cs(positions, rotary / 2, 0), sn(positions, rotary / 2, 0),
+            x(T, 2 * nh * hd + nkv * hd);
+        for (HostTensor* h : {&cs, &sn, &x}) h->randomize(rng_);
+        const std::vector<float> wq = random_vector(hd, rng_), wk = random_vector(hd, rng_);
+        Mirror dcs = mirror(cs), dsn = mirror(sn), dx = mirror(x);
+        auto views = [&](const Tensor& t) {
+          return std::pair{t.cols_view(0, 2 * nh * hd).heads(nh, hd, 2 * hd),
+                           t.cols_view(2 * nh * hd, nkv * hd).heads(nkv, hd, hd)};
+        };
+        const auto [q, k] = views(x.t);
+        const auto [dq, dk] = views(dx.t);
+        const Tensor no_keys = variant == 2 ? Tensor{} : k, dno_keys = variant == 2 ? Tensor{} : dk;
+        const int pos0 = 17;
+        cpu_->norm_rope(q, norms || q_only ? wq.data() : nullptr, no_keys,
+                        norms ? wk.data() : nullptr, 1e-6f, zc, {cs.t, sn.t, int(rotary)}, pos0);
+        gpu_->norm_rope(dq, norms || q_only ? dev_floats(wq) : nullptr, dno_keys,
+                        norms ? dev_floats(wk) : nullptr, 1e-6f, zc, {dcs.t, dsn.t, int(rotary)},
+                        pos0);
+        expect_twins(x, dx, 2e-6, "norm_rope");
+      }
 }
 
 TEST_F(CudaOps, AttentionPromptAndDecodeWithGqaAndGate) {
@@ -461,7 +498,7 @@ TEST_F(CudaOps, RecordedStepReplaysAtNewTokensAndPositions) {
 
 TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
   const size_t C = 300, K = 4;
-  for (size_t T : {1, 6}) {
+  for (size_t T : {1, 2, 6, 8, 100}) {  // one thread per channel below 8 rows, per row from 8
     HostTensor x(T, C), y(T, C), state(C, K - 1, 0);
     x.randomize(rng_);
     state.randomize(rng_);
@@ -474,43 +511,72 @@ TEST_F(CudaOps, ConvWithSiluCarriesItsState) {
   }
 }
 
+// The recurrence below 16 tokens, the chunked form from 16 (chunks of 64: one whole, one
+// ragged, a last chunk of one token, several); key dims a multiple of 4 and not (the chunked form
+// pads rows to 4), of more than 48 KB of shared memory in the chunk kernel (dk 128, 256), rows per
+// thread of the recurrence 8, 16 and 32 (dk 64, 128, 256), value dims not a multiple of 32.
 TEST_F(CudaOps, GatedDeltaRule) {
-  const size_t nk = 2, nv = 4, dk = 64, dv = 48;
-  for (size_t T : {1, 7}) {
-    HostTensor q(T, nk * dk), k(T, nk * dk), v(T, nv * dv), a(T, nv), b(T, nv), out(T, nv * dv),
-        S(nv, dk * dv, 0);
-    for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
-    S.randomize(rng_, -0.1f, 0.1f);
-    const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
-    Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b),
-           dout = mirror(out), dS = mirror(S);
-    DeltaNetState st{Tensor{}, S.t}, dst{Tensor{}, dS.t};
-    DeltaRuleArgs d;
-    d.q = q.t.heads(nk, dk, dk);
-    d.k = k.t.heads(nk, dk, dk);
-    d.v = v.t.heads(nv, dv, dv);
-    d.a = a.t;
-    d.b = b.t;
-    d.A_log = A_log.data();
-    d.dt_bias = dt.data();
-    d.state = &st;
-    d.out = out.t.heads(nv, dv, dv);
-    DeltaRuleArgs g = d;
-    g.q = dq.t.heads(nk, dk, dk);
-    g.k = dk_.t.heads(nk, dk, dk);
-    g.v = dv_.t.heads(nv, dv, dv);
-    g.a = da.t;
-    g.b = db.t;
-    g.A_log = dev_floats(A_log);
-    g.dt_bias = dev_floats(dt);
-    g.state = &dst;
-    g.out = dout.t.heads(nv, dv, dv);
-    cpu_->gated_delta_rule(d);
-    gpu_->gated_delta_rule(g);
-    expect_twins(out, dout, 1e-5, "delta rule output");
-    expect_twins(S, dS, 1e-5, "delta rule state");
-    expect_twins(q, dq, 1e-6, "normalised q");
-  }
+  struct Shape {
+    size_t nk, nv, dk, dv;
+  };
+  // A second backend that keeps prompts on the recurrence (MOEFLUX_CUDA_DELTA_CHUNKED=0): the
+  // recurrence over long chunks too, against the same CPU results.
+  std::unique_ptr<Backend> recurrent;
+#ifdef MOEFLUX_HAVE_CUDA
+  setenv("MOEFLUX_CUDA_DELTA_CHUNKED", "0", 1);
+  recurrent = cuda::make_backend({0});
+  unsetenv("MOEFLUX_CUDA_DELTA_CHUNKED");
+#endif
+  ASSERT_TRUE(recurrent);
+  for (const Shape shape :
+       {Shape{2, 4, 64, 48}, Shape{1, 3, 30, 20}, Shape{2, 2, 128, 128}, Shape{1, 2, 256, 40}})
+    for (size_t T : {1, 7, 16, 64, 65, 150}) {
+      const auto [nk, nv, dk, dv] = shape;
+      SCOPED_TRACE("T " + std::to_string(T) + " dk " + std::to_string(dk));
+      HostTensor q(T, nk * dk), k(T, nk * dk), v(T, nv * dv), a(T, nv), b(T, nv), out(T, nv * dv),
+          S(nv, dk * dv, 0);
+      for (HostTensor* h : {&q, &k, &v, &a, &b}) h->randomize(rng_);
+      S.randomize(rng_, -0.1f, 0.1f);
+      const std::vector<float> A_log = random_vector(nv, rng_), dt = random_vector(nv, rng_);
+      auto args = [&](const Tensor& q_, const Tensor& k_, const Tensor& v_, const Tensor& a_,
+                      const Tensor& b_, const float* A, const float* dt_bias, DeltaNetState* state,
+                      const Tensor& out_) {
+        DeltaRuleArgs d;
+        d.q = q_.heads(nk, dk, dk);
+        d.k = k_.heads(nk, dk, dk);
+        d.v = v_.heads(nv, dv, dv);
+        d.a = a_;
+        d.b = b_;
+        d.A_log = A;
+        d.dt_bias = dt_bias;
+        d.state = state;
+        d.out = out_.heads(nv, dv, dv);
+        return d;
+      };
+      // The GPU runs first, on copies of the inputs (every backend may overwrite q and k).
+      auto on_gpu = [&](Backend& be, Mirror& dout, Mirror& dS) {
+        Mirror dq = mirror(q), dk_ = mirror(k), dv_ = mirror(v), da = mirror(a), db = mirror(b);
+        dout = mirror(out);
+        dS = mirror(S);
+        DeltaNetState dst{Tensor{}, dS.t};
+        const DeltaRuleArgs g =
+            args(dq.t, dk_.t, dv_.t, da.t, db.t, dev_floats(A_log), dev_floats(dt), &dst, dout.t);
+        gpu_->synchronize();  // the mirrors are written on gpu_'s stream
+        be.gated_delta_rule(g);
+        be.synchronize();
+      };
+      Mirror dout, dS, rout, rS;
+      on_gpu(*gpu_, dout, dS);
+      if (T >= 16) on_gpu(*recurrent, rout, rS);
+      DeltaNetState st{Tensor{}, S.t};
+      cpu_->gated_delta_rule(args(q.t, k.t, v.t, a.t, b.t, A_log.data(), dt.data(), &st, out.t));
+      expect_twins(out, dout, 1e-5, "delta rule output");
+      expect_twins(S, dS, 1e-5, "delta rule state");
+      if (T >= 16) {
+        expect_twins(out, rout, 1e-5, "delta rule output, recurrence");
+        expect_twins(S, rS, 1e-5, "delta rule state, recurrence");
+      }
+    }
 }
 
 TEST_F(CudaOps, GatedRmsNorm) {
@@ -598,8 +664,11 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
   struct Case {
     size_t E, T, K, alignment;
   };
-  for (const Case c :
-       {Case{5, 3, 2, 256}, Case{16, 40, 4, 256}, Case{12, 130, 3, 256}, Case{12, 70, 3, 8}}) {
+  // 3 rows: a matrix-vector product per pair; 12 rows of 2 among 40 experts: more than 8 rows
+  // but fewer than kGroupedPairsPerExpert pairs per expert, one product per pair too (what
+  // MOEFLUX_DEVICE_ROUTING=all routes there); the rest grouped by expert.
+  for (const Case c : {Case{5, 3, 2, 256}, Case{40, 12, 2, 256}, Case{16, 40, 4, 256},
+                       Case{12, 130, 3, 256}, Case{12, 70, 3, 8}}) {
     const size_t E = c.E, T = c.T, K = c.K, S = K + 1;
     // [T, K], each row's ids distinct (as top-k's), expert E - 1 never chosen.
     std::vector<int32_t> ids;
@@ -654,6 +723,97 @@ TEST_F(CudaOps, IndexedExpertFfnRoutesOnTheDevice) {
         gpu_->expert_ffn_indexed(dX.t, dids, K, dix, dslots.t, S);
         expect_twins(slots, dslots, 3e-5, "indexed expert slots");
       }
+  }
+}
+
+// The greedy pick on the device against the CPU's, over vocabulary-sized rows spanning many
+// blocks: random; the maximum twice, far apart; NaN sprinkled with the maximum last; every
+// value NaN; -inf and NaN only; an infinity.
+TEST_F(CudaOps, ArgmaxRowsMatchTheCpu) {
+  const size_t R = 7, n = 151936;
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  HostTensor x(R, n);
+  x.randomize(rng_);
+  float* row[R];
+  for (size_t r = 0; r < R; ++r) row[r] = x.t.row(r);
+  row[1][7] = row[1][100000] = 50.0f;
+  for (size_t i = 0; i < n; i += 97) row[2][i] = nan;
+  row[2][n - 1] = 50.0f;
+  std::fill(row[3], row[3] + n, nan);
+  for (size_t i = 0; i < n; ++i) row[4][i] = i % 3 ? -inf : nan;
+  row[5][123456] = inf;
+  std::fill(row[6], row[6] + n, -1.0f);  // -0 before +0, both the maximum: -0 == +0, lower id
+  row[6][5] = -0.0f;
+  row[6][3] = 0.0f;
+  row[6][9] = -0.0f;
+  row[6][2] = -0.0f;
+  Mirror dx = mirror(x);
+  std::vector<int32_t> cpu_id(R, -7), gpu_id(R, -8);
+  std::vector<uint8_t> cpu_ok(R, 7), gpu_ok(R, 8);
+  cpu_->argmax_rows(x.t, cpu_id, cpu_ok);
+  gpu_->argmax_rows(dx.t, gpu_id, gpu_ok);
+  EXPECT_EQ(gpu_id, cpu_id);
+  EXPECT_EQ(gpu_ok, cpu_ok);
+  EXPECT_EQ(cpu_id[1], 7);
+  EXPECT_EQ(cpu_id[2], int32_t(n - 1));
+  EXPECT_EQ(cpu_id[3], 0);
+  EXPECT_EQ(cpu_id[4], 1);
+  EXPECT_EQ(cpu_id[5], 123456);
+  EXPECT_EQ(cpu_id[6], 2);
+  EXPECT_EQ(cpu_ok, (std::vector<uint8_t>{1, 1, 0, 0, 0, 0, 1}));
+}
+
+// top_k_rows on the device against the CPU twin: a vocabulary-sized row (chunks of 2,048, the
+// last ragged) with ties across chunks, NaN and infinities, -0 against +0, a row shorter than a
+// chunk with k equal to its length, and k beyond the device's limit (read on the host).
+TEST_F(CudaOps, TopKRowsMatchTheCpu) {
+  const size_t R = 4, n = 151936;
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  HostTensor x(R, n);
+  x.randomize(rng_, -20, 20);
+  float* row[R];
+  for (size_t r = 0; r < R; ++r) row[r] = x.t.row(r);
+  for (size_t i : {5, 2048, 70000, 151935}) row[0][i] = 25.0f;  // a tie across chunks
+  for (size_t i = 0; i < n; i += 13) row[1][i] = nan;
+  row[1][100] = inf;
+  row[1][101] = -inf;
+  std::fill(row[2], row[2] + n, -1.0f);  // all equal but for zeros of both signs
+  row[2][4097] = -0.0f;
+  row[2][4096] = 0.0f;
+  for (size_t i = 0; i < n; ++i) row[3][i] = i % 2 ? -inf : nan;  // nothing finite
+  Mirror dx = mirror(x);
+  for (size_t k : {1, 40, 256, 300}) {
+    SCOPED_TRACE("k " + std::to_string(k));
+    std::vector<TopEntry> cpu_best(R * k, TopEntry{-7, 7}), gpu_best(R * k, TopEntry{-8, 8});
+    std::vector<uint8_t> cpu_ok(R, 7), gpu_ok(R, 8);
+    cpu_->top_k_rows(x.t, k, cpu_best, cpu_ok);
+    gpu_->top_k_rows(dx.t, k, gpu_best, gpu_ok);
+    EXPECT_EQ(gpu_ok, cpu_ok);
+    for (size_t i = 0; i < R * k; ++i) {
+      ASSERT_EQ(gpu_best[i].id, cpu_best[i].id) << "row " << i / k << " rank " << i % k;
+      ASSERT_EQ(gpu_best[i].value, cpu_best[i].value) << "row " << i / k << " rank " << i % k;
+    }
+    EXPECT_EQ(cpu_best[0].id, 5);
+    EXPECT_EQ(cpu_best[2 * k].id, 4096);
+  }
+  EXPECT_EQ(std::vector<uint8_t>({1, 0, 1, 0}), [&] {
+    std::vector<TopEntry> b(R);
+    std::vector<uint8_t> ok(R);
+    gpu_->top_k_rows(dx.t, 1, b, ok);
+    return ok;
+  }());
+  // A row shorter than one chunk, k its whole length.
+  HostTensor s(2, 37);
+  s.randomize(rng_);
+  s.at(1, 3) = s.at(1, 30) = 2.0f;
+  Mirror ds = mirror(s);
+  std::vector<TopEntry> cpu_best(2 * 37), gpu_best(2 * 37);
+  std::vector<uint8_t> cpu_ok(2), gpu_ok(2);
+  cpu_->top_k_rows(s.t, 37, cpu_best, cpu_ok);
+  gpu_->top_k_rows(ds.t, 37, gpu_best, gpu_ok);
+  for (size_t i = 0; i < cpu_best.size(); ++i) {
+    EXPECT_EQ(gpu_best[i].id, cpu_best[i].id) << i;
+    EXPECT_EQ(gpu_best[i].value, cpu_best[i].value) << i;
   }
 }
 

@@ -12,6 +12,7 @@
 
 #include "core/argmax.hpp"
 #include "core/error.hpp"
+#include "core/top_k.hpp"
 
 namespace moeflux::test {
 namespace {
@@ -140,6 +141,74 @@ TEST(Sampler, TopKOverManyBlocksKeepsTheLowestIdsOfTies) {
   for (float& v : l) v = -1.0f;  // all equal, but one NaN: the k lowest ids without it
   l[2] = std::nanf("");
   EXPECT_EQ(top(), (std::vector<int>{0, 1, 3, 4, 5}));
+}
+
+// core/top_k against a full sort (value descending, NaN as -inf, then id ascending) on random
+// arrays with ties, NaN and infinities, sizes around its 64-value blocks and a vocabulary's, k
+// from 1 to past the size.
+TEST(TopK, MatchesAFullSortWithNanAsMinusInfinity) {
+  std::mt19937 g(11);
+  const float nan = std::nanf(""), inf = std::numeric_limits<float>::infinity();
+  std::vector<TopEntry> got;
+  for (size_t n : {1, 5, 63, 64, 65, 200, 4099, 151936})
+    for (size_t k : {1, 2, 40, 64, 300})
+      for (int trial = 0; trial < 2; ++trial) {
+        std::vector<float> x(n);
+        std::uniform_int_distribution<int> small(-3, 3);  // many ties
+        std::uniform_int_distribution<int> pick(0, 99);
+        for (float& v : x) {
+          const int p = pick(g);
+          v = p < 3 ? nan : p < 5 ? -inf : p < 6 ? inf : trial ? float(small(g)) : float(p) / 7;
+        }
+        std::vector<TopEntry> all;
+        for (size_t i = 0; i < n; ++i) all.push_back({int(i), x[i] == x[i] ? x[i] : -inf});
+        std::sort(all.begin(), all.end(), better_entry);
+        all.resize(std::min(k, n));
+        top_k(x, k, got);
+        ASSERT_EQ(got.size(), all.size()) << "n " << n << " k " << k;
+        for (size_t i = 0; i < all.size(); ++i) {
+          EXPECT_EQ(got[i].id, all[i].id) << "n " << n << " k " << k << " rank " << i;
+          EXPECT_EQ(got[i].value, all[i].value) << "n " << n << " k " << k << " rank " << i;
+        }
+      }
+}
+
+// sample_top_k on the k best (as a backend's top_k_rows gives them) draws the same tokens as
+// sample() on the whole logits, seed for seed: the probabilities are computed from the k best in
+// the same order either way.
+TEST(Sampler, DrawsFromTheKBestEqualDrawsFromTheLogits) {
+  std::mt19937_64 g(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> l(30000);
+  std::vector<TopEntry> best;
+  for (int k : {1, 20, 40, 100}) {
+    SamplerOptions o;  // defaults: temperature, top-p and min-p on
+    o.top_k = k;
+    o.seed = 3;
+    Sampler whole(o), from_best(o);
+    ASSERT_EQ(whole.top_k_candidates(l.size()), size_t(k));
+    for (int step = 0; step < 50; ++step) {
+      for (auto& x : l) x = normal(g);
+      l[size_t(step) * 7] = l[size_t(step) * 7 + 1] = 12.0f;  // a tie at the top
+      top_k(l, size_t(k), best);
+      EXPECT_EQ(from_best.sample_top_k(best), whole.sample(l, {})) << "k " << k << " step " << step;
+    }
+  }
+  // Only where the k best are all the sampler needs.
+  SamplerOptions o;
+  EXPECT_EQ(Sampler(o).top_k_candidates(30000), size_t(o.top_k));
+  EXPECT_EQ(Sampler(o).top_k_candidates(size_t(o.top_k)), 0u);  // top-k not below the vocabulary
+  o.repetition_penalty = 1.1f;
+  EXPECT_EQ(Sampler(o).top_k_candidates(30000), 0u);
+  o = SamplerOptions();
+  o.presence_penalty = 0.5f;
+  EXPECT_EQ(Sampler(o).top_k_candidates(30000), 0u);
+  o = SamplerOptions();
+  o.temperature = 0;
+  EXPECT_EQ(Sampler(o).top_k_candidates(30000), 0u);
+  o = SamplerOptions();
+  o.top_k = 0;
+  EXPECT_EQ(Sampler(o).top_k_candidates(30000), 0u);
 }
 
 TEST(Sampler, TopPKeepsTheSmallestPrefixReachingP) {

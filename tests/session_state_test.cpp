@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/argmax.hpp"
+#include "core/top_k.hpp"
 #include "runtime/session.hpp"
 #include "streaming_fixture.hpp"
 #include "test_util.hpp"
@@ -216,6 +218,54 @@ TEST_P(SessionStateTest, OnlyTheEndCanBeRemovedAndCheckpointsStayInBudget) {
   s.memory_seq_rm(9);
   EXPECT_EQ(s.checkpoint_stats().replayed_tokens, 0u);
   EXPECT_EQ(s.checkpoint_stats().count, 1u);  // 10 is past the cut
+}
+
+// eval_token's pick is the argmax (top_k 0) or the k best (core/top_k.hpp) of the logits it
+// returns, which are the same as without the pick; eval_prompt's is its last token's, with or
+// without all_logits.
+TEST_P(SessionStateTest, PickIsTheArgmaxOrTheTopKOfTheLogits) {
+  ASSERT_GE(tokens_.size(), 12u);
+  for (size_t k : {0, 1, 7}) {
+    SCOPED_TRACE("top_k " + std::to_string(k));
+    Session a(*engine_), b(*engine_);
+    std::vector<TopEntry> want;
+    auto expect_pick = [&](const LogitsPick& pick, const std::vector<float>& logits,
+                           const std::string& what) {
+      EXPECT_TRUE(pick.finite) << what;
+      if (k == 0) {
+        EXPECT_EQ(pick.id, int(argmax(logits))) << what;
+        return;
+      }
+      top_k(logits, k, want);
+      ASSERT_EQ(pick.best.size(), k) << what;
+      for (size_t i = 0; i < k; ++i) {
+        EXPECT_EQ(pick.best[i].id, want[i].id) << what << ", rank " << i;
+        EXPECT_EQ(pick.best[i].value, want[i].value) << what << ", rank " << i;
+      }
+    };
+    LogitsPick pick;
+    pick.top_k = k;
+    pick.id = -1;
+    pick.finite = false;
+    expect_identical(a.eval_prompt(ids(0, 6), nullptr, &pick), b.eval_prompt(ids(0, 6)), "prompt");
+    expect_pick(pick, b.logits(), "prompt");
+    for (size_t i = 6; i < 12; ++i) {
+      pick.id = -1;
+      pick.finite = false;
+      pick.best.clear();
+      expect_identical(a.eval_token(tokens_[i], &pick), b.eval_token(tokens_[i]), "decode");
+      expect_pick(pick, b.logits(), "token " + std::to_string(i));
+    }
+    EXPECT_EQ(a.position(), b.position());
+    EXPECT_EQ(a.tokens(), b.tokens());
+    // With every position's logits the pick comes from the host's copy of the last row.
+    Session c(*engine_);
+    std::vector<float> all;
+    pick.best.clear();
+    pick.finite = false;
+    c.eval_prompt(ids(0, 6), &all, &pick);
+    expect_pick(pick, c.logits(), "prompt with all logits");
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, SessionStateTest,

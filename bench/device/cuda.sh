@@ -10,10 +10,14 @@
 # time per layer), NSYS=1 (Nsight Systems kernel/API summaries of resident decode, when nsys is
 # installed), NCU=1 (each kernel's time and DRAM bytes over a window of decode launches:
 # NCU_SKIP, NCU_COUNT), NCU_PROMPT=1 (the prompt's GEMM kernels, NCU_KERNELS regex: speed of
-# light, warp state, occupancy; the raw CSV per launch in ncu-prompt.csv), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
+# light, warp stalls, occupancy), DIRECT=1 (experts read with O_DIRECT into a 1 GiB RAM tier, against the
 # measured ceilings), REAL=1 (the bundled model's real routing: REAL_VARIANTS), CHECKSUM=1 (the CPU backend's checksum cost on O_DIRECT reads: bench
 # with and without --no-verify), DEEPSEEK=1 (then bench/device/deepseek_gpu.sh: DeepSeek-V3 /
-# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), OUT.
+# Kimi-K2 / GLM-4.5-Air shapes, into $OUT/deepseek), QWEN35=1 (a Qwen3.6-35B-A3B-shaped 8-layer
+# hybrid package, every expert resident: prompt 512 with the DeltaNet's chunked form and with its
+# recurrence, MOEFLUX_CUDA_DELTA_CHUNKED=0), BATCH=1 (bench-batch of 1-32 sessions, every expert
+# resident, 9-31 rows routed on the device and grouped on the host: MOEFLUX_DEVICE_ROUTING=host),
+# OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
@@ -128,28 +132,26 @@ for k in sorted(t, key=lambda k: -t[k]):
     print(f"{k:72s} n={n[k]:4d} {t[k]/1e3:9.1f} us  {t[k]/n[k]/1e3:7.2f} us each  {b[k]/max(t[k],1):7.1f} GB/s")
 PY
 fi
-if [ "${NCU_PROMPT:-0}" = 1 ]; then  # the prompt's GEMM kernels: speed of light, warp state, occupancy
-  ncu -k "regex:${NCU_KERNELS:-gemm|group_pairs}" --launch-skip "${NCU_SKIP:-0}" \
+if [ "${NCU_PROMPT:-0}" = 1 ]; then  # the prompt's kernels one by one: time, grid, throughput, occupancy
+  ncu -k "regex:${NCU_KERNELS:-gemm|group_pairs|split}" --launch-skip "${NCU_SKIP:-0}" \
     --launch-count "${NCU_COUNT:-24}" --csv --section SpeedOfLight --section WarpStateStats \
     --section Occupancy --section LaunchStats "$MF" bench -m "$PKG" --backend cuda \
-    --prompt-len 512 --gen-len 1 --repeat 1 --no-ceilings --gpu-mem all \
+    --prompt-len 512 --gen-len 1 --repeat 1 --no-ceilings --gpu-mem all ${NCU_PROMPT_FLAGS:-} \
     > "$OUTD/ncu-prompt.csv" 2> "$OUTD/ncu-prompt.err"
   echo "ncu (prompt): exit $?"
   python3 - "$OUTD/ncu-prompt.csv" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
 hdr = rows[0]; rows = rows[1:]
-ki, mi, vi, ui = (hdr.index(h) for h in ("Kernel Name", "Metric Name", "Metric Value", "Metric Unit"))
-per = collections.defaultdict(lambda: collections.defaultdict(list))
+ii, ki, mi, vi = (hdr.index(h) for h in ("ID", "Kernel Name", "Metric Name", "Metric Value"))
+launches = collections.OrderedDict()
 for r in rows:
-    k = r[ki].replace("(anonymous namespace)::", "").replace("moeflux::cuda::", "").split("(")[0][:40]
-    try: per[k][(r[mi], r[ui])].append(float(r[vi].replace(",", "")))
-    except ValueError: pass
-for k, m in per.items():
-    print(f"== {k}")
-    for (name, unit), v in sorted(m.items()):
-        if any(w in name.lower() for w in ("throughput", "duration", "occupancy", "registers", "shared memory per", "warp cycles", "block limit")):
-            print(f"   {name[:60]:60s} {sum(v)/len(v):12.2f} {unit}")
+    launches.setdefault(r[ii], {"name": r[ki].replace("(anonymous namespace)::", "").replace("moeflux::cuda::", "").split("(")[0][-28:]})[r[mi]] = r[vi]
+print(f"{'kernel':28s} {'grid':>14s} {'us':>8s} {'SM%':>6s} {'mem%':>6s} {'occ%':>6s} {'regs':>5s}")
+for l in launches.values():
+    print(f"{l['name']:28s} {l.get('Grid Size','?'):>14s} {float(l.get('Duration','0').replace(',',''))/1e3:8.1f} "
+          f"{l.get('Compute (SM) Throughput','?'):>6s} {l.get('Memory Throughput','?'):>6s} "
+          f"{l.get('Achieved Occupancy','?'):>6s} {l.get('Registers Per Thread','?'):>5s}")
 PY
 fi
 if [ "${CHECKSUM:-0}" = 1 ]; then
@@ -159,6 +161,26 @@ if [ "${CHECKSUM:-0}" = 1 ]; then
     "$MF" bench -m "$PKG" --backend cpu --io direct --prompt-len 64 --gen-len 32 --repeat 3 \
       --no-ceilings --threads "$(nproc)" $extra >> "$OUTD/checksum-$verify.txt" 2>&1
     echo "checksums $verify: $(grep -E '^(decode|verify)' "$OUTD/checksum-$verify.txt" | tail -2 | tr '\n' ' ')"
+  done
+fi
+if [ "${QWEN35:-0}" = 1 ]; then  # the hybrid family's prompts: DeltaNet chunked vs recurrent
+  Q35=/tmp/q35-8
+  "$MF" synth --family qwen3_5_moe --preset qwen3.6-35b-a3b --layers 8 --experts q4 --resident q4 \
+    -q "$Q35"
+  for v in chunked:1 recurrent:0; do
+    MOEFLUX_CUDA_DELTA_CHUNKED=${v#*:} "$MF" bench -m "$Q35" --backend cuda --prompt-len 512 \
+      --gen-len 64 --repeat 3 --no-ceilings --ram-cache 64G --keep-cache --gpu-mem all \
+      --json "$OUTD/bench-q35-${v%%:*}.json" > "$OUTD/bench-q35-${v%%:*}.txt" 2>&1
+    echo "== qwen3.6-35b shape, DeltaNet ${v%%:*}"
+    grep -E '^(prefill|decode|host)' "$OUTD/bench-q35-${v%%:*}.txt"
+  done
+  rm -rf "$Q35"
+fi
+if [ "${BATCH:-0}" = 1 ]; then  # batched decode: 9-31 rows grouped on the host or routed on the device
+  for v in host:host device:default; do
+    MOEFLUX_DEVICE_ROUTING=${v#*:} "$MF" bench-batch -m "$PKG" --backend cuda --gpu-mem all \
+      --sessions 1,8,12,16,24,32 --prompt-len 32 --gen-len 64 > "$OUTD/batch-${v%%:*}.txt" 2>&1
+    echo "== bench-batch, 9-31 rows ${v%%:*}"; tail -8 "$OUTD/batch-${v%%:*}.txt"
   done
 fi
 if [ "${DEEPSEEK:-0}" = 1 ]; then

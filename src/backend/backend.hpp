@@ -20,9 +20,11 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "backend/tensor.hpp"
 #include "core/quant_format.hpp"
+#include "core/top_k.hpp"
 #include "experts/tier_memory.hpp"
 
 namespace moeflux {
@@ -85,7 +87,7 @@ struct AttentionArgs {
 //   g = -exp(A_log[h]) softplus(a[t,h] + dt_bias[h]),  beta = sigmoid(b[t,h])
 //   S_h <- exp(g) S_h;  S_h <- S_h + k (beta (v - S_h^T k))^T;  out[t,h] = S_h^T q
 struct DeltaRuleArgs {
-  Tensor q, k;  // [T, key_heads, dk]  (normalised in place)
+  Tensor q, k;  // [T, key_heads, dk]; the op may overwrite them (the CPU normalises in place)
   Tensor v;     // [T, value_heads, dv]
   Tensor a, b;  // [T, value_heads]
   const float* A_log = nullptr;
@@ -224,6 +226,18 @@ class Backend {
   // Copies between host memory and a tensor (same shape; rows may have different pitches).
   virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
   virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
+  // out[r] = the index of row r's largest value, NaN never counting (the lowest index on ties;
+  // 0 when every value is NaN), and finite[r] = 1 if every value of row r is finite, else 0, for
+  // r < x.rows(): core/argmax.hpp's greedy pick and core/finite.hpp's check, computed where x
+  // lives so that a GPU backend need not scan a vocabulary's logits on the host. Waits.
+  virtual void argmax_rows(const Tensor& x, std::span<int32_t> out, std::span<uint8_t> finite) = 0;
+  // best[r * k + i], i < k: the k best values of row r (core/top_k.hpp: value descending, then
+  // the lower index; NaN ranks as -inf and is reported as -inf, -0 may come back as +0: equal
+  // values either way), best first, and finite[r] as
+  // argmax_rows', for r < x.rows(); 0 < k <= x.cols. The sampler's top-k (Sampler::
+  // sample_top_k) computed where x lives. Waits.
+  virtual void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                          std::span<uint8_t> finite) = 0;
   // dst[rows[j]] = host row j (rows host_pitch floats apart, dst's width), j < rows.size(), in
   // issue order with the ops around it. Does not wait: the host rows are copied before it
   // returns (a GPU backend stages them), so the caller may reuse them at once.
@@ -297,6 +311,20 @@ class Backend {
   // Rotates each vector of x [T, heads, dim] in place, row t at position pos0 + t, on its first
   // rotary_dim dims (rotate_half convention, rope.hpp).
   virtual void rope(const Tensor& x, const RopeTable& table, int pos0) = 0;
+
+  // An attention layer's queries and keys normalised and rotated: for x = a, then b (each
+  // [T, heads, dim], T the same; b may be empty), every vector in place,
+  //   x <- rmsnorm(x, w)   (as rmsnorm(), with eps and zero_centered)  when w is given,
+  //   x <- rope(x)         (as rope(), row t at position pos0 + t).
+  // This composition by default; a backend may do it in one pass over both.
+  virtual void norm_rope(const Tensor& a, const float* wa, const Tensor& b, const float* wb,
+                         float eps, bool zero_centered, const RopeTable& table, int pos0) {
+    for (auto [x, w] : {std::pair{&a, wa}, std::pair{&b, wb}}) {
+      if (x->empty()) continue;
+      if (w) rmsnorm(*x, w, *x, eps, zero_centered);
+      rope(*x, table, pos0);
+    }
+  }
 
   // Appends k, v at positions [pos0, pos0 + T) of the cache, then causal attention with GQA
   // (kv head = h / (heads / kv_heads)) over positions [0, pos0 + t] for row t:

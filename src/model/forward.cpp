@@ -1,6 +1,11 @@
 #include "model/forward.hpp"
 
+#include <vector>
+
+#include "core/argmax.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
+#include "core/top_k.hpp"
 #include "model/family.hpp"
 #include "model/layers.hpp"
 #include "model/workspace.hpp"
@@ -58,10 +63,49 @@ uint64_t decode_step_key(const ForwardContext& ctx) {
   return h;
 }
 
+// The picks where the logits are (the workspace holds the last kLogitRows rows of them), else
+// from the host's copies: the greedy ones in one call, each top-k one alone (rows may ask
+// different k).
+void pick(const ForwardContext& ctx, std::span<float* const> logits, std::span<LogitsPick> picks) {
+  MF_ASSERT(picks.size() == logits.size());
+  const size_t n = picks.size(), V = size_t(ctx.config.vocab_size);
+  if (n > Workspace::kLogitRows) {
+    for (size_t i = 0; i < n; ++i) {
+      const std::span<const float> row(logits[i], V);
+      if (picks[i].top_k > 0)
+        top_k(row, picks[i].top_k, picks[i].best);
+      else
+        picks[i].id = static_cast<int>(argmax(row));
+      picks[i].finite = all_finite(row);
+    }
+    return;
+  }
+  thread_local std::vector<int32_t> ids;
+  thread_local std::vector<uint8_t> finite;
+  ids.resize(n);
+  finite.resize(n);
+  const Tensor rows = ctx.ws.logits.rows_view(0, n);
+  bool all_greedy = true;
+  for (const LogitsPick& p : picks) all_greedy = all_greedy && p.top_k == 0;
+  if (all_greedy) ctx.be.argmax_rows(rows, ids, finite);
+  for (size_t i = 0; i < n; ++i) {
+    LogitsPick& p = picks[i];
+    if (p.top_k > 0) {
+      p.best.resize(p.top_k);
+      ctx.be.top_k_rows(rows.rows_view(i, 1), p.top_k, p.best, {&finite[i], 1});
+    } else if (!all_greedy) {
+      ctx.be.argmax_rows(rows.rows_view(i, 1), {&ids[i], 1}, {&finite[i], 1});
+    }
+    if (p.top_k == 0) p.id = ids[i];
+    p.finite = finite[i] != 0;
+  }
+}
+
 }  // namespace
 
 void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
-             PrefetchMode pf, size_t logits_row, std::span<float* const> logits) {
+             PrefetchMode pf, size_t logits_row, std::span<float* const> logits,
+             std::span<LogitsPick> picks) {
   const ModelConfig& c = ctx.config;
   const size_t T = tokens.size();
   MF_ASSERT(T == ctx.rows && T > 0 && T <= ctx.ws.max_rows);
@@ -106,6 +150,7 @@ void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const i
     else if (!logits.empty())
       final_logits(ctx, w, zc, logits_row, logits);
     ctx.be.synchronize();
+    if (!picks.empty()) pick(ctx, logits, picks);
   }
   // Routing decided on the device: recorded now that it has landed.
   if (device_routed)

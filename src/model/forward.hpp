@@ -4,7 +4,9 @@
 #pragma once
 
 #include <span>
+#include <vector>
 
+#include "core/top_k.hpp"
 #include "model/forward_context.hpp"
 #include "model/weights.hpp"
 
@@ -14,8 +16,18 @@ namespace moeflux {
 // decode (every sequence contributes one row): temporal (each sequence's previous experts of a
 // layer, read while the layer's mixer runs) and look-ahead (the next MoE layer's router on the
 // post-attention state, queued behind this layer's reads). Logits of rows
-// [logits_row, logits_row + logits.size()) go to the host buffers logits[i] ([vocab] each).
+// [logits_row, logits_row + logits.size()) go to the host buffers logits[i] ([vocab] each);
+// picks (empty, or one per logits row): for each row what its pick asks — the greedy pick
+// (Backend::argmax_rows) or the k best (Backend::top_k_rows, what the sampler draws from) — and
+// whether its logits are all finite, computed where the logits are (the host's copy is not read).
+struct LogitsPick {
+  size_t top_k = 0;            // asked: 0 = the greedy pick; k = the k best
+  int id = 0;                  // greedy: core/argmax.hpp's pick
+  std::vector<TopEntry> best;  // top_k: the k best (core/top_k.hpp), best first
+  bool finite = true;          // every logit of the row finite (else the caller reports it)
+};
 void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
-             PrefetchMode prefetch, size_t logits_row, std::span<float* const> logits);
+             PrefetchMode prefetch, size_t logits_row, std::span<float* const> logits,
+             std::span<LogitsPick> picks = {});
 
 }  // namespace moeflux

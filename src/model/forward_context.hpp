@@ -93,10 +93,11 @@ using RoutingSink =
 
 // Every expert of every MoE layer in backend memory (a GPU backend with --gpu-mem all): the
 // forward pass reads records from here instead of the streamer, and batches of at most
-// max_indexed_rows rows, or of at least min_grouped_rows (kGroupedPairsPerExpert pairs per
-// expert: the backend groups them by expert itself), route on the device
-// (Backend::expert_ffn_indexed) without waiting. Batches between (batched decode of 9 to ~31
-// sequences for Qwen3-30B) wait for the routing and group on the host, as measured so far.
+// max_indexed_rows rows, or of at least min_grouped_rows, route on the device
+// (Backend::expert_ffn_indexed, which groups by expert itself from kGroupedPairsPerExpert pairs
+// per expert) without waiting. min_grouped_rows is max_indexed_rows + 1 (every batch) unless
+// MOEFLUX_DEVICE_ROUTING=host leaves the range below kGroupedPairsPerExpert pairs per expert to
+// the host's grouping, which waits for the routing (Engine, engine.cpp).
 struct ResidentExperts {
   std::vector<IndexedExperts> layers;                     // per layer (empty: dense layer)
   std::vector<std::vector<const uint8_t*>> host_records;  // the same addresses, host-readable

@@ -74,8 +74,7 @@ void latent_attention_block(const ForwardContext& ctx, const LatentAttentionWeig
   const float scale = softmax_scale(c);
   for (const SequenceChunk& s : ctx.seqs) {
     auto rows = [&](const Tensor& t) { return t.rows_view(s.row0, s.rows); };
-    be.rope(rows(qrot), ctx.rope, s.pos0);
-    be.rope(rows(Krot), ctx.rope, s.pos0);
+    be.norm_rope(rows(qrot), nullptr, rows(Krot), nullptr, 0.0f, false, ctx.rope, s.pos0);
     AttentionArgs a;
     a.q = rows(Q);
     a.k = rows(K);

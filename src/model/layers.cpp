@@ -42,15 +42,11 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int l
   const Tensor Q = q.heads(nh, hd, gated ? 2 * hd : hd);
   const Tensor G = gated ? q.cols_view(hd, q_rows - hd).heads(nh, hd, 2 * hd) : Tensor{};
   const Tensor K = k.heads(nkv, hd, hd), V = v.heads(nkv, hd, hd);
-  if (w.q_norm) {  // per-head q/k RMSNorm (glm4_moe: only with use_qk_norm)
-    be.rmsnorm(Q, w.q_norm, Q, eps_of(c), zero_centered);
-    be.rmsnorm(K, w.k_norm, K, eps_of(c), zero_centered);
-  }
   const Tensor out = ctx.ws.mix.rows_view(0, T).cols_view(0, q_dim);
   for (const SequenceChunk& s : ctx.seqs) {
+    // Per-head q/k RMSNorm where the model has it (glm4_moe: only with use_qk_norm), then RoPE.
     const Tensor Qs = rows_of(Q, s), Ks = rows_of(K, s);
-    be.rope(Qs, ctx.rope, s.pos0);
-    be.rope(Ks, ctx.rope, s.pos0);
+    be.norm_rope(Qs, w.q_norm, Ks, w.k_norm, eps_of(c), zero_centered, ctx.rope, s.pos0);
     AttentionArgs a;
     a.q = Qs;
     a.k = Ks;

@@ -17,6 +17,7 @@
 #include "experts/expert_streamer.hpp"
 #include "formats/package.hpp"
 #include "model/family.hpp"
+#include "model/forward.hpp"
 #include "model/forward_context.hpp"
 #include "model/rope.hpp"
 #include "model/weights.hpp"
@@ -88,9 +89,10 @@ class Engine {
   void reset_timings();
 
   // Runs one batch (forward.hpp) under the engine's lock: rows `tokens`, sequences `seqs`,
-  // logits of rows [logits_row, logits_row + logits.size()) into the host buffers `logits`.
+  // logits of rows [logits_row, logits_row + logits.size()) into the host buffers `logits`, and
+  // with `picks` (one per logits row) each row's pick, computed by the backend (forward.hpp).
   void forward(std::span<const int> tokens, std::span<const SequenceChunk> seqs, size_t logits_row,
-               std::span<float* const> logits);
+               std::span<float* const> logits, std::span<LogitsPick> picks = {});
 
   // A fresh sequence state with room for `context` positions (0: the engine's), in backend
   // memory; `*buffer` receives its memory. Throws moeflux::Error naming --ctx when the machine

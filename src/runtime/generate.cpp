@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "core/error.hpp"
@@ -152,6 +153,17 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
   const ReaderStats s0 = reader.stats();
   auto t0 = Clock::now();
   const std::vector<float>* logits = &checked(session_.eval_prompt(r.prompt));
+  // Greedy, or top-k sampling, without penalties: after the prompt, each token's pick — the
+  // greedy one, or the k best the sampler draws from — is the engine's, computed where the logits
+  // are (with their finiteness), so the host need not scan the vocabulary. Same tokens, same
+  // draws as the sampler over the whole logits.
+  const size_t vocab = size_t(session_.model().config().vocab_size);
+  const bool greedy_pick = sampler_.plain_greedy();
+  const size_t pick_k = greedy_pick ? 0 : sampler_.top_k_candidates(vocab);
+  const bool engine_picks = greedy_pick || pick_k > 0;
+  LogitsPick pick;
+  pick.top_k = pick_k;
+  bool picked = false;  // `pick` holds the engine's pick of the current logits
   r.prompt_seconds = since(t0);
   const ReaderStats s1 = reader.stats();
   const std::optional<uint64_t> device1 = process_storage_read_bytes();
@@ -199,6 +211,8 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
         think_tokens >= opts_.think_budget) {
       t = *opts_.think_close_id;  // budget spent: close the thought
       ++r.forced_think_close;
+    } else if (picked) {
+      t = pick.top_k > 0 ? sampler_.sample_top_k(pick.best) : pick.id;
     } else {
       t = sampler_.sample(*logits, sequence_);
     }
@@ -227,7 +241,13 @@ GenerateResult Generator::run(std::span<const int> prompt, const TextSink& sink)
       r.reason = StopReason::ContextFull;
       break;
     }
-    logits = &checked(session_.eval_token(t));
+    if (engine_picks) {
+      logits = &session_.eval_token(t, &pick);
+      if (!pick.finite) checked(*logits);  // throws, naming the position
+      picked = true;
+    } else {
+      logits = &checked(session_.eval_token(t));
+    }
     pending_.reset();
     ++r.decode_evals;
   }

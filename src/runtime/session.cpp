@@ -1,6 +1,9 @@
 #include "runtime/session.hpp"
 
+#include "core/argmax.hpp"
 #include "core/error.hpp"
+#include "core/finite.hpp"
+#include "core/top_k.hpp"
 
 namespace moeflux {
 
@@ -119,13 +122,13 @@ void Session::check_tokens(std::span<const int> tokens) const {
          " tokens exceed the " + std::to_string(context_) + " positions of this session (--ctx)");
 }
 
-const std::vector<float>& Session::eval_token(int token) {
+const std::vector<float>& Session::eval_token(int token, LogitsPick* pick) {
   const int t[1] = {token};
-  return eval_prompt(t);
+  return eval_prompt(t, nullptr, pick);
 }
 
 const std::vector<float>& Session::eval_prompt(std::span<const int> tokens,
-                                               std::vector<float>* all_logits) {
+                                               std::vector<float>* all_logits, LogitsPick* pick) {
   check_tokens(tokens);
   const size_t V = engine_.config().vocab_size, chunk = engine_.max_rows();
   if (all_logits) all_logits->assign(tokens.size() * V, 0.0f);
@@ -141,12 +144,22 @@ const std::vector<float>& Session::eval_prompt(std::span<const int> tokens,
     } else if (b + T == tokens.size()) {
       dst_.push_back(logits_.data());
     }
-    engine_.forward(part, {&seq, 1}, first, dst_);
+    // The pick of the last token, by the backend (only its logits row: not all_logits).
+    const bool pick_here = pick && !all_logits && b + T == tokens.size();
+    engine_.forward(part, {&seq, 1}, first, dst_,
+                    pick_here ? std::span<LogitsPick>(pick, 1) : std::span<LogitsPick>());
     pos_ += static_cast<int>(T);
     tokens_.insert(tokens_.end(), part.begin(), part.end());
   }
   if (all_logits && !tokens.empty())
     std::copy_n(all_logits->data() + (tokens.size() - 1) * V, V, logits_.data());
+  if (pick && all_logits && !tokens.empty()) {  // from the host's copy of the last row
+    if (pick->top_k > 0)
+      top_k(logits_, pick->top_k, pick->best);
+    else
+      pick->id = static_cast<int>(argmax(logits_));
+    pick->finite = all_finite(logits_);
+  }
   if (tokens.size() > 1) checkpoint();
   return logits_;
 }

@@ -32,15 +32,20 @@ class Session {
 
   // Evaluates `token` at the next position and returns the logits [vocab]. Throws
   // moeflux::Error for an out-of-range token, a full context or an expert read failure;
-  // after an error the session must be clear()ed before further use.
-  const std::vector<float>& eval_token(int token);
+  // after an error the session must be clear()ed before further use. With `pick`, also what it
+  // asks of the logits (forward.hpp: the greedy pick, or the k best the sampler draws from),
+  // computed by the engine's backend where the logits are (a GPU's pick saves scanning a
+  // vocabulary's logits on the host).
+  const std::vector<float>& eval_token(int token, LogitsPick* pick = nullptr);
 
   // Evaluates `tokens` at the next positions in chunks of the engine's prefill_chunk: per chunk
   // and MoE layer every expert the chunk selected is fetched once and run over its tokens
   // together. Returns the last token's logits; with all_logits, also every position's
   // ([n, vocab]).
+  // With `pick`, also the last token's pick (as eval_token's).
   const std::vector<float>& eval_prompt(std::span<const int> tokens,
-                                        std::vector<float>* all_logits = nullptr);
+                                        std::vector<float>* all_logits = nullptr,
+                                        LogitsPick* pick = nullptr);
 
   // Forgets the sequence (position 0, empty caches, no checkpoints). The expert cache is kept.
   void clear();

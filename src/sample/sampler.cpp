@@ -8,6 +8,7 @@
 
 #include "core/argmax.hpp"
 #include "core/error.hpp"
+#include "core/top_k.hpp"
 
 namespace moeflux {
 
@@ -65,79 +66,63 @@ void Sampler::apply_penalties(std::span<const float> logits, std::span<const int
                            opts_.penalty_last_n);
 }
 
-// Work is O(vocab) plus a sort of the few candidates that can survive: with top-k, a heap of k;
-// without, only tokens whose weight w = p / p_max is at least a threshold tau are sorted, where
-// tau is chosen so that the kept set provably lies inside them (tau <= min_p, or the tokens with
-// w >= tau already hold the top_p mass); tau falls to 0 (a full sort) only if nothing smaller
-// suffices.
+// Work is O(vocab) plus a sort of the few candidates that can survive: with top-k, the k best
+// (core/top_k.hpp: a heap of k); without, only tokens whose weight w = p / p_max is at least a
+// threshold tau are sorted, where tau is chosen so that the kept set provably lies inside them
+// (tau <= min_p, or the tokens with w >= tau already hold the top_p mass); tau falls to 0 (a
+// full sort) only if nothing smaller suffices.
 void Sampler::filter() {
   const size_t V = work_.size();
   MF_ASSERT(V > 0);
-  float lmax = 0;  // the largest logit: from the top-k, else over all of them
-  const double T = opts_.temperature;
-  auto weight = [&](float l) { return std::exp((double(l) - double(lmax)) / T); };
-  // Logit descending, then id ascending: the order of the whole chain.
-  auto better = [](const Cand& a, const Cand& b) {
-    return a.logit > b.logit || (a.logit == b.logit && a.id < b.id);
-  };
-  pool_.clear();
-  double Z = 0;  // softmax denominator over the tokens top-k keeps (all without top-k)
   if (opts_.top_k > 0 && size_t(opts_.top_k) < V) {
-    // Top-k: one pass keeping a heap whose front is the worst of the k best so far. Once the
-    // heap is full, a block of kBlock logits whose largest is not above the front's is skipped
-    // whole (an equal logit has a larger id, so it ranks below): after the first few blocks
-    // nearly every block is, and the pass runs at the speed of the blocks' vector maxima.
-    const size_t k = size_t(opts_.top_k);
-    auto offer = [&](size_t i) {
-      const Cand c{int(i), work_[i], 0.0};
-      if (pool_.size() < k) {
-        pool_.push_back(c);
-        std::push_heap(pool_.begin(), pool_.end(), better);
-      } else if (better(c, pool_.front())) {
-        std::pop_heap(pool_.begin(), pool_.end(), better);
-        pool_.back() = c;
-        std::push_heap(pool_.begin(), pool_.end(), better);
-      }
-    };
-    constexpr size_t kLanes = 16, kBlock = 4 * kLanes;
-    size_t i = 0;
-    for (; i < V && pool_.size() < k; ++i) offer(i);
-    for (; i + kBlock <= V; i += kBlock) {
-      float lane[kLanes];  // the block's maximum in independent lanes (work_ holds no NaN)
-      for (size_t j = 0; j < kLanes; ++j) lane[j] = work_[i + j];
-      for (size_t b = kLanes; b < kBlock; b += kLanes)
-        for (size_t j = 0; j < kLanes; ++j)
-          lane[j] = work_[i + b + j] > lane[j] ? work_[i + b + j] : lane[j];
-      float m = lane[0];
-      for (size_t j = 1; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
-      if (m > pool_.front().logit)
-        for (size_t j = i; j < i + kBlock; ++j) offer(j);
-    }
-    for (; i < V; ++i) offer(i);
-    lmax = pool_.front().logit;
-    for (const Cand& c : pool_) lmax = std::max(lmax, c.logit);
-    MF_ASSERT(std::isfinite(lmax));  // some token must be possible
-    for (auto& c : pool_) Z += (c.w = weight(c.logit));
-  } else {
-    lmax = max_value(work_);         // one pass (argmax's first)
-    MF_ASSERT(std::isfinite(lmax));  // some token must be possible
-    weights_.resize(V);
-    for (size_t i = 0; i < V; ++i) Z += (weights_[i] = weight(work_[i]));
-    const double min_p = opts_.min_p, top_p = opts_.top_p;
-    for (double tau : {min_p > 0 ? min_p * (1 - 1e-9) : 1e-4, 1e-8, 0.0}) {
-      pool_.clear();
-      double mass = 0;
-      for (size_t i = 0; i < V; ++i)
-        if (weights_[i] >= tau) {
-          pool_.push_back({int(i), work_[i], weights_[i]});
-          mass += weights_[i];
-        }
-      const bool min_p_inside = min_p > 0 && tau <= min_p;
-      const bool top_p_inside = top_p < 1 && mass >= double(top_p) * Z * (1 + 1e-9);
-      if (tau == 0 || min_p_inside || top_p_inside) break;
-    }
+    top_k(work_, size_t(opts_.top_k), best_);
+    filter_top_k(best_);
+    return;
   }
-  std::sort(pool_.begin(), pool_.end(), better);
+  const float lmax = max_value(work_);  // one pass (argmax's first)
+  MF_ASSERT(std::isfinite(lmax));       // some token must be possible
+  const double T = opts_.temperature;
+  weights_.resize(V);
+  double Z = 0;  // softmax denominator over the whole vocabulary
+  for (size_t i = 0; i < V; ++i)
+    Z += (weights_[i] = std::exp((double(work_[i]) - double(lmax)) / T));
+  const double min_p = opts_.min_p, top_p = opts_.top_p;
+  for (double tau : {min_p > 0 ? min_p * (1 - 1e-9) : 1e-4, 1e-8, 0.0}) {
+    pool_.clear();
+    double mass = 0;
+    for (size_t i = 0; i < V; ++i)
+      if (weights_[i] >= tau) {
+        pool_.push_back({int(i), work_[i], weights_[i]});
+        mass += weights_[i];
+      }
+    const bool min_p_inside = min_p > 0 && tau <= min_p;
+    const bool top_p_inside = top_p < 1 && mass >= double(top_p) * Z * (1 + 1e-9);
+    if (tau == 0 || min_p_inside || top_p_inside) break;
+  }
+  std::sort(pool_.begin(), pool_.end(), [](const Cand& a, const Cand& b) {
+    return better_entry({a.id, a.logit}, {b.id, b.logit});
+  });
+  keep(Z);
+}
+
+// The top-k path from the k best (best first): the weights and their sum in that order, so that
+// the same k best give the same probabilities bit for bit, wherever they were selected.
+void Sampler::filter_top_k(std::span<const TopEntry> best) {
+  MF_ASSERT(!best.empty());
+  const double lmax = best[0].value, T = opts_.temperature;
+  MF_ASSERT(std::isfinite(lmax));  // some token must be possible
+  pool_.clear();
+  double Z = 0;  // softmax denominator over the tokens top-k keeps
+  for (const TopEntry& e : best) {
+    const double w = std::exp((double(e.value) - lmax) / T);
+    pool_.push_back({e.id, e.value, w});
+    Z += w;
+  }
+  keep(Z);
+}
+
+// Steps 6-7 over pool_ (sorted best first; Z: the softmax denominator) into cand_.
+void Sampler::keep(double Z) {
   const size_t n_pool = pool_.size();
   cand_.resize(n_pool);
   for (size_t i = 0; i < n_pool; ++i) cand_[i] = {pool_[i].id, pool_[i].w / Z};  // softmax(l / T)
@@ -145,21 +130,21 @@ void Sampler::filter() {
   // Top-p: keep token r while the mass of tokens ranked above it is < top_p.
   if (opts_.top_p < 1.0f) {
     double before = 0;
-    size_t keep = 0;
-    while (keep < n && (keep == 0 || before < double(opts_.top_p))) before += cand_[keep++].p;
-    n = keep;
+    size_t kept = 0;
+    while (kept < n && (kept == 0 || before < double(opts_.top_p))) before += cand_[kept++].p;
+    n = kept;
   }
   // Min-p: keep p_i >= min_p * p_max (p_max = cand_[0].p; renormalising does not change ratios).
   if (opts_.min_p > 0.0f) {
     const double threshold = double(opts_.min_p) * cand_[0].p;
-    size_t keep = 1;
-    while (keep < n && cand_[keep].p >= threshold) ++keep;
-    n = keep;
+    size_t kept = 1;
+    while (kept < n && cand_[kept].p >= threshold) ++kept;
+    n = kept;
   }
   cand_.resize(n);
-  double kept = 0;
-  for (const auto& c : cand_) kept += c.p;
-  for (auto& c : cand_) c.p /= kept;
+  double mass = 0;
+  for (const auto& c : cand_) mass += c.p;
+  for (auto& c : cand_) c.p /= mass;
 }
 
 std::vector<TokenProb> Sampler::distribution(std::span<const float> logits,
@@ -172,11 +157,27 @@ std::vector<TokenProb> Sampler::distribution(std::span<const float> logits,
   return cand_;
 }
 
+size_t Sampler::top_k_candidates(size_t vocab) const {
+  const bool plain = opts_.temperature > 0.0f && opts_.repetition_penalty == 1.0f &&
+                     opts_.presence_penalty == 0.0f;
+  return plain && opts_.top_k > 0 && size_t(opts_.top_k) < vocab ? size_t(opts_.top_k) : 0;
+}
+
+int Sampler::sample_top_k(std::span<const TopEntry> best) {
+  MF_ASSERT(best.size() == size_t(opts_.top_k) && opts_.temperature > 0.0f);
+  filter_top_k(best);
+  return draw();
+}
+
 int Sampler::sample(std::span<const float> logits, std::span<const int> history) {
   apply_penalties(logits, history);
   // Greedy: argmax, the first (lowest id) of equal maxima.
   if (opts_.temperature == 0.0f) return int(argmax(work_));
   filter();
+  return draw();
+}
+
+int Sampler::draw() {
   const double u = uniform01(rng_);
   double acc = 0;
   for (const auto& c : cand_) {

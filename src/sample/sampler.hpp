@@ -23,6 +23,8 @@
 #include <span>
 #include <vector>
 
+#include "core/top_k.hpp"
+
 namespace moeflux {
 
 // Defaults follow common practice for chat models (llama.cpp's defaults; Qwen3's model cards
@@ -62,11 +64,28 @@ class Sampler {
   std::vector<TokenProb> distribution(std::span<const float> logits, std::span<const int> history);
 
   const SamplerOptions& options() const { return opts_; }
+  // sample() is the logits' plain greedy pick (core/argmax.hpp): temperature 0 and no penalty,
+  // so a caller may take the pick the engine computed where the logits are (Session::eval_token)
+  // instead; it draws no random number either way.
+  bool plain_greedy() const {
+    return opts_.temperature == 0.0f && opts_.repetition_penalty == 1.0f &&
+           opts_.presence_penalty == 0.0f;
+  }
   void reseed(uint64_t seed) { rng_.seed(seed); }
+
+  // k when sample() over `vocab` logits needs only their k best (core/top_k.hpp's order): a
+  // temperature above 0, no penalty, top-k on and below the vocabulary; else 0. A caller that
+  // has those k best from where the logits are (Backend::top_k_rows) may then call
+  // sample_top_k(): the same token as sample() on the whole logits, bit for bit, drawing once.
+  size_t top_k_candidates(size_t vocab) const;
+  int sample_top_k(std::span<const TopEntry> best);  // best: the k best, best first
 
  private:
   void apply_penalties(std::span<const float> logits, std::span<const int> history);
-  void filter();  // steps 4-7 on work_ into cand_
+  void filter();                                      // steps 4-7 on work_ into cand_
+  void filter_top_k(std::span<const TopEntry> best);  // steps 4-7 from the k best
+  void keep(double Z);                                // steps 6-7 on the sorted pool_
+  int draw();                                         // step 8 over cand_
   struct Cand {
     int id;
     float logit;
@@ -79,6 +98,7 @@ class Sampler {
   std::vector<Cand> pool_;       // candidates being filtered
   std::vector<double> weights_;  // [vocab] exp((l - max) / T), without top-k
   std::vector<TokenProb> cand_;  // kept candidates, p renormalised
+  std::vector<TopEntry> best_;   // the k best of work_ (top-k)
 };
 
 // Steps 1-2 in place on `logits` [vocab] (exposed for tests). Ids in `history` outside the

@@ -191,7 +191,9 @@ Runner add_bench(CLI::App& app) {
       const double cpu_bytes0 = hx ? hx->cpu_bytes : 0, cpu_seconds0 = hx ? hx->cpu_seconds : 0;
       const Backend::RecordingStats steps0 = engine.backend().recording_stats();
       t0 = Clock::now();
-      // The model's own continuation: greedy, or sampled (--sample) over the sequence so far.
+      // The model's own continuation: sampled (--sample) over the sequence so far, or greedy;
+      // after the prompt the engine picks where the logits are — the greedy pick, or the k best
+      // the sampler draws from — as `run` does.
       std::optional<Sampler> sampler;
       if (a->sample) {
         SamplerOptions so;
@@ -199,11 +201,19 @@ Runner add_bench(CLI::App& app) {
         sampler.emplace(so);
       }
       std::vector<int> sequence = prompt;
+      LogitsPick pick;
+      pick.top_k = sampler ? sampler->top_k_candidates(size_t(s.model().config().vocab_size)) : 0;
+      const bool engine_picks = !sampler || pick.top_k > 0;
+      bool picked = false;  // the first token is picked from the prompt's logits on the host
       for (int g = 0; g < a->gen_len; ++g) {
-        const int next =
-            sampler ? sampler->sample(*logits, sequence) : static_cast<int>(argmax(*logits));
+        int next;
+        if (picked)
+          next = pick.top_k > 0 ? sampler->sample_top_k(pick.best) : pick.id;
+        else
+          next = sampler ? sampler->sample(*logits, sequence) : static_cast<int>(argmax(*logits));
         sequence.push_back(next);
-        logits = &s.eval_token(next);
+        logits = &s.eval_token(next, engine_picks ? &pick : nullptr);
+        picked = engine_picks;
       }
       const double td = std::chrono::duration<double>(Clock::now() - t0).count();
       {

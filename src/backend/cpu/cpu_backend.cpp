@@ -13,6 +13,8 @@
 
 #include "backend/cpu/matvec.hpp"
 #include "backend/cpu/ops.hpp"
+#include "core/argmax.hpp"
+#include "core/finite.hpp"
 #include "core/human_bytes.hpp"
 
 namespace moeflux {
@@ -84,6 +86,28 @@ void CpuBackend::download(const Tensor& src, float* host, size_t host_pitch) {
   MF_ASSERT(src.rank == 2 && src.memory == Memory::Host);
   for (size_t r = 0; r < src.rows(); ++r)
     std::memcpy(host + r * host_pitch, src.row(r), src.shape[1] * sizeof(float));
+}
+
+void CpuBackend::argmax_rows(const Tensor& x, std::span<int32_t> out, std::span<uint8_t> finite) {
+  MF_ASSERT(x.rank == 2 && out.size() == x.rows() && finite.size() == x.rows());
+  for (size_t r = 0; r < x.rows(); ++r) {
+    const std::span<const float> row(x.row(r), x.shape[1]);
+    out[r] = static_cast<int32_t>(argmax(row));
+    finite[r] = all_finite(row) ? 1 : 0;
+  }
+}
+
+void CpuBackend::top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                            std::span<uint8_t> finite) {
+  MF_ASSERT(x.rank == 2 && k > 0 && k <= x.shape[1] && best.size() == x.rows() * k &&
+            finite.size() == x.rows());
+  thread_local std::vector<TopEntry> row_best;
+  for (size_t r = 0; r < x.rows(); ++r) {
+    const std::span<const float> row(x.row(r), x.shape[1]);
+    top_k(row, k, row_best);
+    std::copy(row_best.begin(), row_best.end(), best.begin() + r * k);
+    finite[r] = all_finite(row) ? 1 : 0;
+  }
 }
 
 void CpuBackend::copy(const Tensor& src, const Tensor& dst) {

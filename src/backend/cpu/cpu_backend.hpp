@@ -36,6 +36,9 @@ class CpuBackend final : public Backend {
   const uint8_t* resident(const uint8_t* host, size_t) override { return host; }
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
+  void argmax_rows(const Tensor& x, std::span<int32_t> out, std::span<uint8_t> finite) override;
+  void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                  std::span<uint8_t> finite) override;
   void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
                     const Tensor& dst) override;
   void fill(const Tensor& t, float value) override;

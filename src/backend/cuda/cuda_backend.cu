@@ -160,7 +160,85 @@ __global__ void rope_kernel(Vecs x, const float* cos_t, const float* sin_t, size
   p[d + half] = b * c + a * s;
 }
 
-// Causal depthwise conv over [state | x] + SiLU, one thread per channel (kernel <= 16).
+// norm_rope: one block per vector of a, then of b (blockIdx.x < a.count: a's). The vector is
+// read once into shared memory, normalised there when its weight is given (as rmsnorm_kernel,
+// with the same per-thread sums and block_sum when dim <= blockDim.x), then rotated pairwise as
+// rope_kernel rotates (the same expressions) and written back.
+__global__ void norm_rope_kernel(Vecs a, const float* wa, Vecs b, const float* wb, float eps,
+                                 int zero_centered, const float* cos_t, const float* sin_t,
+                                 size_t table_pitch, int half, int pos0, const int* pos_dev) {
+  await_inputs();
+  extern __shared__ float v[];  // the vector, [dim]
+  const bool first = blockIdx.x < a.count;
+  const Vecs x = first ? a : b;
+  const float* w = first ? wa : wb;
+  const size_t vi = first ? blockIdx.x : blockIdx.x - a.count;
+  float* p = x.at(vi);
+  const int dim = x.dim;
+  float ss = 0.0f;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    const float e = p[d];
+    v[d] = e;
+    ss += e * e;
+  }
+  if (w) {  // the same branch for the whole block (block_sum has barriers)
+    const float inv = rsqrtf(block_sum(ss) / dim + eps);
+    for (int d = threadIdx.x; d < dim; d += blockDim.x)
+      v[d] = v[d] * inv * (zero_centered ? 1.0f + w[d] : w[d]);
+  }
+  __syncthreads();  // every element normalised before any is paired
+  if (pos_dev) pos0 = *pos_dev;
+  const size_t row = (pos0 + vi / x.inner) * table_pitch;
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float out = v[d];
+    if (d < half) {
+      const float c = cos_t[row + d], s = sin_t[row + d];
+      out = v[d] * c - v[d + half] * s;
+    } else if (d < 2 * half) {
+      const float c = cos_t[row + d - half], s = sin_t[row + d - half];
+      out = v[d] * c + v[d - half] * s;
+    }
+    p[d] = out;
+  }
+}
+
+// Causal depthwise conv over u = [state | x] + SiLU, y[t][c] = silu(Σ_j w[c][j] u[t + j]).
+// Prompts: one thread per (row, channel), every row at once; the state (the last kernel - 1
+// inputs) is replaced afterwards by conv_state_kernel, once every row has read the old one.
+__global__ void conv1d_silu_rows_kernel(const float* x, size_t ldx, int T, int C, const float* w,
+                                        int kernel, const float* state, size_t lds, float* y,
+                                        size_t ldy) {
+  await_inputs();
+  const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
+  if (i >= size_t(T) * C) return;
+  const int t = static_cast<int>(i / C), c = static_cast<int>(i % C), S = kernel - 1;
+  const float* st = state + c * lds;
+  const float* wc = w + static_cast<size_t>(c) * kernel;
+  float acc = 0.0f;
+  for (int j = 0; j < kernel; ++j) {
+    const int u = t + j;  // index into [state | x]
+    acc += wc[j] * (u < S ? st[u] : x[static_cast<size_t>(u - S) * ldx + c]);
+  }
+  y[static_cast<size_t>(t) * ldy + c] = siluf_(acc);
+}
+
+// state[c] <- the last kernel - 1 entries of [state | x] (ascending: each read is at or after
+// the slot it fills).
+__global__ void conv_state_kernel(const float* x, size_t ldx, int T, int C, int kernel,
+                                  float* state, size_t lds) {
+  await_inputs();
+  const int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= C) return;
+  const int S = kernel - 1;
+  float* st = state + c * lds;
+  for (int j = 0; j < S; ++j) {
+    const int u = T + j;
+    st[j] = u < S ? st[u] : x[static_cast<size_t>(u - S) * ldx + c];
+  }
+}
+
+// Causal depthwise conv over [state | x] + SiLU, one thread per channel (kernel <= 16): decode
+// and short chunks, one launch.
 __global__ void conv1d_silu_kernel(const float* x, size_t ldx, int T, int C, const float* w,
                                    int kernel, float* state, size_t lds, float* y, size_t ldy) {
   await_inputs();
@@ -415,6 +493,9 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   MF_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   const char* pdl = std::getenv("MOEFLUX_CUDA_PDL");
   programmatic_edges_ = major >= 9 && !(pdl && std::string(pdl) == "0");
+  // MOEFLUX_CUDA_DELTA_CHUNKED=0: prompts run the DeltaNet recurrence token by token (to compare).
+  const char* chunked = std::getenv("MOEFLUX_CUDA_DELTA_CHUNKED");
+  delta_chunked_ = !(chunked && std::string(chunked) == "0");
   MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
   MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));
@@ -427,6 +508,7 @@ CudaBackend::~CudaBackend() {
   cudaEventDestroy(step_read_);
   cudaFree(step_dev_);
   cudaFreeHost(step_host_);
+  cudaFreeHost(pick_host_);
   if (profile_ && !op_times_.empty()) {
     double total = 0;
     for (const OpTime& o : op_times_) total += o.seconds;
@@ -850,13 +932,48 @@ void CudaBackend::rope(const Tensor& x, const RopeTable& table, int pos0) {
   check_launch("rope");
 }
 
+void CudaBackend::norm_rope(const Tensor& a, const float* wa, const Tensor& b, const float* wb,
+                            float eps, bool zero_centered, const RopeTable& table, int pos0) {
+  const OpTimer timer(*this, "norm_rope", a.rows());
+  MF_ASSERT(a.rank == 3 && pos0 >= 0);
+  MF_ASSERT(b.empty() || (b.rank == 3 && b.shape[0] == a.shape[0]));
+  const int half = table.rotary_dim / 2;
+  MF_ASSERT(2 * static_cast<size_t>(half) <= a.shape[2] && pos0 + a.shape[0] <= table.cos.rows());
+  MF_ASSERT(b.empty() || 2 * static_cast<size_t>(half) <= b.shape[2]);
+  if (a.empty() && b.empty()) return;
+  const Vecs av = vecs_of(a);
+  Vecs bv{};
+  bv.inner = 1;
+  if (!b.empty()) bv = vecs_of(b);
+  const int dim = std::max(av.dim, b.empty() ? 0 : bv.dim);
+  const size_t blocks = av.count + bv.count;
+  MF_ASSERT(blocks <= 0x7fffffffu && dim <= 8 * 1024);
+  // As rmsnorm() picks for short vectors, so that a norm here sums as it does there.
+  const int threads = dim >= 512 ? 256 : dim >= 128 ? 128 : 32;
+  const StepInputs* step = recorded_step("norm_rope", -1, pos0);
+  norm_rope_kernel<<<static_cast<unsigned>(blocks), threads, dim * sizeof(float), stream_>>>(
+      av, wa, bv, wb, eps, zero_centered ? 1 : 0, table.cos.f32(), table.sin.f32(),
+      table.cos.pitch(), half, pos0, step ? &step->pos : nullptr);
+  check_launch("norm_rope");
+}
+
 void CudaBackend::conv1d_silu(const Tensor& x, const float* w, size_t kernel, const Tensor& state,
                               const Tensor& y) {
-  const OpTimer timer(*this, "conv1d_silu");
+  const OpTimer timer(*this, "conv1d_silu", x.rows());
   MF_ASSERT(kernel >= 1 && kernel <= 16 && w != nullptr);
   MF_ASSERT(x.rank == 2 && y.rank == 2 && x.rows() == y.rows() && x.shape[1] == y.shape[1]);
   const size_t T = x.rows(), C = x.shape[1];
   MF_ASSERT(state.rank == 2 && state.rows() == C && state.shape[1] == kernel - 1);
+  if (T >= kMatvecRows) {  // every row in parallel, then the state
+    conv1d_silu_rows_kernel<<<blocks_for(T * C, 256), 256, 0, stream_>>>(
+        x.f32(), x.pitch(), static_cast<int>(T), static_cast<int>(C), w, static_cast<int>(kernel),
+        state.f32(), state.pitch(), y.f32(), y.pitch());
+    conv_state_kernel<<<blocks_for(C, 128), 128, 0, stream_>>>(
+        x.f32(), x.pitch(), static_cast<int>(T), static_cast<int>(C), static_cast<int>(kernel),
+        state.f32(), state.pitch());
+    check_launch("conv1d_silu");
+    return;
+  }
   conv1d_silu_kernel<<<blocks_for(C, 128), 128, 0, stream_>>>(
       x.f32(), x.pitch(), static_cast<int>(T), static_cast<int>(C), w, static_cast<int>(kernel),
       state.f32(), state.pitch(), y.f32(), y.pitch());

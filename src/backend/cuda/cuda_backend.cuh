@@ -14,7 +14,8 @@
 // Files: cuda_backend.cu (memory, staging, element-wise ops, norms, rope, routing, combine),
 // cuda_matmul.cu (products of every weight format: warp-per-row matrix-vector for few rows,
 // tiled GEMM for prompts), cuda_attention.cu, cuda_deltanet.cu, cuda_moe.cu (grouped expert
-// FFN), cuda_tier.cu (expert cache tiers in device and page-locked memory).
+// FFN), cuda_tier.cu (expert cache tiers in device and page-locked memory), cuda_pick.cu
+// (the greedy pick).
 #pragma once
 
 #include <cuda_runtime.h>
@@ -45,6 +46,10 @@ class CudaBackend final : public Backend {
   const uint8_t* resident(const uint8_t* host, size_t bytes) override;
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
+  void argmax_rows(const Tensor& x, std::span<int32_t> out,
+                   std::span<uint8_t> finite) override;  // cuda_pick.cu
+  void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
+                  std::span<uint8_t> finite) override;  // cuda_pick.cu
   void scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,
                     const Tensor& dst) override;
   void fill(const Tensor& t, float value) override;
@@ -61,6 +66,8 @@ class CudaBackend final : public Backend {
                bool zero_centered) override;
   void matmul(const Tensor& X, std::span<const Projection> proj) override;
   void rope(const Tensor& x, const RopeTable& table, int pos0) override;
+  void norm_rope(const Tensor& a, const float* wa, const Tensor& b, const float* wb, float eps,
+                 bool zero_centered, const RopeTable& table, int pos0) override;
   void attention(const AttentionArgs& a) override;
   void head_matmul(const Tensor& X, const MatrixView& W, const Tensor& Y) override;
   void copy(const Tensor& src, const Tensor& dst) override;
@@ -92,6 +99,11 @@ class CudaBackend final : public Backend {
   // kept (keep()) and found again instead of staged each time; while recording, every
   // descriptor is kept (a recording cannot stage).
   void run_matmuls(std::span<const MatmulDesc> descs, bool reused = false);
+  // The tensor-core GEMM's inputs: every distinct X of `g` split into bf16 terms once, the
+  // descriptors pointed at them (cuda_matmul.cu). split_rows: one X into given buffers
+  // (rows * K words, rows * K / 32 floats).
+  void split_inputs(std::span<MatmulDesc> g);
+  void split_rows(const float* x, int ldx, int rows, int K, uint32_t* xs, float* xsum);
   // A device copy of `bytes` at `host` that outlives synchronize() and may be recorded: found
   // by content among the blocks kept before, else copied on the compute stream from a
   // page-locked copy that stays unchanged (when the arena is full it is emptied first, after
@@ -159,7 +171,17 @@ class CudaBackend final : public Backend {
     size_t bytes_ = 0;
   };
   GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
-      attention_scratch_{memory_epoch_};
+      attention_scratch_{memory_epoch_}, partial_scratch_{memory_epoch_},
+      xsplit_scratch_{memory_epoch_};
+  // Scratch of ops that wait for the device themselves and so are never recorded (argmax_rows,
+  // top_k_rows): growing it must not end the recordings, so it counts in an epoch of its own.
+  uint64_t unrecorded_epoch_ = 0;
+  GrowingBuffer pick_scratch_{unrecorded_epoch_};
+  // Page-locked host memory the picks copy their results into (a DMA straight from the device;
+  // pageable memory would be staged): grown on demand, only between picks, which wait.
+  void* pick_host_ = nullptr;
+  size_t pick_host_bytes_ = 0;
+  void* pick_host(size_t bytes);
   std::vector<void*> resident_;  // device copies made by resident()
   // keep(): byte blocks kept on the device, by content (hash, offset, size in the arena), in one
   // arena filled front to back: page-locked host bytes mirrored by device bytes. A block's host
@@ -197,6 +219,7 @@ class CudaBackend final : public Backend {
   cudaEvent_t step_read_ = nullptr;
   uint64_t recording_key_ = 0, runs_ = 0;
   bool capturing_ = false, graphs_enabled_ = true;
+  bool delta_chunked_ = true;  // gated_delta_rule's chunked form for prompts (cuda_deltanet.cu)
   // A recording's kernel-to-kernel edges made programmatic (each kernel's preamble overlaps the
   // end of the one before; cuda_kernels.cuh await_inputs): sm_90+, MOEFLUX_CUDA_PDL != 0.
   bool programmatic_edges_ = true;
@@ -242,12 +265,24 @@ void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t 
 // base_aligned: W's records start 16-byte aligned where W.data holds an offset into them):
 // the tensor-core one where it can take them, else the SIMT one.
 int gemm_kernel_for(const DevMat& w, bool base_aligned = true);
+// Whether gemm_kernel_for's answer is the tensor-core kernel (which reads X's split terms).
+bool is_tensor_gemm(int kernel);
+// The tensor-core GEMM's tile width (inputs per block, 32 or 64) for products of tiles32 /
+// tiles64 input tiles of 32 / 64 inputs in all: narrow tiles decode each W tile for fewer
+// inputs but waste fewer MMAs on short products (MoE experts of ~32 rows); the choice minimises
+// Σ tiles x (decode + width), a W tile's decode counted as 64 inputs' MMAs (an estimate).
+int gemm_tile_width(size_t tiles32, size_t tiles64);
+// Columns of each product split across `splits` blocks (tensor-core GEMM only), their sums in
+// `partial` (n * splits * max_t * max_rows floats), then reduced in split order.
+struct GemmSplit {
+  int splits = 1;
+  float* partial = nullptr;
+};
 // Launches GEMM kernel `kernel` over the n products of `dev` (device memory): each at most
-// max_rows rows of W and max_t rows of X (blocks past a product's own T return at once).
-// tiles32 / tiles64: Σ over the products of their input tiles of 32 / 64 inputs, which choose
-// the tile width.
-void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, size_t tiles32,
-                 size_t tiles64, cudaStream_t s);
+// max_rows rows of W and max_t rows of X (blocks past a product's own T return at once), in
+// tiles of bn inputs (the tensor-core kernel).
+void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
+                 cudaStream_t s, const GemmSplit& split = {});
 
 // Checks the launch just issued.
 void check_launch(const char* what);

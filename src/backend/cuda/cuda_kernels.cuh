@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 namespace moeflux::cuda {
 
@@ -38,6 +39,10 @@ struct DevMat {
 // silu(W X) * (W2 X), gate and up of an expert in one pass).
 enum MatmulMode : int { kStore = 0, kAccumulate = 1, kSwiglu = 2, kDual = 3 };
 
+// The tensor-core GEMM reads X as its bf16 terms, split once per call (split_x_kernel): row r
+// of X (K = w.cols columns) at xs + r K words, [K / 2 words of X_hi pairs | K / 2 of X_lo
+// pairs], and Σ x per 32-column k-tile at xsum + r K / 32. x_count: rows of X that x_rows may
+// name (the rows split; without x_rows, T).
 struct MatmulDesc {
   DevMat w, w2;
   const float* x = nullptr;
@@ -45,7 +50,21 @@ struct MatmulDesc {
   float* y = nullptr;
   const int32_t* y_rows = nullptr;
   const float* bias = nullptr;
-  int ldx = 0, ldy = 0, T = 0, mode = kStore;
+  const uint32_t* xs = nullptr;
+  const float* xsum = nullptr;
+  int ldx = 0, ldy = 0, T = 0, mode = kStore, x_count = 0;
+  int pad_ = 0;  // explicit, so that no byte is padding (descriptors are hashed as bytes)
+};
+static_assert(std::has_unique_object_representations_v<MatmulDesc>,
+              "MatmulDesc must have no padding: CudaBackend::keep compares descriptors as bytes");
+
+// One X of the tensor-core GEMM split into bf16 terms (split_x_kernel): rows x K of x (pitch
+// ldx) into xs (row stride K words: high pairs then low pairs) and xsum (row stride K / 32).
+struct SplitJob {
+  const float* x = nullptr;
+  int ldx = 0, rows = 0, K = 0;
+  uint32_t* xs = nullptr;
+  float* xsum = nullptr;
 };
 
 // A descriptor with every byte zero, padding included (descriptors are compared and hashed

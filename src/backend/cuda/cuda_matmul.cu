@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_check.hpp"
@@ -251,20 +252,22 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 // Σ x summed in float32 from the original X while staging (affine only).
 //
 // Block: 128 threads, 4 warps in 2 x 2, a tile of kTcBM = 64 rows of W x BN inputs (BN 64 or
-// 32); each warp 32 rows x BN/2 inputs = 2 m16 x BN/16 n8 MMA tiles. Per k-tile of 32 columns,
-// W is decoded (load_raw/chunk_code: 16-byte loads) and X split into bf16 terms in shared
-// memory, rows of kTcPitch = 40 bf16 (20 words): the fragment loads (word 20 r + q, r < 8,
-// q < 4) hit 32 distinct banks. Two buffers: the next k-tile's global loads are issued into
-// registers before the MMAs of this one and stored after them (one barrier per k-tile).
-// blockIdx = (row tile, input tile, product); every format in one kernel, a switch per block.
+// 32); each warp 32 rows x BN/2 inputs = 2 m16 x BN/16 n8 MMA tiles. X arrives already split
+// into its bf16 terms (split_x_kernel, once per call) and is copied to shared memory with
+// cp.async; per k-tile of 32 columns W is decoded (load_raw/chunk_code: 16-byte loads) into
+// shared memory. Shared rows are kTcPitch = 40 bf16 (20 words, 80 bytes): the 8 rows an ldmatrix
+// reads fall on disjoint groups of 4 banks. Two buffers: the next k-tile's copies and W loads
+// are issued before the MMAs of this one and W stored after them (one barrier per k-tile).
+// blockIdx = (row tile, input tile, product x split of K); one kernel per weight format.
 
 constexpr int kTcBM = 64, kTcBK = 32, kTcPitch = 40, kTcThreads = 128;
 constexpr int kTcWords = kTcPitch / 2;  // 32-bit words per shared row
 
-template <int BN>
+// WLO: W has a low term (f32, f16); the other formats' kernels leave its buffers out (10 KB).
+template <int BN, bool WLO>
 struct __align__(16) TcSmem {
-  uint32_t w_hi[2][kTcBM * kTcWords], w_lo[2][kTcBM * kTcWords];  // [row][k], bf16 pairs
-  uint32_t x_hi[2][BN * kTcWords], x_lo[2][BN * kTcWords];        // [input][k]
+  uint32_t w_hi[2][kTcBM * kTcWords], w_lo[2][WLO ? kTcBM * kTcWords : 4];  // [row][k], pairs
+  uint32_t x_hi[2][BN * kTcWords], x_lo[2][BN * kTcWords];                  // [input][k]
   float w_s[2][kTcBM], w_b[2][kTcBM];  // scale, bias of the k-tile's group per row
   float x_sum[2][BN];                  // Σ x over the k-tile per input (affine)
 };
@@ -287,6 +290,79 @@ __device__ __forceinline__ void split_bf16(float a, float b, uint32_t& hi, uint3
   lo = pack_bf16(a - __uint_as_float(hi << 16), b - __uint_as_float(hi & 0xffff0000u));
 }
 
+// 16 bytes global -> shared without passing through registers (sm_80+); valid = false fills
+// zeros (nothing read). Completed by cp_async_wait_all() (which also covers the commit).
+__device__ __forceinline__ void cp_async16(uint32_t* smem, const uint32_t* gmem, bool valid) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(gmem),
+               "r"(valid ? 16 : 0)
+               : "memory");
+#else
+  *reinterpret_cast<uint4*>(smem) =
+      valid ? *reinterpret_cast<const uint4*>(gmem) : make_uint4(0u, 0u, 0u, 0u);
+#endif
+}
+__device__ __forceinline__ void cp_async_commit() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;" ::: "memory");
+#endif
+}
+
+// X split into the tensor-core GEMM's bf16 terms once per call instead of by every block that
+// reads it (each row tile of W re-split the same X: 64 times for a 4096-row projection). One
+// thread per four columns; a 32-column k-tile's eight threads are consecutive lanes (K is a
+// multiple of 32), whose shuffles sum Σ x exactly as the staging did:
+// ((x0 + x1) + (x2 + x3)) per thread, then the eight by halves. blockIdx.y = job.
+__global__ void split_x_kernel(const SplitJob* jobs) {
+  await_inputs();
+  const SplitJob j = jobs[blockIdx.y];
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int per_row = j.K / 4;
+  const bool live = i < static_cast<size_t>(j.rows) * per_row;  // no return: all lanes shuffle
+  const int r = live ? static_cast<int>(i / per_row) : 0;
+  const int c = live ? static_cast<int>(i % per_row) * 4 : 0;
+  float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  if (live) {
+    const float* p = j.x + static_cast<size_t>(r) * j.ldx + c;
+    v = (reinterpret_cast<uintptr_t>(p) & 15) == 0 ? __ldg(reinterpret_cast<const float4*>(p))
+                                                   : make_float4(p[0], p[1], p[2], p[3]);
+  }
+  uint32_t hi[2], lo[2];
+  split_bf16(v.x, v.y, hi[0], lo[0]);
+  split_bf16(v.z, v.w, hi[1], lo[1]);
+  float sum = (v.x + v.y) + (v.z + v.w);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+  sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+  if (!live) return;
+  uint32_t* row = j.xs + static_cast<size_t>(r) * j.K;
+  *reinterpret_cast<uint2*>(row + c / 2) = make_uint2(hi[0], hi[1]);
+  *reinterpret_cast<uint2*>(row + j.K / 2 + c / 2) = make_uint2(lo[0], lo[1]);
+  if (c % kTcBK == 0) j.xsum[static_cast<size_t>(r) * (j.K / kTcBK) + c / kTcBK] = sum;
+}
+
+// Four 8 x 8 bf16 matrices from shared memory (rows of 16 bytes at 16-byte aligned addresses):
+// register j of lane l holds row l / 4, elements 2 (l % 4) and + 1 of matrix j, whose row
+// addresses lanes 8 j .. 8 j + 7 gave.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const uint32_t* row) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+#else
+  (void)row;
+  r[0] = r[1] = r[2] = r[3] = 0;
+  __trap();  // never launched: gemm_kernel_for() requires sm_80
+#endif
+}
+
 // C (16 x 8, float32) += A (16 x 16, row) B (16 x 8, col). Fragments (g = lane / 4,
 // q = lane % 4; pairs along k, lower k in the low half): a = {(g, 2q), (g + 8, 2q),
 // (g, 2q + 8), (g + 8, 2q + 8)} as (row, k); b = {(2q, g), (2q + 8, g)} as (k, col);
@@ -305,49 +381,65 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4],
 }
 
 // One block's tile of one product, W of format CODE.
+// Part of a product a block computes: its k-tiles [kt0, kt1); part: where it stores its sums
+// (row r of input t at part[t * part_ld + r], no bias) when the columns are split across
+// blocks, else null (write_out).
+struct TcSplit {
+  int kt0, kt1;
+  float* part;
+  int part_ld;
+};
+
 template <int CODE, int BN>
-__device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm, int row0,
-                                             int t0) {
+__device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTcWLo<CODE>>& sm,
+                                             int row0, int t0, const TcSplit sp) {
   constexpr int CH = Chunk<CODE>::n, CPR = kTcBK / CH;  // W chunks per tile row
   constexpr int W_CHUNKS = kTcBM * CPR;
   constexpr int WPT = (W_CHUNKS + kTcThreads - 1) / kTcThreads;  // W chunks per thread
-  constexpr int XPT = BN * (kTcBK / 4) / kTcThreads;             // X float4s per thread
-  constexpr int NI = BN / 16;                                    // n8 tiles per warp
-  static_assert(XPT >= 1 && BN * (kTcBK / 4) % kTcThreads == 0);
+  constexpr int XPT = BN * 8 / kTcThreads;  // 16-byte chunks of split X per thread
+  constexpr int NI = BN / 16;               // n8 tiles per warp
+  static_assert(XPT >= 1 && BN * 8 % kTcThreads == 0 && NI % 2 == 0);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, q = lane % 4;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * (BN / 2);  // the warp's rows and inputs
-  const int rows = d.w.rows, T = d.T;
+  const int rows = d.w.rows, T = d.T, K = d.w.cols;
 
-  // X staging: float4 e = tid + i * 128 is input e / 8, columns 4 (e % 8) .. + 3 of the
-  // k-tile; the 8 lanes of an input are consecutive (the Σ x shuffles).
-  const float* xp[XPT];
+  // X staging from its split terms (split_x_kernel): chunk e = tid + i * 128 is input e / 8,
+  // words 4 (e % 4) .. + 3 of the k-tile's 16, of the high terms for e % 8 < 4, else the low
+  // ones (e % 8 = tid % 8: one half per thread). Copied asynchronously; inputs past T are
+  // zero-filled.
+  const bool x_low = tid % 8 >= 4;
+  const uint32_t* xsrc[XPT];
+  int xdst[XPT];
 #pragma unroll
   for (int i = 0; i < XPT; ++i) {
-    const int t = t0 + (tid + i * kTcThreads) / 8;
-    xp[i] = t < T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * d.ldx +
-                        ((tid + i * kTcThreads) % 8) * 4
-                  : nullptr;
+    const int e = tid + i * kTcThreads, t = t0 + e / 8;
+    xsrc[i] = t < T ? d.xs + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * K +
+                          (x_low ? K / 2 : 0) + (e % 4) * 4
+                    : nullptr;
+    xdst[i] = (e / 8) * kTcWords + (e % 4) * 4;
   }
-  const bool x_vec = (reinterpret_cast<uintptr_t>(d.x) & 15) == 0 && (d.ldx & 3) == 0;
+  // Σ x of the k-tile per input (affine formats): thread t < BN loads input t's.
+  const float* xsum_row = nullptr;
+  if constexpr (kNeedsXSum<CODE>) {
+    const int t = t0 + tid;
+    if (tid < BN && t < T)
+      xsum_row = d.xsum + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * (K / kTcBK);
+  }
+  float xsum_v = 0.0f;
 
   RawChunk raw[WPT];
-  float4 xv[XPT];
-  auto load = [&](int k0) {
+  auto load = [&](int k0, int buf) {
 #pragma unroll
     for (int i = 0; i < WPT; ++i) {
       const int e = tid + i * kTcThreads, r = row0 + e / CPR;
       raw[i] = e < W_CHUNKS && r < rows ? load_raw<CODE>(d.w, r, k0 + (e % CPR) * CH) : RawChunk{};
     }
+    uint32_t* xt = x_low ? sm.x_lo[buf] : sm.x_hi[buf];
 #pragma unroll
-    for (int i = 0; i < XPT; ++i) {
-      if (!xp[i]) {
-        xv[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      } else {
-        const float* p = xp[i] + k0;
-        xv[i] = x_vec ? __ldg(reinterpret_cast<const float4*>(p))
-                      : make_float4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
-      }
-    }
+    for (int i = 0; i < XPT; ++i)
+      cp_async16(xt + xdst[i], xsrc[i] ? xsrc[i] + k0 / 2 : d.xs, xsrc[i] != nullptr);
+    cp_async_commit();
+    if constexpr (kNeedsXSum<CODE>) xsum_v = xsum_row ? __ldg(xsum_row + k0 / kTcBK) : 0.0f;
   };
   // A zero RawChunk decodes to 0 in every format: rows past the end contribute nothing.
   auto store = [&](int buf) {
@@ -371,8 +463,9 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
         }
       }
       uint32_t* wh = sm.w_hi[buf] + r * kTcWords + c / 2;
-      uint32_t* wl = sm.w_lo[buf] + r * kTcWords + c / 2;
-      if constexpr (CH == 4) {
+      uint32_t* wl = nullptr;
+      if constexpr (kTcWLo<CODE>) wl = sm.w_lo[buf] + r * kTcWords + c / 2;
+      if constexpr (CH == 4) {  // f32: always a low term
         *reinterpret_cast<uint2*>(wh) = make_uint2(hi[0], hi[1]);
         *reinterpret_cast<uint2*>(wl) = make_uint2(lo[0], lo[1]);
       } else {
@@ -387,21 +480,8 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
         if (c == 0) sm.w_s[buf][r] = raw[i].s, sm.w_b[buf][r] = raw[i].b;
       }
     }
-#pragma unroll
-    for (int i = 0; i < XPT; ++i) {
-      const int e = tid + i * kTcThreads, t = e / 8, c = (e % 8) * 4;
-      uint32_t hi[2], lo[2];
-      split_bf16(xv[i].x, xv[i].y, hi[0], lo[0]);
-      split_bf16(xv[i].z, xv[i].w, hi[1], lo[1]);
-      *reinterpret_cast<uint2*>(sm.x_hi[buf] + t * kTcWords + c / 2) = make_uint2(hi[0], hi[1]);
-      *reinterpret_cast<uint2*>(sm.x_lo[buf] + t * kTcWords + c / 2) = make_uint2(lo[0], lo[1]);
-      if constexpr (kNeedsXSum<CODE>) {
-        float s = (xv[i].x + xv[i].y) + (xv[i].z + xv[i].w);
-        s += __shfl_xor_sync(0xffffffffu, s, 1);
-        s += __shfl_xor_sync(0xffffffffu, s, 2);
-        s += __shfl_xor_sync(0xffffffffu, s, 4);
-        if (e % 8 == 0) sm.x_sum[buf][t] = s;
-      }
+    if constexpr (kNeedsXSum<CODE>) {
+      if (tid < BN) sm.x_sum[buf][tid] = xsum_v;
     }
   };
 
@@ -417,21 +497,24 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
 #pragma unroll
     for (int ks = 0; ks < kTcBK / 2; ks += 8) {  // two k16 steps, 8 words each
       uint32_t ah[2][4], al[2][4], bh[NI][2], bl[NI][2];
+      // Fragments by ldmatrix (8 x 8 matrices of bf16; lane l gives the address of row l % 8 of
+      // matrix l / 8). A: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) in the order a[0..3];
+      // B: (inputs of n8 tile ni | ni + 1) x (k 0-7 | 8-15), b[ni][0..1], b[ni + 1][0..1].
+      const int m = lane / 8, mr = lane % 8;
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
-        const int o = (wm + mi * 16 + g) * kTcWords + ks + q;
-        const int of[4] = {o, o + 8 * kTcWords, o + 4, o + 8 * kTcWords + 4};
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          ah[mi][j] = sm.w_hi[buf][of[j]];
-          if constexpr (kTcWLo<CODE>) al[mi][j] = sm.w_lo[buf][of[j]];
-        }
+        const int o = (wm + mi * 16 + (m % 2) * 8 + mr) * kTcWords + ks + (m / 2) * 4;
+        ldmatrix_x4(ah[mi], sm.w_hi[buf] + o);
+        if constexpr (kTcWLo<CODE>) ldmatrix_x4(al[mi], sm.w_lo[buf] + o);
       }
 #pragma unroll
-      for (int ni = 0; ni < NI; ++ni) {
-        const int o = (wn + ni * 8 + g) * kTcWords + ks + q;
-        bh[ni][0] = sm.x_hi[buf][o], bh[ni][1] = sm.x_hi[buf][o + 4];
-        bl[ni][0] = sm.x_lo[buf][o], bl[ni][1] = sm.x_lo[buf][o + 4];
+      for (int ni = 0; ni < NI; ni += 2) {
+        const int o = (wn + (ni + m / 2) * 8 + mr) * kTcWords + ks + (m % 2) * 4;
+        uint32_t r[4];
+        ldmatrix_x4(r, sm.x_hi[buf] + o);
+        bh[ni][0] = r[0], bh[ni][1] = r[1], bh[ni + 1][0] = r[2], bh[ni + 1][1] = r[3];
+        ldmatrix_x4(r, sm.x_lo[buf] + o);
+        bl[ni][0] = r[0], bl[ni][1] = r[1], bl[ni + 1][0] = r[2], bl[ni + 1][1] = r[3];
       }
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi)
@@ -471,16 +554,19 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
     }
   };
 
-  const int k_tiles = d.w.cols / kTcBK;
-  load(0);
+  load(sp.kt0 * kTcBK, 0);
   store(0);
+  cp_async_wait_all();
   __syncthreads();
-  for (int kt = 0; kt < k_tiles; ++kt) {
-    // Buffer kt % 2 holds k-tile kt; the other one was last read before the previous barrier.
-    const bool next = kt + 1 < k_tiles;
-    if (next) load((kt + 1) * kTcBK);
-    compute(kt % 2);
-    if (next) store((kt + 1) % 2);
+  for (int kt = sp.kt0; kt < sp.kt1; ++kt) {
+    // Buffer (kt - kt0) % 2 holds k-tile kt; the other was last read before the previous
+    // barrier, so the next k-tile's X may be copied into it while this one computes.
+    const int buf = (kt - sp.kt0) % 2;
+    const bool next = kt + 1 < sp.kt1;
+    if (next) load((kt + 1) * kTcBK, buf ^ 1);
+    compute(buf);
+    if (next) store(buf ^ 1);
+    cp_async_wait_all();
     __syncthreads();
   }
 
@@ -496,32 +582,60 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN>& sm
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           const int t = t0 + wn + ni * 8 + 2 * q + j;
-          if (t < T) write_out(d, t, r, acc[mi][ni][2 * h + j] + bias, 0.0f);
+          if (t >= T) continue;
+          if (sp.part)
+            sp.part[static_cast<size_t>(t) * sp.part_ld + r] = acc[mi][ni][2 * h + j];
+          else
+            write_out(d, t, r, acc[mi][ni][2 * h + j] + bias, 0.0f);
         }
     }
 }
 
-template <int BN>
-__global__ void __launch_bounds__(kTcThreads) tc_gemm_kernel(const MatmulDesc* descs) {
+// blockIdx.z = product * splits + split: with splits > 1, split s of a product computes its
+// share of the k-tiles and stores the sums in partial, slab z of part_t x part_rows floats
+// (splitk_reduce_kernel finishes the product). One kernel per weight format: the registers and
+// shared memory are each format's own (one kernel switching over all took the f32 path's 168
+// registers a thread and 42.5 KB a block for every format).
+template <int BN, int CODE>
+__global__ void __launch_bounds__(kTcThreads)
+    tc_gemm_kernel(const MatmulDesc* descs, int splits, float* partial, int part_rows, int part_t) {
   await_inputs();
-  __shared__ TcSmem<BN> sm;
-  const MatmulDesc d = descs[blockIdx.z];
+  __shared__ TcSmem<BN, kTcWLo<CODE>> sm;
+  const MatmulDesc d = descs[blockIdx.z / splits];
   const int row0 = blockIdx.x * kTcBM, t0 = blockIdx.y * BN;
   if (row0 >= d.w.rows || t0 >= d.T) return;  // the whole block: no barrier is skipped
-  switch (d.w.code) {
-    case kF32:
-      return tc_gemm_tile<kF32, BN>(d, sm, row0, t0);
-    case kF16:
-      return tc_gemm_tile<kF16, BN>(d, sm, row0, t0);
-    case kBF16:
-      return tc_gemm_tile<kBF16, BN>(d, sm, row0, t0);
-    case kQ8:
-      return tc_gemm_tile<kQ8, BN>(d, sm, row0, t0);
-    case kA4:
-      return tc_gemm_tile<kA4, BN>(d, sm, row0, t0);
-    default:
-      return tc_gemm_tile<kA8, BN>(d, sm, row0, t0);
+  // X not split (split_inputs), or a product of another format in the launch.
+  if (d.xs == nullptr || d.xsum == nullptr || d.w.code != CODE) __trap();
+  const int k_tiles = d.w.cols / kTcBK, s = blockIdx.z % splits;
+  const int per = (k_tiles + splits - 1) / splits;
+  TcSplit sp{s * per, min(k_tiles, (s + 1) * per), nullptr, part_rows};
+  if (splits > 1) {
+    sp.part = partial + static_cast<size_t>(blockIdx.z) * part_t * part_rows;
+    if (sp.kt0 >= sp.kt1) {  // no k-tiles left for this split: its share is zero
+      for (int i = threadIdx.x; i < BN * kTcBM; i += kTcThreads) {
+        const int t = t0 + i / kTcBM, r = row0 + i % kTcBM;
+        if (t < d.T && r < d.w.rows) sp.part[static_cast<size_t>(t) * part_rows + r] = 0.0f;
+      }
+      return;
+    }
   }
+  tc_gemm_tile<CODE, BN>(d, sm, row0, t0, sp);
+}
+
+// Finishes products whose columns were split across `splits` blocks: y = Σ_s partial_s + bias,
+// summed in split order, through write_out. blockIdx.y = product; one thread per (t, r).
+__global__ void splitk_reduce_kernel(const MatmulDesc* descs, int splits, const float* partial,
+                                     int part_rows, int part_t) {
+  await_inputs();
+  const MatmulDesc d = descs[blockIdx.y];
+  const size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int t = static_cast<int>(i / part_rows), r = static_cast<int>(i % part_rows);
+  if (t >= d.T || r >= d.w.rows) return;
+  const size_t slab = static_cast<size_t>(part_t) * part_rows;
+  const float* p = partial + blockIdx.y * splits * slab + static_cast<size_t>(t) * part_rows + r;
+  float v = 0.0f;
+  for (int s = 0; s < splits; ++s) v += p[s * slab];
+  write_out(d, t, r, v + (d.bias ? d.bias[r] : 0.0f), 0.0f);
 }
 
 // The vector path needs whole 16-byte chunks: rows a multiple of the chunk, 16-byte aligned.
@@ -668,39 +782,165 @@ bool tensor_cores_present() {
 // The GEMM kernel of a product: the tensor-core one when W is whole 32-column k-tiles (a k-tile
 // is one Q8_0 group and lies within one affine group) in 16-byte aligned rows (load_raw's
 // chunks) on an sm_80+ device; else the SIMT one, which decodes element by element. X needs
-// nothing: the tensor kernel reads it with float4 loads when aligned, else float by float.
+// nothing: the tensor kernel reads its split terms (split_x_kernel handles any pitch).
+// The tensor-core kernels are one per format: kTensorGemm + the format's code.
 enum GemmKernel : int { kSimtGemm = kGeneric, kTensorGemm = kGeneric + 1 };
 
 }  // namespace
+
+bool is_tensor_gemm(int kernel) {
+  return kernel >= kTensorGemm;
+}
 
 int gemm_kernel_for(const DevMat& w, bool base_aligned) {
   const bool tiles =
       w.cols % kTcBK == 0 && ((w.code != kA4 && w.code != kA8) || w.group % kTcBK == 0);
   const bool aligned =
       base_aligned && w.row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(w.data) % 16 == 0;
-  return tiles && aligned && tensor_cores_present() ? kTensorGemm : kSimtGemm;
+  return tiles && aligned && tensor_cores_present() ? kTensorGemm + w.code : kSimtGemm;
 }
 
-// tiles32 / tiles64: Σ over the products of their input tiles of 32 / 64 inputs. Narrow tiles
-// (32 inputs) decode each W tile for fewer inputs but waste fewer MMAs on short products (MoE
-// experts of ~32 rows); the choice minimises Σ tiles x (decode + BN), a W tile's decode counted
-// as 64 inputs' MMAs (an estimate).
-void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, size_t tiles32,
-                 size_t tiles64, cudaStream_t s) {
-  if (kernel == kTensorGemm) {
-    constexpr size_t kDecode = 64;
-    if (tiles32 * (kDecode + 32) < tiles64 * (kDecode + 64)) {
-      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 32), n);
-      tc_gemm_kernel<32><<<grid, kTcThreads, 0, s>>>(dev);
-    } else {
-      const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, 64), n);
-      tc_gemm_kernel<64><<<grid, kTcThreads, 0, s>>>(dev);
+int gemm_tile_width(size_t tiles32, size_t tiles64) {
+  constexpr size_t kDecode = 64;
+  return tiles32 * (kDecode + 32) < tiles64 * (kDecode + 64) ? 32 : 64;
+}
+
+namespace {
+
+template <int BN>
+void launch_tc_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s,
+                    const GemmSplit& sp) {
+  MF_ASSERT(size_t(n) * sp.splits <= 65535);  // grid z (products x splits)
+  const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, BN), unsigned(n * sp.splits));
+  auto go = [&](auto kernel) {
+    kernel<<<grid, kTcThreads, 0, s>>>(dev, sp.splits, sp.partial, max_rows, max_t);
+  };
+  switch (code) {
+    case kF32:
+      return go(tc_gemm_kernel<BN, kF32>);
+    case kF16:
+      return go(tc_gemm_kernel<BN, kF16>);
+    case kBF16:
+      return go(tc_gemm_kernel<BN, kBF16>);
+    case kQ8:
+      return go(tc_gemm_kernel<BN, kQ8>);
+    case kA4:
+      return go(tc_gemm_kernel<BN, kA4>);
+    case kA8:
+      return go(tc_gemm_kernel<BN, kA8>);
+    default:
+      fail("CUDA backend: a tensor-core GEMM of an unknown format");
+  }
+}
+
+}  // namespace
+
+void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
+                 cudaStream_t s, const GemmSplit& split) {
+  if (is_tensor_gemm(kernel)) {
+    if (bn == 32)
+      launch_tc_gemm<32>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split);
+    else
+      launch_tc_gemm<64>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split);
+    check_launch("gemm");
+    if (split.splits > 1) {
+      const dim3 grid(blocks_for(size_t(max_rows) * max_t, 256), unsigned(n));
+      splitk_reduce_kernel<<<grid, 256, 0, s>>>(dev, split.splits, split.partial, max_rows, max_t);
+      check_launch("gemm (split reduction)");
     }
   } else {
+    MF_ASSERT(split.splits == 1);
     const dim3 grid(blocks_for(max_rows, kBM), blocks_for(max_t, kBN), n);
     gemm_kernel<<<grid, 256, 0, s>>>(dev);
+    check_launch("gemm");
   }
-  check_launch("gemm");
+}
+
+namespace {
+
+// Splits of the columns for a launch of `kernel` over `descs` in tiles of bn inputs: 1 unless
+// the tensor-core GEMM would have too few blocks for the SMs.
+int gemm_splits(int kernel, std::span<const MatmulDesc> descs, int bn) {
+  if (!is_tensor_gemm(kernel)) return 1;
+  static const size_t sms = size_t(device_attribute(cudaDevAttrMultiProcessorCount, 1));
+  size_t blocks = 0;
+  int k_tiles = std::numeric_limits<int>::max();
+  for (const MatmulDesc& d : descs) {
+    blocks += size_t(blocks_for(d.w.rows, kTcBM)) * blocks_for(d.T, bn);
+    k_tiles = std::min(k_tiles, d.w.cols / kTcBK);
+  }
+  // Enough blocks to keep every SM's 3-4 resident blocks busy; each split at least 4 k-tiles.
+  const size_t want = 4 * sms;
+  if (blocks == 0 || blocks * 2 > want) return 1;
+  return int(std::clamp<size_t>((want + blocks - 1) / blocks, 1, size_t(std::max(1, k_tiles / 4))));
+}
+
+}  // namespace
+
+void CudaBackend::split_inputs(std::span<MatmulDesc> g) {
+  // Each distinct X (pointer, pitch, rows, columns) split once into xsplit_scratch_: its terms,
+  // then its sums, each region 256-byte aligned.
+  struct Key {
+    const float* x;
+    int ldx, rows, K;
+    size_t offset;
+  };
+  thread_local std::vector<Key> keys;
+  thread_local std::vector<size_t> key_of;
+  thread_local std::vector<SplitJob> jobs;
+  keys.clear();
+  key_of.resize(g.size());
+  auto region = [](size_t b) { return (b + 255) / 256 * 256; };
+  size_t bytes = 0, most = 0;
+  for (size_t i = 0; i < g.size(); ++i) {
+    const MatmulDesc& d = g[i];
+    const int rows = d.x_rows ? d.x_count : d.T, K = d.w.cols;
+    MF_ASSERT(rows > 0 && K % kTcBK == 0);
+    size_t k = 0;
+    while (k < keys.size() &&
+           !(keys[k].x == d.x && keys[k].ldx == d.ldx && keys[k].rows == rows && keys[k].K == K))
+      ++k;
+    if (k == keys.size()) {
+      keys.push_back({d.x, d.ldx, rows, K, bytes});
+      bytes += region(size_t(rows) * K * 4) + region(size_t(rows) * (K / kTcBK) * 4);
+      most = std::max(most, size_t(rows) * K / 4);
+    }
+    key_of[i] = k;
+  }
+  auto* base = static_cast<uint8_t*>(xsplit_scratch_.get(bytes, stream_));
+  jobs.clear();
+  for (const Key& k : keys) {
+    SplitJob j;
+    j.x = k.x;
+    j.ldx = k.ldx;
+    j.rows = k.rows;
+    j.K = k.K;
+    j.xs = reinterpret_cast<uint32_t*>(base + k.offset);
+    j.xsum = reinterpret_cast<float*>(base + k.offset + region(size_t(k.rows) * k.K * 4));
+    jobs.push_back(j);
+  }
+  for (size_t i = 0; i < g.size(); ++i) {
+    g[i].xs = jobs[key_of[i]].xs;
+    g[i].xsum = jobs[key_of[i]].xsum;
+  }
+  // stage_or_keep: a recording cannot stage (a recorded batched step would reach here).
+  const auto* dev =
+      static_cast<const SplitJob*>(stage_or_keep(jobs.data(), jobs.size() * sizeof(SplitJob)));
+  split_x_kernel<<<dim3(blocks_for(most, 256), unsigned(jobs.size())), 256, 0, stream_>>>(dev);
+  check_launch("split_x");
+}
+
+void CudaBackend::split_rows(const float* x, int ldx, int rows, int K, uint32_t* xs, float* xsum) {
+  SplitJob j;
+  j.x = x;
+  j.ldx = ldx;
+  j.rows = rows;
+  j.K = K;
+  j.xs = xs;
+  j.xsum = xsum;
+  const auto* dev = static_cast<const SplitJob*>(stage_or_keep(&j, sizeof j));
+  split_x_kernel<<<dim3(blocks_for(size_t(rows) * K / 4, 256), 1), 256, 0, stream_>>>(dev);
+  check_launch("split_x");
 }
 
 void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
@@ -737,13 +977,21 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
     }
     if (max_t == 0) continue;
     for (const MatmulDesc& d : g) MF_ASSERT(!gemm || d.mode != kDual);  // dual: matvec only
+    if (gemm && is_tensor_gemm(code)) split_inputs(g);
     const size_t bytes = g.size() * sizeof(MatmulDesc);
     const auto* dev = static_cast<const MatmulDesc*>(reused ? keep(g.data(), bytes)
                                                             : stage_or_keep(g.data(), bytes));
-    if (gemm)
-      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, tiles32, tiles64,
-                  stream_);
-    else
+    if (gemm) {
+      // Products of few blocks (a router, one projection at a short prompt): the columns split
+      // across blocks, partial sums in their own scratch.
+      const int bn = gemm_tile_width(tiles32, tiles64);
+      GemmSplit split;
+      split.splits = gemm_splits(code, g, bn);
+      if (split.splits > 1)
+        split.partial = static_cast<float*>(partial_scratch_.get(
+            g.size() * split.splits * size_t(max_t) * max_rows * sizeof(float), stream_));
+      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, bn, stream_, split);
+    } else
       launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, sum_rows, max_t, max_cols,
                     dual, stream_);
   }

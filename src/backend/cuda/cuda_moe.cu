@@ -57,94 +57,133 @@ __global__ void indexed_descs_kernel(const int32_t* ids, int pairs, int k,
   down_out[p] = o;
 }
 
+// out[e] = Σ_{e' < e} f(in[e']) for e < n, by one warp: lane l sums a contiguous run of n / 32.
+template <typename F>
+__device__ void exclusive_scan_warp(const int* in, int* out, int n, F f) {
+  const int lane = threadIdx.x % 32, each = (n + 31) / 32;
+  const int e0 = min(n, lane * each), e1 = min(n, e0 + each);
+  int run = 0;
+  for (int e = e0; e < e1; ++e) run += f(in[e]);
+  int before = run;  // inclusive scan over lanes, then minus its own run
+  for (int o = 1; o < 32; o *= 2) {
+    const int v = __shfl_up_sync(0xffffffffu, before, o);
+    if (lane >= o) before += v;
+  }
+  before -= run;
+  for (int e = e0; e < e1; ++e) out[e] = before, before += f(in[e]);
+}
+
 // Prompts: the pairs grouped by expert on the device, so that each expert's GEMMs run over
-// all of its rows and the host never reads the routing. One block; for E experts, P = T k
-// pairs (p = t k + i: row t, rank i, expert ids[p]):
+// all of its rows and the host never reads the routing. One block of W warps; for E experts,
+// P = T k pairs (p = t k + i: row t, rank i, expert ids[p]):
 //   count[e] = #{p : ids[p] = e},  off[e] = Σ_{e' < e} count[e'],
 //   the j-th pair of expert e in p order at position off[e] + j:  in_rows = t, out_rows = t S + i,
-// and per expert three GEMM descriptors over its count[e] rows (zero rows: no work):
-//   gate[e]: h[off[e] + j] = gate_e X[in_rows[off[e] + j]]          (kStore)
-//   up[e]:   h[off[e] + j] = silu(h[...]) * up_e X[in_rows[...]]     (kSwiglu)
-//   down[e]: slots[out_rows[off[e] + j]] = down_e h[off[e] + j]       (kStore)
-// Stable placement: chunks of blockDim pairs in order; within a chunk the warps in order, and
-// within a warp the lanes of one expert (__match_any_sync) ranked by lane. Shared memory:
-// [count E | cursor E] ints. An id outside [0, E) traps (the router writes only valid ids).
-// Measured at ~50 us on an H200 (T = 256, k = 8, E = 128): the placement's barrier per warp
-// and chunk dominates.
+// and per tile of at most bn of an expert's pairs three GEMM descriptors (tile u of expert e is
+// descriptor tile_off[e] + u; tile_off the exclusive scan of ceil(count / bn); descriptors past
+// the last tile have no rows), for its pairs j in [u bn, min(count[e], (u + 1) bn)):
+//   gate: h[off[e] + j] = gate_e X[in_rows[off[e] + j]]          (kStore)
+//   up:   h[off[e] + j] = silu(h[...]) * up_e X[in_rows[...]]     (kSwiglu)
+//   down: slots[out_rows[off[e] + j]] = down_e h[off[e] + j]       (kStore)
+// so that a launch's blocks are the tiles that exist, not bn-wide tiles over T rows for every
+// expert.
+// A stable counting sort: warp w owns the pairs [w P/W, (w + 1) P/W); it counts its pairs per
+// expert (hist[w][e]), the counts are scanned over experts and then over warps, and each warp
+// places its pairs in order, 32 at a time (the lanes of one expert found by __match_any_sync,
+// ranked by lane). Shared memory: [hist W E | count E | off E | tile_off E] ints. An id outside
+// [0, E) traps (the router writes only valid ids). descs: [gate | up | down] of max_tiles each.
+// xs_x / xsum_x: X's bf16 terms (gate and up gather its rows); xs_h / xsum_h: h's (down reads
+// rows off + j0 on), or null where the SIMT GEMM runs (it reads x itself).
 __global__ void group_pairs_kernel(const int32_t* ids, int pairs, int k, int E, int S,
                                    const uint8_t* const* records, DevMat gate, DevMat up,
                                    DevMat down, const float* X, int ldx, float* h, int I,
                                    float* slots, int lds, int32_t* in_rows, int32_t* out_rows,
-                                   MatmulDesc* descs) {
+                                   int bn, int max_tiles, const uint32_t* xs_x, const float* xsum_x,
+                                   const uint32_t* xs_h, const float* xsum_h, MatmulDesc* descs) {
   extern __shared__ int group_sm[];
-  int* count = group_sm;
-  int* cursor = group_sm + E;
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, W = blockDim.x / 32;
+  int* hist = group_sm;
+  int* count = group_sm + W * E;
+  int* off = count + E;
+  int* tile_off = off + E;
+  int* mine = hist + warp * E;
+  const int per = (pairs + W - 1) / W, lo = min(pairs, warp * per), hi = min(pairs, lo + per);
   await_inputs();
-  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, warps = blockDim.x / 32;
-  for (int e = tid; e < E; e += blockDim.x) count[e] = 0;
+  for (int i = tid; i < W * E; i += blockDim.x) hist[i] = 0;
   __syncthreads();
-  for (int p = tid; p < pairs; p += blockDim.x) {
-    const int e = ids[p];
-    if (e < 0 || e >= E) __trap();
-    atomicAdd(&count[e], 1);
+  for (int base = lo; base < hi; base += 32) {
+    const int p = base + lane, e = p < hi ? ids[p] : -1;
+    if (p < hi && (e < 0 || e >= E)) __trap();
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    if (e >= 0 && lane == __ffs(same) - 1) mine[e] += __popc(same);
+    __syncwarp();
   }
   __syncthreads();
-  if (warp == 0) {  // exclusive scan of count into cursor: lane l sums a contiguous run
-    const int per = (E + 31) / 32, lo = min(E, lane * per), hi = min(E, lo + per);
+  for (int e = tid; e < E; e += blockDim.x) {  // hist[w][e]: pairs of e in warps before w
     int run = 0;
-    for (int e = lo; e < hi; ++e) run += count[e];
-    int before = run;  // inclusive scan over lanes, then minus its own run
-    for (int o = 1; o < 32; o *= 2) {
-      const int v = __shfl_up_sync(0xffffffffu, before, o);
-      if (lane >= o) before += v;
+    for (int w = 0; w < W; ++w) {
+      const int v = hist[w * E + e];
+      hist[w * E + e] = run;
+      run += v;
     }
-    before -= run;
-    for (int e = lo; e < hi; ++e) cursor[e] = before, before += count[e];
+    count[e] = run;
   }
   __syncthreads();
+  if (warp == 0) exclusive_scan_warp(count, off, E, [](int c) { return c; });
+  if (warp == W - 1)  // the same warp when W = 1, after the first scan
+    exclusive_scan_warp(count, tile_off, E, [bn](int c) { return (c + bn - 1) / bn; });
+  __syncthreads();
+  for (int i = tid; i < W * E; i += blockDim.x) hist[i] += off[i % E];
   for (int e = tid; e < E; e += blockDim.x) {
     const uint8_t* rec = records[e];
-    const int off = cursor[e];
-    MatmulDesc g = blank_desc();
-    g.w = at_record(gate, rec);
-    g.x = X;
-    g.ldx = ldx;
-    g.x_rows = in_rows + off;
-    g.y = h + static_cast<size_t>(off) * I;
-    g.ldy = I;
-    g.T = count[e];
-    g.mode = kStore;
-    descs[e] = g;
-    g.w = at_record(up, rec);
-    g.mode = kSwiglu;
-    descs[E + e] = g;
-    MatmulDesc o = blank_desc();
-    o.w = at_record(down, rec);
-    o.x = g.y;
-    o.ldx = I;
-    o.y = slots;
-    o.y_rows = out_rows + off;
-    o.ldy = lds;
-    o.T = count[e];
-    o.mode = kStore;
-    descs[2 * E + e] = o;
-  }
-  __syncthreads();  // every offset read before the placement moves the cursors
-  for (int base = 0; base < pairs; base += blockDim.x) {
-    const int p = base + tid;
-    const int e = p < pairs ? ids[p] : -1;
-    const unsigned same = __match_any_sync(0xffffffffu, e);
-    const int leader = __ffs(same) - 1, rank = __popc(same & ((1u << lane) - 1u));
-    for (int w = 0; w < warps; ++w) {
-      if (w == warp && e >= 0) {
-        int at = lane == leader ? cursor[e] : 0;
-        at = __shfl_sync(same, at, leader);
-        in_rows[at + rank] = p / k;
-        out_rows[at + rank] = (p / k) * S + p % k;
-        if (lane == leader) cursor[e] = at + __popc(same);
+    for (int j0 = 0, u = tile_off[e]; j0 < count[e]; j0 += bn, ++u) {
+      MatmulDesc g = blank_desc();
+      g.w = at_record(gate, rec);
+      g.x = X;
+      g.ldx = ldx;
+      g.x_rows = in_rows + off[e] + j0;
+      g.y = h + static_cast<size_t>(off[e] + j0) * I;
+      g.ldy = I;
+      g.T = min(bn, count[e] - j0);
+      g.x_count = pairs / k;  // T: the rows of X that in_rows names
+      g.xs = xs_x;
+      g.xsum = xsum_x;
+      g.mode = kStore;
+      descs[u] = g;
+      g.w = at_record(up, rec);
+      g.mode = kSwiglu;
+      descs[max_tiles + u] = g;
+      MatmulDesc o = blank_desc();
+      o.w = at_record(down, rec);
+      o.x = g.y;
+      o.ldx = I;
+      o.y = slots;
+      o.y_rows = out_rows + off[e] + j0;
+      o.ldy = lds;
+      o.T = g.T;
+      if (xs_h) {
+        o.xs = xs_h + static_cast<size_t>(off[e] + j0) * I;
+        o.xsum = xsum_h + static_cast<size_t>(off[e] + j0) * (I / 32);
       }
-      __syncthreads();
+      o.mode = kStore;
+      descs[2 * max_tiles + u] = o;
     }
+  }
+  const int tiles = tile_off[E - 1] + (count[E - 1] + bn - 1) / bn;
+  for (int u = tiles + tid; u < max_tiles; u += blockDim.x)
+    for (int pass = 0; pass < 3; ++pass) descs[pass * max_tiles + u] = blank_desc();  // T = 0
+  __syncthreads();
+  for (int base = lo; base < hi; base += 32) {  // each warp over its own pairs, in order
+    const int p = base + lane, e = p < hi ? ids[p] : -1;
+    const unsigned same = __match_any_sync(0xffffffffu, e);
+    const int leader = __ffs(same) - 1;
+    if (e >= 0) {
+      const int at = mine[e] + __popc(same & ((1u << lane) - 1u));
+      in_rows[at] = p / k;
+      out_rows[at] = (p / k) * S + p % k;
+    }
+    __syncwarp();
+    if (e >= 0 && lane == leader) mine[e] += __popc(same);
+    __syncwarp();
   }
 }
 
@@ -209,6 +248,7 @@ void CudaBackend::expert_ffn(const Tensor& X, std::span<const ExpertTask> tasks,
     d.x = X.f32();
     d.ldx = static_cast<int>(X.pitch());
     d.x_rows = in;
+    d.x_count = static_cast<int>(X.rows());
     d.y = h + h_off;
     d.ldy = I;
     d.T = n;
@@ -272,32 +312,58 @@ void CudaBackend::expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t
 void CudaBackend::expert_ffn_grouped(const Tensor& X, const int32_t* ids, size_t k,
                                      const IndexedExperts& ex, const Tensor& slots, size_t S) {
   const size_t T = X.rows(), pairs = T * k, I = ex.gate.rows, H = X.shape[1], E = ex.experts;
-  if (E == 0 || 2 * E * sizeof(int) > 48 * 1024)
+  // Warps of the grouping block: as many as its shared memory holds histograms for (<= 48 KB).
+  if (E == 0 || 4 * E > 12 * 1024)
     fail("CUDA backend: " + std::to_string(E) + " experts are more than the grouping kernel takes");
-  // Scratch: [descriptors: 3 E | in_rows, out_rows: pairs ints each | h: pairs * I floats].
+  const size_t group_warps = std::min<size_t>(32, (12 * 1024 - 3 * E) / E);
+  // The tile width for the mean count, pairs / E; at most pairs / bn + E tiles (Σ ceil).
+  const size_t mean = std::max<size_t>(1, pairs / E);
+  const int bn = gemm_tile_width(E * blocks_for(mean, 32), E * blocks_for(mean, 64));
+  const size_t max_tiles = blocks_for(pairs, size_t(bn)) + E;
+  // Scratch: [descriptors: 3 max_tiles | in_rows, out_rows: pairs ints each | h: pairs I floats].
   auto round = [](size_t b) { return (b + 255) / 256 * 256; };
-  const size_t desc_bytes = round(3 * E * sizeof(MatmulDesc));
+  const size_t desc_bytes = round(3 * max_tiles * sizeof(MatmulDesc));
   const size_t row_bytes = round(2 * pairs * sizeof(int32_t));
   uint8_t* base = reinterpret_cast<uint8_t*>(scratch(desc_bytes + row_bytes + pairs * I * 4));
   auto* descs = reinterpret_cast<MatmulDesc*>(base);
   auto* in_rows = reinterpret_cast<int32_t*>(base + desc_bytes);
   float* h = reinterpret_cast<float*>(base + desc_bytes + row_bytes);
   const DevMat gate = relative_mat(ex.gate), up = relative_mat(ex.up), down = relative_mat(ex.down);
-  group_pairs_kernel<<<1, 1024, 2 * E * sizeof(int), stream_>>>(
-      ids, int(pairs), int(k), int(E), int(S), ex.records, gate, up, down, X.f32(), int(X.pitch()),
-      h, int(I), slots.f32(), int(slots.pitch()), in_rows, in_rows + pairs, descs);
-  check_launch("expert_ffn_grouped (grouping)");
-  // The counts stay on the device: grids cover T rows per expert (a row's top-k ids are
-  // distinct, so no expert has more), blocks past an expert's count return at once. The tile
-  // width is chosen for the mean count, pairs / E.
   const bool aligned = ex.record_alignment % 16 == 0;
-  const size_t mean = std::max<size_t>(1, pairs / E);
-  const size_t tiles32 = E * blocks_for(mean, 32), tiles64 = E * blocks_for(mean, 64);
   const int gate_kernel = gemm_kernel_for(gate, aligned),
             down_kernel = gemm_kernel_for(down, aligned);
-  launch_gemm(gate_kernel, descs, int(E), int(I), int(T), tiles32, tiles64, stream_);
-  launch_gemm(gate_kernel, descs + E, int(E), int(I), int(T), tiles32, tiles64, stream_);
-  launch_gemm(down_kernel, descs + 2 * E, int(E), int(H), int(T), tiles32, tiles64, stream_);
+  // The tensor-core GEMM's inputs split into bf16 terms: X (T x H) before gate and up, h
+  // (pairs x I) once up has made it.
+  uint32_t *xs_x = nullptr, *xs_h = nullptr;
+  float *xsum_x = nullptr, *xsum_h = nullptr;
+  {
+    const size_t x_terms = round(T * H * 4), x_sums = round(T * H / 32 * 4);
+    const size_t h_terms = round(pairs * I * 4), h_sums = round(pairs * I / 32 * 4);
+    auto* split =
+        static_cast<uint8_t*>(xsplit_scratch_.get(x_terms + x_sums + h_terms + h_sums, stream_));
+    if (is_tensor_gemm(gate_kernel)) {
+      xs_x = reinterpret_cast<uint32_t*>(split);
+      xsum_x = reinterpret_cast<float*>(split + x_terms);
+      split_rows(X.f32(), int(X.pitch()), int(T), int(H), xs_x, xsum_x);
+    }
+    if (is_tensor_gemm(down_kernel)) {
+      xs_h = reinterpret_cast<uint32_t*>(split + x_terms + x_sums);
+      xsum_h = reinterpret_cast<float*>(split + x_terms + x_sums + h_terms);
+    }
+  }
+  group_pairs_kernel<<<1, unsigned(32 * group_warps), (group_warps + 3) * E * sizeof(int),
+                       stream_>>>(ids, int(pairs), int(k), int(E), int(S), ex.records, gate, up,
+                                  down, X.f32(), int(X.pitch()), h, int(I), slots.f32(),
+                                  int(slots.pitch()), in_rows, in_rows + pairs, bn, int(max_tiles),
+                                  xs_x, xsum_x, xs_h, xsum_h, descs);
+  check_launch("expert_ffn_grouped (grouping)");
+  // The tiles stay on the device: each launch covers max_tiles descriptors of at most bn rows,
+  // those past the last tile return at once.
+  const int n = int(max_tiles);
+  launch_gemm(gate_kernel, descs, n, int(I), bn, bn, stream_);
+  launch_gemm(gate_kernel, descs + max_tiles, n, int(I), bn, bn, stream_);
+  if (xs_h) split_rows(h, int(I), int(pairs), int(I), xs_h, xsum_h);
+  launch_gemm(down_kernel, descs + 2 * max_tiles, n, int(H), bn, bn, stream_);
 }
 
 }  // namespace moeflux::cuda
