@@ -70,14 +70,7 @@ void pick(const ForwardContext& ctx, std::span<float* const> logits, std::span<L
   MF_ASSERT(picks.size() == logits.size());
   const size_t n = picks.size(), V = size_t(ctx.config.vocab_size);
   if (n > Workspace::kLogitRows) {
-    for (size_t i = 0; i < n; ++i) {
-      const std::span<const float> row(logits[i], V);
-      if (picks[i].top_k > 0)
-        top_k(row, picks[i].top_k, picks[i].best);
-      else
-        picks[i].id = static_cast<int>(argmax(row));
-      picks[i].finite = all_finite(row);
-    }
+    for (size_t i = 0; i < n; ++i) pick_from_host({logits[i], V}, picks[i]);
     return;
   }
   thread_local std::vector<int32_t> ids;
@@ -102,6 +95,14 @@ void pick(const ForwardContext& ctx, std::span<float* const> logits, std::span<L
 }
 
 }  // namespace
+
+void pick_from_host(std::span<const float> row, LogitsPick& p) {
+  if (p.top_k > 0)
+    top_k(row, p.top_k, p.best);
+  else
+    p.id = static_cast<int>(argmax(row));
+  p.finite = all_finite(row);
+}
 
 void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
              PrefetchMode pf, size_t logits_row, std::span<float* const> logits,

@@ -26,6 +26,8 @@ struct LogitsPick {
   std::vector<TopEntry> best;  // top_k: the k best (core/top_k.hpp), best first
   bool finite = true;          // every logit of the row finite (else the caller reports it)
 };
+// `p` from a host copy of its row of logits (what the backend computes where they are).
+void pick_from_host(std::span<const float> row, LogitsPick& p);
 void forward(const ForwardContext& ctx, const ModelWeights& w, std::span<const int> tokens,
              PrefetchMode prefetch, size_t logits_row, std::span<float* const> logits,
              std::span<LogitsPick> picks = {});

@@ -1,9 +1,6 @@
 #include "runtime/session.hpp"
 
-#include "core/argmax.hpp"
 #include "core/error.hpp"
-#include "core/finite.hpp"
-#include "core/top_k.hpp"
 
 namespace moeflux {
 
@@ -153,13 +150,7 @@ const std::vector<float>& Session::eval_prompt(std::span<const int> tokens,
   }
   if (all_logits && !tokens.empty())
     std::copy_n(all_logits->data() + (tokens.size() - 1) * V, V, logits_.data());
-  if (pick && all_logits && !tokens.empty()) {  // from the host's copy of the last row
-    if (pick->top_k > 0)
-      top_k(logits_, pick->top_k, pick->best);
-    else
-      pick->id = static_cast<int>(argmax(logits_));
-    pick->finite = all_finite(logits_);
-  }
+  if (pick && all_logits && !tokens.empty()) pick_from_host(logits_, *pick);  // the last row
   if (tokens.size() > 1) checkpoint();
   return logits_;
 }
