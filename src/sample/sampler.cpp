@@ -158,8 +158,7 @@ std::vector<TokenProb> Sampler::distribution(std::span<const float> logits,
 }
 
 size_t Sampler::top_k_candidates(size_t vocab) const {
-  const bool plain = opts_.temperature > 0.0f && opts_.repetition_penalty == 1.0f &&
-                     opts_.presence_penalty == 0.0f;
+  const bool plain = opts_.temperature > 0.0f && no_penalties();
   return plain && opts_.top_k > 0 && size_t(opts_.top_k) < vocab ? size_t(opts_.top_k) : 0;
 }
 

@@ -67,10 +67,7 @@ class Sampler {
   // sample() is the logits' plain greedy pick (core/argmax.hpp): temperature 0 and no penalty,
   // so a caller may take the pick the engine computed where the logits are (Session::eval_token)
   // instead; it draws no random number either way.
-  bool plain_greedy() const {
-    return opts_.temperature == 0.0f && opts_.repetition_penalty == 1.0f &&
-           opts_.presence_penalty == 0.0f;
-  }
+  bool plain_greedy() const { return opts_.temperature == 0.0f && no_penalties(); }
   void reseed(uint64_t seed) { rng_.seed(seed); }
 
   // k when sample() over `vocab` logits needs only their k best (core/top_k.hpp's order): a
@@ -82,6 +79,9 @@ class Sampler {
 
  private:
   void apply_penalties(std::span<const float> logits, std::span<const int> history);
+  bool no_penalties() const {  // steps 1-2 leave the logits as they are
+    return opts_.repetition_penalty == 1.0f && opts_.presence_penalty == 0.0f;
+  }
   void filter();                                      // steps 4-7 on work_ into cand_
   void filter_top_k(std::span<const TopEntry> best);  // steps 4-7 from the k best
   void keep(double Z);                                // steps 6-7 on the sorted pool_
