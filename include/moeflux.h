@@ -38,7 +38,8 @@ const char* moeflux_last_error(void);
 typedef struct moeflux_engine_options {
   size_t threads;         /* compute threads; 0 = all hardware threads */
   int active_experts;     /* experts per token; 0 = the model's top-k */
-  size_t prefill_chunk;   /* rows per forward pass (prompt chunk, batch width) */
+  size_t prefill_chunk;   /* rows per forward pass (prompt chunk, batch width); 0 = the
+                             backend's default: 512 on a GPU, 256 on the CPU */
   size_t context;         /* positions a session may hold; 0 = the model's */
   size_t ram_cache_bytes; /* RAM expert cache; 0 = none */
 } moeflux_engine_options;

@@ -195,6 +195,36 @@ TEST(HybridPlanner, ProbesACpuThatGetsNoShare) {
   }
 }
 
+// A fit made while the CPU was slow (shares of several sizes, so the line is trusted) is not
+// kept once the probes measure it fast: measured on the GPU host, where such a line — a few
+// GB/s — outweighed every later one-record probe at 26 GB/s and the CPU got nothing for the
+// rest of the run (docs/PERF.md, 2026-12-05).
+TEST(HybridPlanner, AStaleSlowFitGivesWayToFastProbes) {
+  constexpr double kRecord = 2.6e6, kCopy = 50e9;
+  HybridPlanner p(CpuExpertsMode::Auto, 20e9, kCopy);
+  for (int i = 0; i < 40; ++i) {  // warm-up, then a slow phase: 90 us + 3 GB/s
+    const double bytes = kRecord * (1 + i % 4);
+    p.observe_cpu(bytes, 90e-6 + bytes / 3e9);
+  }
+  const std::vector<P> where(8, P::Ram);
+  const std::vector<size_t> rows(8, 1);
+  std::vector<uint8_t> on_host(where.size());
+  size_t layer = 0, probes_before = 0;
+  for (; layer < 4096; ++layer) {
+    probes_before = p.probes();
+    const size_t n = p.plan_layer(where, rows, size_t(kRecord), on_host);
+    if (n > 0 && p.probes() == probes_before) break;  // a share of its own
+    double bytes = 0;
+    for (uint8_t f : on_host) bytes += f ? kRecord : 0;
+    if (n > 0) p.observe_cpu(bytes, 10e-6 + bytes / 30e9);  // fast now: 10 us + 30 GB/s
+  }
+  // The first probe comes after kProbeFirst layers; its reading, far below the stale line's
+  // prediction, restarts the fit.
+  EXPECT_LE(layer, 2 * HybridPlanner::kProbeFirst);
+  EXPECT_EQ(p.probes(), 1u);
+  EXPECT_GT(p.cpu_rate(), 20e9);
+}
+
 TEST(HybridPlanner, NoProbeWithoutARecordTheCpuCouldTake) {
   HybridPlanner p(CpuExpertsMode::Auto, 0.5e9, 50e9);
   std::vector<uint8_t> on_host(3);

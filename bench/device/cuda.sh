@@ -101,7 +101,9 @@ if [ "${PROFILE:-0}" = 1 ]; then  # each op's own GPU time (serialised), residen
 fi
 if [ "${NSYS:-0}" = 1 ]; then  # GPU kernel and CUDA API summaries of resident decode (Nsight Systems)
   if command -v nsys >/dev/null; then
-    nsys profile -o "$OUTD/resident" --force-overwrite true --stats=true "$MF" bench -m "$PKG" \
+    # --cuda-graph-trace=node: each kernel of the recorded decode step, not the graph as one.
+    nsys profile -o "$OUTD/resident" --force-overwrite true --stats=true \
+      --cuda-graph-trace=node "$MF" bench -m "$PKG" \
       --backend cuda --prompt-len 16 --gen-len 256 --repeat 1 --no-ceilings --gpu-mem all --timing \
       > "$OUTD/nsys.txt" 2>&1
     echo "nsys: exit $? ($(grep -c . "$OUTD/nsys.txt") lines in nsys.txt)"; rm -f "$OUTD"/resident.nsys-rep

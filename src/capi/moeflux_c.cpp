@@ -65,8 +65,7 @@ const char* moeflux_last_error(void) {
 
 void moeflux_engine_options_default(moeflux_engine_options* o) {
   if (!o) return;
-  *o = {};
-  o->prefill_chunk = 256;
+  *o = {};  // prefill_chunk 0: the backend's default
 }
 
 moeflux_status moeflux_model_open(const char* dir, moeflux_model** out) {
@@ -151,7 +150,7 @@ moeflux_status moeflux_engine_create(const moeflux_model* m, const moeflux_engin
     if (o) {
       eo.threads = o->threads;
       eo.active_experts = o->active_experts;
-      eo.prefill_chunk = o->prefill_chunk ? o->prefill_chunk : 256;
+      eo.prefill_chunk = o->prefill_chunk;
       eo.context = o->context;
       eo.stream.ram_cache_bytes = o->ram_cache_bytes;
       if (o->active_experts < 0) moeflux::usage_fail("active_experts must not be negative");

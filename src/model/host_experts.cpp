@@ -95,8 +95,22 @@ void HybridPlanner::observe_cpu(double bytes, double seconds) {
   // Once fitted (over kCpuWarmup more), a share that stalled (the host busy elsewhere) counts as
   // at most kStall times what the model predicts, so that one does not swing the fit.
   constexpr double kStall = 2;
-  if (cpu_shares_ > 2 * kCpuWarmup)
-    seconds = std::min(seconds, kStall * (cpu_overhead_ + bytes / cpu_rate_));
+  const double predicted = cpu_overhead_ + bytes / cpu_rate_;
+  if (cpu_shares_ > 2 * kCpuWarmup) {
+    // A share done in under 1/kStale of the prediction means the fit describes a CPU that is
+    // gone (a slow start, the host busy then): restart it from this share, its time all charged
+    // to its bytes (a rate no faster than measured). Weighting would not do: a line through
+    // old shares of several sizes keeps its slope however little weight they keep, and the
+    // probes that would correct it are all one record (docs/PERF.md, 2026-12-05).
+    constexpr double kStale = 2;
+    if (kStale * seconds < predicted) {
+      cpu_fit_ = {};
+      cpu_overhead_ = 0;
+      cpu_rate_ = bytes / seconds;
+      return;
+    }
+    seconds = std::min(seconds, kStall * predicted);
+  }
   // seconds = overhead + bytes / rate, fitted by weighted least squares; an observation's
   // weight decays by kKeep per newer one (a memory of ~1 / (1 - kKeep) layers).
   constexpr double kKeep = 0.97;

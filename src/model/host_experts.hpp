@@ -53,13 +53,13 @@ enum class RecordPlace : uint8_t { Gpu, Ram, Storage };
 // nothing would correct it (measured: runs that read 5-7 GB/s early on never gave the CPU work
 // again; docs/PERF.md, 2026-12-04). So plan_layer() probes: after probe_interval() plans in a
 // row (one per layer in decode) in which the CPU could have taken a record but got none, it gets
-// one (the one of fewest rows) and is measured again. The interval starts at kProbeFirst plans;
-// it doubles, up to kProbeMax, after each measured probe that did not raise the CPU's rate, so
-// that a CPU that really is slower costs at most one such layer in kProbeMax; it falls back to
-// kProbeFirst once the CPU wins a share on its own. probe_due()
-// tells the layer before, so that the CPU's pool is woken ahead (a probe on a pool asleep took
-// ~1.5 ms on the GPU host, which is why an earlier probing scheme without the wake-up was
-// dropped).
+// one (the one of fewest rows) and is measured again; a share measured in under half the fit's
+// prediction restarts the fit from it (a stale line would outlast any number of probes). The
+// interval starts at kProbeFirst plans; it doubles, up to kProbeMax, after each measured probe that
+// did not raise the CPU's rate, so that a CPU that really is slower costs at most one such layer in
+// kProbeMax; it falls back to kProbeFirst once the CPU wins a share on its own. probe_due() tells
+// the layer before, so that the CPU's pool is woken ahead (a probe on a pool asleep took ~1.5 ms on
+// the GPU host, which is why an earlier probing scheme without the wake-up was dropped).
 class HybridPlanner {
  public:
   explicit HybridPlanner(CpuExpertsMode mode) : mode_(mode) {}

@@ -78,9 +78,10 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
   if (context_ > model_ctx)
     fail("--ctx " + std::to_string(context_) + " exceeds the model's " + std::to_string(model_ctx) +
          " positions");
-  if (opts_.prefill_chunk == 0) opts_.prefill_chunk = 1;
-
   backend_ = create_backend(opts);
+  if (opts_.prefill_chunk == 0)
+    opts_.prefill_chunk = backend_->memory() == Memory::Device ? EngineOptions::kPrefillChunkDevice
+                                                               : EngineOptions::kPrefillChunkHost;
   if (backend_->memory() == Memory::Host) {
     weights_ = model.weights();
   } else {

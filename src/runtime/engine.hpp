@@ -35,9 +35,14 @@ struct EngineOptions {
   double gpu_cache_percent = 0;  // --gpu-mem N%: instead, this share of every expert's bytes
   size_t threads = 0;            // compute threads (0 = all hardware threads)
   int active_experts = 0;        // experts run per token (--k); 0 = the model's top_k
-  size_t prefill_chunk = 256;    // rows per forward pass (prompt chunk; batched decode width)
-  size_t context = 0;            // --ctx: positions a session can hold; 0 = the model's maximum
-  bool timing = false;           // collect per-layer timings (--timing)
+  // Rows per forward pass (prompt chunk; batched decode width); 0 = the backend's default:
+  // kPrefillChunkDevice on a GPU (a GEMM decodes each expert's weights once for all of a chunk's
+  // rows: 512 rows measured +31% over 256 on the H200, docs/PERF.md), kPrefillChunkHost on the
+  // CPU (no gain from 512 there). It sizes the workspace, linearly.
+  size_t prefill_chunk = 0;
+  static constexpr size_t kPrefillChunkHost = 256, kPrefillChunkDevice = 512;
+  size_t context = 0;   // --ctx: positions a session can hold; 0 = the model's maximum
+  bool timing = false;  // collect per-layer timings (--timing)
   // --cpu-experts: with a GPU backend and streamed experts, RAM-tier experts of small batches
   // may be computed by the CPU meanwhile (model/host_experts.hpp).
   CpuExpertsMode cpu_experts = CpuExpertsMode::Off;

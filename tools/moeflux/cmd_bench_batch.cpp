@@ -43,7 +43,7 @@ Runner add_bench_batch(CLI::App& app) {
     const std::vector<int> sizes = parse_int_list(a->sizes, "--sessions");
     EngineOptions opts = a->engine.to_options();
     for (int n : sizes)
-      if (n < 1 || size_t(n) > opts.prefill_chunk)
+      if (n < 1 || (opts.prefill_chunk > 0 && size_t(n) > opts.prefill_chunk))
         usage_fail("--sessions: " + std::to_string(n) + " is not within 1 and --prefill-chunk");
     auto model =
         Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});

@@ -34,13 +34,13 @@ class InstantReader final : public ExpertReader {
 };
 
 struct SimResult {
-  double hit_rate = 0;          // RAM + prefetch hits / requests
-  double storage_per_token = 0; // records read from storage per token
+  double hit_rate = 0;           // RAM + prefetch hits / requests
+  double storage_per_token = 0;  // records read from storage per token
   double prefetch_accuracy = 0;
 };
 
-SimResult simulate(const Package& pkg, const RoutingTrace& trace, size_t budget, const std::string& policy,
-                   PrefetchMode pf) {
+SimResult simulate(const Package& pkg, const RoutingTrace& trace, size_t budget,
+                   const std::string& policy, PrefetchMode pf) {
   StreamOptions o;
   o.ram_cache_bytes = budget;
   o.policy = policy;
@@ -55,7 +55,8 @@ SimResult simulate(const Package& pkg, const RoutingTrace& trace, size_t budget,
   for (const auto& tok : trace.tokens) {
     for (int l = 0; l < trace.num_layers; ++l) {
       if (tok[l].empty()) continue;
-      if (pf == PrefetchMode::Temporal && !prev[l].empty()) s.prefetch(l, prev[l], PrefetchKind::Temporal);
+      if (pf == PrefetchMode::Temporal && !prev[l].empty())
+        s.prefetch(l, prev[l], PrefetchKind::Temporal);
       s.acquire(l, tok[l], out);
       s.release();
       prev[l] = tok[l];
@@ -92,15 +93,19 @@ size_t parse_budget(const std::string& b, double all) {
 }
 
 Runner add_cache_sim(CLI::App& app) {
-  auto* cmd = app.add_subcommand("cache-sim", "Replay a routing trace: hit rates of cache policies and temporal prefetch");
+  auto* cmd = app.add_subcommand(
+      "cache-sim", "Replay a routing trace: hit rates of cache policies and temporal prefetch");
   struct Args {
     std::string model, trace, budgets = "5%,10%,25%,50%";
     uint64_t seed = 1;
   };
   auto a = std::make_shared<Args>();
   cmd->add_option("-m,--model", a->model, "The package the trace was recorded on")->required();
-  cmd->add_option("--trace", a->trace, "Routing trace (moeflux logits --routing-trace)")->required();
-  cmd->add_option("--budgets", a->budgets, "RAM cache budgets: sizes (512M) or % of all expert bytes (default 5%,10%,25%,50%)");
+  cmd->add_option("--trace", a->trace, "Routing trace (moeflux logits --routing-trace)")
+      ->required();
+  cmd->add_option(
+      "--budgets", a->budgets,
+      "RAM cache budgets: sizes (512M) or % of all expert bytes (default 5%,10%,25%,50%)");
   cmd->add_option("--seed", a->seed, "Seed of the random-routing comparison");
   return [a] {
     const Package pkg = Package::open(a->model);
@@ -109,17 +114,21 @@ Runner add_cache_sim(CLI::App& app) {
     if (real.num_layers != c.num_layers || real.num_experts != c.num_experts)
       fail(a->trace + ": trace shape (" + std::to_string(real.num_layers) + " layers, " +
            std::to_string(real.num_experts) + " experts) does not match the package");
-    const RoutingTrace rnd = RoutingTrace::random(c.num_layers, c.num_experts, real.top_k, c.layer_is_moe,
-                                                  real.tokens.size(), a->seed);
-    const double all = double(pkg.manifest().experts.record_bytes) * c.num_experts * c.num_moe_layers();
+    const RoutingTrace rnd = RoutingTrace::random(c.num_layers, c.num_experts, real.top_k,
+                                                  c.layer_is_moe, real.tokens.size(), a->seed);
+    const double all =
+        double(pkg.manifest().experts.record_bytes) * c.num_experts * c.num_moe_layers();
     std::vector<std::pair<std::string, size_t>> budgets;
     std::stringstream ss(a->budgets);
     std::string b;
     while (std::getline(ss, b, ',')) budgets.emplace_back(b, parse_budget(b, all));
-    std::printf("trace %s: %zu tokens, K=%d; all experts %.1f MiB; working slots 3K besides the budget\n",
-                a->trace.c_str(), real.tokens.size(), real.top_k, all / 1048576);
-    std::printf("%-8s %-8s %-9s %14s %14s %12s\n", "routing", "budget", "policy", "hit rate", "reads/token", "pf accuracy");
-    for (const auto& [label, trace] : {std::pair<const char*, const RoutingTrace*>{"real", &real}, {"random", &rnd}})
+    std::printf(
+        "trace %s: %zu tokens, K=%d; all experts %.1f MiB; working slots 3K besides the budget\n",
+        a->trace.c_str(), real.tokens.size(), real.top_k, all / 1048576);
+    std::printf("%-8s %-8s %-9s %14s %14s %12s\n", "routing", "budget", "policy", "hit rate",
+                "reads/token", "pf accuracy");
+    for (const auto& [label, trace] :
+         {std::pair<const char*, const RoutingTrace*>{"real", &real}, {"random", &rnd}})
       for (const auto& [bl, bytes] : budgets)
         for (const char* policy : {"lru", "slru", "lfu"})
           for (PrefetchMode pf : {PrefetchMode::None, PrefetchMode::Temporal}) {

@@ -10,7 +10,8 @@ namespace moeflux::tool {
 namespace {
 
 Runner add_inspect(CLI::App& app) {
-  auto* cmd = app.add_subcommand("inspect", "Describe a moeflux package: shapes, formats, bytes per token");
+  auto* cmd =
+      app.add_subcommand("inspect", "Describe a moeflux package: shapes, formats, bytes per token");
   auto dir = std::make_shared<std::string>();
   cmd->add_option("PKG", *dir, "Package directory")->required();
   return [dir] {
@@ -32,9 +33,10 @@ Runner add_inspect(CLI::App& app) {
         "layers       %d: %d full attention, %d linear attention (Gated DeltaNet), %d latent "
         "attention (MLA); %d MoE, %d dense\n",
         c.num_layers, full, linear, mla, moe, c.num_layers - moe);
-    std::printf("hidden       %d, vocab %d, heads %d (kv %d) x %d, rotary dim %d, rope %s theta %g\n",
-                c.hidden_size, c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim(),
-                c.rope.type.c_str(), c.rope.theta);
+    std::printf(
+        "hidden       %d, vocab %d, heads %d (kv %d) x %d, rotary dim %d, rope %s theta %g\n",
+        c.hidden_size, c.vocab_size, c.num_heads, c.num_kv_heads, c.head_dim, c.rotary_dim(),
+        c.rope.type.c_str(), c.rope.theta);
     if (mla > 0)
       std::printf("MLA          q_lora %d, kv_lora %d, qk nope %d + rope %d, v %d\n", c.q_lora_rank,
                   c.kv_lora_rank, c.qk_nope_head_dim, c.qk_rope_head_dim, c.v_head_dim);
@@ -45,11 +47,12 @@ Runner add_inspect(CLI::App& app) {
       std::printf("linear attn  key heads %d x %d, value heads %d x %d, conv kernel %d\n",
                   c.linear_num_key_heads, c.linear_key_head_dim, c.linear_num_value_heads,
                   c.linear_value_head_dim, c.linear_conv_kernel);
-    std::printf("experts      %d per layer, top-%d%s, intermediate %d%s\n", c.num_experts, c.top_k,
-                c.norm_topk_prob ? " (renormalised)" : "", c.moe_intermediate_size,
-                c.shared_expert_intermediate_size
-                    ? (", shared expert " + std::to_string(c.shared_expert_intermediate_size)).c_str()
-                    : "");
+    std::printf(
+        "experts      %d per layer, top-%d%s, intermediate %d%s\n", c.num_experts, c.top_k,
+        c.norm_topk_prob ? " (renormalised)" : "", c.moe_intermediate_size,
+        c.shared_expert_intermediate_size
+            ? (", shared expert " + std::to_string(c.shared_expert_intermediate_size)).c_str()
+            : "");
     if (c.grouped_router())
       std::printf("router       sigmoid + correction bias, %d groups keep %d, scaling %g\n",
                   c.n_group, c.topk_group, c.routed_scaling_factor);
@@ -60,11 +63,12 @@ Runner add_inspect(CLI::App& app) {
       ++f.first;
       f.second += t.bytes;
     }
-    std::printf("resident     %s in %zu tensors (", human_bytes(double(pkg.resident_bytes())).c_str(),
-                pkg.manifest().resident.size());
+    std::printf("resident     %s in %zu tensors (",
+                human_bytes(double(pkg.resident_bytes())).c_str(), pkg.manifest().resident.size());
     bool first = true;
     for (const auto& [name, f] : fmts) {
-      std::printf("%s%s: %d, %s", first ? "" : "; ", name.c_str(), f.first, human_bytes(double(f.second)).c_str());
+      std::printf("%s%s: %d, %s", first ? "" : "; ", name.c_str(), f.first,
+                  human_bytes(double(f.second)).c_str());
       first = false;
     }
     std::printf(")\n");
@@ -75,11 +79,13 @@ Runner add_inspect(CLI::App& app) {
                 human_bytes(double(el.payload_bytes())).c_str(), kExpertAlignment);
     std::printf("per layer    %s\n", human_bytes(per_layer).c_str());
     std::printf("all experts  %s in %d layer files\n", human_bytes(per_layer * moe).c_str(), moe);
-    std::printf("per token    %s of experts at K=%d (%d MoE layers x %d x %s), if nothing is cached\n",
-                human_bytes(double(el.record_bytes) * c.top_k * moe).c_str(), c.top_k, moe, c.top_k,
-                human_bytes(double(el.record_bytes)).c_str());
+    std::printf(
+        "per token    %s of experts at K=%d (%d MoE layers x %d x %s), if nothing is cached\n",
+        human_bytes(double(el.record_bytes) * c.top_k * moe).c_str(), c.top_k, moe, c.top_k,
+        human_bytes(double(el.record_bytes)).c_str());
     std::printf("tokenizer    %s\n", pkg.manifest().tokenizer_files.empty() ? "(none)" : "");
-    for (const auto& f : pkg.manifest().tokenizer_files) std::printf("             %s\n", f.c_str());
+    for (const auto& f : pkg.manifest().tokenizer_files)
+      std::printf("             %s\n", f.c_str());
     return 0;
   };
 }

@@ -26,14 +26,16 @@ Runner add_logits(CLI::App& app) {
   add_model_option(cmd, &a->model);
   cmd->add_option("--tokens", a->tokens, "Comma-separated token ids, e.g. 1,2,3")->required();
   cmd->add_option("--out", a->out, "Output .npy file")->required();
-  cmd->add_option("--routing-trace", a->trace, "Also write the experts each token chose, per layer (JSONL)");
+  cmd->add_option("--routing-trace", a->trace,
+                  "Also write the experts each token chose, per layer (JSONL)");
   add_engine_options(cmd, &a->engine);
   return [a] {
     const std::vector<int> tokens = parse_int_list(a->tokens, "--tokens");
     EngineOptions opts = a->engine.to_options();
     check_output_path(a->out, "--out");
     if (!a->trace.empty()) check_output_path(a->trace, "--routing-trace");
-    auto model = Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
+    auto model =
+        Model::open(resolve_model_dir(a->model), {.verify_resident = !a->engine.no_verify});
     check_engine_options(opts, model->package());
     const ModelConfig& c = model->config();
     for (int t : tokens)
@@ -46,7 +48,8 @@ Runner add_logits(CLI::App& app) {
     trace.tokens.assign(tokens.size(), std::vector<std::vector<int>>(c.num_layers));
     if (!a->trace.empty())
       opts.on_routing = [&](int layer, int first_pos, const std::vector<RoutingRecord>& routes) {
-        for (size_t i = 0; i < routes.size(); ++i) trace.tokens[first_pos + i][layer] = routes[i].experts;
+        for (size_t i = 0; i < routes.size(); ++i)
+          trace.tokens[first_pos + i][layer] = routes[i].experts;
       };
     Session session(*model, opts);
     trace.top_k = session.active_experts();

@@ -87,7 +87,7 @@ Runner add_serve(CLI::App& app) {
     const EngineOptions engine_opts = a->engine.to_options();
     a->sampling.check();
     if (a->n > a->max_tokens) usage_fail("-n " + std::to_string(a->n) + " exceeds --max-tokens");
-    if (size_t(a->parallel) > engine_opts.prefill_chunk)
+    if (engine_opts.prefill_chunk > 0 && size_t(a->parallel) > engine_opts.prefill_chunk)
       usage_fail("--parallel " + std::to_string(a->parallel) + " exceeds --prefill-chunk " +
                  std::to_string(engine_opts.prefill_chunk) + " (rows of one forward pass)");
     size_t checkpoint_bytes = 0;

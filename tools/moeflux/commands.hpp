@@ -4,11 +4,11 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
-#include "core/human_bytes.hpp"
 #include <functional>
 #include <string>
 #include <vector>
+
+#include "core/human_bytes.hpp"
 
 namespace moeflux::tool {
 

@@ -52,7 +52,8 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
                   "cache into the GPU cache ahead of use, once that kind of prediction has been "
                   "right at least half the time (default 0: prefetch stops at the RAM cache)")
       ->check(integer_range(0, 1 << 20));
-  cmd->add_option("--prefill-chunk", a->prefill_chunk, "Prompt tokens per chunk (default 256)")
+  cmd->add_option("--prefill-chunk", a->prefill_chunk,
+                  "Prompt tokens per forward pass (default 512 on a GPU, 256 on the CPU)")
       ->check(integer_range(1, 1 << 20));
   if (context_option)
     cmd->add_option("--ctx", a->ctx,

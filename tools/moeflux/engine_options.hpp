@@ -28,8 +28,8 @@ struct EngineArgs {
   bool no_verify = false;
   std::string prefetch = "none";
   size_t prefetch_copies = 0;
-  size_t prefill_chunk = 256;
-  size_t ctx = 0;  // --ctx: 0 = the model's context
+  size_t prefill_chunk = 0;  // 0: the backend's default (EngineOptions)
+  size_t ctx = 0;            // --ctx: 0 = the model's context
   bool timing = false;
 
   // Validated options (throws moeflux::UsageError naming the bad option).
