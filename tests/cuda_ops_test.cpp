@@ -920,6 +920,66 @@ TEST_F(CudaOps, CombineWithSharedGate) {
   }
 }
 
+// The combine with the next layer's input norm fused: bit for bit the GPU's combine() then
+// rmsnorm(), for rows held in registers (1, 2, 4 or 8 elements a thread), short rows and rows
+// too long for registers; and the CPU's twin.
+TEST_F(CudaOps, CombineThenNormInOnePass) {
+  const size_t S = 9, K = 8;
+  for (size_t H : {size_t{40}, size_t{300}, size_t{1000}, size_t{2048}, size_t{4000}, size_t{7168},
+                   size_t{9000}}) {
+    for (size_t T : {size_t{1}, size_t{5}}) {
+      for (bool zc : {false, true}) {
+        SCOPED_TRACE("H " + std::to_string(H) + " T " + std::to_string(T) + " zc " +
+                     std::to_string(zc));
+        HostTensor slots(T * S, H), out(T, H), g(T, 1), w(1, T * K, 0), xn(T, H);
+        slots.randomize(rng_);
+        out.randomize(rng_);
+        g.randomize(rng_, -3, 3);
+        w.randomize(rng_);
+        const std::vector<float> nw = random_vector(H, rng_);
+        Mirror dslots = mirror(slots), dg = mirror(g), dw = mirror(w);
+        Mirror fused_out = mirror(out), fused_xn = mirror(xn);  // xn: NaN-poisoned
+        Mirror split_out = mirror(out), split_xn = mirror(xn);
+        CombineArgs a;
+        a.slots = slots.t;
+        a.slots_per_token = S;
+        a.routed = w.t.f32();
+        a.k = K;
+        a.gate = g.t;
+        a.out = out.t;
+        a.norm_out = xn.t;
+        a.norm_w = nw.data();
+        a.norm_eps = 1e-6f;
+        a.norm_zero_centered = zc;
+        CombineArgs d = a;
+        d.slots = dslots.t;
+        d.routed = dw.t.f32();
+        d.gate = dg.t;
+        d.out = fused_out.t;
+        d.norm_out = fused_xn.t;
+        d.norm_w = dev_floats(nw);
+        cpu_->combine(a);
+        gpu_->combine(d);
+        expect_twins(out, fused_out, 1e-6, "combine");
+        expect_twins(xn, fused_xn, 1e-5, "combine's norm");
+        CombineArgs plain = d;  // the same on the GPU in two ops
+        plain.out = split_out.t;
+        plain.norm_out = Tensor{};
+        gpu_->combine(plain);
+        gpu_->rmsnorm(split_out.t, d.norm_w, split_xn.t, 1e-6f, zc);
+        EXPECT_EQ(fetch(split_out), fetch(fused_out));
+        const std::vector<float> a_xn = fetch(split_xn), b_xn = fetch(fused_xn);
+        ASSERT_EQ(a_xn.size(), b_xn.size());
+        for (size_t i = 0; i < a_xn.size(); ++i) {  // NaN in the pitch's padding on both
+          if (!(std::isnan(a_xn[i]) && std::isnan(b_xn[i]))) {
+            ASSERT_EQ(a_xn[i], b_xn[i]) << "element " << i << " (seed " << seed_ << ")";
+          }
+        }
+      }
+    }
+  }
+}
+
 // Host rows into chosen rows of a device tensor, in issue order; the host rows may be reused
 // as soon as the call returns (they are staged).
 TEST_F(CudaOps, ScatterRowsFromHost) {

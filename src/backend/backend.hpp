@@ -179,6 +179,12 @@ struct CombineArgs {
   size_t k = 0;                   // K
   Tensor gate;                    // [T, 1] logits, or empty
   Tensor out;                     // [T, H]
+  // Then, when norm_out is given: norm_out = rmsnorm(out, norm_w) as Backend::rmsnorm (the next
+  // layer's input norm, in the same pass over out where the backend can).
+  Tensor norm_out;  // [T, H] or empty
+  const float* norm_w = nullptr;
+  float norm_eps = 0;
+  bool norm_zero_centered = false;
 };
 
 // A device's memory: in use (by any process) and in all; zeros for host memory.
@@ -369,7 +375,7 @@ class Backend {
                                   const IndexedExperts& ex, const Tensor& slots,
                                   size_t slots_per_token) = 0;
 
-  virtual void combine(const CombineArgs& a) = 0;
+  virtual void combine(const CombineArgs& a) = 0;  // and its norm (CombineArgs::norm_out)
 };
 
 }  // namespace moeflux

@@ -40,7 +40,7 @@ void issue_layers(const ForwardContext& ctx, const ModelWeights& w, std::span<co
       ScopedTimer timer(ctx.timer(l, &LayerTimes::prefetch));
       lookahead_prefetch(ctx, w.layers[l + 1], l + 1, zc, /*after_demand=*/lw.is_moe);
     }
-    mlp_sublayer(ctx, lw, l, zc);
+    mlp_sublayer(ctx, lw, l, zc, l + 1 < c.num_layers ? w.layers[l + 1].input_norm : nullptr);
   }
 }
 

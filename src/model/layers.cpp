@@ -20,10 +20,26 @@ Tensor rows_of(const Tensor& t, const SequenceChunk& s) {
 
 }  // namespace
 
-void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered) {
+void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered, int layer) {
+  // The combine of the layer before normalises with the family's convention (issue_layers).
+  MF_ASSERT(zero_centered == ctx.family.zero_centered_norms);
+  if (layer > 0) return;  // written by mlp_sublayer(layer - 1)
   ctx.be.rmsnorm(ctx.ws.h.rows_view(0, ctx.rows), w, ctx.ws.xn.rows_view(0, ctx.rows),
                  eps_of(ctx.config), zero_centered);
 }
+
+namespace {
+
+// The combine's fused norm: ws.xn = rmsnorm(h, w) when w is given (the next layer's input norm).
+void set_next_norm(const ForwardContext& ctx, const float* w, bool zero_centered, CombineArgs& cb) {
+  if (!w) return;
+  cb.norm_out = ctx.ws.xn.rows_view(0, ctx.rows);
+  cb.norm_w = w;
+  cb.norm_eps = eps_of(ctx.config);
+  cb.norm_zero_centered = zero_centered;
+}
+
+}  // namespace
 
 void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int layer, bool gated,
                      bool zero_centered) {
@@ -64,7 +80,7 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int l
 
 void gqa_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
   ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
-  input_norm(ctx, w.input_norm, /*zero_centered=*/false);
+  input_norm(ctx, w.input_norm, /*zero_centered=*/false, layer);
   attention_block(ctx, w.attn, layer, /*gated=*/false, /*zero_centered=*/false);
 }
 
@@ -354,7 +370,8 @@ ExpertTask all_rows_task(const ForwardContext& ctx, const MlpWeights& w, size_t 
 
 }  // namespace
 
-void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered) {
+void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered,
+                  const float* next_input_norm) {
   const ModelConfig& c = ctx.config;
   const size_t T = ctx.rows;
   const Tensor h = ctx.ws.h.rows_view(0, T);
@@ -367,6 +384,7 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
     cb.slots = ctx.ws.slots;
     cb.slots_per_token = 1;
     cb.out = h;
+    set_next_norm(ctx, next_input_norm, zero_centered, cb);
     ctx.be.combine(cb);
     return;
   }
@@ -400,6 +418,7 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
   cb.k = K;
   cb.gate = shared_gate;
   cb.out = h;
+  set_next_norm(ctx, next_input_norm, zero_centered, cb);
   ctx.be.combine(cb);
 }
 

@@ -10,8 +10,10 @@
 
 namespace moeflux {
 
-// ws.xn = rmsnorm(ws.h) with the family's norm convention (x·w or x·(1 + w)).
-void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered);
+// ws.xn = rmsnorm(ws.h) with the family's norm convention (x·w or x·(1 + w)), for the mixer of
+// `layer`. Only layer 0's is issued here: every later layer's was written by the combine that
+// ended the layer before (mlp_sublayer's next_input_norm), in the same pass over ws.h.
+void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered, int layer);
 
 // Multi-head attention with GQA, per-head q/k RMSNorm and RoPE over each sequence's KV cache;
 // with `gated`, q_proj yields per head [query | gate] and the output is multiplied by
@@ -33,9 +35,12 @@ void latent_attention_block(const ForwardContext& ctx, const LatentAttentionWeig
 void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, int layer);
 
 // The MLP half: h += mlp(rmsnorm(h, post_norm)) — the routed MoE block (router, experts
-// streamed per record, shared expert, combine) or a dense MLP. Updates each sequence's
-// last_routing for its last row and reports routing to ctx.on_routing.
-void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered);
+// streamed per record, shared expert, combine) or a dense MLP — then, when next_input_norm is
+// given (every layer but the last), ws.xn = rmsnorm(h, next_input_norm): the next layer's
+// input_norm(), fused into the combine. Updates each sequence's last_routing for its last row
+// and reports routing to ctx.on_routing.
+void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered,
+                  const float* next_input_norm);
 
 // Records the routing of MoE layer `layer` (read from the workspace's host area of that layer):
 // each sequence's last_routing for its last row, and ctx.on_routing. mlp_sublayer calls it,
