@@ -101,38 +101,54 @@ __device__ __forceinline__ float norm_scaled(float v, float inv, const float* w,
   return v * inv * (zero_centered ? 1.0f + w[d] : w[d]);
 }
 
-// y = x / sqrt(mean(x^2) + eps) * (zero_centered ? 1 + w : w), one block per vector; y may
-// alias x (each thread writes only the elements it read). PER > 0: the vector fits in the
-// block's registers (dim <= PER * blockDim.x), read once and all loads issued before the sum;
-// PER = 0: any dim, read twice. Thread i sums elements i, i + blockDim.x, ... in that order
-// either way, then block_sum (combine_norm_kernel relies on this order).
-template <int PER>
-__global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
-  await_inputs();
-  const float* xv = x.at(blockIdx.x);
-  float* yv = y.at(blockIdx.x);
+// One vector normalised by the block: element d is value(d) (written to keep[d] too when keep is
+// given, before the norm reads it back), y[d] = norm_scaled(value, 1 / rms). Thread i sums
+// elements i, i + blockDim.x, ... in that order, then block_sum: whatever value() is, the same
+// sums, so a fused producer (combine_norm_kernel) normalises bit for bit as rmsnorm_kernel does.
+template <int PER, class Value>
+__device__ __forceinline__ void norm_row(int dim, Value value, float* keep, const float* w,
+                                         float* y, float eps, int zero_centered) {
   float ss = 0.0f;
   if constexpr (PER > 0) {
     float v[PER];
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
       const int d = threadIdx.x + i * blockDim.x;
-      v[i] = d < x.dim ? xv[d] : 0.0f;
+      v[i] = d < dim ? value(d) : 0.0f;
+      if (keep && d < dim) keep[d] = v[i];
     }
 #pragma unroll
     for (int i = 0; i < PER; ++i) ss += v[i] * v[i];
-    const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
+    const float inv = rsqrtf(block_sum(ss) / dim + eps);
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
       const int d = threadIdx.x + i * blockDim.x;
-      if (d < x.dim) yv[d] = norm_scaled(v[i], inv, w, d, zero_centered);
+      if (d < dim) y[d] = norm_scaled(v[i], inv, w, d, zero_centered);
     }
   } else {
-    for (int d = threadIdx.x; d < x.dim; d += blockDim.x) ss += xv[d] * xv[d];
-    const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
-    for (int d = threadIdx.x; d < x.dim; d += blockDim.x)
-      yv[d] = norm_scaled(xv[d], inv, w, d, zero_centered);
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+      const float e = value(d);
+      if (keep) keep[d] = e;
+      ss += e * e;
+    }
+    const float inv = rsqrtf(block_sum(ss) / dim + eps);
+    // Read again: y may alias the source (each thread rewrites only its own elements).
+    for (int d = threadIdx.x; d < dim; d += blockDim.x)
+      y[d] = norm_scaled(keep ? keep[d] : value(d), inv, w, d, zero_centered);
   }
+}
+
+// y = x / sqrt(mean(x^2) + eps) * (zero_centered ? 1 + w : w), one block per vector; y may
+// alias x (each thread writes only the elements it read). PER > 0: the vector fits in the
+// block's registers (dim <= PER * blockDim.x), read once and all loads issued before the sum;
+// PER = 0: any dim, read twice. Thread i sums elements i, i + blockDim.x, ... in that order
+// either way (norm_row).
+template <int PER>
+__global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
+  await_inputs();
+  const float* xv = x.at(blockIdx.x);
+  norm_row<PER>(
+      x.dim, [xv](int d) { return xv[d]; }, nullptr, w, y.at(blockIdx.x), eps, zero_centered);
 }
 
 // y = rmsnorm(x) * w * silu(z), one block per (row, head).
@@ -435,36 +451,10 @@ template <int PER>
 __global__ void combine_norm_kernel(CombineRows a, const float* w, float eps, int zero_centered,
                                     float* y, size_t ldy) {
   await_inputs();
-  const int t = blockIdx.x, H = a.H;
-  float* o = a.out + t * a.ldo;
-  float* yv = y + t * ldy;
-  float ss = 0.0f;
-  if constexpr (PER > 0) {
-    float v[PER];
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const int d = threadIdx.x + i * blockDim.x;
-      v[i] = d < H ? combined(a, t, d) : 0.0f;
-      if (d < H) o[d] = v[i];
-    }
-#pragma unroll
-    for (int i = 0; i < PER; ++i) ss += v[i] * v[i];
-    const float inv = rsqrtf(block_sum(ss) / H + eps);
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-      const int d = threadIdx.x + i * blockDim.x;
-      if (d < H) yv[d] = norm_scaled(v[i], inv, w, d, zero_centered);
-    }
-  } else {
-    for (int d = threadIdx.x; d < H; d += blockDim.x) {
-      const float e = combined(a, t, d);
-      o[d] = e;
-      ss += e * e;
-    }
-    const float inv = rsqrtf(block_sum(ss) / H + eps);
-    for (int d = threadIdx.x; d < H; d += blockDim.x)
-      yv[d] = norm_scaled(o[d], inv, w, d, zero_centered);  // this thread's own write
-  }
+  const int t = blockIdx.x;
+  norm_row<PER>(
+      a.H, [&a, t](int d) { return combined(a, t, d); }, a.out + t * a.ldo, w, y + t * ldy, eps,
+      zero_centered);
 }
 
 // rmsnorm_kernel's launch for vectors of dim elements: few long vectors (a decode row: one
