@@ -920,9 +920,9 @@ TEST_F(CudaOps, CombineWithSharedGate) {
   }
 }
 
-// The combine with the next layer's input norm fused: bit for bit the GPU's combine() then
-// rmsnorm(), for rows held in registers (1, 2, 4 or 8 elements a thread), short rows and rows
-// too long for registers; and the CPU's twin.
+// The combine with the next layer's input norm: bit for bit the GPU's combine() then rmsnorm()
+// (one pass over the row where the backend fuses them), for rows held in registers (1, 2, 4 or 8
+// elements a thread), short rows and rows too long for registers; and the CPU's twin.
 TEST_F(CudaOps, CombineThenNormInOnePass) {
   const size_t S = 9, K = 8;
   for (size_t H : {size_t{40}, size_t{300}, size_t{1000}, size_t{2048}, size_t{4000}, size_t{7168},
