@@ -937,6 +937,7 @@ TEST_F(CudaOps, CombineThenNormInOnePass) {
         g.randomize(rng_, -3, 3);
         w.randomize(rng_);
         const std::vector<float> nw = random_vector(H, rng_);
+        const float* dnw = dev_floats(nw);
         Mirror dslots = mirror(slots), dg = mirror(g), dw = mirror(w);
         Mirror fused_out = mirror(out), fused_xn = mirror(xn);  // xn: NaN-poisoned
         Mirror split_out = mirror(out), split_xn = mirror(xn);
@@ -947,26 +948,19 @@ TEST_F(CudaOps, CombineThenNormInOnePass) {
         a.k = K;
         a.gate = g.t;
         a.out = out.t;
-        a.norm_out = xn.t;
-        a.norm_w = nw.data();
-        a.norm_eps = 1e-6f;
-        a.norm_zero_centered = zc;
         CombineArgs d = a;
         d.slots = dslots.t;
         d.routed = dw.t.f32();
         d.gate = dg.t;
         d.out = fused_out.t;
-        d.norm_out = fused_xn.t;
-        d.norm_w = dev_floats(nw);
-        cpu_->combine(a);
-        gpu_->combine(d);
+        cpu_->combine_norm(a, nw.data(), 1e-6f, zc, xn.t);
+        gpu_->combine_norm(d, dnw, 1e-6f, zc, fused_xn.t);
         expect_twins(out, fused_out, 1e-6, "combine");
         expect_twins(xn, fused_xn, 1e-5, "combine's norm");
         CombineArgs plain = d;  // the same on the GPU in two ops
         plain.out = split_out.t;
-        plain.norm_out = Tensor{};
         gpu_->combine(plain);
-        gpu_->rmsnorm(split_out.t, d.norm_w, split_xn.t, 1e-6f, zc);
+        gpu_->rmsnorm(split_out.t, dnw, split_xn.t, 1e-6f, zc);
         EXPECT_EQ(fetch(split_out), fetch(fused_out));
         const std::vector<float> a_xn = fetch(split_xn), b_xn = fetch(fused_xn);
         ASSERT_EQ(a_xn.size(), b_xn.size());

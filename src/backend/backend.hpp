@@ -179,12 +179,6 @@ struct CombineArgs {
   size_t k = 0;                   // K
   Tensor gate;                    // [T, 1] logits, or empty
   Tensor out;                     // [T, H]
-  // Then, when norm_out is given: norm_out = rmsnorm(out, norm_w) as Backend::rmsnorm (the next
-  // layer's input norm, in the same pass over out where the backend can).
-  Tensor norm_out;  // [T, H] or empty
-  const float* norm_w = nullptr;
-  float norm_eps = 0;
-  bool norm_zero_centered = false;
 };
 
 // A device's memory: in use (by any process) and in all; zeros for host memory.
@@ -375,7 +369,16 @@ class Backend {
                                   const IndexedExperts& ex, const Tensor& slots,
                                   size_t slots_per_token) = 0;
 
-  virtual void combine(const CombineArgs& a) = 0;  // and its norm (CombineArgs::norm_out)
+  virtual void combine(const CombineArgs& a) = 0;
+
+  // combine(a), then y = rmsnorm(a.out, w) (as rmsnorm(), with eps and zero_centered): a layer's
+  // combine and the next layer's input norm. This composition by default; a backend may do both
+  // in one pass over out.
+  virtual void combine_norm(const CombineArgs& a, const float* w, float eps, bool zero_centered,
+                            const Tensor& y) {
+    combine(a);
+    rmsnorm(a.out, w, y, eps, zero_centered);
+  }
 };
 
 }  // namespace moeflux

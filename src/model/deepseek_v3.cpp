@@ -11,7 +11,7 @@ namespace {
 
 void mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
   ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
-  input_norm(ctx, w.input_norm, /*zero_centered=*/false, layer);
+  input_norm(ctx, w.input_norm, layer);
   latent_attention_block(ctx, w.mla, layer);
 }
 

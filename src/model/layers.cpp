@@ -20,23 +20,23 @@ Tensor rows_of(const Tensor& t, const SequenceChunk& s) {
 
 }  // namespace
 
-void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered, int layer) {
-  // The combine of the layer before normalises with the family's convention (issue_layers).
-  MF_ASSERT(zero_centered == ctx.family.zero_centered_norms);
+void input_norm(const ForwardContext& ctx, const float* w, int layer) {
   if (layer > 0) return;  // written by mlp_sublayer(layer - 1)
   ctx.be.rmsnorm(ctx.ws.h.rows_view(0, ctx.rows), w, ctx.ws.xn.rows_view(0, ctx.rows),
-                 eps_of(ctx.config), zero_centered);
+                 eps_of(ctx.config), ctx.family.zero_centered_norms);
 }
 
 namespace {
 
-// The combine's fused norm: ws.xn = rmsnorm(h, w) when w is given (the next layer's input norm).
-void set_next_norm(const ForwardContext& ctx, const float* w, bool zero_centered, CombineArgs& cb) {
-  if (!w) return;
-  cb.norm_out = ctx.ws.xn.rows_view(0, ctx.rows);
-  cb.norm_w = w;
-  cb.norm_eps = eps_of(ctx.config);
-  cb.norm_zero_centered = zero_centered;
+// The layer's combine, and with next_input_norm the next layer's input_norm() with it:
+// ws.xn = rmsnorm(h) (the family's convention, as input_norm()).
+void combine_into_h(const ForwardContext& ctx, const CombineArgs& cb,
+                    const float* next_input_norm) {
+  if (next_input_norm)
+    ctx.be.combine_norm(cb, next_input_norm, eps_of(ctx.config), ctx.family.zero_centered_norms,
+                        ctx.ws.xn.rows_view(0, ctx.rows));
+  else
+    ctx.be.combine(cb);
 }
 
 }  // namespace
@@ -80,7 +80,7 @@ void attention_block(const ForwardContext& ctx, const AttentionWeights& w, int l
 
 void gqa_mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
   ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
-  input_norm(ctx, w.input_norm, /*zero_centered=*/false, layer);
+  input_norm(ctx, w.input_norm, layer);
   attention_block(ctx, w.attn, layer, /*gated=*/false, /*zero_centered=*/false);
 }
 
@@ -384,8 +384,7 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
     cb.slots = ctx.ws.slots;
     cb.slots_per_token = 1;
     cb.out = h;
-    set_next_norm(ctx, next_input_norm, zero_centered, cb);
-    ctx.be.combine(cb);
+    combine_into_h(ctx, cb, next_input_norm);
     return;
   }
   const size_t K = ctx.active_experts, S = K + (w.moe.has_shared ? 1 : 0);
@@ -418,8 +417,7 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
   cb.k = K;
   cb.gate = shared_gate;
   cb.out = h;
-  set_next_norm(ctx, next_input_norm, zero_centered, cb);
-  ctx.be.combine(cb);
+  combine_into_h(ctx, cb, next_input_norm);
 }
 
 void lookahead_prefetch(const ForwardContext& ctx, const LayerWeights& next_w, int next,

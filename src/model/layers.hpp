@@ -13,7 +13,7 @@ namespace moeflux {
 // ws.xn = rmsnorm(ws.h) with the family's norm convention (x·w or x·(1 + w)), for the mixer of
 // `layer`. Only layer 0's is issued here: every later layer's was written by the combine that
 // ended the layer before (mlp_sublayer's next_input_norm), in the same pass over ws.h.
-void input_norm(const ForwardContext& ctx, const float* w, bool zero_centered, int layer);
+void input_norm(const ForwardContext& ctx, const float* w, int layer);
 
 // Multi-head attention with GQA, per-head q/k RMSNorm and RoPE over each sequence's KV cache;
 // with `gated`, q_proj yields per head [query | gate] and the output is multiplied by
@@ -37,8 +37,8 @@ void deltanet_block(const ForwardContext& ctx, const DeltaNetWeights& w, int lay
 // The MLP half: h += mlp(rmsnorm(h, post_norm)) — the routed MoE block (router, experts
 // streamed per record, shared expert, combine) or a dense MLP — then, when next_input_norm is
 // given (every layer but the last), ws.xn = rmsnorm(h, next_input_norm): the next layer's
-// input_norm(), fused into the combine. Updates each sequence's last_routing for its last row
-// and reports routing to ctx.on_routing.
+// input_norm(), with the combine (Backend::combine_norm). Updates each sequence's last_routing for
+// its last row and reports routing to ctx.on_routing.
 void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, bool zero_centered,
                   const float* next_input_norm);
 

@@ -11,7 +11,7 @@ namespace {
 
 void mixer(const ForwardContext& ctx, const LayerWeights& w, int layer) {
   ScopedTimer timer(ctx.timer(layer, &LayerTimes::attention));
-  input_norm(ctx, w.input_norm, /*zero_centered=*/true, layer);
+  input_norm(ctx, w.input_norm, layer);
   if (w.kind == LayerKind::LinearAttention)
     deltanet_block(ctx, w.lin, layer);
   else

@@ -208,7 +208,6 @@ void CpuBackend::combine(const CombineArgs& a) {
         }
       },
       std::max<size_t>(1, 16384 / (S * H)));
-  if (!a.norm_out.empty()) rmsnorm(a.out, a.norm_w, a.norm_out, a.norm_eps, a.norm_zero_centered);
 }
 
 }  // namespace moeflux

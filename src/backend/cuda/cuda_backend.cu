@@ -1016,22 +1016,12 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
 }
 
 void CudaBackend::combine(const CombineArgs& a) {
-  combine_rows(a);
-  // The next layer's input norm as its own launch (timed as rmsnorm). The fused kernel (one
-  // block per row doing both) is written on branch wip/combine-norm and waits for a run on the
-  // GPU.
-  if (!a.norm_out.empty()) rmsnorm(a.out, a.norm_w, a.norm_out, a.norm_eps, a.norm_zero_centered);
-}
-
-void CudaBackend::combine_rows(const CombineArgs& a) {
   const OpTimer timer(*this, "combine", a.out.rows());
   const size_t S = a.slots_per_token, K = a.k;
   MF_ASSERT(a.out.rank == 2 && a.slots.rank == 2 && S >= K && S > 0);
   const size_t T = a.out.rows(), H = a.out.shape[1];
   MF_ASSERT(a.slots.rows() >= T * S && a.slots.shape[1] == H && (K == 0 || a.routed));
   MF_ASSERT(a.gate.empty() || (a.gate.rank == 2 && a.gate.rows() == T));
-  MF_ASSERT(a.norm_out.empty() ||
-            (a.norm_w && a.norm_out.rank == 2 && a.norm_out.shape == a.out.shape));
   if (T == 0) return;
   combine_kernel<<<blocks_for(T * H, 256), 256, 0, stream_>>>(
       a.slots.f32(), a.slots.pitch(), static_cast<int>(S), a.routed, static_cast<int>(K),
