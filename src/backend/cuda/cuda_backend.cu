@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_backend.hpp"
@@ -94,39 +95,60 @@ __device__ float block_sum(float v) {
   return warp_sum(s);
 }
 
-// y = x / sqrt(mean(x^2) + eps) * (zero_centered ? 1 + w : w), one block per vector; y may
-// alias x (each thread writes only the elements it read). PER > 0: the vector fits in the
-// block's registers (dim <= PER * blockDim.x), read once and all loads issued before the sum;
-// PER = 0: any dim, read twice.
-template <int PER>
-__global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
-  await_inputs();
-  const float* xv = x.at(blockIdx.x);
-  float* yv = y.at(blockIdx.x);
+// Element d of a normalised vector: v / rms * (zero_centered ? 1 + w : w), inv = 1 / rms.
+__device__ __forceinline__ float norm_scaled(float v, float inv, const float* w, int d,
+                                             int zero_centered) {
+  return v * inv * (zero_centered ? 1.0f + w[d] : w[d]);
+}
+
+// One vector normalised by the block: element d is value(d) (written to keep[d] too when keep is
+// given, before the norm reads it back), y[d] = norm_scaled(value, 1 / rms). Thread i sums
+// elements i, i + blockDim.x, ... in that order, then block_sum: whatever value() is, the same
+// sums, so a fused producer (combine_norm_kernel) normalises bit for bit as rmsnorm_kernel does.
+template <int PER, class Value>
+__device__ __forceinline__ void norm_row(int dim, Value value, float* keep, const float* w,
+                                         float* y, float eps, int zero_centered) {
   float ss = 0.0f;
   if constexpr (PER > 0) {
     float v[PER];
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
       const int d = threadIdx.x + i * blockDim.x;
-      v[i] = d < x.dim ? xv[d] : 0.0f;
+      v[i] = d < dim ? value(d) : 0.0f;
+      if (keep && d < dim) keep[d] = v[i];
     }
 #pragma unroll
     for (int i = 0; i < PER; ++i) ss += v[i] * v[i];
-    const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
+    const float inv = rsqrtf(block_sum(ss) / dim + eps);
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
       const int d = threadIdx.x + i * blockDim.x;
-      if (d < x.dim) yv[d] = v[i] * inv * (zero_centered ? 1.0f + w[d] : w[d]);
+      if (d < dim) y[d] = norm_scaled(v[i], inv, w, d, zero_centered);
     }
   } else {
-    for (int d = threadIdx.x; d < x.dim; d += blockDim.x) ss += xv[d] * xv[d];
-    const float inv = rsqrtf(block_sum(ss) / x.dim + eps);
-    for (int d = threadIdx.x; d < x.dim; d += blockDim.x) {
-      const float g = zero_centered ? 1.0f + w[d] : w[d];
-      yv[d] = xv[d] * inv * g;
+    for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+      const float e = value(d);
+      if (keep) keep[d] = e;
+      ss += e * e;
     }
+    const float inv = rsqrtf(block_sum(ss) / dim + eps);
+    // Read again: y may alias the source (each thread rewrites only its own elements).
+    for (int d = threadIdx.x; d < dim; d += blockDim.x)
+      y[d] = norm_scaled(keep ? keep[d] : value(d), inv, w, d, zero_centered);
   }
+}
+
+// y = x / sqrt(mean(x^2) + eps) * (zero_centered ? 1 + w : w), one block per vector; y may
+// alias x (each thread writes only the elements it read). PER > 0: the vector fits in the
+// block's registers (dim <= PER * blockDim.x), read once and all loads issued before the sum;
+// PER = 0: any dim, read twice. Thread i sums elements i, i + blockDim.x, ... in that order
+// either way (norm_row).
+template <int PER>
+__global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
+  await_inputs();
+  const float* xv = x.at(blockIdx.x);
+  norm_row<PER>(
+      x.dim, [xv](int d) { return xv[d]; }, nullptr, w, y.at(blockIdx.x), eps, zero_centered);
 }
 
 // y = rmsnorm(x) * w * silu(z), one block per (row, head).
@@ -388,20 +410,85 @@ __global__ void scatter_rows_kernel(const float* src, const int32_t* rows, int n
   dst[size_t(rows[j]) * ldd + c] = src[i];
 }
 
-// out[t] += Σ_s w[t,s] slots[t*S + s] in slot order; w from routed (s < K) or the gate.
-__global__ void combine_kernel(const float* slots, size_t lds, int S, const float* routed, int K,
-                               const float* gate, size_t ldg, float* out, size_t ldo, int T,
-                               int H) {
+// A combine's operands (CombineArgs on the device).
+struct CombineRows {
+  const float* slots;
+  size_t lds;
+  int S;
+  const float* routed;
+  int K;
+  const float* gate;
+  size_t ldg;
+  float* out;
+  size_t ldo;
+  int T, H;
+};
+
+// out[t][c] + Σ_s w[t,s] slots[t*S + s][c] in slot order; w from routed (s < K) or the gate.
+__device__ __forceinline__ float combined(const CombineRows& a, int t, int c) {
+  float o = a.out[t * a.ldo + c];
+  for (int s = 0; s < a.S; ++s) {
+    const float w =
+        s < a.K ? a.routed[t * a.K + s] : (a.gate ? sigmoidf_(a.gate[t * a.ldg]) : 1.0f);
+    o += w * a.slots[(static_cast<size_t>(t) * a.S + s) * a.lds + c];
+  }
+  return o;
+}
+
+__global__ void combine_kernel(CombineRows a) {
   await_inputs();
   const size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x;
-  if (i >= size_t(T) * H) return;
-  const int t = static_cast<int>(i / H), c = static_cast<int>(i % H);
-  float o = out[t * ldo + c];
-  for (int s = 0; s < S; ++s) {
-    const float w = s < K ? routed[t * K + s] : (gate ? sigmoidf_(gate[t * ldg]) : 1.0f);
-    o += w * slots[(static_cast<size_t>(t) * S + s) * lds + c];
+  if (i >= size_t(a.T) * a.H) return;
+  const int t = static_cast<int>(i / a.H), c = static_cast<int>(i % a.H);
+  a.out[t * a.ldo + c] = combined(a, t, c);
+}
+
+// combine_kernel's sums for row t = blockIdx.x, written to out, then the row normalised into y
+// as rmsnorm_kernel<PER> does it with the same block size (each thread's elements summed in the
+// same order, the same block_sum and expression): bit for bit combine() then rmsnorm(), in one
+// pass over the row.
+template <int PER>
+__global__ void combine_norm_kernel(CombineRows a, const float* w, float eps, int zero_centered,
+                                    float* y, size_t ldy) {
+  await_inputs();
+  const int t = blockIdx.x;
+  norm_row<PER>(
+      a.H, [&a, t](int d) { return combined(a, t, d); }, a.out + t * a.ldo, w, y + t * ldy, eps,
+      zero_centered);
+}
+
+// rmsnorm_kernel's launch for vectors of dim elements: few long vectors (a decode row: one
+// block) get a wide block holding the vector in registers (per elements a thread: 1, 2, 4 or
+// 8); short or very long ones a narrower block, per 1 when one element a thread covers the
+// vector, else 0 (the loop).
+struct NormShape {
+  int threads, per;
+};
+NormShape norm_shape(int dim) {
+  if (dim > 512 && dim <= 8 * 1024) {
+    const int threads = dim <= 1024 ? 256 : 1024;
+    const int per = (dim + threads - 1) / threads;  // 1 .. 8
+    return {threads, per <= 1 ? 1 : per <= 2 ? 2 : per <= 4 ? 4 : 8};
   }
-  out[t * ldo + c] = o;
+  const int threads = dim >= 512 ? 256 : dim >= 128 ? 128 : 32;
+  return {threads, dim <= threads ? 1 : 0};
+}
+
+// f(std::integral_constant<int, PER>) for a NormShape's per.
+template <class F>
+void with_norm_per(int per, F&& f) {
+  switch (per) {
+    case 0:
+      return f(std::integral_constant<int, 0>{});
+    case 1:
+      return f(std::integral_constant<int, 1>{});
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    default:
+      return f(std::integral_constant<int, 8>{});
+  }
 }
 
 }  // namespace
@@ -881,27 +968,12 @@ void CudaBackend::rmsnorm(const Tensor& x, const float* w, const Tensor& y, floa
   MF_ASSERT(x.rank == y.rank && x.shape == y.shape && w != nullptr);
   if (x.empty()) return;
   const Vecs xv = vecs_of(x), yv = vecs_of(y);
-  // Few long vectors (a decode row: one block) get a wide block holding the vector in
-  // registers; many short ones (per-head norms) a narrow block each.
   const unsigned blocks = static_cast<unsigned>(xv.count);
-  if (xv.dim > 512 && xv.dim <= 8 * 1024) {
-    const int threads = xv.dim <= 1024 ? 256 : 1024;
-    const int per = (xv.dim + threads - 1) / threads;  // 1 .. 8
-    if (per <= 1)
-      rmsnorm_kernel<1><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
-    else if (per <= 2)
-      rmsnorm_kernel<2><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
-    else if (per <= 4)
-      rmsnorm_kernel<4><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
-    else
-      rmsnorm_kernel<8><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
-  } else {
-    const int threads = xv.dim >= 512 ? 256 : xv.dim >= 128 ? 128 : 32;
-    if (xv.dim <= threads)
-      rmsnorm_kernel<1><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
-    else
-      rmsnorm_kernel<0><<<blocks, threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
-  }
+  const NormShape ns = norm_shape(xv.dim);
+  with_norm_per(ns.per, [&](auto per) {
+    rmsnorm_kernel<decltype(per)::value>
+        <<<blocks, ns.threads, 0, stream_>>>(xv, w, yv, eps, zero_centered);
+  });
   check_launch("rmsnorm");
 }
 
@@ -1015,19 +1087,51 @@ void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
   check_launch("copy");
 }
 
-void CudaBackend::combine(const CombineArgs& a) {
-  const OpTimer timer(*this, "combine", a.out.rows());
+namespace {
+
+// The operands of combine_kernel / combine_norm_kernel, checked.
+CombineRows combine_rows(const CombineArgs& a) {
   const size_t S = a.slots_per_token, K = a.k;
   MF_ASSERT(a.out.rank == 2 && a.slots.rank == 2 && S >= K && S > 0);
   const size_t T = a.out.rows(), H = a.out.shape[1];
   MF_ASSERT(a.slots.rows() >= T * S && a.slots.shape[1] == H && (K == 0 || a.routed));
   MF_ASSERT(a.gate.empty() || (a.gate.rank == 2 && a.gate.rows() == T));
-  if (T == 0) return;
-  combine_kernel<<<blocks_for(T * H, 256), 256, 0, stream_>>>(
-      a.slots.f32(), a.slots.pitch(), static_cast<int>(S), a.routed, static_cast<int>(K),
-      a.gate.empty() ? nullptr : a.gate.f32(), a.gate.empty() ? 0 : a.gate.pitch(), a.out.f32(),
-      a.out.pitch(), static_cast<int>(T), static_cast<int>(H));
+  return {a.slots.f32(),
+          a.slots.pitch(),
+          static_cast<int>(S),
+          a.routed,
+          static_cast<int>(K),
+          a.gate.empty() ? nullptr : a.gate.f32(),
+          a.gate.empty() ? 0 : a.gate.pitch(),
+          a.out.f32(),
+          a.out.pitch(),
+          static_cast<int>(T),
+          static_cast<int>(H)};
+}
+
+}  // namespace
+
+void CudaBackend::combine(const CombineArgs& a) {
+  const OpTimer timer(*this, "combine", a.out.rows());
+  const CombineRows rows = combine_rows(a);
+  if (rows.T == 0) return;
+  combine_kernel<<<blocks_for(size_t(rows.T) * rows.H, 256), 256, 0, stream_>>>(rows);
   check_launch("combine");
+}
+
+void CudaBackend::combine_norm(const CombineArgs& a, const float* w, float eps, bool zero_centered,
+                               const Tensor& y) {
+  const OpTimer timer(*this, "combine_norm", a.out.rows());
+  const CombineRows rows = combine_rows(a);
+  MF_ASSERT(w && y.rank == 2 && y.shape == a.out.shape);
+  if (rows.T == 0) return;
+  const NormShape ns = norm_shape(rows.H);  // a block per row, as rmsnorm() launches
+  with_norm_per(ns.per, [&](auto per) {
+    combine_norm_kernel<decltype(per)::value>
+        <<<static_cast<unsigned>(rows.T), ns.threads, 0, stream_>>>(
+            rows, w, eps, zero_centered ? 1 : 0, y.f32(), y.pitch());
+  });
+  check_launch("combine_norm");
 }
 
 std::unique_ptr<Backend> make_backend(const CudaOptions& opts) {

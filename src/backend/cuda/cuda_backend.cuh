@@ -81,6 +81,8 @@ class CudaBackend final : public Backend {
   void expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t k, const IndexedExperts& ex,
                           const Tensor& slots, size_t slots_per_token) override;
   void combine(const CombineArgs& a) override;
+  void combine_norm(const CombineArgs& a, const float* w, float eps, bool zero_centered,
+                    const Tensor& y) override;
   // expert_ffn_indexed with the pairs grouped by expert on the device (cuda_moe.cu): taken
   // for batches of more than kMatvecRows rows averaging kGroupedPairsPerExpert pairs per expert.
   void expert_ffn_grouped(const Tensor& X, const int32_t* ids, size_t k, const IndexedExperts& ex,
