@@ -583,6 +583,9 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   // MOEFLUX_CUDA_DELTA_CHUNKED=0: prompts run the DeltaNet recurrence token by token (to compare).
   const char* chunked = std::getenv("MOEFLUX_CUDA_DELTA_CHUNKED");
   delta_chunked_ = !(chunked && std::string(chunked) == "0");
+  // MOEFLUX_CUDA_FUSED_NORM=0: the combine and the next layer's norm as two kernels (to compare).
+  const char* fused = std::getenv("MOEFLUX_CUDA_FUSED_NORM");
+  fused_combine_norm_ = !(fused && std::string(fused) == "0");
   MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
   MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));
@@ -1121,6 +1124,7 @@ void CudaBackend::combine(const CombineArgs& a) {
 
 void CudaBackend::combine_norm(const CombineArgs& a, const float* w, float eps, bool zero_centered,
                                const Tensor& y) {
+  if (!fused_combine_norm_) return Backend::combine_norm(a, w, eps, zero_centered, y);
   const OpTimer timer(*this, "combine_norm", a.out.rows());
   const CombineRows rows = combine_rows(a);
   MF_ASSERT(w && y.rank == 2 && y.shape == a.out.shape);

@@ -222,6 +222,7 @@ class CudaBackend final : public Backend {
   uint64_t recording_key_ = 0, runs_ = 0;
   bool capturing_ = false, graphs_enabled_ = true;
   bool delta_chunked_ = true;  // gated_delta_rule's chunked form for prompts (cuda_deltanet.cu)
+  bool fused_combine_norm_ = true;  // combine_norm in one kernel (else combine, then rmsnorm)
   // A recording's kernel-to-kernel edges made programmatic (each kernel's preamble overlaps the
   // end of the one before; cuda_kernels.cuh await_inputs): sm_90+, MOEFLUX_CUDA_PDL != 0.
   bool programmatic_edges_ = true;
