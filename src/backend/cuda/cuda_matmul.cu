@@ -14,8 +14,10 @@
 // Both add bias, then store, accumulate or apply the SwiGLU epilogues of MatmulMode.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_check.hpp"
@@ -67,6 +69,35 @@ __device__ __forceinline__ void stage_x_row(const float* x, int cols, float* xs)
   }
 }
 
+// The bytes of the warp's R rows that its first column step does not load (a lane's chunk
+// is 16 bytes: the step covers 512 bytes of each row's codes and their groups' scales and
+// biases), asked of L2 at once (prefetch_l2): the later steps then wait for L2, not DRAM, and
+// where the weights never change the prefetch is issued before the kernel waits for the one
+// before it, so under programmatic edges their fetch overlaps that kernel. Lane p R + r names
+// row r's part p: codes, scales, biases (then the second matrix's, DUAL). A hint only: the
+// products are the same, bit for bit, with it or without (MOEFLUX_CUDA_L2_PREFETCH=0).
+template <int CODE, int R, bool DUAL>
+__device__ __forceinline__ void prefetch_later_steps(const MatmulDesc& d, int row0, int lane) {
+  constexpr int CH = Chunk<CODE>::n, kStep = 32 * CH;  // elements of a row per column step
+  constexpr bool kScaled = CODE == kQ8 || CODE == kA4 || CODE == kA8;
+  constexpr int kParts = (kScaled ? (kNeedsXSum<CODE> ? 3 : 2) : 1) * (DUAL ? 2 : 1);
+  if constexpr (CODE == kGeneric) return;
+  const int part = lane / R, row = row0 + lane % R;
+  if (part >= kParts || row >= d.w.rows || d.w.cols <= kStep) return;
+  constexpr int kPerMatrix = kParts / (DUAL ? 2 : 1);
+  const DevMat& w = part < kPerMatrix ? d.w : d.w2;
+  const int what = part % kPerMatrix;  // 0 codes, 1 scales, 2 biases
+  if (what == 0) {
+    const uint8_t* r = w.data + static_cast<size_t>(row) * w.row_bytes;
+    prefetch_l2(r + 512, w.row_bytes - 512);
+  } else {
+    const int group = CODE == kQ8 ? 32 : w.group;
+    const int groups = w.cols / group, first = kStep / group;  // groups per row, per step
+    const uint8_t* base = what == 1 ? w.scales : w.biases;
+    prefetch_l2(base + 2 * (static_cast<size_t>(row) * groups + first), 2 * size_t(groups - first));
+  }
+}
+
 // Each warp computes R consecutive rows of W (rows [R (8 blockIdx.x + warp), ... + R)), lanes
 // splitting the columns in chunks: a lane's loads of one column step, R chunks (2R for a dual
 // product), are all issued before any is decoded, so R 16-byte loads per lane are in flight,
@@ -78,8 +109,9 @@ template <int CODE, int NT, bool SMEM, int R, bool DUAL>
 // descs_written: an earlier kernel wrote the descriptors (device-side routing), so they are
 // read only after await_inputs(); otherwise the descriptor and the first column step's weights
 // (which never change) are loaded before it, while the kernel before may still run.
+// l2_prefetch: prefetch_later_steps (a hint; MOEFLUX_CUDA_L2_PREFETCH=0 turns it off, to compare).
 __global__ void __launch_bounds__(kWarps * 32)
-    matvec_kernel(const MatmulDesc* descs, bool descs_written) {
+    matvec_kernel(const MatmulDesc* descs, bool descs_written, bool l2_prefetch) {
   if (descs_written) await_inputs();
   // A copy in registers: the loop's address arithmetic must not reload fields from memory.
   const MatmulDesc d = descs[blockIdx.y];
@@ -106,6 +138,7 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   };
   load_step(lane * CH);
+  if (l2_prefetch) prefetch_later_steps<CODE, R, DUAL>(d, row0, lane);
   if (!descs_written) await_inputs();  // X may be the kernel before's output
   extern __shared__ float4 xs4[];
   float* xs = reinterpret_cast<float*>(xs4);
@@ -663,6 +696,16 @@ size_t opt_in_smem_limit() {
 
 // Launches matvec_kernel with `smem` bytes of dynamic shared memory, opting the kernel into
 // more than 48 KB first when it needs that (once per kernel and size reached).
+// Whether the matrix-vector kernels prefetch their rows' later column steps into L2 (on unless
+// MOEFLUX_CUDA_L2_PREFETCH=0, which is there to measure the difference).
+bool l2_prefetch_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOEFLUX_CUDA_L2_PREFETCH");
+    return !(v && std::string(v) == "0");
+  }();
+  return on;
+}
+
 template <int CODE, int NT, int R, bool DUAL>
 void launch_staged(const MatmulDesc* dev, bool written, dim3 grid, size_t smem, cudaStream_t s) {
   static std::atomic<size_t> opted{48 * 1024};
@@ -671,7 +714,8 @@ void launch_staged(const MatmulDesc* dev, bool written, dim3 grid, size_t smem, 
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     opted.store(smem, std::memory_order_relaxed);
   }
-  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(dev, written);
+  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(dev, written,
+                                                                          l2_prefetch_on());
 }
 
 template <int CODE, int NT, int R>
@@ -689,9 +733,11 @@ void launch_matvec_r(const MatmulDesc* dev, bool written, int n, int max_rows, i
     }
   }
   if (dual)
-    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(dev, written);
+    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(dev, written,
+                                                                        l2_prefetch_on());
   else
-    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(dev, written);
+    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(dev, written,
+                                                                         l2_prefetch_on());
 }
 
 // Rows per warp: as many as keep at least two blocks per SM of an H100/H200-sized GPU busy
