@@ -7,7 +7,7 @@
 // (a <- a e^{m - m'} + e^{s - m'} V[j]). The positions are split across blocks (split-KV, so
 // that decode's few heads still fill the GPU), each block's warps take kIlp positions at a
 // time, and the partial results are merged with the same rescaling: warps within a block,
-// then splits in a second kernel.
+// then splits by the last block of (t, h) to finish (no second kernel).
 #include <algorithm>
 
 #include "backend/cuda/cuda_backend.cuh"
@@ -58,6 +58,8 @@ struct AttnParams {
   float* out;
   size_t out_pitch;
   float* part;  // [T * heads][splits][dv + 2]: per split m, l, then the unnormalised sum
+  // [T * heads]: splits of (t, h) finished so far; 0 between calls (the last one resets it).
+  int* done;
   int heads, kv_heads, dk, dv, pos0, split_len, splits;
   float scale;
   // A recorded decode step: pos0 is read from here and split_len derived from it as on the host
@@ -69,6 +71,32 @@ struct AttnParams {
 
 // Keys per warp step: that many independent dot products in flight hide the load latency.
 constexpr int kIlp = 4;
+
+// out[t, h] = Σ_splits e^{m_s - M} acc_s / Σ_splits e^{m_s - M} l_s  (· sigmoid(gate)) for
+// (t, h) = blockIdx.x, by the whole block (each thread its elements d: the result does not
+// depend on the block's size). The parts are read through L2 (__ldcg): other blocks wrote them.
+__device__ void merge_splits(const AttnParams& p) {
+  const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
+  const float* part = p.part + size_t(blockIdx.x) * p.splits * (p.dv + 2);
+  float M = -INFINITY;
+  for (int s = 0; s < p.splits; ++s) M = fmaxf(M, __ldcg(part + s * (p.dv + 2)));
+  float L = 0.0f;
+  for (int s = 0; s < p.splits; ++s) {
+    const float m = __ldcg(part + s * (p.dv + 2));
+    if (m > -INFINITY) L += __ldcg(part + s * (p.dv + 2) + 1) * expf(m - M);
+  }
+  float* o = p.out + t * p.out_pitch + size_t(h) * p.dv;
+  for (int d = threadIdx.x; d < p.dv; d += blockDim.x) {
+    float acc = 0.0f;
+    for (int s = 0; s < p.splits; ++s) {
+      const float m = __ldcg(part + s * (p.dv + 2));
+      if (m > -INFINITY) acc += __ldcg(part + s * (p.dv + 2) + 2 + d) * expf(m - M);
+    }
+    float r = acc / L;
+    if (p.gate) r *= sigmoidf_(p.gate[t * p.g0 + h * p.g1 + d]);
+    o[d] = r;
+  }
+}
 
 // Split `blockIdx.y` of row t, head h: positions [y * split_len, ...) up to t's causal length.
 // Each warp takes kIlp positions at a time (strided by kWarps * kIlp), lanes split the head
@@ -176,31 +204,20 @@ __global__ void __launch_bounds__(kWarps * 32) attention_partial_kernel(AttnPara
       if (wm[w] > -INFINITY) s += wacc[w][d] * expf(wm[w] - M);
     out[2 + d] = s;
   }
-}
-
-// out[t, h] = Σ_splits e^{m_s - M} acc_s / Σ_splits e^{m_s - M} l_s  (· sigmoid(gate)).
-__global__ void attention_merge_kernel(AttnParams p) {
-  await_inputs();
-  const int t = blockIdx.x / p.heads, h = blockIdx.x % p.heads;
-  const float* part = p.part + size_t(blockIdx.x) * p.splits * (p.dv + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < p.splits; ++s) M = fmaxf(M, part[s * (p.dv + 2)]);
-  float L = 0.0f;
-  for (int s = 0; s < p.splits; ++s) {
-    const float m = part[s * (p.dv + 2)];
-    if (m > -INFINITY) L += part[s * (p.dv + 2) + 1] * expf(m - M);
+  // The last split of (t, h) to finish merges them all. Every thread fences its part's writes
+  // before the block counts itself, so the block that counts last sees every part; it resets
+  // the count for the next call (no other block of this launch touches it again).
+  __threadfence();
+  __syncthreads();
+  __shared__ bool last;
+  if (threadIdx.x == 0) {
+    last = atomicAdd(p.done + blockIdx.x, 1) == p.splits - 1;
+    if (last) p.done[blockIdx.x] = 0;
   }
-  float* o = p.out + t * p.out_pitch + size_t(h) * p.dv;
-  for (int d = threadIdx.x; d < p.dv; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int s = 0; s < p.splits; ++s) {
-      const float m = part[s * (p.dv + 2)];
-      if (m > -INFINITY) acc += part[s * (p.dv + 2) + 2 + d] * expf(m - M);
-    }
-    float r = acc / L;
-    if (p.gate) r *= sigmoidf_(p.gate[t * p.g0 + h * p.g1 + d]);
-    o[d] = r;
-  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  merge_splits(p);
 }
 
 }  // namespace
@@ -260,6 +277,7 @@ void CudaBackend::attention(const AttentionArgs& a) {
   // position). Scratch for that many either way, so that a recording finds it grown.
   if (step) p.splits = want;
   p.part = scratch_attention(T * nh * size_t(want) * (dv + 2));
+  p.done = attention_counts(T * nh);
   const dim3 grid(unsigned(T * nh), unsigned(p.splits));
   if (std::max(dk, dv) <= 128)
     attention_partial_kernel<4><<<grid, kWarps * 32, 0, stream_>>>(p);
@@ -268,8 +286,6 @@ void CudaBackend::attention(const AttentionArgs& a) {
   else
     attention_partial_kernel<kMaxHeadDim / 32><<<grid, kWarps * 32, 0, stream_>>>(p);
   check_launch("attention");
-  attention_merge_kernel<<<unsigned(T * nh), dv >= 64 ? 128 : 32, 0, stream_>>>(p);
-  check_launch("attention (merge)");
 }
 
 }  // namespace moeflux::cuda

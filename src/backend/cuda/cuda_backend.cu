@@ -933,7 +933,7 @@ const void* CudaBackend::keep(const void* host, size_t bytes) {
   return kept_dev_ + offset;
 }
 
-void* CudaBackend::GrowingBuffer::get(size_t bytes, cudaStream_t stream) {
+void* CudaBackend::GrowingBuffer::get(size_t bytes, cudaStream_t stream, bool zeroed) {
   if (bytes <= bytes_) return p_;
   MF_CUDA(cudaStreamSynchronize(stream));  // fails while recording: the recording is dropped
   ++epoch_;
@@ -946,6 +946,7 @@ void* CudaBackend::GrowingBuffer::get(size_t bytes, cudaStream_t stream) {
     fail("CUDA backend: cannot allocate " + human_bytes(double(n)) + " of scratch");
   }
   bytes_ = n;
+  if (zeroed) MF_CUDA(cudaMemsetAsync(p_, 0, n, stream));
   return p_;
 }
 

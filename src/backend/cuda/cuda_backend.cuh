@@ -129,6 +129,11 @@ class CudaBackend final : public Backend {
   float* scratch_attention(size_t floats) {
     return static_cast<float*>(attention_scratch_.get(floats * sizeof(float), stream_));
   }
+  // n counters that are 0 at every call (attention's finished splits per row and head: zeroed
+  // when the buffer grows, and the kernel that counts them up resets each to 0).
+  int* attention_counts(size_t n) {
+    return static_cast<int*>(attention_counts_.get(n * sizeof(int), stream_, true));
+  }
 
   static constexpr int kMatvecRows = 8;
 
@@ -165,7 +170,8 @@ class CudaBackend final : public Backend {
    public:
     explicit GrowingBuffer(uint64_t& epoch) : epoch_(epoch) {}
     ~GrowingBuffer() { cudaFree(p_); }
-    void* get(size_t bytes, cudaStream_t stream);
+    // zeroed: a grown buffer's bytes are set to 0 (on `stream`, before anything after).
+    void* get(size_t bytes, cudaStream_t stream, bool zeroed = false);
 
    private:
     uint64_t& epoch_;
@@ -174,7 +180,7 @@ class CudaBackend final : public Backend {
   };
   GrowingBuffer expert_scratch_{memory_epoch_}, ids_scratch_{memory_epoch_},
       attention_scratch_{memory_epoch_}, partial_scratch_{memory_epoch_},
-      xsplit_scratch_{memory_epoch_};
+      xsplit_scratch_{memory_epoch_}, attention_counts_{memory_epoch_};
   // Scratch of ops that wait for the device themselves and so are never recorded (argmax_rows,
   // top_k_rows): growing it must not end the recordings, so it counts in an epoch of its own.
   uint64_t unrecorded_epoch_ = 0;
