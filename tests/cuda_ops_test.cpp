@@ -212,15 +212,19 @@ TEST_F(CudaOps, MatmulEveryFormatFewAndManyRows) {
 // The tensor-core GEMM (more than kMatvecRows rows of X, whole 32-column tiles): every format;
 // rows of W off the 64-row tile and the 16-row MMA tile; inputs off the 32- and 64-input tiles
 // (and both tile widths: 9 and 31 inputs pick 32-input tiles, 64 and more 64-input ones);
-// columns from 8 to 128 k-tiles; bias and accumulate; X rows with a pitch a multiple of 4
-// (float4 staging) or not (float by float).
+// columns from 8 to 128 k-tiles, in steps of two k-tiles (K a multiple of 64) and of one (288:
+// 9 k-tiles, in the formats whose groups allow it), and 42 k-tiles whose splits of the columns (few
+// blocks) are rounded up to whole steps, leaving the last splits empty; bias and accumulate; X rows
+// with a pitch a multiple of 4 (float4 staging) or not (float by float).
 TEST_F(CudaOps, MatmulTensorCoreGemm) {
   struct Shape {
     size_t cols, rows[3];  // rows of the plain, bias and accumulate products
   };
   for (QuantFormat f : kFormats) {
     for (const Shape sh :
-         {Shape{256, {700, 40, 130}}, Shape{2048, {130, 17, 64}}, Shape{4096, {40, 96, 17}}}) {
+         {Shape{256, {700, 40, 130}}, Shape{288, {70, 40, 33}}, Shape{1344, {40, 17, 9}},
+          Shape{2048, {130, 17, 64}}, Shape{4096, {40, 96, 17}}}) {
+      if (!format_accepts_cols(f, sh.cols)) continue;  // 288 columns: not whole groups of 64
       RandomMatrix A(f, sh.rows[0], sh.cols, rng_), B(f, sh.rows[1], sh.cols, rng_),
           C(f, sh.rows[2], sh.cols, rng_);
       const MatrixView dA = dev_matrix(A), dB = dev_matrix(B), dC = dev_matrix(C);

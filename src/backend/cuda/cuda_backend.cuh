@@ -289,9 +289,10 @@ struct GemmSplit {
 };
 // Launches GEMM kernel `kernel` over the n products of `dev` (device memory): each at most
 // max_rows rows of W and max_t rows of X (blocks past a product's own T return at once), in
-// tiles of bn inputs (the tensor-core kernel).
+// tiles of bn inputs (the tensor-core kernel). k64: every product's K is a multiple of 64 (the
+// tensor-core kernel then takes 64 columns a step).
 void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
-                 cudaStream_t s, const GemmSplit& split = {});
+                 bool k64, cudaStream_t s, const GemmSplit& split = {});
 
 // Checks the launch just issued.
 void check_launch(const char* what);

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <type_traits>
 
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_check.hpp"
@@ -287,22 +288,29 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 // Block: 128 threads, 4 warps in 2 x 2, a tile of kTcBM = 64 rows of W x BN inputs (BN 64 or
 // 32); each warp 32 rows x BN/2 inputs = 2 m16 x BN/16 n8 MMA tiles. X arrives already split
 // into its bf16 terms (split_x_kernel, once per call) and is copied to shared memory with
-// cp.async; per k-tile of 32 columns W is decoded (load_raw/chunk_code: 16-byte loads) into
-// shared memory. Shared rows are kTcPitch = 40 bf16 (20 words, 80 bytes): the 8 rows an ldmatrix
-// reads fall on disjoint groups of 4 banks. Two buffers: the next k-tile's copies and W loads
-// are issued before the MMAs of this one and W stored after them (one barrier per k-tile).
-// blockIdx = (row tile, input tile, product x split of K); one kernel per weight format.
+// cp.async; per step of KS k-tiles of 32 columns W is decoded (load_raw/chunk_code: 16-byte
+// loads) into shared memory. KS = 2 (64 columns a step) where every product's K allows it: half
+// the barriers and loop overhead per MMA, twice the bytes in flight, and an affine 4-bit tile
+// row is two chunks, so all 128 threads decode W (with KS = 1 only 64 do). The k-tile remains the
+// unit of scaling and accumulation, so KS changes no result. Shared rows are 32 KS + 8 bf16
+// (16 KS + 4 words): the 8 rows an ldmatrix reads fall on disjoint groups of 4 banks. Two
+// buffers: the next step's copies and W loads are issued before the MMAs of this one and W
+// stored after them (one barrier per step). blockIdx = (row tile, input tile, product x split of
+// K); one kernel per weight format and KS.
 
-constexpr int kTcBM = 64, kTcBK = 32, kTcPitch = 40, kTcThreads = 128;
-constexpr int kTcWords = kTcPitch / 2;  // 32-bit words per shared row
+constexpr int kTcBM = 64, kTcBK = 32, kTcThreads = 128;
+// 32-bit words per shared row of a step of KS k-tiles: 16 KS of bf16 pairs, 4 of padding.
+template <int KS>
+inline constexpr int kTcWords = 16 * KS + 4;
 
-// WLO: W has a low term (f32, f16); the other formats' kernels leave its buffers out (10 KB).
-template <int BN, bool WLO>
+// WLO: W has a low term (f32, f16); the other formats' kernels leave its buffers out.
+template <int BN, bool WLO, int KS>
 struct __align__(16) TcSmem {
-  uint32_t w_hi[2][kTcBM * kTcWords], w_lo[2][WLO ? kTcBM * kTcWords : 4];  // [row][k], pairs
-  uint32_t x_hi[2][BN * kTcWords], x_lo[2][BN * kTcWords];                  // [input][k]
-  float w_s[2][kTcBM], w_b[2][kTcBM];  // scale, bias of the k-tile's group per row
-  float x_sum[2][BN];                  // Σ x over the k-tile per input (affine)
+  static constexpr int W = kTcWords<KS>;
+  uint32_t w_hi[2][kTcBM * W], w_lo[2][WLO ? kTcBM * W : 4];  // [row][k], pairs
+  uint32_t x_hi[2][BN * W], x_lo[2][BN * W];                  // [input][k]
+  float w_s[2][KS][kTcBM], w_b[2][KS][kTcBM];  // scale, bias of each k-tile's group per row
+  float x_sum[2][KS][BN];                      // Σ x over each k-tile per input (affine)
 };
 
 // Whether W needs a low bf16 term; whether its k-tile partial products are scaled.
@@ -423,42 +431,44 @@ struct TcSplit {
   int part_ld;
 };
 
-template <int CODE, int BN>
-__device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTcWLo<CODE>>& sm,
+// sp's k-tiles [kt0, kt1) are whole steps of KS k-tiles.
+template <int CODE, int BN, int KS>
+__device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTcWLo<CODE>, KS>& sm,
                                              int row0, int t0, const TcSplit sp) {
-  constexpr int CH = Chunk<CODE>::n, CPR = kTcBK / CH;  // W chunks per tile row
+  constexpr int kWords = kTcWords<KS>, kStep = KS * kTcBK;  // shared row words; step columns
+  constexpr int CH = Chunk<CODE>::n, CPR = kStep / CH;      // W chunks per tile row
   constexpr int W_CHUNKS = kTcBM * CPR;
   constexpr int WPT = (W_CHUNKS + kTcThreads - 1) / kTcThreads;  // W chunks per thread
-  constexpr int XPT = BN * 8 / kTcThreads;  // 16-byte chunks of split X per thread
-  constexpr int NI = BN / 16;               // n8 tiles per warp
-  static_assert(XPT >= 1 && BN * 8 % kTcThreads == 0 && NI % 2 == 0);
+  constexpr int XC = 8 * KS;                 // 16-byte chunks of split X per input (hi, lo)
+  constexpr int XPT = BN * XC / kTcThreads;  // ... per thread
+  constexpr int NI = BN / 16;                // n8 tiles per warp
+  static_assert(XPT >= 1 && BN * XC % kTcThreads == 0 && NI % 2 == 0);
   const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, g = lane / 4, q = lane % 4;
   const int wm = (warp / 2) * 32, wn = (warp % 2) * (BN / 2);  // the warp's rows and inputs
   const int rows = d.w.rows, T = d.T, K = d.w.cols;
 
-  // X staging from its split terms (split_x_kernel): chunk e = tid + i * 128 is input e / 8,
-  // words 4 (e % 4) .. + 3 of the k-tile's 16, of the high terms for e % 8 < 4, else the low
-  // ones (e % 8 = tid % 8: one half per thread). Copied asynchronously; inputs past T are
-  // zero-filled.
-  const bool x_low = tid % 8 >= 4;
-  const uint32_t* xsrc[XPT];
-  int xdst[XPT];
+  // X staging from its split terms (split_x_kernel): chunk e = tid + i * 128 is input e / XC,
+  // words 4 (e % (XC / 2)) .. + 3 of the step's 16 KS, of the high terms for e % XC < XC / 2,
+  // else the low ones (e % XC = tid % XC: one half per thread). Copied asynchronously; inputs
+  // past T are zero-filled.
+  // Sources as word offsets from d.xs (32 bits: fewer registers than pointers), -1 past T.
+  const bool x_low = tid % XC >= XC / 2;
+  int xsrc[XPT], xdst[XPT];
 #pragma unroll
   for (int i = 0; i < XPT; ++i) {
-    const int e = tid + i * kTcThreads, t = t0 + e / 8;
-    xsrc[i] = t < T ? d.xs + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * K +
-                          (x_low ? K / 2 : 0) + (e % 4) * 4
-                    : nullptr;
-    xdst[i] = (e / 8) * kTcWords + (e % 4) * 4;
+    const int e = tid + i * kTcThreads, t = t0 + e / XC;
+    xsrc[i] =
+        t < T ? (d.x_rows ? d.x_rows[t] : t) * K + (x_low ? K / 2 : 0) + (e % (XC / 2)) * 4 : -1;
+    xdst[i] = (e / XC) * kWords + (e % (XC / 2)) * 4;
   }
-  // Σ x of the k-tile per input (affine formats): thread t < BN loads input t's.
+  // Σ x of each k-tile per input (affine formats): thread t < BN loads input t's.
   const float* xsum_row = nullptr;
   if constexpr (kNeedsXSum<CODE>) {
     const int t = t0 + tid;
     if (tid < BN && t < T)
       xsum_row = d.xsum + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * (K / kTcBK);
   }
-  float xsum_v = 0.0f;
+  float xsum_v[KS] = {};
 
   RawChunk raw[WPT];
   auto load = [&](int k0, int buf) {
@@ -470,9 +480,12 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
     uint32_t* xt = x_low ? sm.x_lo[buf] : sm.x_hi[buf];
 #pragma unroll
     for (int i = 0; i < XPT; ++i)
-      cp_async16(xt + xdst[i], xsrc[i] ? xsrc[i] + k0 / 2 : d.xs, xsrc[i] != nullptr);
+      cp_async16(xt + xdst[i], d.xs + (xsrc[i] >= 0 ? xsrc[i] + k0 / 2 : 0), xsrc[i] >= 0);
     cp_async_commit();
-    if constexpr (kNeedsXSum<CODE>) xsum_v = xsum_row ? __ldg(xsum_row + k0 / kTcBK) : 0.0f;
+    if constexpr (kNeedsXSum<CODE>) {
+#pragma unroll
+      for (int j = 0; j < KS; ++j) xsum_v[j] = xsum_row ? __ldg(xsum_row + k0 / kTcBK + j) : 0.0f;
+    }
   };
   // A zero RawChunk decodes to 0 in every format: rows past the end contribute nothing.
   auto store = [&](int buf) {
@@ -495,9 +508,9 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
             hi[j] = pack_bf16(a, b);  // exact: integer codes, |q| <= 255
         }
       }
-      uint32_t* wh = sm.w_hi[buf] + r * kTcWords + c / 2;
+      uint32_t* wh = sm.w_hi[buf] + r * kWords + c / 2;
       uint32_t* wl = nullptr;
-      if constexpr (kTcWLo<CODE>) wl = sm.w_lo[buf] + r * kTcWords + c / 2;
+      if constexpr (kTcWLo<CODE>) wl = sm.w_lo[buf] + r * kWords + c / 2;
       if constexpr (CH == 4) {  // f32: always a low term
         *reinterpret_cast<uint2*>(wh) = make_uint2(hi[0], hi[1]);
         *reinterpret_cast<uint2*>(wl) = make_uint2(lo[0], lo[1]);
@@ -509,17 +522,22 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
             *reinterpret_cast<uint4*>(wl + j) = make_uint4(lo[j], lo[j + 1], lo[j + 2], lo[j + 3]);
         }
       }
-      if constexpr (kTcScaled<CODE>) {
-        if (c == 0) sm.w_s[buf][r] = raw[i].s, sm.w_b[buf][r] = raw[i].b;
+      if constexpr (kTcScaled<CODE>) {  // the k-tile's first chunk (a k-tile is in one group)
+        if (c % kTcBK == 0)
+          sm.w_s[buf][c / kTcBK][r] = raw[i].s, sm.w_b[buf][c / kTcBK][r] = raw[i].b;
       }
     }
     if constexpr (kNeedsXSum<CODE>) {
-      if (tid < BN) sm.x_sum[buf][tid] = xsum_v;
+      if (tid < BN) {
+#pragma unroll
+        for (int j = 0; j < KS; ++j) sm.x_sum[buf][j][tid] = xsum_v[j];
+      }
     }
   };
 
   float acc[2][NI][4] = {};
-  auto compute = [&](int buf) {
+  // k-tile kt of the step in buffer buf (shared words 16 kt ...).
+  auto compute = [&](int buf, int kt) {
     // The k-tile's products P, summed by the MMAs from zero, then added into acc on the FP32
     // units (scaled formats: scaled first). The MMAs' accumulation truncates (does not round)
     // its sum to the accumulator's exponent: run over all of K into one accumulator, that bias
@@ -528,7 +546,7 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
     float part[2][NI][4] = {};
     float(&c)[2][NI][4] = part;
 #pragma unroll
-    for (int ks = 0; ks < kTcBK / 2; ks += 8) {  // two k16 steps, 8 words each
+    for (int ks = 16 * kt; ks < 16 * kt + kTcBK / 2; ks += 8) {  // two k16 steps, 8 words each
       uint32_t ah[2][4], al[2][4], bh[NI][2], bl[NI][2];
       // Fragments by ldmatrix (8 x 8 matrices of bf16; lane l gives the address of row l % 8 of
       // matrix l / 8). A: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) in the order a[0..3];
@@ -536,13 +554,13 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
       const int m = lane / 8, mr = lane % 8;
 #pragma unroll
       for (int mi = 0; mi < 2; ++mi) {
-        const int o = (wm + mi * 16 + (m % 2) * 8 + mr) * kTcWords + ks + (m / 2) * 4;
+        const int o = (wm + mi * 16 + (m % 2) * 8 + mr) * kWords + ks + (m / 2) * 4;
         ldmatrix_x4(ah[mi], sm.w_hi[buf] + o);
         if constexpr (kTcWLo<CODE>) ldmatrix_x4(al[mi], sm.w_lo[buf] + o);
       }
 #pragma unroll
       for (int ni = 0; ni < NI; ni += 2) {
-        const int o = (wn + (ni + m / 2) * 8 + mr) * kTcWords + ks + (m % 2) * 4;
+        const int o = (wn + (ni + m / 2) * 8 + mr) * kWords + ks + (m % 2) * 4;
         uint32_t r[4];
         ldmatrix_x4(r, sm.x_hi[buf] + o);
         bh[ni][0] = r[0], bh[ni][1] = r[1], bh[ni + 1][0] = r[2], bh[ni + 1][1] = r[3];
@@ -565,14 +583,15 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
 #pragma unroll
         for (int h = 0; h < 2; ++h) {  // rows g and g + 8 of the m16 tile
           const int r = wm + mi * 16 + g + 8 * h;
-          const float s = sm.w_s[buf][r], b = sm.w_b[buf][r];
+          const float s = sm.w_s[buf][kt][r], b = sm.w_b[buf][kt][r];
 #pragma unroll
           for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               const float p = part[mi][ni][2 * h + j];
               if constexpr (kNeedsXSum<CODE>)
-                acc[mi][ni][2 * h + j] += fmaf(s, p, b * sm.x_sum[buf][wn + ni * 8 + 2 * q + j]);
+                acc[mi][ni][2 * h + j] +=
+                    fmaf(s, p, b * sm.x_sum[buf][kt][wn + ni * 8 + 2 * q + j]);
               else
                 acc[mi][ni][2 * h + j] += s * p;
             }
@@ -591,13 +610,14 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
   store(0);
   cp_async_wait_all();
   __syncthreads();
-  for (int kt = sp.kt0; kt < sp.kt1; ++kt) {
-    // Buffer (kt - kt0) % 2 holds k-tile kt; the other was last read before the previous
-    // barrier, so the next k-tile's X may be copied into it while this one computes.
-    const int buf = (kt - sp.kt0) % 2;
-    const bool next = kt + 1 < sp.kt1;
-    if (next) load((kt + 1) * kTcBK, buf ^ 1);
-    compute(buf);
+  for (int kt = sp.kt0; kt < sp.kt1; kt += KS) {
+    // Buffer (kt - kt0) / KS % 2 holds the step at k-tile kt; the other was last read before
+    // the previous barrier, so the next step's X may be copied into it while this one computes.
+    const int buf = (kt - sp.kt0) / KS % 2;
+    const bool next = kt + KS < sp.kt1;
+    if (next) load((kt + KS) * kTcBK, buf ^ 1);
+#pragma unroll 1  // unrolled, the k-tiles' fragments stay live together: registers, occupancy
+    for (int j = 0; j < KS; ++j) compute(buf, j);  // k-tile by k-tile, in order
     if (next) store(buf ^ 1);
     cp_async_wait_all();
     __syncthreads();
@@ -628,19 +648,23 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
 // share of the k-tiles and stores the sums in partial, slab z of part_t x part_rows floats
 // (splitk_reduce_kernel finishes the product). One kernel per weight format: the registers and
 // shared memory are each format's own (one kernel switching over all took the f32 path's 168
-// registers a thread and 42.5 KB a block for every format).
-template <int BN, int CODE>
+// registers a thread and 42.5 KB a block for every format). KS: k-tiles per step (2: every
+// product's K a multiple of 64). The shared tiles are dynamic shared memory (over 48 KB at BN 64,
+// KS 2: launch_tc opts in).
+template <int BN, int CODE, int KS>
 __global__ void __launch_bounds__(kTcThreads)
     tc_gemm_kernel(const MatmulDesc* descs, int splits, float* partial, int part_rows, int part_t) {
   await_inputs();
-  __shared__ TcSmem<BN, kTcWLo<CODE>> sm;
+  extern __shared__ float4 tc_smem[];
+  auto& sm = *reinterpret_cast<TcSmem<BN, kTcWLo<CODE>, KS>*>(tc_smem);
   const MatmulDesc d = descs[blockIdx.z / splits];
   const int row0 = blockIdx.x * kTcBM, t0 = blockIdx.y * BN;
   if (row0 >= d.w.rows || t0 >= d.T) return;  // the whole block: no barrier is skipped
   // X not split (split_inputs), or a product of another format in the launch.
   if (d.xs == nullptr || d.xsum == nullptr || d.w.code != CODE) __trap();
   const int k_tiles = d.w.cols / kTcBK, s = blockIdx.z % splits;
-  const int per = (k_tiles + splits - 1) / splits;
+  if (k_tiles % KS != 0) __trap();  // launch_tc_gemm takes KS = 2 only for whole 64-column steps
+  const int per = ((k_tiles + splits - 1) / splits + KS - 1) / KS * KS;  // whole steps a split
   TcSplit sp{s * per, min(k_tiles, (s + 1) * per), nullptr, part_rows};
   if (splits > 1) {
     sp.part = partial + static_cast<size_t>(blockIdx.z) * part_t * part_rows;
@@ -652,7 +676,7 @@ __global__ void __launch_bounds__(kTcThreads)
       return;
     }
   }
-  tc_gemm_tile<CODE, BN>(d, sm, row0, t0, sp);
+  tc_gemm_tile<CODE, BN, KS>(d, sm, row0, t0, sp);
 }
 
 // Finishes products whose columns were split across `splits` blocks: y = Σ_s partial_s + bias,
@@ -853,27 +877,61 @@ int gemm_tile_width(size_t tiles32, size_t tiles64) {
 
 namespace {
 
+// Steps of two k-tiles unless MOEFLUX_CUDA_GEMM_KSTEP=1 (one, to compare).
+bool two_tile_steps_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOEFLUX_CUDA_GEMM_KSTEP");
+    return !(v && std::string(v) == "1");
+  }();
+  return on;
+}
+
+// tc_gemm_kernel<BN, CODE, KS> over the launch, its shared memory opted into first when over the
+// default 48 KB (once per kernel).
+template <int BN, int CODE, int KS>
+void launch_tc(dim3 grid, const MatmulDesc* dev, int max_rows, int max_t, cudaStream_t s,
+               const GemmSplit& sp) {
+  constexpr size_t kSmem = sizeof(TcSmem<BN, kTcWLo<CODE>, KS>);
+  if constexpr (kSmem > 48 * 1024) {
+    static const bool opted = [] {
+      MF_CUDA(cudaFuncSetAttribute(tc_gemm_kernel<BN, CODE, KS>,
+                                   cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+      return true;
+    }();
+    (void)opted;
+  }
+  tc_gemm_kernel<BN, CODE, KS>
+      <<<grid, kTcThreads, kSmem, s>>>(dev, sp.splits, sp.partial, max_rows, max_t);
+}
+
 template <int BN>
 void launch_tc_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int max_t, cudaStream_t s,
-                    const GemmSplit& sp) {
+                    const GemmSplit& sp, bool k64) {
   MF_ASSERT(size_t(n) * sp.splits <= 65535);  // grid z (products x splits)
   const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, BN), unsigned(n * sp.splits));
-  auto go = [&](auto kernel) {
-    kernel<<<grid, kTcThreads, 0, s>>>(dev, sp.splits, sp.partial, max_rows, max_t);
+  // Two k-tiles a step where every K allows it, for the formats whose W is one bf16 term (f32
+  // and f16 carry a low term: twice the registers and shared memory a step).
+  const bool two = k64 && two_tile_steps_on();
+  auto go = [&](auto code_c) {
+    constexpr int C = decltype(code_c)::value;
+    if (two && !kTcWLo<C>)
+      launch_tc<BN, C, 2>(grid, dev, max_rows, max_t, s, sp);
+    else
+      launch_tc<BN, C, 1>(grid, dev, max_rows, max_t, s, sp);
   };
   switch (code) {
     case kF32:
-      return go(tc_gemm_kernel<BN, kF32>);
+      return go(std::integral_constant<int, kF32>{});
     case kF16:
-      return go(tc_gemm_kernel<BN, kF16>);
+      return go(std::integral_constant<int, kF16>{});
     case kBF16:
-      return go(tc_gemm_kernel<BN, kBF16>);
+      return go(std::integral_constant<int, kBF16>{});
     case kQ8:
-      return go(tc_gemm_kernel<BN, kQ8>);
+      return go(std::integral_constant<int, kQ8>{});
     case kA4:
-      return go(tc_gemm_kernel<BN, kA4>);
+      return go(std::integral_constant<int, kA4>{});
     case kA8:
-      return go(tc_gemm_kernel<BN, kA8>);
+      return go(std::integral_constant<int, kA8>{});
     default:
       fail("CUDA backend: a tensor-core GEMM of an unknown format");
   }
@@ -882,12 +940,12 @@ void launch_tc_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int ma
 }  // namespace
 
 void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max_t, int bn,
-                 cudaStream_t s, const GemmSplit& split) {
+                 bool k64, cudaStream_t s, const GemmSplit& split) {
   if (is_tensor_gemm(kernel)) {
     if (bn == 32)
-      launch_tc_gemm<32>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split);
+      launch_tc_gemm<32>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split, k64);
     else
-      launch_tc_gemm<64>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split);
+      launch_tc_gemm<64>(kernel - kTensorGemm, dev, n, max_rows, max_t, s, split, k64);
     check_launch("gemm");
     if (split.splits > 1) {
       const dim3 grid(blocks_for(size_t(max_rows) * max_t, 256), unsigned(n));
@@ -941,7 +999,8 @@ void CudaBackend::split_inputs(std::span<MatmulDesc> g) {
   for (size_t i = 0; i < g.size(); ++i) {
     const MatmulDesc& d = g[i];
     const int rows = d.x_rows ? d.x_count : d.T, K = d.w.cols;
-    MF_ASSERT(rows > 0 && K % kTcBK == 0);
+    // The GEMM addresses split X by 32-bit word offsets (rows * K words).
+    MF_ASSERT(rows > 0 && K % kTcBK == 0 && size_t(rows) * K < (size_t(1) << 31));
     size_t k = 0;
     while (k < keys.size() &&
            !(keys[k].x == d.x && keys[k].ldx == d.ldx && keys[k].rows == rows && keys[k].K == K))
@@ -977,6 +1036,7 @@ void CudaBackend::split_inputs(std::span<MatmulDesc> g) {
 }
 
 void CudaBackend::split_rows(const float* x, int ldx, int rows, int K, uint32_t* xs, float* xsum) {
+  MF_ASSERT(size_t(rows) * K < (size_t(1) << 31));  // the GEMM's 32-bit word offsets
   SplitJob j;
   j.x = x;
   j.ldx = ldx;
@@ -1036,7 +1096,9 @@ void CudaBackend::run_matmuls(std::span<const MatmulDesc> descs, bool reused) {
       if (split.splits > 1)
         split.partial = static_cast<float*>(partial_scratch_.get(
             g.size() * split.splits * size_t(max_t) * max_rows * sizeof(float), stream_));
-      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, bn, stream_, split);
+      const bool k64 =
+          std::all_of(g.begin(), g.end(), [](const MatmulDesc& d) { return d.w.cols % 64 == 0; });
+      launch_gemm(code, dev, static_cast<int>(g.size()), max_rows, max_t, bn, k64, stream_, split);
     } else
       launch_matvec(code, dev, static_cast<int>(g.size()), max_rows, sum_rows, max_t, max_cols,
                     dual, stream_);

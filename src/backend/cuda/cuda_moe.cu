@@ -360,10 +360,10 @@ void CudaBackend::expert_ffn_grouped(const Tensor& X, const int32_t* ids, size_t
   // The tiles stay on the device: each launch covers max_tiles descriptors of at most bn rows,
   // those past the last tile return at once.
   const int n = int(max_tiles);
-  launch_gemm(gate_kernel, descs, n, int(I), bn, bn, stream_);
-  launch_gemm(gate_kernel, descs + max_tiles, n, int(I), bn, bn, stream_);
+  launch_gemm(gate_kernel, descs, n, int(I), bn, bn, H % 64 == 0, stream_);
+  launch_gemm(gate_kernel, descs + max_tiles, n, int(I), bn, bn, H % 64 == 0, stream_);
   if (xs_h) split_rows(h, int(I), int(pairs), int(I), xs_h, xsum_h);
-  launch_gemm(down_kernel, descs + 2 * max_tiles, n, int(H), bn, bn, stream_);
+  launch_gemm(down_kernel, descs + 2 * max_tiles, n, int(H), bn, bn, I % 64 == 0, stream_);
 }
 
 }  // namespace moeflux::cuda
