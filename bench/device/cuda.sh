@@ -17,12 +17,13 @@
 # hybrid package, every expert resident: prompt 512 with the DeltaNet's chunked form and with its
 # recurrence, MOEFLUX_CUDA_DELTA_CHUNKED=0), BATCH=1 (bench-batch of 1-32 sessions, every expert
 # resident, 9-31 rows routed on the device and grouped on the host: MOEFLUX_DEVICE_ROUTING=host),
-# OUT.
+# PCIE=1 (moeflux_pcie_bench: kernels reading page-locked host memory in place, against the copy
+# engine and HBM), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 MF_DIR=/tmp/moeflux-bin
 mkdir -p "$MF_DIR" && tar xJf .devbuild/moeflux-cuda-bundle.tar.xz -C "$MF_DIR"
-for b in moeflux moeflux_tests; do
+for b in moeflux moeflux_tests moeflux_pcie_bench; do
   printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/lib exec %s/%s "$@"\n' "$MF_DIR" "$MF_DIR" "$b" > "$MF_DIR/run-$b"
   chmod +x "$MF_DIR/run-$b"
 done
@@ -57,6 +58,11 @@ if [ "${SANITIZE:-0}" = 1 ]; then
     echo "compute-sanitizer $tool ($filter): exit $? — $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|^\[  (PASSED|FAILED)" "$OUTD/sanitizer-$tool.log" | tr "\n" " ")"
     grep -E -A6 "Failure$" "$OUTD/sanitizer-$tool.log" | head -24
   done
+fi
+
+if [ "${PCIE:-0}" = 1 ]; then  # kernels reading page-locked host memory in place vs the copy engine
+  echo "== PCIe: kernel reads of host memory against the copy engine"
+  "$MF_DIR/run-moeflux_pcie_bench" | tee "$OUTD/pcie.txt"
 fi
 
 PKG=/tmp/q30-8

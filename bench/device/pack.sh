@@ -21,9 +21,11 @@ if [[ -z "${BUILD_DIR:-}" ]]; then
   cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEFLUX_TESTS=ON "${flags[@]}" \
     -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc" >/dev/null
 fi
-ninja -C "$build" -j "$(nproc)" moeflux moeflux_tests
+extra=(); [[ "${CUDA:-0}" == 1 ]] && extra=(moeflux_pcie_bench)
+ninja -C "$build" -j "$(nproc)" moeflux moeflux_tests "${extra[@]}"
 mkdir -p .devbuild && rm -rf .devbuild/stage && mkdir -p .devbuild/stage/lib
 cp "$build/moeflux" "$build/tests/moeflux_tests" .devbuild/stage/
+[[ "${CUDA:-0}" == 1 ]] && cp "$build/moeflux_pcie_bench" .devbuild/stage/
 echo "$PWD" > .devbuild/stage/source_dir
 (cd "$build" && pwd) > .devbuild/stage/build_dir
 for lib in $(ldd "$build/moeflux" "$build/tests/moeflux_tests" | awk '/=> \// {print $3}' | sort -u); do
