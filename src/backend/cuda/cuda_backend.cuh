@@ -266,9 +266,12 @@ int matvec_code(const DevMat& w, const DevMat* w2);
 // Launches the matrix-vector kernel `code` over the n products of `dev` (device memory), each
 // at most max_rows rows of W (sum_rows in all), max_t rows of X (<= kMatvecRows), max_cols
 // columns; `dual`: all of them kDual, else none. descs_written: an earlier kernel wrote the
-// descriptors (the kernel reads them only once that kernel has finished).
+// descriptors (the kernel reads them only once that kernel has finished). ix: the products are
+// expert_ffn_indexed's, built by each block from the router's ids (dev unused; descs_written,
+// one row of X).
 void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
-                   int max_cols, bool dual, cudaStream_t s, bool descs_written = false);
+                   int max_cols, bool dual, cudaStream_t s, bool descs_written = false,
+                   const IndexedProducts* ix = nullptr);
 
 // The GEMM kernel for products of W (format, whole 32-column k-tiles, 16-byte aligned rows;
 // base_aligned: W's records start 16-byte aligned where W.data holds an offset into them):

@@ -67,11 +67,62 @@ struct SplitJob {
   float* xsum = nullptr;
 };
 
+// expert_ffn_indexed's products, built from the router's ids by the matrix-vector launch itself
+// (indexed_product), not read from descriptors a kernel before it wrote: product p = t k + i
+// (row t, rank i, expert e = ids[p], its record at records[e]):
+//   gate/up pass (down_pass 0): h[p] = silu(gate_e X[t]) * (up_e X[t])   (dual, one row)
+//   down pass (down_pass 1):    slots[t S + i] = down_e h[p]
+// gate, up, down describe a record at address 0 (their pointers are byte offsets). ids null: the
+// launch reads its descriptors.
+struct IndexedProducts {
+  const int32_t* ids = nullptr;
+  const uint8_t* const* records = nullptr;
+  DevMat gate, up, down;
+  const float* X = nullptr;
+  float* h = nullptr;
+  float* slots = nullptr;
+  int ldx = 0, I = 0, lds = 0, S = 0, k = 0, down_pass = 0;
+};
+
 // A descriptor with every byte zero, padding included (descriptors are compared and hashed
 // as bytes: CudaBackend::keep).
 __host__ __device__ inline MatmulDesc blank_desc() {
   MatmulDesc d;
   std::memset(static_cast<void*>(&d), 0, sizeof d);
+  return d;
+}
+
+// m, a matrix of a record at address 0, at the record `rec`.
+__device__ __forceinline__ DevMat at_record(DevMat m, const uint8_t* rec) {
+  m.data = rec + reinterpret_cast<uintptr_t>(m.data);
+  if (m.scales) m.scales = rec + reinterpret_cast<uintptr_t>(m.scales);
+  if (m.biases) m.biases = rec + reinterpret_cast<uintptr_t>(m.biases);
+  return m;
+}
+
+// Product p of an IndexedProducts pass (read the router's ids: only after await_inputs()).
+__device__ __forceinline__ MatmulDesc indexed_product(const IndexedProducts& ix, int p) {
+  const int t = p / ix.k, i = p % ix.k;
+  const uint8_t* rec = ix.records[ix.ids[p]];
+  MatmulDesc d = blank_desc();
+  float* h = ix.h + static_cast<size_t>(p) * ix.I;
+  d.T = 1;
+  if (!ix.down_pass) {
+    d.w = at_record(ix.gate, rec);
+    d.w2 = at_record(ix.up, rec);
+    d.x = ix.X + static_cast<size_t>(t) * ix.ldx;
+    d.ldx = ix.ldx;
+    d.y = h;
+    d.ldy = ix.I;
+    d.mode = kDual;
+  } else {
+    d.w = at_record(ix.down, rec);
+    d.x = h;
+    d.ldx = ix.I;
+    d.y = ix.slots + (static_cast<size_t>(t) * ix.S + i) * ix.lds;
+    d.ldy = ix.lds;
+    d.mode = kStore;
+  }
   return d;
 }
 
@@ -102,7 +153,8 @@ __device__ __forceinline__ void prefetch_l2(const void* p, size_t n) {
   if (a >= end) return;
 #if __CUDA_ARCH__ >= 900
   for (; a < end; a += size_t(1) << 30) {  // the size operand is 32 bits
-    const uint32_t bytes = static_cast<uint32_t>(end - a < (size_t(1) << 30) ? end - a : size_t(1) << 30);
+    const uint32_t bytes =
+        static_cast<uint32_t>(end - a < (size_t(1) << 30) ? end - a : size_t(1) << 30);
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(bytes) : "memory");
   }
 #else

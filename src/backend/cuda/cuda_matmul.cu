@@ -111,11 +111,14 @@ template <int CODE, int NT, bool SMEM, int R, bool DUAL>
 // read only after await_inputs(); otherwise the descriptor and the first column step's weights
 // (which never change) are loaded before it, while the kernel before may still run.
 // l2_prefetch: prefetch_later_steps (a hint; MOEFLUX_CUDA_L2_PREFETCH=0 turns it off, to compare).
+// ix.ids set: product blockIdx.y is built from the router's ids (indexed_product; descs unused,
+// descs_written true).
 __global__ void __launch_bounds__(kWarps * 32)
-    matvec_kernel(const MatmulDesc* descs, bool descs_written, bool l2_prefetch) {
+    matvec_kernel(const MatmulDesc* descs, bool descs_written, bool l2_prefetch,
+                  IndexedProducts ix) {
   if (descs_written) await_inputs();
   // A copy in registers: the loop's address arithmetic must not reload fields from memory.
-  const MatmulDesc d = descs[blockIdx.y];
+  const MatmulDesc d = ix.ids ? indexed_product(ix, blockIdx.y) : descs[blockIdx.y];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row0 = (blockIdx.x * kWarps + warp) * R;
   if (blockIdx.x * kWarps * R >= d.w.rows) {  // the whole block: no barrier is skipped
@@ -720,6 +723,14 @@ size_t opt_in_smem_limit() {
 
 // Launches matvec_kernel with `smem` bytes of dynamic shared memory, opting the kernel into
 // more than 48 KB first when it needs that (once per kernel and size reached).
+// A matrix-vector launch's products: descriptors in device memory (written: by an earlier
+// kernel), or built by each block from the router's ids (ix.ids set).
+struct MatvecLaunch {
+  const MatmulDesc* descs;
+  bool written;
+  IndexedProducts ix;
+};
+
 // Whether the matrix-vector kernels prefetch their rows' later column steps into L2 (on unless
 // MOEFLUX_CUDA_L2_PREFETCH=0, which is there to measure the difference).
 bool l2_prefetch_on() {
@@ -731,37 +742,37 @@ bool l2_prefetch_on() {
 }
 
 template <int CODE, int NT, int R, bool DUAL>
-void launch_staged(const MatmulDesc* dev, bool written, dim3 grid, size_t smem, cudaStream_t s) {
+void launch_staged(const MatvecLaunch& L, dim3 grid, size_t smem, cudaStream_t s) {
   static std::atomic<size_t> opted{48 * 1024};
   if (smem > opted.load(std::memory_order_relaxed)) {
     MF_CUDA(cudaFuncSetAttribute(matvec_kernel<CODE, NT, true, R, DUAL>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     opted.store(smem, std::memory_order_relaxed);
   }
-  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(dev, written,
-                                                                          l2_prefetch_on());
+  matvec_kernel<CODE, NT, true, R, DUAL>
+      <<<grid, kWarps * 32, smem, s>>>(L.descs, L.written, l2_prefetch_on(), L.ix);
 }
 
 template <int CODE, int NT, int R>
-void launch_matvec_r(const MatmulDesc* dev, bool written, int n, int max_rows, int max_cols,
-                     bool dual, cudaStream_t s) {
+void launch_matvec_r(const MatvecLaunch& L, int n, int max_rows, int max_cols, bool dual,
+                     cudaStream_t s) {
   const dim3 grid(blocks_for(max_rows, kWarps * R), n);
   const size_t smem = size_t(NT) * padded_pitch(max_cols) * sizeof(float);
   if constexpr (CODE != kGeneric) {
     if (smem <= opt_in_smem_limit()) {  // X staged in shared memory
       if (dual)
-        launch_staged<CODE, NT, R, true>(dev, written, grid, smem, s);
+        launch_staged<CODE, NT, R, true>(L, grid, smem, s);
       else
-        launch_staged<CODE, NT, R, false>(dev, written, grid, smem, s);
+        launch_staged<CODE, NT, R, false>(L, grid, smem, s);
       return;
     }
   }
   if (dual)
-    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(dev, written,
-                                                                        l2_prefetch_on());
+    matvec_kernel<CODE, NT, false, R, true>
+        <<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, l2_prefetch_on(), L.ix);
   else
-    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(dev, written,
-                                                                         l2_prefetch_on());
+    matvec_kernel<CODE, NT, false, R, false>
+        <<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, l2_prefetch_on(), L.ix);
 }
 
 // Rows per warp: as many as keep at least two blocks per SM of an H100/H200-sized GPU busy
@@ -770,62 +781,60 @@ void launch_matvec_r(const MatmulDesc* dev, bool written, int n, int max_rows, i
 // work per load, and more registers would spill (ptxas -v: A4, one row of X, 4 rows per warp:
 // 75 registers, dual 119; two rows of X, dual, 2 rows per warp: 227).
 template <int CODE, int NT>
-void launch_matvec_nt(const MatmulDesc* dev, bool written, int n, int max_rows, size_t sum_rows,
-                      int max_cols, bool dual, cudaStream_t s) {
+void launch_matvec_nt(const MatvecLaunch& L, int n, int max_rows, size_t sum_rows, int max_cols,
+                      bool dual, cudaStream_t s) {
   constexpr size_t kEnoughBlocks = 264;  // blocks with rows to compute (not the grid's size)
   auto enough = [&](int r) { return blocks_for(sum_rows, kWarps * r) >= kEnoughBlocks; };
   if constexpr (NT == 1 && CODE != kGeneric) {
-    if (enough(4))
-      return launch_matvec_r<CODE, NT, 4>(dev, written, n, max_rows, max_cols, dual, s);
-    if (enough(2))
-      return launch_matvec_r<CODE, NT, 2>(dev, written, n, max_rows, max_cols, dual, s);
+    if (enough(4)) return launch_matvec_r<CODE, NT, 4>(L, n, max_rows, max_cols, dual, s);
+    if (enough(2)) return launch_matvec_r<CODE, NT, 2>(L, n, max_rows, max_cols, dual, s);
   } else if constexpr (NT == 2 && CODE != kGeneric) {
-    if (!dual && enough(2))
-      return launch_matvec_r<CODE, NT, 2>(dev, written, n, max_rows, max_cols, dual, s);
+    if (!dual && enough(2)) return launch_matvec_r<CODE, NT, 2>(L, n, max_rows, max_cols, dual, s);
   }
-  launch_matvec_r<CODE, NT, 1>(dev, written, n, max_rows, max_cols, dual, s);
+  launch_matvec_r<CODE, NT, 1>(L, n, max_rows, max_cols, dual, s);
 }
 
 template <int CODE>
-void launch_matvec_code(const MatmulDesc* dev, bool written, int n, int max_rows, size_t sum_rows,
-                        int max_t, int max_cols, bool dual, cudaStream_t s) {
+void launch_matvec_code(const MatvecLaunch& L, int n, int max_rows, size_t sum_rows, int max_t,
+                        int max_cols, bool dual, cudaStream_t s) {
   if (max_t <= 1)
-    launch_matvec_nt<CODE, 1>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 1>(L, n, max_rows, sum_rows, max_cols, dual, s);
   else if (max_t <= 2)
-    launch_matvec_nt<CODE, 2>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 2>(L, n, max_rows, sum_rows, max_cols, dual, s);
   else if (max_t <= 4)
-    launch_matvec_nt<CODE, 4>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 4>(L, n, max_rows, sum_rows, max_cols, dual, s);
   else
-    launch_matvec_nt<CODE, 8>(dev, written, n, max_rows, sum_rows, max_cols, dual, s);
+    launch_matvec_nt<CODE, 8>(L, n, max_rows, sum_rows, max_cols, dual, s);
 }
 
 }  // namespace
 
 void launch_matvec(int code, const MatmulDesc* dev, int n, int max_rows, size_t sum_rows, int max_t,
-                   int max_cols, bool dual, cudaStream_t s, bool descs_written) {
+                   int max_cols, bool dual, cudaStream_t s, bool descs_written,
+                   const IndexedProducts* ix) {
+  MF_ASSERT(ix == nullptr || (descs_written && ix->ids != nullptr && max_t == 1));
+  const MatvecLaunch L{dev, descs_written, ix ? *ix : IndexedProducts{}};
   switch (code) {
     case kF32:
-      launch_matvec_code<kF32>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kF32>(L, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kF16:
-      launch_matvec_code<kF16>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kF16>(L, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kBF16:
-      launch_matvec_code<kBF16>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual,
-                                s);
+      launch_matvec_code<kBF16>(L, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kQ8:
-      launch_matvec_code<kQ8>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kQ8>(L, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kA4:
-      launch_matvec_code<kA4>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kA4>(L, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     case kA8:
-      launch_matvec_code<kA8>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual, s);
+      launch_matvec_code<kA8>(L, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
     default:
-      launch_matvec_code<kGeneric>(dev, descs_written, n, max_rows, sum_rows, max_t, max_cols, dual,
-                                   s);
+      launch_matvec_code<kGeneric>(L, n, max_rows, sum_rows, max_t, max_cols, dual, s);
       break;
   }
   check_launch("matvec");

@@ -7,6 +7,9 @@
 //   1b. a GEMM of up whose epilogue makes h = silu(stored) * up x;
 //   2. slots[out_rows] = down h.
 // Row lists are staged to the device once per call; h lives in the backend's scratch.
+#include <cstdlib>
+#include <string>
+
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_check.hpp"
 
@@ -14,47 +17,16 @@ namespace moeflux::cuda {
 
 namespace {
 
-// Descriptors of expert_ffn_indexed, built on the device from the router's ids: for pair
-// p = t * k + i (row t, rank i, expert e = ids[p]):
-//   gate_up[p]: h[p] = silu(gate_e X[t]) * (up_e X[t])     (dual matrix-vector, one row)
-//   down[p]:    slots[t * S + i] = down_e h[p]
-// `gate`, `up`, `down` describe a record at address 0 (pointers = byte offsets).
-__device__ DevMat at_record(DevMat m, const uint8_t* rec) {
-  m.data = rec + reinterpret_cast<uintptr_t>(m.data);
-  if (m.scales) m.scales = rec + reinterpret_cast<uintptr_t>(m.scales);
-  if (m.biases) m.biases = rec + reinterpret_cast<uintptr_t>(m.biases);
-  return m;
-}
-
-__global__ void indexed_descs_kernel(const int32_t* ids, int pairs, int k,
-                                     const uint8_t* const* records, DevMat gate, DevMat up,
-                                     DevMat down, const float* X, int ldx, float* h, int I,
-                                     float* slots, int lds, int S, MatmulDesc* gate_up,
-                                     MatmulDesc* down_out) {
+// expert_ffn_indexed's descriptors written out, both passes (MOEFLUX_CUDA_INDEXED_DESCS=1: the
+// way before the matrix-vector launches built their own, to compare): descs[pass * pairs + p].
+__global__ void indexed_descs_kernel(IndexedProducts ix, int pairs, MatmulDesc* descs) {
   await_inputs();
   const int p = blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= pairs) return;
-  const int t = p / k, i = p % k;
-  const uint8_t* rec = records[ids[p]];
-  MatmulDesc d = blank_desc();
-  d.w = at_record(gate, rec);
-  d.w2 = at_record(up, rec);
-  d.x = X + static_cast<size_t>(t) * ldx;
-  d.ldx = ldx;
-  d.y = h + static_cast<size_t>(p) * I;
-  d.ldy = I;
-  d.T = 1;
-  d.mode = kDual;
-  gate_up[p] = d;
-  MatmulDesc o = blank_desc();
-  o.w = at_record(down, rec);
-  o.x = d.y;
-  o.ldx = I;
-  o.y = slots + (static_cast<size_t>(t) * S + i) * lds;
-  o.ldy = lds;
-  o.T = 1;
-  o.mode = kStore;
-  down_out[p] = o;
+  ix.down_pass = 0;
+  descs[p] = indexed_product(ix, p);
+  ix.down_pass = 1;
+  descs[pairs + p] = indexed_product(ix, p);
 }
 
 // out[e] = Σ_{e' < e} f(in[e']) for e < n, by one warp: lane l sums a contiguous run of n / 32.
@@ -189,6 +161,16 @@ __global__ void group_pairs_kernel(const int32_t* ids, int pairs, int k, int E, 
 
 // A DevMat of a record matrix at address 0: pointers hold byte offsets (scales and biases
 // never start a record, so null still means absent).
+// MOEFLUX_CUDA_INDEXED_DESCS=1: expert_ffn_indexed writes its descriptors with a kernel of
+// their own (the way before; to compare).
+bool indexed_descs_kernel_on() {
+  static const bool on = [] {
+    const char* v = std::getenv("MOEFLUX_CUDA_INDEXED_DESCS");
+    return v && std::string(v) == "1";
+  }();
+  return on;
+}
+
 DevMat relative_mat(const RecordMatrix& m) {
   MatrixView rel;
   rel.fmt = m.fmt;
@@ -292,21 +274,42 @@ void CudaBackend::expert_ffn_indexed(const Tensor& X, const int32_t* ids, size_t
   // expert's weights); more: grouped by expert, a GEMM per expert.
   if (T > kMatvecRows && pairs >= kGroupedPairsPerExpert * ex.experts)
     return expert_ffn_grouped(X, ids, k, ex, slots, S);
-  // Scratch: [descriptors: 2 * pairs | h: pairs * I floats].
+  // Scratch: [descriptors: 2 * pairs (only to compare) | h: pairs * I floats].
   const size_t desc_bytes = (2 * pairs * sizeof(MatmulDesc) + 255) / 256 * 256;
   uint8_t* base = reinterpret_cast<uint8_t*>(scratch(desc_bytes + pairs * I * sizeof(float)));
   auto* descs = reinterpret_cast<MatmulDesc*>(base);
-  float* h = reinterpret_cast<float*>(base + desc_bytes);
-  const DevMat gate = relative_mat(ex.gate), up = relative_mat(ex.up), down = relative_mat(ex.down);
-  indexed_descs_kernel<<<blocks_for(pairs, 64), 64, 0, stream_>>>(
-      ids, int(pairs), int(k), ex.records, gate, up, down, X.f32(), int(X.pitch()), h, int(I),
-      slots.f32(), int(slots.pitch()), int(S), descs, descs + pairs);
-  check_launch("expert_ffn_indexed (descriptors)");
-  // The formats are the records' (one per layer), so the kernels are chosen here.
-  launch_matvec(matvec_code(gate, &up), descs, int(pairs), int(I), pairs * I, 1, int(H),
-                /*dual=*/true, stream_, /*descs_written=*/true);
-  launch_matvec(matvec_code(down, nullptr), descs + pairs, int(pairs), int(H), pairs * H, 1, int(I),
-                /*dual=*/false, stream_, /*descs_written=*/true);
+  IndexedProducts ix;
+  ix.ids = ids;
+  ix.records = ex.records;
+  ix.gate = relative_mat(ex.gate);
+  ix.up = relative_mat(ex.up);
+  ix.down = relative_mat(ex.down);
+  ix.X = X.f32();
+  ix.ldx = int(X.pitch());
+  ix.h = reinterpret_cast<float*>(base + desc_bytes);
+  ix.I = int(I);
+  ix.slots = slots.f32();
+  ix.lds = int(slots.pitch());
+  ix.S = int(S);
+  ix.k = int(k);
+  // The formats are the records' (one per layer), so the kernels are chosen here. Each block
+  // builds its product from the ids (indexed_product) once the routing has landed; with
+  // MOEFLUX_CUDA_INDEXED_DESCS=1 a kernel writes the descriptors first, as before.
+  const int gate_code = matvec_code(ix.gate, &ix.up), down_code = matvec_code(ix.down, nullptr);
+  if (indexed_descs_kernel_on()) {
+    indexed_descs_kernel<<<blocks_for(pairs, 64), 64, 0, stream_>>>(ix, int(pairs), descs);
+    check_launch("expert_ffn_indexed (descriptors)");
+    launch_matvec(gate_code, descs, int(pairs), int(I), pairs * I, 1, int(H), /*dual=*/true,
+                  stream_, /*descs_written=*/true);
+    launch_matvec(down_code, descs + pairs, int(pairs), int(H), pairs * H, 1, int(I),
+                  /*dual=*/false, stream_, /*descs_written=*/true);
+    return;
+  }
+  launch_matvec(gate_code, nullptr, int(pairs), int(I), pairs * I, 1, int(H), /*dual=*/true,
+                stream_, /*descs_written=*/true, &ix);
+  ix.down_pass = 1;
+  launch_matvec(down_code, nullptr, int(pairs), int(H), pairs * H, 1, int(I), /*dual=*/false,
+                stream_, /*descs_written=*/true, &ix);
 }
 
 void CudaBackend::expert_ffn_grouped(const Tensor& X, const int32_t* ids, size_t k,
