@@ -4,7 +4,8 @@
 # with the CPU backend, GPU-tier invariance), parity against transformers' references with the
 # CLI on the GPU (MOEFLUX_BACKEND=cuda), optionally compute-sanitizer, then `bench` on a
 # synthesized Qwen3-30B-A3B-shaped 8-layer 4-bit package for each GPU-tier size.
-# Environment: TESTS (gtest filter; "" skips), SANITIZE=1 (SANITIZE_RUNS "tool=filter;...",
+# Environment: TESTS (gtest filter; "" skips), TEST_RUNS ("NAME=value ... filter;...": the tests
+# again under other settings), SANITIZE=1 (SANITIZE_RUNS "tool=filter;...",
 # SANITIZE_TIMEOUT s each, 300),
 # VARIANTS ("name:flags;...", flags may start with NAME=value environment words), GEN (decode tokens per run, 128), TIMING=1 (bench --timing: host
 # time per layer), NSYS=1 (Nsight Systems kernel/API summaries of resident decode, when nsys is
@@ -46,6 +47,21 @@ if [ -n "$FILTER" ]; then
   echo "tests: exit $? — $(grep -E '^\[  (PASSED|FAILED)|^\[  SKIPPED' "$OUTD/tests.log" | tr '\n' ' ')"
   grep -E '^\[  FAILED|cuda parity' "$OUTD/tests.log" | head -20
 fi
+# TEST_RUNS: "NAME=value ... filter;..." — the tests again under other settings (the switches
+# MOEFLUX_CUDA_* that pick other kernels), each into $OUT/tests-N.log.
+IFS=";" read -ra test_runs <<< "${TEST_RUNS:-}"
+n=0
+for r in "${test_runs[@]}"; do
+  n=$((n + 1)); envs=(); filter=
+  read -ra words <<< "$r"  # no globbing: the filter has stars
+  for w in "${words[@]}"; do
+    if [[ $w =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$w"); else filter=$w; fi
+  done
+  ( cd "$BUILD/tests" && env MOEFLUX_BACKEND=cuda "${envs[@]}" "$MF_DIR/run-moeflux_tests" \
+      --gtest_filter="$filter" > "$OUTD/tests-$n.log" 2>&1 )
+  echo "tests ($r): exit $? — $(grep -E '^\[  (PASSED|FAILED)|^\[  SKIPPED' "$OUTD/tests-$n.log" | tr '\n' ' ')"
+  grep -E '^\[  FAILED' "$OUTD/tests-$n.log" | head -10
+done
 if [ "${SANITIZE:-0}" = 1 ]; then
   # SANITIZE_RUNS: "tool=gtest filter;..." (compute-sanitizer tools: memcheck, racecheck,
   # synccheck, initcheck), each within SANITIZE_TIMEOUT seconds, into $OUT/sanitizer-TOOL.log.

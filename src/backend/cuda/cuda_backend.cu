@@ -144,7 +144,8 @@ __device__ __forceinline__ void norm_row(int dim, Value value, float* keep, cons
 // PER = 0: any dim, read twice. Thread i sums elements i, i + blockDim.x, ... in that order
 // either way (norm_row).
 template <int PER>
-__global__ void rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
+__global__ void __launch_bounds__(1024)
+    rmsnorm_kernel(Vecs x, const float* w, Vecs y, float eps, int zero_centered) {
   await_inputs();
   const float* xv = x.at(blockIdx.x);
   norm_row<PER>(
@@ -448,8 +449,9 @@ __global__ void combine_kernel(CombineRows a) {
 // same order, the same block_sum and expression): bit for bit combine() then rmsnorm(), in one
 // pass over the row.
 template <int PER>
-__global__ void combine_norm_kernel(CombineRows a, const float* w, float eps, int zero_centered,
-                                    float* y, size_t ldy) {
+__global__ void __launch_bounds__(1024)
+    combine_norm_kernel(CombineRows a, const float* w, float eps, int zero_centered, float* y,
+                        size_t ldy) {
   await_inputs();
   const int t = blockIdx.x;
   norm_row<PER>(

@@ -292,10 +292,12 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 // 32); each warp 32 rows x BN/2 inputs = 2 m16 x BN/16 n8 MMA tiles. X arrives already split
 // into its bf16 terms (split_x_kernel, once per call) and is copied to shared memory with
 // cp.async; per step of KS k-tiles of 32 columns W is decoded (load_raw/chunk_code: 16-byte
-// loads) into shared memory. KS = 2 (64 columns a step) where every product's K allows it: half
-// the barriers and loop overhead per MMA, twice the bytes in flight, and an affine 4-bit tile
-// row is two chunks, so all 128 threads decode W (with KS = 1 only 64 do). The k-tile remains the
-// unit of scaling and accumulation, so KS changes no result. Shared rows are 32 KS + 8 bf16
+// loads) into shared memory. KS = 2 (64 columns a step) where every product's K allows it and
+// the larger kernel keeps as many blocks on an SM: half the barriers and loop overhead per MMA,
+// twice the bytes in flight, and an affine 4-bit tile row is two chunks, so all 128 threads
+// decode W (with KS = 1 only 64 do). The k-tile remains the unit of scaling and accumulation,
+// and split-K splits the columns in whole 64-column steps either way, so KS changes no result
+// (bit for bit). Shared rows are 32 KS + 8 bf16
 // (16 KS + 4 words): the 8 rows an ldmatrix reads fall on disjoint groups of 4 banks. Two
 // buffers: the next step's copies and W loads are issued before the MMAs of this one and W
 // stored after them (one barrier per step). blockIdx = (row tile, input tile, product x split of
@@ -653,10 +655,13 @@ __device__ __forceinline__ void tc_gemm_tile(const MatmulDesc& d, TcSmem<BN, kTc
 // shared memory are each format's own (one kernel switching over all took the f32 path's 168
 // registers a thread and 42.5 KB a block for every format). KS: k-tiles per step (2: every
 // product's K a multiple of 64). The shared tiles are dynamic shared memory (over 48 KB at BN 64,
-// KS 2: launch_tc opts in).
+// KS 2: launch_tc opts in). split_step: each split's k-tiles a multiple of it (2 wherever every
+// K is a multiple of 64, whatever KS: so that KS = 1 and 2 split the columns alike and give the
+// same results bit for bit).
 template <int BN, int CODE, int KS>
 __global__ void __launch_bounds__(kTcThreads)
-    tc_gemm_kernel(const MatmulDesc* descs, int splits, float* partial, int part_rows, int part_t) {
+    tc_gemm_kernel(const MatmulDesc* descs, int splits, float* partial, int part_rows, int part_t,
+                   int split_step) {
   await_inputs();
   extern __shared__ float4 tc_smem[];
   auto& sm = *reinterpret_cast<TcSmem<BN, kTcWLo<CODE>, KS>*>(tc_smem);
@@ -666,8 +671,9 @@ __global__ void __launch_bounds__(kTcThreads)
   // X not split (split_inputs), or a product of another format in the launch.
   if (d.xs == nullptr || d.xsum == nullptr || d.w.code != CODE) __trap();
   const int k_tiles = d.w.cols / kTcBK, s = blockIdx.z % splits;
-  if (k_tiles % KS != 0) __trap();  // launch_tc_gemm takes KS = 2 only for whole 64-column steps
-  const int per = ((k_tiles + splits - 1) / splits + KS - 1) / KS * KS;  // whole steps a split
+  // launch_tc_gemm takes KS = 2 (and a split step of 2) only for whole 64-column steps.
+  if (k_tiles % split_step != 0 || split_step % KS != 0) __trap();
+  const int per = ((k_tiles + splits - 1) / splits + split_step - 1) / split_step * split_step;
   TcSplit sp{s * per, min(k_tiles, (s + 1) * per), nullptr, part_rows};
   if (splits > 1) {
     sp.part = partial + static_cast<size_t>(blockIdx.z) * part_t * part_rows;
@@ -886,20 +892,21 @@ int gemm_tile_width(size_t tiles32, size_t tiles64) {
 
 namespace {
 
-// Steps of two k-tiles unless MOEFLUX_CUDA_GEMM_KSTEP=1 (one, to compare).
-bool two_tile_steps_on() {
-  static const bool on = [] {
+// k-tiles a step of the tensor-core GEMM where every K is a multiple of 64: 0 (default: two
+// where that keeps as many blocks on an SM as one does, tc_two_steps_fit), or 1 or 2 as
+// MOEFLUX_CUDA_GEMM_KSTEP says (to compare).
+int gemm_kstep_asked() {
+  static const int asked = [] {
     const char* v = std::getenv("MOEFLUX_CUDA_GEMM_KSTEP");
-    return !(v && std::string(v) == "1");
+    return v && std::string(v) == "1" ? 1 : v && std::string(v) == "2" ? 2 : 0;
   }();
-  return on;
+  return asked;
 }
 
-// tc_gemm_kernel<BN, CODE, KS> over the launch, its shared memory opted into first when over the
-// default 48 KB (once per kernel).
+// tc_gemm_kernel<BN, CODE, KS>'s shared memory, the kernel opted into it first when over the
+// default 48 KB (once per kernel: one device per process, as launch_staged assumes).
 template <int BN, int CODE, int KS>
-void launch_tc(dim3 grid, const MatmulDesc* dev, int max_rows, int max_t, cudaStream_t s,
-               const GemmSplit& sp) {
+size_t tc_smem() {
   constexpr size_t kSmem = sizeof(TcSmem<BN, kTcWLo<CODE>, KS>);
   if constexpr (kSmem > 48 * 1024) {
     static const bool opted = [] {
@@ -909,8 +916,30 @@ void launch_tc(dim3 grid, const MatmulDesc* dev, int max_rows, int max_t, cudaSt
     }();
     (void)opted;
   }
-  tc_gemm_kernel<BN, CODE, KS>
-      <<<grid, kTcThreads, kSmem, s>>>(dev, sp.splits, sp.partial, max_rows, max_t);
+  return kSmem;
+}
+
+// Whether two k-tiles a step keep as many blocks resident on an SM as one does (their registers
+// and shared memory are larger: on sm_90 the 4-bit 32-input kernel goes from 95 to 120 registers,
+// 5 blocks to 4; on sm_86/89 the 64-input one would fit one block instead of three).
+template <int BN, int CODE>
+bool tc_two_steps_fit() {
+  static const bool fit = [] {
+    int one = 0, two = 0;
+    MF_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&one, tc_gemm_kernel<BN, CODE, 1>,
+                                                          kTcThreads, tc_smem<BN, CODE, 1>()));
+    MF_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&two, tc_gemm_kernel<BN, CODE, 2>,
+                                                          kTcThreads, tc_smem<BN, CODE, 2>()));
+    return two >= one && two > 0;
+  }();
+  return fit;
+}
+
+template <int BN, int CODE, int KS>
+void launch_tc(dim3 grid, const MatmulDesc* dev, int max_rows, int max_t, cudaStream_t s,
+               const GemmSplit& sp, int split_step) {
+  tc_gemm_kernel<BN, CODE, KS><<<grid, kTcThreads, tc_smem<BN, CODE, KS>(), s>>>(
+      dev, sp.splits, sp.partial, max_rows, max_t, split_step);
 }
 
 template <int BN>
@@ -919,14 +948,17 @@ void launch_tc_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int ma
   MF_ASSERT(size_t(n) * sp.splits <= 65535);  // grid z (products x splits)
   const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, BN), unsigned(n * sp.splits));
   // Two k-tiles a step where every K allows it, for the formats whose W is one bf16 term (f32
-  // and f16 carry a low term: twice the registers and shared memory a step).
-  const bool two = k64 && two_tile_steps_on();
+  // and f16 carry a low term: twice the registers and shared memory a step), where that costs
+  // no occupancy (or as MOEFLUX_CUDA_GEMM_KSTEP asks). The columns split alike either way.
+  const int split_step = k64 ? 2 : 1, asked = gemm_kstep_asked();
   auto go = [&](auto code_c) {
     constexpr int C = decltype(code_c)::value;
-    if (two && !kTcWLo<C>)
-      launch_tc<BN, C, 2>(grid, dev, max_rows, max_t, s, sp);
+    bool two = false;
+    if constexpr (!kTcWLo<C>) two = k64 && (asked == 0 ? tc_two_steps_fit<BN, C>() : asked == 2);
+    if (two)
+      launch_tc<BN, C, 2>(grid, dev, max_rows, max_t, s, sp, split_step);
     else
-      launch_tc<BN, C, 1>(grid, dev, max_rows, max_t, s, sp);
+      launch_tc<BN, C, 1>(grid, dev, max_rows, max_t, s, sp, split_step);
   };
   switch (code) {
     case kF32:
