@@ -118,9 +118,10 @@ TEST_P(CudaEngine, CpuComputedExpertsMatchTheGpu) {
 
 // A decode step recorded into a CUDA graph once and replayed for the tokens after (every expert
 // resident, one sequence) gives the logits of the same ops issued one by one
-// (MOEFLUX_CUDA_GRAPHS=0), bit for bit — across a second session of the same engine (its own
-// recording), a prompt chunk between decode steps (it grows the scratch the recording uses:
-// recorded anew) and clear().
+// (MOEFLUX_CUDA_GRAPHS=0), bit for bit, and the same routing for the host (copied on a branch of
+// the recording that the pass does not wait for) — across a second session of the same engine
+// (its own recording), a prompt chunk between decode steps (it grows the scratch the recording
+// uses: recorded anew) and clear().
 TEST_P(CudaEngine, RecordedDecodeStepsEqualOpByOp) {
   auto run = [&](Backend::RecordingStats* stats) {
     EngineOptions o = on("cuda", EngineOptions::kGpuMemAll);
@@ -129,16 +130,23 @@ TEST_P(CudaEngine, RecordedDecodeStepsEqualOpByOp) {
     Engine engine(*model_, o);
     Session a(engine), b(engine);
     std::vector<float> all;
-    auto take = [&all](const std::vector<float>& l) { all.insert(all.end(), l.begin(), l.end()); };
+    // The logits, then each layer's routing of the last token (ids as floats, weights).
+    auto take = [&all](const Session& s, const std::vector<float>& l) {
+      all.insert(all.end(), l.begin(), l.end());
+      for (const RoutingRecord& r : s.last_routing()) {
+        for (int e : r.experts) all.push_back(float(e));
+        all.insert(all.end(), r.weights.begin(), r.weights.end());
+      }
+    };
     const size_t n = tokens_.size();
     for (size_t i = 0; i < n / 2; ++i) {
-      take(a.eval_token(tokens_[i]));
-      take(b.eval_token(tokens_[n - 1 - i]));
+      take(a, a.eval_token(tokens_[i]));
+      take(b, b.eval_token(tokens_[n - 1 - i]));
     }
-    take(a.eval_prompt(std::span<const int>(tokens_).subspan(0, 8)));  // a longer batch
-    for (size_t i = 0; i < 4; ++i) take(a.eval_token(tokens_[i]));
+    take(a, a.eval_prompt(std::span<const int>(tokens_).subspan(0, 8)));  // a longer batch
+    for (size_t i = 0; i < 4; ++i) take(a, a.eval_token(tokens_[i]));
     b.clear();
-    for (size_t i = 0; i < 4; ++i) take(b.eval_token(tokens_[i]));
+    for (size_t i = 0; i < 4; ++i) take(b, b.eval_token(tokens_[i]));
     if (stats) *stats = engine.backend().recording_stats();
     return all;
   };

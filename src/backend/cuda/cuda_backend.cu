@@ -591,6 +591,11 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
   MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));
+  MF_CUDA(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
+  MF_CUDA(cudaEventCreateWithFlags(&route_done_, cudaEventDisableTiming));
+  MF_CUDA(cudaEventCreateWithFlags(&side_done_, cudaEventDisableTiming));
+  const char* side = std::getenv("MOEFLUX_CUDA_SIDE_COPIES");
+  side_copies_ = !(side && std::string(side) == "0");
 }
 
 CudaBackend::~CudaBackend() {
@@ -598,6 +603,9 @@ CudaBackend::~CudaBackend() {
   cudaStreamSynchronize(stream_);
   for (const Recording& r : recordings_) cudaGraphExecDestroy(r.exec);
   cudaEventDestroy(step_read_);
+  cudaEventDestroy(route_done_);
+  cudaEventDestroy(side_done_);
+  cudaStreamDestroy(side_stream_);
   cudaFree(step_dev_);
   cudaFreeHost(step_host_);
   cudaFreeHost(pick_host_);
@@ -829,11 +837,21 @@ cudaError_t make_kernel_edges_programmatic(cudaGraph_t g) {
 
 }  // namespace
 
+// The side branch of route()'s copies joined into the compute stream (a recording must end with
+// every branch joined).
+void CudaBackend::join_side_branch() {
+  if (!side_pending_) return;
+  side_pending_ = false;
+  MF_CUDA(cudaStreamWaitEvent(stream_, side_done_, 0));
+}
+
 void CudaBackend::end_recording() {
   MF_ASSERT(capturing_);
+  cudaError_t err = side_pending_ ? cudaStreamWaitEvent(stream_, side_done_, 0) : cudaSuccess;
+  side_pending_ = false;
   capturing_ = false;
   cudaGraph_t graph = nullptr;
-  cudaError_t err = cudaStreamEndCapture(stream_, &graph);
+  if (const cudaError_t e = cudaStreamEndCapture(stream_, &graph); err == cudaSuccess) err = e;
   Recording r;
   r.key = recording_key_;
   r.epoch = memory_epoch_;
@@ -873,6 +891,8 @@ void CudaBackend::end_recording() {
 
 void CudaBackend::abort_recording(std::string_view why) {
   if (!capturing_) return;
+  if (side_pending_) cudaStreamWaitEvent(stream_, side_done_, 0);  // joined, so that it can end
+  side_pending_ = false;
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(stream_, &graph);  // invalidated, usually: nothing of it runs
@@ -1064,6 +1084,9 @@ void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const Rout
   const size_t T = logits.rows(), E = logits.shape[1], k = out.k;
   MF_ASSERT(k <= E && k <= 32 && out.ids && out.weights && out.device_weights);
   int32_t* ids = out.device_ids ? out.device_ids : scratch_ids(T * k);
+  // The previous route's copies (a recording's side branch) read the device routing this
+  // rewrites: joined first (long done by now: a layer of kernels ran since).
+  join_side_branch();
   if (spec.kind == RouterKind::SigmoidGroupTopK) {
     const size_t G = size_t(spec.n_group);
     MF_ASSERT(spec.bias && G > 0 && G <= 64 && E % G == 0 && E / G >= 2 && spec.topk_group > 0 &&
@@ -1079,9 +1102,22 @@ void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const Rout
         spec.norm_topk_prob ? 1 : 0, ids, out.device_weights);
   }
   check_launch("route");
-  MF_CUDA(cudaMemcpyAsync(out.ids, ids, T * k * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_));
+  // The host's copies. In a recording, on a branch the pass does not wait for (joined at its
+  // end); else on the compute stream, where the host waits for them (synchronize()).
+  const bool side = capturing_ && side_copies_;
+  cudaStream_t cs = stream_;
+  if (side) {
+    MF_CUDA(cudaEventRecord(route_done_, stream_));
+    MF_CUDA(cudaStreamWaitEvent(side_stream_, route_done_, 0));
+    cs = side_stream_;
+  }
+  MF_CUDA(cudaMemcpyAsync(out.ids, ids, T * k * sizeof(int32_t), cudaMemcpyDeviceToHost, cs));
   MF_CUDA(cudaMemcpyAsync(out.weights, out.device_weights, T * k * sizeof(float),
-                          cudaMemcpyDeviceToHost, stream_));
+                          cudaMemcpyDeviceToHost, cs));
+  if (side) {
+    MF_CUDA(cudaEventRecord(side_done_, side_stream_));
+    side_pending_ = true;
+  }
 }
 
 void CudaBackend::copy(const Tensor& src, const Tensor& dst) {
