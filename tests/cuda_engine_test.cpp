@@ -166,6 +166,11 @@ TEST_P(CudaEngine, RecordedDecodeStepsEqualOpByOp) {
   EXPECT_GE(st.recorded, 3u);
   EXPECT_LE(st.recorded, 4u);
   EXPECT_GE(st.replayed, tokens_.size() - 8);
+  // The routing's copies were recorded on their branch (a layer's worth per recording at least).
+  const char* side = std::getenv("MOEFLUX_CUDA_SIDE_COPIES");
+  if (!(side && std::string(side) == "0")) {
+    EXPECT_GE(st.side_branches, st.recorded);
+  }
 }
 
 TEST_P(CudaEngine, BatchedDecodeEqualsEachSessionAlone) {

@@ -273,6 +273,40 @@ TEST_F(CudaOps, MatmulTensorCoreGemm) {
     expect_twins(Y[i], dY[i], 2e-5, format_name(kFormats[i]).c_str());
 }
 
+// Two k-tiles a step give the same bits as one (MOEFLUX_CUDA_GEMM_KSTEP=2 against =1): the
+// k-tile stays the unit of scaling and accumulation, and split-K splits the columns in whole
+// 64-column steps either way. A product of few blocks (40 rows, 9 inputs, 42 k-tiles: split-K
+// with empty last splits) and a wide one (64-input tiles), in the formats whose W is one bf16
+// term (the others always take one k-tile).
+TEST_F(CudaOps, MatmulTensorCoreGemmStepsAgree) {
+  struct Shape {
+    size_t rows, cols, T;
+  };
+  for (QuantFormat f :
+       {QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4(), QuantFormat::affine(8, 64)}) {
+    for (const Shape sh : {Shape{40, 1344, 9}, Shape{700, 2048, 100}}) {
+      SCOPED_TRACE(format_name(f) + " rows " + std::to_string(sh.rows) + " cols " +
+                   std::to_string(sh.cols) + " T " + std::to_string(sh.T));
+      RandomMatrix A(f, sh.rows, sh.cols, rng_);
+      const MatrixView dA = dev_matrix(A);
+      HostTensor X(sh.T, sh.cols), Y(sh.T, sh.rows);
+      X.randomize(rng_);
+      Mirror dX = mirror(X);
+      std::vector<float> got[2];
+      for (int step : {1, 2}) {
+        ::setenv("MOEFLUX_CUDA_GEMM_KSTEP", step == 1 ? "1" : "2", 1);
+        Mirror dY = mirror(Y);
+        const Projection dp[1] = {{&dA, dY.t}};
+        gpu_->matmul(dX.t, dp);
+        got[step - 1] = fetch(dY);
+      }
+      ::unsetenv("MOEFLUX_CUDA_GEMM_KSTEP");
+      ASSERT_EQ(got[0].size(), got[1].size());
+      EXPECT_EQ(std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float)), 0);
+    }
+  }
+}
+
 // Launch shapes of the matrix-vector kernels: enough rows give each warp 4 rows (one row of
 // X) or 2 (1024 rows: 2 per warp still fill the GPU; two rows of X), the rows of all products
 // counted; a row of X wider than 48 KB of shared memory holds opts into more.

@@ -269,10 +269,11 @@ class Backend {
     int pos = 0;
   };
   struct RecordingStats {
-    uint64_t recorded = 0;     // recordings made and run
-    uint64_t replayed = 0;     // replays run
-    uint64_t failed = 0;       // recordings abandoned (an op that cannot be recorded)
-    std::string last_failure;  // why the last one was abandoned
+    uint64_t recorded = 0;       // recordings made and run
+    uint64_t replayed = 0;       // replays run
+    uint64_t failed = 0;         // recordings abandoned (an op that cannot be recorded)
+    std::string last_failure;    // why the last one was abandoned
+    uint64_t side_branches = 0;  // copies recorded on a branch the pass does not wait for
   };
   virtual bool begin_recording(uint64_t key, StepInputs in) {
     (void)key, (void)in;

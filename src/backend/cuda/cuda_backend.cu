@@ -837,18 +837,20 @@ cudaError_t make_kernel_edges_programmatic(cudaGraph_t g) {
 
 }  // namespace
 
-// The side branch of route()'s copies joined into the compute stream (a recording must end with
-// every branch joined).
-void CudaBackend::join_side_branch() {
-  if (!side_pending_) return;
+// The side branch of route()'s copies, if one was forked (even one that failed halfway), joined
+// into the compute stream: side_done_ recorded where the branch ends, the compute stream made
+// to wait for it (a recording must end with every branch joined).
+cudaError_t CudaBackend::join_side_branch() {
+  if (!side_pending_) return cudaSuccess;
   side_pending_ = false;
-  MF_CUDA(cudaStreamWaitEvent(stream_, side_done_, 0));
+  cudaError_t e = cudaEventRecord(side_done_, side_stream_);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(stream_, side_done_, 0);
+  return e;
 }
 
 void CudaBackend::end_recording() {
   MF_ASSERT(capturing_);
-  cudaError_t err = side_pending_ ? cudaStreamWaitEvent(stream_, side_done_, 0) : cudaSuccess;
-  side_pending_ = false;
+  cudaError_t err = join_side_branch();
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   if (const cudaError_t e = cudaStreamEndCapture(stream_, &graph); err == cudaSuccess) err = e;
@@ -891,8 +893,7 @@ void CudaBackend::end_recording() {
 
 void CudaBackend::abort_recording(std::string_view why) {
   if (!capturing_) return;
-  if (side_pending_) cudaStreamWaitEvent(stream_, side_done_, 0);  // joined, so that it can end
-  side_pending_ = false;
+  join_side_branch();  // so that the capture can end (its errors are the abandoned recording's)
   capturing_ = false;
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(stream_, &graph);  // invalidated, usually: nothing of it runs
@@ -1086,7 +1087,7 @@ void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const Rout
   int32_t* ids = out.device_ids ? out.device_ids : scratch_ids(T * k);
   // The previous route's copies (a recording's side branch) read the device routing this
   // rewrites: joined first (long done by now: a layer of kernels ran since).
-  join_side_branch();
+  MF_CUDA(join_side_branch());
   if (spec.kind == RouterKind::SigmoidGroupTopK) {
     const size_t G = size_t(spec.n_group);
     MF_ASSERT(spec.bias && G > 0 && G <= 64 && E % G == 0 && E / G >= 2 && spec.topk_group > 0 &&
@@ -1109,15 +1110,14 @@ void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const Rout
   if (side) {
     MF_CUDA(cudaEventRecord(route_done_, stream_));
     MF_CUDA(cudaStreamWaitEvent(side_stream_, route_done_, 0));
+    side_pending_ =
+        true;  // forked: joined by the next route or the recording's end, whatever fails
+    ++rec_stats_.side_branches;
     cs = side_stream_;
   }
   MF_CUDA(cudaMemcpyAsync(out.ids, ids, T * k * sizeof(int32_t), cudaMemcpyDeviceToHost, cs));
   MF_CUDA(cudaMemcpyAsync(out.weights, out.device_weights, T * k * sizeof(float),
                           cudaMemcpyDeviceToHost, cs));
-  if (side) {
-    MF_CUDA(cudaEventRecord(side_done_, side_stream_));
-    side_pending_ = true;
-  }
 }
 
 void CudaBackend::copy(const Tensor& src, const Tensor& dst) {

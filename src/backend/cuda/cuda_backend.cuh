@@ -226,15 +226,15 @@ class CudaBackend final : public Backend {
   StepInputs* step_dev_ = nullptr;
   cudaEvent_t step_read_ = nullptr;
   // In a recording, route()'s copies of the routing to the host run on a branch of their own
-  // (side_stream_: from route_done_, to side_done_), joined at the recording's end: nothing in
-  // the pass waits for them (the host reads the routing after the pass). side_pending_: a
-  // branch was forked and not yet joined (the next route's kernel waits for it before it
-  // rewrites the device routing those copies read).
+  // (side_stream_: from route_done_; side_done_ recorded where it joins), joined at the
+  // recording's end: nothing in the pass waits for them (the host reads the routing after the
+  // pass). side_pending_: a branch was forked and not yet joined (the next route's kernel waits
+  // for it before it rewrites the device routing those copies read).
   cudaStream_t side_stream_ = nullptr;
   cudaEvent_t route_done_ = nullptr, side_done_ = nullptr;
   bool side_pending_ = false;
   bool side_copies_ = true;  // MOEFLUX_CUDA_SIDE_COPIES=0: on the compute stream (to compare)
-  void join_side_branch();
+  cudaError_t join_side_branch();
   uint64_t recording_key_ = 0, runs_ = 0;
   bool capturing_ = false, graphs_enabled_ = true;
   bool delta_chunked_ = true;  // gated_delta_rule's chunked form for prompts (cuda_deltanet.cu)

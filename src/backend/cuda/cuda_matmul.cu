@@ -894,13 +894,10 @@ namespace {
 
 // k-tiles a step of the tensor-core GEMM where every K is a multiple of 64: 0 (default: two
 // where that keeps as many blocks on an SM as one does, tc_two_steps_fit), or 1 or 2 as
-// MOEFLUX_CUDA_GEMM_KSTEP says (to compare).
+// MOEFLUX_CUDA_GEMM_KSTEP says (to compare; read at every launch, so that a test compares both).
 int gemm_kstep_asked() {
-  static const int asked = [] {
-    const char* v = std::getenv("MOEFLUX_CUDA_GEMM_KSTEP");
-    return v && std::string(v) == "1" ? 1 : v && std::string(v) == "2" ? 2 : 0;
-  }();
-  return asked;
+  const char* v = std::getenv("MOEFLUX_CUDA_GEMM_KSTEP");
+  return v && std::string(v) == "1" ? 1 : v && std::string(v) == "2" ? 2 : 0;
 }
 
 // tc_gemm_kernel<BN, CODE, KS>'s shared memory, the kernel opted into it first when over the
