@@ -159,6 +159,13 @@ TEST_P(CudaEngine, RecordedDecodeStepsEqualOpByOp) {
   const std::vector<float> recorded = run(&st);
   ASSERT_EQ(recorded.size(), plain.size());
   EXPECT_EQ(std::memcmp(recorded.data(), plain.data(), plain.size() * sizeof(float)), 0);
+  // The routing's copies delayed on their branch (200 µs, longer than a layer): the next route
+  // must still wait for them before it rewrites the device routing they read.
+  ::setenv("MOEFLUX_CUDA_SIDE_DELAY_US", "200", 1);
+  const std::vector<float> delayed = run(nullptr);
+  ::unsetenv("MOEFLUX_CUDA_SIDE_DELAY_US");
+  ASSERT_EQ(delayed.size(), plain.size());
+  EXPECT_EQ(std::memcmp(delayed.data(), plain.data(), plain.size() * sizeof(float)), 0);
   // Two sessions, then one recorded anew after the prompt chunk; the rest replays.
   std::printf("[cuda graphs] %s: %llu recorded, %llu replayed, %llu abandoned (last: %s)\n",
               GetParam().c_str(), (unsigned long long)st.recorded, (unsigned long long)st.replayed,

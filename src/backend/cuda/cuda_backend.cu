@@ -281,6 +281,16 @@ __global__ void conv1d_silu_kernel(const float* x, size_t ldx, int T, int C, con
   for (int j = 0; j < S; ++j) st[j] = next[j];
 }
 
+// Waits `us` microseconds of the GPU's global timer (after the kernel before has finished: its
+// edge from route may be programmatic). Tests only: MOEFLUX_CUDA_SIDE_DELAY_US.
+__global__ void delay_kernel(int us) {
+  await_inputs();
+  uint64_t t0 = 0, t = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+  do asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  while (t - t0 < uint64_t(us) * 1000);
+}
+
 // Softmax top-k routing, one warp per token: probabilities p = softmax(logits) (in shared
 // memory), then k rounds of arg-max (ties: the lower index, as the CPU's top_k), weights p
 // renormalised over the chosen when asked.
@@ -596,6 +606,10 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   MF_CUDA(cudaEventCreateWithFlags(&side_done_, cudaEventDisableTiming));
   const char* side = std::getenv("MOEFLUX_CUDA_SIDE_COPIES");
   side_copies_ = !(side && std::string(side) == "0");
+  // MOEFLUX_CUDA_SIDE_DELAY_US (tests): each side branch first waits this long on the GPU, so
+  // that a join missing before the next route would let it overwrite what the copies read.
+  if (const char* d = std::getenv("MOEFLUX_CUDA_SIDE_DELAY_US"))
+    side_delay_us_ = std::max(0, std::atoi(d));
 }
 
 CudaBackend::~CudaBackend() {
@@ -1110,10 +1124,13 @@ void CudaBackend::route(const Tensor& logits, const RouterSpec& spec, const Rout
   if (side) {
     MF_CUDA(cudaEventRecord(route_done_, stream_));
     MF_CUDA(cudaStreamWaitEvent(side_stream_, route_done_, 0));
-    side_pending_ =
-        true;  // forked: joined by the next route or the recording's end, whatever fails
+    side_pending_ = true;  // forked: joined by the next route or the recording's end
     ++rec_stats_.side_branches;
     cs = side_stream_;
+    if (side_delay_us_ > 0) {
+      delay_kernel<<<1, 1, 0, side_stream_>>>(side_delay_us_);
+      check_launch("route (side branch delay)");
+    }
   }
   MF_CUDA(cudaMemcpyAsync(out.ids, ids, T * k * sizeof(int32_t), cudaMemcpyDeviceToHost, cs));
   MF_CUDA(cudaMemcpyAsync(out.weights, out.device_weights, T * k * sizeof(float),

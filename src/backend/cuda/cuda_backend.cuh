@@ -234,6 +234,7 @@ class CudaBackend final : public Backend {
   cudaEvent_t route_done_ = nullptr, side_done_ = nullptr;
   bool side_pending_ = false;
   bool side_copies_ = true;  // MOEFLUX_CUDA_SIDE_COPIES=0: on the compute stream (to compare)
+  int side_delay_us_ = 0;    // MOEFLUX_CUDA_SIDE_DELAY_US (tests): the branch waits first
   cudaError_t join_side_branch();
   uint64_t recording_key_ = 0, runs_ = 0;
   bool capturing_ = false, graphs_enabled_ = true;
