@@ -141,30 +141,6 @@ __device__ __forceinline__ void await_inputs() {
 #endif
 }
 
-// Asks L2 to fetch the bytes [p, p + n) of global memory ahead of the loads that will read them:
-// a hint, which changes no value and which nothing waits for. Only the whole 16-byte units inside
-// the range are named, never a byte outside it (so any range of a live buffer is safe). sm_90:
-// one bulk prefetch; older GPUs: one prefetch per 128-byte line.
-__device__ __forceinline__ void prefetch_l2(const void* p, size_t n) {
-#if defined(__CUDA_ARCH__)
-  const size_t g = __cvta_generic_to_global(p);
-  const size_t end = (g + n) & ~size_t(15);
-  size_t a = (g + 15) & ~size_t(15);
-  if (a >= end) return;
-#if __CUDA_ARCH__ >= 900
-  for (; a < end; a += size_t(1) << 30) {  // the size operand is 32 bits
-    const uint32_t bytes =
-        static_cast<uint32_t>(end - a < (size_t(1) << 30) ? end - a : size_t(1) << 30);
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(a), "r"(bytes) : "memory");
-  }
-#else
-  for (; a < end; a += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(a) : "memory");
-#endif
-#else
-  (void)p, (void)n;
-#endif
-}
-
 __device__ __forceinline__ float bf16_bits(uint32_t u16) {
   return __uint_as_float(u16 << 16);
 }

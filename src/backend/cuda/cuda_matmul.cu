@@ -70,35 +70,6 @@ __device__ __forceinline__ void stage_x_row(const float* x, int cols, float* xs)
   }
 }
 
-// The bytes of the warp's R rows that its first column step does not load (a lane's chunk
-// is 16 bytes: the step covers 512 bytes of each row's codes and their groups' scales and
-// biases), asked of L2 at once (prefetch_l2): the later steps then wait for L2, not DRAM, and
-// where the weights never change the prefetch is issued before the kernel waits for the one
-// before it, so under programmatic edges their fetch overlaps that kernel. Lane p R + r names
-// row r's part p: codes, scales, biases (then the second matrix's, DUAL). A hint only: the
-// products are the same, bit for bit, with it or without (MOEFLUX_CUDA_L2_PREFETCH=0).
-template <int CODE, int R, bool DUAL>
-__device__ __forceinline__ void prefetch_later_steps(const MatmulDesc& d, int row0, int lane) {
-  constexpr int CH = Chunk<CODE>::n, kStep = 32 * CH;  // elements of a row per column step
-  constexpr bool kScaled = CODE == kQ8 || CODE == kA4 || CODE == kA8;
-  constexpr int kParts = (kScaled ? (kNeedsXSum<CODE> ? 3 : 2) : 1) * (DUAL ? 2 : 1);
-  if constexpr (CODE == kGeneric) return;
-  const int part = lane / R, row = row0 + lane % R;
-  if (part >= kParts || row >= d.w.rows || d.w.cols <= kStep) return;
-  constexpr int kPerMatrix = kParts / (DUAL ? 2 : 1);
-  const DevMat& w = part < kPerMatrix ? d.w : d.w2;
-  const int what = part % kPerMatrix;  // 0 codes, 1 scales, 2 biases
-  if (what == 0) {
-    const uint8_t* r = w.data + static_cast<size_t>(row) * w.row_bytes;
-    prefetch_l2(r + 512, w.row_bytes - 512);
-  } else {
-    const int group = CODE == kQ8 ? 32 : w.group;
-    const int groups = w.cols / group, first = kStep / group;  // groups per row, per step
-    const uint8_t* base = what == 1 ? w.scales : w.biases;
-    prefetch_l2(base + 2 * (static_cast<size_t>(row) * groups + first), 2 * size_t(groups - first));
-  }
-}
-
 // Each warp computes R consecutive rows of W (rows [R (8 blockIdx.x + warp), ... + R)), lanes
 // splitting the columns in chunks: a lane's loads of one column step, R chunks (2R for a dual
 // product), are all issued before any is decoded, so R 16-byte loads per lane are in flight,
@@ -110,12 +81,10 @@ template <int CODE, int NT, bool SMEM, int R, bool DUAL>
 // descs_written: an earlier kernel wrote the descriptors (device-side routing), so they are
 // read only after await_inputs(); otherwise the descriptor and the first column step's weights
 // (which never change) are loaded before it, while the kernel before may still run.
-// l2_prefetch: prefetch_later_steps (a hint; MOEFLUX_CUDA_L2_PREFETCH=0 turns it off, to compare).
 // ix.ids set: product blockIdx.y is built from the router's ids (indexed_product; descs unused,
 // descs_written true).
 __global__ void __launch_bounds__(kWarps * 32)
-    matvec_kernel(const MatmulDesc* descs, bool descs_written, bool l2_prefetch,
-                  IndexedProducts ix) {
+    matvec_kernel(const MatmulDesc* descs, bool descs_written, IndexedProducts ix) {
   if (descs_written) await_inputs();
   // A copy in registers: the loop's address arithmetic must not reload fields from memory.
   const MatmulDesc d = ix.ids ? indexed_product(ix, blockIdx.y) : descs[blockIdx.y];
@@ -142,7 +111,6 @@ __global__ void __launch_bounds__(kWarps * 32)
     }
   };
   load_step(lane * CH);
-  if (l2_prefetch) prefetch_later_steps<CODE, R, DUAL>(d, row0, lane);
   if (!descs_written) await_inputs();  // X may be the kernel before's output
   extern __shared__ float4 xs4[];
   float* xs = reinterpret_cast<float*>(xs4);
@@ -293,7 +261,7 @@ __global__ void __launch_bounds__(256) gemm_kernel(const MatmulDesc* descs) {
 // into its bf16 terms (split_x_kernel, once per call) and is copied to shared memory with
 // cp.async; per step of KS k-tiles of 32 columns W is decoded (load_raw/chunk_code: 16-byte
 // loads) into shared memory. KS = 2 (64 columns a step) where every product's K allows it and
-// the larger kernel keeps as many blocks on an SM: half the barriers and loop overhead per MMA,
+// the larger kernel keeps 3/4 of the blocks on an SM: half the barriers and loop overhead per MMA,
 // twice the bytes in flight, and an affine 4-bit tile row is two chunks, so all 128 threads
 // decode W (with KS = 1 only 64 do). The k-tile remains the unit of scaling and accumulation,
 // and split-K splits the columns in whole 64-column steps either way, so KS changes no result
@@ -737,16 +705,6 @@ struct MatvecLaunch {
   IndexedProducts ix;
 };
 
-// Whether the matrix-vector kernels prefetch their rows' later column steps into L2 (on unless
-// MOEFLUX_CUDA_L2_PREFETCH=0, which is there to measure the difference).
-bool l2_prefetch_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("MOEFLUX_CUDA_L2_PREFETCH");
-    return !(v && std::string(v) == "0");
-  }();
-  return on;
-}
-
 template <int CODE, int NT, int R, bool DUAL>
 void launch_staged(const MatvecLaunch& L, dim3 grid, size_t smem, cudaStream_t s) {
   static std::atomic<size_t> opted{48 * 1024};
@@ -755,8 +713,7 @@ void launch_staged(const MatvecLaunch& L, dim3 grid, size_t smem, cudaStream_t s
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     opted.store(smem, std::memory_order_relaxed);
   }
-  matvec_kernel<CODE, NT, true, R, DUAL>
-      <<<grid, kWarps * 32, smem, s>>>(L.descs, L.written, l2_prefetch_on(), L.ix);
+  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(L.descs, L.written, L.ix);
 }
 
 template <int CODE, int NT, int R>
@@ -774,11 +731,9 @@ void launch_matvec_r(const MatvecLaunch& L, int n, int max_rows, int max_cols, b
     }
   }
   if (dual)
-    matvec_kernel<CODE, NT, false, R, true>
-        <<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, l2_prefetch_on(), L.ix);
+    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, L.ix);
   else
-    matvec_kernel<CODE, NT, false, R, false>
-        <<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, l2_prefetch_on(), L.ix);
+    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, L.ix);
 }
 
 // Rows per warp: as many as keep at least two blocks per SM of an H100/H200-sized GPU busy
@@ -893,7 +848,7 @@ int gemm_tile_width(size_t tiles32, size_t tiles64) {
 namespace {
 
 // k-tiles a step of the tensor-core GEMM where every K is a multiple of 64: 0 (default: two
-// where that keeps as many blocks on an SM as one does, tc_two_steps_fit), or 1 or 2 as
+// where that keeps 3/4 of the blocks on an SM that one does, tc_two_steps_fit), or 1 or 2 as
 // MOEFLUX_CUDA_GEMM_KSTEP says (to compare; read at every launch, so that a test compares both).
 int gemm_kstep_asked() {
   const char* v = std::getenv("MOEFLUX_CUDA_GEMM_KSTEP");
@@ -916,9 +871,10 @@ size_t tc_smem() {
   return kSmem;
 }
 
-// Whether two k-tiles a step keep as many blocks resident on an SM as one does (their registers
-// and shared memory are larger: on sm_90 the 4-bit 32-input kernel goes from 95 to 120 registers,
-// 5 blocks to 4; on sm_86/89 the 64-input one would fit one block instead of three).
+// Whether two k-tiles a step keep at least 3/4 of the blocks one k-tile keeps on an SM (their
+// registers and shared memory are larger). On sm_90 the 4-bit 32-input kernel goes from 95 to
+// 120 registers, 5 blocks to 4, and is 9% faster over a 512-token prompt for it (H100, docs/
+// PERF.md); on sm_86/89 the 64-input one would fit one block instead of three.
 template <int BN, int CODE>
 bool tc_two_steps_fit() {
   static const bool fit = [] {
@@ -927,7 +883,7 @@ bool tc_two_steps_fit() {
                                                           kTcThreads, tc_smem<BN, CODE, 1>()));
     MF_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&two, tc_gemm_kernel<BN, CODE, 2>,
                                                           kTcThreads, tc_smem<BN, CODE, 2>()));
-    return two >= one && two > 0;
+    return two > 0 && 4 * two >= 3 * one;
   }();
   return fit;
 }
@@ -946,7 +902,8 @@ void launch_tc_gemm(int code, const MatmulDesc* dev, int n, int max_rows, int ma
   const dim3 grid(blocks_for(max_rows, kTcBM), blocks_for(max_t, BN), unsigned(n * sp.splits));
   // Two k-tiles a step where every K allows it, for the formats whose W is one bf16 term (f32
   // and f16 carry a low term: twice the registers and shared memory a step), where that costs
-  // no occupancy (or as MOEFLUX_CUDA_GEMM_KSTEP asks). The columns split alike either way.
+  // at most a quarter of the occupancy (or as MOEFLUX_CUDA_GEMM_KSTEP asks). The columns split
+  // alike either way.
   const int split_step = k64 ? 2 : 1, asked = gemm_kstep_asked();
   auto go = [&](auto code_c) {
     constexpr int C = decltype(code_c)::value;
