@@ -658,7 +658,9 @@ TEST_F(CudaOps, GroupedExpertFfnFewAndManyRows) {
   for (QuantFormat f : {QuantFormat::bf16(), QuantFormat::q8_0(), QuantFormat::q4()}) {
     SCOPED_TRACE(format_name(f));
     // Expert 0: one row; expert 1: three rows (matrix-vector); expert 2: twenty rows (GEMM).
-    std::vector<std::vector<int32_t>> in = {{4}, {0, 2, 3}, {}}, out = {{13}, {0, 6, 9}, {}};
+    // Every slot written once: row t's slots are 3t + rank (expert 0 had slot 13 = 3 * 4 + 1,
+    // expert 2's too, and the CPU's parallel pass let either write land last).
+    std::vector<std::vector<int32_t>> in = {{4}, {0, 2, 3}, {}}, out = {{12}, {0, 6, 9}, {}};
     for (int32_t t = 4; t < 24; ++t) {
       in[2].push_back(t);
       out[2].push_back(t * 3 + 1);
