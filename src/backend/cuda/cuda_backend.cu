@@ -585,27 +585,22 @@ CudaBackend::CudaBackend(int device) : device_(device) {
   MF_CUDA(cudaMalloc(&staging_dev_, staging_bytes_));
   MF_CUDA(cudaMallocHost(&kept_host_, kKeptBytes));
   MF_CUDA(cudaMalloc(&kept_dev_, kKeptBytes));
-  const char* graphs = std::getenv("MOEFLUX_CUDA_GRAPHS");
-  graphs_enabled_ = !(graphs && std::string(graphs) == "0");
+  graphs_enabled_ = !env_is("MOEFLUX_CUDA_GRAPHS", "0");
   // Programmatic edges need sm_90 or later; MOEFLUX_CUDA_PDL=0 keeps full ones (to compare).
   int major = 0;
   MF_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  const char* pdl = std::getenv("MOEFLUX_CUDA_PDL");
-  programmatic_edges_ = major >= 9 && !(pdl && std::string(pdl) == "0");
+  programmatic_edges_ = major >= 9 && !env_is("MOEFLUX_CUDA_PDL", "0");
   // MOEFLUX_CUDA_DELTA_CHUNKED=0: prompts run the DeltaNet recurrence token by token (to compare).
-  const char* chunked = std::getenv("MOEFLUX_CUDA_DELTA_CHUNKED");
-  delta_chunked_ = !(chunked && std::string(chunked) == "0");
+  delta_chunked_ = !env_is("MOEFLUX_CUDA_DELTA_CHUNKED", "0");
   // MOEFLUX_CUDA_FUSED_NORM=0: the combine and the next layer's norm as two kernels (to compare).
-  const char* fused = std::getenv("MOEFLUX_CUDA_FUSED_NORM");
-  fused_combine_norm_ = !(fused && std::string(fused) == "0");
+  fused_combine_norm_ = !env_is("MOEFLUX_CUDA_FUSED_NORM", "0");
   MF_CUDA(cudaMallocHost(&step_host_, sizeof(StepInputs)));
   MF_CUDA(cudaMalloc(&step_dev_, sizeof(StepInputs)));
   MF_CUDA(cudaEventCreateWithFlags(&step_read_, cudaEventDisableTiming));
   MF_CUDA(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
   MF_CUDA(cudaEventCreateWithFlags(&route_done_, cudaEventDisableTiming));
   MF_CUDA(cudaEventCreateWithFlags(&side_done_, cudaEventDisableTiming));
-  const char* side = std::getenv("MOEFLUX_CUDA_SIDE_COPIES");
-  side_copies_ = !(side && std::string(side) == "0");
+  side_copies_ = !env_is("MOEFLUX_CUDA_SIDE_COPIES", "0");
   // MOEFLUX_CUDA_SIDE_DELAY_US (tests): each side branch first waits this long on the GPU, so
   // that a join missing before the next route would let it overwrite what the copies read.
   if (const char* d = std::getenv("MOEFLUX_CUDA_SIDE_DELAY_US"))

@@ -20,7 +20,9 @@
 
 #include <cuda_runtime.h>
 
+#include <cstdlib>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/backend.hpp"
@@ -310,5 +312,12 @@ void launch_gemm(int kernel, const MatmulDesc* dev, int n, int max_rows, int max
 
 // Checks the launch just issued.
 void check_launch(const char* what);
+
+// Whether environment variable `name` is set to exactly `value` (the MOEFLUX_CUDA_* switches
+// that pick another path, to compare).
+inline bool env_is(const char* name, const char* value) {
+  const char* v = std::getenv(name);
+  return v && std::string(v) == value;
+}
 
 }  // namespace moeflux::cuda

@@ -851,8 +851,9 @@ namespace {
 // where that keeps 3/4 of the blocks on an SM that one does, tc_two_steps_fit), or 1 or 2 as
 // MOEFLUX_CUDA_GEMM_KSTEP says (to compare; read at every launch, so that a test compares both).
 int gemm_kstep_asked() {
-  const char* v = std::getenv("MOEFLUX_CUDA_GEMM_KSTEP");
-  return v && std::string(v) == "1" ? 1 : v && std::string(v) == "2" ? 2 : 0;
+  return env_is("MOEFLUX_CUDA_GEMM_KSTEP", "1")   ? 1
+         : env_is("MOEFLUX_CUDA_GEMM_KSTEP", "2") ? 2
+                                                  : 0;
 }
 
 // tc_gemm_kernel<BN, CODE, KS>'s shared memory, the kernel opted into it first when over the

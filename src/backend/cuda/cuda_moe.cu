@@ -164,10 +164,7 @@ __global__ void group_pairs_kernel(const int32_t* ids, int pairs, int k, int E, 
 // MOEFLUX_CUDA_INDEXED_DESCS=1: expert_ffn_indexed writes its descriptors with a kernel of
 // their own (the way before; to compare).
 bool indexed_descs_kernel_on() {
-  static const bool on = [] {
-    const char* v = std::getenv("MOEFLUX_CUDA_INDEXED_DESCS");
-    return v && std::string(v) == "1";
-  }();
+  static const bool on = env_is("MOEFLUX_CUDA_INDEXED_DESCS", "1");
   return on;
 }
 
