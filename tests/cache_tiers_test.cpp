@@ -227,7 +227,7 @@ TEST_P(CacheTiers, RecordsForTheCpuStayInTheRamTier) {
   EXPECT_EQ(st.tier_of(layer, 5), -1);
   const uint64_t fills = st.stats().tiers[0].fills;
 
-  const uint8_t on_host[2] = {1, 0};
+  const Placement on_host[2] = {Placement::Host, Placement::Promote};
   const int ticket = st.request(layer, experts, on_host);
   std::vector<ExpertHandle> ready, all;
   while (st.take_ready(ticket, ready)) all.insert(all.end(), ready.begin(), ready.end());
@@ -267,6 +267,17 @@ class WindowedCopyMemory final : public TierMemory {
     open_ = false;
     return ++closed_;
   }
+  // A window of no copies standing for the compute issued so far, which reads the records
+  // registered by reads_in_place(): at landing each must still hold what it held then.
+  uint64_t close_reads() override {
+    close_window();
+    for (Read& r : reads_)
+      if (r.window == 0) r.window = closed_ + 1;
+    return ++closed_;
+  }
+  void reads_in_place(const uint8_t* record, size_t bytes) {
+    reads_.push_back({record, std::vector<uint8_t>(record, record + bytes), 0});
+  }
   bool landed(uint64_t id) override {
     if (polled_) land_through(id);
     return landed_ >= id;
@@ -280,7 +291,7 @@ class WindowedCopyMemory final : public TierMemory {
   bool host_accessible() const override { return false; }
   const char* kind() const override { return "test-windowed"; }
   bool window_open() const { return open_; }
-  size_t fences = 0, sources_changed = 0;
+  size_t fences = 0, sources_changed = 0, reads_changed = 0, reads_landed = 0;
 
  private:
   struct Copy {
@@ -299,8 +310,20 @@ class WindowedCopyMemory final : public TierMemory {
       transferred_.seconds += 1e-6;
     }
     queued_.erase(queued_.begin(), queued_.begin() + static_cast<std::ptrdiff_t>(n));
+    std::erase_if(reads_, [&](const Read& r) {
+      if (r.window == 0 || r.window > id) return false;
+      if (std::memcmp(r.record, r.seen.data(), r.seen.size()) != 0) ++reads_changed;
+      ++reads_landed;
+      return true;
+    });
     landed_ = std::max(landed_, id);
   }
+  struct Read {
+    const uint8_t* record;
+    std::vector<uint8_t> seen;  // its bytes when handed out
+    uint64_t window;            // of close_reads(); 0: not closed yet
+  };
+  std::vector<Read> reads_;
   AlignedBuffer arena_;
   size_t record_bytes_;
   bool polled_;
@@ -308,6 +331,27 @@ class WindowedCopyMemory final : public TierMemory {
   uint64_t closed_ = 0, landed_ = 0;
   bool open_ = false;
   Transferred transferred_;
+};
+
+// Host memory that says the device can read it in place (as the CUDA backend's mapped,
+// page-locked RAM tier).
+class DeviceReadableMemory final : public TierMemory {
+ public:
+  DeviceReadableMemory(size_t slots, size_t record_bytes)
+      : arena_(slots * record_bytes, 4096), record_bytes_(record_bytes) {}
+  uint8_t* slot_data(size_t slot) override { return arena_.data() + slot * record_bytes_; }
+  const void* copy_in(uint8_t* dst, const uint8_t* src, size_t bytes) override {
+    std::memcpy(dst, src, bytes);
+    return nullptr;
+  }
+  void fence() override {}
+  bool host_accessible() const override { return true; }
+  bool device_readable() const override { return true; }
+  const char* kind() const override { return "test-mapped"; }
+
+ private:
+  AlignedBuffer arena_;
+  size_t record_bytes_;
 };
 
 // release() does not wait for the copies into a device-like tier (take_ready closes their
@@ -361,6 +405,138 @@ TEST_P(CacheTiers, CopySourcesStayPinnedUntilTheirCopiesLand) {
     const TierStats& gpu = st.stats().tiers.front();
     EXPECT_EQ(gpu.transfer_bytes, double(gpu.copied_bytes));
     EXPECT_GT(gpu.transfer_seconds, 0.0);
+  }
+}
+
+// Records asked to be read in place (Placement::InPlace) from a device-readable RAM tier are
+// handed out where they lie — whole, no copy, flagged in_place — when the fastest tier keeps
+// nothing; their RAM slots stay pinned until the compute issued before release() has finished
+// (close_reads' window landed: polled, or waited for when the RAM tier has no other slot), so
+// that no storage read overwrites a record the device may still be reading.
+TEST_P(CacheTiers, RecordsReadInPlaceStayPinnedUntilComputeHasRead) {
+  int layer = 0;
+  while (!model_->config().layer_is_moe[layer]) ++layer;
+  const int experts = model_->config().num_experts;
+  std::vector<std::vector<uint8_t>> expected(experts);
+  {
+    StreamOptions plain;
+    plain.max_active = 2;
+    ExpertStreamer st(model_->package(), plain);
+    for (int e = 0; e < experts; ++e) {
+      std::vector<const uint8_t*> out;
+      const int one[1] = {e};
+      st.acquire(layer, one, out);
+      expected[e].assign(out[0], out[0] + st.record_bytes());
+      st.release();
+    }
+  }
+  for (const bool polled : {true, false}) {
+    SCOPED_TRACE(polled ? "reads land when polled" : "reads land only at a fence");
+    WindowedCopyMemory* mem = nullptr;
+    StreamOptions o;
+    o.max_active = 2;
+    o.ram_cache_bytes = 0;  // working slots only: a released slot is read into next
+    o.ram_memory = [](size_t slots, size_t record_bytes) {
+      return std::make_unique<DeviceReadableMemory>(slots, record_bytes);
+    };
+    TierSpec t = host_tier("gpu-like", 0);  // keeps nothing: admits nothing
+    t.make_memory = [&](size_t slots, size_t record_bytes) {
+      auto m = std::make_unique<WindowedCopyMemory>(slots, record_bytes, polled);
+      mem = m.get();
+      return m;
+    };
+    o.upper_tiers = {t};
+    ExpertStreamer st(model_->package(), o);
+    ASSERT_NE(mem, nullptr);
+    ASSERT_TRUE(st.reads_in_place());
+    std::vector<ExpertHandle> ready;
+    size_t handed = 0;
+    const Placement in_place[2] = {Placement::InPlace, Placement::InPlace};
+    for (int round = 0; round < 2; ++round)
+      for (int e = 0; e + 1 < experts; e += 2) {
+        const int pair[2] = {e, e + 1};
+        const int ticket = st.request(layer, pair, in_place);
+        while (st.take_ready(ticket, ready))
+          for (const ExpertHandle& h : ready) {
+            EXPECT_TRUE(h.in_place);
+            EXPECT_FALSE(h.on_host);
+            EXPECT_EQ(h.ready, nullptr);
+            bool in_ram = false;
+            for (const auto& slot : st.tier(st.ram_tier()).slots())
+              in_ram |= slot->data == h.record;
+            EXPECT_TRUE(in_ram) << "an in-place record does not lie in the RAM tier";
+            const std::vector<uint8_t>& want = expected[pair[h.index]];
+            EXPECT_EQ(std::memcmp(h.record, want.data(), want.size()), 0);
+            mem->reads_in_place(h.record, want.size());
+            ++handed;
+          }
+        st.release(ticket);
+      }
+    EXPECT_EQ(handed, size_t(experts / 2 * 2 * 2));
+    if (polled)
+      EXPECT_EQ(mem->fences, 0u) << "the decode loop waited for the compute";
+    else
+      EXPECT_GT(mem->fences, 0u) << "the RAM tier ran out of slots, yet nothing waited";
+    st.release();
+    EXPECT_EQ(mem->reads_landed, handed);
+    EXPECT_EQ(mem->reads_changed, 0u)
+        << "a record read in place was overwritten before it was read";
+    EXPECT_EQ(st.stats().tiers[0].fills, 0u) << "a record read in place was also copied";
+    EXPECT_EQ(st.stats().total().read_in_place, handed);
+  }
+}
+
+// A record to be read in place is promoted instead when the fastest tier admits it: while it
+// has a free slot, or once the record has been used more often than the tier's eviction victim.
+// Promote always promotes; without a device-readable tier InPlace means Promote.
+TEST_P(CacheTiers, TheFastestTierAdmitsRecordsUsedMoreThanItsVictim) {
+  int layer = 0;
+  while (!model_->config().layer_is_moe[layer]) ++layer;
+  ASSERT_GE(model_->config().num_experts, 10);
+  for (const bool mapped : {true, false}) {
+    SCOPED_TRACE(mapped ? "device-readable RAM tier" : "plain RAM tier");
+    StreamOptions o;
+    o.max_active = 2;
+    o.ram_cache_bytes = all_experts_bytes();
+    if (mapped)
+      o.ram_memory = [](size_t slots, size_t record_bytes) {
+        return std::make_unique<DeviceReadableMemory>(slots, record_bytes);
+      };
+    TierSpec t = host_tier("gpu-like", 0);
+    t.make_memory = [](size_t slots, size_t record_bytes) {
+      return std::make_unique<WindowedCopyMemory>(slots, record_bytes, true);
+    };
+    t.budget_bytes = 2 * model_->package().manifest().experts.record_bytes;  // + 6 working
+    o.upper_tiers = {t};
+    ExpertStreamer st(model_->package(), o);
+    EXPECT_EQ(st.reads_in_place(), mapped);
+    const size_t slots = st.tier(0).total_slots();
+    ASSERT_EQ(slots, 8u);
+    // Hands out expert e alone; returns whether it was read in place.
+    auto use = [&](int e, Placement p) {
+      const int one[1] = {e};
+      const int ticket = st.request(layer, one, std::span<const Placement>(&p, 1));
+      std::vector<ExpertHandle> ready, all;
+      while (st.take_ready(ticket, ready)) all.insert(all.end(), ready.begin(), ready.end());
+      st.release(ticket);
+      EXPECT_EQ(all.size(), 1u);
+      return !all.empty() && all[0].in_place;
+    };
+    const uint64_t fills0 = st.stats().tiers[0].fills;
+    for (int e = 0; e < int(slots); ++e) EXPECT_FALSE(use(e, Placement::InPlace)) << e;
+    EXPECT_EQ(st.stats().tiers[0].fills, fills0 + slots) << "free slots take what comes";
+    // Full: a record used once is read where it lies, ...
+    EXPECT_EQ(use(int(slots), Placement::InPlace), mapped);
+    EXPECT_EQ(st.tier_of(layer, int(slots)), mapped ? int(st.ram_tier()) : 0);
+    // ... used a second time it beats a victim used once and moves up ...
+    if (mapped) {
+      EXPECT_FALSE(use(int(slots), Placement::InPlace));
+      EXPECT_EQ(st.tier_of(layer, int(slots)), 0);
+      // ... and Promote copies whatever the counts.
+      EXPECT_FALSE(use(int(slots) + 1, Placement::Promote));
+      EXPECT_EQ(st.tier_of(layer, int(slots) + 1), 0);
+    }
+    EXPECT_EQ(st.stats().total().read_in_place, mapped ? 1u : 0u);
   }
 }
 

@@ -89,6 +89,50 @@ TEST_P(CudaEngine, GpuTierSizeAndPrefetchChangeNothing) {
   }
 }
 
+// The GPU's kernels reading RAM-tier records in place (--gpu-reads in-place: page-locked host
+// memory mapped into the GPU) instead of copying them in: the same kernels on the same bytes,
+// so the logits are bit-identical to every expert resident — with a GPU tier of working slots
+// only (everything read in place), one that admits records used often, a RAM tier too small
+// for the model (its slots reused by storage reads while kernels may still read them: they stay
+// pinned until the compute has passed), prefetch into it, and prompt chunks (which copy).
+TEST_P(CudaEngine, InPlaceReadsChangeNothing) {
+  const std::vector<float> all = logits(on("cuda", EngineOptions::kGpuMemAll), 1);
+  const std::vector<float> all16 = logits(on("cuda", EngineOptions::kGpuMemAll), 16);
+  struct Case {
+    const char* name;
+    size_t gpu_bytes, ram_bytes;
+    PrefetchMode prefetch;
+    size_t chunk;
+  };
+  const size_t A = all_experts_bytes();
+  for (const Case& c : {Case{"slots only, RAM holds all", 0, A, PrefetchMode::None, 1},
+                        Case{"a quarter on the GPU", A / 4, A, PrefetchMode::None, 1},
+                        Case{"RAM of working slots", A / 4, 0, PrefetchMode::None, 1},
+                        Case{"small RAM, prefetch", 0, A / 8, PrefetchMode::Both, 1},
+                        Case{"prompt chunks", A / 4, A, PrefetchMode::None, 16}}) {
+    SCOPED_TRACE(c.name);
+    EngineOptions o = on("cuda", c.gpu_bytes);
+    o.stream.ram_cache_bytes = c.ram_bytes;
+    o.stream.prefetch = c.prefetch;
+    o.gpu_reads_in_place = true;
+    const std::vector<float> got = logits(o, c.chunk);
+    const std::vector<float>& want = c.chunk == 1 ? all : all16;
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), want.size() * sizeof(float)), 0);
+    const LayerStreamStats t = last_stream_.total();
+    // (A last prompt chunk of at most 8 rows reads in place.)
+    const size_t last_chunk = tokens_.size() % c.chunk;
+    if (c.chunk == 1) {
+      EXPECT_GT(t.read_in_place, 0u) << "no record was read in place";
+    } else if (last_chunk == 0 || last_chunk > 8) {
+      EXPECT_EQ(t.read_in_place, 0u) << "a prompt chunk read records in place";
+    }
+    if (c.gpu_bytes == 0) {
+      EXPECT_EQ(last_stream_.tiers[0].copied_bytes, 0u);
+    }
+  }
+}
+
 // Experts computed by the CPU from the RAM tier while the GPU computes the rest (--cpu-experts
 // all and auto, decode and chunked prompts): the logits agree with every expert on the GPU
 // within the CPU backend's tolerance, and with `all` the CPU computed some.

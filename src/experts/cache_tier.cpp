@@ -43,20 +43,24 @@ TierSlot* CacheTier::take_free(const std::function<bool(uint64_t)>& spared,
     free_.pop_back();
     return s;
   }
-  auto evictable = [&](uint64_t k, bool spare) {
-    TierSlot* s = index_.at(k);
-    return s->pins == 0 && !loading(*s) && !(spare && spared && spared(k));
-  };
   uint64_t key = 0;
-  if (!policy_->victim([&](uint64_t k) { return evictable(k, true); }, &key) &&
-      !policy_->victim([&](uint64_t k) { return evictable(k, false); }, &key))
-    return nullptr;
+  if (!peek_victim(spared, &key)) return nullptr;
   TierSlot* s = index_.at(key);
   if (on_evict) on_evict(*s);
   ++stats.evictions;
   drop(*s);
   free_.pop_back();  // drop() freed exactly this slot
   return s;
+}
+
+bool CacheTier::peek_victim(const std::function<bool(uint64_t)>& spared, uint64_t* key) {
+  // Spared records go last: a victim among the others first, then among all.
+  auto evictable = [&](uint64_t k, bool spare) {
+    TierSlot* s = index_.at(k);
+    return s->pins == 0 && !loading(*s) && !(spare && spared && spared(k));
+  };
+  return policy_->victim([&](uint64_t k) { return evictable(k, true); }, key) ||
+         policy_->victim([&](uint64_t k) { return evictable(k, false); }, key);
 }
 
 void CacheTier::insert(TierSlot& s, uint64_t key) {

@@ -74,6 +74,10 @@ class CacheTier {
   // `on_evict` sees the victim before it is dropped. nullptr if every slot is pinned/loading.
   TierSlot* take_free(const std::function<bool(uint64_t)>& spared,
                       const std::function<void(TierSlot&)>& on_evict);
+  bool has_free() const { return !free_.empty(); }
+  // The record take_free() would evict now (when no slot is free), without evicting it;
+  // false if every occupied slot is pinned or loading.
+  bool peek_victim(const std::function<bool(uint64_t)>& spared, uint64_t* key);
   void insert(TierSlot& s, uint64_t key);  // s must come from take_free()
   void touch(uint64_t key) { policy_->on_hit(key); }
   void drop(TierSlot& s);  // forget s's record; s becomes free

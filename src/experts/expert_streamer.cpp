@@ -76,6 +76,7 @@ LayerStreamStats StreamStats::total() const {
     t.prefetch_hits += l.prefetch_hits;
     t.misses += l.misses;
     t.host_computed += l.host_computed;
+    t.read_in_place += l.read_in_place;
     t.io_wait_seconds += l.io_wait_seconds;
   }
   return t;
@@ -112,6 +113,9 @@ ExpertStreamer::ExpertStreamer(const Package& pkg, const StreamOptions& opts)
     if (!tiers_[i]->memory().host_accessible())
       fail("cache tier '" + tiers_[i]->name() +
            "' is not host memory: only the fastest tier may be");
+  for (size_t i = 1; i < tiers_.size(); ++i)
+    reads_in_place_ |= tiers_[i]->memory().device_readable();
+  reads_in_place_ &= tiers_.size() > 1 && !tiers_.front()->memory().host_accessible();
   reader_ =
       opts.reader_factory ? opts.reader_factory(pkg, opts.io) : make_expert_reader(pkg, opts.io);
   spare_hot_ = [this](uint64_t k) { return is_hot(key_layer(k), key_expert(k)); };
@@ -425,8 +429,8 @@ void ExpertStreamer::unpin(const Pin& p) {
 }
 
 int ExpertStreamer::request(int layer, std::span<const int> experts,
-                            std::span<const uint8_t> on_host) {
-  MF_ASSERT(on_host.empty() || on_host.size() == experts.size());
+                            std::span<const Placement> placement) {
+  MF_ASSERT(placement.empty() || placement.size() == experts.size());
   const int ticket = next_ticket_++;
   unpin_landed_sources();
   LayerStreamStats& ls = stats_.layers[layer];
@@ -445,7 +449,7 @@ int ExpertStreamer::request(int layer, std::span<const int> experts,
     en.layer = layer;
     en.expert = e;
     en.index = i;
-    en.on_host = !on_host.empty() && on_host[i] != 0;
+    en.placement = placement.empty() ? Placement::Promote : placement[i];
     TierSlot* s = nullptr;
     const int t = locate(key, &s);
     if (t >= 0) {
@@ -511,9 +515,17 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
     }
   }
   e.taken = true;
-  if (e.on_host && e.tier == ram_tier) {  // the CPU computes it where it is (pinned already)
+  if (e.placement == Placement::Host && e.tier == ram_tier) {  // the CPU computes it there
     ++stats_.layers[e.layer].host_computed;
-    ready.push_back({e.index, e.expert, s->data, nullptr, true});
+    ready.push_back({e.index, e.expert, s->data, nullptr, true, false});
+    return true;
+  }
+  if (e.placement == Placement::InPlace && e.tier > 0 && reads_in_place_ &&
+      tiers_[e.tier]->memory().device_readable() &&
+      !top_admits(expert_key(e.layer, e.expert))) {  // the device reads it there
+    ++stats_.layers[e.layer].read_in_place;
+    e.in_place = true;
+    ready.push_back({e.index, e.expert, s->data, nullptr, false, true});
     return true;
   }
   const void* copied = nullptr;
@@ -525,8 +537,18 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
   } else {
     copied = std::exchange(s->copy_ready, nullptr);  // a prefetch copy: its first use waits
   }
-  ready.push_back({e.index, e.expert, s->data, copied, false});
+  ready.push_back({e.index, e.expert, s->data, copied, false, false});
   return true;
+}
+
+bool ExpertStreamer::top_admits(uint64_t key) {
+  CacheTier& top = *tiers_.front();
+  if (!top.keeps_records()) return false;  // it would drop the record once used
+  if (top.has_free()) return true;
+  uint64_t victim = 0;
+  if (!top.peek_victim(spare_top_, &victim)) return false;  // every slot busy: no copy
+  return use_counts_[key_layer(key)][key_expert(key)] >
+         use_counts_[key_layer(victim)][key_expert(victim)];
 }
 
 bool ExpertStreamer::take_ready(int ticket, std::vector<ExpertHandle>& ready) {
@@ -565,10 +587,19 @@ bool ExpertStreamer::take_ready(int ticket, std::vector<ExpertHandle>& ready) {
   return !ready.empty();
 }
 
+uint64_t ExpertStreamer::close_in_place_reads(int ticket) {
+  for (const Entry& e : entries_)
+    if (e.in_place && (ticket < 0 || e.ticket == ticket))
+      return tiers_.front()->memory().close_reads();
+  return 0;
+}
+
 void ExpertStreamer::abandon_all() {
-  // Let the copies already issued land (their sources must not be reused before), wait out
-  // the outstanding reads, drop what failed, unpin; prefetch copies not issued are forgotten.
+  // Let the copies already issued (and the compute reading records in place) land — their
+  // sources must not be reused before —, wait out the outstanding reads, drop what failed,
+  // unpin; prefetch copies not issued are forgotten.
   copy_queue_.clear();
+  close_in_place_reads(-1);
   fence_upper_tiers();
   CacheTier& ram = *tiers_.back();
   const size_t ram_tier = tiers_.size() - 1;
@@ -596,8 +627,12 @@ void ExpertStreamer::release(int ticket) {
   // free there); the fastest tier's window closes without a wait, and the records in slower
   // tiers — the copies' sources — stay pinned until it has landed (unpin_landed_sources).
   for (size_t t = 1; t + 1 < tiers_.size(); ++t) tiers_[t]->memory().fence();
-  uint64_t window = tiers_.front()->memory().close_window();
+  TierMemory& top = tiers_.front()->memory();
+  uint64_t window = top.close_window();
   if (window == 0 && window_ticket_ == ticket) window = ticket_window_;  // closed by take_ready
+  // Records the device reads in place: their slots (and every source above) stay pinned until
+  // the compute issued so far has finished — a later window than the copies', landing after.
+  if (const uint64_t reads = close_in_place_reads(ticket)) window = reads;
   size_t kept = 0;
   for (Pin p : pinned_) {
     if (p.ticket != ticket) {
@@ -628,6 +663,7 @@ void ExpertStreamer::acquire(int layer, std::span<const int> experts,
 
 void ExpertStreamer::release() {
   copy_queue_.clear();
+  close_in_place_reads(-1);  // fenced with the copies
   fence_upper_tiers();
   for (const Pin& p : pinned_) unpin(p);
   pinned_.clear();

@@ -28,6 +28,14 @@
 // are in the RAM tier (ExpertHandle::on_host) instead of being promoted, for the CPU to compute
 // them while the device computes the others.
 //
+// Reads in place: request() may also ask for records to be handed to the device where they lie
+// in a slower tier the device can read (ExpertHandle::in_place: the GPU's kernels read the
+// page-locked RAM tier across the bus, at the copy engine's rate, without the copy and its
+// wait). Such a record is promoted instead when the fastest tier would admit it: a free slot,
+// or a victim used fewer times than it (the fastest tier fills with what is used most, and a
+// record used once does not push out one used often). Its slot stays pinned until the compute
+// issued before release() has finished (TierMemory::close_reads).
+//
 // Single-threaded use: one thread at a time calls prefetch / request / take_ready / release
 // (the Engine serialises forward passes); reads complete on the reader's threads and only touch
 // their ReadOp. After warm-up no call allocates (scratch vectors keep their capacity).
@@ -101,6 +109,7 @@ struct LayerStreamStats {
   uint64_t prefetch_hits = 0;  // brought (or being brought) by a prefetch
   uint64_t misses = 0;         // read on demand
   uint64_t host_computed = 0;  // handed out in the RAM tier for the CPU (not promoted)
+  uint64_t read_in_place = 0;  // handed to the device in a slower tier (not promoted)
   double io_wait_seconds = 0;  // compute blocked on reads
 
   uint64_t cache_hits() const;  // sum of tier_hits
@@ -128,9 +137,18 @@ struct StreamStats {
 struct ExpertHandle {
   size_t index = 0;
   int expert = 0;
-  const uint8_t* record = nullptr;  // in the fastest tier's memory (RAM tier when on_host)
+  const uint8_t* record = nullptr;  // in the fastest tier's memory (a slower tier's: see below)
   const void* ready = nullptr;      // readiness event of an asynchronous copy; null = usable now
   bool on_host = false;             // left in the RAM tier for the CPU, as request() was asked
+  bool in_place = false;            // left in a slower tier the device reads (Placement::InPlace)
+};
+
+// How request() is to hand out a record found in (or read into) a slower tier than the
+// fastest.
+enum class Placement : uint8_t {
+  Promote,  // copied into the fastest tier (the compute tier)
+  Host,     // left in the RAM tier, for the CPU to compute
+  InPlace,  // left where the device can read it, unless the fastest tier admits it
 };
 
 class ExpertStreamer {
@@ -162,9 +180,13 @@ class ExpertStreamer {
   // Pins the records of `experts` of `layer` (found in a tier, or read into the RAM tier: every
   // miss submitted at once) and returns a ticket for take_ready / release. Waits for nothing.
   // At most two tickets may be outstanding; together they pin at most 2 * max_active records.
-  // on_host (empty, or one flag per expert): a flagged record that is in the RAM tier when
-  // handed out stays there, for the CPU (ExpertHandle::on_host); elsewhere it is promoted.
-  int request(int layer, std::span<const int> experts, std::span<const uint8_t> on_host = {});
+  // placement (empty: Promote for all; else one per expert): a record to leave on the host
+  // (Host) that is in the RAM tier when handed out stays there (ExpertHandle::on_host); one to
+  // read in place (InPlace) that lies in a device-readable slower tier stays there unless the
+  // fastest tier admits it (ExpertHandle::in_place); any other is promoted.
+  int request(int layer, std::span<const int> experts, std::span<const Placement> placement = {});
+  // Whether some slower tier can be read in place by the device (Placement::InPlace can apply).
+  bool reads_in_place() const { return reads_in_place_; }
   // The fastest tier holding (layer, expert) now (0 = the compute tier, ram_tier() = RAM), or
   // -1 when none does (a read in flight into the RAM tier counts as there).
   int tier_of(int layer, int expert);
@@ -207,7 +229,8 @@ class ExpertStreamer {
     size_t tier = 0;   // where it was found (the RAM tier for misses)
     TierSlot* slot = nullptr;
     bool demand_read = false;  // this request submitted the read (a failure is final)
-    bool on_host = false;      // hand out in the RAM tier if it is there (request's on_host)
+    Placement placement = Placement::Promote;  // as request() was asked
+    bool in_place = false;                     // handed out in place (pinned until read)
     bool taken = false;
   };
 
@@ -239,6 +262,13 @@ class ExpertStreamer {
   void unpin_landed_sources();
   // Moves what the tiers' memories measured of landed copies into TierStats.
   void count_transferred();
+  // When an entry of `ticket` (any outstanding one: -1) was handed out in place: closes a
+  // window that lands once the compute issued so far has finished (TierMemory::close_reads)
+  // and returns it; else 0.
+  uint64_t close_in_place_reads(int ticket);
+  // Whether the fastest tier admits `key` of a record that could be read in place instead:
+  // it has a free slot, or its eviction victim has been used fewer times.
+  bool top_admits(uint64_t key);
   // Whether predictions of kind k are accurate enough to copy into the fastest tier.
   bool copies_earned(int k) const;
   // Copies the records in copy_queue_ that are still in a slower tier (and not loading) into
@@ -281,7 +311,8 @@ class ExpertStreamer {
   size_t n_deferred_ = 0;
   // Prefetch copies waiting for the current ticket's release(): (key, kind).
   std::vector<std::pair<uint64_t, int>> copy_queue_;
-  bool in_request_ = false;  // prefetch() called by request(): its copies wait (copy_queue_)
+  bool in_request_ = false;      // prefetch() called by request(): its copies wait (copy_queue_)
+  bool reads_in_place_ = false;  // a slower tier is device-readable, the fastest is not host
   // Per kind, over the streamer's life (not reset with the stats): predictions scored, used.
   std::array<uint64_t, 2> scored_{}, scored_correct_{};
   // Last prediction per layer and kind, scored at the layer's next acquire.

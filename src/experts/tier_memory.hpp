@@ -49,6 +49,15 @@ class TierMemory {
   virtual Transferred take_transferred() { return {}; }
   virtual bool host_accessible() const = 0;  // the CPU can read (and copy from) the slots
   virtual const char* kind() const = 0;      // "host", "cuda", ...
+  // Whether the compute device can read this tier's slots where they lie, at the same
+  // addresses (page-locked host memory mapped into a GPU's address space): a record there can
+  // be handed to device compute without a copy (ExpertHandle::in_place).
+  virtual bool device_readable() const { return false; }
+  // (The fastest tier.) Closes the open copy window, if any, then one more window that lands
+  // only once all compute issued so far has finished: slots of slower tiers that this compute
+  // reads in place stay unchanged until it has landed (landed(), fence() as for copies).
+  // 0 when compute is complete on return (synchronous memory).
+  virtual uint64_t close_reads() { return 0; }
 };
 
 // `slots` records of `record_bytes` in one 4096-aligned host allocation; copies are memcpy.

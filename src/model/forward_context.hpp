@@ -122,6 +122,9 @@ struct ForwardContext {
   const RoutingSink* on_routing;              // null unless tracing
   const ResidentExperts* resident = nullptr;  // null: experts come from the streamer
   HostExperts* host_experts = nullptr;        // null: no expert is computed on the CPU
+  // The GPU reads RAM-tier records in place instead of copying them in (small batches;
+  // EngineOptions::gpu_reads_in_place, where the streamer can).
+  bool reads_in_place = false;
 
   double* timer(int layer, double LayerTimes::*field) const {
     return timings ? &(timings->layers[layer].*field) : nullptr;

@@ -214,6 +214,10 @@ void run_on_host(const ForwardContext& ctx, HostExperts& hx, size_t T, size_t S)
   hx.cpu_bytes += bytes;
 }
 
+// Batches of at most this many rows may read RAM-tier records in place (EngineOptions::
+// gpu_reads_in_place): the backend's matrix-vector products, which read each weight once.
+constexpr size_t kInPlaceMaxRows = 8;
+
 // The routed experts of the batch (+ an extra task, e.g. the shared expert, run with the first
 // experts ready): every expert any row chose is fetched once and run over its rows; rows of
 // expert e write slot t * S + i (i: e's rank in row t's choice). Experts go to the streamer in
@@ -295,11 +299,26 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
     }
     return hx->on_host;
   };
+  // How each record of group g is to be handed out: the CPU's share left in the RAM tier; with
+  // in-place reads the GPU's other records there read across the bus where they lie (batches
+  // of matrix-vector products only: they read each weight byte once, a GEMM's tiles again per
+  // tile of rows); else everything promoted.
+  const bool in_place = ctx.reads_in_place && T <= kInPlaceMaxRows;
+  auto placement = [&](size_t g) -> std::span<const Placement> {
+    const std::span<const uint8_t> on_host = plan(g);
+    if (on_host.empty() && !in_place) return {};
+    m.placement.resize(group(g).size());
+    for (size_t i = 0; i < m.placement.size(); ++i)
+      m.placement[i] = !on_host.empty() && on_host[i] ? Placement::Host
+                       : in_place                     ? Placement::InPlace
+                                                      : Placement::Promote;
+    return m.placement;
+  };
   const double waited_before = st.stats().layers[layer].io_wait_seconds;
-  int ticket = groups > 0 ? st.request(layer, group(0), plan(0)) : -1;
+  int ticket = groups > 0 ? st.request(layer, group(0), placement(0)) : -1;
   bool extra_done = extra == nullptr;
   for (size_t g = 0; g < groups; ++g) {
-    const int next = g + 1 < groups ? st.request(layer, group(g + 1), plan(g + 1)) : -1;
+    const int next = g + 1 < groups ? st.request(layer, group(g + 1), placement(g + 1)) : -1;
     const std::span<const int> experts = group(g);
     while (st.take_ready(ticket, m.ready)) {
       m.tasks.clear();
@@ -327,8 +346,8 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
         m.tasks.insert(m.tasks.end() - static_cast<std::ptrdiff_t>(copied), *extra);
         extra_done = true;
       }
-      // The records already on the GPU first, then those being copied (their launches wait on
-      // the device for the copies; the host goes on), then the CPU's share meanwhile.
+      // The records already on the GPU (or read in place) first, then those being copied (their
+      // launches wait on the device for the copies; the host goes on), then the CPU's share.
       const std::span<const ExpertTask> tasks = m.tasks;
       if (tasks.size() > copied)
         ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), tasks.first(tasks.size() - copied),

@@ -53,6 +53,7 @@ struct MoeScratch {
   std::vector<int> wanted;                     // experts used by the batch, ascending
   std::vector<ExpertTask> tasks;
   std::vector<ExpertHandle> ready;
+  std::vector<Placement> placement;    // of the request being made
   std::vector<RoutingRecord> records;  // tracing only
 
   void reserve(const ModelConfig& c, size_t max_rows, int active_experts);

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
@@ -139,6 +140,13 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     so.ram_memory = [be](size_t slots, size_t bytes) { return be->ram_tier_memory(slots, bytes); };
   }
   streamer_ = std::make_unique<ExpertStreamer>(model.package(), so);
+  if (opts.gpu_reads_in_place && backend_->memory() != Memory::Device)
+    fail("--gpu-reads in-place: the " + std::string(backend_->name()) +
+         " backend reads no host memory across a bus (use --backend cuda)");
+  if (opts.gpu_reads_in_place && !experts_resident && !streamer_->reads_in_place())
+    std::fprintf(stderr,
+                 "moeflux: --gpu-reads in-place: the GPU cannot read the RAM cache where it lies "
+                 "(no unified addressing); copying experts in instead\n");
   if (experts_resident) load_resident_experts();
   if (backend_->memory() == Memory::Device && !experts_resident &&
       opts.cpu_experts != CpuExpertsMode::Off)
@@ -328,7 +336,8 @@ void Engine::forward(std::span<const int> tokens, std::span<const SequenceChunk>
                            opts_.timing ? &timings_ : nullptr,
                            opts_.on_routing ? &opts_.on_routing : nullptr,
                            resident_.get(),
-                           host_experts_.get()};
+                           host_experts_.get(),
+                           opts_.gpu_reads_in_place && streamer_->reads_in_place()};
   moeflux::forward(ctx, weights_, tokens, opts_.stream.prefetch, logits_row, logits, picks);
 }
 

@@ -46,6 +46,12 @@ struct EngineOptions {
   // --cpu-experts: with a GPU backend and streamed experts, RAM-tier experts of small batches
   // may be computed by the CPU meanwhile (model/host_experts.hpp).
   CpuExpertsMode cpu_experts = CpuExpertsMode::Off;
+  // --gpu-reads in-place: with a GPU backend and streamed experts, the GPU's kernels read the
+  // RAM-tier records of small batches where they lie (page-locked host memory mapped into the
+  // GPU) instead of copying them into the GPU tier first; the GPU tier still admits a record
+  // used more often than what it would evict. false (copy): every record the GPU computes is
+  // copied in.
+  bool gpu_reads_in_place = false;
   StreamOptions stream;    // RAM cache, I/O, prefetch (max_active is set from --k)
   RoutingSink on_routing;  // routing traces (null: none)
 };

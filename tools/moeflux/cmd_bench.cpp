@@ -97,7 +97,9 @@ json layer_stats_json(const ExpertStreamer& streamer, uint64_t tokens) {
   }
   hit_rate["prefetch"] = t.prefetch_hits / req;
   hit_rate["miss"] = t.misses / req;
-  hit_rate["cpu_computed"] = t.host_computed / req;  // of the RAM-tier hits: left for the CPU
+  hit_rate["cpu_computed"] = t.host_computed / req;   // of the RAM-tier hits: left for the CPU
+  hit_rate["read_in_place"] = t.read_in_place / req;  // left where the GPU reads them (--gpu-reads)
+  bytes["read_in_place"] = double(t.read_in_place) * record_bytes * per_tok;
   bytes["prefetched"] = double(t.prefetch_hits) * record_bytes * per_tok;
   bytes["storage"] = double(st.storage_reads) * record_bytes * per_tok;
   return {{"tokens", tokens},
@@ -402,6 +404,12 @@ Runner add_bench(CLI::App& app) {
           hybrid["planner_cpu_gb_s"].get<double>(), hybrid["planner_cpu_overhead_us"].get<double>(),
           hybrid["planner_copy_gb_s"].get<double>(),
           static_cast<unsigned long long>(hybrid["planner_probes"].get<uint64_t>()));
+    if (bpt["read_in_place"].get<double>() > 0)
+      std::printf(
+          "in place %.2f MiB/token read by the GPU where they lie in the RAM cache "
+          "(%.1f%% of expert requests; --gpu-reads in-place)\n",
+          bpt["read_in_place"].get<double>() / 1048576,
+          100 * last_stream["hit_rate"]["read_in_place"].get<double>());
     for (const json& tier : last_stream["tiers"])
       if (tier["transfer_gb_s"].get<double>() > 0)
         std::printf("copies   into the %s tier: %.2f MiB/token at %.2f GB/s (device-timed)\n",

@@ -11,7 +11,10 @@
 //     already there, or land early, overlaps the copies still running);
 //   - the source RAM slot may be reused once its window has landed: each window ends with an
 //     event of its own, which landed() queries and fence() waits for; the streamer keeps the
-//     sources pinned until then, so the host never waits for copies in the decode loop.
+//     sources pinned until then, so the host never waits for copies in the decode loop;
+//   - a RAM slot that kernels read in place (the RAM tier is mapped into the GPU's address
+//     space) may be reused once those kernels have finished: close_reads() ends a window whose
+//     start waits for the compute stream, so its landing says so, in the same order as copies.
 #include <algorithm>
 #include <array>
 #include <cstring>
@@ -71,6 +74,11 @@ class DeviceTierMemory final : public TierMemory {
     MF_CUDA(cudaEventRecord(landed_[slot], be_.copy_stream()));
     window(closed_ + 1).bytes += double(bytes);
     return landed_[slot];
+  }
+  uint64_t close_reads() override {
+    close_window();
+    open_window();  // its start waits for the compute stream's work issued so far
+    return close_window();
   }
   uint64_t close_window() override {
     if (!open_) return 0;
@@ -146,11 +154,16 @@ class PinnedTierMemory final : public TierMemory {
  public:
   PinnedTierMemory(size_t slots, size_t record_bytes) : record_bytes_(record_bytes) {
     const size_t bytes = slots * record_bytes + kAlign;  // room to align the base
-    if (cudaHostAlloc(&arena_, bytes, cudaHostAllocPortable) != cudaSuccess) {
+    if (cudaHostAlloc(&arena_, bytes, cudaHostAllocPortable | cudaHostAllocMapped) != cudaSuccess) {
       cudaGetLastError();
       fail("--ram-cache: cannot allocate " + human_bytes(double(bytes)) +
            " of page-locked memory for " + std::to_string(slots) + " expert records");
     }
+    // Mapped into the GPU's address space; with unified addressing at the same address, so
+    // that kernels can read a record in place through the pointer the host has.
+    void* dev = nullptr;
+    device_readable_ = cudaHostGetDevicePointer(&dev, arena_, 0) == cudaSuccess && dev == arena_;
+    cudaGetLastError();
   }
   ~PinnedTierMemory() override { cudaFreeHost(arena_); }
   uint8_t* slot_data(size_t slot) override { return aligned_slot(arena_, slot, record_bytes_); }
@@ -161,10 +174,12 @@ class PinnedTierMemory final : public TierMemory {
   void fence() override {}
   bool host_accessible() const override { return true; }
   const char* kind() const override { return "pinned"; }
+  bool device_readable() const override { return device_readable_; }
 
  private:
   size_t record_bytes_;
   void* arena_ = nullptr;
+  bool device_readable_ = false;
 };
 
 }  // namespace
