@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -70,6 +72,13 @@ TierSpec deferred_tier(const char* name, size_t budget) {
     return std::make_unique<DeferredCopyMemory>(slots, record_bytes);
   };
   return t;
+}
+
+// Whether `record` lies in one of the RAM tier's slots.
+bool lies_in_ram(const ExpertStreamer& st, const uint8_t* record) {
+  for (const auto& slot : st.tier(st.ram_tier()).slots())
+    if (slot->data == record) return true;
+  return false;
 }
 
 TEST_P(CacheTiers, ResultsDoNotDependOnTiers) {
@@ -237,9 +246,7 @@ TEST_P(CacheTiers, RecordsForTheCpuStayInTheRamTier) {
     EXPECT_EQ(h.ready, nullptr);
     EXPECT_EQ(std::memcmp(h.record, h.index == 0 ? first.data() : second.data(), rb), 0);
     // Left in the RAM tier: the record lies in one of its slots.
-    bool in_ram = false;
-    for (const auto& slot : st.tier(st.ram_tier()).slots()) in_ram |= slot->data == h.record;
-    EXPECT_EQ(in_ram, h.on_host);
+    EXPECT_EQ(lies_in_ram(st, h.record), h.on_host);
   }
   st.release(ticket);
   EXPECT_EQ(st.stats().tiers[0].fills, fills + 1);  // only the second was promoted
@@ -354,6 +361,62 @@ class DeviceReadableMemory final : public TierMemory {
   size_t record_bytes_;
 };
 
+// A streamer over a RAM tier of working slots only (a released slot is read into next) and a
+// device-like tier of working slots (WindowedCopyMemory, landing when polled or only at
+// fence()), the RAM tier device-readable or not.
+struct WorkingSlotsStreamer {
+  WindowedCopyMemory* mem = nullptr;
+  std::unique_ptr<ExpertStreamer> st;
+
+  WorkingSlotsStreamer(const Package& pkg, bool polled, bool device_readable_ram) {
+    StreamOptions o;
+    o.max_active = 2;
+    o.ram_cache_bytes = 0;
+    if (device_readable_ram)
+      o.ram_memory = [](size_t slots, size_t record_bytes) {
+        return std::make_unique<DeviceReadableMemory>(slots, record_bytes);
+      };
+    TierSpec t = host_tier("gpu-like", 0);  // keeps nothing: admits nothing
+    t.make_memory = [this, polled](size_t slots, size_t record_bytes) {
+      auto m = std::make_unique<WindowedCopyMemory>(slots, record_bytes, polled);
+      mem = m.get();
+      return m;
+    };
+    o.upper_tiers = {t};
+    st = std::make_unique<ExpertStreamer>(pkg, o);
+  }
+  // Every expert of `layer` in pairs, twice over, each pair asked `as` and released once its
+  // handles have been seen by `check(handle, expert)`. Then the waits: with landings polled the
+  // loop never fenced; else the RAM tier ran out of slots, and something was fenced.
+  void stream_pairs(int layer, int experts, Placement as, bool polled,
+                    const std::function<void(const ExpertHandle&, int)>& check) {
+    std::vector<ExpertHandle> ready;
+    size_t handed = 0;
+    const Placement placement[2] = {as, as};
+    for (int round = 0; round < 2; ++round)
+      for (int e = 0; e + 1 < experts; e += 2) {
+        const int pair[2] = {e, e + 1};
+        const int ticket = st->request(layer, pair, placement);
+        while (st->take_ready(ticket, ready)) {
+          // The copies just issued are a closed window already: its device time ends with
+          // them, not with release() after whatever the host does meanwhile.
+          EXPECT_FALSE(mem->window_open()) << "take_ready left its copies' window open";
+          for (const ExpertHandle& h : ready) {
+            check(h, pair[h.index]);
+            ++handed;
+          }
+        }
+        st->release(ticket);
+      }
+    EXPECT_EQ(handed, size_t(experts / 2 * 2 * 2));
+    if (polled)
+      EXPECT_EQ(mem->fences, 0u) << "the decode loop waited for copies or compute";
+    else
+      EXPECT_GT(mem->fences, 0u) << "the RAM tier ran out of slots, yet nothing waited";
+    st->release();  // fences the rest
+  }
+};
+
 // release() does not wait for the copies into a device-like tier (take_ready closes their
 // window, so that it times the copies alone): their sources stay pinned until the window lands
 // — polled by the next request, or, when the RAM tier has no other slot to give, waited for. Either
@@ -365,44 +428,13 @@ TEST_P(CacheTiers, CopySourcesStayPinnedUntilTheirCopiesLand) {
   const int experts = model_->config().num_experts;
   for (const bool polled : {true, false}) {
     SCOPED_TRACE(polled ? "copies land when polled" : "copies land only at a fence");
-    WindowedCopyMemory* mem = nullptr;
-    StreamOptions o;
-    o.max_active = 2;
-    o.ram_cache_bytes = 0;  // working slots only: a released source slot is read into next
-    TierSpec t = host_tier("gpu-like", 0);
-    t.make_memory = [&](size_t slots, size_t record_bytes) {
-      auto m = std::make_unique<WindowedCopyMemory>(slots, record_bytes, polled);
-      mem = m.get();
-      return m;
-    };
-    o.upper_tiers = {t};
-    ExpertStreamer st(model_->package(), o);
-    ASSERT_NE(mem, nullptr);
-    std::vector<ExpertHandle> ready;
-    size_t handed = 0;
-    for (int round = 0; round < 2; ++round)
-      for (int e = 0; e + 1 < experts; e += 2) {
-        const int pair[2] = {e, e + 1};
-        const int ticket = st.request(layer, pair);
-        while (st.take_ready(ticket, ready)) {
-          // The copies just issued are a closed window already: its device time ends with
-          // them, not with release() after whatever the host does meanwhile.
-          EXPECT_FALSE(mem->window_open()) << "take_ready left its copies' window open";
-          for (const ExpertHandle& h : ready) {
-            EXPECT_NE(h.ready, nullptr);  // promoted by an asynchronous copy
-            ++handed;
-          }
-        }
-        st.release(ticket);
-      }
-    EXPECT_EQ(handed, size_t(experts / 2 * 2 * 2));
-    if (polled)
-      EXPECT_EQ(mem->fences, 0u) << "the decode loop waited for copies";
-    else
-      EXPECT_GT(mem->fences, 0u) << "the RAM tier ran out of slots, yet nothing waited";
-    st.release();  // fences the rest
-    EXPECT_EQ(mem->sources_changed, 0u) << "a copy's source was reused before it landed";
-    const TierStats& gpu = st.stats().tiers.front();
+    WorkingSlotsStreamer w(model_->package(), polled, /*device_readable_ram=*/false);
+    ASSERT_NE(w.mem, nullptr);
+    w.stream_pairs(layer, experts, Placement::Promote, polled, [](const ExpertHandle& h, int) {
+      EXPECT_NE(h.ready, nullptr);  // promoted by an asynchronous copy
+    });
+    EXPECT_EQ(w.mem->sources_changed, 0u) << "a copy's source was reused before it landed";
+    const TierStats& gpu = w.st->stats().tiers.front();
     EXPECT_EQ(gpu.transfer_bytes, double(gpu.copied_bytes));
     EXPECT_GT(gpu.transfer_seconds, 0.0);
   }
@@ -432,57 +464,23 @@ TEST_P(CacheTiers, RecordsReadInPlaceStayPinnedUntilComputeHasRead) {
   }
   for (const bool polled : {true, false}) {
     SCOPED_TRACE(polled ? "reads land when polled" : "reads land only at a fence");
-    WindowedCopyMemory* mem = nullptr;
-    StreamOptions o;
-    o.max_active = 2;
-    o.ram_cache_bytes = 0;  // working slots only: a released slot is read into next
-    o.ram_memory = [](size_t slots, size_t record_bytes) {
-      return std::make_unique<DeviceReadableMemory>(slots, record_bytes);
-    };
-    TierSpec t = host_tier("gpu-like", 0);  // keeps nothing: admits nothing
-    t.make_memory = [&](size_t slots, size_t record_bytes) {
-      auto m = std::make_unique<WindowedCopyMemory>(slots, record_bytes, polled);
-      mem = m.get();
-      return m;
-    };
-    o.upper_tiers = {t};
-    ExpertStreamer st(model_->package(), o);
-    ASSERT_NE(mem, nullptr);
-    ASSERT_TRUE(st.reads_in_place());
-    std::vector<ExpertHandle> ready;
+    WorkingSlotsStreamer w(model_->package(), polled, /*device_readable_ram=*/true);
+    ASSERT_NE(w.mem, nullptr);
+    ASSERT_TRUE(w.st->reads_in_place());
     size_t handed = 0;
-    const Placement in_place[2] = {Placement::InPlace, Placement::InPlace};
-    for (int round = 0; round < 2; ++round)
-      for (int e = 0; e + 1 < experts; e += 2) {
-        const int pair[2] = {e, e + 1};
-        const int ticket = st.request(layer, pair, in_place);
-        while (st.take_ready(ticket, ready))
-          for (const ExpertHandle& h : ready) {
-            EXPECT_TRUE(h.in_place);
-            EXPECT_FALSE(h.on_host);
-            EXPECT_EQ(h.ready, nullptr);
-            bool in_ram = false;
-            for (const auto& slot : st.tier(st.ram_tier()).slots())
-              in_ram |= slot->data == h.record;
-            EXPECT_TRUE(in_ram) << "an in-place record does not lie in the RAM tier";
-            const std::vector<uint8_t>& want = expected[pair[h.index]];
-            EXPECT_EQ(std::memcmp(h.record, want.data(), want.size()), 0);
-            mem->reads_in_place(h.record, want.size());
-            ++handed;
-          }
-        st.release(ticket);
-      }
-    EXPECT_EQ(handed, size_t(experts / 2 * 2 * 2));
-    if (polled)
-      EXPECT_EQ(mem->fences, 0u) << "the decode loop waited for the compute";
-    else
-      EXPECT_GT(mem->fences, 0u) << "the RAM tier ran out of slots, yet nothing waited";
-    st.release();
-    EXPECT_EQ(mem->reads_landed, handed);
-    EXPECT_EQ(mem->reads_changed, 0u)
-        << "a record read in place was overwritten before it was read";
-    EXPECT_EQ(st.stats().tiers[0].fills, 0u) << "a record read in place was also copied";
-    EXPECT_EQ(st.stats().total().read_in_place, handed);
+    w.stream_pairs(layer, experts, Placement::InPlace, polled, [&](const ExpertHandle& h, int e) {
+      EXPECT_TRUE(h.in_place);
+      EXPECT_FALSE(h.on_host);
+      EXPECT_EQ(h.ready, nullptr);
+      EXPECT_TRUE(lies_in_ram(*w.st, h.record)) << "an in-place record is not in the RAM tier";
+      EXPECT_EQ(std::memcmp(h.record, expected[e].data(), expected[e].size()), 0);
+      w.mem->reads_in_place(h.record, expected[e].size());
+      ++handed;
+    });
+    EXPECT_EQ(w.mem->reads_landed, handed);
+    EXPECT_EQ(w.mem->reads_changed, 0u) << "a record read in place was overwritten first";
+    EXPECT_EQ(w.st->stats().tiers[0].fills, 0u) << "a record read in place was also copied";
+    EXPECT_EQ(w.st->stats().total().read_in_place, handed);
   }
 }
 
