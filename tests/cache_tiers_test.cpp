@@ -276,10 +276,12 @@ class WindowedCopyMemory final : public TierMemory {
   }
   // A window of no copies standing for the compute issued so far, which reads the records
   // registered by reads_in_place(): at landing each must still hold what it held then.
-  uint64_t close_reads() override {
+  void open_reads() override { ++reads_opened; }
+  uint64_t close_reads(double bytes) override {
     close_window();
     for (Read& r : reads_)
       if (r.window == 0) r.window = closed_ + 1;
+    read_windows_.push_back({closed_ + 1, bytes});
     return ++closed_;
   }
   void reads_in_place(const uint8_t* record, size_t bytes) {
@@ -298,7 +300,7 @@ class WindowedCopyMemory final : public TierMemory {
   bool host_accessible() const override { return false; }
   const char* kind() const override { return "test-windowed"; }
   bool window_open() const { return open_; }
-  size_t fences = 0, sources_changed = 0, reads_changed = 0, reads_landed = 0;
+  size_t fences = 0, sources_changed = 0, reads_changed = 0, reads_landed = 0, reads_opened = 0;
 
  private:
   struct Copy {
@@ -317,6 +319,12 @@ class WindowedCopyMemory final : public TierMemory {
       transferred_.seconds += 1e-6;
     }
     queued_.erase(queued_.begin(), queued_.begin() + static_cast<std::ptrdiff_t>(n));
+    std::erase_if(read_windows_, [&](const std::pair<uint64_t, double>& w) {
+      if (w.first > id) return false;
+      transferred_.read_bytes += w.second;
+      transferred_.read_seconds += 1e-6;
+      return true;
+    });
     std::erase_if(reads_, [&](const Read& r) {
       if (r.window == 0 || r.window > id) return false;
       if (std::memcmp(r.record, r.seen.data(), r.seen.size()) != 0) ++reads_changed;
@@ -331,6 +339,7 @@ class WindowedCopyMemory final : public TierMemory {
     uint64_t window;            // of close_reads(); 0: not closed yet
   };
   std::vector<Read> reads_;
+  std::vector<std::pair<uint64_t, double>> read_windows_;  // (close_reads' window, its bytes)
   AlignedBuffer arena_;
   size_t record_bytes_;
   bool polled_;
@@ -481,6 +490,10 @@ TEST_P(CacheTiers, RecordsReadInPlaceStayPinnedUntilComputeHasRead) {
     EXPECT_EQ(w.mem->reads_changed, 0u) << "a record read in place was overwritten first";
     EXPECT_EQ(w.st->stats().tiers[0].fills, 0u) << "a record read in place was also copied";
     EXPECT_EQ(w.st->stats().total().read_in_place, handed);
+    // Each pair's reads opened once and timed once landed, every byte counted once.
+    EXPECT_EQ(w.mem->reads_opened, size_t(experts / 2 * 2));
+    EXPECT_EQ(w.st->stats().tiers[0].read_bytes, double(handed * w.st->record_bytes()));
+    EXPECT_GT(w.st->stats().tiers[0].read_seconds, 0.0);
   }
 }
 

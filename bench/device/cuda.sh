@@ -94,7 +94,7 @@ for v in "${variants[@]}"; do
   env "${envs[@]}" "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len "${GEN:-128}" \
     --repeat 3 --no-ceilings --ram-cache 64G --keep-cache "${args[@]}" ${TIMING:+--timing} \
     --json "$OUTD/bench-$name.json" > "$OUTD/bench-$name.txt" 2>&1
-  echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|host|graphs)' "$OUTD/bench-$name.txt"
+  echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|in place|host|graphs)' "$OUTD/bench-$name.txt"
 done
 if [ "${DIRECT:-0}" = 1 ]; then  # experts from storage (O_DIRECT, 1 GiB RAM tier), with the ceilings
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null

@@ -48,6 +48,11 @@ struct TierStats {
   // their bytes and time (copy windows, TierMemory::take_transferred).
   double transfer_bytes = 0;
   double transfer_seconds = 0;
+  // The fastest tier: compute that read slower tiers in place, timed where it ran from its
+  // first such record's hand-out to its end (with whatever else that compute did: the GPU's
+  // hits alongside), once landed: the bytes it read in place and that time.
+  double read_bytes = 0;
+  double read_seconds = 0;
 };
 
 class CacheTier {

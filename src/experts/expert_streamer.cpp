@@ -390,6 +390,8 @@ void ExpertStreamer::count_transferred() {
     const TierMemory::Transferred x = tiers_[t]->memory().take_transferred();
     tiers_[t]->stats.transfer_bytes += x.bytes;
     tiers_[t]->stats.transfer_seconds += x.seconds;
+    tiers_[t]->stats.read_bytes += x.read_bytes;
+    tiers_[t]->stats.read_seconds += x.read_seconds;
   }
 }
 
@@ -525,6 +527,7 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
       !top_admits(expert_key(e.layer, e.expert))) {  // the device reads it there
     ++stats_.layers[e.layer].read_in_place;
     e.in_place = true;
+    if (reads_open_++ == 0) tiers_.front()->memory().open_reads();  // compute reading it: next
     ready.push_back({e.index, e.expert, s->data, nullptr, false, true});
     return true;
   }
@@ -588,10 +591,23 @@ bool ExpertStreamer::take_ready(int ticket, std::vector<ExpertHandle>& ready) {
 }
 
 uint64_t ExpertStreamer::close_in_place_reads(int ticket) {
+  auto mine = [ticket](const Entry& e) { return e.in_place && (ticket < 0 || e.ticket == ticket); };
+  bool open = false;
+  for (const Entry& e : entries_) open |= mine(e) && !e.reads_closed;
+  if (open) {  // one window covers the compute issued so far: every ticket's records in it
+    const uint64_t w =
+        tiers_.front()->memory().close_reads(double(reads_open_) * double(record_bytes_));
+    reads_open_ = 0;
+    for (Entry& e : entries_)
+      if (e.in_place && !e.reads_closed) {
+        e.reads_closed = true;
+        e.reads_window = w;
+      }
+  }
+  uint64_t latest = 0;
   for (const Entry& e : entries_)
-    if (e.in_place && (ticket < 0 || e.ticket == ticket))
-      return tiers_.front()->memory().close_reads();
-  return 0;
+    if (mine(e)) latest = std::max(latest, e.reads_window);
+  return latest;
 }
 
 void ExpertStreamer::abandon_all() {
@@ -632,7 +648,7 @@ void ExpertStreamer::release(int ticket) {
   if (window == 0 && window_ticket_ == ticket) window = ticket_window_;  // closed by take_ready
   // Records the device reads in place: their slots (and every source above) stay pinned until
   // the compute issued so far has finished — a later window than the copies', landing after.
-  if (const uint64_t reads = close_in_place_reads(ticket)) window = reads;
+  window = std::max(window, close_in_place_reads(ticket));  // windows land in order
   size_t kept = 0;
   for (Pin p : pinned_) {
     if (p.ticket != ticket) {

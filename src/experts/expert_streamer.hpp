@@ -187,6 +187,11 @@ class ExpertStreamer {
   int request(int layer, std::span<const int> experts, std::span<const Placement> placement = {});
   // Whether some slower tier can be read in place by the device (Placement::InPlace can apply).
   bool reads_in_place() const { return reads_in_place_; }
+  // Says that the device work reading `ticket`'s records in place (handed out so far) has all
+  // been issued: the time it takes is measured up to here (TierStats::read_*), not to
+  // release() after what the host issues meanwhile (the CPU's share of a hybrid layer).
+  // Optional; release() does it otherwise.
+  void reads_issued(int ticket) { close_in_place_reads(ticket); }
   // The fastest tier holding (layer, expert) now (0 = the compute tier, ram_tier() = RAM), or
   // -1 when none does (a read in flight into the RAM tier counts as there).
   int tier_of(int layer, int expert);
@@ -231,6 +236,8 @@ class ExpertStreamer {
     bool demand_read = false;  // this request submitted the read (a failure is final)
     Placement placement = Placement::Promote;  // as request() was asked
     bool in_place = false;                     // handed out in place (pinned until read)
+    bool reads_closed = false;  // in place, and a close_reads window covers its compute
+    uint64_t reads_window = 0;  // that window (0: compute was complete)
     bool taken = false;
   };
 
@@ -262,9 +269,10 @@ class ExpertStreamer {
   void unpin_landed_sources();
   // Moves what the tiers' memories measured of landed copies into TierStats.
   void count_transferred();
-  // When an entry of `ticket` (any outstanding one: -1) was handed out in place: closes a
-  // window that lands once the compute issued so far has finished (TierMemory::close_reads)
-  // and returns it; else 0.
+  // When an entry of `ticket` (any outstanding one: -1) handed out in place has no window
+  // covering its compute yet: closes one that lands once the compute issued so far has
+  // finished (TierMemory::close_reads, timing the reads since open_reads). Returns the latest
+  // such window of the ticket's entries (0: none, or compute complete).
   uint64_t close_in_place_reads(int ticket);
   // Whether the fastest tier admits `key` of a record that could be read in place instead:
   // it has a free slot, or its eviction victim has been used fewer times.
@@ -313,6 +321,7 @@ class ExpertStreamer {
   std::vector<std::pair<uint64_t, int>> copy_queue_;
   bool in_request_ = false;      // prefetch() called by request(): its copies wait (copy_queue_)
   bool reads_in_place_ = false;  // a slower tier is device-readable, the fastest is not host
+  size_t reads_open_ = 0;  // records handed out in place since the fastest tier's open_reads()
   // Per kind, over the streamer's life (not reset with the stats): predictions scored, used.
   std::array<uint64_t, 2> scored_{}, scored_correct_{};
   // Last prediction per layer and kind, scored at the layer's next acquire.

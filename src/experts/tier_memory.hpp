@@ -43,8 +43,10 @@ class TierMemory {
   // and the time they took where they ran (device time from a window's first copy starting to
   // its close, summed over windows: close a window right after its last copy for that to be the
   // copies' time); zeros when unknown (synchronous memory).
+  // read_*: the same for compute that read slower tiers in place (open_reads to close_reads).
   struct Transferred {
     double bytes = 0, seconds = 0;
+    double read_bytes = 0, read_seconds = 0;
   };
   virtual Transferred take_transferred() { return {}; }
   virtual bool host_accessible() const = 0;  // the CPU can read (and copy from) the slots
@@ -53,11 +55,19 @@ class TierMemory {
   // addresses (page-locked host memory mapped into a GPU's address space): a record there can
   // be handed to device compute without a copy (ExpertHandle::in_place).
   virtual bool device_readable() const { return false; }
-  // (The fastest tier.) Closes the open copy window, if any, then one more window that lands
-  // only once all compute issued so far has finished: slots of slower tiers that this compute
-  // reads in place stay unchanged until it has landed (landed(), fence() as for copies).
-  // 0 when compute is complete on return (synchronous memory).
-  virtual uint64_t close_reads() { return 0; }
+  // (The fastest tier.) Marks where compute that reads slower tiers in place starts (the
+  // compute issued so far has not): the next close_reads() is timed from here, where it ran.
+  virtual void open_reads() {}
+  // Closes the open copy window, if any, then one more window that lands only once all
+  // compute issued so far has finished: slots of slower tiers that this compute reads in place
+  // stay unchanged until it has landed (landed(), fence() as for copies). `bytes` (what that
+  // compute read in place since open_reads) and the time from open_reads to the compute's end
+  // are reported by take_transferred once landed. 0 when compute is complete on return
+  // (synchronous memory).
+  virtual uint64_t close_reads(double bytes) {
+    (void)bytes;
+    return 0;
+  }
 };
 
 // `slots` records of `record_bytes` in one 4096-aligned host allocation; copies are memcpy.

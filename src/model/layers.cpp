@@ -269,11 +269,12 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
   };
   HostExperts* hx = ctx.host_experts && ctx.host_experts->usable(T) ? ctx.host_experts : nullptr;
   bool x_on_host = false;
-  // The compute tier's copy counters before the layer: the planner learns the copy rate from
-  // the device-timed copies that landed meanwhile (this layer's, or the ones before).
+  // The compute tier's copy counters before the layer: the planner learns the GPU side's rate
+  // from the device-timed copies (and in-place reads) that landed meanwhile (this layer's, or
+  // the ones before).
   const TierStats& copies = st.stats().tiers.front();
-  const double copied_before = copies.transfer_bytes;
-  const double transfer_before = copies.transfer_seconds;
+  const double copied_before = copies.transfer_bytes + copies.read_bytes;
+  const double transfer_before = copies.transfer_seconds + copies.read_seconds;
   // The CPU's share of group g (hybrid), flags per expert; empty: the GPU computes all.
   auto plan = [&](size_t g) -> std::span<const uint8_t> {
     if (!hx) return {};
@@ -354,14 +355,17 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
                           ctx.ws.slots);
       if (copied > 0)
         ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), tasks.last(copied), ctx.ws.slots);
-      if (hx && !hx->tasks.empty()) run_on_host(ctx, *hx, T, S);
+      if (hx && !hx->tasks.empty()) {
+        st.reads_issued(ticket);  // the GPU's in-place reads timed without the CPU's share
+        run_on_host(ctx, *hx, T, S);
+      }
     }
     st.release(ticket);
     ticket = next;
   }
   if (hx)
-    hx->planner.observe_copy(copies.transfer_bytes - copied_before,
-                             copies.transfer_seconds - transfer_before);
+    hx->planner.observe_copy(copies.transfer_bytes + copies.read_bytes - copied_before,
+                             copies.transfer_seconds + copies.read_seconds - transfer_before);
   if (!extra_done) ctx.be.expert_ffn(ctx.ws.xn.rows_view(0, T), {extra, 1}, ctx.ws.slots);
   if (ctx.timings) {  // move the time blocked on reads from "experts" to "io_wait"
     const double waited = st.stats().layers[layer].io_wait_seconds - waited_before;

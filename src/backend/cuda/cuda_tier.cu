@@ -49,10 +49,12 @@ class DeviceTierMemory final : public TierMemory {
            std::to_string(slots) + " expert records (lower --gpu-mem)");
     }
     MF_CUDA(cudaEventCreateWithFlags(&compute_done_, cudaEventDisableTiming));
+    MF_CUDA(cudaEventCreate(&reads_start_));
     for (cudaEvent_t& e : landed_) MF_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
     for (Window& w : windows_) {  // timed: they measure the copies' device time
       MF_CUDA(cudaEventCreate(&w.start));
       MF_CUDA(cudaEventCreate(&w.end));
+      MF_CUDA(cudaEventCreate(&w.read_start));
     }
   }
   ~DeviceTierMemory() override {
@@ -61,7 +63,9 @@ class DeviceTierMemory final : public TierMemory {
     for (Window& w : windows_) {
       cudaEventDestroy(w.start);
       cudaEventDestroy(w.end);
+      cudaEventDestroy(w.read_start);
     }
+    cudaEventDestroy(reads_start_);
     cudaEventDestroy(compute_done_);
     cudaFree(arena_);
   }
@@ -75,9 +79,13 @@ class DeviceTierMemory final : public TierMemory {
     window(closed_ + 1).bytes += double(bytes);
     return landed_[slot];
   }
-  uint64_t close_reads() override {
+  void open_reads() override { MF_CUDA(cudaEventRecord(reads_start_, be_.stream())); }
+  uint64_t close_reads(double bytes) override {
     close_window();
     open_window();  // its start waits for the compute stream's work issued so far
+    Window& w = window(closed_ + 1);
+    std::swap(w.read_start, reads_start_);  // the window times the reads from open_reads()
+    w.read_bytes = bytes;
     return close_window();
   }
   uint64_t close_window() override {
@@ -106,10 +114,12 @@ class DeviceTierMemory final : public TierMemory {
   const char* kind() const override { return "cuda"; }
 
  private:
-  // A copy window on the copy stream, timed: its start, and its end (after its last copy).
+  // A copy window on the copy stream, timed: its start, and its end (after its last copy). A
+  // window of close_reads() also times the compute that read in place: from read_start (on the
+  // compute stream, at open_reads) to its end.
   struct Window {
-    cudaEvent_t start = nullptr, end = nullptr;
-    double bytes = 0;
+    cudaEvent_t start = nullptr, end = nullptr, read_start = nullptr;
+    double bytes = 0, read_bytes = 0;
   };
   Window& window(uint64_t id) { return windows_[id % windows_.size()]; }
 
@@ -124,6 +134,7 @@ class DeviceTierMemory final : public TierMemory {
     Window& w = window(closed_ + 1);
     MF_CUDA(cudaEventRecord(w.start, be_.copy_stream()));
     w.bytes = 0;
+    w.read_bytes = 0;
     open_ = true;
   }
   // Counts the oldest window not yet harvested, which has landed.
@@ -136,18 +147,25 @@ class DeviceTierMemory final : public TierMemory {
     } else {
       cudaGetLastError();
     }
+    if (w.read_bytes > 0 && cudaEventElapsedTime(&ms, w.read_start, w.end) == cudaSuccess) {
+      transferred_.read_bytes += w.read_bytes;
+      transferred_.read_seconds += 1e-3 * double(ms);
+    } else {
+      cudaGetLastError();
+    }
   }
 
   CudaBackend& be_;
   size_t record_bytes_;
   void* arena_ = nullptr;
   cudaEvent_t compute_done_ = nullptr;
-  std::vector<cudaEvent_t> landed_;  // per slot: its last copy has landed
-  std::array<Window, 64> windows_;   // window id i at windows_[i % 64]
-  uint64_t closed_ = 0;              // windows closed: ids 1..closed_
-  uint64_t harvested_ = 0;           // windows known landed and counted: ids 1..harvested_
-  bool open_ = false;                // window closed_ + 1 has copies
-  Transferred transferred_;          // harvested since take_transferred()
+  cudaEvent_t reads_start_ = nullptr;  // open_reads(); swapped into the next reads window
+  std::vector<cudaEvent_t> landed_;    // per slot: its last copy has landed
+  std::array<Window, 64> windows_;     // window id i at windows_[i % 64]
+  uint64_t closed_ = 0;                // windows closed: ids 1..closed_
+  uint64_t harvested_ = 0;             // windows known landed and counted: ids 1..harvested_
+  bool open_ = false;                  // window closed_ + 1 has copies
+  Transferred transferred_;            // harvested since take_transferred()
 };
 
 class PinnedTierMemory final : public TierMemory {
