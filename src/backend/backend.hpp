@@ -226,6 +226,11 @@ class Backend {
   // Copies between host memory and a tensor (same shape; rows may have different pitches).
   virtual void upload(const float* host, size_t host_pitch, const Tensor& dst) = 0;
   virtual void download(const Tensor& src, float* host, size_t host_pitch) = 0;
+  // download() queued behind the work issued so far, landed by the next synchronize() (host
+  // memory page-locked by allocate_host or pin_host; other memory may make it wait at once).
+  virtual void download_async(const Tensor& src, float* host, size_t host_pitch) {
+    download(src, host, host_pitch);
+  }
   // out[r] = the index of row r's largest value, NaN never counting (the lowest index on ties;
   // 0 when every value is NaN), and finite[r] = 1 if every value of row r is finite, else 0, for
   // r < x.rows(): core/argmax.hpp's greedy pick and core/finite.hpp's check, computed where x

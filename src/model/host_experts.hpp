@@ -122,6 +122,9 @@ struct HostExperts {
   // Scratch: the batch's normalised rows, the CPU's output rows (compact), and per layer the
   // plan and the CPU's tasks with their compact and device slot rows.
   std::vector<float> x, out;
+  std::unique_ptr<HostPin> x_pin;  // x page-locked by the GPU backend (pin_x)
+  // x holds this layer's rows already (downloaded with the routing, see wake_pool_next).
+  bool x_ready = false;
   std::vector<RecordPlace> where;
   std::vector<size_t> rows;
   std::vector<uint8_t> on_host;
@@ -132,7 +135,10 @@ struct HostExperts {
   // The last plan gave the CPU a share, or the next may probe it: the next layer wakes its pool
   // before waiting for its routing (a pool asleep between layers took up to milliseconds to
   // answer; docs/PERF.md).
+  // Its rows are then also downloaded with the routing (the routing's wait covers both).
   bool wake_pool_next = false;
+  // Page-locks x for `gpu` (its downloads then queue without a wait).
+  void pin_x(Backend& gpu) { x_pin = gpu.pin_host(x.data(), x.size() * sizeof(float)); }
 };
 
 }  // namespace moeflux

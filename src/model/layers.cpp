@@ -268,7 +268,7 @@ void run_experts(const ForwardContext& ctx, int layer, size_t T, size_t S,
     return std::span<const int>(m.wanted.data() + g * K, std::min(K, m.wanted.size() - g * K));
   };
   HostExperts* hx = ctx.host_experts && ctx.host_experts->usable(T) ? ctx.host_experts : nullptr;
-  bool x_on_host = false;
+  bool x_on_host = hx && hx->x_ready;  // downloaded with the routing
   // The compute tier's copy counters before the layer: the planner learns the GPU side's rate
   // from the device-timed copies (and in-place reads) that landed meanwhile (this layer's, or
   // the ones before).
@@ -417,8 +417,13 @@ void mlp_sublayer(const ForwardContext& ctx, const LayerWeights& w, int layer, b
   {
     ScopedTimer timer(ctx.timer(layer, &LayerTimes::router));
     ctx.be.rmsnorm(h, w.post_norm, ctx.ws.xn.rows_view(0, T), eps_of(c), zero_centered);
-    if (HostExperts* hx = ctx.host_experts; !indexed && hx && hx->usable(T) && hx->wake_pool_next)
-      hx->cpu->wake();  // its wake-up overlaps the routing wait
+    if (HostExperts* hx = ctx.host_experts; !indexed && hx && hx->usable(T)) {
+      hx->x_ready = hx->wake_pool_next;
+      if (hx->wake_pool_next) {  // a CPU share likely: its wake-up and rows with the routing
+        hx->cpu->wake();
+        ctx.be.download_async(ctx.ws.xn.rows_view(0, T), hx->x.data(), hx->hidden);
+      }
+    }
     shared_gate = route_rows(ctx, w.moe, T, layer, /*wait=*/!indexed);
     if (!indexed) record_routing(ctx, layer);
   }

@@ -153,6 +153,7 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     host_experts_ =
         std::make_unique<HostExperts>(std::make_unique<CpuBackend>(opts.threads), opts.cpu_experts,
                                       size_t(c.hidden_size), size_t(active_experts_) + 1);
+  if (host_experts_) host_experts_->pin_x(*backend_);
   if (opts.timing) timings_.layers.resize(c.num_layers);
 }
 

@@ -702,12 +702,16 @@ void CudaBackend::upload(const float* host, size_t host_pitch, const Tensor& dst
 }
 
 void CudaBackend::download(const Tensor& src, float* host, size_t host_pitch) {
+  download_async(src, host, host_pitch);
+  MF_CUDA(cudaStreamSynchronize(stream_));
+}
+
+void CudaBackend::download_async(const Tensor& src, float* host, size_t host_pitch) {
   const OpTimer timer(*this, "download");
   MF_ASSERT(src.rank == 2 && src.memory == Memory::Device);
   MF_CUDA(cudaMemcpy2DAsync(host, host_pitch * sizeof(float), src.data, src.pitch() * sizeof(float),
                             src.shape[1] * sizeof(float), src.rows(), cudaMemcpyDeviceToHost,
                             stream_));
-  MF_CUDA(cudaStreamSynchronize(stream_));
 }
 
 void CudaBackend::scatter_rows(const float* host, size_t host_pitch, std::span<const int32_t> rows,

@@ -48,6 +48,7 @@ class CudaBackend final : public Backend {
   const uint8_t* resident(const uint8_t* host, size_t bytes) override;
   void upload(const float* host, size_t host_pitch, const Tensor& dst) override;
   void download(const Tensor& src, float* host, size_t host_pitch) override;
+  void download_async(const Tensor& src, float* host, size_t host_pitch) override;
   void argmax_rows(const Tensor& x, std::span<int32_t> out,
                    std::span<uint8_t> finite) override;  // cuda_pick.cu
   void top_k_rows(const Tensor& x, size_t k, std::span<TopEntry> best,
