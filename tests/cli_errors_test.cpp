@@ -322,6 +322,21 @@ TEST_F(LogitsErrors, OptionsBeyondTheModel) {
   EXPECT_FALSE(fs::exists(t / "o.npy"));
 }
 
+// The GPU expert options on the CPU backend: an error that says why, not silently ignored.
+TEST_F(LogitsErrors, GpuExpertOptionsOnTheCpuBackend) {
+  TempDir t;
+  auto logits = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = {"logits", "-m",        *tmp_ / "pkg", "--tokens", "1",
+                                     "--out",  t / "o.npy", "--backend",   "cpu"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return run_moeflux(args);
+  };
+  expect_clean_failure(logits({"--gpu-mem", "1G"}), "--gpu-mem: the cpu backend");
+  expect_clean_failure(logits({"--gpu-reads", "in-place"}), "--gpu-reads in-place: the cpu");
+  expect_usage_error(logits({"--gpu-reads", "sideways"}), "--gpu-reads");
+  EXPECT_FALSE(fs::exists(t / "o.npy"));
+}
+
 TEST_F(LogitsErrors, DirectoryWhereALayerFileShouldBe) {
   TempDir t;
   const std::string pkg = package_copy(t);
