@@ -39,8 +39,8 @@ class StreamingFixture : public testing::TestWithParam<std::string> {
     const LayerStreamStats t = s.streamer().stats().total();
     last_stream_ = s.streamer().stats();
     EXPECT_EQ(t.requests, t.cache_hits() + t.prefetch_hits + t.misses);
-    if (o.stream.ram_cache_bytes == 0 && o.stream.upper_tiers.empty() &&
-        o.stream.prefetch == PrefetchMode::None) {
+    if (o.stream.ram_cache_bytes == 0 && o.stream.upper_tiers.empty() && o.gpu_cache_bytes == 0 &&
+        o.gpu_cache_percent == 0 && o.stream.prefetch == PrefetchMode::None) {
       EXPECT_EQ(t.cache_hits(), 0u) << "no cache, yet cache hits";
     }
     return all;
