@@ -25,12 +25,14 @@ class CudaEngine : public StreamingFixture {
     if (const std::string why = why_no_cuda(); !why.empty()) GTEST_SKIP() << why;
     StreamingFixture::SetUp();
   }
-  // No expert computed on the CPU unless a test asks (CPU and GPU kernels round differently).
+  // No expert computed on the CPU unless a test asks (CPU and GPU kernels round differently);
+  // experts copied into the GPU tier unless a test asks for reads in place.
   EngineOptions on(const char* backend, size_t gpu_bytes = 0) const {
     EngineOptions o;
     o.backend = backend;
     o.gpu_cache_bytes = gpu_bytes;
     o.cpu_experts = CpuExpertsMode::Off;
+    o.gpu_reads = GpuReads::Copy;
     return o;
   }
   // Relative L2 error of b against a, per position of V logits.
@@ -114,8 +116,10 @@ TEST_P(CudaEngine, InPlaceReadsChangeNothing) {
     EngineOptions o = on("cuda", c.gpu_bytes);
     o.stream.ram_cache_bytes = c.ram_bytes;
     o.stream.prefetch = c.prefetch;
+    o.gpu_reads = GpuReads::Copy;
     const std::vector<float> copied = logits(o, c.chunk);
-    o.gpu_reads_in_place = true;
+    EXPECT_EQ(last_stream_.total().read_in_place, 0u);
+    o.gpu_reads = GpuReads::InPlace;
     const std::vector<float> got = logits(o, c.chunk);
     ASSERT_EQ(got.size(), copied.size());
     EXPECT_EQ(std::memcmp(got.data(), copied.data(), got.size() * sizeof(float)), 0);
@@ -135,6 +139,26 @@ TEST_P(CudaEngine, InPlaceReadsChangeNothing) {
       EXPECT_EQ(last_stream_.tiers[0].copied_bytes, 0u);
     }
   }
+}
+
+// --gpu-reads auto reads in place where that measured faster: a GPU tier that keeps records, or
+// a CPU share; copy and in-place are what they say; every expert resident streams nothing.
+TEST_P(CudaEngine, GpuReadsAutoReadsInPlaceWhereThatPays) {
+  const size_t A = all_experts_bytes();
+  auto in_place = [&](GpuReads mode, size_t gpu_bytes, CpuExpertsMode cpu) {
+    EngineOptions o = on("cuda", gpu_bytes);
+    o.gpu_reads = mode;
+    o.cpu_experts = cpu;
+    o.threads = 2;
+    return Engine(*model_, o).reads_in_place();
+  };
+  const CpuExpertsMode off = CpuExpertsMode::Off, cpu = CpuExpertsMode::Auto;
+  EXPECT_FALSE(in_place(GpuReads::Auto, 0, off));
+  EXPECT_TRUE(in_place(GpuReads::Auto, A / 4, off));
+  EXPECT_TRUE(in_place(GpuReads::Auto, 0, cpu));
+  EXPECT_FALSE(in_place(GpuReads::Copy, A / 4, cpu));
+  EXPECT_TRUE(in_place(GpuReads::InPlace, 0, off));
+  EXPECT_FALSE(in_place(GpuReads::Auto, EngineOptions::kGpuMemAll, off));
 }
 
 // Experts computed by the CPU from the RAM tier while the GPU computes the rest (--cpu-experts

@@ -31,9 +31,10 @@ std::atomic<size_t> g_allocations{0};
 void* counted_alloc(std::size_t n, std::size_t align) {
   if (g_counting.load(std::memory_order_relaxed))
     g_allocations.fetch_add(1, std::memory_order_relaxed);
-  void* p = align <= alignof(std::max_align_t)
-                ? std::malloc(n ? n : 1)
-                : std::aligned_alloc(align, (std::max<std::size_t>(n, 1) + align - 1) / align * align);
+  void* p =
+      align <= alignof(std::max_align_t)
+          ? std::malloc(n ? n : 1)
+          : std::aligned_alloc(align, (std::max<std::size_t>(n, 1) + align - 1) / align * align);
   if (!p) throw std::bad_alloc();
   return p;
 }
@@ -41,22 +42,42 @@ void* counted_alloc(std::size_t n, std::size_t align) {
 }  // namespace
 
 #if MOEFLUX_COUNT_ALLOCATIONS
-void* operator new(std::size_t n) { return counted_alloc(n, 0); }
-void* operator new[](std::size_t n) { return counted_alloc(n, 0); }
+void* operator new(std::size_t n) {
+  return counted_alloc(n, 0);
+}
+void* operator new[](std::size_t n) {
+  return counted_alloc(n, 0);
+}
 void* operator new(std::size_t n, std::align_val_t a) {
   return counted_alloc(n, static_cast<std::size_t>(a));
 }
 void* operator new[](std::size_t n, std::align_val_t a) {
   return counted_alloc(n, static_cast<std::size_t>(a));
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept {
+  std::free(p);
+}
 #endif
 
 namespace moeflux::test {
@@ -176,6 +197,13 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, EngineTest,
 
 namespace moeflux::test {
 namespace {
+
+TEST(GpuReadsMode, ParsesItsNames) {
+  for (const GpuReads r : {GpuReads::Copy, GpuReads::InPlace, GpuReads::Auto})
+    EXPECT_EQ(parse_gpu_reads(gpu_reads_name(r)), r);
+  EXPECT_STREQ(gpu_reads_name(GpuReads::InPlace), "in-place");
+  EXPECT_THROW(parse_gpu_reads("zero-copy"), Error);
+}
 
 TEST(FamilyRegistry, EveryFamilyHasADefinitionAndLayerKindsAreChecked) {
   for (Family f : {Family::Qwen3Moe, Family::Qwen3_5Moe}) {

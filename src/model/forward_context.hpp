@@ -123,7 +123,7 @@ struct ForwardContext {
   const ResidentExperts* resident = nullptr;  // null: experts come from the streamer
   HostExperts* host_experts = nullptr;        // null: no expert is computed on the CPU
   // The GPU reads RAM-tier records in place instead of copying them in (small batches;
-  // EngineOptions::gpu_reads_in_place, where the streamer can).
+  // EngineOptions::gpu_reads, where the streamer can).
   bool reads_in_place = false;
 
   double* timer(int layer, double LayerTimes::*field) const {

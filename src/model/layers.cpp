@@ -215,7 +215,7 @@ void run_on_host(const ForwardContext& ctx, HostExperts& hx, size_t T, size_t S)
 }
 
 // Batches of at most this many rows may read RAM-tier records in place (EngineOptions::
-// gpu_reads_in_place): the backend's matrix-vector products, which read each weight once.
+// gpu_reads): the backend's matrix-vector products, which read each weight once.
 constexpr size_t kInPlaceMaxRows = 8;
 
 // The routed experts of the batch (+ an extra task, e.g. the shared expert, run with the first

@@ -140,10 +140,10 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     so.ram_memory = [be](size_t slots, size_t bytes) { return be->ram_tier_memory(slots, bytes); };
   }
   streamer_ = std::make_unique<ExpertStreamer>(model.package(), so);
-  if (opts.gpu_reads_in_place && backend_->memory() != Memory::Device)
+  if (opts.gpu_reads == GpuReads::InPlace && backend_->memory() != Memory::Device)
     fail("--gpu-reads in-place: the " + std::string(backend_->name()) +
          " backend reads no host memory across a bus (use --backend cuda)");
-  if (opts.gpu_reads_in_place && !experts_resident && !streamer_->reads_in_place())
+  if (opts.gpu_reads == GpuReads::InPlace && !experts_resident && !streamer_->reads_in_place())
     std::fprintf(stderr,
                  "moeflux: --gpu-reads in-place: the GPU cannot read the RAM cache where it lies "
                  "(no unified addressing); copying experts in instead\n");
@@ -154,10 +154,33 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
         std::make_unique<HostExperts>(std::make_unique<CpuBackend>(opts.threads), opts.cpu_experts,
                                       size_t(c.hidden_size), size_t(active_experts_) + 1);
   if (host_experts_) host_experts_->pin_x(*backend_);
+  reads_in_place_ = streamer_->reads_in_place() &&
+                    (opts.gpu_reads == GpuReads::InPlace ||
+                     (opts.gpu_reads == GpuReads::Auto &&
+                      (streamer_->tier(0).keeps_records() || host_experts_ != nullptr)));
   if (opts.timing) timings_.layers.resize(c.num_layers);
 }
 
 Engine::~Engine() = default;
+
+GpuReads parse_gpu_reads(const std::string& s) {
+  if (s == "copy") return GpuReads::Copy;
+  if (s == "in-place") return GpuReads::InPlace;
+  if (s == "auto") return GpuReads::Auto;
+  fail("--gpu-reads: unknown mode '" + s + "' (expected copy, in-place or auto)");
+}
+
+const char* gpu_reads_name(GpuReads r) {
+  switch (r) {
+    case GpuReads::Copy:
+      return "copy";
+    case GpuReads::InPlace:
+      return "in-place";
+    case GpuReads::Auto:
+      return "auto";
+  }
+  return "?";
+}
 
 void Engine::load_resident_experts() {
   const ModelConfig& c = config();
@@ -338,7 +361,7 @@ void Engine::forward(std::span<const int> tokens, std::span<const SequenceChunk>
                            opts_.on_routing ? &opts_.on_routing : nullptr,
                            resident_.get(),
                            host_experts_.get(),
-                           opts_.gpu_reads_in_place && streamer_->reads_in_place()};
+                           reads_in_place_};
   moeflux::forward(ctx, weights_, tokens, opts_.stream.prefetch, logits_row, logits, picks);
 }
 

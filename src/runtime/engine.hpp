@@ -25,6 +25,10 @@
 
 namespace moeflux {
 
+enum class GpuReads { Copy, InPlace, Auto };
+GpuReads parse_gpu_reads(const std::string& s);  // copy|in-place|auto; throws Error
+const char* gpu_reads_name(GpuReads r);
+
 struct EngineOptions {
   std::string backend = "cpu";  // --backend: cpu, cuda, or auto (cuda when a GPU is present)
   int gpu_device = 0;           // --gpu: CUDA device index
@@ -46,12 +50,14 @@ struct EngineOptions {
   // --cpu-experts: with a GPU backend and streamed experts, RAM-tier experts of small batches
   // may be computed by the CPU meanwhile (model/host_experts.hpp).
   CpuExpertsMode cpu_experts = CpuExpertsMode::Off;
-  // --gpu-reads in-place: with a GPU backend and streamed experts, the GPU's kernels read the
-  // RAM-tier records of small batches where they lie (page-locked host memory mapped into the
-  // GPU) instead of copying them into the GPU tier first; the GPU tier still admits a record
-  // used more often than what it would evict. false (copy): every record the GPU computes is
-  // copied in.
-  bool gpu_reads_in_place = false;
+  // --gpu-reads: with a GPU backend and streamed experts, how the GPU computes RAM-tier records
+  // of small batches. InPlace: its kernels read them where they lie (page-locked host memory
+  // mapped into the GPU) instead of copying them into the GPU tier first, which then admits a
+  // record only while it has room or when the record is used more often than what it would
+  // evict. Copy: every record the GPU computes is copied in. Auto: InPlace where that measured
+  // faster — the GPU tier keeps records (--gpu-mem above 0), or the CPU computes a share
+  // (--cpu-experts) — else Copy (docs/PERF.md, 2026-12-05, twelfth session).
+  GpuReads gpu_reads = GpuReads::Auto;
   StreamOptions stream;    // RAM cache, I/O, prefetch (max_active is set from --k)
   RoutingSink on_routing;  // routing traces (null: none)
 };
@@ -124,6 +130,8 @@ class Engine {
   // The CPU's share of the expert compute (--cpu-experts): null when the CPU computes none
   // (a CPU backend, every expert resident, or --cpu-experts off).
   const HostExperts* host_experts() const { return host_experts_.get(); }
+  // Whether the GPU reads RAM-tier records in place (--gpu-reads as it applies here).
+  bool reads_in_place() const { return reads_in_place_; }
 
  private:
   // Reads every expert record (checked like any read) into backend memory: resident_.
@@ -142,6 +150,7 @@ class Engine {
   std::unique_ptr<ExpertStreamer> streamer_;
   std::unique_ptr<ResidentExperts> resident_;
   std::unique_ptr<HostExperts> host_experts_;
+  bool reads_in_place_ = false;  // --gpu-reads as it applies (ForwardContext::reads_in_place)
   std::vector<std::unique_ptr<BackendBuffer>> resident_buffers_;
   ForwardTimings timings_;
   std::mutex mu_;

@@ -28,10 +28,12 @@ void add_engine_options(CLI::App* cmd, EngineArgs* a, bool context_option) {
       ->check(CLI::IsMember({"auto", "all", "off"}));
   cmd->add_option("--gpu-reads", a->gpu_reads,
                   "With --backend cuda and streamed experts: how the GPU computes an expert in "
-                  "the RAM cache. copy = copy it into the GPU cache first (default), in-place = "
-                  "its kernels read it across PCIe where it lies (decode and small batches; the "
-                  "GPU cache still takes an expert used more often than what it would evict)")
-      ->check(CLI::IsMember({"copy", "in-place"}));
+                  "the RAM cache. copy = copy it into the GPU cache first, in-place = its "
+                  "kernels read it across PCIe where it lies (decode and small batches; the GPU "
+                  "cache then takes only experts used more often than what they would evict), "
+                  "auto = in-place where the GPU cache keeps experts or the CPU computes some "
+                  "(default)")
+      ->check(CLI::IsMember({"copy", "in-place", "auto"}));
   cmd->add_option("-t,--threads", a->threads, "Compute threads (default: all hardware threads)")
       ->check(integer_range(1, 4096));
   cmd->add_option("--k", a->k, "Experts per token (default: the model's top-k)")
@@ -92,7 +94,7 @@ EngineOptions EngineArgs::to_options() const {
       o.gpu_cache_bytes = parse_byte_size(gpu_mem, "--gpu-mem");
     }
     o.cpu_experts = parse_cpu_experts_mode(cpu_experts);
-    o.gpu_reads_in_place = gpu_reads == "in-place";
+    o.gpu_reads = parse_gpu_reads(gpu_reads);
     o.threads = threads;
     o.active_experts = k;
     o.prefill_chunk = prefill_chunk;

@@ -17,7 +17,7 @@ struct EngineArgs {
   int gpu = 0;
   std::string gpu_mem = "0";
   std::string cpu_experts = "off";
-  std::string gpu_reads = "copy";
+  std::string gpu_reads = "auto";
   size_t threads = 0;
   int k = 0;
   std::string ram_cache = "0";
