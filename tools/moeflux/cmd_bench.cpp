@@ -176,6 +176,7 @@ Runner add_bench(CLI::App& app) {
     std::unique_ptr<Engine> shared;
     std::string backend_name;
     size_t resident_bytes = 0;
+    bool reads_in_place = false;  // --gpu-reads as it applied (auto decides per engine)
     if (a->keep_cache) shared = std::make_unique<Engine>(*model, opts);
     for (int r = 0; r < a->repeat; ++r) {
       std::unique_ptr<Engine> own;
@@ -183,6 +184,7 @@ Runner add_bench(CLI::App& app) {
       Engine& engine = shared ? *shared : *own;
       backend_name = engine.backend().name();
       resident_bytes = engine.resident_experts() ? engine.resident_experts()->bytes : 0;
+      reads_in_place = engine.reads_in_place();
       engine.reset_timings();
       Session s(engine);
       auto t0 = Clock::now();
@@ -278,6 +280,8 @@ Runner add_bench(CLI::App& app) {
                          {"io_threads", opts.stream.io.threads},
                          {"verify", opts.stream.io.verify},
                          {"prefetch", a->engine.prefetch},
+                         {"gpu_reads", gpu_reads_name(opts.gpu_reads)},
+                         {"gpu_reads_in_place", reads_in_place},
                          {"prompt_len", a->prompt_len},
                          {"gen_len", a->gen_len},
                          {"repeat", a->repeat},
