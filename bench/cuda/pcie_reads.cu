@@ -12,13 +12,21 @@
 //
 // Prints one line per measurement: its name, MiB moved, GB/s (median of kRepeats), and the
 // ratio to the copy engine. Run by bench/device/cuda.sh PCIE=1.
+//
+// Last, the host's memory as the shared resource of hybrid decode (--cpu-experts): CPU threads
+// streaming host memory alone, then while the GPU reads other host memory in place. At
+// --gpu-mem 0 every expert byte of a token leaves host DRAM, by the CPU or across the bus, so
+// the two rates measured together bound that setting's decode from above.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -112,6 +120,47 @@ void report(const char* what, size_t bytes, double gbs, double copy_gbs) {
               copy_gbs > 0 ? gbs / copy_gbs : 1.0);
   std::fflush(stdout);
 }
+
+// CPU threads reading `bytes` of host memory (each its own contiguous slice, over and over)
+// until `stop`; returns the bytes read. Eight 64-bit lanes a step (the compiler vectorizes the
+// loop), folded into a value that is published so that the loads stay.
+struct CpuReaders {
+  CpuReaders(const uint8_t* p, size_t bytes, int threads) : p_(p), bytes_(bytes) {
+    for (int t = 0; t < threads; ++t)
+      threads_.emplace_back([this, t, threads] { run(t, threads); });
+  }
+  // Joins the readers; their total bytes and wall seconds (from construction).
+  std::pair<double, double> finish() {
+    stop_.store(true, std::memory_order_relaxed);
+    for (auto& t : threads_) t.join();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    return {double(read_.load()), s};
+  }
+
+ private:
+  void run(int t, int threads) {
+    const size_t slice = bytes_ / threads / 64 * 64;
+    const uint64_t* w = reinterpret_cast<const uint64_t*>(p_ + t * slice);
+    const size_t words = slice / 8;
+    uint64_t acc[8] = {};
+    size_t done = 0;
+    while (!stop_.load(std::memory_order_relaxed)) {
+      for (size_t i = 0; i < words; i += 8)
+        for (int l = 0; l < 8; ++l) acc[l] += w[i + l];
+      done += slice;
+    }
+    uint64_t a = 0;
+    for (uint64_t v : acc) a ^= v;
+    sink_.fetch_xor(a);
+    read_.fetch_add(done);
+  }
+  const uint8_t* p_;
+  size_t bytes_;
+  std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> read_{0}, sink_{0};
+  const std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+  std::vector<std::thread> threads_;
+};
 
 }  // namespace
 
@@ -227,6 +276,49 @@ int main() {
       read_kernel<4><<<4 * sms, 256, 0, s>>>(reinterpret_cast<const uint4*>(dev), n, sink);
     });
     report("kernel reads HBM, 4 blocks/SM x 256, 4 ld", span, g, copy);
+  }
+  // The host's memory shared by CPU threads and the GPU's in-place reads. The CPU reads its
+  // own 1 GiB (page-locked like the RAM tier; larger than the host's caches), the GPU reads the
+  // 64 scattered records over and over for about a second.
+  {
+    const size_t cpu_bytes = 1024 * kMiB;
+    uint8_t* cpu_buf = nullptr;
+    check(cudaHostAlloc(&cpu_buf, cpu_bytes, cudaHostAllocDefault), "cudaHostAlloc (1 GiB)");
+    for (size_t i = 0; i < cpu_bytes; i += 8) *reinterpret_cast<uint64_t*>(cpu_buf + i) = rng();
+    const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+    std::vector<int> counts = {1, 4, hw / 2, hw - 2, hw};
+    counts.erase(std::remove_if(counts.begin(), counts.end(), [](int n) { return n < 1; }),
+                 counts.end());
+    std::sort(counts.begin(), counts.end());
+    counts.erase(std::unique(counts.begin(), counts.end()), counts.end());
+    const int passes = std::max(1, int(1.0 / (double(rec_bytes) / 40e9)));  // ~1 s at 40 GB/s
+    for (const int n : counts) {
+      {
+        CpuReaders r(cpu_buf, cpu_bytes, n);
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        const auto [bytes, s] = r.finish();
+        std::printf("%-44s %8.0f MiB %8.1f GB/s\n",
+                    (std::to_string(n) + " CPU threads read host memory, alone").c_str(),
+                    bytes / kMiB, bytes / s / 1e9);
+      }
+      Timer t;
+      CpuReaders r(cpu_buf, cpu_bytes, n);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // the readers under way
+      check(cudaEventRecord(t.a, s), "record");
+      for (int p = 0; p < passes; ++p)
+        records_kernel<<<4 * sms, 256, 0, s>>>(host_dev, offsets_dev, records, record, row, sink);
+      check(cudaEventRecord(t.b, s), "record");
+      check(cudaEventSynchronize(t.b), "sync");
+      const auto [bytes, secs] = r.finish();
+      float ms = 0;
+      check(cudaEventElapsedTime(&ms, t.a, t.b), "elapsed");
+      const double gpu = double(rec_bytes) * passes / (ms * 1e-3) / 1e9, cpu = bytes / secs / 1e9;
+      std::printf("%-44s %8.1f GB/s CPU + %5.1f GB/s GPU in place = %5.1f GB/s\n",
+                  (std::to_string(n) + " CPU threads + GPU reading host, together").c_str(), cpu,
+                  gpu, cpu + gpu);
+      std::fflush(stdout);
+    }
+    cudaFreeHost(cpu_buf);
   }
   check(cudaDeviceSynchronize(), "final");
   cudaFreeHost(host);
