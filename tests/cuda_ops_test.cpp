@@ -142,6 +142,18 @@ const QuantFormat kFormats[] = {
     QuantFormat::f32(), QuantFormat::f16(),         QuantFormat::bf16(),       QuantFormat::q8_0(),
     QuantFormat::q4(),  QuantFormat::affine(8, 64), QuantFormat::affine(4, 32)};
 
+// The rates --gpu-reads auto weighs: measured once, plausible for a PCIe or NVLink-C2C bus.
+TEST_F(CudaOps, HostReadRatesAreMeasuredOnce) {
+  const HostReadRates r = gpu_->host_read_rates();
+  EXPECT_GT(r.copy, 1e9);
+  EXPECT_LT(r.copy, 1e12);
+  EXPECT_GT(r.in_place, 0.1e9);
+  EXPECT_LT(r.in_place, 2 * r.copy);
+  const HostReadRates again = gpu_->host_read_rates();
+  EXPECT_EQ(again.copy, r.copy);
+  EXPECT_EQ(again.in_place, r.in_place);
+}
+
 TEST_F(CudaOps, Embed) {
   for (QuantFormat f : kFormats) {
     SCOPED_TRACE(format_name(f));

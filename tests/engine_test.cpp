@@ -205,6 +205,23 @@ TEST(GpuReadsMode, ParsesItsNames) {
   EXPECT_THROW(parse_gpu_reads("zero-copy"), Error);
 }
 
+// --gpu-reads auto reads in place only where there is something to gain (a GPU tier that keeps
+// records, or a CPU share) and only on a machine whose kernels read host memory at
+// kAutoInPlaceMinShare of the copy engine's rate or more; unmeasured rates mean copy.
+TEST(GpuReadsMode, AutoReadsInPlaceWhereKernelsKeepUpWithTheCopyEngine) {
+  const HostReadRates fast{50e9, 0.93 * 50e9}, slow{55e9, 0.63 * 55e9}, none{};
+  const HostReadRates edge{40e9, kAutoInPlaceMinShare * 40e9};
+  for (const bool keeps : {false, true})
+    for (const bool cpu : {false, true}) {
+      SCOPED_TRACE(std::string("keeps ") + (keeps ? "yes" : "no") + ", cpu " +
+                   (cpu ? "yes" : "no"));
+      EXPECT_EQ(auto_reads_in_place(keeps, cpu, fast), keeps || cpu);
+      EXPECT_EQ(auto_reads_in_place(keeps, cpu, edge), keeps || cpu);
+      EXPECT_FALSE(auto_reads_in_place(keeps, cpu, slow));
+      EXPECT_FALSE(auto_reads_in_place(keeps, cpu, none));
+    }
+}
+
 TEST(FamilyRegistry, EveryFamilyHasADefinitionAndLayerKindsAreChecked) {
   for (Family f : {Family::Qwen3Moe, Family::Qwen3_5Moe}) {
     const FamilyDef& d = family_def(f);

@@ -18,7 +18,7 @@
 # hybrid package, every expert resident: prompt 512 with the DeltaNet's chunked form and with its
 # recurrence, MOEFLUX_CUDA_DELTA_CHUNKED=0), BATCH=1 (bench-batch of 1-32 sessions, every expert
 # resident, 9-31 rows routed on the device and grouped on the host: MOEFLUX_DEVICE_ROUTING=host),
-# PCIE=1 (moeflux_pcie_bench: kernels reading page-locked host memory in place, against the copy
+# NSYS_VARIANTS (per-token GPU busy/idle time of decode runs, below), PCIE=1 (moeflux_pcie_bench: kernels reading page-locked host memory in place, against the copy
 # engine and HBM), OUT.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -94,7 +94,7 @@ for v in "${variants[@]}"; do
   env "${envs[@]}" "$MF" bench -m "$PKG" --backend cuda --prompt-len 512 --gen-len "${GEN:-128}" \
     --repeat 3 --no-ceilings --ram-cache 64G --keep-cache "${args[@]}" ${TIMING:+--timing} \
     --json "$OUTD/bench-$name.json" > "$OUTD/bench-$name.txt" 2>&1
-  echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|in place|host|graphs)' "$OUTD/bench-$name.txt"
+  echo "== $name ($flags)"; grep -E '^(decode|experts|hits|cpu |copies|in place|bus|host|graphs)' "$OUTD/bench-$name.txt"
 done
 if [ "${DIRECT:-0}" = 1 ]; then  # experts from storage (O_DIRECT, 1 GiB RAM tier), with the ceilings
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null
@@ -133,6 +133,29 @@ if [ "${NSYS:-0}" = 1 ]; then  # GPU kernel and CUDA API summaries of resident d
     echo "nsys: not installed on this host"
   fi
 fi
+# NSYS_VARIANTS ("name:flags;...", as VARIANTS): decode under Nsight Systems, GPU trace only; per
+# token the GPU's busy and idle time (idle gaps by length: where it waited for the host), kernels
+# and copies overlapping, the costliest operations (bench/device/gpu_trace.py), into
+# $OUT/trace-NAME.txt.
+IFS=";" read -ra nsys_variants <<< "${NSYS_VARIANTS:-}"
+for v in "${nsys_variants[@]}"; do
+  command -v nsys >/dev/null || { echo "nsys: not installed on this host"; break; }
+  name=${v%%:*}; flags=${v#*:}; envs=(); args=()
+  for w in $flags; do
+    if [[ $w =~ ^[A-Z_][A-Z0-9_]*= ]]; then envs+=("$w"); else args+=("$w"); fi
+  done
+  gen=${NSYS_GEN:-128}
+  env "${envs[@]}" nsys profile -t cuda --cuda-graph-trace=node -o "/tmp/trace-$name" \
+    --force-overwrite true \
+    "$MF" bench -m "$PKG" --backend cuda --prompt-len 16 --gen-len "$gen" --repeat 1 \
+    --no-ceilings --ram-cache 64G "${args[@]}" > "$OUTD/trace-$name.bench.txt" 2>&1
+  nsys stats --report cuda_gpu_trace --format csv --output "/tmp/trace-$name" \
+    "/tmp/trace-$name.nsys-rep" > /dev/null 2>&1
+  echo "== nsys $name ($flags)"
+  python3 bench/device/gpu_trace.py "/tmp/trace-${name}_cuda_gpu_trace.csv" "$gen" \
+    | tee "$OUTD/trace-$name.txt"
+  rm -f "/tmp/trace-$name".*
+done
 if [ "${NCU:-0}" = 1 ]; then  # each kernel's GPU time and DRAM bytes over ~2 decode tokens (Nsight Compute)
   ncu --launch-skip "${NCU_SKIP:-3000}" --launch-count "${NCU_COUNT:-320}" --csv \
     --metrics gpu__time_duration.sum,dram__bytes_read.sum,launch__grid_size,launch__block_size \

@@ -186,6 +186,13 @@ struct DeviceMemory {
   size_t used = 0, total = 0;
 };
 
+// How fast a device reads page-locked host memory, bytes per second: by its copy engine
+// (cudaMemcpy into device memory) and by kernels reading it where it lies (mapped memory, as
+// --gpu-reads in-place does). Zeros: not measured, or no bus to measure.
+struct HostReadRates {
+  double copy = 0, in_place = 0;
+};
+
 // Host memory page-locked by Backend::pin_host while this lives.
 class HostPin {
  public:
@@ -294,6 +301,11 @@ class Backend {
 
   // The memory of the backend's device (zeros for the CPU).
   virtual DeviceMemory device_memory() const { return {}; }
+  // HostReadRates of this machine, measured by the first call (a few milliseconds on scratch
+  // memory of its own; later calls return the same): kernels read host memory in place at
+  // 0.63x the copy engine on one H100 host and 0.93x on another (docs/PERF.md), which decides
+  // whether reading in place pays. Zeros for a backend that reads no host memory across a bus.
+  virtual HostReadRates host_read_rates() { return {}; }
   // Waits for every op issued so far.
   virtual void synchronize() = 0;
   // A hint that ops follow soon, given before the caller waits for something else: a backend

@@ -154,14 +154,22 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
         std::make_unique<HostExperts>(std::make_unique<CpuBackend>(opts.threads), opts.cpu_experts,
                                       size_t(c.hidden_size), size_t(active_experts_) + 1);
   if (host_experts_) host_experts_->pin_x(*backend_);
-  reads_in_place_ = streamer_->reads_in_place() &&
-                    (opts.gpu_reads == GpuReads::InPlace ||
-                     (opts.gpu_reads == GpuReads::Auto &&
-                      (streamer_->tier(0).keeps_records() || host_experts_ != nullptr)));
+  if (streamer_->reads_in_place() && opts.gpu_reads == GpuReads::Auto && !experts_resident) {
+    host_read_rates_ = backend_->host_read_rates();
+    reads_in_place_ = auto_reads_in_place(streamer_->tier(0).keeps_records(),
+                                          host_experts_ != nullptr, host_read_rates_);
+  } else {
+    reads_in_place_ = streamer_->reads_in_place() && opts.gpu_reads == GpuReads::InPlace;
+  }
   if (opts.timing) timings_.layers.resize(c.num_layers);
 }
 
 Engine::~Engine() = default;
+
+bool auto_reads_in_place(bool tier_keeps_records, bool cpu_share, const HostReadRates& rates) {
+  return (tier_keeps_records || cpu_share) && rates.copy > 0 &&
+         rates.in_place >= kAutoInPlaceMinShare * rates.copy;
+}
 
 GpuReads parse_gpu_reads(const std::string& s) {
   if (s == "copy") return GpuReads::Copy;

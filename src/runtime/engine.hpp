@@ -29,6 +29,17 @@ enum class GpuReads { Copy, InPlace, Auto };
 GpuReads parse_gpu_reads(const std::string& s);  // copy|in-place|auto; throws Error
 const char* gpu_reads_name(GpuReads r);
 
+// --gpu-reads auto's choice for an engine that could read in place: yes where reading in place
+// measured faster — the GPU tier keeps records (read in place, it admits only records used
+// more often than its eviction victim) or the CPU computes a share (the GPU's side starts
+// without waiting for copies) — on a machine whose kernels read page-locked host memory at
+// kAutoInPlaceMinShare of the copy engine's rate or more (Backend::host_read_rates). Measured on
+// two H100 hosts (docs/PERF.md, 2026-12-05): where kernels read at 0.93x, in place won by 7-9%
+// with a GPU tier or a CPU share; where they read at 0.64x, copying won by 4-6% with the CPU's
+// share and by 32% at --gpu-mem 25% alone.
+inline constexpr double kAutoInPlaceMinShare = 0.85;
+bool auto_reads_in_place(bool tier_keeps_records, bool cpu_share, const HostReadRates& rates);
+
 struct EngineOptions {
   std::string backend = "cpu";  // --backend: cpu, cuda, or auto (cuda when a GPU is present)
   int gpu_device = 0;           // --gpu: CUDA device index
@@ -55,8 +66,7 @@ struct EngineOptions {
   // mapped into the GPU) instead of copying them into the GPU tier first, which then admits a
   // record only while it has room or when the record is used more often than what it would
   // evict. Copy: every record the GPU computes is copied in. Auto: InPlace where that measured
-  // faster — the GPU tier keeps records (--gpu-mem above 0), or the CPU computes a share
-  // (--cpu-experts) — else Copy (docs/PERF.md, 2026-12-05, twelfth session).
+  // faster (auto_reads_in_place), else Copy.
   GpuReads gpu_reads = GpuReads::Auto;
   StreamOptions stream;    // RAM cache, I/O, prefetch (max_active is set from --k)
   RoutingSink on_routing;  // routing traces (null: none)
@@ -132,6 +142,8 @@ class Engine {
   const HostExperts* host_experts() const { return host_experts_.get(); }
   // Whether the GPU reads RAM-tier records in place (--gpu-reads as it applies here).
   bool reads_in_place() const { return reads_in_place_; }
+  // The rates --gpu-reads auto weighed (zeros when it had nothing to decide).
+  const HostReadRates& host_read_rates() const { return host_read_rates_; }
 
  private:
   // Reads every expert record (checked like any read) into backend memory: resident_.
@@ -151,6 +163,7 @@ class Engine {
   std::unique_ptr<ResidentExperts> resident_;
   std::unique_ptr<HostExperts> host_experts_;
   bool reads_in_place_ = false;  // --gpu-reads as it applies (ForwardContext::reads_in_place)
+  HostReadRates host_read_rates_;
   std::vector<std::unique_ptr<BackendBuffer>> resident_buffers_;
   ForwardTimings timings_;
   std::mutex mu_;

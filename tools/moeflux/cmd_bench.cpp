@@ -177,6 +177,7 @@ Runner add_bench(CLI::App& app) {
     std::string backend_name;
     size_t resident_bytes = 0;
     bool reads_in_place = false;  // --gpu-reads as it applied (auto decides per engine)
+    HostReadRates read_rates;     // what auto weighed (zeros: nothing to decide)
     if (a->keep_cache) shared = std::make_unique<Engine>(*model, opts);
     for (int r = 0; r < a->repeat; ++r) {
       std::unique_ptr<Engine> own;
@@ -185,6 +186,7 @@ Runner add_bench(CLI::App& app) {
       backend_name = engine.backend().name();
       resident_bytes = engine.resident_experts() ? engine.resident_experts()->bytes : 0;
       reads_in_place = engine.reads_in_place();
+      read_rates = engine.host_read_rates();
       engine.reset_timings();
       Session s(engine);
       auto t0 = Clock::now();
@@ -282,6 +284,8 @@ Runner add_bench(CLI::App& app) {
                          {"prefetch", a->engine.prefetch},
                          {"gpu_reads", gpu_reads_name(opts.gpu_reads)},
                          {"gpu_reads_in_place", reads_in_place},
+                         {"host_read_copy_gb_s", read_rates.copy / 1e9},
+                         {"host_read_in_place_gb_s", read_rates.in_place / 1e9},
                          {"prompt_len", a->prompt_len},
                          {"gen_len", a->gen_len},
                          {"repeat", a->repeat},
@@ -411,6 +415,12 @@ Runner add_bench(CLI::App& app) {
           hybrid["planner_cpu_gb_s"].get<double>(), hybrid["planner_cpu_overhead_us"].get<double>(),
           hybrid["planner_copy_gb_s"].get<double>(),
           static_cast<unsigned long long>(hybrid["planner_probes"].get<uint64_t>()));
+    if (read_rates.copy > 0)
+      std::printf(
+          "bus      host memory read by the copy engine at %.1f GB/s, by kernels in place at "
+          "%.1f GB/s (%.2fx): --gpu-reads %s -> %s\n",
+          read_rates.copy / 1e9, read_rates.in_place / 1e9, read_rates.in_place / read_rates.copy,
+          gpu_reads_name(opts.gpu_reads), reads_in_place ? "in place" : "copy");
     if (bpt["read_in_place"].get<double>() > 0)
       std::printf(
           "in place %.2f MiB/token read by the GPU where they lie in the RAM cache at %.2f "

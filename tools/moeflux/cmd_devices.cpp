@@ -4,6 +4,7 @@
 
 #include "backend/cpu/matvec.hpp"
 #include "commands.hpp"
+#include "core/error.hpp"
 #ifdef MOEFLUX_HAVE_CUDA
 #include "backend/cuda/cuda_backend.hpp"
 #include "backend/cuda/cuda_device.hpp"
@@ -22,9 +23,21 @@ Runner add_devices(CLI::App& app) {
     std::string why;
     const auto devs = cuda::list_devices(&why);
     if (devs.empty()) std::printf("cuda  built in; no device (%s)\n", why.c_str());
-    for (const auto& d : devs)
+    for (const auto& d : devs) {
       std::printf("cuda  %d: %s, sm_%d%d, %d SMs, %s\n", d.index, d.name.c_str(), d.sm_major,
                   d.sm_minor, d.multiprocessors, human_bytes(double(d.total_bytes)).c_str());
+      // What --gpu-reads auto weighs: how fast this GPU reads page-locked host memory.
+      try {
+        const HostReadRates r = cuda::make_backend({d.index})->host_read_rates();
+        if (r.copy > 0)
+          std::printf(
+              "      host memory reads: copy engine %.1f GB/s, kernels in place %.1f GB/s "
+              "(%.2fx)\n",
+              r.copy / 1e9, r.in_place / 1e9, r.in_place / r.copy);
+      } catch (const Error& e) {
+        std::printf("      host memory reads: not measured (%s)\n", e.what());
+      }
+    }
     const bool gpu = cuda::device_available();
 #else
     std::printf("cuda  not built (configure with -DMOEFLUX_CUDA=ON where nvcc exists)\n");

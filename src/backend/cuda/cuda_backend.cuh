@@ -22,6 +22,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,7 @@ class CudaBackend final : public Backend {
   bool replay(uint64_t key, StepInputs in) override;
   RecordingStats recording_stats() const override { return rec_stats_; }
   DeviceMemory device_memory() const override;
+  HostReadRates host_read_rates() override;  // cuda_tier.cu
   void synchronize() override;
 
   void embed(const MatrixView& E, std::span<const int> tokens, const Tensor& X) override;
@@ -249,6 +251,7 @@ class CudaBackend final : public Backend {
   int capture_failures_ = 0;
   static constexpr int kMaxFailures = 16;
   RecordingStats rec_stats_;
+  std::optional<HostReadRates> host_read_rates_;  // measured by the first host_read_rates()
   // Writes the inputs for the next run of a recording (waiting, rarely, for the last run to
   // have read the previous ones).
   void set_step_inputs(StepInputs in);
