@@ -155,9 +155,9 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
                                       size_t(c.hidden_size), size_t(active_experts_) + 1);
   if (host_experts_) host_experts_->pin_x(*backend_);
   if (streamer_->reads_in_place() && opts.gpu_reads == GpuReads::Auto && !experts_resident) {
-    host_read_rates_ = backend_->host_read_rates();
-    reads_in_place_ = auto_reads_in_place(streamer_->tier(0).keeps_records(),
-                                          host_experts_ != nullptr, host_read_rates_);
+    const bool keeps = streamer_->tier(0).keeps_records(), cpu_share = host_experts_ != nullptr;
+    if (keeps || cpu_share) host_read_rates_ = backend_->host_read_rates();  // else nothing to gain
+    reads_in_place_ = auto_reads_in_place(keeps, cpu_share, host_read_rates_);
   } else {
     reads_in_place_ = streamer_->reads_in_place() && opts.gpu_reads == GpuReads::InPlace;
   }
