@@ -551,6 +551,71 @@ TEST_P(CacheTiers, TheFastestTierAdmitsRecordsUsedMoreThanItsVictim) {
   }
 }
 
+// admit_copies: the fastest tier keeps at most its budget, admitting a copied record as it
+// admits one to be read in place (room, or used more often than its victim); a record it does
+// not admit is still copied in and handed out from it, and dropped at release, displacing
+// nothing. Without admit_copies every copy is kept.
+TEST_P(CacheTiers, CopiesTheFastestTierDoesNotAdmitDisplaceNothing) {
+  int layer = 0;
+  while (!model_->config().layer_is_moe[layer]) ++layer;
+  ASSERT_GE(model_->config().num_experts, 4);
+  for (const bool admit : {true, false}) {
+    SCOPED_TRACE(admit ? "admit_copies" : "every copy kept");
+    StreamOptions o;
+    o.max_active = 2;
+    o.ram_cache_bytes = all_experts_bytes();
+    o.admit_copies = admit;
+    TierSpec t = host_tier("gpu-like", 0);
+    t.make_memory = [](size_t slots, size_t record_bytes) {
+      return std::make_unique<WindowedCopyMemory>(slots, record_bytes, true);
+    };
+    t.budget_bytes = 2 * model_->package().manifest().experts.record_bytes;  // + 6 working
+    o.upper_tiers = {t};
+    ExpertStreamer st(model_->package(), o);
+    const CacheTier& top = st.tier(0);
+    ASSERT_EQ(top.budget_slots(), 2u);
+    // Hands out expert e alone (copied into the fastest tier, or found there); returns the tier
+    // it was in while pinned.
+    auto use = [&](int e) {
+      const int one[1] = {e};
+      const int ticket = st.request(layer, one);
+      std::vector<ExpertHandle> ready, all;
+      while (st.take_ready(ticket, ready)) all.insert(all.end(), ready.begin(), ready.end());
+      EXPECT_EQ(all.size(), 1u);
+      EXPECT_TRUE(!all.empty() && !all[0].in_place && !all[0].on_host);
+      const int where = st.tier_of(layer, e);
+      st.release(ticket);
+      return where;
+    };
+    for (int e : {0, 0, 1, 1}) EXPECT_EQ(use(e), 0) << e;  // room: both kept
+    EXPECT_EQ(top.kept(), 2u);
+    const uint64_t fills = st.stats().tiers[0].fills, evictions = st.stats().tiers[0].evictions;
+    // Expert 2, used once, then twice: no more than the victim (used twice). Copied in for its
+    // use either way; with admit_copies gone after, the kept records untouched.
+    for (int n = 1; n <= 2; ++n) {
+      EXPECT_EQ(use(2), 0);
+      if (admit) {
+        EXPECT_EQ(st.tier_of(layer, 2), int(st.ram_tier())) << n;
+        EXPECT_EQ(st.tier_of(layer, 0), 0);
+        EXPECT_EQ(st.tier_of(layer, 1), 0);
+        EXPECT_EQ(top.kept(), 2u);
+      } else {
+        EXPECT_EQ(st.tier_of(layer, 2), 0) << n;
+      }
+    }
+    EXPECT_EQ(st.stats().tiers[0].fills, fills + (admit ? 2u : 1u)) << "copied for each use";
+    EXPECT_EQ(st.stats().tiers[0].evictions, evictions) << "free slots took them";
+    if (admit) {
+      // A third use beats the victim: admitted, in place of it; the tier keeps its budget.
+      EXPECT_EQ(use(2), 0);
+      EXPECT_EQ(st.tier_of(layer, 2), 0);
+      EXPECT_EQ(top.kept(), 2u);
+      EXPECT_EQ(st.stats().tiers[0].evictions, evictions + 1);
+      EXPECT_EQ(int(st.tier_of(layer, 0) == 0) + int(st.tier_of(layer, 1) == 0), 1);
+    }
+  }
+}
+
 // Prefetch copies: once a prediction kind has proven accurate, its guesses that are in the RAM
 // tier are copied into the fastest tier ahead of use — at once, or, when deferred behind a
 // request, at that ticket's release() (behind the ticket's own copies). The first use of such a

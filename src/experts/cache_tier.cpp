@@ -38,19 +38,21 @@ bool CacheTier::loading(TierSlot& s) {
 
 TierSlot* CacheTier::take_free(const std::function<bool(uint64_t)>& spared,
                                const std::function<void(TierSlot&)>& on_evict) {
-  if (!free_.empty()) {
-    TierSlot* s = free_.back();
-    free_.pop_back();
-    return s;
-  }
+  if (free_.empty() && !evict(spared, on_evict)) return nullptr;
+  TierSlot* s = free_.back();  // (after evict(): the victim's slot)
+  free_.pop_back();
+  return s;
+}
+
+bool CacheTier::evict(const std::function<bool(uint64_t)>& spared,
+                      const std::function<void(TierSlot&)>& on_evict) {
   uint64_t key = 0;
-  if (!peek_victim(spared, &key)) return nullptr;
+  if (!peek_victim(spared, &key)) return false;
   TierSlot* s = index_.at(key);
   if (on_evict) on_evict(*s);
   ++stats.evictions;
-  drop(*s);
-  free_.pop_back();  // drop() freed exactly this slot
-  return s;
+  drop(*s);  // pushes s onto the free list
+  return true;
 }
 
 bool CacheTier::peek_victim(const std::function<bool(uint64_t)>& spared, uint64_t* key) {
@@ -63,10 +65,12 @@ bool CacheTier::peek_victim(const std::function<bool(uint64_t)>& spared, uint64_
          policy_->victim([&](uint64_t k) { return evictable(k, false); }, key);
 }
 
-void CacheTier::insert(TierSlot& s, uint64_t key) {
+void CacheTier::insert(TierSlot& s, uint64_t key, bool transient) {
   MF_ASSERT(!s.occupied && s.pins == 0);
   s.key = key;
   s.occupied = true;
+  s.transient = transient;
+  transient_ += transient ? 1 : 0;
   s.prefetched = false;
   s.prefetch_kinds = 0;
   s.copy_ready = nullptr;
@@ -79,6 +83,8 @@ void CacheTier::drop(TierSlot& s) {
   MF_ASSERT(s.occupied && s.pins == 0 && !s.read_in_flight);
   index_.erase(s.key);
   policy_->on_erase(s.key);
+  transient_ -= s.transient ? 1 : 0;
+  s.transient = false;
   s.occupied = false;
   s.prefetched = false;
   s.prefetch_kinds = 0;

@@ -35,6 +35,9 @@ struct TierSlot {
   // The readiness of an asynchronous copy into it that no compute has waited for yet (a
   // prefetch promoted the record into a device tier): the first use waits for it.
   const void* copy_ready = nullptr;
+  // Copied in for one use without being admitted (StreamOptions::admit_copies): dropped once
+  // unpinned, never kept (CacheTier::kept does not count it).
+  bool transient = false;
   ReadOp op;  // the storage read that fills it (the RAM tier only)
 };
 
@@ -79,11 +82,18 @@ class CacheTier {
   // `on_evict` sees the victim before it is dropped. nullptr if every slot is pinned/loading.
   TierSlot* take_free(const std::function<bool(uint64_t)>& spared,
                       const std::function<void(TierSlot&)>& on_evict);
+  // Evicts the record take_free() would (free slots or not); false if every occupied slot is
+  // pinned or loading.
+  bool evict(const std::function<bool(uint64_t)>& spared,
+             const std::function<void(TierSlot&)>& on_evict);
   bool has_free() const { return !free_.empty(); }
+  // Occupied slots that hold records kept for reuse (transient ones excepted).
+  size_t kept() const { return index_.size() - transient_; }
   // The record take_free() would evict now (when no slot is free), without evicting it;
   // false if every occupied slot is pinned or loading.
   bool peek_victim(const std::function<bool(uint64_t)>& spared, uint64_t* key);
-  void insert(TierSlot& s, uint64_t key);  // s must come from take_free()
+  // s must come from take_free(); `transient`: see TierSlot::transient.
+  void insert(TierSlot& s, uint64_t key, bool transient = false);
   void touch(uint64_t key) { policy_->on_hit(key); }
   void drop(TierSlot& s);  // forget s's record; s becomes free
 
@@ -96,6 +106,7 @@ class CacheTier {
   std::vector<std::unique_ptr<TierSlot>> slots_;
   std::vector<TierSlot*> free_;
   std::unordered_map<uint64_t, TierSlot*> index_;
+  size_t transient_ = 0;  // occupied slots with TierSlot::transient
   std::unique_ptr<EvictionPolicy> policy_;
 };
 

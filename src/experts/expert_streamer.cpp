@@ -357,9 +357,14 @@ void ExpertStreamer::score_predictions(int layer, std::span<const int> experts) 
   }
 }
 
-TierSlot* ExpertStreamer::copy_into(size_t t, uint64_t key, const TierSlot& src,
-                                    const void** ready) {
+TierSlot* ExpertStreamer::copy_into(size_t t, uint64_t key, const TierSlot& src, const void** ready,
+                                    bool transient) {
   CacheTier& tier = *tiers_[t];
+  // admit_copies: a record kept beyond the budget replaces the victim it was admitted over
+  // (the free slots stay for transient copies).
+  if (t == 0 && opts_.admit_copies && !transient && tier.keeps_records() &&
+      tier.kept() >= tier.budget_slots())
+    tier.evict(spare_top_, evicted_from_top_);
   TierSlot* dst =
       t == 0 ? tier.take_free(spare_top_, evicted_from_top_) : tier.take_free(spare_hot_, nullptr);
   if (!dst) return nullptr;
@@ -368,17 +373,17 @@ TierSlot* ExpertStreamer::copy_into(size_t t, uint64_t key, const TierSlot& src,
   tier.stats.copy_seconds +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   tier.stats.copied_bytes += record_bytes_;
-  tier.insert(*dst, key);
+  tier.insert(*dst, key, transient);
   return dst;
 }
 
-TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier,
-                                  const void** ready) {
+TierSlot* ExpertStreamer::promote(uint64_t key, TierSlot& src, size_t src_tier, const void** ready,
+                                  bool transient) {
   TierSlot* fastest = &src;
   *ready = nullptr;
   for (size_t t = src_tier; t-- > 0;) {
     if (t > 0 && !tiers_[t]->keeps_records()) continue;  // would be dropped at once
-    TierSlot* dst = copy_into(t, key, src, ready);
+    TierSlot* dst = copy_into(t, key, src, ready, transient && t == 0);
     MF_ASSERT(dst != nullptr);  // nothing loads in an upper tier, and one acquire pins K < 3K
     fastest = dst;
   }
@@ -425,8 +430,10 @@ void ExpertStreamer::unpin(const Pin& p) {
   CacheTier& tier = *tiers_[p.tier];
   TierSlot& s = *p.slot;
   --s.pins;
-  // A tier without a budget keeps nothing for reuse (prefetched records stay until used).
-  if (!tier.keeps_records() && s.occupied && s.pins == 0 && !tier.loading(s) && !s.prefetched)
+  // A tier without a budget keeps nothing for reuse (prefetched records stay until used), nor
+  // does any tier keep a record copied in without being admitted.
+  if ((!tier.keeps_records() || s.transient) && s.occupied && s.pins == 0 && !tier.loading(s) &&
+      !s.prefetched)
     tier.drop(s);
 }
 
@@ -533,7 +540,9 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
   }
   const void* copied = nullptr;
   if (e.tier > 0) {
-    TierSlot* top = promote(expert_key(e.layer, e.expert), *s, e.tier, &copied);
+    const uint64_t key = expert_key(e.layer, e.expert);
+    const bool transient = opts_.admit_copies && !top_admits(key);
+    TierSlot* top = promote(key, *s, e.tier, &copied, transient);
     ++top->pins;
     pinned_.push_back({0, top, e.ticket, 0});
     s = top;
@@ -547,7 +556,8 @@ bool ExpertStreamer::try_take(Entry& e, std::vector<ExpertHandle>& ready) {
 bool ExpertStreamer::top_admits(uint64_t key) {
   CacheTier& top = *tiers_.front();
   if (!top.keeps_records()) return false;  // it would drop the record once used
-  if (top.has_free()) return true;
+  // Room: with admit_copies the working slots stay for transient copies.
+  if (opts_.admit_copies ? top.kept() < top.budget_slots() : top.has_free()) return true;
   uint64_t victim = 0;
   if (!top.peek_victim(spare_top_, &victim)) return false;  // every slot busy: no copy
   return use_counts_[key_layer(key)][key_expert(key)] >

@@ -93,6 +93,11 @@ struct StreamOptions {
   // spend more copy bandwidth on misses than it saves.
   uint64_t prefetch_copy_after = 128;
   ReaderOptions io;
+  // Copies into the fastest tier admitted as reads in place are (experimental, off: docs/
+  // PERF.md): a record the tier would not admit — it is full of records kept for reuse and its
+  // eviction victim has been used as often or more — is copied into a working slot for its use
+  // and dropped after, displacing nothing. The tier then keeps at most its budget.
+  bool admit_copies = false;
   int max_active = 8;        // experts per token (K); sizes the working slots
   size_t hot_per_layer = 0;  // --hot N: keep each layer's N most used experts resident
   // Allocates the RAM tier's slots (page-locked memory for a GPU backend); empty = ordinary
@@ -250,10 +255,13 @@ class ExpertStreamer {
   void claim_read(TierSlot& s, int layer, int expert);
   // Takes a slot of tier t (evicting as the tier's policy says) and copies `src` into it as
   // `key`, counting the copy; *ready as TierMemory::copy_in. nullptr when every slot is pinned.
-  TierSlot* copy_into(size_t t, uint64_t key, const TierSlot& src, const void** ready);
+  TierSlot* copy_into(size_t t, uint64_t key, const TierSlot& src, const void** ready,
+                      bool transient = false);
   // Copies the record in `src` (tier src_tier) into the faster tiers; returns the fastest copy
   // and, in *ready, the readiness of the copy into it (null: complete).
-  TierSlot* promote(uint64_t key, TierSlot& src, size_t src_tier, const void** ready);
+  // `transient`: into the fastest tier as TierSlot::transient (StreamOptions::admit_copies).
+  TierSlot* promote(uint64_t key, TierSlot& src, size_t src_tier, const void** ready,
+                    bool transient = false);
   void score_predictions(int layer, std::span<const int> experts);
   bool is_hot(int layer, int expert) const;
   void count_use(int layer, int expert);
@@ -274,8 +282,10 @@ class ExpertStreamer {
   // finished (TierMemory::close_reads, timing the reads since open_reads). Returns the latest
   // such window of the ticket's entries (0: none, or compute complete).
   uint64_t close_in_place_reads(int ticket);
-  // Whether the fastest tier admits `key` of a record that could be read in place instead:
-  // it has a free slot, or its eviction victim has been used fewer times.
+  // Whether the fastest tier admits `key` of a record that could be read in place (or, with
+  // admit_copies, be copied in for one use) instead: it has room — a free slot, or with
+  // admit_copies fewer kept records than its budget — or its eviction victim has been used
+  // fewer times.
   bool top_admits(uint64_t key);
   // Whether predictions of kind k are accurate enough to copy into the fastest tier.
   bool copies_earned(int k) const;

@@ -113,6 +113,9 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     fail("--gpu-mem: the " + std::string(backend_->name()) +
          " backend has no GPU expert cache (use --backend cuda)");
   StreamOptions so = opts.stream;
+  // MOEFLUX_ADMIT_COPIES=1: StreamOptions::admit_copies (experimental, to measure; docs/PERF.md).
+  if (const char* env = std::getenv("MOEFLUX_ADMIT_COPIES"); env && std::strcmp(env, "1") == 0)
+    so.admit_copies = true;
   so.max_active = active_experts_;
   // A GPU budget for every expert (--gpu-mem all, or a size at least that large): the experts
   // are loaded into backend memory once (load_resident_experts) and the GPU tier keeps only its

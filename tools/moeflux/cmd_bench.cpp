@@ -178,6 +178,7 @@ Runner add_bench(CLI::App& app) {
     size_t resident_bytes = 0;
     bool reads_in_place = false;  // --gpu-reads as it applied (auto decides per engine)
     HostReadRates read_rates;     // what auto weighed (zeros: nothing to decide)
+    bool admit_copies = false;    // StreamOptions::admit_copies (MOEFLUX_ADMIT_COPIES=1)
     if (a->keep_cache) shared = std::make_unique<Engine>(*model, opts);
     for (int r = 0; r < a->repeat; ++r) {
       std::unique_ptr<Engine> own;
@@ -187,6 +188,7 @@ Runner add_bench(CLI::App& app) {
       resident_bytes = engine.resident_experts() ? engine.resident_experts()->bytes : 0;
       reads_in_place = engine.reads_in_place();
       read_rates = engine.host_read_rates();
+      admit_copies = engine.streamer().options().admit_copies;
       engine.reset_timings();
       Session s(engine);
       auto t0 = Clock::now();
@@ -284,6 +286,7 @@ Runner add_bench(CLI::App& app) {
                          {"prefetch", a->engine.prefetch},
                          {"gpu_reads", gpu_reads_name(opts.gpu_reads)},
                          {"gpu_reads_in_place", reads_in_place},
+                         {"admit_copies", admit_copies},
                          {"host_read_copy_gb_s", read_rates.copy / 1e9},
                          {"host_read_in_place_gb_s", read_rates.in_place / 1e9},
                          {"prompt_len", a->prompt_len},
