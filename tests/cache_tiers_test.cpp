@@ -497,6 +497,21 @@ TEST_P(CacheTiers, RecordsReadInPlaceStayPinnedUntilComputeHasRead) {
   }
 }
 
+// Streaming options with a GPU-like fastest tier (windowed copies) keeping 2 records besides its
+// 6 working slots (K = 2), over a RAM tier holding every expert.
+StreamOptions two_kept_gpu_like(const Package& pkg, size_t ram_bytes) {
+  StreamOptions o;
+  o.max_active = 2;
+  o.ram_cache_bytes = ram_bytes;
+  TierSpec t = host_tier("gpu-like", 0);
+  t.make_memory = [](size_t slots, size_t record_bytes) {
+    return std::make_unique<WindowedCopyMemory>(slots, record_bytes, true);
+  };
+  t.budget_bytes = 2 * pkg.manifest().experts.record_bytes;
+  o.upper_tiers = {t};
+  return o;
+}
+
 // A record to be read in place is promoted instead when the fastest tier admits it: while it
 // has a free slot, or once the record has been used more often than the tier's eviction victim.
 // Promote always promotes; without a device-readable tier InPlace means Promote.
@@ -506,19 +521,11 @@ TEST_P(CacheTiers, TheFastestTierAdmitsRecordsUsedMoreThanItsVictim) {
   ASSERT_GE(model_->config().num_experts, 10);
   for (const bool mapped : {true, false}) {
     SCOPED_TRACE(mapped ? "device-readable RAM tier" : "plain RAM tier");
-    StreamOptions o;
-    o.max_active = 2;
-    o.ram_cache_bytes = all_experts_bytes();
+    StreamOptions o = two_kept_gpu_like(model_->package(), all_experts_bytes());
     if (mapped)
       o.ram_memory = [](size_t slots, size_t record_bytes) {
         return std::make_unique<DeviceReadableMemory>(slots, record_bytes);
       };
-    TierSpec t = host_tier("gpu-like", 0);
-    t.make_memory = [](size_t slots, size_t record_bytes) {
-      return std::make_unique<WindowedCopyMemory>(slots, record_bytes, true);
-    };
-    t.budget_bytes = 2 * model_->package().manifest().experts.record_bytes;  // + 6 working
-    o.upper_tiers = {t};
     ExpertStreamer st(model_->package(), o);
     EXPECT_EQ(st.reads_in_place(), mapped);
     const size_t slots = st.tier(0).total_slots();
@@ -561,16 +568,8 @@ TEST_P(CacheTiers, CopiesTheFastestTierDoesNotAdmitDisplaceNothing) {
   ASSERT_GE(model_->config().num_experts, 4);
   for (const bool admit : {true, false}) {
     SCOPED_TRACE(admit ? "admit_copies" : "every copy kept");
-    StreamOptions o;
-    o.max_active = 2;
-    o.ram_cache_bytes = all_experts_bytes();
+    StreamOptions o = two_kept_gpu_like(model_->package(), all_experts_bytes());
     o.admit_copies = admit;
-    TierSpec t = host_tier("gpu-like", 0);
-    t.make_memory = [](size_t slots, size_t record_bytes) {
-      return std::make_unique<WindowedCopyMemory>(slots, record_bytes, true);
-    };
-    t.budget_bytes = 2 * model_->package().manifest().experts.record_bytes;  // + 6 working
-    o.upper_tiers = {t};
     ExpertStreamer st(model_->package(), o);
     const CacheTier& top = st.tier(0);
     ASSERT_EQ(top.budget_slots(), 2u);
