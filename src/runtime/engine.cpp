@@ -157,7 +157,7 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
         std::make_unique<HostExperts>(std::make_unique<CpuBackend>(opts.threads), opts.cpu_experts,
                                       size_t(c.hidden_size), size_t(active_experts_) + 1);
   if (host_experts_) host_experts_->pin_x(*backend_);
-  if (streamer_->reads_in_place() && opts.gpu_reads == GpuReads::Auto && !experts_resident) {
+  if (streamer_->reads_in_place() && opts.gpu_reads == GpuReads::Auto) {
     const bool keeps = streamer_->tier(0).keeps_records(), cpu_share = host_experts_ != nullptr;
     if (keeps || cpu_share) host_read_rates_ = backend_->host_read_rates();  // else nothing to gain
     reads_in_place_ = auto_reads_in_place(keeps, cpu_share, host_read_rates_);
