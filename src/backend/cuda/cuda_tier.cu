@@ -24,6 +24,7 @@
 
 #include "backend/cuda/cuda_backend.cuh"
 #include "backend/cuda/cuda_check.hpp"
+#include "backend/cuda/read_kernel.cuh"
 #include "core/human_bytes.hpp"
 
 namespace moeflux::cuda {
@@ -200,23 +201,6 @@ class PinnedTierMemory final : public TierMemory {
   bool device_readable_ = false;
 };
 
-// Reads n16 16-byte words at p (grid-stride, four loads in flight a thread) and folds them into
-// a word written only when it equals an unlikely value (the loads must stay).
-__global__ void read_host_kernel(const uint4* p, size_t n16, uint32_t* sink) {
-  const size_t stride = size_t(gridDim.x) * blockDim.x;
-  uint32_t acc = 0;
-  size_t i = size_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  for (; i + 3 * stride < n16; i += 4 * stride) {
-    uint4 v[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) v[u] = p[i + u * stride];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-  }
-  for (; i < n16; i += stride) acc ^= p[i].x ^ p[i].w;
-  if (acc == 0x9e3779b9u) *sink = acc;
-}
-
 }  // namespace
 
 HostReadRates CudaBackend::host_read_rates() {
@@ -266,8 +250,7 @@ HostReadRates CudaBackend::host_read_rates() {
   out.copy = rate([&] { MF_CUDA(cudaMemcpyAsync(dev, host, kBytes, cudaMemcpyHostToDevice, s)); });
   if (readable)
     out.in_place = rate([&] {
-      read_host_kernel<<<4 * sms, 256, 0, s>>>(static_cast<const uint4*>(mapped), kBytes / 16,
-                                               sink);
+      read_kernel<4><<<4 * sms, 256, 0, s>>>(static_cast<const uint4*>(mapped), kBytes / 16, sink);
       check_launch("read_host");
     });
   MF_CUDA(cudaStreamSynchronize(s));
