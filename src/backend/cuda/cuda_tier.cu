@@ -210,24 +210,38 @@ HostReadRates CudaBackend::host_read_rates() {
   constexpr size_t kBytes = size_t(64) << 20;
   constexpr int kRuns = 3;
   host_read_rates_ = HostReadRates{};
-  void* host = nullptr;
-  if (cudaHostAlloc(&host, kBytes, cudaHostAllocPortable | cudaHostAllocMapped) != cudaSuccess) {
+  // The scratch buffers, stream and events, released however the measurement ends.
+  struct Scratch {
+    void* host = nullptr;
+    void* dev = nullptr;
+    cudaStream_t s = nullptr;
+    cudaEvent_t a = nullptr, b = nullptr;
+    ~Scratch() {
+      if (s) cudaStreamSynchronize(s);
+      if (a) cudaEventDestroy(a);
+      if (b) cudaEventDestroy(b);
+      if (s) cudaStreamDestroy(s);
+      if (dev) cudaFree(dev);
+      if (host) cudaFreeHost(host);
+    }
+  } m;
+  if (cudaHostAlloc(&m.host, kBytes, cudaHostAllocPortable | cudaHostAllocMapped) != cudaSuccess) {
     cudaGetLastError();
     return *host_read_rates_;  // not measured: zeros
   }
+  void* const host = m.host;
   std::memset(host, 0x5a, kBytes);
   void* mapped = nullptr;
   const bool readable = cudaHostGetDevicePointer(&mapped, host, 0) == cudaSuccess;
   cudaGetLastError();
-  void* dev = nullptr;
-  uint32_t* sink = nullptr;
-  cudaStream_t s = nullptr;
-  cudaEvent_t a = nullptr, b = nullptr;
-  MF_CUDA(cudaMalloc(&dev, kBytes + sizeof(uint32_t)));
-  sink = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(dev) + kBytes);
-  MF_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  MF_CUDA(cudaEventCreate(&a));
-  MF_CUDA(cudaEventCreate(&b));
+  MF_CUDA(cudaMalloc(&m.dev, kBytes + sizeof(uint32_t)));
+  void* const dev = m.dev;
+  uint32_t* const sink = reinterpret_cast<uint32_t*>(static_cast<uint8_t*>(dev) + kBytes);
+  MF_CUDA(cudaStreamCreateWithFlags(&m.s, cudaStreamNonBlocking));
+  MF_CUDA(cudaEventCreate(&m.a));
+  MF_CUDA(cudaEventCreate(&m.b));
+  const cudaStream_t s = m.s;
+  const cudaEvent_t a = m.a, b = m.b;
   int sms = 0;
   MF_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device_));
   // Bytes per second of `issue` (its work on s), the median of kRuns after a warm-up.
@@ -254,11 +268,6 @@ HostReadRates CudaBackend::host_read_rates() {
       check_launch("read_host");
     });
   MF_CUDA(cudaStreamSynchronize(s));
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  cudaStreamDestroy(s);
-  cudaFree(dev);
-  cudaFreeHost(host);
   host_read_rates_ = out;
   return out;
 }
