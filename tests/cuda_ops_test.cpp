@@ -348,64 +348,6 @@ TEST_F(CudaOps, MatmulRowsPerWarpAndWideRows) {
   }
 }
 
-// Pipelined column steps (each step's loads issued before the one before is decoded) give the
-// same bits as one step at a time, and match the CPU: MOEFLUX_CUDA_MATVEC_PIPE unset (off), =2
-// (up to 2 chunks a lane), =4 (up to 4). One row of X; rows that give each warp 4, 2 and 1
-// rows; rows of several steps, the last one partial (1,344 4-bit columns: a step is 1,024), and
-// expert gate/up (dual) products over 8 experts (2 rows a warp) and one (1 row a warp).
-TEST_F(CudaOps, MatmulPipelinedStepsAgree) {
-  const char* kPipe = "MOEFLUX_CUDA_MATVEC_PIPE";
-  for (QuantFormat f : {QuantFormat::f32(), QuantFormat::bf16(), QuantFormat::q8_0(),
-                        QuantFormat::q4(), QuantFormat::affine(4, 32)}) {
-    for (const size_t rows : {size_t{9000}, size_t{4300}, size_t{300}}) {
-      for (const size_t cols : {size_t{2048}, size_t{1344}}) {
-        SCOPED_TRACE(format_name(f) + " rows " + std::to_string(rows) + " cols " +
-                     std::to_string(cols));
-        RandomMatrix A(f, rows, cols, rng_);
-        const MatrixView dA = dev_matrix(A);
-        HostTensor X(1, cols), Y(1, rows);
-        X.randomize(rng_);
-        Mirror dX = mirror(X);
-        const Projection p[1] = {{&A.view, Y.t}};
-        cpu_->matmul(X.t, p);
-        std::vector<float> got[3];
-        for (int level = 0; level < 3; ++level) {
-          if (level == 0)
-            ::unsetenv(kPipe);
-          else
-            ::setenv(kPipe, level == 1 ? "2" : "4", 1);
-          Mirror dY = mirror(HostTensor(1, rows));
-          const Projection dp[1] = {{&dA, dY.t}};
-          gpu_->matmul(dX.t, dp);
-          got[level] = fetch(dY);
-          expect_twins(Y, dY, 2e-5, "pipelined");
-        }
-        ::unsetenv(kPipe);
-        for (int level = 1; level < 3; ++level) {
-          ASSERT_EQ(got[0].size(), got[level].size());
-          EXPECT_EQ(std::memcmp(got[0].data(), got[level].data(), got[0].size() * sizeof(float)), 0)
-              << "level " << level << " (seed " << seed_ << ")";
-        }
-      }
-    }
-  }
-  const size_t H = 2048, I = 768;
-  for (const size_t experts : {size_t{8}, size_t{1}}) {
-    SCOPED_TRACE("experts " + std::to_string(experts));
-    std::vector<std::vector<int32_t>> in(experts, {0}), out;
-    for (size_t e = 0; e < experts; ++e) out.push_back({static_cast<int32_t>(e)});
-    for (const char* level : {"", "2", "4"}) {
-      SCOPED_TRACE(std::string("pipe ") + level);
-      if (*level)
-        ::setenv(kPipe, level, 1);
-      else
-        ::unsetenv(kPipe);
-      expect_grouped_experts_match(QuantFormat::q4(), H, I, 1, experts, in, out);
-    }
-    ::unsetenv(kPipe);
-  }
-}
-
 TEST_F(CudaOps, MatmulOddWidthTakesTheGenericPath) {
   for (QuantFormat f : {QuantFormat::f32(), QuantFormat::bf16()}) {
     for (size_t T : {1, 12}) {

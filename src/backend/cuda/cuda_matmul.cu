@@ -74,20 +74,16 @@ __device__ __forceinline__ void stage_x_row(const float* x, int cols, float* xs)
 // splitting the columns in chunks: a lane's loads of one column step, R chunks (2R for a dual
 // product), are all issued before any is decoded, so R 16-byte loads per lane are in flight,
 // and the first step's loads fly while the block copies X.
-// PIPE: each column step's loads are issued before the step before it is decoded (a second set
-// of registers), so that a row's steps wait for DRAM once, not once per step (rows longer than
-// one step: 1,024 4-bit columns); the arithmetic and its order are the same, so are the bits.
-// Held to 3 blocks an SM (launch_matvec_dual says why).
 // SMEM: the block first copies its T rows of X into shared memory (coalesced), then every lane
 // reads its chunk there; otherwise lanes read X from global memory (uncoalesced but cached).
 // DUAL: every product of the launch is kDual (two weight matrices), else none is.
-template <int CODE, int NT, bool SMEM, int R, bool DUAL, bool PIPE = false>
+template <int CODE, int NT, bool SMEM, int R, bool DUAL>
 // descs_written: an earlier kernel wrote the descriptors (device-side routing), so they are
 // read only after await_inputs(); otherwise the descriptor and the first column step's weights
 // (which never change) are loaded before it, while the kernel before may still run.
 // ix.ids set: product blockIdx.y is built from the router's ids (indexed_product; descs unused,
 // descs_written true).
-__global__ void __launch_bounds__(kWarps * 32, PIPE ? 3 : 1)
+__global__ void __launch_bounds__(kWarps * 32)
     matvec_kernel(const MatmulDesc* descs, bool descs_written, IndexedProducts ix) {
   if (descs_written) await_inputs();
   // A copy in registers: the loop's address arithmetic must not reload fields from memory.
@@ -106,16 +102,15 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE ? 3 : 1)
   for (int t = 0; t < NT; ++t)
     xr[t] = t < d.T ? d.x + static_cast<size_t>(d.x_rows ? d.x_rows[t] : t) * d.ldx : d.x;
   RawChunk raw[M][R];
-  [[maybe_unused]] RawChunk next[PIPE ? M : 1][PIPE ? R : 1];
-  auto load_step = [&](RawChunk(&to)[M][R], int c0) {
+  auto load_step = [&](int c0) {
 #pragma unroll
     for (int r = 0; r < R; ++r) {
       if (row0 + r >= rows || c0 >= cols) break;
-      to[0][r] = load_raw<CODE>(d.w, row0 + r, c0);
-      if constexpr (DUAL) to[M - 1][r] = load_raw<CODE>(d.w2, row0 + r, c0);
+      raw[0][r] = load_raw<CODE>(d.w, row0 + r, c0);
+      if constexpr (DUAL) raw[M - 1][r] = load_raw<CODE>(d.w2, row0 + r, c0);
     }
   };
-  load_step(raw, lane * CH);
+  load_step(lane * CH);
   if (!descs_written) await_inputs();  // X may be the kernel before's output
   extern __shared__ float4 xs4[];
   float* xs = reinterpret_cast<float*>(xs4);
@@ -140,11 +135,7 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE ? 3 : 1)
 #pragma unroll
       for (int t = 0; t < NT; ++t) acc[m][r][t] = 0.0f;
   for (int c0 = lane * CH; c0 < cols; c0 += 32 * CH) {
-    if constexpr (PIPE) {
-      if (c0 + 32 * CH < cols) load_step(next, c0 + 32 * CH);
-    } else if (c0 != lane * CH) {
-      load_step(raw, c0);
-    }
+    if (c0 != lane * CH) load_step(c0);
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       if (t >= d.T) break;
@@ -180,14 +171,6 @@ __global__ void __launch_bounds__(kWarps * 32, PIPE ? 3 : 1)
       for (int m = 0; m < M; ++m)
 #pragma unroll
         for (int r = 0; r < R; ++r) acc[m][r][t] += chunk_scale<CODE>(raw[m][r], s[m][r], sx);
-    }
-    if constexpr (PIPE) {
-      if (c0 + 32 * CH < cols) {
-#pragma unroll
-        for (int m = 0; m < M; ++m)
-#pragma unroll
-          for (int r = 0; r < R; ++r) raw[m][r] = next[m][r];
-      }
     }
   }
 #pragma unroll
@@ -722,61 +705,35 @@ struct MatvecLaunch {
   IndexedProducts ix;
 };
 
-template <int CODE, int NT, int R, bool DUAL, bool PIPE>
+template <int CODE, int NT, int R, bool DUAL>
 void launch_staged(const MatvecLaunch& L, dim3 grid, size_t smem, cudaStream_t s) {
   static std::atomic<size_t> opted{48 * 1024};
   if (smem > opted.load(std::memory_order_relaxed)) {
-    MF_CUDA(cudaFuncSetAttribute(matvec_kernel<CODE, NT, true, R, DUAL, PIPE>,
+    MF_CUDA(cudaFuncSetAttribute(matvec_kernel<CODE, NT, true, R, DUAL>,
                                  cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     opted.store(smem, std::memory_order_relaxed);
   }
-  matvec_kernel<CODE, NT, true, R, DUAL, PIPE>
-      <<<grid, kWarps * 32, smem, s>>>(L.descs, L.written, L.ix);
-}
-
-template <int CODE, int NT, int R, bool DUAL, bool PIPE>
-void launch_matvec_shape(const MatvecLaunch& L, int n, int max_rows, int max_cols, cudaStream_t s) {
-  const dim3 grid(blocks_for(max_rows, kWarps * R), n);
-  const size_t smem = size_t(NT) * padded_pitch(max_cols) * sizeof(float);
-  if constexpr (CODE != kGeneric) {
-    if (smem <= opt_in_smem_limit())  // X staged in shared memory
-      return launch_staged<CODE, NT, R, DUAL, PIPE>(L, grid, smem, s);
-  }
-  matvec_kernel<CODE, NT, false, R, DUAL, PIPE>
-      <<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, L.ix);
-}
-
-// The most weight chunks in flight a lane (R rows, both matrices of a dual product) for which
-// the matrix-vector kernels pipeline their column steps (matvec_kernel's PIPE): none by default
-// (not yet measured on a GPU); MOEFLUX_CUDA_MATVEC_PIPE=2 or =4 turns it on up to that many (to
-// measure; read at every launch, so that a test compares them).
-int matvec_pipe_chunks() {
-  return env_is("MOEFLUX_CUDA_MATVEC_PIPE", "4")   ? 4
-         : env_is("MOEFLUX_CUDA_MATVEC_PIPE", "2") ? 2
-                                                   : 0;
-}
-
-// Pipelined column steps where a row has more than one (else the second set of registers buys
-// nothing), for one row of X. The second set costs up to 30 registers (ptxas, sm_90: 4-bit, 4
-// rows a warp 61 -> 91, dual 2 rows 64 -> 95); the kernel is held to 80 so that 3 blocks an SM
-// still fit (a few bytes spill), which keeps a Qwen3-30B layer's expert gate/up pass (384
-// blocks) in one wave.
-template <int CODE, int NT, int R, bool DUAL>
-void launch_matvec_dual(const MatvecLaunch& L, int n, int max_rows, int max_cols, cudaStream_t s) {
-  if constexpr (NT == 1 && CODE != kGeneric && R * (DUAL ? 2 : 1) <= 4) {
-    if (max_cols > 32 * Chunk<CODE>::n && R * (DUAL ? 2 : 1) <= matvec_pipe_chunks())
-      return launch_matvec_shape<CODE, NT, R, DUAL, true>(L, n, max_rows, max_cols, s);
-  }
-  launch_matvec_shape<CODE, NT, R, DUAL, false>(L, n, max_rows, max_cols, s);
+  matvec_kernel<CODE, NT, true, R, DUAL><<<grid, kWarps * 32, smem, s>>>(L.descs, L.written, L.ix);
 }
 
 template <int CODE, int NT, int R>
 void launch_matvec_r(const MatvecLaunch& L, int n, int max_rows, int max_cols, bool dual,
                      cudaStream_t s) {
+  const dim3 grid(blocks_for(max_rows, kWarps * R), n);
+  const size_t smem = size_t(NT) * padded_pitch(max_cols) * sizeof(float);
+  if constexpr (CODE != kGeneric) {
+    if (smem <= opt_in_smem_limit()) {  // X staged in shared memory
+      if (dual)
+        launch_staged<CODE, NT, R, true>(L, grid, smem, s);
+      else
+        launch_staged<CODE, NT, R, false>(L, grid, smem, s);
+      return;
+    }
+  }
   if (dual)
-    launch_matvec_dual<CODE, NT, R, true>(L, n, max_rows, max_cols, s);
+    matvec_kernel<CODE, NT, false, R, true><<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, L.ix);
   else
-    launch_matvec_dual<CODE, NT, R, false>(L, n, max_rows, max_cols, s);
+    matvec_kernel<CODE, NT, false, R, false><<<grid, kWarps * 32, 0, s>>>(L.descs, L.written, L.ix);
 }
 
 // Rows per warp: as many as keep at least two blocks per SM of an H100/H200-sized GPU busy
