@@ -49,6 +49,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/error.hpp"
 #include "experts/cache_tier.hpp"
 #include "experts/expert_reader.hpp"
 #include "formats/package.hpp"
@@ -93,10 +94,11 @@ struct StreamOptions {
   // spend more copy bandwidth on misses than it saves.
   uint64_t prefetch_copy_after = 128;
   ReaderOptions io;
-  // Copies into the fastest tier admitted as reads in place are (experimental, off: docs/
-  // PERF.md): a record the tier would not admit — it is full of records kept for reuse and its
-  // eviction victim has been used as often or more — is copied into a working slot for its use
-  // and dropped after, displacing nothing. The tier then keeps at most its budget.
+  // Copies into the fastest tier admitted as reads in place are: a record the tier would not
+  // admit — it is full of records kept for reuse and its eviction victim has been used as often
+  // or more — is copied into a working slot for its use and dropped after, displacing nothing.
+  // The tier then keeps at most its budget. The engine turns it on wherever a GPU tier copies
+  // its misses in (docs/PERF.md, 2026-12-06); off, every copy is kept (evicting a victim).
   bool admit_copies = false;
   int max_active = 8;        // experts per token (K); sizes the working slots
   size_t hot_per_layer = 0;  // --hot N: keep each layer's N most used experts resident
@@ -192,6 +194,12 @@ class ExpertStreamer {
   int request(int layer, std::span<const int> experts, std::span<const Placement> placement = {});
   // Whether some slower tier can be read in place by the device (Placement::InPlace can apply).
   bool reads_in_place() const { return reads_in_place_; }
+  // StreamOptions::admit_copies, decided after construction (the engine decides it with the
+  // way the GPU reads the RAM tier). Before the first request.
+  void set_admit_copies(bool on) {
+    MF_ASSERT(next_ticket_ == 0);
+    opts_.admit_copies = on;
+  }
   // Says that the device work reading `ticket`'s records in place (handed out so far) has all
   // been issued: the time it takes is measured up to here (TierStats::read_*), not to
   // release() after what the host issues meanwhile (the CPU's share of a hybrid layer).

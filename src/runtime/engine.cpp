@@ -113,9 +113,6 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     fail("--gpu-mem: the " + std::string(backend_->name()) +
          " backend has no GPU expert cache (use --backend cuda)");
   StreamOptions so = opts.stream;
-  // MOEFLUX_ADMIT_COPIES=1: StreamOptions::admit_copies (experimental, to measure; docs/PERF.md).
-  if (const char* env = std::getenv("MOEFLUX_ADMIT_COPIES"); env && std::strcmp(env, "1") == 0)
-    so.admit_copies = true;
   so.max_active = active_experts_;
   // A GPU budget for every expert (--gpu-mem all, or a size at least that large): the experts
   // are loaded into backend memory once (load_resident_experts) and the GPU tier keeps only its
@@ -163,6 +160,16 @@ Engine::Engine(const Model& model, const EngineOptions& opts) : model_(model), o
     reads_in_place_ = auto_reads_in_place(keeps, cpu_share, host_read_rates_);
   } else {
     reads_in_place_ = streamer_->reads_in_place() && opts.gpu_reads == GpuReads::InPlace;
+  }
+  // Copies into the GPU tier admitted as reads in place are (StreamOptions::admit_copies):
+  // wherever the GPU copies its misses in rather than reading them in place, +6-9% decode at
+  // --gpu-mem 25% with and without a CPU share (docs/PERF.md, 2026-12-06); where it reads in
+  // place, within noise, so left off. MOEFLUX_ADMIT_COPIES=0 or 1 overrides (to compare).
+  if (backend_->memory() == Memory::Device && !experts_resident) {
+    bool admit = so.admit_copies || !reads_in_place_;
+    if (const char* env = std::getenv("MOEFLUX_ADMIT_COPIES"); env && *env)
+      admit = std::strcmp(env, "1") == 0;
+    streamer_->set_admit_copies(admit);
   }
   if (opts.timing) timings_.layers.resize(c.num_layers);
 }
